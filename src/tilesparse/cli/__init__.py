@@ -1,0 +1,1 @@
+"""The ``tilesparse`` command line (typer). One module per group of verbs; see ``main.py``."""

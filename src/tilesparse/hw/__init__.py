@@ -1,0 +1,27 @@
+"""Hardware descriptions: AIE2 arrays of any rows x columns, loaded from validated YAML.
+
+>>> from tilesparse.hw import load_array
+>>> hw = load_array("4x4")
+>>> hw.n_cores, hw.peak_macs_per_s
+(16, 4096000000000.0)
+"""
+
+from tilesparse.hw.array import (
+    ArrayConfig,
+    CoreConfig,
+    DdrConfig,
+    LinkConfig,
+    MemTileConfig,
+    list_presets,
+    load_array,
+)
+
+__all__ = [
+    "ArrayConfig",
+    "CoreConfig",
+    "DdrConfig",
+    "LinkConfig",
+    "MemTileConfig",
+    "list_presets",
+    "load_array",
+]

@@ -1,0 +1,167 @@
+"""The AIE2 array description: schema, semantic checks, presets.
+
+Units are in the field names (bytes, bytes_per_s, cycles, hz). Nothing else in tilesparse holds a
+machine number: passes and models read them from an ``ArrayConfig``.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+
+from tilesparse.errors import ConfigError
+from tilesparse.utils.config import load_yaml_model, validate_model
+
+DType = Literal["int8", "int16", "int32"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CoreConfig(_Strict):
+    macs_per_cycle: dict[DType, PositiveInt] = Field(default_factory=lambda: {"int8": 256})
+    matmul_shape: tuple[PositiveInt, PositiveInt, PositiveInt] = (4, 8, 8)
+    kernel_call_overhead_cycles: int = Field(64, ge=0)
+    data_memory_bytes: PositiveInt = 65536
+    bank_bytes: PositiveInt = 8192
+    input_buffer_bytes: PositiveInt = 16384
+    output_buffer_bytes: PositiveInt = 16384
+    weight_buffer_bytes: PositiveInt = 16384
+
+    @model_validator(mode="after")
+    def _fits(self) -> CoreConfig:
+        used = self.input_buffer_bytes + self.output_buffer_bytes + self.weight_buffer_bytes
+        if used > self.data_memory_bytes:
+            raise ValueError(
+                f"input+output+weight buffers ({used} B) exceed data_memory_bytes "
+                f"({self.data_memory_bytes} B)"
+            )
+        m, k, n = self.matmul_shape
+        if "int8" in self.macs_per_cycle and m * k * n != self.macs_per_cycle["int8"]:
+            raise ValueError(
+                f"matmul_shape {m}x{k}x{n} = {m * k * n} MACs/cycle does not match "
+                f"macs_per_cycle.int8 = {self.macs_per_cycle['int8']}"
+            )
+        return self
+
+
+class MemTileConfig(_Strict):
+    bytes: PositiveInt = 524288
+
+
+class DdrConfig(_Strict):
+    bytes: PositiveInt = 8 * 1024**3
+
+
+class LinkConfig(_Strict):
+    ddr_to_memtile_bytes_per_s: PositiveFloat = 4.0e9
+    memtile_to_ddr_bytes_per_s: PositiveFloat = 8.0e9
+    memtile_to_core_bytes_per_s: PositiveFloat = 4.0e9
+
+
+class ArrayConfig(_Strict):
+    """An AIE2 array: ``rows`` compute tiles in each of ``cols`` columns, one MemTile per column."""
+
+    name: str = "aie2"
+    rows: PositiveInt = 4
+    cols: PositiveInt = 4
+    clock_hz: PositiveFloat = 1.0e9
+    core: CoreConfig = CoreConfig()
+    memtile: MemTileConfig = MemTileConfig()
+    ddr: DdrConfig = DdrConfig()
+    links: LinkConfig = LinkConfig()
+
+    @property
+    def n_cores(self) -> int:
+        return self.rows * self.cols
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}-{self.rows}x{self.cols}"
+
+    def macs_per_cycle(self, dtype: DType = "int8") -> int:
+        try:
+            return self.core.macs_per_cycle[dtype]
+        except KeyError:
+            raise ConfigError(self.label, [f"core.macs_per_cycle has no entry for {dtype}"]) from None
+
+    @cached_property
+    def peak_macs_per_s(self) -> float:
+        """int8 MACs per second of the whole array at peak."""
+        return self.n_cores * self.macs_per_cycle("int8") * self.clock_hz
+
+    def cycles_to_s(self, cycles: float) -> float:
+        return cycles / self.clock_hz
+
+    def with_shape(self, rows: int, cols: int) -> ArrayConfig:
+        return validate_model(
+            ArrayConfig, {**self.model_dump(), "rows": rows, "cols": cols}, source=self.label
+        )
+
+
+_SHAPE = re.compile(r"^(?:(?P<base>[a-z][a-z0-9_]*)-)?(?P<rows>\d+)x(?P<cols>\d+)$")
+_NAMED = {
+    # Real parts, usable compute tiles as rows x cols (wbs-paper.md, "Real parts").
+    "phoenix": ("aie2", 4, 4),
+    "strix": ("aie2", 4, 8),
+}
+
+
+def _preset_file(base: str) -> Path:
+    ref = resources.files("tilesparse.hw") / "presets" / f"{base}.yaml"
+    return Path(str(ref))
+
+
+def list_presets() -> list[str]:
+    """Base descriptions shipped with the package, and named parts."""
+    folder = Path(str(resources.files("tilesparse.hw") / "presets"))
+    return sorted([p.stem for p in folder.glob("*.yaml")] + list(_NAMED))
+
+
+def load_array(spec: str | Path | ArrayConfig = "4x4") -> ArrayConfig:
+    """Load an array description.
+
+    ``spec`` is an ``ArrayConfig``; a YAML file path; a shape ``"RxC"`` (rows x columns) on the
+    default AIE2 description; ``"base-RxC"`` on a shipped base; or a named part (``phoenix``,
+    ``strix``).
+    """
+    if isinstance(spec, ArrayConfig):
+        return spec
+    text = str(spec)
+    path = Path(text)
+    if path.suffix in {".yaml", ".yml"} or path.is_file():
+        return load_yaml_model(ArrayConfig, path)
+    key = text.strip().lower()
+    if key in _NAMED:
+        base, rows, cols = _NAMED[key]
+        return _load_base(base, text).with_shape(rows, cols)
+    m = _SHAPE.match(key)
+    if m is None:
+        if _preset_file(key).is_file():
+            return _load_base(key, text)
+        raise ConfigError(
+            text,
+            [
+                f"unknown array {text!r}: expected 'RxC' (e.g. 4x4, 5x7), 'base-RxC' "
+                f"(e.g. aie2-8x2), a YAML file, or one of {', '.join(list_presets())}"
+            ],
+        )
+    rows, cols = int(m["rows"]), int(m["cols"])
+    if rows < 1 or cols < 1:
+        raise ConfigError(text, [f"array shape must be at least 1x1, got {rows}x{cols}"])
+    return _load_base(m["base"] or "aie2", text).with_shape(rows, cols)
+
+
+def _load_base(base: str, asked: str) -> ArrayConfig:
+    path = _preset_file(base)
+    if not path.is_file():
+        raise ConfigError(asked, [f"unknown base description {base!r}; shipped: {list_presets()}"])
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return validate_model(ArrayConfig, data, source=path.name)

@@ -1,0 +1,6 @@
+"""Model zoo: torchvision classifiers by name (random or local weights) and the small CNNs used in
+experiments."""
+
+from tilesparse.models.zoo import get_model, list_models
+
+__all__ = ["get_model", "list_models"]

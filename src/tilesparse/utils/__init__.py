@@ -1,0 +1,12 @@
+"""Small shared helpers: atomic file writes and validated YAML loading."""
+
+from tilesparse.utils.atomic import atomic_write_bytes, atomic_write_text, atomic_torch_save
+from tilesparse.utils.config import load_yaml_model, validate_model
+
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_torch_save",
+    "load_yaml_model",
+    "validate_model",
+]
