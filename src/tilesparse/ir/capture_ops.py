@@ -1,0 +1,312 @@
+"""Per-op handlers of :mod:`tilesparse.ir.capture`: one small function per PyTorch op family.
+
+A handler gets an :class:`Emit` (the fx node, its module, bound arguments and propagated shapes) and
+returns a :class:`Lowered` (IR op, tensor operands, attrs, params), ``Lowered(None, (x,))`` for an
+identity, or ``None`` for a helper that produces no tensor (``x.size(0)`` feeding a ``view``).
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from tilesparse.errors import UnsupportedOpError
+from tilesparse.ir.graph import Op
+
+__all__ = ["Emit", "Lowered", "MODULE_OPS", "FUNCTION_OPS", "METHOD_OPS"]
+
+RELU6_MAX = 6.0  # hardtanh(0, 6) is relu6; any other bounds are outside the IR
+
+
+@dataclass
+class Lowered:
+    op: Op | None  # None: identity of inputs[0] (or no tensor at all if inputs is empty)
+    inputs: tuple[Any, ...] = ()
+    attrs: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class Emit:
+    """What a handler may look at: the fx node, its module, its arguments and shapes."""
+
+    def __init__(
+        self, gm: fx.GraphModule, fn: fx.Node, err: Callable[[fx.Node, str], UnsupportedOpError]
+    ):
+        self.gm, self.fn, self._err = gm, fn, err
+
+    @property
+    def module(self) -> nn.Module:
+        return self.gm.get_submodule(str(self.fn.target))
+
+    def error(self, msg: str) -> UnsupportedOpError:
+        return self._err(self.fn, msg)
+
+    def bind(self, names: Sequence[str], **defaults: Any) -> dict[str, Any]:
+        """Map positional + keyword args to ``names`` (like a call signature), filling defaults."""
+        if len(self.fn.args) > len(names):
+            raise self.error(f"too many positional arguments ({len(self.fn.args)})")
+        out = dict(defaults)
+        out.update(zip(names, self.fn.args, strict=False))
+        for k, v in self.fn.kwargs.items():
+            if k not in names:
+                raise self.error(f"unsupported keyword argument {k!r}")
+            out[k] = v
+        missing = [n for n in names if n not in out]
+        if missing:
+            raise self.error(f"missing argument(s) {missing}")
+        return out
+
+    def shape(self, a: Any = None) -> tuple[int, ...]:
+        node = self.fn if a is None else a
+        meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+        if meta is None or not hasattr(meta, "shape"):
+            raise self.error(f"operand {node!r} is not a tensor")
+        return tuple(int(d) for d in meta.shape)
+
+    def is_tensor(self, a: Any) -> bool:
+        return isinstance(a, fx.Node) and hasattr(a.meta.get("tensor_meta"), "shape")
+
+
+def _pair(v: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(v, int):
+        return (v, v)
+    t = tuple(int(x) for x in v)
+    return (t[0], t[0]) if len(t) == 1 else (t[0], t[1])
+
+
+def _np(t: torch.Tensor | None) -> np.ndarray | None:
+    return None if t is None else t.detach().cpu().to(torch.float32).numpy().copy()
+
+
+# -- modules -------------------------------------------------------------------------------------
+
+
+def _conv(e: Emit) -> Lowered:
+    m = e.module
+    assert isinstance(m, nn.Conv2d)
+    if m.padding_mode != "zeros":
+        raise e.error(f"Conv2d padding_mode={m.padding_mode!r}; only 'zeros' is supported")
+    kernel, dil = _pair(m.kernel_size), _pair(m.dilation)
+    padding = m.padding
+    if isinstance(padding, str):  # 'valid' or 'same' (stride 1): symmetric only for odd extents
+        ext = [d * (k - 1) for d, k in zip(dil, kernel, strict=True)]
+        if padding == "same" and any(x % 2 for x in ext):
+            raise e.error(f"Conv2d padding='same' with even extent {ext} is asymmetric")
+        padding = (0, 0) if padding == "valid" else (ext[0] // 2, ext[1] // 2)
+    attrs = {"kernel": kernel, "stride": _pair(m.stride), "padding": _pair(padding),
+             "dilation": dil, "groups": int(m.groups), "activation": None}
+    params = {"weight": _np(m.weight)}
+    if m.bias is not None:
+        params["bias"] = _np(m.bias)
+    return Lowered(Op.CONV2D, (e.fn.args[0],), attrs, params)  # type: ignore[arg-type]
+
+
+def _linear(e: Emit) -> Lowered:
+    m = e.module
+    assert isinstance(m, nn.Linear)
+    if len(e.shape(e.fn.args[0])) != 2:
+        raise e.error(f"Linear on a rank-{len(e.shape(e.fn.args[0]))} tensor; only (N, C) inputs")
+    params = {"weight": _np(m.weight)}
+    if m.bias is not None:
+        params["bias"] = _np(m.bias)
+    return Lowered(Op.LINEAR, (e.fn.args[0],), {"activation": None}, params)  # type: ignore[arg-type]
+
+
+def _batchnorm(e: Emit) -> Lowered:
+    m = e.module
+    assert isinstance(m, nn.BatchNorm2d)
+    if m.running_mean is None or m.running_var is None:
+        raise e.error("BatchNorm2d without running statistics (track_running_stats=False)")
+    c = m.num_features
+    params = {
+        "running_mean": _np(m.running_mean), "running_var": _np(m.running_var),
+        "weight": _np(m.weight) if m.affine else np.ones(c, np.float32),
+        "bias": _np(m.bias) if m.affine else np.zeros(c, np.float32),
+    }
+    return Lowered(Op.BATCHNORM, (e.fn.args[0],), {"eps": float(m.eps)}, params)  # type: ignore[arg-type]
+
+
+def _relu6_bounds(e: Emit, lo: float, hi: float) -> Lowered:
+    if (lo, hi) != (0.0, RELU6_MAX):
+        raise e.error(f"hardtanh({lo}, {hi}); only hardtanh(0, 6) = relu6 is in the IR")
+    return Lowered(Op.RELU6, (e.fn.args[0],))
+
+
+def _hardtanh_module(e: Emit) -> Lowered:
+    m = e.module
+    return _relu6_bounds(e, float(m.min_val), float(m.max_val))  # type: ignore[arg-type]
+
+
+def _pool_attrs(e: Emit, kernel: Any, stride: Any, padding: Any) -> dict[str, Any]:
+    k = _pair(kernel)
+    return {"kernel": k, "stride": _pair(stride) if stride not in (None, []) else k,
+            "padding": _pair(padding)}
+
+
+def _maxpool_from(e: Emit, a: dict[str, Any]) -> Lowered:
+    if a["return_indices"]:
+        raise e.error("max_pool2d with return_indices=True")
+    attrs = _pool_attrs(e, a["kernel_size"], a["stride"], a["padding"])
+    attrs.update(dilation=_pair(a["dilation"]), ceil_mode=bool(a["ceil_mode"]))
+    return Lowered(Op.MAXPOOL, (a["input"],), attrs)
+
+
+def _avgpool_from(e: Emit, a: dict[str, Any]) -> Lowered:
+    if a["divisor_override"] is not None:
+        raise e.error("avg_pool2d with divisor_override")
+    attrs = _pool_attrs(e, a["kernel_size"], a["stride"], a["padding"])
+    attrs.update(ceil_mode=bool(a["ceil_mode"]), count_include_pad=bool(a["count_include_pad"]))
+    return Lowered(Op.AVGPOOL, (a["input"],), attrs)
+
+
+def _module_args(e: Emit, names: Sequence[str]) -> dict[str, Any]:
+    m = e.module
+    return {"input": e.fn.args[0], **{n: getattr(m, n) for n in names}}
+
+
+def _maxpool_module(e: Emit) -> Lowered:
+    names = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
+    return _maxpool_from(e, _module_args(e, names))
+
+
+def _avgpool_module(e: Emit) -> Lowered:
+    names = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
+    return _avgpool_from(e, _module_args(e, names))
+
+
+def _adaptive_from(e: Emit, x: Any, size: Any) -> Lowered:
+    h, w = e.shape(x)[-2:]
+    oh, ow = (size, size) if isinstance(size, int) or size is None else tuple(size)
+    return Lowered(Op.ADAPTIVE_AVGPOOL, (x,), {"output_size": (oh or h, ow or w)})
+
+
+def _adaptive_module(e: Emit) -> Lowered:
+    return _adaptive_from(e, e.fn.args[0], e.module.output_size)
+
+
+def _flatten_from(e: Emit, x: Any) -> Lowered:
+    """Any flatten/view/reshape whose result is ``x`` with its trailing dims merged into one."""
+    src, dst = e.shape(x), e.shape()
+    if src == dst:
+        return Lowered(None, (x,))
+    k = len(dst) - 1
+    if k < 1 or dst[:k] != src[:k] or dst[k] != int(np.prod(src[k:])):
+        raise e.error(f"reshape {src} -> {dst} is not a flatten of the trailing dimensions")
+    return Lowered(Op.FLATTEN, (x,), {"start_dim": k})
+
+
+def _identity(e: Emit) -> Lowered:
+    return Lowered(None, (e.fn.args[0],))
+
+
+MODULE_OPS: dict[type, Callable[[Emit], Lowered | None]] = {
+    nn.Conv2d: _conv,
+    nn.Linear: _linear,
+    nn.BatchNorm2d: _batchnorm,
+    nn.ReLU: lambda e: Lowered(Op.RELU, (e.fn.args[0],)),
+    nn.ReLU6: lambda e: Lowered(Op.RELU6, (e.fn.args[0],)),
+    nn.Hardtanh: _hardtanh_module,
+    nn.MaxPool2d: _maxpool_module,
+    nn.AvgPool2d: _avgpool_module,
+    nn.AdaptiveAvgPool2d: _adaptive_module,
+    nn.Flatten: lambda e: _flatten_from(e, e.fn.args[0]),
+    nn.Dropout: _identity,
+    nn.Dropout2d: _identity,
+    nn.Identity: _identity,
+}
+
+# -- functions and methods -----------------------------------------------------------------------
+
+
+def _relu_fn(e: Emit) -> Lowered:
+    return Lowered(Op.RELU, (e.bind(("input", "inplace"), inplace=False)["input"],))
+
+
+def _relu6_fn(e: Emit) -> Lowered:
+    return Lowered(Op.RELU6, (e.bind(("input", "inplace"), inplace=False)["input"],))
+
+
+def _hardtanh_fn(e: Emit) -> Lowered:
+    a = e.bind(("input", "min_val", "max_val", "inplace"), min_val=-1.0, max_val=1.0, inplace=False)
+    return _relu6_bounds(e, float(a["min_val"]), float(a["max_val"]))
+
+
+def _maxpool_fn(e: Emit) -> Lowered:
+    names = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
+    a = e.bind(names, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False)
+    return _maxpool_from(e, a)
+
+
+def _avgpool_fn(e: Emit) -> Lowered:
+    names = ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
+             "divisor_override")
+    a = e.bind(names, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               divisor_override=None)
+    return _avgpool_from(e, a)
+
+
+def _adaptive_fn(e: Emit) -> Lowered:
+    a = e.bind(("input", "output_size"))
+    return _adaptive_from(e, a["input"], a["output_size"])
+
+
+def _add(e: Emit) -> Lowered:
+    a = e.bind(("input", "other", "alpha"), alpha=1)
+    if a["alpha"] != 1:
+        raise e.error(f"add with alpha={a['alpha']}; only alpha=1")
+    x, y = a["input"], a["other"]
+    if not (e.is_tensor(x) and e.is_tensor(y)):
+        raise e.error("add of a tensor and a constant; only tensor + tensor is in the IR")
+    if e.shape(x) != e.shape(y):
+        raise e.error(f"add with broadcasting {e.shape(x)} + {e.shape(y)}; shapes must match")
+    return Lowered(Op.ADD, (x, y), {"activation": None})
+
+
+def _cat(e: Emit) -> Lowered:
+    a = e.bind(("tensors", "dim"), dim=0)
+    tensors = tuple(a["tensors"])
+    rank = len(e.shape())
+    return Lowered(Op.CONCAT, tensors, {"axis": int(a["dim"]) % rank})
+
+
+def _flatten_fn(e: Emit) -> Lowered:
+    return _flatten_from(e, e.fn.args[0])
+
+
+def _non_tensor(e: Emit) -> Lowered | None:
+    """``x.size(0)``, ``x.shape``, ``shape[0]``: fine as long as they produce no tensor."""
+    if e.is_tensor(e.fn):
+        raise e.error(f"{e.fn.target} producing a tensor (slicing/indexing is not in the IR)")
+    return None
+
+
+def _dropout_fn(e: Emit) -> Lowered:
+    return Lowered(None, (e.fn.args[0] if e.fn.args else e.fn.kwargs["input"],))
+
+
+FUNCTION_OPS: dict[Any, Callable[[Emit], Lowered | None]] = {
+    F.relu: _relu_fn, torch.relu: _relu_fn, torch.relu_: _relu_fn, F.relu_: _relu_fn,
+    F.relu6: _relu6_fn, F.hardtanh: _hardtanh_fn,
+    F.max_pool2d: _maxpool_fn, torch.max_pool2d: _maxpool_fn,
+    F.avg_pool2d: _avgpool_fn, torch._C._nn.avg_pool2d: _avgpool_fn,
+    F.adaptive_avg_pool2d: _adaptive_fn,
+    operator.add: _add, operator.iadd: _add, torch.add: _add,
+    torch.cat: _cat, torch.concat: _cat, torch.concatenate: _cat,
+    torch.flatten: _flatten_fn, torch.reshape: _flatten_fn,
+    F.dropout: _dropout_fn, F.dropout2d: _dropout_fn,
+    getattr: _non_tensor, operator.getitem: _non_tensor,
+}
+
+METHOD_OPS: dict[str, Callable[[Emit], Lowered | None]] = {
+    "relu": _relu_fn, "relu_": _relu_fn,
+    "add": _add, "add_": _add, "__add__": _add, "__iadd__": _add,
+    "flatten": _flatten_fn, "view": _flatten_fn, "reshape": _flatten_fn,
+    "contiguous": _identity, "size": _non_tensor, "dim": _non_tensor,
+}

@@ -1,0 +1,61 @@
+"""Mark buffer reuse so the back end allocates no buffer for concat or element-wise add outputs.
+
+* concat: each operand's producer gets ``write_into = (concat_node, channel_offset)`` — it writes
+  its output straight into that channel slice of the concat's buffer. Nested concats chain
+  (an inner concat writes into the outer one); :func:`resolve_write_into` follows the chain.
+* add: gets ``reuse_input = <operand>`` — the sum overwrites that operand's buffer, which must be
+  dead afterwards (the add is its last reader).
+
+A producer is eligible only if it owns a fresh buffer (not a graph input, not a flatten view), the
+concat/add is its only reader where a slice is involved, and no other mark already claims it.
+"""
+
+from __future__ import annotations
+
+from tilesparse.ir.graph import Graph, Node, Op
+from tilesparse.passes.rewrite import consumers_map
+
+__all__ = ["mark_buffer_reuse", "resolve_write_into"]
+
+_NO_BUFFER = (Op.INPUT, Op.FLATTEN, Op.OUTPUT)
+CHANNEL_AXIS = 1  # slices are channel ranges of an NCHW buffer
+
+
+def mark_buffer_reuse(g: Graph) -> Graph:
+    """Return ``g`` with ``write_into`` on concat operands and ``reuse_input`` on adds (module doc)."""
+    readers = consumers_map(g)
+    nodes = {n.name: n for n in g}
+    for cat in g.of(Op.CONCAT):
+        if cat.attrs["axis"] != CHANNEL_AXIS:
+            continue
+        offset = 0
+        for name in cat.inputs:
+            p = nodes[name]
+            if (p.op not in _NO_BUFFER and cat.inputs.count(name) == 1
+                    and [r.name for r in readers[name]] == [cat.name] and "write_into" not in p.attrs):
+                nodes[name] = p.with_(attrs={**p.attrs, "write_into": (cat.name, offset)})
+            offset += p.out.shape[CHANNEL_AXIS]
+    order = {n.name: i for i, n in enumerate(g)}
+    for add in g.of(Op.ADD):
+        if "write_into" in nodes[add.name].attrs:
+            continue
+        for name in add.inputs:
+            if _can_overwrite(nodes[name], add, readers[name], order):
+                nodes[add.name] = nodes[add.name].with_(attrs={**nodes[add.name].attrs, "reuse_input": name})
+                break
+    return g.replace_nodes(nodes[n.name] for n in g)
+
+
+def _can_overwrite(p: Node, add: Node, readers: list[Node], order: dict[str, int]) -> bool:
+    return (p.op not in _NO_BUFFER and add.inputs.count(p.name) == 1 and p.out.shape == add.out.shape
+            and "write_into" not in p.attrs and max(order[r.name] for r in readers) == order[add.name])
+
+
+def resolve_write_into(g: Graph, name: str) -> tuple[str, int]:
+    """The buffer ``name`` really lives in and its channel offset there (follows nested concats);
+    ``(name, 0)`` if it owns its buffer."""
+    offset = 0
+    while (w := g.node(name).attrs.get("write_into")) is not None:
+        name, off = w
+        offset += off
+    return name, offset
