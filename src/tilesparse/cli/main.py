@@ -31,6 +31,8 @@ app = typer.Typer(
 # Verb modules, each exposing register(app). Order = order in --help.
 VERB_MODULES = (
     "tilesparse.cli.sparsify_cmd",
+    "tilesparse.cli.map_cmd",
+    "tilesparse.cli.compile_cmd",
 )
 
 for _mod in VERB_MODULES:

@@ -31,6 +31,10 @@ After quantization tensors carry ``dtype="int8"`` and a power-of-two ``scale_exp
 integer × 2**scale_exp); weights are int8 with their own exponent in attr ``weight_exp`` (or a
 per-channel array param ``weight_exps``), bias is int32, and ``shift`` says how requantization
 rounds back to int8 (see ``tilesparse.quant``).
+
+The passes add more attrs (``write_into``, ``reuse_input``, ``clamp``, ``input_shifts``,
+``from_linear``, ``from_batchnorm``): their table is in docs/passes.md, the integer meaning of each
+in docs/quantization.md.
 """
 
 from __future__ import annotations

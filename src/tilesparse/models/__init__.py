@@ -2,5 +2,6 @@
 experiments."""
 
 from tilesparse.models.zoo import get_model, list_models
+from tilesparse.models import digits as _digits  # noqa: F401  registers "digits_cnn"
 
 __all__ = ["get_model", "list_models"]
