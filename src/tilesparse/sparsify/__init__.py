@@ -1,0 +1,43 @@
+"""Block-sparse training: attach masks, choose blocks, train, save.
+
+    from tilesparse.sparsify import BlockSparsifier, Recipe, OneShot, Trainer, build_report
+
+    recipe = Recipe(method="oneshot", sparsity=0.5, block=(8, 8))
+    sparsifier = BlockSparsifier(recipe).prepare(model)
+    Trainer(model, sparsifier, OneShot(), train_loader, test_loader).fit()
+    print(build_report(model, sparsifier).to_text())
+    save_checkpoint("sparse.pt", model, sparsifier, model_name="resnet50")
+
+Or from your own loop, torch.ao.pruning style: ``sparsifier.step()`` re-selects masks,
+``sparsifier.squash_mask()`` bakes them in.
+"""
+
+from tilesparse.sparsify.calibration import recalibrate_batchnorm
+from tilesparse.sparsify.checkpoint import Checkpoint, load_checkpoint, plain_state_dict, save_checkpoint
+from tilesparse.sparsify.importance import gradient_stats, hessian_traces
+from tilesparse.sparsify.methods import (
+    METHODS,
+    Incremental,
+    OneShot,
+    Penalty,
+    SparsityMethod,
+    TrainContext,
+    lse_penalty,
+    make_method,
+)
+from tilesparse.sparsify.recipe import IncrementalConfig, PenaltyConfig, Recipe, TrainingConfig
+from tilesparse.sparsify.report import LayerReport, SparsityReport, build_report
+from tilesparse.sparsify.run import SparsifyResult, sparsify_model
+from tilesparse.sparsify.sparsifier import BlockSparsifier, SparseLayer, find_layers
+from tilesparse.sparsify.trainer import EpochRecord, FitResult, Trainer, evaluate
+
+__all__ = [
+    "BlockSparsifier", "SparseLayer", "find_layers",
+    "Recipe", "TrainingConfig", "IncrementalConfig", "PenaltyConfig",
+    "SparsityMethod", "TrainContext", "OneShot", "Incremental", "Penalty", "METHODS", "make_method", "lse_penalty",
+    "gradient_stats", "hessian_traces",
+    "Trainer", "FitResult", "EpochRecord", "evaluate",
+    "Checkpoint", "save_checkpoint", "load_checkpoint", "plain_state_dict",
+    "SparsityReport", "LayerReport", "build_report",
+    "sparsify_model", "SparsifyResult", "recalibrate_batchnorm",
+]

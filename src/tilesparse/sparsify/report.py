@@ -1,0 +1,112 @@
+"""Per-layer sparsity report and weight bytes, dense vs block-compressed.
+
+Compressed bytes of a sparsified layer = kept blocks x (b_o x b_i x kernel elements) x bytes per
+weight + a keep-bitmap of ceil(rows x cols / 8) bytes (the index metadata). Ragged edge blocks count
+as full blocks (the hardware packs whole blocks, padding with zeros). Layers that are not sparsified
+count their dense bytes on both sides. ``bytes_per_weight`` defaults to 1 (int8 deployment).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+
+from torch import nn
+
+from tilesparse.sparsify.sparsifier import BlockSparsifier, _kind
+
+__all__ = ["LayerReport", "SparsityReport", "build_report", "compressed_bytes"]
+
+INT8_BYTES = 1
+BITS_PER_BYTE = 8
+
+
+def compressed_bytes(kept_blocks: int, block_numel: int, rows: int, cols: int, bytes_per_weight: int) -> int:
+    """Kept whole blocks plus the keep-bitmap."""
+    return kept_blocks * block_numel * bytes_per_weight + math.ceil(rows * cols / BITS_PER_BYTE)
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    name: str
+    kind: str                   # "conv" or "linear"
+    weight_shape: tuple[int, ...]
+    groups: int
+    block: str                  # "8x8", or "-" when not sparsified
+    grid: tuple[int, int]       # (block rows, block cols); (0, 0) when not sparsified
+    blocks_kept: int
+    blocks_total: int
+    sparsity: float             # zero blocks / all blocks
+    dense_bytes: int
+    compressed_bytes: int
+    note: str = ""              # why a layer was skipped
+
+
+@dataclass(frozen=True)
+class SparsityReport:
+    layers: tuple[LayerReport, ...]
+    bytes_per_weight: int
+
+    @property
+    def dense_bytes(self) -> int:
+        return sum(r.dense_bytes for r in self.layers)
+
+    @property
+    def compressed_bytes(self) -> int:
+        return sum(r.compressed_bytes for r in self.layers)
+
+    @property
+    def block_sparsity(self) -> float:
+        """Zero blocks / all blocks over sparsified layers."""
+        total = sum(r.blocks_total for r in self.layers)
+        return 1.0 - sum(r.blocks_kept for r in self.layers) / total if total else 0.0
+
+    def to_dict(self) -> dict:
+        return {"bytes_per_weight": self.bytes_per_weight, "dense_bytes": self.dense_bytes,
+                "compressed_bytes": self.compressed_bytes, "block_sparsity": self.block_sparsity,
+                "layers": [asdict(r) for r in self.layers]}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def to_text(self) -> str:
+        head = f"{'layer':<28} {'shape':<18} {'block':>5} {'grid':>7} {'kept':>11} {'sparsity':>8} {'bytes':>19}"
+        lines = [head, "-" * len(head)]
+        for r in self.layers:
+            shape = "x".join(map(str, r.weight_shape)) + (f" g{r.groups}" if r.groups > 1 else "")
+            grid = f"{r.grid[0]}x{r.grid[1]}" if r.blocks_total else "-"
+            kept = f"{r.blocks_kept}/{r.blocks_total}" if r.blocks_total else "dense"
+            line = (f"{r.name:<28} {shape:<18} {r.block:>5} {grid:>7} {kept:>11} {r.sparsity:>8.1%} "
+                    f"{r.dense_bytes:>9,}->{r.compressed_bytes:<9,}" + (f"  ({r.note})" if r.note else ""))
+            lines.append(line.rstrip())
+        ratio = self.compressed_bytes / self.dense_bytes if self.dense_bytes else 1.0
+        lines.append("-" * len(head))
+        lines.append(f"weights ({self.bytes_per_weight} B each): dense {self.dense_bytes:,} B -> compressed "
+                     f"{self.compressed_bytes:,} B ({ratio:.1%}); block sparsity {self.block_sparsity:.1%}")
+        return "\n".join(lines)
+
+
+def build_report(model: nn.Module, sparsifier: BlockSparsifier | None = None,
+                 bytes_per_weight: int = INT8_BYTES) -> SparsityReport:
+    """One row per Conv2d / Linear of ``model`` (sparsified or not), in module order."""
+    layers = sparsifier.layers if sparsifier is not None else {}
+    skipped = sparsifier.skipped if sparsifier is not None else {}
+    rows = []
+    for name, m in model.named_modules():
+        kind = _kind(m)
+        if kind is None:
+            continue
+        shape = tuple(m.weight.shape)
+        dense = math.prod(shape) * bytes_per_weight
+        groups = getattr(m, "groups", 1)
+        if name in layers:
+            g, mask = layers[name].geom, layers[name].mask
+            kept = int(mask.sum())
+            comp = compressed_bytes(kept, g.block_numel, g.rows, g.cols, bytes_per_weight)
+            rows.append(LayerReport(name, kind, shape, groups, str(g.block), g.grid, kept, g.n_blocks,
+                                    1.0 - kept / g.n_blocks, dense, comp))
+        else:
+            rows.append(LayerReport(name, kind, shape, groups, "-", (0, 0), 0, 0, 0.0, dense, dense,
+                                    skipped.get(name, "not selected")))
+    return SparsityReport(tuple(rows), bytes_per_weight)

@@ -1,0 +1,56 @@
+"""One call that runs a recipe end to end on a model: prepare, (optionally) train, report."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tilesparse.sparsify.methods import make_method
+from tilesparse.sparsify.recipe import Recipe
+from tilesparse.sparsify.report import SparsityReport, build_report
+from tilesparse.sparsify.sparsifier import BlockSparsifier
+from tilesparse.sparsify.trainer import FitResult, Trainer, evaluate
+
+__all__ = ["SparsifyResult", "sparsify_model"]
+
+
+@dataclass
+class SparsifyResult:
+    model: nn.Module
+    sparsifier: BlockSparsifier
+    fit: FitResult
+    report: SparsityReport
+    accuracy_before: float | None
+
+
+def sparsify_model(model: nn.Module, recipe: Recipe, train_loader: Iterable | None = None,
+                   test_loader: Iterable | None = None, *, device: torch.device | str = "cpu",
+                   checkpoint_dir: str | Path | None = None, resume: bool = False,
+                   model_name: str | None = None, progress: bool = True,
+                   sparsifier: BlockSparsifier | None = None, bytes_per_weight: int = 1) -> SparsifyResult:
+    """Apply ``recipe`` to ``model``. Without a train loader, only the masks are chosen (no training;
+    the penalty method then needs data and is rejected)."""
+    from tilesparse.errors import ConfigError
+
+    model.to(device)
+    before = evaluate(model, test_loader, device) if test_loader is not None and not resume else None
+    sparsifier = sparsifier or BlockSparsifier(recipe).prepare(model)
+    method = make_method(recipe.method)
+    has_data = train_loader is not None
+    if not has_data:
+        if recipe.method == "penalty":
+            raise ConfigError("recipe", ["method 'penalty' trains soft masks and needs training data"])
+        training = recipe.training.model_copy(update={"epochs": 0})
+        train_loader = []
+    else:
+        training = recipe.training
+    trainer = Trainer(model, sparsifier, method, train_loader, test_loader, training, device=device,
+                      checkpoint_dir=checkpoint_dir, model_name=model_name, progress=progress)
+    if not has_data:
+        trainer.ctx.loader = None  # gradient scores must fail clearly, not on an empty loader
+    fit = trainer.fit(resume=resume)
+    return SparsifyResult(model, sparsifier, fit, build_report(model, sparsifier, bytes_per_weight), before)

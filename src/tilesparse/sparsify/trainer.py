@@ -1,0 +1,174 @@
+"""A fine-tuning loop for users who don't bring their own: progress bar, evaluation every epoch,
+a checkpoint after every epoch (``<checkpoint_dir>/last.pt``, atomic) and exact resume.
+
+    trainer = Trainer(model, sparsifier, OneShot(), train_loader, test_loader, recipe.training)
+    result = trainer.fit()            # or fit(resume=True) after an interruption
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from tilesparse.errors import CheckpointError
+from tilesparse.sparsify.checkpoint import load_plain_state, read_checkpoint, save_checkpoint
+from tilesparse.sparsify.methods.base import SparsityMethod, TrainContext
+from tilesparse.sparsify.recipe import TrainingConfig
+from tilesparse.sparsify.sparsifier import BlockSparsifier
+
+__all__ = ["Trainer", "FitResult", "EpochRecord", "evaluate", "LAST_CHECKPOINT"]
+
+LAST_CHECKPOINT = "last.pt"
+EPOCH_SEED_STRIDE = 100_003  # distinct (seed, epoch) pairs never share an RNG seed
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    test_accuracy: float | None
+    sparsity: float  # mean block sparsity over sparsified layers
+
+
+@dataclass
+class FitResult:
+    history: list[EpochRecord] = field(default_factory=list)
+    final_accuracy: float | None = None
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str = "cpu") -> float:
+    """Top-1 accuracy in percent."""
+    was = model.training
+    model.eval()
+    correct = total = 0
+    for x, y in loader:
+        pred = model(x.to(device)).argmax(dim=1)
+        correct += int((pred == y.to(device)).sum())
+        total += len(y)
+    model.train(was)
+    return 100.0 * correct / max(total, 1)
+
+
+def _mean_sparsity(sp: BlockSparsifier | None) -> float:
+    if sp is None:
+        return 0.0
+    vals = list(sp.sparsity().values())
+    return sum(vals) / len(vals) if vals else 0.0
+
+
+class Trainer:
+    """Fine-tune a prepared model with a sparsity method (``sparsifier=None``: plain dense training)."""
+
+    def __init__(self, model: nn.Module, sparsifier: BlockSparsifier | None, method: SparsityMethod | None,
+                 train_loader: Iterable, test_loader: Iterable | None = None,
+                 training: TrainingConfig | None = None, *, device: torch.device | str = "cpu",
+                 checkpoint_dir: str | Path | None = None, model_name: str | None = None,
+                 loss_fn: Callable[[Tensor, Tensor], Tensor] = nn.functional.cross_entropy,
+                 progress: bool = True):
+        self.model, self.sparsifier = model, sparsifier
+        self.method = method if method is not None else SparsityMethod()  # no-op: dense training
+        self.train_loader, self.test_loader = train_loader, test_loader
+        self.cfg = training or (sparsifier.recipe.training if sparsifier is not None else TrainingConfig())
+        self.device = torch.device(device)
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.model_name, self.loss_fn, self.progress = model_name, loss_fn, progress
+        self.ctx = TrainContext(sparsifier, train_loader, loss_fn, self.device, self.cfg.epochs)
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        c = self.cfg
+        extra = self.method.param_groups(self.ctx)
+        extra_ids = {id(p) for g in extra for p in g["params"]}
+        base = [p for p in self.model.parameters() if p.requires_grad and id(p) not in extra_ids]
+        groups = [{"params": base}, *extra]
+        if c.optimizer == "adam":
+            return torch.optim.Adam(groups, lr=c.lr, weight_decay=c.weight_decay)
+        return torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+
+    def _train_epoch(self, opt: torch.optim.Optimizer, epoch: int, bar: Any) -> float:
+        self.model.train()
+        total = n = 0.0
+        for x, y in self.train_loader:
+            x, y = x.to(self.device), y.to(self.device)
+            loss = self.loss_fn(self.model(x), y)
+            pen = self.method.penalty(self.ctx)
+            full = loss if pen is None else loss + pen
+            opt.zero_grad(set_to_none=True)
+            full.backward()
+            opt.step()
+            self.method.after_optimizer_step(self.ctx)
+            value = float(loss.detach())
+            total, n = total + value * len(y), n + len(y)
+            if bar is not None:
+                bar[0].update(bar[1], advance=1, description=f"epoch {epoch + 1}/{self.cfg.epochs} loss {value:.3f}")
+        return total / max(n, 1)
+
+    def _save(self, epoch: int, opt: torch.optim.Optimizer, result: FitResult) -> None:
+        if self.checkpoint_dir is None:
+            return
+        extra = {"epoch": epoch, "optimizer": opt.state_dict(), "method": self.method.state_dict(),
+                 "method_name": self.method.name, "history": [asdict(h) for h in result.history],
+                 "training": self.cfg.model_dump()}
+        save_checkpoint(self.checkpoint_dir / LAST_CHECKPOINT, self.model, self.sparsifier,
+                        model_name=self.model_name, extra=extra)
+
+    def _resume(self, result: FitResult) -> tuple[int, dict[str, Any]]:
+        path = self.checkpoint_dir / LAST_CHECKPOINT if self.checkpoint_dir else None
+        if path is None or not path.is_file():
+            raise CheckpointError(f"cannot resume: no checkpoint at {path or '<no checkpoint_dir>'}")
+        data = read_checkpoint(path)
+        extra = data.get("extra", {})
+        if extra.get("method_name") != self.method.name:
+            raise CheckpointError(f"{path}: saved by method {extra.get('method_name')!r}, "
+                                  f"resuming with {self.method.name!r}")
+        load_plain_state(self.model, data["model_state"], str(path))
+        if self.sparsifier is not None:
+            self.sparsifier.load_state_dict(data["sparsifier"])
+        self.method.load_state_dict(extra.get("method", {}))
+        result.history = [EpochRecord(**h) for h in extra.get("history", [])]
+        return int(extra["epoch"]) + 1, extra["optimizer"]
+
+    def _seed_epoch(self, epoch: int) -> None:
+        """Seed shuffling and dropout from (seed, epoch) so a resumed run repeats the same epochs."""
+        seed = self.cfg.seed * EPOCH_SEED_STRIDE + epoch
+        torch.manual_seed(seed)
+        gen = getattr(self.train_loader, "generator", None)
+        if isinstance(gen, torch.Generator):
+            gen.manual_seed(seed)
+
+    def fit(self, resume: bool = False) -> FitResult:
+        """Run the epochs (from the last checkpoint if ``resume``); returns the history."""
+        from rich.progress import Progress
+
+        self.model.to(self.device)
+        result, start, opt_state = FitResult(), 0, None
+        if resume:
+            start, opt_state = self._resume(result)
+        else:
+            self.method.setup(self.ctx)
+        opt = self._optimizer()
+        if opt_state is not None:
+            opt.load_state_dict(opt_state)
+        steps = len(self.train_loader) if hasattr(self.train_loader, "__len__") else None
+        with Progress(disable=not self.progress, transient=True) as prog:
+            for epoch in range(start, self.cfg.epochs):
+                self._seed_epoch(epoch)
+                if self.method.on_epoch_start(epoch, self.ctx):
+                    opt = self._optimizer()
+                if self.sparsifier is not None:
+                    self.sparsifier.mask_optimizer_state(opt)  # pruned blocks lose their momentum
+                task = prog.add_task(f"epoch {epoch + 1}/{self.cfg.epochs}", total=steps)
+                loss = self._train_epoch(opt, epoch, (prog, task) if self.progress else None)
+                prog.remove_task(task)
+                acc = evaluate(self.model, self.test_loader, self.device) if self.test_loader is not None else None
+                result.history.append(EpochRecord(epoch, loss, acc, _mean_sparsity(self.sparsifier)))
+                self._save(epoch, opt, result)
+        self.method.finish(self.ctx)
+        if self.test_loader is not None:
+            result.final_accuracy = evaluate(self.model, self.test_loader, self.device)
+        return result
