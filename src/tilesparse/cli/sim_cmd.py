@@ -1,0 +1,166 @@
+"""``tilesparse simulate``: run a program on the functional simulator, verify it against the
+integer reference, and check that the time model charged what the program moved."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+__all__ = ["register"]
+
+TARGET_HELP = ("A program file from `tilesparse compile`, or a model name (resnet50, inception_v3, vgg16, ...) "
+               "to build, compile and simulate on the fly.")
+ARRAY_HELP = "Array (RxC, a preset or a YAML file). For a program file: refuse a program compiled for another array."
+MODEL_HELP = ("For a program file: rebuild this model's graph (same --sparsity/--block/--input-shape) "
+              "to verify against.")
+INPUT_HELP = "Input .npy (float: quantized with the model's input scale; int8: used as is). Default: seeded random."
+
+
+def _model_graph(model: str, sparsity: float, block: str, input_shape: str | None):
+    from tilesparse.compiler.sparsity import apply_block_sparsity
+    from tilesparse.errors import ConfigError
+    from tilesparse.frontend import build_graph, default_input_shape
+    from tilesparse.models.zoo import get_model
+    from tilesparse.patterns import parse_block_shape
+
+    shape = None
+    if input_shape:
+        try:
+            shape = tuple(int(x) for x in input_shape.replace("x", ",").split(","))
+        except ValueError:
+            raise ConfigError("--input-shape", [f"expected N,C,H,W such as 1,3,64,64, got {input_shape!r}"]) from None
+    bs = parse_block_shape(block)
+    m = get_model(model)
+    if sparsity > 0:
+        apply_block_sparsity(m, sparsity, (bs.out, bs.in_), name=model)
+    return build_graph(m, input_shape=shape or default_input_shape(model), block=(bs.out, bs.in_))
+
+
+def _input(path: Path | None, shape, seed: int, graph):
+    import numpy as np
+
+    from tilesparse.errors import ConfigError
+
+    if path is None:
+        rng = np.random.default_rng(seed)
+        if graph is None:
+            return rng.integers(-128, 128, size=shape, dtype=np.int64).astype(np.int8), True
+        return rng.standard_normal(shape).astype(np.float32), False
+    try:
+        x = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise ConfigError(path, [f"not a readable .npy array ({e})"]) from None
+    if int(np.prod(x.shape)) != int(np.prod(shape)):
+        raise ConfigError(path, [f"input has shape {x.shape}, the program reads {tuple(shape)}"])
+    if x.dtype == np.int8:
+        return x, True
+    if graph is None:
+        why = "a float input needs the model (--model) for its input scale; give an int8 array to simulate alone"
+        raise ConfigError(path, [why])
+    return x.astype(np.float32), False
+
+
+def simulate_verb(
+    target: Annotated[str, typer.Argument(help=TARGET_HELP)],
+    array: Annotated[str | None, typer.Option("--array", "-a", help=ARRAY_HELP)] = None,
+    model: Annotated[str | None, typer.Option(help="For a program file: rebuild this model's graph "
+                                                      "(same --sparsity/--block/--input-shape) to verify against.")] = None,
+    sparsity: Annotated[float, typer.Option(help="Fraction of 8x8 blocks zeroed (model targets).")] = 0.0,
+    block: Annotated[str, typer.Option(help="Block shape OUTxIN.")] = "8x8",
+    input_shape: Annotated[str | None, typer.Option(help="N,C,H,W (default: the model's).")] = None,
+    input_npy: Annotated[Path | None, typer.Option("--input", help=INPUT_HELP)] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the random input.")] = 0,
+    check: Annotated[bool, typer.Option(help="Run the ordering (hazard) check first.")] = True,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the per-layer results as JSON.")] = None,
+) -> None:
+    """Execute a program instruction by instruction over DDR, MemTiles and core memories; compare
+    every layer with the PyTorch integer reference bit for bit and the bytes / MACs with the time
+    model. Exit code 1 on any mismatch."""
+    from rich.console import Console
+
+    from tilesparse.compiler.pipeline import compile_graph
+    from tilesparse.compiler.program import Program
+    from tilesparse.hw import load_array
+    from tilesparse.sim import simulate, verify
+
+    con = Console()
+    path = Path(target)
+    graph = None
+    if path.suffix in (".tsp", ".npz") or path.is_file():
+        prog = Program.load(path, hw=load_array(array) if array else None)
+        if model:
+            graph = _model_graph(model, sparsity, block, input_shape)
+    else:
+        graph = _model_graph(target, sparsity, block, input_shape)
+        prog = compile_graph(graph, load_array(array or "4x4"))
+    shape = tuple(prog.buffers[_input_buffer(prog)]["shape"])
+    x, is_int8 = _input(input_npy, (1, *shape), seed, graph)
+    if graph is not None:
+        rep = verify(prog, graph, x, check=check, progress=True, is_int8=is_int8)
+        sim, checks = rep.sim, rep.checks
+    else:
+        sim, checks, rep = simulate(prog, x.reshape(shape), check=check, progress=True), None, None
+    con.print(_table(prog, sim, checks))
+    ok = sim.accounting_ok and (rep is None or rep.ok)
+    from rich.markup import escape
+
+    con.print(escape(_summary(prog, sim, rep)))
+    if json_out is not None:
+        from tilesparse.utils.atomic import atomic_write_text
+
+        atomic_write_text(json_out, json.dumps(_json(prog, sim, checks, rep), indent=1))
+    if not ok:
+        raise typer.Exit(1)
+
+
+def _input_buffer(prog) -> str:
+    written = {r.output["buffer"] for r in prog.layers}
+    return next(n for n, b in prog.buffers.items() if b.get("graph_io") and n not in written)
+
+
+def _table(prog, sim, checks):
+    from rich.table import Table
+
+    t = Table(title=f"{prog.graph} on {prog.hw.label}: simulated")
+    for col in ("layer", "kind", "vs reference", "bytes (busiest ch.)", "charged", "MACs", "charged", "ok"):
+        t.add_column(col, justify="left" if col in ("layer", "kind", "vs reference") else "right")
+    ref = {c.layer: c for c in checks or []}
+    for rec, a in zip(prog.layers, sim.accounts):
+        c = ref.get(rec.name)
+        agree = "-" if c is None else ("bit-exact" if c.ok else f"{c.n_diff} differ at {c.first}")
+        t.add_row(rec.name, rec.kind, agree, f"{sum(a.sim_bytes.values()):,}", f"{sum(a.model_bytes.values()):,}",
+                  f"{a.sim_macs:,}", f"{a.model_macs:,}", "yes" if a.ok and (c is None or c.ok) else "NO")
+    return t
+
+
+def _summary(prog, sim, rep) -> str:
+    lv = ", ".join(f"{k} {v:,}" for k, v in sim.by_level.items())
+    lines = [f"simulated {len(prog.layers)} layers in {sim.seconds:.2f} s; moved: {lv}"]
+    lines.append("accounting: every layer's bytes and MACs equal the time model's" if sim.accounting_ok
+                 else "accounting: MISMATCH — " + "; ".join(n for a in sim.accounts for n in a.notes[:1])[:400])
+    if rep is not None:
+        lines.append(f"reference: {rep.summary()}")
+    lines += [f"note: {n}" for n in sim.lock_notes]
+    return "\n".join(lines)
+
+
+def _json(prog, sim, checks, rep) -> dict:
+    ref = {c.layer: c for c in checks or []}
+    layers = []
+    for rec, a in zip(prog.layers, sim.accounts):
+        c = ref.get(rec.name)
+        layers.append({"layer": rec.name, "kind": rec.kind, "bit_exact": None if c is None else c.ok,
+                       "first_diff": None if c is None or c.ok else {"at": c.first, "got": c.got, "want": c.want},
+                       "bytes": a.sim_bytes, "charged_bytes": a.model_bytes, "macs": a.sim_macs,
+                       "charged_macs": a.model_macs, "cycles": a.sim_cycles, "charged_cycles": a.model_cycles,
+                       "notes": a.notes})
+    return {"graph": prog.graph, "array": prog.hw.label, "seconds": sim.seconds, "by_level": sim.by_level,
+            "accounting_ok": sim.accounting_ok, "bit_exact": None if rep is None else rep.ok,
+            "lock_notes": sim.lock_notes, "layers": layers}
+
+
+def register(app: typer.Typer) -> None:
+    app.command("simulate")(simulate_verb)

@@ -1,0 +1,18 @@
+"""Functional simulator: execute a compiled ``Program`` over explicit memories, bit-exact against
+the integer reference, with an ordering (hazard) check and byte / MAC accounting
+(docs/simulator.md)."""
+
+from tilesparse.sim.hazards import HazardError, check_ordering
+from tilesparse.sim.memory import SimulationError
+from tilesparse.sim.oracle import LayerCheck, Report, SimResult, simulate, verify
+
+__all__ = [
+           "HazardError",
+           "LayerCheck",
+           "Report",
+           "SimResult",
+           "SimulationError",
+           "check_ordering",
+           "simulate",
+           "verify",
+]

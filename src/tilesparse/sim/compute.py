@@ -1,0 +1,193 @@
+"""What COMP computes on one core for one tile (docs/program.md, "COMP semantics").
+
+Convolutions are block-sparse: a weight chunk decoded from its packed bytes (``unpack_chunk``) is
+split into groups of block rows that keep the same block columns; each group is one float64 matmul
+of the im2col window (only the kept input channels) by the kept weights — exact, since every partial
+sum of int8 products stays far below 2**53. Skipped blocks are never touched, so a wrong bitmap or
+block index changes the result. Everything else uses the integer rules of ``tilesparse.quant``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from tilesparse.compiler.layers import LayerSpec
+from tilesparse.compiler.pack import BITS_PER_BYTE, chunk_geometry, unpack_chunk
+from tilesparse.quant import rounding as R
+
+__all__ = ["Chunk", "conv_cycles", "conv_tile", "decode_chunk", "geometry", "im2col", "pool_tile"]
+
+MAXPOOL_PAD = np.iinfo(np.int16).min  # padding never wins a max (below every int8)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A weight chunk decoded from the bytes a core holds."""
+
+    row: tuple[int, ...]  # oc_group, k, q, oc0, oc1, cb0, cb1, ddr_addr, nbytes, with_bias
+    groups: tuple[tuple[np.ndarray, np.ndarray | None, np.ndarray], ...]  # out idx, feature idx, W
+    bias: np.ndarray | None
+    kept: np.ndarray  # kept input channels of each output channel of the chunk
+
+    @property
+    def oc0(self) -> int:
+        return self.row[3]
+
+
+def _keep_bits(buf: bytes, nrows: int, ncols: int) -> tuple[np.ndarray, int]:
+    nbit = math.ceil(nrows * ncols / BITS_PER_BYTE)
+    if len(buf) < nbit:
+        raise ValueError(f"{len(buf)} B cannot hold a {nrows}x{ncols} block bitmap")
+    keep = np.unpackbits(np.frombuffer(buf[:nbit], np.uint8), bitorder="little")[:nrows * ncols]
+    return keep.reshape(nrows, ncols).astype(bool), nbit
+
+
+def _decode_regular(spec: LayerSpec, buf: bytes, geo, keep: np.ndarray, nbit: int, with_bias: bool):
+    """Blocks of equal height and width: scatter all kept blocks at once (format of
+    ``compiler.pack``: bitmap, kept blocks as [o][ky][kx][i] in bitmap order, int32 bias)."""
+    h, bi = int(geo.row_ch[0, 1] - geo.row_ch[0, 0]), int(geo.col_w[0])
+    kh, kw = spec.kernel
+    blk = h * kh * kw * bi
+    n_keep = int(keep.sum())
+    nb = (geo.oc1 - geo.oc0) * 4 if with_bias else 0
+    if len(buf) != nbit + n_keep * blk + nb:
+        raise ValueError(f"chunk of {spec.name}: {len(buf)} bytes, layout accounts for {nbit + n_keep * blk + nb}")
+    blocks = np.zeros((*keep.shape, h, kh, kw, bi), np.int8)
+    blocks[keep] = np.frombuffer(buf, np.int8, n_keep * blk, nbit).reshape(n_keep, h, kh, kw, bi)
+    bias = np.frombuffer(buf, "<i4", geo.oc1 - geo.oc0, nbit + n_keep * blk).copy() if with_bias else None
+    return blocks, bias
+
+
+@dataclass(frozen=True)
+class _Geo:
+    oc0: int
+    oc1: int
+    cb0: int
+    cb1: int
+    row_ch: np.ndarray
+    col_w: np.ndarray
+
+
+def geometry(spec: LayerSpec, oc0: int, oc1: int, cb0: int, cb1: int):
+    """``compiler.pack.chunk_geometry`` (block rows clipped to [oc0, oc1), block-column widths),
+    computed directly for ungrouped convs whose chunk starts on a block row (the common case)."""
+    bo, bi = spec.block
+    if spec.groups != 1 or oc0 % bo or oc1 <= oc0:
+        return chunk_geometry(spec, oc0, oc1, cb0, cb1)
+    starts = np.arange(oc0, oc1, bo)
+    row_ch = np.stack([starts, np.minimum(starts + bo, oc1)], axis=1)
+    col_w = np.minimum(bi, spec.ci - np.arange(cb0, cb1) * bi)
+    return _Geo(oc0, oc1, cb0, cb1, row_ch, col_w)
+
+
+def _ranges(bounds: np.ndarray) -> np.ndarray:
+    """Concatenated aranges of (start, stop) rows."""
+    if not len(bounds):
+        return np.zeros(0, np.int64)
+    lens = bounds[:, 1] - bounds[:, 0]
+    return np.repeat(bounds[:, 0] - np.r_[0, np.cumsum(lens)[:-1]], lens) + np.arange(int(lens.sum()))
+
+
+def decode_chunk(spec: LayerSpec, buf: bytes, row: tuple[int, ...], ci0: int, n_ch: int) -> Chunk:
+    """Decode a packed chunk (``ValueError`` if its bytes do not match its layout) into groups of
+    block rows sharing the same kept block columns. ``ci0``/``n_ch``: the first input channel
+    and channel count of the window the core holds."""
+    _, _, _, oc0, oc1, cb0, cb1, _, _, with_bias = (int(v) for v in row)
+    geo = geometry(spec, oc0, oc1, cb0, cb1)
+    keep, nbit = _keep_bits(buf, len(geo.row_ch), cb1 - cb0)
+    heights = geo.row_ch[:, 1] - geo.row_ch[:, 0]
+    if len(heights) and (heights == heights[0]).all() and (geo.col_w == geo.col_w[0]).all():
+        blocks, bias = _decode_regular(spec, buf, geo, keep, nbit, bool(with_bias))
+        dense = None
+    else:  # ragged edge blocks: the compiler's own decoder
+        dense, bias = unpack_chunk(spec, buf, geo, bool(with_bias))
+        blocks = None
+    col0 = np.r_[0, np.cumsum(geo.col_w)]
+    col_b = np.stack([col0[:-1], col0[1:]], axis=1)
+    og, ig = spec.co // spec.groups, spec.ci // spec.groups
+    grp = geo.row_ch[:, 0] // og
+    pattern: dict[bytes, list[int]] = {}
+    if blocks is not None and spec.groups == 1 and keep.all():  # dense chunk: one group, no gather
+        pattern[b""] = list(range(len(keep)))
+    else:
+        for r, key in enumerate(np.c_[grp, keep]):
+            pattern.setdefault(key.tobytes(), []).append(r)
+    kh, kw = spec.kernel
+    groups = []
+    kept = np.zeros(oc1 - oc0, np.int64)
+    for rows in pattern.values():
+        cols = np.flatnonzero(keep[rows[0]])
+        out = _ranges(geo.row_ch[rows]) - oc0
+        local = _ranges(col_b[cols]).astype(np.int64)
+        kept[out] = len(local)
+        if not len(local):
+            continue
+        feat = local + (cb0 * spec.block[1] if spec.groups == 1 else int(grp[rows[0]]) * ig) - ci0
+        if feat.min() < 0 or feat.max() >= n_ch:
+            raise ValueError(f"chunk reads input channels outside the {n_ch} the core holds")
+        if blocks is not None:  # (rows, cols, h, kh, kw, bi) -> (kh, kw, cols, bi, rows, h)
+            sel = blocks if len(rows) == len(keep) and len(cols) == keep.shape[1] else blocks[rows][:, cols]
+            w = sel.transpose(3, 4, 1, 5, 0, 2)
+        else:
+            assert dense is not None  # ragged chunks were decoded densely above
+            w = dense[out][:, local].transpose(2, 3, 1, 0)
+        w = w.reshape(kh * kw * len(local), len(out))
+        full = len(feat) == n_ch and bool((feat == np.arange(n_ch)).all())
+        groups.append((out, None if full else feat, w.astype(np.float64)))
+    return Chunk(tuple(int(v) for v in row), tuple(groups), bias, kept)
+
+
+def im2col(x: np.ndarray, kernel, dilation, stride, n_out: tuple[int, int]) -> np.ndarray:
+    """Window ``x`` (rows, cols, channels) → (positions, kh, kw, channels)."""
+    (kh, kw), (dh, dw), (sh, sw) = kernel, dilation, stride
+    v = sliding_window_view(x, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(0, 1))
+    v = v[:n_out[0] * sh:sh, :n_out[1] * sw:sw, :, ::dh, ::dw]
+    if v.shape[0] != n_out[0] or v.shape[1] != n_out[1]:
+        raise ValueError(f"window {x.shape[:2]} yields {v.shape[:2]} outputs, tile needs {n_out}")
+    return np.ascontiguousarray(v.transpose(0, 1, 3, 4, 2)).reshape(n_out[0] * n_out[1], kh, kw, x.shape[2])
+
+
+def conv_tile(x: np.ndarray, spec: LayerSpec, stride, n_out, chunk: Chunk) -> tuple[np.ndarray, int]:
+    """Partial sums (positions × chunk channels, int64) of one input-channel chunk, and MACs."""
+    cols = im2col(x.astype(np.float64), spec.kernel, spec.dilation, stride, n_out)
+    p = cols.shape[0]
+    acc = np.zeros((p, chunk.row[4] - chunk.row[3]), np.float64)
+    macs = 0
+    for out, feat, w in chunk.groups:
+        xs = cols.reshape(p, -1) if feat is None else cols[..., feat].reshape(p, -1)
+        acc[:, out] = xs @ w
+        macs += p * w.shape[0] * w.shape[1]
+    return np.rint(acc).astype(np.int64), macs
+
+
+def pool_tile(x: np.ndarray, valid: np.ndarray, kind: str, spec: LayerSpec, stride, n_out) -> np.ndarray:
+    """Max (padding excluded) or window sum (zero padding) per position × channel, int64."""
+    if kind == "maxpool":
+        x = np.where(valid[:, :, None], x.astype(np.int16), np.int16(MAXPOOL_PAD))
+    cols = im2col(x, spec.kernel, spec.dilation, stride, n_out)
+    if kind == "maxpool":
+        return cols.max(axis=(1, 2)).astype(np.int64)
+    return cols.astype(np.int64).sum(axis=(1, 2))
+
+
+def conv_cycles(chunk: Chunk, p: int, taps: int, hw) -> int:
+    """Rule 2 of the time model for one core and tile, from the blocks the core really holds:
+    ceil(P / M) × Σ_slabs ceil(kept channels × taps / K) + call overhead (slabs of N channels);
+    a core with no kept block does not run."""
+    m, k, n = hw.core.matmul_shape
+    o0, kept = chunk.oc0, chunk.kept
+    slab = (np.arange(o0, o0 + len(kept)) // n) - o0 // n
+    per_slab = np.zeros(int(slab[-1]) + 1 if len(slab) else 0, np.int64)
+    np.maximum.at(per_slab, slab, kept)
+    steps = int(np.ceil(per_slab * taps / k).sum())
+    if steps == 0 or p == 0:
+        return 0
+    return math.ceil(p / m) * steps + hw.core.kernel_call_overhead_cycles
+
+
+def requantize_conv(acc: np.ndarray, shift: np.ndarray, clamp) -> np.ndarray:
+    return R.requantize(acc, shift, tuple(clamp))

@@ -1,0 +1,262 @@
+"""The DMA instructions: LOADW, LOADWM, LOAD, LOADFM, WRITEFM, WRITE (docs/program.md).
+
+``Staging`` owns the MemTile staging area of the running layer — above the activation capacity
+of each column: ``wslot0``, ``wslot1`` (each as large as the layer's largest per-column LOADW),
+``stage_in[0/1]`` (largest per-column LOADFM iteration) and ``stage_out[0/1]`` (largest per-column
+WRITEFM iteration). Weight slots are striped evenly over the columns (``ceil(n / cols)`` per
+column, so LOADW uses every column channel); ``stage_in``/``stage_out`` hold, per column, that
+column's windows / output tiles for one iteration.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from tilesparse.sim import compute as C
+from tilesparse.sim.memory import SimulationError, Where
+
+__all__ = ["Staging", "parse_addr"]
+
+
+def parse_addr(where: Where, s: str, prefix: str) -> int:
+    if not s.startswith(prefix):
+        raise SimulationError(f"{where}: operand {s!r}, expected {prefix}ADDRESS")
+    try:
+        return int(s[len(prefix):])
+    except ValueError:
+        raise SimulationError(f"{where}: operand {s!r} has no integer address") from None
+
+
+def _slot_index(where: Where, s: str) -> int:
+    if not s.startswith("memtile.wslot") or s[-1] not in "01":
+        raise SimulationError(f"{where}: operand {s!r}, expected memtile.wslot0 or memtile.wslot1")
+    return int(s[-1])
+
+
+class Staging:
+    """DMA semantics over the memories of an ``Executor`` for one layer."""
+
+    def __init__(self, ex, li: int, cap: int):
+        self.ex, self.p, self.mem, self.v = ex, ex.p, ex.mem, ex.views[li]
+        self.cols, self.mt = ex.hw.cols, ex.mem.mt_bytes
+        vals = {op: 0 for op in ("LOADW", "LOADFM", "WRITEFM")}
+        for step in ex.steps[li]:
+            for idx in step:
+                ins = self.p.instrs[idx]
+                if ins.op in vals and ins.iters:
+                    vals[ins.op] = max(vals[ins.op], int(np.ceil(self.p.iter_values(ins).max())))
+        self.w_bytes, self.in_bytes, self.out_bytes = vals["LOADW"], vals["LOADFM"], vals["WRITEFM"]
+        self.base = cap
+        end = cap + 2 * (self.w_bytes + self.in_bytes + self.out_bytes)
+        if end > self.mt:
+            raise SimulationError(f"layer {self.v.name!r}: staging (2 x {self.w_bytes} B weight slots, 2 x "
+                                  f"{self.in_bytes} B in, 2 x {self.out_bytes} B out per column) does not fit "
+                                  f"above the {cap} B of activations in a {self.mt} B MemTile")
+        self.slot: dict[int, tuple[int, int, int]] = {}  # slot -> (ddr addr, bytes, per-column part)
+        self.core_in: dict[tuple[int, int], dict] = {}
+        self.core_out: dict[tuple[int, int], tuple] = {}
+        self.stage_in: dict[int, dict] = {0: {}, 1: {}}  # parity -> {(col, key): (offset, shape)}
+        self.stage_out: dict[int, list] = {0: [], 1: []}
+
+    def _where(self, idx: int, it: int = -1) -> Where:
+        ins = self.p.instrs[idx]
+        return Where(self.v.name, ins.op, ins.step, it, idx)
+
+    def _area(self, kind: str, half: int) -> tuple[int, int]:
+        """(offset, size) in each column of wslot / stage_in / stage_out ``half``."""
+        w, i, o = self.w_bytes, self.in_bytes, self.out_bytes
+        off = {"w": 0, "in": 2 * w, "out": 2 * w + 2 * i}[kind]
+        size = {"w": w, "in": i, "out": o}[kind]
+        return self.base + off + half * size, size
+
+    def _mt_range(self, where: Where, col: int, kind: str, half: int, off: int, n: int) -> slice:
+        a, size = self._area(kind, half)
+        if off + n > size:
+            raise SimulationError(f"{where}: {n} B at offset {off} overflow {kind} staging {half} "
+                                  f"({size} B per column)")
+        return slice(col * self.mt + a + off, col * self.mt + a + off + n)
+
+    def begin_iteration(self, i: int) -> None:
+        self.stage_in[i % 2] = {}
+        self.stage_out[i % 2] = []
+
+    # ---- weights ----------------------------------------------------------------------------
+    def loadw(self, idx: int) -> None:
+        ins, where = self.p.instrs[idx], self._where(idx)
+        addr, n, slot = parse_addr(where, ins.src, "ddr@"), int(ins.nbytes), _slot_index(where, ins.dst)
+        self.mem.ddr_check(where, addr, n, tuple(self.p.ddr["weights"]))
+        rows = self.v.step_chunks.get((ins.k, ins.q), [])
+        lo = min((int(r[7]) for r in rows), default=addr)
+        span = sum(int(r[8]) for r in rows)
+        if (addr, n) != (lo, span):
+            raise SimulationError(f"{where}: copies DDR [{addr}, {addr + n}) but the weight chunks of "
+                                  f"chunk (k={ins.k}, q={ins.q}) occupy [{lo}, {lo + span})")
+        part = math.ceil(n / self.cols)
+        for c in range(self.cols):
+            a, b = c * part, min(n, (c + 1) * part)
+            if b > a:
+                self.mem.memtile[self._mt_range(where, c, "w", slot, 0, b - a)] = self.mem.ddr[addr + a:addr + b]
+                self.ex.acct.move(idx, 0, c, b - a)
+        self.slot[slot] = (addr, n, part)
+
+    def loadwm(self, idx: int) -> None:
+        ins, where = self.p.instrs[idx], self._where(idx)
+        slot = _slot_index(where, ins.src)
+        if slot not in self.slot:
+            raise SimulationError(f"{where}: reads wslot{slot} before any LOADW filled it")
+        addr, n, part = self.slot[slot]
+        a0, _ = self._area("w", slot)
+        seen: dict[tuple[int, int], None] = {}  # (row, oc group) chunks already sent on a row channel
+        for core, cw in enumerate(self.v.cores):
+            ch = self.v.chunk(core, ins.k, ins.q)
+            if ch is None:
+                continue
+            row = self.v.chunk_rows.get((cw.oc_group, ins.k, ins.q))
+            if row is None:
+                raise SimulationError(f"{where}: no weight chunk for oc group {cw.oc_group}, k={ins.k}, q={ins.q}")
+            off, nb = int(row[7]) - addr, int(row[8])
+            if off < 0 or off + nb > n:
+                raise SimulationError(f"{where}: chunk of oc group {cw.oc_group} at DDR {row[7]} is not in "
+                                      f"wslot{slot} (holds DDR [{addr}, {addr + n}))")
+            lg = np.arange(off, off + nb)
+            col = lg // part
+            data = self.mem.memtile[col * self.mt + a0 + lg - col * part]
+            self.mem.core_slice(where, core, "w", 0, nb)[...] = data
+            if (core // self.cols, cw.oc_group) not in seen:
+                self.ex.acct.move(idx, 0, core // self.cols, nb)
+                seen[(core // self.cols, cw.oc_group)] = None
+            self.ex.wchunk[core] = self._decode(where, core, row, ch, data, seen)
+
+    def _decode(self, where, core, row, ch, data, seen) -> C.Chunk:
+        key = (int(row[0]), int(row[1]), int(row[2]), ch[2], ch[3])
+        hit = self.ex.decoded.get((self.v.index, key))
+        if hit is not None and np.array_equal(hit[0], data):  # same bytes as a chunk already decoded
+            return hit[1]
+        try:
+            chunk = C.decode_chunk(self.v.spec, data.tobytes(), tuple(int(t) for t in row), ch[2], ch[3] - ch[2])
+        except ValueError as e:
+            raise SimulationError(f"{where}: weight chunk of core {self.mem.core_name(core)} "
+                                  f"(oc group {row[0]}) does not decode: {e}") from None
+        if self.v.n_s > 1:  # chunks are re-read only by later spatial groups
+            self.ex.decoded[(self.v.index, key)] = (data.copy(), chunk)
+        return chunk
+
+    # ---- activations in -----------------------------------------------------------------------
+    def _inputs(self):
+        """(index, buffer, c_offset) of the window inputs."""
+        return [(j, d["buffer"], int(d["c_offset"])) for j, d in enumerate(self.v.rec.inputs[:self.v.n_win_inputs])]
+
+    def _window(self, where, core, tile, ch, buf, coff) -> np.ndarray:
+        win = self.v.window(tile)
+        x, _ = self.ex.bufs.read(where, buf, win.rows, win.cols, coff + ch[2], coff + ch[3])
+        return x
+
+    def _residual(self, where, tile, ch) -> np.ndarray:
+        d = self.v.rec.inputs[-1]
+        a, b, c, e = tile
+        x, _ = self.ex.bufs.read(where, d["buffer"], np.arange(a, b), np.arange(c, e),
+                                 int(d["c_offset"]) + ch[0], int(d["c_offset"]) + ch[1])
+        return x.reshape((b - a) * (e - c), ch[1] - ch[0])
+
+    def _wants_residual(self, idx: int) -> bool:
+        return bool(self.v.rec.fused_add) and self.v.last_q(self.p.instrs[idx].q)
+
+    def load(self, idx: int, i: int, ctx) -> None:
+        where, half = self._where(idx, i), i % 2
+        fill = [0] * self.cols
+        for core, tile, ch in ctx:
+            col, reg = core % self.cols, self.v.cores[core].region
+            items: list[tuple[tuple, tuple | None]] = [((j, reg, ch[2], ch[3]), (j, buf, coff)) for j, buf, coff in self._inputs()
+                     if self.ex.bufs.in_ddr(buf)]
+            if self._wants_residual(idx) and self.ex.bufs.in_ddr(self.v.rec.inputs[-1]["buffer"]):
+                items.append((("res", core), None))
+            for key, src in items:
+                if (col, key) in self.stage_in[half]:
+                    continue
+                x = self._residual(where, tile, ch) if src is None else self._window(where, core, tile, ch, *src[1:])
+                self.mem.memtile[self._mt_range(where, col, "in", half, fill[col], x.size)] = x.reshape(-1).view(np.uint8)
+                self.stage_in[half][(col, key)] = (fill[col], x.shape)
+                self.ex.acct.move(idx, i, col, x.size)
+                fill[col] += x.size
+
+    def _staged(self, where, col, half, key) -> np.ndarray:
+        if (col, key) not in self.stage_in[half]:
+            raise SimulationError(f"{where}: reads {key} from stage_in[{half}] of column {col}, which LOAD did not fill")
+        off, shape = self.stage_in[half][(col, key)]
+        n = int(np.prod(shape))
+        return self.mem.memtile[self._mt_range(where, col, "in", half, off, n)].view(np.int8).reshape(shape)
+
+    def loadfm(self, idx: int, i: int, ctx) -> None:
+        where, half = self._where(idx, i), i % 2
+        cap = self.ex.hw.core.input_buffer_bytes // 2
+        sent: set = set()
+        for core, tile, ch in ctx:
+            col, reg = core % self.cols, self.v.cores[core].region
+            parts = []
+            for j, buf, coff in self._inputs():
+                key = (j, reg, ch[2], ch[3])
+                x = (self._staged(where, col, half, key) if self.ex.bufs.in_ddr(buf)
+                     else self._window(where, core, tile, ch, buf, coff))
+                parts.append(x)
+                if (col, key) not in sent:  # broadcast down the column: moves once
+                    sent.add((col, key))
+                    self.ex.acct.move(idx, i, col, x.size)
+            lay: dict[str, Any] = {"windows": [], "residual": None}
+            off = 0
+            for x in parts:
+                lay["windows"].append((half * cap + off, x.shape))
+                off += self._put(where, core, half * cap + off, cap - off, x)
+            if self._wants_residual(idx):
+                rb = self.v.rec.inputs[-1]["buffer"]
+                r = (self._staged(where, col, half, ("res", core)) if self.ex.bufs.in_ddr(rb)
+                     else self._residual(where, tile, ch))
+                room = self.mem.region["res"][1] // 2
+                if r.size > room:
+                    raise SimulationError(f"{where}: residual tile {r.size} B overflows half of core.res "
+                                          f"({room} B: data memory left after core.in/out/w)")
+                self.mem.core_slice(where, core, "res", half * room, r.size)[...] = r.reshape(-1).view(np.uint8)
+                lay["residual"] = half * room
+                self.ex.acct.move(idx, i, col, r.size)
+            self.core_in[(core, half)] = lay
+
+    def _put(self, where, core, off, room, x) -> int:
+        if x.size > room:
+            raise SimulationError(f"{where}: core {self.mem.core_name(core)} input data "
+                                  f"{x.size} B overflow its half of core.in ({room} B left of "
+                                  f"{self.ex.hw.core.input_buffer_bytes // 2} B)")
+        self.mem.core_slice(where, core, "in", off, x.size)[...] = x.reshape(-1).view(np.uint8)
+        return x.size
+
+    # ---- activations out ----------------------------------------------------------------------
+    def writefm(self, idx: int, i: int, ctx) -> None:
+        ins, where, half = self.p.instrs[idx], self._where(idx, i), i % 2
+        out = self.v.rec.output
+        to_ddr = self.ex.bufs.in_ddr(out["buffer"])
+        fill = [0] * self.cols
+        for core, tile, ch in ctx:
+            if (core, half) not in self.core_out:
+                raise SimulationError(f"{where}: core {self.mem.core_name(core)} has no output tile (no COMP)")
+            off, shape = self.core_out.pop((core, half))
+            y = self.mem.core_slice(where, core, "out", off, int(np.prod(shape))).view(np.int8).reshape(shape)
+            col = core % self.cols
+            if to_ddr:
+                rng = self._mt_range(where, col, "out", half, fill[col], y.size)
+                self.mem.memtile[rng] = y.reshape(-1).view(np.uint8)
+                self.stage_out[half].append((col, fill[col], shape, tile, out["c_offset"] + ch[0]))
+                fill[col] += y.size
+            else:
+                self.ex.bufs.write(where, out["buffer"], tile, out["c_offset"] + ch[0], y)
+            self.ex.acct.move(idx, i, col, y.size)
+        del ins
+
+    def write(self, idx: int, i: int, ctx) -> None:
+        where, half = self._where(idx, i), i % 2
+        buf = self.v.rec.output["buffer"]
+        for col, off, shape, tile, ch0 in self.stage_out[half]:
+            n = int(np.prod(shape))
+            y = self.mem.memtile[self._mt_range(where, col, "out", half, off, n)].view(np.int8).reshape(shape)
+            self.ex.bufs.write(where, buf, tile, ch0, y)
+            self.ex.acct.move(idx, i, col, n)

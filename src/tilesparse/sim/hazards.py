@@ -1,0 +1,229 @@
+"""Ordering check: do the program's locks make every read wait for its producer and every overwrite
+wait for the last reader? (docs/program.md, "Locks and ordering").
+
+Each op is one engine (the LOADW channel, LOADWM, LOAD, LOADFM, the cores' COMP, WRITEFM, WRITE)
+that runs its iterations in program order. A lock ``X.empty`` starts with one token, ``X.full``
+with none; an iteration takes one token of every lock it acquires and, when done, gives one to
+every lock it releases. Two fixed rules add order: LOADWM of a step starts after every earlier
+pipeline iteration (it halts the cores) and the step's pipeline starts after it; layers run one
+after another. The check runs the engines as far as the locks allow, tracking happens-before with
+vector clocks, then walks the accesses in the sequential reference order (per step: LOADW, LOADWM,
+then LOAD i, LOADFM i, COMP i, WRITEFM i, WRITE i for each iteration i) and requires
+
+* every read of a buffer to happen after the write it needs (a read before its producer completed),
+* every write to happen after the reads of the data it replaces (an overwrite of a buffer still
+  to be read) and after the previous write.
+
+Anything else, or a lock that never gets a token (deadlock), raises ``HazardError`` naming both
+instructions.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tilesparse.sim.memory import SimulationError
+
+__all__ = ["HazardError", "check_ordering", "implied_locks"]
+
+AGENTS = ("LOADW", "LOADWM", "LOAD", "LOADFM", "COMP", "WRITEFM", "WRITE")
+PIPE = ("LOAD", "LOADFM", "COMP", "WRITEFM", "WRITE")
+NOTES = ("cores halted",)  # annotations in lock fields that are rules, not locks
+
+
+class HazardError(SimulationError):
+    """Two instructions are not ordered by the locks although one needs the other's data."""
+
+
+@dataclass
+class Event:
+    agent: int
+    seq: int  # 1-based position in its engine's order
+    idx: int  # instruction index
+    it: int
+    acquire: list[str]
+    release: list[str]
+    after: list[tuple[int, int]] = field(default_factory=list)  # fixed-rule predecessors (agent, seq)
+    staged: tuple[bool, bool] = (False, False)  # the step has a LOAD / a WRITE
+    vc: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # set when it fires
+
+
+def _locks(s: str, it: int) -> list[str]:
+    out = []
+    for part in s.split(";"):
+        part = part.strip()
+        if part and part not in NOTES:
+            out.append(part.replace("[i%2]", f"[{it % 2}]"))
+    return out
+
+
+def implied_locks(ins, staged_in: bool, staged_out: bool) -> tuple[str, str, str]:
+    """Acquire/release strings with the staging locks docs/program.md implies ("LOAD / WRITE use
+    stage_in/stage_out the same way") but the instruction omits, and a note if any was added.
+    ``staged_in``/``staged_out``: the step has a LOAD / WRITE (LOADFM reads / WRITEFM writes
+    MemTile staging, whatever its src/dst field says: a fused add's residual may be in DDR)."""
+    acq, rel, note = ins.acquire, ins.release, ""
+    if ins.op == "LOADFM" and staged_in and "stage_in" not in acq:
+        acq, rel = f"{acq}; stage_in[i%2].full", f"{rel}; stage_in[i%2].empty"
+        note = "LOADFM from stage_in: assumed acquire stage_in[i%2].full, release stage_in[i%2].empty"
+    if ins.op == "WRITEFM" and staged_out and "stage_out" not in acq:
+        acq, rel = f"{acq}; stage_out[i%2].empty", f"{rel}; stage_out[i%2].full"
+        note = "WRITEFM to stage_out: assumed acquire stage_out[i%2].empty, release stage_out[i%2].full"
+    return acq, rel, note
+
+
+def _name(program, ev: Event) -> str:
+    ins = program.instrs[ev.idx]
+    return (f"{ins.op} #{ev.idx} (layer {program.layers[ins.layer].name!r} step {ins.step}"
+            + (f" iteration {ev.it})" if ins.iters > 1 or ins.op in PIPE else ")"))
+
+
+def _build(program, idxs: list[int], notes: set[str]) -> tuple[list[list[Event]], list[Event]]:
+    """Engine queues and the events in sequential reference order, for one layer."""
+    queues: list[list[Event]] = [[] for _ in AGENTS]
+    order: list[Event] = []
+    steps: dict[int, list[int]] = {}
+    for i in idxs:
+        steps.setdefault(program.instrs[i].step, []).append(i)
+    for step in steps.values():
+        pipe_seen = [len(q) for q in queues]
+        ops = {program.instrs[i].op for i in step}
+        staged = ("LOAD" in ops, "WRITE" in ops)
+        lwm = None
+        for i in step:
+            ins = program.instrs[i]
+            if ins.op not in AGENTS:
+                raise HazardError(f"instruction #{i}: unknown op {ins.op!r}")
+            if ins.op in ("LOADW", "LOADWM"):
+                ev = _event(program, queues, i, 0, notes, staged)
+                if ins.op == "LOADWM":
+                    ev.after = [(a, pipe_seen[a]) for a in range(len(AGENTS)) if AGENTS[a] in PIPE and pipe_seen[a]]
+                    lwm = ev
+                order.append(ev)
+        pipe = sorted((i for i in step if program.instrs[i].op in PIPE), key=lambda i: PIPE.index(program.instrs[i].op))
+        iters = max((program.instrs[i].iters for i in pipe), default=0)
+        for it in range(iters):
+            for i in pipe:
+                if it < program.instrs[i].iters:
+                    ev = _event(program, queues, i, it, notes, staged)
+                    if lwm is not None:
+                        ev.after = [(lwm.agent, lwm.seq)]
+                    order.append(ev)
+    return queues, order
+
+
+def _event(program, queues, i: int, it: int, notes: set[str], staged: tuple[bool, bool]) -> Event:
+    ins = program.instrs[i]
+    acq, rel, note = implied_locks(ins, *staged)
+    if note:
+        notes.add(note)
+    a = AGENTS.index(ins.op)
+    ev = Event(a, len(queues[a]) + 1, i, it, _locks(acq, it), _locks(rel, it), staged=staged)
+    queues[a].append(ev)
+    return ev
+
+
+def _run(program, queues: list[list[Event]]) -> None:
+    """Fire events as the locks allow; give each its vector clock. Deadlock → HazardError."""
+    tokens: dict[str, deque] = {}
+    head = [0] * len(AGENTS)
+    clock = [np.zeros(len(AGENTS), np.int64) for _ in AGENTS]
+
+    def pool(lock: str) -> deque:
+        if lock not in tokens:
+            tokens[lock] = deque([np.zeros(len(AGENTS), np.int64)] if lock.endswith(".empty") else [])
+        return tokens[lock]
+
+    progress = True
+    while progress:
+        progress = False
+        for a, q in enumerate(queues):
+            while head[a] < len(q):
+                ev = q[head[a]]
+                need: dict[str, int] = {}
+                for lk in ev.acquire:
+                    need[lk] = need.get(lk, 0) + 1
+                if any(head[b] < s for b, s in ev.after) or any(len(pool(k)) < n for k, n in need.items()):
+                    break
+                vc = clock[a].copy()
+                for b, s in ev.after:
+                    vc = np.maximum(vc, queues[b][s - 1].vc)
+                for lk in ev.acquire:
+                    vc = np.maximum(vc, pool(lk).popleft())
+                vc[a] = ev.seq
+                ev.vc, clock[a] = vc, vc
+                for lk in ev.release:
+                    pool(lk).append(vc)
+                head[a] += 1
+                progress = True
+    stuck = [q[head[a]] for a, q in enumerate(queues) if head[a] < len(q)]
+    if stuck:
+        ev = stuck[0]
+        missing = [k for k in ev.acquire if not tokens.get(k)] or ["(fixed order: LOADWM / drained pipeline)"]
+        others = ", ".join(_name(program, e) for e in stuck[1:3]) or "nothing"
+        raise HazardError(f"deadlock: {_name(program, ev)} waits for {missing[0]}, which no instruction "
+                          f"will release; also blocked: {others}")
+
+
+def _accesses(program, ev: Event) -> list[tuple[tuple, str]]:
+    ins = program.instrs[ev.idx]
+    h = ev.it % 2
+    last_q = ins.q == program.layers[ins.layer].loops["n_q"] - 1
+    op = ins.op
+    if op == "LOADW":
+        return [((ins.dst,), "W")]
+    if op == "LOADWM":
+        return [((ins.src,), "R"), (("core.w",), "W")]
+    if op == "LOAD":
+        return [(("stage_in", h), "W")]
+    if op == "LOADFM":
+        return ([(("stage_in", h), "R")] if ev.staged[0] else []) + [(("core.in", h), "W")]
+    if op == "COMP":
+        return [(("core.in", h), "R"), (("core.w",), "R")] + ([(("core.out", h), "W")] if last_q else [])
+    if op == "WRITEFM":
+        return [(("core.out", h), "R")] + ([(("stage_out", h), "W")] if ev.staged[1] else [])
+    return [(("stage_out", h), "R")]
+
+
+def _hb(a: Event, b: Event) -> bool:
+    return a is b or bool(b.vc[a.agent] >= a.seq)
+
+
+def _check_data(program, order: list[Event]) -> None:
+    last_w: dict[tuple, Event] = {}
+    readers: dict[tuple, list[Event]] = {}
+    for ev in order:
+        for buf, mode in _accesses(program, ev):
+            name = "".join(str(x) if not isinstance(x, int) else f"[{x}]" for x in buf)
+            w = last_w.get(buf)
+            if mode == "R":
+                if w is not None and not _hb(w, ev):
+                    raise HazardError(f"{_name(program, ev)} reads {name} before {_name(program, w)}, "
+                                      f"its producer, has completed (no lock orders them)")
+                readers.setdefault(buf, []).append(ev)
+                continue
+            for r in readers.get(buf, []):
+                if not _hb(r, ev):
+                    raise HazardError(f"{_name(program, ev)} overwrites {name} still to be read by "
+                                      f"{_name(program, r)} (no lock orders them)")
+            if w is not None and not _hb(w, ev):
+                raise HazardError(f"{_name(program, ev)} overwrites {name} before {_name(program, w)} "
+                                  f"finished writing it")
+            last_w[buf], readers[buf] = ev, []
+
+
+def check_ordering(program) -> list[str]:
+    """Raise ``HazardError`` on the first hazard or deadlock; return the notes on locks the check
+    had to assume (``implied_locks``)."""
+    by_layer: dict[int, list[int]] = {}
+    for i, ins in enumerate(program.instrs):
+        by_layer.setdefault(ins.layer, []).append(i)
+    notes: set[str] = set()
+    for li in sorted(by_layer):
+        queues, order = _build(program, by_layer[li], notes)
+        _run(program, queues)
+        _check_data(program, order)
+    return sorted(notes)

@@ -1,0 +1,111 @@
+"""Static view of one ``LayerRecord``: the LayerSpec / partition it was compiled from, each core's
+tiles, chunk rows and the input window of every tile (docs/program.md, "A layer").
+
+Everything here is rebuilt from the program alone (never from the graph); the rules are the
+compiler's own executable helpers (``core_chunk``, ``tile_grid``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tilesparse.compiler.layers import LayerSpec
+from tilesparse.compiler.partition import (
+    CoreWork,
+    Grid,
+    LayerPartition,
+    SubVolume,
+    tile_grid,
+)
+from tilesparse.compiler.program import LayerRecord
+from tilesparse.compiler.stages import core_chunk
+
+__all__ = ["ELEMENTWISE", "LayerView", "Window"]
+
+ELEMENTWISE = ("add", "relu", "relu6", "copy")  # 1x1 windows, one output per input position
+
+
+@dataclass(frozen=True)
+class Window:
+    """Input rows/columns of a tile's window (indices into the input, padding outside [0, H))."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    stride: tuple[int, int]  # stride of the window as stored (the kernel extent when compacted)
+
+    @property
+    def positions(self) -> int:
+        return len(self.rows) * len(self.cols)
+
+
+def _axis_index(spec: LayerSpec, a: int, b: int, axis: int) -> tuple[np.ndarray, int]:
+    """Input indices along ``axis`` of the window of outputs [a, b), and its stored stride."""
+    s, p, d, k = spec.stride[axis], spec.padding[axis], spec.dilation[axis], spec.kernel[axis]
+    ext = (k - 1) * d + 1
+    if s >= ext:  # windows do not touch: the strided DMA brings only the rows they read
+        idx = (np.arange(a, b)[:, None] * s - p + np.arange(ext)[None, :]).ravel()
+        return idx, ext
+    return np.arange(a * s - p, (b - 1) * s - p + ext), s
+
+
+def _tup(v) -> tuple[int, int]:
+    return (int(v[0]), int(v[1]))
+
+
+class LayerView:
+    """One layer of a program, as the simulator executes it."""
+
+    def __init__(self, index: int, rec: LayerRecord):
+        g = rec.geometry
+        self.index, self.rec, self.name, self.kind = index, rec, rec.name, rec.kind
+        self.spec = LayerSpec(
+            name=rec.name, kind=rec.kind, inputs=tuple(str(i) for i in range(len(rec.inputs))),
+            ci=g["ci"], hi=g["hi"], wi=g["wi"], co=g["co"], ho=g["ho"], wo=g["wo"],
+            kernel=_tup(g["kernel"]), stride=_tup(g["stride"]), padding=_tup(g["padding"]),
+            dilation=_tup(g["dilation"]), groups=int(g["groups"]), block=_tup(g["block"]))
+        if rec.fused_add:  # the residual is an extra buffer, not a second window input
+            self.spec = LayerSpec(**{**self.spec.__dict__, "inputs": ("0",)})
+        self.cores = tuple(CoreWork(*c) for c in rec.cores)
+        lp = rec.loops
+        self.part = LayerPartition(rec.name, Grid(**rec.grid), self.cores, SubVolume(**rec.sub),
+                                   lp["n_k"], lp["n_q"], lp["tiles_per_group"], lp["n_tiles"])
+        self.n_s, self.n_k, self.n_q, self.G = lp["n_s"], lp["n_k"], lp["n_q"], lp["tiles_per_group"]
+        self.tiles = [tile_grid(c.h0, c.h1, c.w0, c.w1, self.part.sub.h, self.part.sub.w) if not c.empty else []
+                      for c in self.cores]
+        self.chunk_rows = {(int(r[0]), int(r[1]), int(r[2])): r for r in rec.chunks}
+        self.step_chunks: dict[tuple[int, int], list] = {}  # (k, q) -> chunk rows (what LOADW moves)
+        for r in rec.chunks:
+            self.step_chunks.setdefault((int(r[1]), int(r[2])), []).append(r)
+        self.n_win_inputs = len(rec.inputs) - (1 if rec.fused_add else 0)
+        self._win: dict[tuple[int, int, int, int], Window] = {}
+
+    # ---- per step ---------------------------------------------------------------------------
+    def chunk(self, core: int, k: int, q: int) -> tuple[int, int, int, int] | None:
+        """(oc0, oc1, ci0, ci1) core ``core`` works on in chunk (k, q), None if it idles."""
+        return core_chunk(self.spec, self.part, self.cores[core], k, q)
+
+    def tile(self, core: int, s: int, i: int) -> tuple[int, int, int, int] | None:
+        """Output tile (h0, h1, w0, w1) of iteration ``i`` of spatial group ``s``, None if idle."""
+        t = s * self.G + i
+        tiles = self.tiles[core]
+        return tiles[t] if i < self.G and t < len(tiles) else None
+
+    def window(self, tile: tuple[int, int, int, int]) -> Window:
+        if tile not in self._win:
+            a, b, c, d = tile
+            if self.kind == "flatten":  # the whole plane of the chunk's channels
+                self._win[tile] = Window(np.arange(self.spec.hi), np.arange(self.spec.wi), (1, 1))
+            else:
+                r, sr = _axis_index(self.spec, a, b, 0)
+                cc, sc = _axis_index(self.spec, c, d, 1)
+                self._win[tile] = Window(r, cc, (sr, sc))
+        return self._win[tile]
+
+    def last_q(self, q: int) -> bool:
+        return q == self.n_q - 1
+
+    @property
+    def has_weights(self) -> bool:
+        return self.kind == "conv"

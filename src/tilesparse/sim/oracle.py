@@ -1,0 +1,177 @@
+"""``simulate`` a program and ``verify`` it bit for bit against the integer reference."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tilesparse.sim.accounting import LayerAccount
+from tilesparse.sim.executor import Executor
+from tilesparse.sim.memory import SimulationError
+
+__all__ = ["LayerCheck", "Report", "SimResult", "compare", "expected_outputs", "simulate", "verify"]
+
+
+@dataclass
+class SimResult:
+    """What a simulation produced: each layer's output slice (C, H, W int8, right after the layer
+    ran), the graph output buffer(s), counted-vs-charged accounting per layer, bytes per memory
+    level, implied locks the ordering check had to add, and the wall time."""
+
+    outputs: dict[str, np.ndarray]
+    final: dict[str, np.ndarray]
+    accounts: list[LayerAccount]
+    by_level: dict[str, int]
+    lock_notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def accounting_ok(self) -> bool:
+        return all(a.ok for a in self.accounts)
+
+
+@dataclass(frozen=True)
+class LayerCheck:
+    layer: str
+    reference: str  # the reference tensor compared (node name, channel slice)
+    ok: bool
+    n_diff: int = 0
+    first: tuple[int, ...] | None = None  # (c, h, w) of the first differing element
+    got: int | None = None
+    want: int | None = None
+
+
+@dataclass
+class Report:
+    """Result of ``verify``: per-layer agreement with the integer reference and the simulation."""
+
+    checks: list[LayerCheck]
+    sim: SimResult
+    reference_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    @property
+    def first_mismatch(self) -> LayerCheck | None:
+        return next((c for c in self.checks if not c.ok), None)
+
+    def summary(self) -> str:
+        bad = self.first_mismatch
+        if bad is None:
+            return f"all {len(self.checks)} layers bit-exact"
+        return (f"first mismatch in layer {bad.layer!r} (reference {bad.reference}) at (c, h, w) = {bad.first}: "
+                f"simulated {bad.got}, reference {bad.want}; {bad.n_diff} elements differ")
+
+
+def simulate(program, x: np.ndarray, *, check: bool = True, progress: bool = True) -> SimResult:
+    """Run ``program`` on the int8 input ``x`` (C, H, W or 1×C×H×W).
+
+    ``check`` first runs the ordering check (``tilesparse.sim.hazards``): a hazard raises
+    ``HazardError`` naming both instructions. Memory overflows and bad addresses raise
+    ``SimulationError``. Example::
+
+        >>> res = simulate(prog, np.zeros((3, 32, 32), np.int8), progress=False)  # doctest: +SKIP
+        >>> res.accounting_ok                                                       # doctest: +SKIP
+        True
+    """
+    t0 = time.perf_counter()
+    notes: list[str] = []
+    if check:
+        from tilesparse.sim.hazards import check_ordering
+
+        notes = check_ordering(program)
+    ex = Executor(program)
+    ex.load_input(x)
+    _run_layers(ex, progress)
+    final = {n: ex.bufs.snapshot(n, 0, b["shape"][0]) for n, b in program.buffers.items()
+             if b.get("graph_io") and n in {r.output["buffer"] for r in program.layers}}
+    return SimResult(ex.outputs, final, ex.acct.compare(), ex.acct.by_level(), notes,
+                     time.perf_counter() - t0)
+
+
+def _run_layers(ex: Executor, progress: bool) -> None:
+    if not progress:
+        for li in range(len(ex.views)):
+            ex.run_layer(li)
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    cols = (TextColumn("simulating {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*cols, transient=True) as bar:
+        task = bar.add_task(ex.p.graph, total=len(ex.views))
+        for li, v in enumerate(ex.views):
+            bar.update(task, description=f"{ex.p.graph}: {v.name}")
+            ex.run_layer(li)
+            bar.advance(task)
+
+
+def expected_outputs(program, ref: dict[str, np.ndarray], graph=None) -> dict[str, tuple[str, np.ndarray]]:
+    """Per layer: what its output slice must hold, from the reference's node tensors. A layer
+    writing into a concat's buffer (a concat operand or copy) must leave there the concat's channel
+    slice (which includes the concat's requantization of that operand); otherwise the node itself
+    (or its fused add)."""
+    out = {}
+    for rec in program.layers:
+        buf, o, co = rec.output["buffer"], int(rec.output["c_offset"]), int(rec.geometry["co"])
+        into_concat = rec.kind == "copy" or (buf != rec.name and _is_concat(graph, buf))
+        name, sl = (buf, (o, o + co)) if into_concat else (rec.fused_add or rec.name, None)
+        if name not in ref:
+            raise SimulationError(f"layer {rec.name!r}: the reference has no tensor {name!r}; "
+                                  f"is this the graph the program was compiled from?")
+        shape = tuple(program.buffers[buf]["shape"])
+        t = np.asarray(ref[name]).reshape(-1, *shape[1:])
+        if sl is not None:
+            t = t[sl[0]:sl[1]]
+        label = name if sl is None else f"{name}[{sl[0]}:{sl[1]}]"
+        out[rec.name] = (label, t.astype(np.int8))
+    return out
+
+
+def _is_concat(graph, name: str) -> bool:
+    if graph is None:
+        return False
+    try:
+        return graph.node(name).op.value == "concat"
+    except (KeyError, ValueError):
+        return False
+
+
+def compare(sim: SimResult, want: dict[str, tuple[str, np.ndarray]]) -> list[LayerCheck]:
+    """Bit-for-bit comparison of every layer's output, in schedule order."""
+    checks = []
+    for layer, got in sim.outputs.items():
+        label, ref = want[layer]
+        if got.shape != ref.shape:
+            checks.append(LayerCheck(layer, label, False, got.size, None))
+            continue
+        diff = np.argwhere(got != ref)
+        if not len(diff):
+            checks.append(LayerCheck(layer, label, True))
+            continue
+        c = tuple(int(v) for v in diff[0])
+        checks.append(LayerCheck(layer, label, False, len(diff), c, int(got[c]), int(ref[c])))
+    return checks
+
+
+def verify(program, graph, x, *, check: bool = True, progress: bool = True, is_int8: bool = False) -> Report:
+    """Simulate ``program`` and compare every layer's output with
+    ``tilesparse.quant.IntegerReference(graph)`` on the same input (real-valued ``x`` is quantized
+    with the graph's input exponent; pass ``is_int8`` for an int8 tensor)."""
+    from tilesparse.quant import IntegerReference, quantize_input
+
+    q = np.asarray(x, np.int8) if is_int8 else quantize_input(graph, x).astype(np.int8)
+    t0 = time.perf_counter()
+    ref = IntegerReference(graph).run(q.astype(np.int64), is_int8=True)
+    t_ref = time.perf_counter() - t0
+    sim = simulate(program, q.reshape(q.shape[-3:]), check=check, progress=progress)
+    return Report(compare(sim, expected_outputs(program, ref, graph)), sim, t_ref)
