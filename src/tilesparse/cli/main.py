@@ -33,6 +33,7 @@ VERB_MODULES = (
     "tilesparse.cli.sparsify_cmd",
     "tilesparse.cli.map_cmd",
     "tilesparse.cli.compile_cmd",
+    "tilesparse.cli.sim_cmd",
 )
 
 for _mod in VERB_MODULES:

@@ -1,0 +1,1 @@
+"""Back end: partition, memory, packing, code generation, Program."""

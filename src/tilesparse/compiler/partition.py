@@ -1,0 +1,281 @@
+"""Partition: which part of a layer's output each core computes, and in what per-iteration pieces.
+
+Two decisions per layer:
+
+1. **The grid** (``Grid``): how the output volume (channels × rows × columns) is cut across the
+   ``rows × cols`` cores. Columns split space (the output width, or the height when the width is
+   smaller than the number of columns), as in the paper: one MemTile per column serves its
+   slice. Rows split output channels into ``oc_groups`` contiguous ranges of whole block rows,
+   balanced by *kept* blocks (not by channel count), and — when there are not enough channel
+   groups for all rows, or a prime row count would leave a large imbalance — also split space into
+   ``sp_groups`` slices (``oc_groups × sp_groups ≤ rows``). A third layout (``col_axis="oc"``) spreads
+   channels over the columns too, for layers with little space (the classifier). Uneven and prime
+   splits are ordinary: every range is ``split_even`` or ``balanced_split`` of its extent.
+2. **The sub-volume** (``SubVolume``): the per-core, per-iteration work unit — output channels per
+   weight chunk, input channels per chunk, and an output tile of rows × columns. It must fit the
+   core's buffers (``fits``); the compiler picks the one with the lowest estimated time, or a
+   ``chooser`` (the mapper) can impose one.
+
+Every output element is computed by exactly one core (``check_coverage`` asserts it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from tilesparse.compiler.layers import LayerSpec
+from tilesparse.errors import CapacityError
+from tilesparse.hw import ArrayConfig
+
+__all__ = [
+    "ACC_BYTES",
+    "Chooser",
+    "CoreWork",
+    "Grid",
+    "LayerPartition",
+    "SubVolume",
+    "acc_capacity",
+    "assign_cores",
+    "balanced_split",
+    "check_coverage",
+    "fits",
+    "oc_units",
+    "split_even",
+    "tile_grid",
+]
+
+ACC_BYTES = 4  # int32 accumulator per output element (bias is int32 too)
+
+
+@dataclass(frozen=True)
+class SubVolume:
+    """The per-core, per-iteration work unit of a layer (what a ``chooser`` returns).
+
+    Attributes:
+        oc: output channels per weight chunk (whole block rows, or the core's share if smaller).
+        ci: input channels per chunk (whole block columns, or all the channels the chunk needs);
+            more than one chunk means int32 partial sums stay in the core's output buffer.
+        h: output rows per tile (one COMP iteration).
+        w: output columns per tile.
+    """
+
+    oc: int
+    ci: int
+    h: int
+    w: int
+
+
+Chooser = Callable[[object, ArrayConfig], "SubVolume | None"]
+
+
+@dataclass(frozen=True)
+class Grid:
+    oc_groups: int  # channel ranges over the rows (times cols when col_axis == "oc")
+    sp_groups: int  # spatial slices over the rows
+    col_axis: str  # "w", "h" (columns split space) or "oc" (columns split channels)
+
+
+@dataclass(frozen=True)
+class CoreWork:
+    """The output sub-volume of one core: channels [oc0, oc1) × rows [h0, h1) × cols [w0, w1)."""
+
+    row: int
+    col: int
+    oc0: int
+    oc1: int
+    h0: int
+    h1: int
+    w0: int
+    w1: int
+    oc_group: int  # cores with the same oc_group hold the same weights
+    region: int  # cores with the same region read the same input window
+
+    @property
+    def empty(self) -> bool:
+        return self.oc1 <= self.oc0 or self.h1 <= self.h0 or self.w1 <= self.w0
+
+    @property
+    def n_out(self) -> int:
+        return 0 if self.empty else (self.oc1 - self.oc0) * (self.h1 - self.h0) * (self.w1 - self.w0)
+
+
+@dataclass(frozen=True)
+class LayerPartition:
+    layer: str
+    grid: Grid
+    cores: tuple[CoreWork, ...]  # row-major over (row, col)
+    sub: SubVolume
+    n_k: int  # weight (output-channel) chunks per core, the largest over cores
+    n_q: int  # input-channel chunks
+    tiles_per_group: int  # spatial tiles sharing resident partial sums (all when n_q == 1)
+    n_tiles: int  # tiles of the largest region
+
+    @property
+    def n_s(self) -> int:
+        return max(1, math.ceil(self.n_tiles / self.tiles_per_group))
+
+
+def split_even(n: int, parts: int) -> list[int]:
+    """Boundaries of ``parts`` contiguous ranges over ``n`` items, sizes differing by at most one
+    (the first ``n % parts`` ranges get the extra item; some are empty if ``parts > n``)."""
+    q, r = divmod(n, parts)
+    out = [0]
+    for i in range(parts):
+        out.append(out[-1] + q + (1 if i < r else 0))
+    return out
+
+
+def balanced_split(costs: Sequence[float] | np.ndarray, parts: int) -> list[int]:
+    """Boundaries (indices into ``costs``) of ``parts`` contiguous ranges minimising the largest
+    range cost (bisection on the bottleneck, greedy fill). Ranges may be empty."""
+    c = np.asarray(costs, dtype=np.float64)
+    if len(c) == 0:
+        return [0] * (parts + 1)
+    cum = np.r_[0.0, np.cumsum(c)]
+    lo, hi = float(c.max()), float(cum[-1])
+    tol = max(float(c[c > 0].min(initial=1.0)) * 1e-3, 1e-9)  # finer than any unit's cost
+    while hi - lo > tol:
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if len(_greedy(cum, mid)) - 1 <= parts else (mid, hi)
+    b = _greedy(cum, hi)
+    return b + [len(c)] * (parts + 1 - len(b))
+
+
+def _greedy(cum: np.ndarray, cap: float) -> list[int]:
+    """Boundaries of the greedy fill of ranges with cost at most ``cap``."""
+    bounds = [0]
+    n = len(cum) - 1
+    while bounds[-1] < n:
+        nxt = int(np.searchsorted(cum, cum[bounds[-1]] + cap * (1 + 1e-12), side="right")) - 1
+        bounds.append(max(nxt, bounds[-1] + 1))
+    return bounds
+
+
+def oc_units(spec: LayerSpec, hw: ArrayConfig) -> tuple[list[tuple[int, int]], np.ndarray]:
+    """Indivisible output-channel units with their compute cost: block rows of a conv (cost = kept
+    input channels × taps, so balance follows the non-zero blocks) or slabs of ``matmul N``
+    channels for the other ops (cost = channels)."""
+    if spec.kind == "conv":
+        bo = spec.block[0]
+        og = spec.co // spec.groups
+        units = [(g * og + r, min(g * og + r + bo, (g + 1) * og))
+                 for g in range(spec.groups) for r in range(0, og, bo)]
+        kept = spec.kept_channels_per_block_row()
+        cost = np.array([kept[a] * spec.taps + 1e-3 for a, _ in units])  # +eps: empty rows still cost a slot
+        return units, cost
+    n = hw.core.matmul_shape[2]
+    units = [(a, min(a + n, spec.co)) for a in range(0, spec.co, n)]
+    return units, np.array([b - a for a, b in units], dtype=np.float64)
+
+
+def _oc_ranges(spec: LayerSpec, hw: ArrayConfig, parts: int) -> list[tuple[int, int]]:
+    key = (spec.name, id(spec), parts, hw.core.matmul_shape)
+    if key not in _OC_MEMO:
+        if len(_OC_MEMO) > _OC_MEMO_MAX:
+            _OC_MEMO.clear()
+        _OC_MEMO[key] = (spec, _oc_ranges_uncached(spec, hw, parts))  # keep spec alive: id stays unique
+    return _OC_MEMO[key][1]
+
+
+_OC_MEMO: dict[tuple, tuple[LayerSpec, list[tuple[int, int]]]] = {}
+_OC_MEMO_MAX = 4096  # entries; a network has a few hundred (layer × part count)
+
+
+def _oc_ranges_uncached(spec: LayerSpec, hw: ArrayConfig, parts: int) -> list[tuple[int, int]]:
+    units, cost = oc_units(spec, hw)
+    b = balanced_split(cost, parts)
+    return [(units[b[i]][0], units[b[i + 1] - 1][1]) if b[i + 1] > b[i] else (0, 0)
+            for i in range(parts)]
+
+
+def assign_cores(spec: LayerSpec, hw: ArrayConfig, grid: Grid) -> tuple[CoreWork, ...]:
+    """The output sub-volume of every core under ``grid`` (see module doc)."""
+    rows, cols = hw.rows, hw.cols
+    n_oc = grid.oc_groups * (cols if grid.col_axis == "oc" else 1)
+    ocr = _oc_ranges(spec, hw, n_oc)
+    if grid.col_axis == "w":
+        col_sp, row_sp = split_even(spec.wo, cols), split_even(spec.ho, grid.sp_groups)
+    elif grid.col_axis == "h":
+        col_sp, row_sp = split_even(spec.ho, cols), split_even(spec.wo, grid.sp_groups)
+    else:
+        col_sp, row_sp = [0, spec.wo], split_even(spec.ho, grid.sp_groups)
+    cores = []
+    for r in range(rows):
+        g, s = divmod(r, grid.sp_groups)
+        for c in range(cols):
+            if g >= grid.oc_groups:
+                cores.append(CoreWork(r, c, 0, 0, 0, 0, 0, 0, -1, -1))
+                continue
+            ocg = g * cols + c if grid.col_axis == "oc" else g
+            cs = 0 if grid.col_axis == "oc" else c
+            a, b = (row_sp[s], row_sp[s + 1]), (col_sp[cs], col_sp[cs + 1])
+            # row slices are heights and column slices widths, except when columns split height
+            (h0, h1), (w0, w1) = (b, a) if grid.col_axis == "h" else (a, b)
+            region = s * (len(col_sp) - 1) + cs
+            o0, o1 = ocr[ocg]
+            cores.append(CoreWork(r, c, o0, o1, h0, h1, w0, w1, ocg, region))
+    return tuple(cores)
+
+
+def check_coverage(spec: LayerSpec, cores: Sequence[CoreWork]) -> None:
+    """Assert every output element of ``spec`` is computed by exactly one core."""
+    count = np.zeros((spec.co, spec.ho, spec.wo), dtype=np.int32)
+    for cw in cores:
+        if not cw.empty:
+            count[cw.oc0:cw.oc1, cw.h0:cw.h1, cw.w0:cw.w1] += 1
+    if not (count == 1).all():
+        bad = np.argwhere(count != 1)[0]
+        raise AssertionError(f"layer {spec.name}: output {tuple(bad)} computed "
+                             f"{count[tuple(bad)]} times")
+
+
+def tile_grid(h0: int, h1: int, w0: int, w1: int, th: int, tw: int) -> list[tuple[int, int, int, int]]:
+    """Tiles of a region, row-major: (h0, h1, w0, w1) each; the last row/column of tiles may be
+    smaller. This order is the iteration order of every pipelined instruction."""
+    return [(a, min(a + th, h1), b, min(b + tw, w1))
+            for a in range(h0, h1, th) for b in range(w0, w1, tw)]
+
+
+def acc_capacity(hw: ArrayConfig, sub: SubVolume, n_q: int) -> int:
+    """Output-buffer bytes for int32 accumulators. One input-channel chunk: a tile's accumulators
+    in one half (the other half drains the previous tile: ping-pong). Several chunks: the partial
+    sums of every tile of a spatial group stay resident; only the int8 results (a quarter of the
+    size) need ping-pong staging for WRITEFM."""
+    out = hw.core.output_buffer_bytes
+    if n_q == 1:
+        return out // 2
+    return out - 2 * sub.h * sub.w * sub.oc  # two int8 output tiles
+
+
+def fits(spec: LayerSpec, hw: ArrayConfig, sub: SubVolume, weight_chunk_bytes: int,
+         n_q: int, tiles_per_group: int = 1) -> list[str]:
+    """Why ``sub`` does not fit the core's buffers (empty list if it does).
+
+    Input tiles and output tiles are double-buffered (ping-pong: half of each buffer per
+    iteration); the int32 accumulators of the tiles that wait for further input-channel chunks stay
+    resident in half of the output buffer; a weight chunk fills the weight buffer alone.
+    """
+    core = hw.core
+    why = []
+    in_bytes = spec.n_in * spec.window_positions(sub.h, sub.w) * sub.ci
+    if in_bytes > core.input_buffer_bytes // 2:
+        why.append(f"input tile {in_bytes} B > half the input buffer ({core.input_buffer_bytes // 2} B)")
+    acc = sub.h * sub.w * sub.oc * ACC_BYTES * (tiles_per_group if n_q > 1 else 1)
+    if acc > acc_capacity(hw, sub, n_q):
+        why.append(f"int32 accumulators {acc} B > {acc_capacity(hw, sub, n_q)} B of the output buffer "
+                   f"({core.output_buffer_bytes} B)")
+    if weight_chunk_bytes > core.weight_buffer_bytes:
+        why.append(f"weight chunk {weight_chunk_bytes} B > weight buffer ({core.weight_buffer_bytes} B)")
+    return why
+
+
+def min_fit_error(spec: LayerSpec, hw: ArrayConfig, sub: SubVolume, chunk: int) -> CapacityError:
+    why = fits(spec, hw, sub, chunk, 1)
+    return CapacityError(
+        f"layer {spec.name!r} ({spec.kind}, {spec.ci}->{spec.co} ch, kernel {spec.kernel}): does not "
+        f"fit a core even at the minimum sub-volume (oc={sub.oc}, ci={sub.ci}, 1x1 output): "
+        + "; ".join(why) + f" (array {hw.label})")

@@ -1,0 +1,266 @@
+"""The back end in one flat pipeline: layers → partition → memory → packing → code → Program.
+
+>>> from tilesparse.compiler import compile_model
+>>> prog = compile_model("resnet18", "4x4", input_shape=(1, 3, 64, 64))   # doctest: +SKIP
+>>> prog.meta["estimate_ms"]                                               # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import numpy as np
+
+from tilesparse.compiler.codegen import emit_layer, pack_layer
+from tilesparse.compiler.layers import LayerSpec, chw, copy_spec, layer_spec
+from tilesparse.compiler.memory import (
+    Allocation,
+    Buffer,
+    DdrLayout,
+    allocate,
+    check_allocation,
+)
+from tilesparse.compiler.pack import dense_weight_bytes, int8_weights
+from tilesparse.compiler.partition import Chooser, check_coverage
+from tilesparse.compiler.program import LayerRecord, Program
+from tilesparse.compiler.tiling import LayerPlan, plan_layer, replan
+from tilesparse.errors import UnsupportedOpError
+from tilesparse.hw import ArrayConfig, load_array
+from tilesparse.ir.graph import Graph, Op
+
+__all__ = ["compile_graph", "compile_model", "lower_layers"]
+
+_SKIP = (Op.INPUT, Op.OUTPUT)
+
+
+def _buffer_of(g: Graph, name: str, rename: dict[str, str] | None = None) -> tuple[str, int, int]:
+    """(buffer, its channel count, channel offset) where node ``name``'s output is stored;
+    ``rename`` maps a fused conv (whose own output is never stored) to its add's buffer."""
+    off = 0
+    rename = rename or {}
+    while True:
+        n = g.node(name)
+        if (w := n.attrs.get("write_into")) is not None:
+            name, o = w
+            off += o
+        elif n.op is Op.ADD and (r := n.attrs.get("reuse_input")) is not None:
+            name = r
+        else:
+            name = rename.get(name, name)
+            return name, chw(g.node(name))[0], off
+
+
+def _fusable_adds(g: Graph) -> dict[str, tuple[str, str]]:
+    """conv -> (add, other operand) for each add that can run inside the conv producing one of its
+    operands: the conv's only reader is the add, it writes no concat slice, and the other operand
+    is computed before the conv (so it is ready when the conv's output tiles are)."""
+    order = {n.name: i for i, n in enumerate(g)}
+    out: dict[str, tuple[str, str]] = {}
+    for add in g.of(Op.ADD):
+        if len(add.inputs) != 2 or "write_into" in add.attrs:
+            continue
+        for a, b in (add.inputs, add.inputs[::-1]):
+            src = g.node(a)
+            if (src.op is Op.CONV2D and a not in out and "write_into" not in src.attrs and a != b
+                    and [r.name for r in g.consumers(a)] == [add.name] and order[b] < order[a]):
+                out[a] = (add.name, b)
+                break
+    return out
+
+
+def lower_layers(g: Graph, fuse_adds: bool = True
+                 ) -> tuple[list[LayerSpec], dict[str, dict[str, Any]], dict[str, str]]:
+    """Layer specs in schedule order, each with its output buffer, and the input buffers of every
+    layer (concat operands not marked ``write_into`` become copy layers; residual adds are fused
+    into the conv that produces one operand)."""
+    specs: list[LayerSpec] = []
+    ins: dict[str, dict[str, Any]] = {}
+    fused = _fusable_adds(g) if fuse_adds else {}
+    fused_adds = {a for a, _ in fused.values()}
+    rename = {c: a for c, (a, _) in fused.items()}
+    for n in g:
+        if n.op in _SKIP or n.name in fused_adds:
+            continue
+        if n.name in fused:
+            add, other = fused[n.name]
+            sp = layer_spec(n, g)
+            buf, tot, off = _buffer_of(g, add, rename)
+            specs.append(dataclasses.replace(sp, out_tensor=buf, out_c_total=tot, out_c_offset=off,
+                                             fused_add=add, residual=other))
+            ins[sp.name] = {"inputs": [_buffer_of(g, i, rename) for i in n.inputs] + [_buffer_of(g, other, rename)]}
+            continue
+        if n.op is Op.CONCAT:
+            off = 0
+            for i in n.inputs:
+                src = g.node(i)
+                if "write_into" not in src.attrs:
+                    sp = copy_spec(n, src, off)
+                    buf, tot, o = _buffer_of(g, n.name, rename)
+                    specs.append(dataclasses.replace(sp, out_tensor=buf, out_c_total=tot, out_c_offset=o + off))
+                    ins[sp.name] = {"inputs": [_buffer_of(g, i, rename)]}
+                off += chw(src)[0]
+            continue
+        sp = layer_spec(n, g)
+        buf, tot, off = _buffer_of(g, n.name, rename)
+        specs.append(dataclasses.replace(sp, out_tensor=buf, out_c_total=tot, out_c_offset=off))
+        ins[sp.name] = {"inputs": [_buffer_of(g, i, rename) for i in n.inputs]}
+    if not any(s.kind == "conv" for s in specs):
+        raise UnsupportedOpError(f"graph {g.name}: no convolution or linear layer to compile")
+    return specs, ins, rename
+
+
+def _buffers(g: Graph, specs: list[LayerSpec], ins: dict, rename: dict[str, str]) -> list[Buffer]:
+    first: dict[str, int] = {}
+    last: dict[str, int] = {}
+    for i, sp in enumerate(specs):
+        first.setdefault(sp.out_tensor, i)
+        last[sp.out_tensor] = max(last.get(sp.out_tensor, i), i)
+        for b, _, _ in ins[sp.name]["inputs"]:
+            last[b] = max(last.get(b, i), i)
+            first.setdefault(b, i)
+    outs = {_buffer_of(g, o.inputs[0], rename)[0] for o in g.outputs}
+    gin = {n.name for n in g.inputs}
+    sizes = {n.name: int(np.prod(chw(n))) for n in g}  # int8 activations
+    return [Buffer(b, sizes[b], first[b], last[b], forced_ddr=b in outs or b in gin) for b in first]
+
+
+def _where(alloc: Allocation, ddr: DdrLayout, buf: str) -> str:
+    p = alloc.placements[buf]
+    return f"memtile:{buf}@{p.offset}" if p.memory == "memtile" else f"ddr@{ddr.regions[buf][0]}"
+
+
+def compile_graph(graph: Graph, hw: ArrayConfig | str, *, chooser: Chooser | None = None) -> Program:
+    """Compile a lowered (and ideally quantized) IR graph for array ``hw`` into a ``Program``.
+
+    ``chooser(node, hw) -> SubVolume | None`` may impose a layer's per-core sub-volume (validated;
+    ``CapacityError`` / ``ConfigError`` naming the layer if it does not fit).
+    """
+    t0 = time.perf_counter()
+    hw = load_array(hw)
+    specs, ins, rename = lower_layers(graph)
+    buffers = _buffers(graph, specs, ins, rename)
+    forced = {b.name for b in buffers if b.forced_ddr}
+    plans = []
+    for sp in specs:
+        node = graph.node(sp.name) if not sp.name.count(".copy_") else None
+        in_ddr = tuple(b in forced for b, _, _ in ins[sp.name]["inputs"])
+        plan = plan_layer(sp, hw, in_ddr, sp.out_tensor in forced, chooser, node)
+        check_coverage(sp, plan.part.cores)
+        plans.append(plan)
+    capacity = [hw.memtile.bytes - p.staging_bytes for p in plans]
+    alloc = allocate(buffers, capacity, hw)
+    check_allocation(buffers, alloc)
+    plans = [replan(p, hw, tuple(alloc.in_ddr(b) for b, _, _ in ins[p.spec.name]["inputs"]),
+                    alloc.in_ddr(p.spec.out_tensor)) for p in plans]
+    return _assemble(graph, hw, plans, ins, buffers, alloc, t0)
+
+
+def _assemble(graph, hw, plans: list[LayerPlan], ins, buffers, alloc, t0) -> Program:
+    ddr = DdrLayout(hw)
+    image = bytearray()
+    records: list[LayerRecord] = []
+    instrs: list = []
+    per_iter: list[np.ndarray] = []
+    offset, quantized = 0, True
+    wbase = 0
+    spans_all = []
+    for plan in plans:
+        rows: list[list[int]] = []
+        spans: dict[tuple[int, int], tuple[int, int]] = {}
+        if plan.spec.kind == "conv":
+            w8, q = int8_weights(np.asarray(graph.param(plan.spec.name, "weight")))
+            quantized &= q
+            bias = _bias(graph, plan.spec)
+            rows, spans = pack_layer(plan, w8, bias, image, wbase)
+            _check_packed(plan, rows)
+        spans_all.append((rows, spans))
+    ddr.add("weights", len(image))
+    for b in buffers:
+        if alloc.in_ddr(b.name):
+            ddr.add(b.name, b.nbytes)
+    for li, (plan, (rows, spans)) in enumerate(zip(plans, spans_all)):
+        sp = plan.spec
+        in_bufs = ins[sp.name]["inputs"]
+        code, offset = emit_layer(li, plan, spans, _where(alloc, ddr, in_bufs[0][0]),
+                                  _where(alloc, ddr, sp.out_tensor), per_iter, offset)
+        instrs += code
+        records.append(_record(graph, plan, in_bufs, rows))
+    est = sum(p.time_s for p in plans)
+    meta = {"compile_s": time.perf_counter() - t0, "estimate_s": est,
+            "memtile_peak": list(alloc.peak), "memtile_capacity": list(alloc.capacity),
+            "spilled": sorted(b.name for b in buffers if alloc.in_ddr(b.name) and not b.forced_ddr)}
+    bufs = {b.name: {"memory": alloc.placements[b.name].memory,
+                     "offset": alloc.placements[b.name].offset if not alloc.in_ddr(b.name) else ddr.regions[b.name][0],
+                     "part_bytes": alloc.placements[b.name].part_bytes, "nbytes": b.nbytes,
+                     "shape": list(chw(graph.node(b.name))), "live": [b.start, b.end],
+                     "graph_io": b.forced_ddr} for b in buffers}
+    return Program(hw, graph.name, quantized, records, instrs,
+                   np.concatenate(per_iter) if per_iter else np.zeros(0),
+                   np.frombuffer(bytes(image), np.uint8), bufs,
+                   {k: list(v) for k, v in ddr.regions.items()}, _quant_params(graph), meta)
+
+
+def _bias(graph: Graph, sp: LayerSpec) -> np.ndarray:
+    key = f"{sp.name}.bias"
+    if key in graph.params:
+        b = np.asarray(graph.params[key])
+        return b.astype(np.int32) if b.dtype.kind in "iu" else np.rint(b).astype(np.int32)
+    return np.zeros(sp.co, np.int32)
+
+
+def _check_packed(plan: LayerPlan, rows: list[list[int]]) -> None:
+    """The packed chunk sizes must be the ones the time model charged."""
+    widx = plan.widx
+    assert widx is not None
+    for g, k, q, o0, o1, cb0, cb1, _, nb, last in rows:
+        want = widx.chunk_bytes(o0, o1, cb0, cb1, bool(last))
+        if want != nb:
+            raise AssertionError(f"{plan.spec.name}: chunk {(g, k, q)} packed {nb} B, modelled {want} B")
+
+
+def _record(graph: Graph, plan: LayerPlan, in_bufs, rows) -> LayerRecord:
+    sp, part = plan.spec, plan.part
+    geo = {f: getattr(sp, f) for f in ("ci", "hi", "wi", "co", "ho", "wo", "kernel", "stride", "padding",
+                                       "dilation", "groups", "block")}
+    node = graph.node(sp.name) if ".copy_" not in sp.name else None
+    attrs = {k: v for k, v in (node.attrs.items() if node else []) if _jsonable(v)}
+    if node is not None:
+        attrs["out_scale_exp"] = node.out.scale_exp
+    if sp.fused_add:
+        add = graph.node(sp.fused_add)
+        attrs["add"] = {k: v for k, v in add.attrs.items() if _jsonable(v)}
+        attrs["add"]["out_scale_exp"] = add.out.scale_exp
+        attrs["add"]["inputs"] = list(add.inputs)
+    packed = sum(r[8] for r in rows)
+    bias = sum(4 * (r[4] - r[3]) for r in rows if r[9])
+    return LayerRecord(
+        sp.name, sp.kind, geo, [{"buffer": b, "c_total": t, "c_offset": o} for b, t, o in in_bufs],
+        {"buffer": sp.out_tensor, "c_total": sp.out_c_total, "c_offset": sp.out_c_offset},
+        dataclasses.asdict(part.grid), dataclasses.asdict(part.sub),
+        {"n_s": part.n_s, "n_k": part.n_k, "n_q": part.n_q, "tiles_per_group": part.tiles_per_group,
+         "n_tiles": part.n_tiles},
+        [[c.row, c.col, c.oc0, c.oc1, c.h0, c.h1, c.w0, c.w1, c.oc_group, c.region] for c in part.cores],
+        rows, attrs, dense_weight_bytes(sp) if sp.kind == "conv" else 0, packed - bias, bias,
+        sp.kept_macs, sp.macs, sp.fused_add, sp.residual)
+
+
+def _jsonable(v: Any) -> bool:
+    return isinstance(v, (int, float, str, bool, type(None))) or (
+        isinstance(v, (tuple, list)) and all(_jsonable(x) for x in v))
+
+
+def _quant_params(graph: Graph) -> dict[str, np.ndarray]:
+    """Per-channel quantization arrays the simulator needs (everything but weight/bias/mask and
+    batch-norm statistics)."""
+    skip = ("weight", "bias", "mask", "running_mean", "running_var")
+    return {k: np.asarray(v) for k, v in graph.params.items() if k.rsplit(".", 1)[-1] not in skip}
+
+
+def compile_model(model: Any, hw: ArrayConfig | str, *, chooser: Chooser | None = None,
+                  **frontend_kwargs: Any) -> Program:
+    """Front end (``tilesparse.frontend.build_graph``) then ``compile_graph``."""
+    from tilesparse.frontend import build_graph
+
+    return compile_graph(build_graph(model, **frontend_kwargs), hw, chooser=chooser)

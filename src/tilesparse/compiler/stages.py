@@ -1,0 +1,312 @@
+"""The steps of a partitioned layer and what each of their instructions moves or computes.
+
+A layer runs as ``n_s × n_k × n_q`` *steps* (spatial group s, output-channel chunk k, input-channel
+chunk q, in that loop order). A step is: LOADW (its weight chunks DDR → MemTile), LOADWM (MemTile →
+cores, skipped while the same chunk is still resident), then a pipeline over the group's tiles
+(LOAD if the input lives in DDR, LOADFM, COMP, WRITEFM and WRITE if the output lives in DDR; WRITEFM
+and WRITE only in the last input-channel chunk). This module computes, per step and per
+iteration, the bytes on the busiest channel of every transfer and the cycles of the slowest core
+for COMP — the numbers the time model turns into seconds (``tilesparse.estimate.timemodel``).
+
+Channel accounting (docs/time-model.md): LOADFM/LOAD/WRITEFM/WRITE use one channel per column (a
+window read by several cores of a column is broadcast once); LOADWM one channel per row (a chunk
+shared by several cores of a row is broadcast once); LOADW spreads the step's distinct chunks over
+all column channels.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tilesparse.compiler.layers import LayerSpec
+from tilesparse.compiler.partition import ACC_BYTES, CoreWork, LayerPartition, tile_grid
+from tilesparse.hw import ArrayConfig
+
+__all__ = ["Step", "WeightIndex", "core_chunk", "layer_steps"]
+
+PIPE_OPS = ("LOAD", "LOADFM", "COMP", "WRITEFM", "WRITE")
+
+
+class WeightIndex:
+    """Prefix sums over a conv's kept-block mask, for O(1) chunk sizes and COMP work."""
+
+    def __init__(self, spec: LayerSpec):
+        assert spec.mask is not None
+        self.spec = spec
+        bo, bi = spec.block
+        og, ig = spec.co // spec.groups, spec.ci // spec.groups
+        self.n_cb = spec.mask.shape[1]
+        col_w = np.minimum(bi, ig - np.arange(self.n_cb) * bi)
+        o = np.arange(spec.co)
+        g, r = np.divmod(o, og)
+        self.row_of = g * math.ceil(og / bo) + r // bo  # mask block row of each channel
+        per_ch = spec.mask[self.row_of] * col_w[None, :]  # kept input channels, channel × block col
+        self.cum = np.zeros((spec.co + 1, self.n_cb + 1), dtype=np.int64)
+        self.cum[1:, 1:] = per_ch.cumsum(0).cumsum(1)
+        new_row = np.r_[True, self.row_of[1:] != self.row_of[:-1]]
+        self.row_starts = np.r_[0, np.cumsum(new_row)]  # block rows starting before channel o
+        self.memo: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        self.ch_cum = np.diff(self.cum, axis=0)  # per channel: kept input channels up to block col
+
+    def chunk_bytes(self, oc0: int, oc1: int, cb0: int, cb1: int, with_bias: bool) -> int:
+        """Packed bytes (bitmap + kept blocks + bias) — the same count as ``pack.chunk_nbytes``."""
+        if oc1 <= oc0:
+            return 0
+        return int(self.chunk_bytes_many(np.array([oc0]), np.array([oc1]), np.array([cb0]),
+                                         np.array([cb1]), np.array([with_bias]))[0])
+
+    def chunk_bytes_many(self, oc0, oc1, cb0, cb1, with_bias) -> np.ndarray:
+        """Vectorised ``chunk_bytes`` over arrays of chunk bounds."""
+        c = self.cum
+        blocks = (c[oc1, cb1] - c[oc0, cb1] - c[oc1, cb0] + c[oc0, cb0]) * self.spec.taps
+        n_rows = self.row_starts[oc1] - self.row_starts[np.minimum(oc0 + 1, self.spec.co)] + 1
+        bitmap = -(-(n_rows * (cb1 - cb0)) // 8)
+        return np.where(oc1 > oc0, blocks + bitmap + ACC_BYTES * (oc1 - oc0) * with_bias, 0)
+
+    def q_tables_many(self, cb0: np.ndarray, cb1: np.ndarray, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``q_tables`` for several block-column ranges at once: arrays (slabs+1, Q), (co+1, Q)."""
+        key = ("many", tuple(cb0.tolist()), tuple(cb1.tolist()), n, k)
+        if key not in self.memo:
+            ch = self.ch_cum
+            kept = ch[:, cb1] - ch[:, cb0]  # co × Q
+            pad = (-len(kept)) % n
+            kp = np.concatenate([kept, np.zeros((pad, kept.shape[1]), kept.dtype)])
+            slabs = kp.reshape(-1, n, kept.shape[1]).max(axis=1)
+            steps = -(-(slabs * self.spec.taps) // k)
+            zero = np.zeros((1, kept.shape[1]), np.int64)
+            self.memo[key] = (np.concatenate([zero, np.cumsum(steps, 0)]),
+                              np.concatenate([zero, np.cumsum(kept, 0)]))
+        return self.memo[key]
+
+
+@dataclass
+class Step:
+    """One (s, k, q) step of a layer: per-iteration busiest-channel bytes (transfers) or slowest-core
+    cycles (COMP), in ``pipe``; single-shot LOADW / LOADWM bytes; executed MACs."""
+
+    s: int
+    k: int
+    q: int
+    loadw_bytes: int  # busiest column channel
+    loadw_total: int
+    loadwm_bytes: int  # busiest row channel (0: chunk already resident)
+    pipe: dict[str, np.ndarray] = field(default_factory=dict)
+    macs: int = 0
+
+    @property
+    def iters(self) -> int:
+        return len(self.pipe["COMP"])
+
+
+def core_chunk(spec: LayerSpec, part: LayerPartition, cw: CoreWork, k: int, q: int
+               ) -> tuple[int, int, int, int] | None:
+    """(oc0, oc1, ci0, ci1) core ``cw`` works on in chunk (k, q), or None if it idles.
+    Conv input channels are local to the group (block columns ci0/bi ...)."""
+    if cw.empty:
+        return None
+    o0 = cw.oc0 + k * part.sub.oc
+    o1 = min(o0 + part.sub.oc, cw.oc1)
+    if o1 <= o0:
+        return None
+    if spec.kind == "conv" and spec.groups == 1:
+        c0 = q * part.sub.ci
+        c1 = min(c0 + part.sub.ci, spec.ci)
+        return (o0, o1, c0, c1) if c1 > c0 else None
+    if q:
+        return None
+    if spec.kind == "conv":
+        return o0, o1, 0, spec.ci // spec.groups
+    return (o0, o1) + spec.ci_range(o0, o1)
+
+
+def _group_chunks(spec: LayerSpec, part: LayerPartition, reps: list[CoreWork]):
+    """Per (k, group): output-channel chunk bounds; per (k, q, group): input-channel chunk bounds."""
+    oc0 = np.array([c.oc0 for c in reps])[None, :] + part.sub.oc * np.arange(part.n_k)[:, None]
+    oc1 = np.minimum(oc0 + part.sub.oc, np.array([c.oc1 for c in reps])[None, :])
+    oc0 = np.minimum(oc0, oc1)  # K × G, empty (oc0 == oc1) where the group has fewer chunks
+    if spec.kind == "conv" and spec.groups == 1:
+        c0 = part.sub.ci * np.arange(part.n_q)
+        c1 = np.minimum(c0 + part.sub.ci, spec.ci)
+        ci0 = np.broadcast_to(c0[None, :, None], (part.n_k, part.n_q, len(reps)))
+        ci1 = np.broadcast_to(c1[None, :, None], ci0.shape)
+    else:
+        lo = np.zeros_like(oc0)
+        hi = np.zeros_like(oc0)
+        for idx in np.ndindex(oc0.shape):
+            if oc1[idx] > oc0[idx]:
+                lo[idx], hi[idx] = spec.ci_range(int(oc0[idx]), int(oc1[idx]))
+        ci0, ci1 = lo[:, None, :], hi[:, None, :]
+    return oc0, oc1, ci0, ci1
+
+
+def _chunk_work(spec, hw, widx, oc0, oc1, ci0, ci1, last_q):
+    """Per (k, q, group): COMP work (matmul steps per M positions for a conv, element ops per
+    position otherwise), executed MACs per position, packed weight bytes."""
+    o0 = np.broadcast_to(oc0[:, None, :], ci0.shape)
+    o1 = np.broadcast_to(oc1[:, None, :], ci0.shape)
+    if spec.kind != "conv":
+        ops = (o1 - o0) * spec.taps * spec.n_in
+        return ops, ops, np.zeros(ops.shape, dtype=np.int64)
+    _, kd, n = hw.core.matmul_shape
+    bi = spec.block[1]
+    cb0 = ci0 // bi if spec.groups == 1 else np.zeros_like(ci0)
+    cb1 = -(-ci1 // bi) if spec.groups == 1 else np.full_like(ci0, widx.n_cb)
+    # per q (block-column range uniform over groups): slab steps and kept channels, prefix-summed
+    qb0, qb1 = cb0[0, :, 0], cb1[0, :, 0]
+    slab_cum, kept_cum = widx.q_tables_many(qb0, qb1, n, kd)  # (slabs+1, Q), (co+1, Q)
+    qi = np.arange(ci0.shape[1])[None, :, None]
+    work = slab_cum[-(-o1 // n), qi] - slab_cum[o0 // n, qi]
+    mpp = (kept_cum[o1, qi] - kept_cum[o0, qi]) * spec.taps
+    for idx in zip(*np.nonzero((o0 % n != 0) & (o1 > o0))):  # slabs start at the chunk (grouped convs)
+        kept = widx.ch_cum[o0[idx]:o1[idx], cb1[idx]] - widx.ch_cum[o0[idx]:o1[idx], cb0[idx]]
+        kept = np.concatenate([kept, np.zeros((-len(kept)) % n, kept.dtype)]).reshape(-1, n).max(axis=1)
+        work[idx] = int((-(-(kept * spec.taps) // kd)).sum())
+    nbytes = widx.chunk_bytes_many(o0, o1, cb0, cb1, np.broadcast_to(last_q[None, :, None], o0.shape))
+    return work, mpp, nbytes
+
+
+class _Layout:
+    """Incidence of a partition: oc groups × regions × rows/columns, and per-region tiles."""
+
+    def __init__(self, spec: LayerSpec, hw: ArrayConfig, part: LayerPartition):
+        live = [cw for cw in part.cores if not cw.empty]
+        reps: dict[int, CoreWork] = {}
+        for cw in live:
+            reps.setdefault(cw.oc_group, cw)
+        self.reps = [reps[g] for g in sorted(reps)]
+        regions = sorted({cw.region for cw in live})
+        gi = {g: i for i, g in enumerate(sorted(reps))}
+        ri = {r: i for i, r in enumerate(regions)}
+        self.col_rg = np.zeros((hw.cols, len(regions), len(reps)))  # cores per (column, region, group)
+        self.row_g = np.zeros((hw.rows, len(reps)))
+        for cw in live:
+            self.col_rg[cw.col, ri[cw.region], gi[cw.oc_group]] += 1
+            self.row_g[cw.row, gi[cw.oc_group]] = 1
+        self.rg = self.col_rg.sum(axis=0)
+        self.p = np.zeros((len(regions), part.n_tiles))
+        self.win = np.zeros((len(regions), part.n_tiles))
+        done = set()
+        for cw in live:
+            if cw.region in done:
+                continue
+            done.add(cw.region)
+            for t, (a, b, c, d) in enumerate(tile_grid(cw.h0, cw.h1, cw.w0, cw.w1, part.sub.h, part.sub.w)):
+                self.p[ri[cw.region], t] = (b - a) * (d - c)
+                self.win[ri[cw.region], t] = spec.window_positions(b - a, d - c)
+
+
+def _comp_cycles(spec, hw, rwork: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Rule 2 of the time model: cycles of the slowest core per iteration, for every step.
+    ``rwork[j, r]``: work of the heaviest core of region r in step j; ``p[r, t]``: positions."""
+    w = rwork[:, :, None]
+    if spec.kind == "conv":
+        cyc = np.ceil(p / hw.core.matmul_shape[0])[None] * w
+    else:
+        cyc = np.ceil(p[None] * w / hw.macs_per_cycle("int8"))
+    busy = (p[None] > 0) & (w > 0)
+    out = np.where(busy, cyc + hw.core.kernel_call_overhead_cycles, 0)
+    return out.max(axis=1) if out.shape[1] else np.zeros((rwork.shape[0], p.shape[1]))
+
+
+class StepTable:
+    """Every step of a layer as arrays (step j = (s, k, q) in loop order): LOADW bytes on the
+    busiest column channel and in total, LOADWM bytes on the busiest row channel, and per pipeline
+    op a (steps × iterations) array of busiest-channel bytes or slowest-core cycles (zero-padded
+    past a step's ``iters``; an op that does not run in a step is all zero there)."""
+
+    def __init__(self, n_s: int, n_k: int, n_q: int, t_max: int):
+        self.n_s, self.n_k, self.n_q, self.t_max = n_s, n_k, n_q, t_max
+        self.parts: list[tuple] = []
+        self.ops: tuple[str, ...] = PIPE_OPS
+
+    def add(self, s, loadw, loadw_total, loadwm, pipe, macs, iters) -> None:
+        self.parts.append((s, loadw, loadw_total, loadwm, pipe, macs, iters))
+
+    def _cat(self, f) -> np.ndarray:
+        return np.concatenate([f(p) for p in self.parts])
+
+    @property
+    def loadw(self) -> np.ndarray:
+        return self._cat(lambda p: p[1])
+
+    @property
+    def loadwm(self) -> np.ndarray:
+        return self._cat(lambda p: p[3])
+
+    def pipe(self) -> dict[str, np.ndarray]:
+        """op -> (steps × t_max) array."""
+        def pad(a: np.ndarray) -> np.ndarray:
+            if a.shape[1] == self.t_max:
+                return a
+            out = np.zeros((a.shape[0], self.t_max))
+            out[:, :a.shape[1]] = a
+            return out
+        return {op: np.concatenate([pad(p[4][op]) for p in self.parts]) for op in self.ops}
+
+    def steps(self) -> list[Step]:
+        """The steps as objects (for code generation and reports)."""
+        out = []
+        for s, lw, lwt, lwm, pipe, macs, iters in self.parts:
+            for j in range(len(lw)):
+                k, q = divmod(j, self.n_q)
+                ops = {op: pipe[op][j, :iters] for op in self.ops
+                       if op not in ("WRITEFM", "WRITE") or q == self.n_q - 1}
+                out.append(Step(s, k, q, int(lw[j]), int(lwt[j]), int(lwm[j]), ops, int(macs[j])))
+        return out
+
+
+def layer_steps(spec: LayerSpec, hw: ArrayConfig, part: LayerPartition, in_ddr: tuple[bool, ...],
+                out_ddr: bool, widx: WeightIndex | None) -> StepTable:
+    """Every step of the layer in execution order (module doc)."""
+    lay = _Layout(spec, hw, part)
+    n_k, n_q, n_g = part.n_k, part.n_q, len(lay.reps)
+    oc0, oc1, ci0, ci1 = _group_chunks(spec, part, lay.reps)
+    last_q = np.arange(n_q) == n_q - 1
+    work, mpp, nbytes = _chunk_work(spec, hw, widx, oc0, oc1, ci0, ci1, last_q)
+    kq = n_k * n_q
+    work, mpp, nbytes = (x.reshape(kq, n_g) for x in (work, mpp, nbytes))
+    oclen = np.broadcast_to((oc1 - oc0)[:, None, :], (n_k, n_q, n_g)).reshape(kq, n_g)
+    cilen = np.broadcast_to(ci1 - ci0, (n_k, n_q, n_g)).reshape(kq, n_g) * (oclen > 0)
+    rwork = np.where(lay.rg[None] > 0, work[:, None, :], 0).max(axis=2)
+    active = (oclen > 0).astype(float)
+    loadw = nbytes.sum(axis=1)
+    loadwm = (lay.row_g[None] * nbytes[:, None, :]).sum(axis=2).max(axis=1)
+    n_in_ddr = sum(in_ddr[:spec.n_in])
+    any_ddr = any(in_ddr[:spec.n_in + bool(spec.residual)])
+    g = part.tiles_per_group
+    tab = StepTable(part.n_s, n_k, n_q, g)
+    for s in range(part.n_s):
+        sl = slice(s * g, min((s + 1) * g, part.n_tiles))
+        p, win = lay.p[:, sl], lay.win[:, sl]
+        comp = _comp_cycles(spec, hw, rwork, p)
+        macs = (lay.rg[None] * mpp[:, None, :]).sum(axis=2) @ p.sum(axis=1)
+        if spec.kind == "conv" and spec.groups == 1:  # all groups read the same channels: one window
+            cr = (np.einsum("crg,jg->jcr", lay.col_rg, active) > 0).astype(float)
+            fm = np.einsum("jcr,rt->jct", cr, win) * cilen.max(axis=1)[:, None, None]
+        else:  # each group reads its own channels
+            fm = np.einsum("crg,jg,rt->jct", (lay.col_rg > 0).astype(float), cilen, win)
+        fm = fm * spec.n_in
+        last = last_q[np.arange(kq) % n_q][:, None]
+        wr_c = np.einsum("crg,jg,rt->jct", lay.col_rg, oclen, p) * last[:, :, None]
+        wr = wr_c.max(axis=1)  # outputs leave after the last ci chunk
+        res = np.zeros_like(wr)
+        if spec.residual:  # fused add: the other operand's output-shaped tile comes in with the last chunk
+            res = wr_c.max(axis=1)
+            fm = fm + wr_c
+            add_ops = np.ceil(p[None] * oclen.max(axis=1)[:, None, None] / hw.macs_per_cycle("int8"))
+            comp = comp + add_ops.max(axis=1) * last
+        load = fm.max(axis=1) * (in_ddr[0] if spec.n_in == 1 else n_in_ddr / spec.n_in)
+        if spec.residual and len(in_ddr) > 1 and in_ddr[1]:
+            load = load + res
+        fm = fm.max(axis=1)
+        resident = kq == 1 and s > 0  # the only chunk is still in the weight buffer
+        pipe = {"LOAD": load, "LOADFM": fm, "COMP": comp, "WRITEFM": wr,
+                "WRITE": wr * out_ddr}
+        tab.add(s, np.zeros(kq) if resident else np.ceil(loadw / hw.cols),
+                np.zeros(kq) if resident else loadw, np.zeros(kq) if resident else loadwm,
+                pipe, macs, sl.stop - sl.start)
+    tab.ops = tuple(op for op in PIPE_OPS if (op != "LOAD" or any_ddr) and (op != "WRITE" or out_ddr))
+    return tab

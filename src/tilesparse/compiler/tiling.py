@@ -1,0 +1,290 @@
+"""Choose each layer's grid and sub-volume: enumerate the legal ones, time each with the time model,
+keep the fastest (or the one a ``chooser`` imposes, validated).
+
+Legal means: the input tile, the accumulators and the largest packed weight chunk fit the core's
+buffers (``partition.fits``), and the MemTile staging the layer needs (two weight slots, two
+activation tiles each way) stays within ``MAX_STAGING_FRACTION`` of a MemTile, leaving the rest for
+activations that live between layers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tilesparse.compiler.layers import LayerSpec
+from tilesparse.compiler.partition import (
+    ACC_BYTES,
+    Chooser,
+    CoreWork,
+    Grid,
+    LayerPartition,
+    SubVolume,
+    acc_capacity,
+    assign_cores,
+    fits,
+    min_fit_error,
+    oc_units,
+)
+from tilesparse.compiler.stages import StepTable, WeightIndex, layer_steps
+from tilesparse.errors import CapacityError, ConfigError
+from tilesparse.estimate.timemodel import WEIGHT_SLOTS, layer_time_arrays
+from tilesparse.hw import ArrayConfig
+
+__all__ = ["MAX_STAGING_FRACTION", "LayerPlan", "plan_layer", "replan"]
+
+MAX_STAGING_FRACTION = 0.5  # weight slots + tile staging may use at most half of a MemTile
+PING_PONG = 2  # activation staging buffers per direction
+
+
+@dataclass
+class LayerPlan:
+    spec: LayerSpec
+    part: LayerPartition
+    table: StepTable
+    time_s: float
+    widx: WeightIndex | None
+    staging_bytes: int  # per column: weight slots + activation tile staging (reserved in MemTile)
+    in_ddr: tuple[bool, ...] = ()
+    out_ddr: bool = False
+
+
+def _grids(spec: LayerSpec, hw: ArrayConfig) -> list[Grid]:
+    out = []
+    axes = ["w"] + (["h"] if spec.wo < hw.cols and spec.ho > spec.wo else []) + ["oc"]
+    n_units = len(oc_units(spec, hw)[0])
+    for ax in axes:
+        for g_o in range(1, hw.rows + 1):
+            g_s = hw.rows // g_o
+            # a grid idling g_s or more rows is dominated by one with a row group more
+            if hw.rows - g_o * g_s < g_s and g_o * (hw.cols if ax == "oc" else 1) <= max(n_units, 1):
+                out.append(Grid(g_o, g_s, ax))
+    return out or [Grid(1, hw.rows, "w")]
+
+
+def _unit(spec: LayerSpec, hw: ArrayConfig) -> int:
+    return spec.block[0] if spec.kind == "conv" else hw.core.matmul_shape[2]
+
+
+def _chunk_bounds(cores: tuple[CoreWork, ...], oc_t: int) -> list[tuple[int, int]]:
+    seen, out = set(), []
+    for cw in cores:
+        if cw.empty or cw.oc_group in seen:
+            continue
+        seen.add(cw.oc_group)
+        out += [(a, min(a + oc_t, cw.oc1)) for a in range(cw.oc0, cw.oc1, oc_t)]
+    return out
+
+
+def _max_chunk(widx: WeightIndex, bounds: list[tuple[int, int]], nb: int) -> int:
+    cbs = np.array(list(range(0, widx.n_cb, nb)) + [widx.n_cb])
+    ob = np.array(bounds)
+    oc0, oc1 = np.repeat(ob[:, 0], len(cbs) - 1), np.repeat(ob[:, 1], len(cbs) - 1)
+    cb0, cb1 = np.tile(cbs[:-1], len(ob)), np.tile(cbs[1:], len(ob))
+    return int(widx.chunk_bytes_many(oc0, oc1, cb0, cb1, cb1 == widx.n_cb).max())
+
+
+def _ci_blocks(spec, hw, widx, bounds, oc_t) -> int | None:
+    """Largest number of input-channel blocks per chunk whose chunks all fit the weight buffer
+    (the same byte count as ``WeightIndex.chunk_bytes``, for every chunk at once)."""
+    if widx is None or spec.groups > 1:
+        return widx.n_cb if widx is not None else 1
+    cap = hw.core.weight_buffer_bytes
+    ob = np.array(bounds)
+    vcum = (widx.cum[ob[:, 1]] - widx.cum[ob[:, 0]]) * spec.taps  # kept bytes up to each block col
+    rows = (widx.row_starts[ob[:, 1]] - widx.row_starts[np.minimum(ob[:, 0] + 1, spec.co)] + 1)[:, None]
+    bias = (ACC_BYTES * (ob[:, 1] - ob[:, 0]))[:, None]
+
+    def worst(nb: int) -> int:
+        cbs = np.r_[np.arange(0, widx.n_cb, nb), widx.n_cb]
+        blocks = vcum[:, cbs[1:]] - vcum[:, cbs[:-1]]
+        bitmap = -(-(rows * np.diff(cbs)[None, :]) // 8)
+        total = blocks + bitmap
+        total[:, -1] += bias[:, 0]
+        return int(total.max())
+
+    lo, hi = 0, widx.n_cb
+    while lo < hi:  # chunk size grows with the number of blocks: bisect the largest that fits
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if worst(mid) <= cap else (lo, mid - 1)
+    return lo or None
+
+
+def _largest(ok, hi: int) -> int:
+    """Largest x in [1, hi] with ok(x), ok monotone decreasing (1 if none)."""
+    lo = 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid - 1)
+    return lo
+
+
+def _tiles(spec: LayerSpec, hw: ArrayConfig, oc_t: int, ci_t: int, hc: int, wc: int) -> list[tuple[int, int]]:
+    """Tile candidates (rows, cols) that fit: the widest (then tallest) one, and the one that
+    re-reads the least input — for each width as many rows as fit, keeping the most output
+    positions per input position moved (neighbouring tiles re-read a k×k window's halo)."""
+    def ok(th: int, tw: int) -> bool:
+        return not fits(spec, hw, SubVolume(oc_t, ci_t, th, tw), 0, 1)
+    widest = _largest(lambda x: ok(1, x), max(1, wc))
+    first = (_largest(lambda x: ok(x, widest), max(1, hc)), widest)
+    best = (-1.0, 0, 1, 1)
+    widths = sorted({widest} | {max(1, widest // d) for d in TILE_WIDTH_DIVISORS})
+    for tw in widths:
+        th = _largest(lambda x, tw=tw: ok(x, tw), max(1, hc))
+        p = th * tw
+        score = (p / spec.window_positions(th, tw), p, th, tw)
+        best = max(best, score)
+    return sorted({first, (best[2], best[3])})
+
+
+TILE_WIDTH_DIVISORS = (1, 2, 3, 4, 6, 8, 12, 16)  # tile widths tried: the widest that fits / d
+
+
+def _partition(spec, hw, grid, cores, sub, widx) -> LayerPartition | None:
+    live = [c for c in cores if not c.empty]
+    if not live:
+        return None
+    oc_max = max(c.oc1 - c.oc0 for c in live)
+    n_k = math.ceil(oc_max / sub.oc)
+    ci_need = spec.ci if spec.kind == "conv" and spec.groups == 1 else 0
+    n_q = math.ceil(ci_need / sub.ci) if ci_need else 1
+    n_tiles = max(-(-(c.h1 - c.h0) // sub.h) * -(-(c.w1 - c.w0) // sub.w) for c in live)
+    acc_tile = sub.h * sub.w * sub.oc * ACC_BYTES
+    g = n_tiles if n_q == 1 else max(1, min(n_tiles, acc_capacity(hw, sub, n_q) // acc_tile))
+    return LayerPartition(spec.name, grid, cores, sub, n_k, n_q, g, n_tiles)
+
+
+def _staging(tab: StepTable, pipe: dict[str, np.ndarray]) -> int:
+    """MemTile bytes per column the layer reserves: two weight slots and, for activations that
+    stream through DDR, two tiles each way (reserved for every layer: spills are decided later)."""
+    w = float(tab.loadw.max(initial=0)) * WEIGHT_SLOTS
+    fm = float(pipe["LOADFM"].max(initial=0))
+    wr = float(pipe["WRITEFM"].max(initial=0))
+    return int(w + PING_PONG * (fm + wr))
+
+
+def _evaluate(spec, hw, part, in_ddr, out_ddr, widx) -> LayerPlan | None:
+    tab = layer_steps(spec, hw, part, in_ddr, out_ddr, widx)
+    pipe = tab.pipe()
+    staging = _staging(tab, pipe)
+    if staging > hw.memtile.bytes * MAX_STAGING_FRACTION:
+        return None
+    total = layer_time_arrays(tab.loadw, tab.loadwm, pipe, hw)
+    return LayerPlan(spec, part, tab, total, widx, staging, in_ddr, out_ddr)
+
+
+def _subvolumes(spec, hw, cores, widx) -> list[SubVolume]:
+    live = [c for c in cores if not c.empty]
+    if not live:
+        return []
+    unit = _unit(spec, hw)
+    oc_max = max(c.oc1 - c.oc0 for c in live)
+    hc = max(c.h1 - c.h0 for c in live)
+    wc = max(c.w1 - c.w0 for c in live)
+    ocs = sorted({min(oc_max, unit * 2 ** i) for i in range(12)} | {oc_max})
+    subs = []
+    for oc_t in ocs:
+        nb = _ci_blocks(spec, hw, widx, _chunk_bounds(tuple(live), oc_t), oc_t)
+        if nb is None:
+            continue
+        full_ci = spec.kind == "conv" and spec.groups == 1
+        # fewer input channels per chunk buy larger tiles (more positions per weight load)
+        nbs = sorted({max(1, nb // d) for d in CI_DIVISORS}) if full_ci else [nb]
+        for n in nbs:
+            ci_t = min(spec.ci, n * spec.block[1]) if full_ci else spec.chunk_ci(oc_t)
+            if fits(spec, hw, SubVolume(oc_t, ci_t, 1, 1), 0, 1):
+                continue
+            subs += [SubVolume(oc_t, ci_t, th, tw) for th, tw in _tiles(spec, hw, oc_t, ci_t, hc, wc)]
+    return subs
+
+
+CI_DIVISORS = (1, 2)  # input-channel chunk = the largest that fits, or half (a quarter gains <1 %)
+
+
+TOP_GRIDS = 2  # grids whose every sub-volume is timed after a first pass with one sub-volume each
+
+
+def plan_layer(spec: LayerSpec, hw: ArrayConfig, in_ddr: tuple[bool, ...], out_ddr: bool,
+               chooser: Chooser | None = None, node: object = None) -> LayerPlan:
+    """The fastest legal (grid, sub-volume) of ``spec`` under the time model.
+
+    First pass: every grid with its largest-channel sub-volume; second pass: every sub-volume of
+    the ``TOP_GRIDS`` best grids. A ``chooser``'s sub-volume replaces the enumeration (validated).
+    """
+    widx = WeightIndex(spec) if spec.kind == "conv" else None
+    forced = chooser(node, hw) if chooser is not None else None
+    ranked: list[tuple[Any, ...]] = []
+    for grid in _grids(spec, hw):
+        cores = assign_cores(spec, hw, grid)
+        if forced is not None:
+            _validate_forced(spec, hw, cores, forced, widx)
+        subs = [forced] if forced is not None else _subvolumes(spec, hw, cores, widx)
+        for i in range(len(subs) - 1, -1, -1):
+            plan = _try(spec, hw, grid, cores, subs.pop(i), in_ddr, out_ddr, widx)
+            if plan is not None:
+                ranked.append((plan.time_s, len(ranked), plan, grid, cores, subs))
+                break
+    if not ranked:
+        raise _no_fit(spec, hw, widx)
+    ranked.sort(key=lambda x: x[:2])
+    best = ranked[0][2]
+    for _, _, _, grid, cores, subs in ranked[:TOP_GRIDS]:
+        for sub in subs:
+            plan = _try(spec, hw, grid, cores, sub, in_ddr, out_ddr, widx)
+            if plan is not None and plan.time_s < best.time_s:
+                best = plan
+    return best
+
+
+def _try(spec, hw, grid, cores, sub, in_ddr, out_ddr, widx) -> LayerPlan | None:
+    part = _partition(spec, hw, grid, cores, sub, widx)
+    return _evaluate(spec, hw, part, in_ddr, out_ddr, widx) if part is not None else None
+
+
+def replan(plan: LayerPlan, hw: ArrayConfig, in_ddr: tuple[bool, ...], out_ddr: bool) -> LayerPlan:
+    """The same partition with different activation homes (after MemTile allocation spilled some)."""
+    tab = layer_steps(plan.spec, hw, plan.part, in_ddr, out_ddr, plan.widx)
+    total = layer_time_arrays(tab.loadw, tab.loadwm, tab.pipe(), hw)
+    return LayerPlan(plan.spec, plan.part, tab, total, plan.widx, plan.staging_bytes, in_ddr, out_ddr)
+
+
+def _validate_forced(spec, hw, cores, sub, widx) -> None:
+    if not isinstance(sub, SubVolume):
+        raise ConfigError("chooser", [(f"layer {spec.name}: chooser returned {type(sub).__name__}, "
+                                       f"expected SubVolume or None")])
+    errs = [f"layer {spec.name}: sub-volume field {f} = {getattr(sub, f)} must be a positive integer"
+            for f in ("oc", "ci", "h", "w") if not isinstance(getattr(sub, f), int) or getattr(sub, f) < 1]
+    unit = _unit(spec, hw)
+    if not errs and sub.oc % unit:
+        errs.append(f"layer {spec.name}: sub-volume oc = {sub.oc} must be a multiple of {unit}")
+    if not errs and spec.kind == "conv" and spec.groups == 1 and sub.ci < spec.ci and sub.ci % spec.block[1]:
+        errs.append(f"layer {spec.name}: sub-volume ci = {sub.ci} must be a multiple of {spec.block[1]} "
+                    f"or at least {spec.ci}")
+    if errs:
+        raise ConfigError("chooser", errs)
+    live = tuple(c for c in cores if not c.empty)
+    chunk = 0
+    if widx is not None and live:
+        nb = max(1, math.ceil(min(sub.ci, spec.ci) / spec.block[1])) if spec.groups == 1 else widx.n_cb
+        chunk = _max_chunk(widx, _chunk_bounds(live, sub.oc), nb)
+    why = fits(spec, hw, sub, chunk, 1)
+    if why:
+        raise CapacityError(f"layer {spec.name!r}: chooser's sub-volume {sub} does not fit: " + "; ".join(why))
+
+
+def _no_fit(spec: LayerSpec, hw: ArrayConfig, widx: WeightIndex | None) -> CapacityError:
+    unit = _unit(spec, hw)
+    oc = min(unit, spec.co)
+    ci = min(spec.block[1], spec.ci) if spec.kind == "conv" and spec.groups == 1 else spec.chunk_ci(oc)
+    chunk = 0
+    if widx is not None:
+        nb = 1 if spec.groups == 1 else widx.n_cb
+        chunk = _max_chunk(widx, [(a, min(a + oc, spec.co)) for a in range(0, spec.co, oc)], nb)
+    err = min_fit_error(spec, hw, SubVolume(oc, ci, 1, 1), chunk)
+    if not fits(spec, hw, SubVolume(oc, ci, 1, 1), chunk, 1):
+        return CapacityError(f"layer {spec.name!r}: every sub-volume needs more MemTile staging than "
+                             f"{MAX_STAGING_FRACTION:.0%} of {hw.memtile.bytes} B (array {hw.label})")
+    return err

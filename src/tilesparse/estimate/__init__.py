@@ -1,0 +1,1 @@
+"""Timing: the time model, lower bounds, timelines, the paper's numbers."""

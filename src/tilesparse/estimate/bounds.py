@@ -1,0 +1,76 @@
+"""Lower bounds: no schedule on this hardware description can run a layer faster.
+
+Per layer, the largest of
+
+* **compute**: kept MACs (zero blocks skipped) at the whole array's peak rate;
+* **DDR**: bytes that must cross DDR at least once — the packed weights (bitmap and bias
+  included) on the column weight channels, the graph input on the column activation channels, the
+  graph output on the write channels — each group of channels in parallel;
+* **MemTile↔core**: every weight byte must reach a core (row channels), every input byte the
+  layer reads must reach a core (a strided 1×1 conv reads only the sampled positions) and every
+  output byte must leave one (column channels), in parallel.
+
+The network bound is the sum over layers (layers run one after another in the time model).
+The *roofline* of a layer is max(compute, DDR): how far it is from the machine's balance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tilesparse.hw import ArrayConfig
+
+__all__ = ["LayerBound", "layer_bound", "program_bounds"]
+
+
+@dataclass(frozen=True)
+class LayerBound:
+    layer: str
+    compute_s: float
+    ddr_s: float
+    memtile_s: float
+
+    @property
+    def bound_s(self) -> float:
+        return max(self.compute_s, self.ddr_s, self.memtile_s)
+
+    @property
+    def roofline_s(self) -> float:
+        return max(self.compute_s, self.ddr_s)
+
+    @property
+    def limiter(self) -> str:
+        return max((("compute", self.compute_s), ("ddr", self.ddr_s), ("memtile", self.memtile_s)),
+                   key=lambda x: x[1])[0]
+
+
+def _touched(g: dict, axis: int) -> int:
+    """Input rows (axis 0) / columns (1) the layer reads at all: with a stride at least the kernel
+    extent the windows skip the rest (a strided 1×1 conv reads a quarter of its input)."""
+    size = (g["hi"], g["wi"])[axis]
+    n_out = (g["ho"], g["wo"])[axis]
+    ext = (g["kernel"][axis] - 1) * g["dilation"][axis] + 1
+    return min(size, n_out * ext) if g["stride"][axis] >= ext else size
+
+
+def layer_bound(rec, buffers: dict, hw: ArrayConfig) -> LayerBound:
+    """The bound of one ``LayerRecord`` of a program (``buffers``: the program's buffer table)."""
+    g = rec.geometry
+    links = hw.links
+    weights = rec.packed_weight_bytes + rec.bias_bytes
+    out_bytes = g["co"] * g["ho"] * g["wo"]
+    # a fused residual add reads an output-shaped second operand
+    in_one = g["ci"] * (g["hi"] * g["wi"] if rec.kind == "flatten" else _touched(g, 0) * _touched(g, 1))
+    sizes = [in_one] * (len(rec.inputs) - bool(rec.residual)) + [out_bytes] * bool(rec.residual)
+    in_bytes = sum(sizes)
+    in_io = sum(n for n, i in zip(sizes, rec.inputs) if buffers[i["buffer"]].get("graph_io"))
+    out_io = out_bytes if buffers[rec.output["buffer"]].get("graph_io") else 0
+    col_in = hw.cols * links.ddr_to_memtile_bytes_per_s
+    ddr = max(weights / col_in, in_io / col_in, out_io / (hw.cols * links.memtile_to_ddr_bytes_per_s))
+    mt = links.memtile_to_core_bytes_per_s
+    memtile = max(weights / (hw.rows * mt), in_bytes / (hw.cols * mt), out_bytes / (hw.cols * mt))
+    return LayerBound(rec.name, rec.kept_macs / hw.peak_macs_per_s, ddr, memtile)
+
+
+def program_bounds(program) -> list[LayerBound]:
+    return [layer_bound(r, program.buffers, program.hw) for r in program.layers]

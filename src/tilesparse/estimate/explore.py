@@ -1,0 +1,208 @@
+"""Networks × arrays × dense/sparse → the Table II analog, with the paper's numbers beside ours.
+
+Each (network, dense|sparse) graph is built once (random weights; sparse = the lowest-L2 blocks
+zeroed, ``compiler.sparsity``), then compiled for every array. Latency depends on shapes and
+masks only, so the front end runs without quantization (timing-only programs). Work is spread
+over ``jobs`` processes, one (network, mode) per task.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tilesparse.estimate.paper import paper_ms
+from tilesparse.utils.atomic import atomic_write_bytes, atomic_write_text
+
+__all__ = ["SEED", "Cell", "run_table", "write_table"]
+
+SEED = 0  # random weights and masks
+CONV_ONLY = ("vgg16",)  # networks whose paper numbers cover the convolutional part only
+
+
+@dataclass
+class Cell:
+    network: str
+    array: str
+    mode: str  # dense | sparse
+    estimate_ms: float | None = None
+    bound_ms: float | None = None
+    compute_ms: float | None = None
+    paper_ms: float | None = None
+    weight_pct: float | None = None  # packed (bitmap + kept blocks) / dense weight bytes
+    compile_s: float | None = None  # wall clock
+    compile_cpu_s: float | None = None  # CPU time of the compiling process
+    conv_ms: float | None = None  # the convolutional part only (no classifier, no flatten)
+    conv_bound_ms: float | None = None
+    error: str = ""
+
+    @property
+    def compare_ms(self) -> float | None:
+        """What to hold against the paper: VGG16's conv part (the paper's VGG16 numbers appear to
+        cover the convolutions only), the whole network otherwise."""
+        return self.conv_ms if self.network in CONV_ONLY else self.estimate_ms
+
+    @property
+    def ratio(self) -> float | None:
+        return None if self.estimate_ms is None or not self.bound_ms else self.estimate_ms / self.bound_ms
+
+
+def _graph(network: str, sparsity: float):
+    from tilesparse.compiler.sparsity import apply_block_sparsity
+    from tilesparse.frontend import build_graph, default_input_shape
+    from tilesparse.models.zoo import get_model
+
+    m = get_model(network, seed=SEED)
+    if sparsity > 0:
+        apply_block_sparsity(m, sparsity, (8, 8), name=network)
+    return build_graph(m, input_shape=default_input_shape(network), quantized=False, seed=SEED)
+
+
+def _task(network: str, mode: str, arrays: list[str], sparsity: float) -> list[Cell]:
+    import torch
+
+    torch.set_num_threads(1)
+    from tilesparse.compiler.pipeline import compile_graph
+    from tilesparse.errors import TilesparseError
+    from tilesparse.estimate.report import layer_rows, summarize
+
+    g = _graph(network, sparsity if mode == "sparse" else 0.0)
+    cells = []
+    for arr in arrays:
+        c = Cell(network, arr, mode, paper_ms=paper_ms(network, arr, mode == "sparse"))
+        try:
+            t, cpu = time.perf_counter(), time.process_time()
+            prog = compile_graph(g, arr)
+            c.compile_s, c.compile_cpu_s = time.perf_counter() - t, time.process_time() - cpu
+            rows = layer_rows(prog)
+            s = summarize(prog)
+            c.estimate_ms, c.bound_ms, c.compute_ms = s.estimate_ms, s.bound_ms, s.compute_ms
+            c.weight_pct = 100 * s.weight_fraction
+            conv = [r for r, rec in zip(rows, prog.layers)
+                    if not rec.attrs.get("from_linear") and rec.kind != "flatten"]
+            c.conv_ms = sum(r["time_us"] for r in conv) / 1e3
+            c.conv_bound_ms = sum(r["bound_us"] for r in conv) / 1e3
+        except TilesparseError as e:  # a failed cell is reported, not fatal
+            c.error = f"{type(e).__name__}: {e}"
+        cells.append(c)
+    return cells
+
+
+def run_table(networks: list[str], arrays: list[str], rect: list[str], sparsity: float = 0.5,
+              jobs: int = 2, progress: bool = False) -> list[Cell]:
+    """Compile every cell; ``rect`` arrays are added for the first network only."""
+    tasks = []
+    for i, net in enumerate(networks):
+        arrs = arrays + (rect if i == 0 else [])
+        tasks += [(net, mode, arrs, sparsity) for mode in ("dense", "sparse")]
+    tasks.sort(key=lambda t: t[0] != "vgg16")  # the slowest front end first
+    cells: list[Cell] = []
+    bar = _bar(progress, len(tasks))
+    with ProcessPoolExecutor(max_workers=max(1, jobs)) as ex:
+        futs = [ex.submit(_task, *t) for t in tasks]
+        for f in as_completed(futs):
+            cells += f.result()
+            if bar:
+                bar[0].update(bar[1], advance=1)
+    if bar:
+        bar[0].stop()
+    order = {(n, a): i for i, (n, a) in enumerate((t[0], a) for t in tasks for a in t[2])}
+    return sorted(cells, key=lambda c: (order[(c.network, c.array)], c.mode))
+
+
+def _bar(progress: bool, n: int):
+    if not progress:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    p = Progress("explore", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    p.start()
+    return p, p.add_task("cells", total=n)
+
+
+def _pairs(cells: list[Cell]) -> list[tuple[Cell, Cell]]:
+    d = {(c.network, c.array, c.mode): c for c in cells}
+    return [(d[(c.network, c.array, "dense")], d[(c.network, c.array, "sparse")]) for c in cells
+            if c.mode == "dense" and (c.network, c.array, "sparse") in d]
+
+
+def _f(x: float | None, fmt: str = ".2f") -> str:
+    return "—" if x is None else format(x, fmt)
+
+
+def markdown(cells: list[Cell]) -> str:
+    lines = [("| network | array | dense ms | dense bound | paper dense | sparse ms | sparse bound | paper sparse "
+              "| speedup | bound ratio | paper speedup | weights % | compile s (cpu) |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for d, s in _pairs(cells):
+        sp = d.estimate_ms / s.estimate_ms if d.estimate_ms and s.estimate_ms else None
+        br = d.bound_ms / s.bound_ms if d.bound_ms and s.bound_ms else None
+        pp = d.paper_ms / s.paper_ms if d.paper_ms and s.paper_ms else None
+        lines.append(
+            f"| {d.network} | {d.array} | {_ms(d)} | {_f(d.bound_ms)} | {_paper(d)} "
+            f"| {_ms(s)} | {_f(s.bound_ms)} | {_paper(s)} "
+            f"| {_f(sp)} | {_f(br)} | {_f(pp)} | {_f(s.weight_pct, '.1f')} | "
+            f"{_f(max(d.compile_cpu_s or 0, s.compile_cpu_s or 0), '.1f')} |")
+    errs = [c for c in cells if c.error]
+    if errs:
+        lines += ["", "Failed cells:"] + [f"- {c.network} {c.array} {c.mode}: {c.error}" for c in errs]
+    return "\n".join(lines) + "\n"
+
+
+_SQ = {f"{r}x{r}" for r in range(2, 9)}
+
+
+def _ms(c: Cell) -> str:
+    if c.network in CONV_ONLY and c.conv_ms is not None:
+        return f"{_f(c.estimate_ms)} (conv {_f(c.conv_ms)})"
+    return _f(c.estimate_ms)
+
+
+def _paper(c: Cell) -> str:
+    return _f(c.paper_ms) if c.paper_ms else "failed" if c.array in _SQ else "—"
+
+
+def write_table(cells: list[Cell], out_dir: str | Path, stem: str = "table2", preamble: str = "") -> list[Path]:
+    out_dir = Path(out_dir)
+    buf = io.StringIO()
+    fields = list(asdict(cells[0]).keys()) + ["ratio", "compare_ms"] if cells else []
+    w = csv.DictWriter(buf, fieldnames=fields)
+    w.writeheader()
+    for c in cells:
+        w.writerow({**asdict(c), "ratio": c.ratio, "compare_ms": c.compare_ms})
+    paths = [atomic_write_text(out_dir / f"{stem}.csv", buf.getvalue()),
+             atomic_write_text(out_dir / f"{stem}.md", preamble + markdown(cells))]
+    paths.append(_plot(cells, out_dir / f"{stem}.png"))
+    return paths
+
+
+def _plot(cells: list[Cell], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    nets = sorted({c.network for c in cells}, key=[c.network for c in cells].index)
+    fig, axes = plt.subplots(1, len(nets), figsize=(5 * len(nets), 4), squeeze=False)
+    for ax, net in zip(axes[0], nets):
+        for mode, color in (("dense", "#4c72b0"), ("sparse", "#dd8452")):
+            cs = [c for c in cells if c.network == net and c.mode == mode and c.array in _SQ]
+            xs = [int(c.array.split("x")[0]) for c in cs]
+            ax.plot(xs, [c.estimate_ms for c in cs], "o-", color=color, label=f"ours {mode}")
+            ax.plot(xs, [c.bound_ms for c in cs], ":", color=color, label=f"bound {mode}")
+            px = [(x, c.paper_ms) for x, c in zip(xs, cs) if c.paper_ms]
+            ax.plot([p[0] for p in px], [p[1] for p in px], "s--", color=color, alpha=0.5, label=f"paper {mode}")
+        ax.set_yscale("log")
+        ax.set_title(net)
+        ax.set_xlabel("array r x r")
+        ax.set_ylabel("ms")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())

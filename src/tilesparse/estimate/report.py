@@ -1,0 +1,54 @@
+"""Per-layer and whole-network numbers of a compiled program: estimate, bound, roofline, bytes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tilesparse.estimate.bounds import program_bounds
+from tilesparse.estimate.timemodel import ProgramTime, estimate_program
+
+__all__ = ["Summary", "layer_rows", "summarize"]
+
+
+@dataclass(frozen=True)
+class Summary:
+    estimate_ms: float
+    bound_ms: float
+    compute_ms: float  # sum of per-layer compute-at-peak bounds
+    dense_weight_bytes: int
+    packed_weight_bytes: int  # bitmap + kept blocks (bias excluded, it is the same dense or sparse)
+    bias_bytes: int
+
+    @property
+    def ratio(self) -> float:
+        return self.estimate_ms / self.bound_ms if self.bound_ms else float("nan")
+
+    @property
+    def weight_fraction(self) -> float:
+        return self.packed_weight_bytes / self.dense_weight_bytes if self.dense_weight_bytes else float("nan")
+
+
+def summarize(program, ptime: ProgramTime | None = None) -> Summary:
+    ptime = ptime or estimate_program(program)
+    bounds = program_bounds(program)
+    return Summary(ptime.total_s * 1e3, sum(b.bound_s for b in bounds) * 1e3,
+                   sum(b.compute_s for b in bounds) * 1e3,
+                   sum(r.dense_weight_bytes for r in program.layers),
+                   sum(r.packed_weight_bytes for r in program.layers),
+                   sum(r.bias_bytes for r in program.layers))
+
+
+def layer_rows(program, ptime: ProgramTime | None = None) -> list[dict]:
+    """One dict per layer: time, bound and its limiter, roofline, compute, weight bytes, partition."""
+    ptime = ptime or estimate_program(program)
+    out = []
+    for rec, (name, start, secs), b in zip(program.layers, ptime.layers, program_bounds(program)):
+        out.append({"layer": name, "kind": rec.kind, "start_us": start * 1e6, "time_us": secs * 1e6,
+                    "bound_us": b.bound_s * 1e6, "limiter": b.limiter, "roofline_us": b.roofline_s * 1e6,
+                    "compute_us": b.compute_s * 1e6, "ddr_us": b.ddr_s * 1e6, "memtile_us": b.memtile_s * 1e6,
+                    "ratio": secs / b.bound_s if b.bound_s else float("nan"),
+                    "dense_w": rec.dense_weight_bytes, "packed_w": rec.packed_weight_bytes,
+                    "grid": f"{rec.grid['oc_groups']}x{rec.grid['sp_groups']}/{rec.grid['col_axis']}",
+                    "sub": f"{rec.sub['oc']}oc {rec.sub['ci']}ci {rec.sub['h']}x{rec.sub['w']}",
+                    "loops": f"s{rec.loops['n_s']} k{rec.loops['n_k']} q{rec.loops['n_q']}"})
+    return out

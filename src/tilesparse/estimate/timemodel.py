@@ -1,0 +1,257 @@
+"""The time model — every timing rule of tilesparse, in this one module (docs/time-model.md).
+
+Rules:
+
+1. **Transfers**: time = bytes on the busiest channel / that channel's bandwidth, from ``hw.links``:
+   LOAD and LOADW at ``ddr_to_memtile_bytes_per_s`` (activations and weights on separate channels of
+   each column), WRITE at ``memtile_to_ddr_bytes_per_s``, LOADFM / LOADWM / WRITEFM at
+   ``memtile_to_core_bytes_per_s`` (one channel per column for activations in and out, one per row
+   for weights).
+2. **COMP**: cycles of the slowest core / ``clock_hz``. A core's cycles for a tile are
+   ``ceil(positions / M) × Σ_slabs ceil(kept input channels × taps / K) + overhead`` with
+   ``(M, K, N) = hw.core.matmul_shape`` (slabs of N output channels) and the per-call
+   ``hw.core.kernel_call_overhead_cycles``: skipped blocks cost nothing, padding to the matmul shape
+   is paid, and no core ever exceeds ``M·K·N`` MACs per cycle. Pools, adds and copies run one
+   element operation per MAC slot (``macs_per_cycle`` per cycle).
+3. **Iteration count 1**: a lone step's stages run in sequence; consecutive steps of a layer still
+   form one pipeline (rule 4) — a deliberate deviation from the paper (docs/time-model.md).
+4. **Iteration count n > 1**: the pipeline stages (LOAD, LOADFM, COMP, WRITEFM, WRITE) overlap
+   (ping-pong buffers); time = Σ_i max_stage d[stage][i] + fill, where the fill is the first
+   iteration of every stage but the slowest (Σ_stage d[stage][0] − max_stage d[stage][0]). With equal
+   iterations this is the paper's max(stage) × n plus the pipeline fill/drain. The steps of one
+   layer continue the same ping-pong pipeline (the buffer parity carries over), so the fill is
+   paid once per layer.
+5. **LOADWM halts the cores**: a step's LOADWM is added to its first COMP iteration (the core
+   cannot compute while its weight buffer refills); the DMA stages (LOADFM of the next tile,
+   WRITEFM of the previous one) keep running on their own channels. It starts once the step's
+   LOADW has arrived.
+6. **LOADW prefetch**: the weight channel streams the layer's chunks ahead of the cores into two
+   MemTile slots: chunk j starts when chunk j−1 has arrived and slot (j mod 2) was emptied by LOADWM
+   j−2. Layers do not overlap each other (so a layer is never faster than its own lower bound).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from tilesparse.hw import ArrayConfig
+
+__all__ = [
+    "InstrTime",
+    "LayerTime",
+    "ProgramTime",
+    "StepTime",
+    "bandwidth",
+    "comp_s",
+    "estimate_program",
+    "layer_time",
+    "layer_time_arrays",
+    "pipeline_s",
+    "transfer_s",
+]
+
+TRANSFER_OPS = ("LOAD", "LOADW", "LOADFM", "LOADWM", "WRITEFM", "WRITE")
+WEIGHT_SLOTS = 2  # MemTile weight staging is double-buffered
+
+
+def bandwidth(op: str, hw: ArrayConfig) -> float:
+    """Bytes per second of one channel used by transfer instruction ``op``."""
+    links = hw.links
+    return {
+        "LOAD": links.ddr_to_memtile_bytes_per_s,
+        "LOADW": links.ddr_to_memtile_bytes_per_s,
+        "WRITE": links.memtile_to_ddr_bytes_per_s,
+        "LOADFM": links.memtile_to_core_bytes_per_s,
+        "LOADWM": links.memtile_to_core_bytes_per_s,
+        "WRITEFM": links.memtile_to_core_bytes_per_s,
+    }[op]
+
+
+def transfer_s(op: str, nbytes: float | np.ndarray, hw: ArrayConfig) -> np.ndarray:
+    """Rule 1: seconds to move ``nbytes`` on the busiest channel of ``op``."""
+    return np.asarray(nbytes, dtype=np.float64) / bandwidth(op, hw)
+
+
+def comp_s(cycles: float | np.ndarray, hw: ArrayConfig) -> np.ndarray:
+    """Rule 2: seconds of ``cycles`` on the slowest core."""
+    return np.asarray(cycles, dtype=np.float64) / hw.clock_hz
+
+
+def stage_seconds(op: str, per_iter: np.ndarray, hw: ArrayConfig) -> np.ndarray:
+    return comp_s(per_iter, hw) if op == "COMP" else transfer_s(op, per_iter, hw)
+
+
+def pipeline_s(stages: dict[str, np.ndarray]) -> float:
+    """Rules 3–4: seconds of a pipeline whose stage ``op`` takes ``stages[op][i]`` s at iteration i."""
+    vals = list(stages.values())
+    n = len(vals[0]) if vals else 0
+    if n == 0:
+        return 0.0
+    if n == 1:
+        return float(sum(v[0] for v in vals))  # iteration count 1: in sequence
+    d = np.stack(vals)
+    fill = float(d[:, 0].sum() - d[:, 0].max())
+    return float(d.max(axis=0).sum()) + fill
+
+
+@dataclass(frozen=True)
+class StepTime:
+    loadw_s: float
+    loadwm_s: float
+    pipe_s: float
+    stage_busy_s: dict[str, float]  # seconds each pipeline stage is busy (for the timeline)
+    start_s: float = 0.0  # LOADWM start relative to the layer start
+    loadw_start_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class LayerTime:
+    total_s: float
+    steps: tuple[StepTime, ...]
+
+    def busy_s(self, op: str) -> float:
+        if op == "LOADW":
+            return sum(s.loadw_s for s in self.steps)
+        if op == "LOADWM":
+            return sum(s.loadwm_s for s in self.steps)
+        return sum(s.stage_busy_s.get(op, 0.0) for s in self.steps)
+
+
+def _segments(d: np.ndarray, lwm: np.ndarray, comp_row: int) -> tuple[np.ndarray, float]:
+    """Rules 4–5 for a layer whose steps' pipelines continue one another: ``d[j, op, i]`` stage
+    seconds (zero-padded), ``lwm[j]`` LOADWM seconds. A step's LOADWM stalls its first COMP (it is
+    added to it) while the transfer stages keep going; returns each step's segment seconds and
+    the layer's fill (the first iteration's stages but the slowest)."""
+    if d.shape[0] == 0:
+        return np.zeros(0), 0.0
+    if d.shape[2] == 0 or comp_row < 0:
+        seg = (d.max(axis=1).sum(axis=1) if d.shape[2] else np.zeros(d.shape[0])) + lwm
+        first = d[0, :, 0] if d.shape[2] else np.zeros(1)
+        return seg, float(first.sum() - first.max())
+    d = d.copy()
+    first = d[0, :, 0].copy()
+    d[:, comp_row, 0] += lwm
+    return d.max(axis=1).sum(axis=1), float(first.sum() - first.max())
+
+
+def _recurrence(lw: np.ndarray, lwm: np.ndarray, seg: np.ndarray, fill: float):
+    """Rule 6 and the step order: returns (total, segment starts, LOADW starts)."""
+    w_done, core_free = 0.0, 0.0
+    lwm_done: list[float] = []
+    starts, lw_starts = [], []
+    for j in range(len(lw)):
+        slot_free = lwm_done[j - WEIGHT_SLOTS] if j >= WEIGHT_SLOTS else 0.0
+        lw_starts.append(max(w_done, slot_free))
+        w_done = lw_starts[-1] + float(lw[j])
+        starts.append(max(core_free, w_done))
+        lwm_done.append(starts[-1] + float(lwm[j]))
+        core_free = starts[-1] + float(seg[j])
+    return core_free + fill, starts, lw_starts
+
+
+def layer_time(steps: Sequence[tuple[float, float, dict[str, np.ndarray]]], hw: ArrayConfig) -> LayerTime:
+    """Rules 1–7 over a layer's steps, each ``(loadw_bytes, loadwm_bytes, {op: per-iteration
+    bytes or cycles})``; returns the layer's seconds and every step's timing."""
+    secs = [{op: stage_seconds(op, v, hw) for op, v in pipe.items()} for _, _, pipe in steps]
+    ops = list(dict.fromkeys(op for sc in secs for op in sc))
+    t_max = max((len(v) for sc in secs for v in sc.values()), default=0)
+    d = np.zeros((len(steps), len(ops), t_max))
+    for j, sc in enumerate(secs):
+        for o, op in enumerate(ops):
+            if op in sc:
+                d[j, o, :len(sc[op])] = sc[op]
+    lw = np.array([float(transfer_s("LOADW", b, hw)) for b, _, _ in steps])
+    lwm = np.array([float(transfer_s("LOADWM", b, hw)) for _, b, _ in steps])
+    seg, fill = _segments(d, lwm, ops.index("COMP") if "COMP" in ops else -1)
+    total, starts, lw_starts = _recurrence(lw, lwm, seg, fill)
+    out = tuple(StepTime(float(lw[j]), float(lwm[j]), float(seg[j]),
+                         {op: float(v.sum()) for op, v in secs[j].items()}, starts[j], lw_starts[j])
+                for j in range(len(steps)))
+    return LayerTime(total, out)
+
+
+def layer_time_arrays(loadw_bytes: np.ndarray, loadwm_bytes: np.ndarray,
+                      pipe: dict[str, np.ndarray], hw: ArrayConfig) -> float:
+    """Rules 1–7 for a layer given as arrays (``pipe[op]``: steps × iterations); seconds."""
+    lw = transfer_s("LOADW", loadw_bytes, hw)
+    lwm = transfer_s("LOADWM", loadwm_bytes, hw)
+    ops = list(pipe)
+    d = np.stack([stage_seconds(op, v, hw) for op, v in pipe.items()], axis=1)
+    seg, fill = _segments(d, lwm, ops.index("COMP") if "COMP" in ops else -1)
+    return _recurrence(lw, lwm, seg, fill)[0]
+
+
+@dataclass(frozen=True)
+class InstrTime:
+    """When one instruction runs and why it takes that long."""
+
+    index: int  # into Program.instrs
+    start_s: float
+    busy_s: float
+    why: str
+
+
+@dataclass(frozen=True)
+class ProgramTime:
+    total_s: float
+    layers: tuple[tuple[str, float, float], ...]  # (layer, start_s, seconds)
+    instrs: tuple[InstrTime, ...]
+
+    def busy_by_op(self, program) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for it in self.instrs:
+            op = program.instrs[it.index].op
+            out[op] = out.get(op, 0.0) + it.busy_s
+        return out
+
+
+def _why(op: str, vals: np.ndarray, hw: ArrayConfig) -> str:
+    if op == "COMP":
+        return (f"{vals.sum():.0f} cycles on the slowest core ({len(vals)} iterations, "
+                f"max {vals.max():.0f}) at {hw.clock_hz / 1e9:g} GHz")
+    return (f"{vals.sum():.0f} B on the busiest channel ({len(vals)} iterations) at "
+            f"{bandwidth(op, hw) / 1e9:g} GB/s")
+
+
+def estimate_program(program) -> ProgramTime:
+    """Rules 1–6 applied to a compiled ``Program``: per-instruction start and busy time with its
+    explanation, per-layer and total latency (layers run one after another)."""
+    hw = program.hw
+    by_step: dict[tuple[int, int], list[int]] = {}
+    for i, ins in enumerate(program.instrs):
+        by_step.setdefault((ins.layer, ins.step), []).append(i)
+    layers, out, t = [], [], 0.0
+    for li, rec in enumerate(program.layers):
+        keys = sorted(k for k in by_step if k[0] == li)
+        steps = []
+        for key in keys:
+            lw = lwm = 0.0
+            pipe: dict[str, np.ndarray] = {}
+            for i in by_step[key]:
+                ins = program.instrs[i]
+                v = program.iter_values(ins)
+                if ins.op == "LOADW":
+                    lw = float(v[0])
+                elif ins.op == "LOADWM":
+                    lwm = float(v[0])
+                else:
+                    pipe[ins.op] = v
+            steps.append((lw, lwm, pipe))
+        lt = layer_time(steps, hw)
+        for key, st in zip(keys, lt.steps):
+            for i in by_step[key]:
+                ins = program.instrs[i]
+                v = program.iter_values(ins)
+                if ins.op == "LOADW":
+                    start, busy = st.loadw_start_s, st.loadw_s
+                elif ins.op == "LOADWM":
+                    start, busy = st.start_s, st.loadwm_s
+                else:
+                    start, busy = st.start_s + st.loadwm_s, st.stage_busy_s.get(ins.op, 0.0)
+                out.append(InstrTime(i, t + start, busy, _why(ins.op, v, hw)))
+        layers.append((rec.name, t, lt.total_s))
+        t += lt.total_s
+    return ProgramTime(t, tuple(layers), tuple(out))

@@ -1,0 +1,55 @@
+"""`tilesparse compile`, `estimate` and `explore` through the CLI."""
+
+import json
+
+from torch import nn
+from typer.testing import CliRunner
+
+from tilesparse.cli.main import app
+from tilesparse.compiler.program import Program
+from tilesparse.errors import ConfigError
+from tilesparse.models.zoo import register
+
+runner = CliRunner()
+
+
+@register("tiny_cli_cnn")
+def _tiny(num_classes: int = 10) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 16, 3, stride=4), nn.ReLU(), nn.Conv2d(16, 32, 3, stride=2), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, num_classes))
+
+
+def test_compile_then_estimate(tmp_path):
+    out = tmp_path / "r18.tsp"
+    r = runner.invoke(app, ["compile", "resnet18", "-a", "3x3", "--sparsity", "0.5", "--input-shape",
+                            "1,3,32,32", "--no-quantized", "--out", str(out), "--listing", str(tmp_path / "l.txt")])
+    assert r.exit_code == 0, r.output
+    assert "wrote" in r.output and out.is_file() and "LOADWM" in (tmp_path / "l.txt").read_text()
+    prog = Program.load(out)
+    assert prog.hw.rows == 3 and not prog.quantized
+    r = runner.invoke(app, ["estimate", str(out), "--timeline", str(tmp_path / "t.html"),
+                            "--json", str(tmp_path / "e.json"), "--top", "3"])
+    assert r.exit_code == 0, r.output
+    assert "lower bound" in r.output and "<svg" in (tmp_path / "t.html").read_text()
+    data = json.loads((tmp_path / "e.json").read_text())
+    assert data["estimate_ms"] >= data["bound_ms"] > 0 and len(data["layers"]) == len(prog.layers)
+    r = runner.invoke(app, ["estimate", str(out), "--timeline", str(tmp_path / "t.png")])
+    assert r.exit_code == 0 and (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_unknown_array_is_reported():
+    r = runner.invoke(app, ["compile", "resnet18", "-a", "9y9", "--input-shape", "1,3,32,32"])
+    assert isinstance(r.exception, ConfigError) and "unknown array" in str(r.exception)
+
+
+def test_explore_writes_table(tmp_path):
+    r = runner.invoke(app, ["explore", "--networks", "tiny_cli_cnn", "--arrays", "2x2,3x3", "--rect", "2x1",
+                            "--jobs", "1", "--out-dir", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    md = (tmp_path / "table2.md").read_text()
+    assert "| tiny_cli_cnn | 2x2 |" in md and "| tiny_cli_cnn | 2x1 |" in md and (tmp_path / "table2.csv").is_file() and (tmp_path / "table2.png").is_file()
+
+
+def test_help_lists_the_verbs():
+    r = runner.invoke(app, ["--help"])
+    assert all(v in r.output for v in ("compile", "estimate", "explore"))

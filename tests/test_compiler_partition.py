@@ -1,0 +1,115 @@
+"""Partition: splits, balance, exact coverage of every output, chooser validation, cannot-fit."""
+
+import numpy as np
+import pytest
+from compiler_helpers import small_graph, tiny_hw_yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tilesparse.compiler.layers import LayerSpec
+from tilesparse.compiler.partition import (
+    Grid,
+    SubVolume,
+    assign_cores,
+    balanced_split,
+    check_coverage,
+    split_even,
+    tile_grid,
+)
+from tilesparse.compiler.pipeline import compile_graph
+from tilesparse.compiler.tiling import plan_layer
+from tilesparse.errors import CapacityError, ConfigError
+from tilesparse.hw import load_array
+
+
+@given(st.integers(0, 200), st.integers(1, 17))
+def test_split_even_sizes_differ_by_at_most_one(n, parts):
+    b = split_even(n, parts)
+    sizes = np.diff(b)
+    assert b[0] == 0 and b[-1] == n and len(sizes) == parts
+    assert sizes.max() - sizes.min() <= 1
+
+
+@given(st.lists(st.integers(1, 50), min_size=1, max_size=40), st.integers(1, 9))
+def test_balanced_split_is_optimal_bottleneck(costs, parts):
+    b = balanced_split(costs, parts)
+    assert b[0] == 0 and b[-1] == len(costs) and len(b) == parts + 1 and b == sorted(b)
+    worst = max(sum(costs[b[i]:b[i + 1]]) for i in range(parts))
+    # brute-force reference: the smallest bottleneck any contiguous split reaches (greedy check)
+    best = min(c for c in range(max(costs), sum(costs) + 1) if _fits(costs, parts, c))
+    assert worst == best
+
+
+def _fits(costs, parts, cap):
+    n, acc = 1, 0
+    for c in costs:
+        if acc + c > cap:
+            n, acc = n + 1, 0
+        acc += c
+    return n <= parts
+
+
+def _conv_spec(ci, co, h, w, k, s, density, seed):
+    rng = np.random.default_rng(seed)
+    mask = rng.random((-(-co // 8), -(-ci // 8))) < density
+    p = k // 2
+    ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    return LayerSpec("L", "conv", ("x",), ci, h, w, co, ho, wo, (k, k), (s, s), (p, p), mask=mask)
+
+
+ARRAYS = ["1x1", "2x2", "3x3", "4x2", "2x8", "5x5", "7x7", "8x8", "6x4"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(ci=st.sampled_from([3, 8, 16, 24, 64, 96]), co=st.sampled_from([8, 16, 40, 64, 72, 200]),
+       h=st.integers(1, 23), w=st.integers(1, 23), k=st.sampled_from([1, 3]), s=st.sampled_from([1, 2]),
+       arr=st.sampled_from(ARRAYS), density=st.sampled_from([0.3, 0.5, 1.0]), seed=st.integers(0, 99))
+def test_every_output_computed_exactly_once(ci, co, h, w, k, s, arr, density, seed):
+    spec = _conv_spec(ci, co, h, w, k, s, density, seed)
+    hw = load_array(arr)
+    for g_o in range(1, hw.rows + 1):
+        for ax in ("w", "h", "oc"):
+            check_coverage(spec, assign_cores(spec, hw, Grid(g_o, hw.rows // g_o, ax)))
+    plan = plan_layer(spec, hw, (False,), False)
+    check_coverage(spec, plan.part.cores)
+    # the tiles of each core's region cover it exactly once, too
+    for cw in plan.part.cores:
+        if not cw.empty:
+            tiles = tile_grid(cw.h0, cw.h1, cw.w0, cw.w1, plan.part.sub.h, plan.part.sub.w)
+            assert sum((b - a) * (d - c) for a, b, c, d in tiles) == (cw.h1 - cw.h0) * (cw.w1 - cw.w0)
+
+
+def test_coverage_check_catches_a_gap():
+    spec = _conv_spec(16, 16, 4, 4, 1, 1, 1.0, 0)
+    cores = assign_cores(spec, load_array("2x2"), Grid(2, 1, "w"))
+    with pytest.raises(AssertionError, match="computed 0 times"):
+        check_coverage(spec, cores[1:])
+
+
+def test_oc_split_balances_kept_blocks_not_channels():
+    spec = _conv_spec(64, 64, 8, 8, 1, 1, 1.0, 0)
+    mask = np.ones((8, 8), bool)
+    mask[:4, 1:] = False  # the first half of the output channels keeps 1 block of 8
+    spec = LayerSpec("L", "conv", ("x",), 64, 8, 8, 64, 8, 8, mask=mask)
+    cores = assign_cores(spec, load_array("2x1"), Grid(2, 1, "w"))
+    kept = [int(mask[c.oc0 // 8:c.oc1 // 8].sum()) for c in cores]
+    assert max(kept) <= 32 and cores[0].oc1 - cores[0].oc0 > cores[1].oc1 - cores[1].oc0
+
+
+def test_chooser_subvolume_is_used_and_validated():
+    g = small_graph()
+    chosen = SubVolume(oc=8, ci=8, h=1, w=2)
+    prog = compile_graph(g, "2x2", chooser=lambda n, hw: chosen if n is not None and n.name == "c1" else None)
+    rec = next(r for r in prog.layers if r.name == "c1")
+    assert rec.sub == {"oc": 8, "ci": 8, "h": 1, "w": 2}
+    with pytest.raises(ConfigError, match="multiple of 8"):
+        compile_graph(g, "2x2", chooser=lambda n, hw: SubVolume(5, 8, 1, 1))
+    with pytest.raises(ConfigError, match="expected SubVolume"):
+        compile_graph(g, "2x2", chooser=lambda n, hw: (8, 8, 1, 1))
+    with pytest.raises(CapacityError, match="c1.*does not fit"):
+        compile_graph(g, "2x2", chooser=lambda n, hw: SubVolume(8, 16, 64, 64) if n and n.name == "c1" else None)
+
+
+def test_layer_that_cannot_fit_names_it(tmp_path):
+    with pytest.raises(CapacityError, match=r"layer 'c1'.*minimum sub-volume"):
+        compile_graph(small_graph(), tiny_hw_yaml(tmp_path))

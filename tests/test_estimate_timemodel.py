@@ -1,0 +1,82 @@
+"""The time model against hand-computed instruction times."""
+
+import numpy as np
+import pytest
+
+from tilesparse.compiler.layers import LayerSpec
+from tilesparse.compiler.partition import SubVolume
+from tilesparse.compiler.tiling import plan_layer
+from tilesparse.estimate.timemodel import (
+    layer_time,
+    layer_time_arrays,
+    pipeline_s,
+    transfer_s,
+)
+from tilesparse.hw import load_array
+
+HW = load_array("1x1")  # 4 GB/s channels, 8 GB/s write, 256 MAC/cycle (4x8x8), 1 GHz, 64-cycle calls
+
+
+def test_transfer_uses_the_channel_bandwidth():
+    assert transfer_s("LOADFM", 4000, HW) == pytest.approx(1e-6)
+    assert transfer_s("WRITE", 8000, HW) == pytest.approx(1e-6)
+    assert transfer_s("LOADW", 4e9, HW) == pytest.approx(1.0)
+
+
+def test_pipeline_overlaps_stages_plus_fill():
+    # stages 1, 2, 1 s per iteration, 3 iterations: max 2 x 3 + fill (1 + 2 + 1 - 2) = 8
+    d = {"LOADFM": np.ones(3), "COMP": np.full(3, 2.0), "WRITEFM": np.ones(3)}
+    assert pipeline_s(d) == pytest.approx(8.0)
+    assert pipeline_s({k: v[:1] for k, v in d.items()}) == pytest.approx(4.0)  # one iteration: in sequence
+    # a layer of that one step (no weights; bytes and cycles worth 1 s and 2 s) takes the same
+    raw = {"LOADFM": np.full((1, 3), 4e9), "COMP": np.full((1, 3), 2e9), "WRITEFM": np.full((1, 3), 4e9)}
+    assert layer_time_arrays(np.zeros(1), np.zeros(1), raw, HW) == pytest.approx(8.0)
+
+
+def test_steps_continue_one_pipeline_and_loadwm_stalls_comp():
+    # two steps of 2 iterations: LOADFM 1 s, COMP 1 s; LOADWM 1.5 s each, no LOADW wait
+    raw = {"LOADFM": np.full((2, 2), 4e9), "COMP": np.full((2, 2), 1e9)}
+    lwm = np.full(2, 1.5 * 4e9)
+    # per step: max(1, 1 + 1.5) + max(1, 1) = 3.5; fill once = 1 (first LOADFM) -> 8
+    assert layer_time_arrays(np.zeros(2), lwm, raw, HW) == pytest.approx(8.0)
+
+
+def test_loadw_prefetch_and_loadwm_halting():
+    # three steps: LOADW 1 s, LOADWM 1 s, pipeline 1 s each (bytes chosen for 1 s at 4 GB/s)
+    b = 4e9
+    steps = [(b, b, {"COMP": np.array([1e9])})] * 3
+    # step 0: W 0-1, LOADWM 1-2, pipe 2-3; step 1: W 1-2, LOADWM 3-4, pipe 4-5;
+    # step 2: W waits for slot 0 (freed at 2) -> 2-3, LOADWM 5-6, pipe 6-7
+    lt = layer_time(steps, HW)
+    assert lt.total_s == pytest.approx(7.0)
+    assert [s.start_s for s in lt.steps] == pytest.approx([1.0, 3.0, 5.0])
+    arrays = layer_time_arrays(np.full(3, b), np.full(3, b), {"COMP": np.full((3, 1), 1e9)}, HW)
+    assert arrays == pytest.approx(7.0)
+
+
+def test_one_conv_layer_by_hand():
+    # 16 -> 16 channels, 1x1 kernel, 4x4 output, dense: one tile, one weight chunk
+    mask = np.ones((2, 2), bool)
+    spec = LayerSpec("L", "conv", ("x",), 16, 4, 4, 16, 4, 4, mask=mask)
+    plan = plan_layer(spec, HW, (False,), False, chooser=lambda n, hw: SubVolume(16, 16, 4, 4))
+    (st,) = plan.table.steps()
+    weights = 16 * 16 + 1 + 16 * 4  # kept blocks + bitmap (4 bits -> 1 byte) + int32 bias
+    assert (st.loadw_bytes, st.loadwm_bytes) == (weights, weights)
+    assert st.pipe["LOADFM"].tolist() == [4 * 4 * 16]
+    assert st.pipe["WRITEFM"].tolist() == [4 * 4 * 16]
+    # COMP: ceil(16 positions / 4) x 2 slabs of 8 outputs x ceil(16 inputs x 1 tap / 8) + 64 cycles
+    assert st.pipe["COMP"].tolist() == [4 * 2 * 2 + 64]
+    assert st.macs == 16 * 16 * 16
+    # one iteration: everything in sequence
+    want = (2 * weights + 256 + 256) / 4e9 + 80e-9
+    assert plan.time_s == pytest.approx(want)
+
+
+def test_skipped_blocks_cost_nothing():
+    mask = np.array([[True, False], [False, False]])
+    spec = LayerSpec("L", "conv", ("x",), 16, 4, 4, 16, 4, 4, mask=mask)
+    plan = plan_layer(spec, HW, (False,), False, chooser=lambda n, hw: SubVolume(16, 16, 4, 4))
+    (st,) = plan.table.steps()
+    # slab 0 keeps 8 inputs -> 1 step per 4 positions; slab 1 keeps none
+    assert st.pipe["COMP"].tolist() == [4 * 1 + 64]
+    assert st.loadw_total == 64 + 1 + 64  # one block + bitmap + bias
