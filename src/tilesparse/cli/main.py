@@ -26,10 +26,12 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode="markdown",  # docstrings wrap at 100 columns; markdown joins their lines
 )
 
 # Verb modules, each exposing register(app). Order = order in --help.
 VERB_MODULES = (
+    "tilesparse.cli.demo_cmd",
     "tilesparse.cli.sparsify_cmd",
     "tilesparse.cli.map_cmd",
     "tilesparse.cli.compile_cmd",
@@ -45,7 +47,7 @@ def main() -> None:
     try:
         app()
     except TilesparseError as e:
-        err.print(Text.assemble(("error: ", "bold red"), str(e)))
+        err.print(Text.assemble(("error: ", "bold red"), str(e)), soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted")

@@ -1,4 +1,4 @@
-"""``tilesparse sparsify`` and ``tilesparse demo``."""
+"""``tilesparse sparsify``."""
 
 from __future__ import annotations
 
@@ -167,42 +167,5 @@ def sparsify(
     con.print(f"wrote {out}/sparse.pt, report.txt, report.json, recipe.yaml", soft_wrap=True)
 
 
-def demo(
-    seed: Annotated[int, typer.Option(help="Seed for the data split, initialisation and data order.")] = 0,
-    sparsity: Annotated[float, typer.Option(help="Target block sparsity in [0, 1).")] = 0.5,
-    block: Annotated[str, typer.Option(help="Block shape OUTxIN.")] = "8x8",
-    device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
-    out: Annotated[Optional[Path], typer.Option(help="If given, write sparse.pt and report.json/.txt here.")] = None,
-) -> None:
-    """Train a small CNN on scikit-learn's digits, then 50 % 8x8 block sparsity by one-shot pruning and fine-tuning.
-
-    Prints the per-layer report (blocks kept, sparsity, weight bytes dense vs compressed) and the accuracies.
-    Takes about half a minute on 2 CPU cores; nothing is downloaded.
-    """
-    from rich.console import Console
-
-    from tilesparse.patterns.block import parse_block_shape
-    from tilesparse.patterns.selection import check_sparsity
-    from tilesparse.sparsify.checkpoint import save_checkpoint
-    from tilesparse.sparsify.demo import run_demo
-    from tilesparse.utils.atomic import atomic_write_text
-
-    b = parse_block_shape(block)
-    check_sparsity(sparsity, "--sparsity")
-    con = Console()
-    con.print(f"[bold]tilesparse demo[/]: digits CNN, dense training then {sparsity:.0%} {b} block sparsity "
-              "(one-shot L2, balanced rows) + fine-tuning")
-    r = run_demo(seed=seed, sparsity=sparsity, block=(b.out, b.in_), device=str(_device(device)))
-    con.print(r.report.to_text(), highlight=False, soft_wrap=True)
-    con.print(f"accuracy: dense {r.dense_accuracy:.2f} %, right after pruning (BatchNorm re-estimated) "
-              f"{r.pruned_accuracy:.2f} %, after fine-tuning {r.sparse_accuracy:.2f} %")
-    if out is not None:
-        save_checkpoint(out / "sparse.pt", r.model, r.sparsifier, model_name="digits_cnn")
-        atomic_write_text(out / "report.txt", r.report.to_text() + "\n")
-        atomic_write_text(out / "report.json", r.report.to_json() + "\n")
-        con.print(f"wrote {out}/sparse.pt, report.txt, report.json")
-
-
 def register(app: typer.Typer) -> None:
     app.command("sparsify")(sparsify)
-    app.command("demo")(demo)
