@@ -1,0 +1,126 @@
+"""``tilesparse map``: search mappings of one layer or a whole network with the analytical cost
+model, and report latency, energy and EDP per layer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from tilesparse.errors import ConfigError
+
+LAYER_HELP = ("One layer from plain numbers: 'conv:k=64,c=64,p=56,q=56,r=3,s=3[,stride=1,groups=1,n=1]' "
+              "or 'matmul:m=128,k=768,n=768'.")
+
+
+def parse_layer(spec: str):
+    """A Problem from ``kind:key=value,...``."""
+    from tilesparse.costmodel import Problem
+
+    kind, _, rest = spec.partition(":")
+    try:
+        kw = {k.strip(): int(v) for k, v in (item.split("=") for item in rest.split(",") if item)}
+    except ValueError:
+        raise ConfigError("--layer", [f"cannot parse {spec!r}: {LAYER_HELP}"]) from None
+    try:
+        if kind == "conv":
+            return Problem.conv(name="layer", **kw)
+        if kind == "matmul":
+            return Problem.matmul(kw.pop("m"), kw.pop("k"), kw.pop("n"), name="layer", **kw)
+    except (TypeError, KeyError) as e:
+        raise ConfigError("--layer", [f"{spec!r}: {e}; {LAYER_HELP}"]) from None
+    raise ConfigError("--layer", [f"unknown layer kind {kind!r}: {LAYER_HELP}"])
+
+
+def _sparse_spec(density: float | None, fmt: str | None, action: str):
+    from tilesparse.costmodel import SparseSpec, Uniform, make_format
+
+    if density is None:
+        return None
+    return SparseSpec(density={"W": Uniform(density)},
+                      formats={"W": make_format(fmt)} if fmt else {}, action=action)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("map")
+    def map_cmd(
+        layer: str = typer.Option(None, "--layer", "-l", help=LAYER_HELP),
+        model: str = typer.Option(None, "--model", "-m", help="A whole network by zoo/torchvision name (e.g. resnet50)."),
+        arch: str = typer.Option("aie2", "--arch", "-a", help="Architecture: aie2, aie2:RxC (any hw spec), eyeriss, or a YAML file."),
+        mapper: str = typer.Option("genetic", help="random, random-pruned, exhaustive, genetic, annealing, surrogate."),
+        budget: int = typer.Option(10_000, help="Mapping evaluations per layer."),
+        objective: str = typer.Option("edp", help="latency, energy or edp."),
+        density: float = typer.Option(None, help="Weight density in [0, 1] (uniform random); omit for dense."),
+        fmt: str = typer.Option(None, "--format", help="Weight format: bitmask, coordinate, offset_pairs, run_length, block_index."),
+        action: str = typer.Option("skip", help="With --density: skip (time + energy) or gate (energy only) zero MACs."),
+        prune: float = typer.Option(None, help="With --model: block-prune the weights by L1 magnitude at this sparsity (the graph's 8x8 blocks, first layer dense) and model each layer with its actual mask, block-index format, skipping."),
+        warm_start: bool = typer.Option(True, help="Seed each layer's search with earlier layers' best mappings."),
+        seed: int = typer.Option(0, help="Random seed."),
+        progress: bool = typer.Option(True, help="Show a progress bar."),
+        output: Path = typer.Option(None, "--output", "-o", help="Write per-layer results as JSON."),
+        explain: bool = typer.Option(False, help="Print each layer's breakdown and loop nest."),
+    ) -> None:
+        """Search mappings of one layer (--layer) or a network (--model) on an architecture and
+        report latency, energy, EDP and utilization per layer (analytical, Sparseloop-style model)."""
+        from rich.console import Console
+
+        from tilesparse.costmodel import load_arch
+        from tilesparse.mapper import map_network
+        from tilesparse.mapper.network import graph_problems, network_graph, network_problems, pruned_specs
+
+        if (layer is None) == (model is None):
+            raise ConfigError("tilesparse map", ["give exactly one of --layer or --model"])
+        a = load_arch(arch)
+        specs = None
+        if layer:
+            problems = [parse_layer(layer)]
+        else:
+            graph = network_graph(model)
+            problems = graph_problems(graph) if graph is not None else network_problems(model)
+            if prune is not None:
+                if graph is None:
+                    raise ConfigError("--prune", ["needs the tilesparse front end (IR graph with masks)"])
+                specs = pruned_specs(graph, prune, action=action)
+        if specs is None:
+            specs = [_sparse_spec(density, fmt, action)] * len(problems)
+        results = map_network(problems, a, warm_start=warm_start, mapper=mapper, budget=budget,
+                              objective=objective, sparse_specs=specs, seed=seed, progress=progress)
+        console = Console()
+        console.print(_table(problems, results, a))
+        if explain:
+            for p, r in zip(problems, results):
+                console.print(r.breakdown.explain().replace(str(r.breakdown.problem), str(p), 1))
+                console.print(r.mapping.describe(a))
+        if output:
+            from tilesparse.utils.atomic import atomic_write_text
+
+            rows = [_row(p, r) for p, r in zip(problems, results)]
+            atomic_write_text(output, json.dumps({"arch": a.name, "mapper": mapper,
+                                                  "objective": objective, "layers": rows}, indent=1))
+
+
+def _row(p, r) -> dict:
+    b = r.breakdown
+    return {"layer": p.name, "bounds": list(p.bounds), "macs": p.macs, "cycles": b.cycles,
+            "seconds": b.seconds(), "energy_pj": b.energy_pj, "edp": b.edp,
+            "utilization": b.utilization, "bottleneck": b.bottleneck, "evaluations": r.n_evals,
+            "mapping": r.mapping.describe(b.arch)}
+
+
+def _table(problems, results, arch):
+    from rich.table import Table
+
+    t = Table(title=f"mappings on {arch.name}")
+    for col in ("layer", "MACs", "cycles", "latency us", "energy uJ", "util", "bound by"):
+        t.add_column(col, justify="right" if col != "layer" else "left")
+    tot_c = tot_e = 0.0
+    for p, r in zip(problems, results):
+        b = r.breakdown
+        tot_c, tot_e = tot_c + b.cycles, tot_e + b.energy_pj
+        t.add_row(p.name, f"{p.macs:,}", f"{b.cycles:,.0f}", f"{b.seconds() * 1e6:,.1f}",
+                  f"{b.energy_pj / 1e6:,.2f}", f"{b.utilization:.0%}", b.bottleneck)
+    if len(problems) > 1:
+        t.add_row("total", f"{sum(p.macs for p in problems):,}", f"{tot_c:,.0f}",
+                  f"{tot_c / arch.clock_hz * 1e6:,.1f}", f"{tot_e / 1e6:,.2f}", "", "")
+    return t

@@ -1,0 +1,81 @@
+"""Genetic operators on genomes (GAMMA): crossover, and mutations that move a prime factor
+between slots, swap two loops of a level, toggle a factor between temporal and spatial, and flip a
+bypass bit. All vectorized over a batch; repairs are in :class:`MapSpace`."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tilesparse.mapper.space import Genomes, MapSpace
+
+__all__ = ["crossover", "mutate"]
+
+
+def crossover(space: MapSpace, a: Genomes, b: Genomes, rng: np.random.Generator) -> Genomes:
+    """Per loop, the child takes all of that loop's factors from one parent (keeps each loop's
+    tiling coherent); per level it takes the loop order and the bypass bits from one parent."""
+    n = len(a)
+    dim_pick = rng.random((n, len(space.problem.bounds))) < 0.5
+    pick = dim_pick[:, space.prime_dim]  # (n, P)
+    slots = np.where(pick, a.slots, b.slots)
+    lvl_pick = rng.random((n, space.n_levels)) < 0.5
+    order = np.where(lvl_pick[:, :, None], a.order, b.order)
+    keep = np.where(lvl_pick[:, :, None], a.keep, b.keep)
+    return Genomes(slots, order, keep)
+
+
+def mutate(space: MapSpace, g: Genomes, rng: np.random.Generator, rate: float = 0.5) -> Genomes:
+    """Each genome gets each kind of mutation with probability ``rate`` (or ``rate / 2``)."""
+    g = g.take(slice(None))
+    n, rows = len(g), np.arange(len(g))
+    # move one prime factor to a random slot (tile size change between levels)
+    hit = rows[rng.random(n) < rate]
+    j = rng.integers(0, space.n_primes, hit.size)
+    g.slots[hit, j] = space.valid_slots[rng.integers(0, len(space.valid_slots), hit.size)]
+    # toggle parallel: a factor swaps between temporal and spatial at its level
+    hit = rows[rng.random(n) < rate / 2]
+    j = rng.integers(0, space.n_primes, hit.size)
+    flipped = g.slots[hit, j] ^ 1
+    ok = space.slot_ok[flipped]
+    g.slots[hit[ok], j[ok]] = flipped[ok]
+    _swap_loops(space, g, rows[rng.random(n) < rate], rng)
+    _exchange_tiles(space, g, rows[rng.random(n) < rate / 2], rng)
+    # flip one bypass bit (inner levels only; the outermost keeps everything)
+    if space.search_bypass and space.n_levels > 1:
+        hit = rows[rng.random(n) < rate / 2]
+        lvl = rng.integers(0, space.n_levels - 1, hit.size)
+        t = rng.integers(0, 3, hit.size)
+        g.keep[hit, lvl, t] = ~g.keep[hit, lvl, t]
+    return g
+
+
+def _swap_loops(space: MapSpace, g: Genomes, hit: np.ndarray, rng: np.random.Generator) -> None:
+    """Swap two loops of one level's order, chosen among the loops with a factor > 1 there (the
+    order of trivial loops does not matter, so swapping them would waste the mutation)."""
+    lvl = rng.integers(0, space.n_levels, hit.size)
+    d = g.order.shape[2]
+    at_lvl = g.slots[hit] == 2 * lvl[:, None]  # (h, P) primes in that level's temporal slot
+    nontriv = np.zeros((hit.size, d), dtype=bool)
+    for j in range(space.n_primes):
+        nontriv[:, space.prime_dim[j]] |= at_lvl[:, j]
+    score = np.where(nontriv, rng.random(nontriv.shape), -1.0)
+    two = np.argsort(-score, axis=1)[:, :2]  # two random non-trivial dims (if there are two)
+    ok = (score[np.arange(hit.size)[:, None], two] >= 0).all(axis=1)
+    hit, lvl, two = hit[ok], lvl[ok], two[ok]
+    pos = np.argsort(g.order[hit, lvl], axis=1)  # position of each dim in the order
+    px, py = pos[np.arange(hit.size), two[:, 0]], pos[np.arange(hit.size), two[:, 1]]
+    g.order[hit, lvl, px], g.order[hit, lvl, py] = two[:, 1], two[:, 0]
+
+
+def _exchange_tiles(space: MapSpace, g: Genomes, hit: np.ndarray, rng: np.random.Generator) -> None:
+    """Loop d1 moves all its factors from slot s1 to s2 while loop d2 moves its factors from s2 to
+    s1: e.g. trade which loop is unrolled spatially. Single-factor moves need several worse steps
+    to get there (a deceptive landscape for GA and annealing)."""
+    dims = np.unique(space.prime_dim)
+    d1, d2 = dims[rng.integers(0, dims.size, (2, hit.size))]
+    s1, s2 = space.valid_slots[rng.integers(0, space.valid_slots.size, (2, hit.size))]
+    cur = g.slots[hit]
+    m1 = (cur == s1[:, None]) & (space.prime_dim[None] == d1[:, None])
+    m2 = (cur == s2[:, None]) & (space.prime_dim[None] == d2[:, None])
+    cur = np.where(m1, s2[:, None], np.where(m2, s1[:, None], cur))
+    g.slots[hit] = cur
