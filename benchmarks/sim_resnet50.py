@@ -48,7 +48,7 @@ def run(px: int, array: str, sparsity: float) -> dict:
             "bit_exact_layers": sum(c.ok for c in rep.checks), "bit_exact": rep.ok,
             "accounting_ok": sim.accounting_ok, "macs": sim.by_level["MACs"],
             "bytes_by_level": {k: v for k, v in sim.by_level.items() if k != "MACs"},
-            "lock_notes": sim.lock_notes, "first_mismatch": None if rep.ok else rep.summary()}
+            "first_mismatch": None if rep.ok else rep.summary()}
 
 
 def markdown(rows: list[dict], cmd: str) -> str:
@@ -67,10 +67,6 @@ def markdown(rows: list[dict], cmd: str) -> str:
     for r in rows:
         lv = ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in r["bytes_by_level"].items())
         out.append(f"* {r['input']} {r['sparsity']:.0%}: {lv}; {r['macs'] / 1e9:.3f} GMAC")
-    notes = sorted({n for r in rows for n in r["lock_notes"]})
-    if notes:
-        out += ["", "Locks the ordering check assumed (missing from the program, see docs/simulator.md):", ""]
-        out += [f"* {n}" for n in notes]
     return "\n".join(out) + "\n"
 
 

@@ -16,6 +16,8 @@ def test_estimate_at_least_the_bound(arr):
     t = estimate_program(p)
     for (name, _, secs), b in zip(t.layers, program_bounds(p)):
         assert secs >= b.bound_s * (1 - 1e-9), name
+        # the halting floor is tighter than the bound but still below every estimate
+        assert secs >= b.floor_s * (1 - 1e-9) and b.floor_s >= b.bound_s * (1 - 1e-12), name
     s = summarize(p, t)
     assert s.estimate_ms >= s.bound_ms and len(layer_rows(p, t)) == len(p.layers)
 
@@ -28,6 +30,8 @@ def test_conv_bound_by_hand():
     w = rec.packed_weight_bytes + rec.bias_bytes
     assert b.ddr_s == pytest.approx(max(w / (2 * 4e9), 16 * 144 / (2 * 4e9)))
     assert b.memtile_s == pytest.approx(max(w / (2 * 4e9), 16 * 144 / (2 * 4e9), 24 * 144 / (2 * 4e9)))
+    # LOADWM halts the cores: compute and the weights over the 2 row channels add up
+    assert b.floor_s == pytest.approx(max(rec.kept_macs / (4 * 256 * 1e9) + w / (2 * 4e9), b.ddr_s, b.memtile_s))
 
 
 def test_paper_table_is_complete():

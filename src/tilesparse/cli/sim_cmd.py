@@ -16,7 +16,8 @@ TARGET_HELP = ("A program file from `tilesparse compile`, or a model name (resne
 ARRAY_HELP = "Array (RxC, a preset or a YAML file). For a program file: refuse a program compiled for another array."
 MODEL_HELP = ("For a program file: rebuild this model's graph (same --sparsity/--block/--input-shape) "
               "to verify against.")
-INPUT_HELP = "Input .npy (float: quantized with the model's input scale; int8: used as is). Default: seeded random."
+INPUT_HELP = ("Input .npy (float: quantized with the program's input scale exponent; int8: used as is). "
+              "Default: seeded random.")
 
 
 def _model_graph(model: str, sparsity: float, block: str, input_shape: str | None):
@@ -39,7 +40,7 @@ def _model_graph(model: str, sparsity: float, block: str, input_shape: str | Non
     return build_graph(m, input_shape=shape or default_input_shape(model), block=(bs.out, bs.in_))
 
 
-def _input(path: Path | None, shape, seed: int, graph):
+def _input(path: Path | None, shape, seed: int, graph, prog_exp: int | None = None):
     import numpy as np
 
     from tilesparse.errors import ConfigError
@@ -57,8 +58,11 @@ def _input(path: Path | None, shape, seed: int, graph):
         raise ConfigError(path, [f"input has shape {x.shape}, the program reads {tuple(shape)}"])
     if x.dtype == np.int8:
         return x, True
-    if graph is None:
-        why = "a float input needs the model (--model) for its input scale; give an int8 array to simulate alone"
+    if x.dtype.kind not in "fiu":
+        raise ConfigError(path, [f"input dtype {x.dtype}: expected int8 or real values"])
+    if graph is None and prog_exp is None:
+        why = ("a float input needs the input scale: this program has none (meta['input_scale_exp']); "
+               "give --model, or an int8 array")
         raise ConfigError(path, [why])
     return x.astype(np.float32), False
 
@@ -97,7 +101,7 @@ def simulate_verb(
         graph = _model_graph(target, sparsity, block, input_shape)
         prog = compile_graph(graph, load_array(array or "4x4"))
     shape = tuple(prog.buffers[_input_buffer(prog)]["shape"])
-    x, is_int8 = _input(input_npy, (1, *shape), seed, graph)
+    x, is_int8 = _input(input_npy, (1, *shape), seed, graph, prog.meta.get("input_scale_exp"))
     if graph is not None:
         rep = verify(prog, graph, x, check=check, progress=True, is_int8=is_int8)
         sim, checks = rep.sim, rep.checks
@@ -143,7 +147,6 @@ def _summary(prog, sim, rep) -> str:
                  else "accounting: MISMATCH — " + "; ".join(n for a in sim.accounts for n in a.notes[:1])[:400])
     if rep is not None:
         lines.append(f"reference: {rep.summary()}")
-    lines += [f"note: {n}" for n in sim.lock_notes]
     return "\n".join(lines)
 
 
@@ -159,7 +162,7 @@ def _json(prog, sim, checks, rep) -> dict:
                        "notes": a.notes})
     return {"graph": prog.graph, "array": prog.hw.label, "seconds": sim.seconds, "by_level": sim.by_level,
             "accounting_ok": sim.accounting_ok, "bit_exact": None if rep is None else rep.ok,
-            "lock_notes": sim.lock_notes, "layers": layers}
+            "layers": layers}
 
 
 def register(app: typer.Typer) -> None:

@@ -60,21 +60,31 @@ def pack_layer(plan: LayerPlan, w8: np.ndarray, bias: np.ndarray | None, image: 
 
 
 def emit_layer(li: int, plan: LayerPlan, spans: dict[tuple[int, int], tuple[int, int]],
-               in_src: str, out_dst: str, per_iter: list[np.ndarray], offset: int) -> tuple[list[Instr], int]:
+               in_src: str, out_dst: str, per_iter: list[np.ndarray], offset: int,
+               chunks: list[list[int]] | None = None) -> tuple[list[Instr], int]:
     """Instructions of layer ``li``. ``in_src``/``out_dst``: where the (first) input is read from
-    and the output written to (a MemTile buffer, or DDR through MemTile staging). ``per_iter``
-    collects each instruction's per-iteration values; returns the new running offset."""
+    and the output written to (a MemTile buffer, or DDR through MemTile staging); ``chunks``: the
+    layer's chunk table (``pack_layer``). ``per_iter`` collects each instruction's per-iteration
+    values; returns the new running offset."""
     out: list[Instr] = []
     sums = _region_sums(plan.spec, plan)
+    chunk_bytes = {(r[0], r[1], r[2]): r[8] for r in chunks or []}
     for j, st in enumerate(plan.table.steps()):
-        for ins, vals in _step_instrs(li, j, st, plan, spans, in_src, out_dst, sums):
+        totals = _totals(plan.spec, plan, st, sums, chunk_bytes)
+        for ins, vals in _step_instrs(li, j, st, plan, spans, in_src, out_dst, totals):
             out.append(Instr(**ins, offset=offset))
             per_iter.append(np.asarray(vals, dtype=np.float64))
             offset += len(vals)
     return out, offset
 
 
-def _step_instrs(li, j, st: Step, plan: LayerPlan, spans, in_src, out_dst, sums):
+# Staging locks (docs/program.md, "Locks and ordering"): LOAD fills stage_in[i%2] for LOADFM,
+# WRITEFM fills stage_out[i%2] for WRITE; each pair hands the half over with an empty/full lock.
+STAGE_IN_FULL, STAGE_IN_EMPTY = "stage_in[i%2].full", "stage_in[i%2].empty"
+STAGE_OUT_FULL, STAGE_OUT_EMPTY = "stage_out[i%2].full", "stage_out[i%2].empty"
+
+
+def _step_instrs(li, j, st: Step, plan: LayerPlan, spans, in_src, out_dst, totals):
     base = {"layer": li, "step": j, "s": st.s, "k": st.k, "q": st.q}
     slot = f"wslot{j % 2}"
     if st.loadw_total:
@@ -82,29 +92,42 @@ def _step_instrs(li, j, st: Step, plan: LayerPlan, spans, in_src, out_dst, sums)
         yield dict(op="LOADW", iters=1, src=f"ddr@{addr}", dst=f"memtile.{slot}", nbytes=nb,
                    acquire=f"{slot}.empty", release=f"{slot}.full", **base), [st.loadw_bytes]
     if st.loadwm_bytes:
-        yield dict(op="LOADWM", iters=1, src=f"memtile.{slot}", dst="core.w", nbytes=st.loadw_total,
+        yield dict(op="LOADWM", iters=1, src=f"memtile.{slot}", dst="core.w", nbytes=totals["LOADWM"],
                    acquire=f"{slot}.full; cores halted", release=f"{slot}.empty", **base), [st.loadwm_bytes]
     n = st.iters
-    spec = plan.spec
     last_q = st.q == plan.part.n_q - 1
-    totals = _totals(spec, plan, st, sums)
+    staged_in, staged_out = "LOAD" in st.pipe, "WRITE" in st.pipe
     for op, vals in st.pipe.items():
         if op == "LOAD":
-            src, dst, acq, rel = in_src, "memtile.stage_in", "stage_in[i%2].empty", "stage_in[i%2].full"
+            src, dst, acq, rel = in_src, "memtile.stage_in", STAGE_IN_EMPTY, STAGE_IN_FULL
         elif op == "LOADFM":
-            src = "memtile.stage_in" if plan.in_ddr and plan.in_ddr[0] else in_src
+            src = _loadfm_src(plan, in_src, staged_in)
             dst, acq, rel = "core.in", "core.in[i%2].empty", "core.in[i%2].full"
+            if staged_in:
+                acq, rel = f"{acq}; {STAGE_IN_FULL}", f"{rel}; {STAGE_IN_EMPTY}"
         elif op == "COMP":
             src, dst = "core.in+core.w", "core.out"
             acq = "core.in[i%2].full; core.out[i%2].empty" if last_q else "core.in[i%2].full"
             rel = "core.in[i%2].empty; core.out[i%2].full" if last_q else "core.in[i%2].empty"
         elif op == "WRITEFM":
-            dst = "memtile.stage_out" if plan.out_ddr else out_dst
+            dst = "memtile.stage_out" if staged_out else out_dst
             src, acq, rel = "core.out", "core.out[i%2].full", "core.out[i%2].empty"
+            if staged_out:
+                acq, rel = f"{acq}; {STAGE_OUT_EMPTY}", f"{rel}; {STAGE_OUT_FULL}"
         else:  # WRITE
-            src, dst, acq, rel = "memtile.stage_out", out_dst, "stage_out[i%2].full", "stage_out[i%2].empty"
+            src, dst, acq, rel = "memtile.stage_out", out_dst, STAGE_OUT_FULL, STAGE_OUT_EMPTY
         yield dict(op=op, iters=n, src=src, dst=dst, nbytes=totals[op], acquire=acq, release=rel,
                    **base), vals
+
+
+def _loadfm_src(plan: LayerPlan, in_src: str, staged_in: bool) -> str:
+    """Where LOADFM reads: the first input's MemTile buffer, MemTile staging, or both (``+``)
+    when some inputs (e.g. only a fused add's residual) come through staging from DDR."""
+    if not staged_in:
+        return in_src
+    if plan.in_ddr and plan.in_ddr[0]:
+        return "memtile.stage_in"
+    return f"{in_src}+memtile.stage_in"
 
 
 def _region_sums(spec: LayerSpec, plan: LayerPlan) -> dict[tuple[int, int], tuple[int, int]]:
@@ -123,12 +146,17 @@ def _region_sums(spec: LayerSpec, plan: LayerPlan) -> dict[tuple[int, int], tupl
     return out
 
 
-def _totals(spec: LayerSpec, plan: LayerPlan, st: Step, sums) -> dict[str, int]:
-    """Total bytes of each pipeline op over all channels (MACs for COMP), for the listing."""
-    win = out = 0
-    seen = set()
-    for cw in plan.part.cores:
-        ch = core_chunk(spec, plan.part, cw, st.k, st.q)
+def _totals(spec: LayerSpec, plan: LayerPlan, st: Step, sums, chunk_bytes: dict) -> dict[str, int]:
+    """Total bytes of each transfer over all channels (MACs for COMP), for the listing: what the
+    simulator counts channel by channel (docs/simulator.md, "Accounting")."""
+    part, in_ddr = plan.part, plan.in_ddr
+    n_ddr = sum(bool(d) for d in in_ddr[:spec.n_in])
+    res_ddr = bool(spec.residual) and len(in_ddr) > spec.n_in and bool(in_ddr[spec.n_in])
+    last_q = st.q == part.n_q - 1
+    win = win_ddr = out = res = loadwm = 0
+    seen, rows_seen = set(), set()
+    for cw in part.cores:
+        ch = core_chunk(spec, part, cw, st.k, st.q)
         if ch is None:
             continue
         p, w = sums[(cw.region, st.s)]
@@ -136,5 +164,12 @@ def _totals(spec: LayerSpec, plan: LayerPlan, st: Step, sums) -> dict[str, int]:
         if key not in seen:  # broadcast: a window read by several cores of a column moves once
             seen.add(key)
             win += w * (ch[3] - ch[2]) * spec.n_in
+            win_ddr += w * (ch[3] - ch[2]) * n_ddr
+        if (cw.row, cw.oc_group) not in rows_seen:  # a chunk moves once per row channel
+            rows_seen.add((cw.row, cw.oc_group))
+            loadwm += chunk_bytes.get((cw.oc_group, st.k, st.q), 0)
         out += p * (ch[1] - ch[0])
-    return {"LOAD": win, "LOADFM": win, "COMP": st.macs, "WRITEFM": out, "WRITE": out}
+        if spec.residual and last_q:  # each core its own residual tile (same positions, channels)
+            res += p * (ch[1] - ch[0])
+    return {"LOAD": win_ddr + res * res_ddr, "LOADFM": win + res, "LOADWM": loadwm, "COMP": st.macs,
+            "WRITEFM": out, "WRITE": out}

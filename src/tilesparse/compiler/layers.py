@@ -72,6 +72,9 @@ class LayerSpec:
     # attrs); the conv's own output is never stored.
     fused_add: str = ""
     residual: str = ""
+    # A copy layer's requantizing shift (the concat's ``input_shifts`` entry for its operand):
+    # out = saturate(shift_round(x, copy_shift)), as the integer reference computes the concat.
+    copy_shift: int = 0
 
     @property
     def taps(self) -> int:
@@ -207,13 +210,13 @@ def layer_spec(node: Node, graph: Graph) -> LayerSpec:
     raise UnsupportedOpError(f"layer {node.name!r}: concat is lowered by the pipeline, not here")
 
 
-def copy_spec(concat: Node, operand: Node, offset: int) -> LayerSpec:
+def copy_spec(concat: Node, operand: Node, offset: int, shift: int = 0) -> LayerSpec:
     """A concat operand that the front end did not mark ``write_into``: copied by the cores into
-    its channel slice of the concat buffer."""
+    its channel slice of the concat buffer, shifted by ``shift`` (its ``input_shifts`` entry)."""
     c, h, w = chw(operand)
     return LayerSpec(name=f"{concat.name}.copy_{operand.name}", kind="copy", inputs=(operand.name,),
                      ci=c, hi=h, wi=w, co=c, ho=h, wo=w, out_tensor=concat.name,
-                     out_c_total=chw(concat)[0], out_c_offset=offset)
+                     out_c_total=chw(concat)[0], out_c_offset=offset, copy_shift=int(shift))
 
 
 def is_compute(node: Node) -> bool:

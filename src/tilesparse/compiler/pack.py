@@ -19,6 +19,7 @@ At 50 % sparsity the bitmap costs one bit per 64·taps dense bytes, so a 1×1 co
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,9 +87,21 @@ def int8_weights(w: np.ndarray) -> tuple[np.ndarray, bool]:
     program has the right sizes; such a program is marked not executable."""
     if w.dtype == np.int8:
         return w, True
+    hit = _INT8_MEMO.get(id(w))
+    if hit is not None and hit[0]() is w:  # the same live array (one graph compiled for many arrays)
+        return hit[1], False
     amax = float(np.abs(w).max()) or 1.0
     exp = math.ceil(math.log2(amax / 127.0))
-    return np.clip(np.rint(w / 2.0 ** exp), -128, 127).astype(np.int8), False
+    w8 = np.clip(np.rint(w / 2.0 ** exp), -128, 127).astype(np.int8)
+    w8.flags.writeable = False  # shared by every compile of this graph
+    if len(_INT8_MEMO) >= _INT8_MEMO_MAX:
+        _INT8_MEMO.clear()
+    _INT8_MEMO[id(w)] = (weakref.ref(w), w8)
+    return w8, False
+
+
+_INT8_MEMO: dict[int, tuple[weakref.ref, np.ndarray]] = {}
+_INT8_MEMO_MAX = 512  # weight tensors; a network has about a hundred
 
 
 def pack_chunk(spec: LayerSpec, w8: np.ndarray, bias: np.ndarray | None, geo: ChunkGeometry) -> bytes:

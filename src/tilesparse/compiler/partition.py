@@ -44,6 +44,7 @@ __all__ = [
     "check_coverage",
     "fits",
     "oc_units",
+    "residual_capacity",
     "split_even",
     "tile_grid",
 ]
@@ -251,16 +252,29 @@ def acc_capacity(hw: ArrayConfig, sub: SubVolume, n_q: int) -> int:
     return out - 2 * sub.h * sub.w * sub.oc  # two int8 output tiles
 
 
+def residual_capacity(hw: ArrayConfig) -> int:
+    """Bytes of ``core.res``: the data memory left after the input, output and weight buffers,
+    where a fused add's residual tiles live (two halves, ping-pong; docs/program.md)."""
+    c = hw.core
+    return max(0, c.data_memory_bytes - c.input_buffer_bytes - c.output_buffer_bytes - c.weight_buffer_bytes)
+
+
 def fits(spec: LayerSpec, hw: ArrayConfig, sub: SubVolume, weight_chunk_bytes: int,
          n_q: int, tiles_per_group: int = 1) -> list[str]:
     """Why ``sub`` does not fit the core's buffers (empty list if it does).
 
     Input tiles and output tiles are double-buffered (ping-pong: half of each buffer per
     iteration); the int32 accumulators of the tiles that wait for further input-channel chunks stay
-    resident in half of the output buffer; a weight chunk fills the weight buffer alone.
+    resident in half of the output buffer; a weight chunk fills the weight buffer alone; a fused
+    add's int8 residual tile (output-shaped) fills half of ``core.res`` (``residual_capacity``).
     """
     core = hw.core
     why = []
+    if spec.residual:
+        res, room = sub.h * sub.w * sub.oc, residual_capacity(hw) // 2
+        if res > room:
+            why.append(f"residual tile {res} B > half of core.res ({room} B: data memory left after "
+                       f"the input, output and weight buffers)")
     in_bytes = spec.n_in * spec.window_positions(sub.h, sub.w) * sub.ci
     if in_bytes > core.input_buffer_bytes // 2:
         why.append(f"input tile {in_bytes} B > half the input buffer ({core.input_buffer_bytes // 2} B)")

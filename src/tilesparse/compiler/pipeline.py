@@ -29,6 +29,7 @@ from tilesparse.compiler.tiling import LayerPlan, plan_layer, replan
 from tilesparse.errors import UnsupportedOpError
 from tilesparse.hw import ArrayConfig, load_array
 from tilesparse.ir.graph import Graph, Op
+from tilesparse.quant.rounding import INT8_MAX, INT8_MIN
 
 __all__ = ["compile_graph", "compile_model", "lower_layers"]
 
@@ -93,10 +94,11 @@ def lower_layers(g: Graph, fuse_adds: bool = True
             continue
         if n.op is Op.CONCAT:
             off = 0
-            for i in n.inputs:
+            shifts = n.attrs.get("input_shifts") or (0,) * len(n.inputs)
+            for i, shift in zip(n.inputs, shifts, strict=True):
                 src = g.node(i)
                 if "write_into" not in src.attrs:
-                    sp = copy_spec(n, src, off)
+                    sp = copy_spec(n, src, off, shift)
                     buf, tot, o = _buffer_of(g, n.name, rename)
                     specs.append(dataclasses.replace(sp, out_tensor=buf, out_c_total=tot, out_c_offset=o + off))
                     ins[sp.name] = {"inputs": [_buffer_of(g, i, rename)]}
@@ -184,11 +186,14 @@ def _assemble(graph, hw, plans: list[LayerPlan], ins, buffers, alloc, t0) -> Pro
         sp = plan.spec
         in_bufs = ins[sp.name]["inputs"]
         code, offset = emit_layer(li, plan, spans, _where(alloc, ddr, in_bufs[0][0]),
-                                  _where(alloc, ddr, sp.out_tensor), per_iter, offset)
+                                  _where(alloc, ddr, sp.out_tensor), per_iter, offset, rows)
         instrs += code
         records.append(_record(graph, plan, in_bufs, rows))
     est = sum(p.time_s for p in plans)
     meta = {"compile_s": time.perf_counter() - t0, "estimate_s": est,
+            # the graph input's power-of-two exponent: run the program on a real-valued input
+            # without the graph (x_int8 = quantize_real(x, input_scale_exp)); None if float graph
+            "input_scale_exp": graph.inputs[0].out.scale_exp,
             "memtile_peak": list(alloc.peak), "memtile_capacity": list(alloc.capacity),
             "spilled": sorted(b.name for b in buffers if alloc.in_ddr(b.name) and not b.forced_ddr)}
     bufs = {b.name: {"memory": alloc.placements[b.name].memory,
@@ -224,10 +229,13 @@ def _record(graph: Graph, plan: LayerPlan, in_bufs, rows) -> LayerRecord:
     sp, part = plan.spec, plan.part
     geo = {f: getattr(sp, f) for f in ("ci", "hi", "wi", "co", "ho", "wo", "kernel", "stride", "padding",
                                        "dilation", "groups", "block")}
-    node = graph.node(sp.name) if ".copy_" not in sp.name else None
+    node = graph.node(sp.name) if sp.kind != "copy" else None
     attrs = {k: v for k, v in (node.attrs.items() if node else []) if _jsonable(v)}
     if node is not None:
         attrs["out_scale_exp"] = node.out.scale_exp
+    else:  # a concat copy: saturate(shift_round(x, shift)) into the concat's exponent
+        attrs.update(shift=sp.copy_shift, clamp=[INT8_MIN, INT8_MAX],
+                     out_scale_exp=graph.node(sp.out_tensor).out.scale_exp)
     if sp.fused_add:
         add = graph.node(sp.fused_add)
         attrs["add"] = {k: v for k, v in add.attrs.items() if _jsonable(v)}

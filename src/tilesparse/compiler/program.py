@@ -27,7 +27,7 @@ from tilesparse.utils.config import validate_model
 __all__ = ["FORMAT_VERSION", "MAGIC", "Instr", "LayerRecord", "Program"]
 
 MAGIC = "tilesparse-program"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: staging locks, copy-layer shifts, meta["input_scale_exp"]
 OPS = ("LOAD", "LOADW", "LOADFM", "LOADWM", "COMP", "WRITEFM", "WRITE")
 
 

@@ -66,20 +66,33 @@ class WeightIndex:
         bitmap = -(-(n_rows * (cb1 - cb0)) // 8)
         return np.where(oc1 > oc0, blocks + bitmap + ACC_BYTES * (oc1 - oc0) * with_bias, 0)
 
-    def q_tables_many(self, cb0: np.ndarray, cb1: np.ndarray, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """``q_tables`` for several block-column ranges at once: arrays (slabs+1, Q), (co+1, Q)."""
+    def q_tables_many(self, cb0: np.ndarray, cb1: np.ndarray, n: int, k: int) -> np.ndarray:
+        """Prefix sums over slabs of ``n`` output channels of the matmul steps per ``M`` positions
+        (a slab costs ceil(its largest kept input channels × taps / k)), for several block-column
+        ranges at once: array (slabs+1, Q)."""
         key = ("many", tuple(cb0.tolist()), tuple(cb1.tolist()), n, k)
         if key not in self.memo:
             ch = self.ch_cum
-            kept = ch[:, cb1] - ch[:, cb0]  # co × Q
-            pad = (-len(kept)) % n
+            if self.spec.groups == 1 and n % self.spec.block[0] == 0:
+                # every slab starts a block row, whose channels all keep the same input channels:
+                # a slab's largest count is the largest over its block rows' first channels
+                firsts = ch[::self.spec.block[0]]
+                kept = firsts[:, cb1] - firsts[:, cb0]
+                n_rows = n // self.spec.block[0]
+            else:
+                kept, n_rows = ch[:, cb1] - ch[:, cb0], n  # co × Q
+            pad = (-len(kept)) % n_rows
             kp = np.concatenate([kept, np.zeros((pad, kept.shape[1]), kept.dtype)])
-            slabs = kp.reshape(-1, n, kept.shape[1]).max(axis=1)
+            slabs = kp.reshape(-1, n_rows, kept.shape[1]).max(axis=1)
             steps = -(-(slabs * self.spec.taps) // k)
             zero = np.zeros((1, kept.shape[1]), np.int64)
-            self.memo[key] = (np.concatenate([zero, np.cumsum(steps, 0)]),
-                              np.concatenate([zero, np.cumsum(kept, 0)]))
+            self.memo[key] = np.concatenate([zero, np.cumsum(steps, 0)])
         return self.memo[key]
+
+    def kept_many(self, oc0, oc1, cb0, cb1) -> np.ndarray:
+        """Kept (input channel, output channel) pairs of chunks, from the 2-D prefix sums."""
+        c = self.cum
+        return c[oc1, cb1] - c[oc0, cb1] - c[oc1, cb0] + c[oc0, cb0]
 
 
 @dataclass
@@ -156,10 +169,10 @@ def _chunk_work(spec, hw, widx, oc0, oc1, ci0, ci1, last_q):
     cb1 = -(-ci1 // bi) if spec.groups == 1 else np.full_like(ci0, widx.n_cb)
     # per q (block-column range uniform over groups): slab steps and kept channels, prefix-summed
     qb0, qb1 = cb0[0, :, 0], cb1[0, :, 0]
-    slab_cum, kept_cum = widx.q_tables_many(qb0, qb1, n, kd)  # (slabs+1, Q), (co+1, Q)
+    slab_cum = widx.q_tables_many(qb0, qb1, n, kd)  # (slabs+1, Q)
     qi = np.arange(ci0.shape[1])[None, :, None]
     work = slab_cum[-(-o1 // n), qi] - slab_cum[o0 // n, qi]
-    mpp = (kept_cum[o1, qi] - kept_cum[o0, qi]) * spec.taps
+    mpp = widx.kept_many(o0, o1, qb0[qi], qb1[qi]) * spec.taps
     for idx in zip(*np.nonzero((o0 % n != 0) & (o1 > o0))):  # slabs start at the chunk (grouped convs)
         kept = widx.ch_cum[o0[idx]:o1[idx], cb1[idx]] - widx.ch_cum[o0[idx]:o1[idx], cb0[idx]]
         kept = np.concatenate([kept, np.zeros((-len(kept)) % n, kept.dtype)]).reshape(-1, n).max(axis=1)
@@ -289,18 +302,18 @@ def layer_steps(spec: LayerSpec, hw: ArrayConfig, part: LayerPartition, in_ddr: 
         else:  # each group reads its own channels
             fm = np.einsum("crg,jg,rt->jct", (lay.col_rg > 0).astype(float), cilen, win)
         fm = fm * spec.n_in
+        win_ddr = fm * (in_ddr[0] if spec.n_in == 1 else n_in_ddr / spec.n_in)  # per column
         last = last_q[np.arange(kq) % n_q][:, None]
         wr_c = np.einsum("crg,jg,rt->jct", lay.col_rg, oclen, p) * last[:, :, None]
         wr = wr_c.max(axis=1)  # outputs leave after the last ci chunk
-        res = np.zeros_like(wr)
         if spec.residual:  # fused add: the other operand's output-shaped tile comes in with the last chunk
-            res = wr_c.max(axis=1)
             fm = fm + wr_c
             add_ops = np.ceil(p[None] * oclen.max(axis=1)[:, None, None] / hw.macs_per_cycle("int8"))
             comp = comp + add_ops.max(axis=1) * last
-        load = fm.max(axis=1) * (in_ddr[0] if spec.n_in == 1 else n_in_ddr / spec.n_in)
-        if spec.residual and len(in_ddr) > 1 and in_ddr[1]:
-            load = load + res
+        # LOAD brings, per column, the windows of inputs in DDR and the residual tiles if the
+        # residual is in DDR (never the residual twice, nor one that lives in MemTile)
+        res_ddr = bool(spec.residual) and len(in_ddr) > spec.n_in and in_ddr[spec.n_in]
+        load = (win_ddr + wr_c * res_ddr).max(axis=1)
         fm = fm.max(axis=1)
         resident = kq == 1 and s > 0  # the only chunk is still in the weight buffer
         pipe = {"LOAD": load, "LOADFM": fm, "COMP": comp, "WRITEFM": wr,

@@ -184,7 +184,9 @@ def _subvolumes(spec, hw, cores, widx) -> list[SubVolume]:
     oc_max = max(c.oc1 - c.oc0 for c in live)
     hc = max(c.h1 - c.h0 for c in live)
     wc = max(c.w1 - c.w0 for c in live)
-    ocs = sorted({min(oc_max, unit * 2 ** i) for i in range(12)} | {oc_max})
+    # powers of two of the unit, and the balanced chunk for every chunk count (no ragged last chunk)
+    ocs = sorted({min(oc_max, unit * 2 ** i) for i in range(12)} | {oc_max}
+                 | {unit * -(-oc_max // (n * unit)) for n in range(1, MAX_OC_CHUNKS + 1)})
     subs = []
     for oc_t in ocs:
         nb = _ci_blocks(spec, hw, widx, _chunk_bounds(tuple(live), oc_t), oc_t)
@@ -192,7 +194,9 @@ def _subvolumes(spec, hw, cores, widx) -> list[SubVolume]:
             continue
         full_ci = spec.kind == "conv" and spec.groups == 1
         # fewer input channels per chunk buy larger tiles (more positions per weight load)
-        nbs = sorted({max(1, nb // d) for d in CI_DIVISORS}) if full_ci else [nb]
+        n_q = -(-widx.n_cb // nb) if full_ci else 1
+        nbs = sorted({max(1, nb // d) for d in CI_DIVISORS}
+                     | {-(-widx.n_cb // q) for q in (n_q, n_q + 1)}) if full_ci else [nb]
         for n in nbs:
             ci_t = min(spec.ci, n * spec.block[1]) if full_ci else spec.chunk_ci(oc_t)
             if fits(spec, hw, SubVolume(oc_t, ci_t, 1, 1), 0, 1):
@@ -201,6 +205,7 @@ def _subvolumes(spec, hw, cores, widx) -> list[SubVolume]:
     return subs
 
 
+MAX_OC_CHUNKS = 8  # balanced output-channel chunk sizes tried: the core's share / 1 … / 8
 CI_DIVISORS = (1, 2)  # input-channel chunk = the largest that fits, or half (a quarter gains <1 %)
 
 
@@ -216,6 +221,34 @@ def plan_layer(spec: LayerSpec, hw: ArrayConfig, in_ddr: tuple[bool, ...], out_d
     """
     widx = WeightIndex(spec) if spec.kind == "conv" else None
     forced = chooser(node, hw) if chooser is not None else None
+    key = _plan_key(spec, hw, in_ddr, out_ddr) if chooser is None else None
+    if key in _PLAN_MEMO:  # a layer of the same shape and mask was planned already: same choice
+        grid, sub = _PLAN_MEMO[key]
+        plan = _try(spec, hw, grid, assign_cores(spec, hw, grid), sub, in_ddr, out_ddr, widx)
+        if plan is not None:
+            return plan
+    best = _search(spec, hw, in_ddr, out_ddr, forced, widx)
+    if key is not None:
+        if len(_PLAN_MEMO) > _PLAN_MEMO_MAX:
+            _PLAN_MEMO.clear()
+        _PLAN_MEMO[key] = (best.part.grid, best.part.sub)
+    return best
+
+
+_PLAN_MEMO: dict[tuple, tuple[Grid, SubVolume]] = {}
+_PLAN_MEMO_MAX = 4096  # entries; a network has a few hundred layers
+
+
+def _plan_key(spec: LayerSpec, hw: ArrayConfig, in_ddr: tuple[bool, ...], out_ddr: bool) -> tuple:
+    """Everything the choice depends on — the geometry, the mask, the array, the activation
+    homes — and nothing it does not (names, buffer offsets): repeated blocks plan once."""
+    geo = (spec.kind, len(spec.inputs), spec.ci, spec.hi, spec.wi, spec.co, spec.ho, spec.wo, spec.kernel,
+           spec.stride, spec.padding, spec.dilation, spec.groups, spec.block, bool(spec.residual))
+    mask = None if spec.mask is None else (spec.mask.shape, spec.mask.dtype.str, np.ascontiguousarray(spec.mask).tobytes())
+    return geo, mask, hw.model_dump_json(), tuple(in_ddr), bool(out_ddr)
+
+
+def _search(spec, hw, in_ddr, out_ddr, forced, widx) -> LayerPlan:
     ranked: list[tuple[Any, ...]] = []
     for grid in _grids(spec, hw):
         cores = assign_cores(spec, hw, grid)
@@ -232,11 +265,33 @@ def plan_layer(spec: LayerSpec, hw: ArrayConfig, in_ddr: tuple[bool, ...], out_d
     ranked.sort(key=lambda x: x[:2])
     best = ranked[0][2]
     for _, _, _, grid, cores, subs in ranked[:TOP_GRIDS]:
+        fm_s = _input_pass_s(spec, hw, cores)
         for sub in subs:
+            if fm_s * math.ceil(_oc_share(cores) / sub.oc) >= best.time_s:
+                continue  # its LOADFM passes alone take longer than the best so far
             plan = _try(spec, hw, grid, cores, sub, in_ddr, out_ddr, widx)
             if plan is not None and plan.time_s < best.time_s:
                 best = plan
     return best
+
+
+def _oc_share(cores) -> int:
+    return max((c.oc1 - c.oc0 for c in cores if not c.empty), default=1)
+
+
+def _input_pass_s(spec: LayerSpec, hw: ArrayConfig, cores) -> float:
+    """A lower bound on the LOADFM seconds of one pass over the input (one output-channel chunk)
+    of a conv reading all input channels: every column channel carries at least the window of
+    its largest region (tiles re-read halos, so their windows add up to at least that). The
+    time model's layer time is at least n_k such passes (rules 1, 4). 0 for other layers."""
+    if spec.kind != "conv" or spec.groups != 1:
+        return 0.0
+    per_col: dict[int, int] = {}
+    for c in cores:
+        if not c.empty:
+            win = spec.window_positions(c.h1 - c.h0, c.w1 - c.w0)
+            per_col[c.col] = max(per_col.get(c.col, 0), win)
+    return max(per_col.values(), default=0) * spec.ci * spec.n_in / hw.links.memtile_to_core_bytes_per_s
 
 
 def _try(spec, hw, grid, cores, sub, in_ddr, out_ddr, widx) -> LayerPlan | None:

@@ -12,6 +12,15 @@ Per layer, the largest of
 
 The network bound is the sum over layers (layers run one after another in the time model).
 The *roofline* of a layer is max(compute, DDR): how far it is from the machine's balance.
+
+Beside the bound, a diagnostic **halting floor** (``floor_s``): under time-model rule 5 a core
+cannot compute while its weight buffer refills, and every step's LOADWM stalls the cores for the
+busiest row channel's bytes. Summed over a layer's steps the stalls are at least
+``weight bytes / (rows × MemTile→core bandwidth)`` (every weight byte reaches a core once, the
+busiest of ``rows`` channels carries at least its share), and they add to the COMP time, which is
+at least the compute bound. So no schedule the time model can express beats
+``max(compute + weight stall, DDR, MemTile↔core)``. It is *not* the issue's bound (which is the
+largest of the three terms); it shows how much of the gap to that bound rule 5 itself forces.
 """
 
 from __future__ import annotations
@@ -29,6 +38,12 @@ class LayerBound:
     compute_s: float
     ddr_s: float
     memtile_s: float
+    weight_stall_s: float = 0.0  # the least LOADWM stall (weights over the row channels)
+
+    @property
+    def floor_s(self) -> float:
+        """The halting floor (module doc): never above the estimate, never below the bound."""
+        return max(self.compute_s + self.weight_stall_s, self.ddr_s, self.memtile_s)
 
     @property
     def bound_s(self) -> float:
@@ -68,8 +83,9 @@ def layer_bound(rec, buffers: dict, hw: ArrayConfig) -> LayerBound:
     col_in = hw.cols * links.ddr_to_memtile_bytes_per_s
     ddr = max(weights / col_in, in_io / col_in, out_io / (hw.cols * links.memtile_to_ddr_bytes_per_s))
     mt = links.memtile_to_core_bytes_per_s
-    memtile = max(weights / (hw.rows * mt), in_bytes / (hw.cols * mt), out_bytes / (hw.cols * mt))
-    return LayerBound(rec.name, rec.kept_macs / hw.peak_macs_per_s, ddr, memtile)
+    stall = weights / (hw.rows * mt)
+    memtile = max(stall, in_bytes / (hw.cols * mt), out_bytes / (hw.cols * mt))
+    return LayerBound(rec.name, rec.kept_macs / hw.peak_macs_per_s, ddr, memtile, stall)
 
 
 def program_bounds(program) -> list[LayerBound]:

@@ -32,6 +32,7 @@ class Cell:
     estimate_ms: float | None = None
     bound_ms: float | None = None
     compute_ms: float | None = None
+    floor_ms: float | None = None  # halting floor (estimate/bounds.py): what time-model rule 5 forces
     paper_ms: float | None = None
     weight_pct: float | None = None  # packed (bitmap + kept blocks) / dense weight bytes
     compile_s: float | None = None  # wall clock
@@ -81,6 +82,7 @@ def _task(network: str, mode: str, arrays: list[str], sparsity: float) -> list[C
             rows = layer_rows(prog)
             s = summarize(prog)
             c.estimate_ms, c.bound_ms, c.compute_ms = s.estimate_ms, s.bound_ms, s.compute_ms
+            c.floor_ms = s.floor_ms
             c.weight_pct = 100 * s.weight_fraction
             conv = [r for r, rec in zip(rows, prog.layers)
                     if not rec.attrs.get("from_linear") and rec.kind != "flatten"]
@@ -95,11 +97,14 @@ def _task(network: str, mode: str, arrays: list[str], sparsity: float) -> list[C
 def run_table(networks: list[str], arrays: list[str], rect: list[str], sparsity: float = 0.5,
               jobs: int = 2, progress: bool = False) -> list[Cell]:
     """Compile every cell; ``rect`` arrays are added for the first network only."""
-    tasks = []
+    tasks, order = [], {}
     for i, net in enumerate(networks):
         arrs = arrays + (rect if i == 0 else [])
+        order.update({(net, a): len(order) for a in arrs})
+        # one task per (network, mode): the graph is built once; dense and sparse of a network
+        # cost about the same, so with the slowest networks first two workers stay balanced
         tasks += [(net, mode, arrs, sparsity) for mode in ("dense", "sparse")]
-    tasks.sort(key=lambda t: t[0] != "vgg16")  # the slowest front end first
+    tasks.sort(key=lambda t: {"vgg16": 0, "resnet50": 1}.get(t[0], 2))
     cells: list[Cell] = []
     bar = _bar(progress, len(tasks))
     with ProcessPoolExecutor(max_workers=max(1, jobs)) as ex:
@@ -110,7 +115,6 @@ def run_table(networks: list[str], arrays: list[str], rect: list[str], sparsity:
                 bar[0].update(bar[1], advance=1)
     if bar:
         bar[0].stop()
-    order = {(n, a): i for i, (n, a) in enumerate((t[0], a) for t in tasks for a in t[2])}
     return sorted(cells, key=lambda c: (order[(c.network, c.array)], c.mode))
 
 
@@ -135,17 +139,19 @@ def _f(x: float | None, fmt: str = ".2f") -> str:
 
 
 def markdown(cells: list[Cell]) -> str:
-    lines = [("| network | array | dense ms | dense bound | paper dense | sparse ms | sparse bound | paper sparse "
-              "| speedup | bound ratio | paper speedup | weights % | compile s (cpu) |"),
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [("| network | array | dense ms | dense bound | dense floor | paper dense | sparse ms | sparse bound "
+              "| sparse floor | paper sparse | speedup | bound ratio | floor ratio | paper speedup | weights % "
+              "| compile s (cpu) |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for d, s in _pairs(cells):
         sp = d.estimate_ms / s.estimate_ms if d.estimate_ms and s.estimate_ms else None
         br = d.bound_ms / s.bound_ms if d.bound_ms and s.bound_ms else None
         pp = d.paper_ms / s.paper_ms if d.paper_ms and s.paper_ms else None
+        fr = d.floor_ms / s.floor_ms if d.floor_ms and s.floor_ms else None
         lines.append(
-            f"| {d.network} | {d.array} | {_ms(d)} | {_f(d.bound_ms)} | {_paper(d)} "
-            f"| {_ms(s)} | {_f(s.bound_ms)} | {_paper(s)} "
-            f"| {_f(sp)} | {_f(br)} | {_f(pp)} | {_f(s.weight_pct, '.1f')} | "
+            f"| {d.network} | {d.array} | {_ms(d)} | {_f(d.bound_ms)} | {_f(d.floor_ms)} | {_paper(d)} "
+            f"| {_ms(s)} | {_f(s.bound_ms)} | {_f(s.floor_ms)} | {_paper(s)} "
+            f"| {_f(sp)} | {_f(br)} | {_f(fr)} | {_f(pp)} | {_f(s.weight_pct, '.1f')} | "
             f"{_f(max(d.compile_cpu_s or 0, s.compile_cpu_s or 0), '.1f')} |")
     errs = [c for c in cells if c.error]
     if errs:

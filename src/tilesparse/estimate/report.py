@@ -15,6 +15,7 @@ class Summary:
     estimate_ms: float
     bound_ms: float
     compute_ms: float  # sum of per-layer compute-at-peak bounds
+    floor_ms: float  # sum of per-layer halting floors (bounds.py): what rule 5 alone forces
     dense_weight_bytes: int
     packed_weight_bytes: int  # bitmap + kept blocks (bias excluded, it is the same dense or sparse)
     bias_bytes: int
@@ -32,7 +33,7 @@ def summarize(program, ptime: ProgramTime | None = None) -> Summary:
     ptime = ptime or estimate_program(program)
     bounds = program_bounds(program)
     return Summary(ptime.total_s * 1e3, sum(b.bound_s for b in bounds) * 1e3,
-                   sum(b.compute_s for b in bounds) * 1e3,
+                   sum(b.compute_s for b in bounds) * 1e3, sum(b.floor_s for b in bounds) * 1e3,
                    sum(r.dense_weight_bytes for r in program.layers),
                    sum(r.packed_weight_bytes for r in program.layers),
                    sum(r.bias_bytes for r in program.layers))
@@ -44,7 +45,7 @@ def layer_rows(program, ptime: ProgramTime | None = None) -> list[dict]:
     out = []
     for rec, (name, start, secs), b in zip(program.layers, ptime.layers, program_bounds(program)):
         out.append({"layer": name, "kind": rec.kind, "start_us": start * 1e6, "time_us": secs * 1e6,
-                    "bound_us": b.bound_s * 1e6, "limiter": b.limiter, "roofline_us": b.roofline_s * 1e6,
+                    "bound_us": b.bound_s * 1e6, "floor_us": b.floor_s * 1e6, "limiter": b.limiter, "roofline_us": b.roofline_s * 1e6,
                     "compute_us": b.compute_s * 1e6, "ddr_us": b.ddr_s * 1e6, "memtile_us": b.memtile_s * 1e6,
                     "ratio": secs / b.bound_s if b.bound_s else float("nan"),
                     "dense_w": rec.dense_weight_bytes, "packed_w": rec.packed_weight_bytes,

@@ -11,13 +11,28 @@ from tilesparse.passes.batchnorm import fold_batchnorm
 from tilesparse.passes.downsample import fuse_downsample
 from tilesparse.passes.linear import lower_linear
 from tilesparse.passes.masks import attach_block_masks, block_mask, sparsifiable_layers
-from tilesparse.passes.reuse import mark_buffer_reuse, resolve_write_into
+from tilesparse.passes.reuse import (
+    drop_shifted_slices,
+    mark_buffer_reuse,
+    resolve_write_into,
+)
 from tilesparse.passes.verify import GraphVerifyError, verify
 
 __all__ = [
-    "PASSES", "lower", "verify", "GraphVerifyError", "fold_batchnorm", "lower_linear",
-    "fuse_activations", "fuse_downsample", "mark_buffer_reuse", "resolve_write_into",
-    "attach_block_masks", "block_mask", "sparsifiable_layers",
+    "PASSES",
+    "GraphVerifyError",
+    "attach_block_masks",
+    "block_mask",
+    "drop_shifted_slices",
+    "fold_batchnorm",
+    "fuse_activations",
+    "fuse_downsample",
+    "lower",
+    "lower_linear",
+    "mark_buffer_reuse",
+    "resolve_write_into",
+    "sparsifiable_layers",
+    "verify",
 ]
 
 PASSES: tuple[Callable[[Graph], Graph], ...] = (

@@ -8,6 +8,11 @@
 
 A producer is eligible only if it owns a fresh buffer (not a graph input, not a flatten view), the
 concat/add is its only reader where a slice is involved, and no other mark already claims it.
+
+Quantization may then find that an operand cannot write its slice as is: its exponent differs from
+the concat's (a non-zero ``input_shifts`` entry, e.g. a max-pool branch, which cannot requantize).
+:func:`drop_shifted_slices` removes those marks; the back end then copies the operand into its
+slice with the shift (a ``copy`` layer).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 from tilesparse.ir.graph import Graph, Node, Op
 from tilesparse.passes.rewrite import consumers_map
 
-__all__ = ["mark_buffer_reuse", "resolve_write_into"]
+__all__ = ["drop_shifted_slices", "mark_buffer_reuse", "resolve_write_into"]
 
 _NO_BUFFER = (Op.INPUT, Op.FLATTEN, Op.OUTPUT)
 CHANNEL_AXIS = 1  # slices are channel ranges of an NCHW buffer
@@ -59,3 +64,20 @@ def resolve_write_into(g: Graph, name: str) -> tuple[str, int]:
         name, off = w
         offset += off
     return name, offset
+
+
+def drop_shifted_slices(g: Graph) -> Graph:
+    """Return ``g`` without the ``write_into`` marks of concat operands whose quantized
+    ``input_shifts`` entry is non-zero: such an operand's values must be shifted on the way into
+    the concat, which writing straight into the slice cannot do (module doc)."""
+    drop: set[str] = set()
+    for cat in g.of(Op.CONCAT):
+        for name, s in zip(cat.inputs, cat.attrs.get("input_shifts", ()), strict=False):
+            w = g.node(name).attrs.get("write_into")
+            if s and w is not None and w[0] == cat.name:
+                drop.add(name)
+    if not drop:
+        return g
+    return g.replace_nodes(
+        n.with_(attrs={k: v for k, v in n.attrs.items() if k != "write_into"}) if n.name in drop else n
+        for n in g)

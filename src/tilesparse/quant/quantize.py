@@ -15,7 +15,9 @@ conv2d             param ``weight`` int8, ``bias`` int32 at exponent e_in + e_w 
                    channel) and attrs ``weight_exp = shift = None``; attr ``clamp`` (lo, hi)
 add                attrs ``input_shifts`` (s_a, s_b) aligning each operand to e_out, ``clamp``
 concat             attr ``input_shifts``: one per operand, 0 where the producer already writes
-                   at the concat's exponent
+                   at the concat's exponent; an operand with a non-zero shift loses its
+                   ``write_into`` mark (``passes.reuse.drop_shifted_slices``): it cannot write its
+                   slice unshifted, the back end copies it in with the shift
 relu, relu6        attr ``clamp``
 pools, flatten     nothing new: the output keeps the input's exponent
 =================  ===========================================================================
@@ -32,6 +34,7 @@ import torch
 from tilesparse.errors import TilesparseError
 from tilesparse.ir.graph import Graph, Node, Op, TensorType
 from tilesparse.ir.interpret import run_float
+from tilesparse.passes.reuse import drop_shifted_slices
 from tilesparse.quant import rounding as R
 
 __all__ = ["QuantizationError", "calibrate", "plan_exponents", "quantize", "requant_shifts"]
@@ -112,7 +115,7 @@ def quantize(
         elif n.op in (Op.RELU, Op.RELU6):
             attrs["clamp"] = R.activation_clamp(n.op.value, exps[n.name])
         nodes.append(n.with_(attrs=attrs, out=TensorType(n.out.shape, _INT8, exps[n.name])))
-    return g.replace_nodes(nodes, params)
+    return drop_shifted_slices(g.replace_nodes(nodes, params))
 
 
 def _quantize_conv(

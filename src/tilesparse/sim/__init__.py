@@ -4,15 +4,23 @@ the integer reference, with an ordering (hazard) check and byte / MAC accounting
 
 from tilesparse.sim.hazards import HazardError, check_ordering
 from tilesparse.sim.memory import SimulationError
-from tilesparse.sim.oracle import LayerCheck, Report, SimResult, simulate, verify
+from tilesparse.sim.oracle import (
+    LayerCheck,
+    Report,
+    SimResult,
+    program_input,
+    simulate,
+    verify,
+)
 
 __all__ = [
-           "HazardError",
-           "LayerCheck",
-           "Report",
-           "SimResult",
-           "SimulationError",
-           "check_ordering",
-           "simulate",
-           "verify",
+    "HazardError",
+    "LayerCheck",
+    "Report",
+    "SimResult",
+    "SimulationError",
+    "check_ordering",
+    "program_input",
+    "simulate",
+    "verify",
 ]

@@ -235,8 +235,10 @@ class Executor:
             y = R.saturate(R.shift_round(x[0], s0) + R.shift_round(x[1], s1), *attrs["clamp"])
         elif k in ("relu", "relu6"):
             y = R.saturate(x[0], *attrs["clamp"])
-        elif k == "copy":
-            y = x[0]
+        elif k == "copy":  # into the concat's exponent, as quant's concat does
+            if "shift" not in attrs:
+                raise SimulationError(f"{where}: copy layer has no 'shift' attr (program from an older compiler)")
+            y = R.saturate(R.shift_round(x[0], int(attrs["shift"])), *attrs.get("clamp", (R.INT8_MIN, R.INT8_MAX)))
         elif k == "flatten":
             hw_ = v.spec.hi * v.spec.wi
             o = np.arange(ch[0], ch[1])

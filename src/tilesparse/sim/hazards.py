@@ -27,7 +27,7 @@ import numpy as np
 
 from tilesparse.sim.memory import SimulationError
 
-__all__ = ["HazardError", "check_ordering", "implied_locks"]
+__all__ = ["HazardError", "check_ordering"]
 
 AGENTS = ("LOADW", "LOADWM", "LOAD", "LOADFM", "COMP", "WRITEFM", "WRITE")
 PIPE = ("LOAD", "LOADFM", "COMP", "WRITEFM", "WRITE")
@@ -60,28 +60,13 @@ def _locks(s: str, it: int) -> list[str]:
     return out
 
 
-def implied_locks(ins, staged_in: bool, staged_out: bool) -> tuple[str, str, str]:
-    """Acquire/release strings with the staging locks docs/program.md implies ("LOAD / WRITE use
-    stage_in/stage_out the same way") but the instruction omits, and a note if any was added.
-    ``staged_in``/``staged_out``: the step has a LOAD / WRITE (LOADFM reads / WRITEFM writes
-    MemTile staging, whatever its src/dst field says: a fused add's residual may be in DDR)."""
-    acq, rel, note = ins.acquire, ins.release, ""
-    if ins.op == "LOADFM" and staged_in and "stage_in" not in acq:
-        acq, rel = f"{acq}; stage_in[i%2].full", f"{rel}; stage_in[i%2].empty"
-        note = "LOADFM from stage_in: assumed acquire stage_in[i%2].full, release stage_in[i%2].empty"
-    if ins.op == "WRITEFM" and staged_out and "stage_out" not in acq:
-        acq, rel = f"{acq}; stage_out[i%2].empty", f"{rel}; stage_out[i%2].full"
-        note = "WRITEFM to stage_out: assumed acquire stage_out[i%2].empty, release stage_out[i%2].full"
-    return acq, rel, note
-
-
 def _name(program, ev: Event) -> str:
     ins = program.instrs[ev.idx]
     return (f"{ins.op} #{ev.idx} (layer {program.layers[ins.layer].name!r} step {ins.step}"
             + (f" iteration {ev.it})" if ins.iters > 1 or ins.op in PIPE else ")"))
 
 
-def _build(program, idxs: list[int], notes: set[str]) -> tuple[list[list[Event]], list[Event]]:
+def _build(program, idxs: list[int]) -> tuple[list[list[Event]], list[Event]]:
     """Engine queues and the events in sequential reference order, for one layer."""
     queues: list[list[Event]] = [[] for _ in AGENTS]
     order: list[Event] = []
@@ -98,7 +83,7 @@ def _build(program, idxs: list[int], notes: set[str]) -> tuple[list[list[Event]]
             if ins.op not in AGENTS:
                 raise HazardError(f"instruction #{i}: unknown op {ins.op!r}")
             if ins.op in ("LOADW", "LOADWM"):
-                ev = _event(program, queues, i, 0, notes, staged)
+                ev = _event(program, queues, i, 0, staged)
                 if ins.op == "LOADWM":
                     ev.after = [(a, pipe_seen[a]) for a in range(len(AGENTS)) if AGENTS[a] in PIPE and pipe_seen[a]]
                     lwm = ev
@@ -108,20 +93,17 @@ def _build(program, idxs: list[int], notes: set[str]) -> tuple[list[list[Event]]
         for it in range(iters):
             for i in pipe:
                 if it < program.instrs[i].iters:
-                    ev = _event(program, queues, i, it, notes, staged)
+                    ev = _event(program, queues, i, it, staged)
                     if lwm is not None:
                         ev.after = [(lwm.agent, lwm.seq)]
                     order.append(ev)
     return queues, order
 
 
-def _event(program, queues, i: int, it: int, notes: set[str], staged: tuple[bool, bool]) -> Event:
+def _event(program, queues, i: int, it: int, staged: tuple[bool, bool]) -> Event:
     ins = program.instrs[i]
-    acq, rel, note = implied_locks(ins, *staged)
-    if note:
-        notes.add(note)
     a = AGENTS.index(ins.op)
-    ev = Event(a, len(queues[a]) + 1, i, it, _locks(acq, it), _locks(rel, it), staged=staged)
+    ev = Event(a, len(queues[a]) + 1, i, it, _locks(ins.acquire, it), _locks(ins.release, it), staged=staged)
     queues[a].append(ev)
     return ev
 
@@ -179,10 +161,11 @@ def _accesses(program, ev: Event) -> list[tuple[tuple, str]]:
         return [((ins.src,), "R"), (("core.w",), "W")]
     if op == "LOAD":
         return [(("stage_in", h), "W")]
+    res = [(("core.res", h), "W" if op == "LOADFM" else "R")] if last_q and program.layers[ins.layer].fused_add else []
     if op == "LOADFM":
-        return ([(("stage_in", h), "R")] if ev.staged[0] else []) + [(("core.in", h), "W")]
+        return ([(("stage_in", h), "R")] if ev.staged[0] else []) + [(("core.in", h), "W")] + res
     if op == "COMP":
-        return [(("core.in", h), "R"), (("core.w",), "R")] + ([(("core.out", h), "W")] if last_q else [])
+        return [(("core.in", h), "R"), (("core.w",), "R")] + res + ([(("core.out", h), "W")] if last_q else [])
     if op == "WRITEFM":
         return [(("core.out", h), "R")] + ([(("stage_out", h), "W")] if ev.staged[1] else [])
     return [(("stage_out", h), "R")]
@@ -215,15 +198,12 @@ def _check_data(program, order: list[Event]) -> None:
             last_w[buf], readers[buf] = ev, []
 
 
-def check_ordering(program) -> list[str]:
-    """Raise ``HazardError`` on the first hazard or deadlock; return the notes on locks the check
-    had to assume (``implied_locks``)."""
+def check_ordering(program) -> None:
+    """Raise ``HazardError`` on the first hazard or deadlock, with the program's own locks."""
     by_layer: dict[int, list[int]] = {}
     for i, ins in enumerate(program.instrs):
         by_layer.setdefault(ins.layer, []).append(i)
-    notes: set[str] = set()
     for li in sorted(by_layer):
-        queues, order = _build(program, by_layer[li], notes)
+        queues, order = _build(program, by_layer[li])
         _run(program, queues)
         _check_data(program, order)
-    return sorted(notes)

@@ -8,7 +8,7 @@ Layouts the program leaves to the executor (docs/simulator.md):
 
 * a core's data memory holds ``core.in`` (two halves: ping/pong), ``core.out`` and ``core.w`` back
   to back from address 0; they must fit ``core.data_memory_bytes``; the rest, ``core.res`` (two
-  halves), holds the residual tile of a fused add;
+  halves, docs/program.md), holds the residual tiles of a fused add;
 * a MemTile holds the activation buffers below the layer's activation capacity
   (``meta["memtile_capacity"]``) and the layer's staging above it: ``wslot0``, ``wslot1``,
   ``stage_in[0/1]``, ``stage_out[0/1]``.
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tilesparse.compiler.partition import residual_capacity
 from tilesparse.errors import TilesparseError
 from tilesparse.hw import ArrayConfig
 
@@ -71,9 +72,9 @@ class Memories:
                        "out": (c.input_buffer_bytes, c.output_buffer_bytes),
                        "w": (c.input_buffer_bytes + c.output_buffer_bytes, c.weight_buffer_bytes)}
         need = sum(n for _, n in self.region.values())
-        # The residual tile of a fused add is not in the program's buffer budget (partition.fits
-        # counts input windows only): it lives in the data memory left after the three buffers.
-        self.region["res"] = (need, max(0, self.core_bytes - need))
+        # core.res (docs/program.md): the data memory left after the three buffers holds a fused
+        # add's residual tiles, two halves; partition.fits counts them against it.
+        self.region["res"] = (need, residual_capacity(hw))
         if need > self.core_bytes:
             raise SimulationError(f"core buffers need {need} B, the data memory has {self.core_bytes} B "
                                   f"(array {hw.label})")

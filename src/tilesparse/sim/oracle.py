@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -11,20 +11,19 @@ from tilesparse.sim.accounting import LayerAccount
 from tilesparse.sim.executor import Executor
 from tilesparse.sim.memory import SimulationError
 
-__all__ = ["LayerCheck", "Report", "SimResult", "compare", "expected_outputs", "simulate", "verify"]
+__all__ = ["LayerCheck", "Report", "SimResult", "compare", "expected_outputs", "program_input", "simulate", "verify"]
 
 
 @dataclass
 class SimResult:
     """What a simulation produced: each layer's output slice (C, H, W int8, right after the layer
     ran), the graph output buffer(s), counted-vs-charged accounting per layer, bytes per memory
-    level, implied locks the ordering check had to add, and the wall time."""
+    level, and the wall time."""
 
     outputs: dict[str, np.ndarray]
     final: dict[str, np.ndarray]
     accounts: list[LayerAccount]
     by_level: dict[str, int]
-    lock_notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
@@ -67,8 +66,25 @@ class Report:
                 f"simulated {bad.got}, reference {bad.want}; {bad.n_diff} elements differ")
 
 
+def program_input(program, x: np.ndarray) -> np.ndarray:
+    """The int8 input the program runs on: ``x`` itself if int8, else the real-valued ``x``
+    quantized with the program's ``meta["input_scale_exp"]`` (as ``quant.quantize_input`` does
+    with the graph)."""
+    from tilesparse.quant import rounding as R
+
+    x = np.asarray(x)
+    if x.dtype == np.int8:
+        return x
+    e = program.meta.get("input_scale_exp")
+    if x.dtype.kind not in "fiu" or e is None:
+        raise SimulationError(f"program for {program.graph}: a {x.dtype} input needs the input scale "
+                              f"exponent (meta['input_scale_exp'], absent: old or float program); give int8")
+    return R.quantize_real(x, int(e)).astype(np.int8)
+
+
 def simulate(program, x: np.ndarray, *, check: bool = True, progress: bool = True) -> SimResult:
-    """Run ``program`` on the int8 input ``x`` (C, H, W or 1×C×H×W).
+    """Run ``program`` on input ``x`` (C, H, W or 1×C×H×W): int8, or real-valued and quantized
+    with the program's input exponent (``program_input``).
 
     ``check`` first runs the ordering check (``tilesparse.sim.hazards``): a hazard raises
     ``HazardError`` naming both instructions. Memory overflows and bad addresses raise
@@ -79,17 +95,16 @@ def simulate(program, x: np.ndarray, *, check: bool = True, progress: bool = Tru
         True
     """
     t0 = time.perf_counter()
-    notes: list[str] = []
     if check:
         from tilesparse.sim.hazards import check_ordering
 
-        notes = check_ordering(program)
+        check_ordering(program)
     ex = Executor(program)
-    ex.load_input(x)
+    ex.load_input(program_input(program, x))
     _run_layers(ex, progress)
     final = {n: ex.bufs.snapshot(n, 0, b["shape"][0]) for n, b in program.buffers.items()
              if b.get("graph_io") and n in {r.output["buffer"] for r in program.layers}}
-    return SimResult(ex.outputs, final, ex.acct.compare(), ex.acct.by_level(), notes,
+    return SimResult(ex.outputs, final, ex.acct.compare(), ex.acct.by_level(),
                      time.perf_counter() - t0)
 
 

@@ -1,0 +1,62 @@
+"""The sub-volume search: repeated layers reuse a choice without changing it, and the vectorised
+COMP work tables agree with a brute-force count from the mask."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tilesparse.compiler import tiling
+from tilesparse.compiler.layers import LayerSpec
+from tilesparse.compiler.stages import WeightIndex
+from tilesparse.hw import load_array
+
+
+def _spec(ci, co, h, k, density, seed, name="L"):
+    rng = np.random.default_rng(seed)
+    mask = rng.random((-(-co // 8), -(-ci // 8))) < density
+    p = k // 2
+    return LayerSpec(name, "conv", ("x",), ci, h, h, co, h, h, (k, k), (1, 1), (p, p), mask=mask)
+
+
+@pytest.mark.parametrize("arr", ["2x2", "5x3"])
+def test_repeated_layer_gets_the_plan_a_fresh_search_finds(arr):
+    hw = load_array(arr)
+    a = _spec(256, 512, 14, 1, 1.0, 0, "a")
+    b = dataclasses.replace(a, name="b", inputs=("y",), out_tensor="b")  # same shape and mask
+    tiling._PLAN_MEMO.clear()
+    pa = tiling.plan_layer(a, hw, (False,), False)
+    pb = tiling.plan_layer(b, hw, (False,), False)  # from the memo
+    fresh = tiling._search(b, hw, (False,), False, None, WeightIndex(b))
+    assert pb.spec.name == "b" and pb.part.layer == "b"
+    assert (pb.part.grid, pb.part.sub) == (pa.part.grid, pa.part.sub) == (fresh.part.grid, fresh.part.sub)
+    assert pb.time_s == pytest.approx(fresh.time_s)
+    # a different mask is a different key
+    c = dataclasses.replace(a, name="c", mask=~a.mask | (np.arange(a.mask.shape[1]) % 2 == 0))
+    assert tiling._plan_key(c, hw, (False,), False) != tiling._plan_key(a, hw, (False,), False)
+    assert tiling._plan_key(a, hw, (True,), False) != tiling._plan_key(a, hw, (False,), False)
+
+
+@settings(max_examples=30, deadline=None)
+@given(ci=st.sampled_from([8, 24, 64, 100]), co=st.sampled_from([8, 16, 40, 72]), k=st.sampled_from([1, 3]),
+       density=st.sampled_from([0.3, 0.7]), seed=st.integers(0, 99), n=st.sampled_from([4, 8, 16]),
+       kd=st.sampled_from([8]))
+def test_slab_work_and_kept_pairs_match_brute_force(ci, co, k, density, seed, n, kd):
+    spec = _spec(ci, co, 4, k, density, seed)
+    w = WeightIndex(spec)
+    rng = np.random.default_rng(seed)
+    cb0 = np.sort(rng.integers(0, w.n_cb, 3))
+    cb1 = np.minimum(cb0 + rng.integers(1, w.n_cb + 1, 3), w.n_cb)
+    # brute force: kept input channels of every output channel over block columns [c0, c1)
+    width = np.minimum(8, ci - 8 * np.arange(w.n_cb))
+    per_ch = spec.mask[np.arange(co) // 8] * width[None, :]
+    slab_cum = w.q_tables_many(cb0, cb1, n, kd)
+    for q, (c0, c1) in enumerate(zip(cb0, cb1)):
+        kept = per_ch[:, c0:c1].sum(axis=1)
+        steps = [-(-int(kept[a:a + n].max()) * k * k // kd) for a in range(0, co, n)]
+        assert slab_cum[:, q].tolist() == np.r_[0, np.cumsum(steps)].tolist()
+        o0, o1 = sorted(rng.integers(0, co + 1, 2))
+        got = w.kept_many(np.array([o0]), np.array([o1]), np.array([c0]), np.array([c1]))[0]
+        assert got == kept[o0:o1].sum()

@@ -1,0 +1,245 @@
+"""The contract gaps between front end, compiler and simulator, closed end to end:
+
+1. a concat operand at another exponent (a max-pool branch) is copied into its slice with its
+   shift, bit-exact against the integer reference;
+2. a fused add's residual tile lives in ``core.res`` and ``partition.fits`` counts it;
+3. LOADFM / WRITEFM carry the staging locks, and dropping one is caught by the ordering check;
+4. listing totals (``Instr.nbytes``) equal the bytes the simulator moved, residuals included;
+5. a program file runs on a real-valued input without the graph (``meta["input_scale_exp"]``).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import json
+
+import numpy as np
+import pytest
+import torch
+from sim_helpers import check_bit_exact
+from torch import nn
+from typer.testing import CliRunner
+
+from tilesparse.cli.main import app
+from tilesparse.compiler.layers import LayerSpec
+from tilesparse.compiler.partition import SubVolume, fits, residual_capacity
+from tilesparse.compiler.pipeline import compile_graph
+from tilesparse.frontend import build_graph
+from tilesparse.hw import load_array
+from tilesparse.ir.graph import Op
+from tilesparse.quant import IntegerReference, quantize_input
+from tilesparse.sim import HazardError, SimulationError, check_ordering, simulate
+
+PX = 12  # small maps keep every test under a second
+
+
+class ConvPoolCat(nn.Module):
+    """cat(conv(x) scaled up, maxpool(x)): the max-pool keeps x's exponent, the concat takes the
+    conv's larger one, so the pool branch needs a non-zero shift into the concat."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.pool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.head = nn.Conv2d(24, 8, 1)
+        with torch.no_grad():
+            self.conv.weight.mul_(40.0)
+
+    def forward(self, x):
+        return self.head(torch.cat([self.conv(x), self.pool(x)], 1))
+
+
+class ResidualFromInput(nn.Module):
+    """Two fused adds whose residual is the graph input (DDR): one whose conv also reads the input
+    from DDR, one whose conv reads a MemTile buffer (only the residual comes through staging)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(8, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 8, 3, padding=1)
+        self.c = nn.Conv2d(8, 8, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.a(x) + x)
+        return self.c(self.b(torch.relu(y)) + x)
+
+
+@functools.cache
+def _graph(cls):
+    torch.manual_seed(0)
+    return build_graph(cls(), input_shape=(1, 8, PX, PX))
+
+
+def _x(g, seed=1):
+    return np.random.default_rng(seed).standard_normal(g.inputs[0].out.shape).astype(np.float32)
+
+
+# ---- 1. concat shifts --------------------------------------------------------------------------
+@pytest.mark.parametrize("array", ["2x3", "5x5"])
+def test_shifted_concat_operand_is_copied_with_its_shift(array):
+    g = _graph(ConvPoolCat)
+    cat = g.of(Op.CONCAT)[0]
+    pool = g.of(Op.MAXPOOL)[0]
+    conv = g.node(cat.inputs[0])
+    shifts = dict(zip(cat.inputs, cat.attrs["input_shifts"], strict=True))
+    # exponents: the pool keeps the input's, the concat takes the largest operand's (the conv's)
+    assert pool.out.scale_exp == g.inputs[0].out.scale_exp < conv.out.scale_exp == cat.out.scale_exp
+    assert shifts[pool.name] == cat.out.scale_exp - pool.out.scale_exp > 0
+    assert "write_into" not in pool.attrs and conv.attrs["write_into"] == (cat.name, 0)
+    prog = compile_graph(g, array)
+    copies = [r for r in prog.layers if r.kind == "copy"]
+    assert [(r.name, r.attrs["shift"], r.output["c_offset"]) for r in copies] == [
+        (f"{cat.name}.copy_{pool.name}", shifts[pool.name], 16)]
+    rep = check_bit_exact(g, prog)
+    # hand check of the slice: the pool's int8 values shifted right with round-half-up
+    ref = IntegerReference(g).run(_x(g))
+    s = shifts[pool.name]
+    want = (ref[pool.name].astype(np.int64) + (1 << (s - 1))) >> s
+    assert np.array_equal(rep.sim.outputs[copies[0].name], want[0])
+
+
+def test_unshifted_operands_still_write_into_their_slice():
+    """Only operands that need a shift lose the mark (Inception-like TinyInception keeps them)."""
+    from frontend_nets import TinyInception, randomize_bn
+
+    torch.manual_seed(0)
+    g = build_graph(randomize_bn(TinyInception()), input_shape=(1, 3, 16, 16))
+    for cat in g.of(Op.CONCAT):
+        for name, s in zip(cat.inputs, cat.attrs["input_shifts"], strict=True):
+            w = g.node(name).attrs.get("write_into")
+            assert not (s and w is not None and w[0] == cat.name), (cat.name, name, s)
+    marked = [n.name for n in g if "write_into" in n.attrs]
+    assert marked  # the concat branches at the concat's exponent still write straight into it
+
+
+# ---- 2. residual tile in core.res ---------------------------------------------------------------
+def _fused_spec(residual: bool) -> LayerSpec:
+    return LayerSpec(name="c", kind="conv", inputs=("x",), ci=8, hi=16, wi=16, co=64, ho=16, wo=16,
+                     kernel=(1, 1), mask=np.ones((8, 1), bool), fused_add="add" if residual else "",
+                     residual="r" if residual else "")
+
+
+def test_fits_counts_the_residual_tile_against_core_res():
+    hw = load_array("4x4")
+    c = hw.core
+    assert residual_capacity(hw) == c.data_memory_bytes - c.input_buffer_bytes - c.output_buffer_bytes \
+        - c.weight_buffer_bytes == 16384  # the AIE2 preset: 64 KB − 3 × 16 KB
+    small = hw.model_copy(update={"core": c.model_copy(update={"data_memory_bytes": 3 * 16384 + 1024})})
+    assert residual_capacity(small) == 1024
+    sub = SubVolume(oc=16, ci=8, h=8, w=8)  # residual tile 16·8·8 = 1024 B > 512 B (half of core.res)
+    why = fits(_fused_spec(True), small, sub, 0, 1)
+    assert any("residual tile 1024 B > half of core.res (512 B" in w for w in why), why
+    assert not fits(_fused_spec(False), small, sub, 0, 1)  # the same conv without an add fits
+    assert not fits(_fused_spec(True), hw, sub, 0, 1)  # and fits the real core's 8 KB half
+
+
+# ---- 3. staging locks ---------------------------------------------------------------------------
+@functools.cache
+def _residual_prog(array: str):
+    return compile_graph(_graph(ResidualFromInput), array)
+
+
+def _steps(prog):
+    out: dict[tuple[int, int], list[int]] = {}
+    for i, ins in enumerate(prog.instrs):
+        out.setdefault((ins.layer, ins.step), []).append(i)
+    return out
+
+
+def test_staging_locks_pair_load_with_loadfm_and_writefm_with_write():
+    prog = _residual_prog("2x2")
+    n_in = n_out = 0
+    for idxs in _steps(prog).values():
+        ops = {prog.instrs[i].op: prog.instrs[i] for i in idxs}
+        if "LOAD" in ops:
+            n_in += 1
+            assert (ops["LOAD"].acquire, ops["LOAD"].release) == ("stage_in[i%2].empty", "stage_in[i%2].full")
+            assert "stage_in[i%2].full" in ops["LOADFM"].acquire.split("; ")
+            assert "stage_in[i%2].empty" in ops["LOADFM"].release.split("; ")
+            assert "memtile.stage_in" in ops["LOADFM"].src.split("+")
+        elif "LOADFM" in ops:
+            assert "stage_in" not in ops["LOADFM"].acquire + ops["LOADFM"].src
+        if "WRITE" in ops:
+            n_out += 1
+            assert (ops["WRITE"].acquire, ops["WRITE"].release) == ("stage_out[i%2].full", "stage_out[i%2].empty")
+            assert "stage_out[i%2].empty" in ops["WRITEFM"].acquire.split("; ")
+            assert "stage_out[i%2].full" in ops["WRITEFM"].release.split("; ")
+            assert ops["WRITEFM"].dst == "memtile.stage_out"
+    assert n_in and n_out
+    check_ordering(prog)  # the real locks order everything: no hazard, no deadlock
+
+
+def test_loadfm_src_names_memtile_and_staging_when_only_the_residual_is_in_ddr():
+    prog = _residual_prog("2x2")
+    rec = next(r for r in prog.layers if r.fused_add and prog.buffers[r.inputs[0]["buffer"]]["memory"] == "memtile")
+    assert prog.buffers[rec.inputs[-1]["buffer"]]["memory"] == "ddr"  # the residual is the graph input
+    li = prog.layers.index(rec)
+    srcs = {ins.src for ins in prog.instrs if ins.layer == li and ins.op == "LOADFM"}
+    buf = rec.inputs[0]["buffer"]
+    assert srcs == {f"memtile:{buf}@{prog.buffers[buf]['offset']}+memtile.stage_in"}
+
+
+@pytest.mark.parametrize("op,field,lock", [("LOADFM", "acquire", "stage_in[i%2].full"),
+                                           ("WRITEFM", "release", "stage_out[i%2].full")])
+def test_dropping_a_staging_lock_is_caught(op, field, lock):
+    """LOADFM without ``stage_in.full`` reads staging before LOAD filled it (hazard); WRITEFM
+    without releasing ``stage_out.full`` leaves WRITE waiting forever (deadlock)."""
+    prog = copy.deepcopy(_residual_prog("2x2"))
+    i = next(i for i, ins in enumerate(prog.instrs) if ins.op == op and lock in getattr(ins, field))
+    ins = prog.instrs[i]
+    kept = "; ".join(x for x in getattr(ins, field).split("; ") if x != lock)
+    prog.instrs[i] = dataclasses.replace(ins, **{field: kept})
+    match = r"reads stage_in\[0\] before LOAD" if op == "LOADFM" else r"deadlock: WRITE #\d+ .* stage_out\[0\].full"
+    with pytest.raises(HazardError, match=match):
+        check_ordering(prog)
+
+
+# ---- 4. totals ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("array", ["2x2", "3x5"])
+def test_residual_in_ddr_bit_exact_and_totals(array):
+    """Per-iteration bytes and listing totals equal what the simulator moved, for fused adds whose
+    residual (and input) live in DDR: the residual is neither double counted nor forgotten."""
+    g, prog = _graph(ResidualFromInput), _residual_prog(array)
+    assert sum(bool(r.fused_add) for r in prog.layers) == 2
+    rep = check_bit_exact(g, prog)
+    for a in rep.sim.accounts:
+        assert a.ok and a.cycles_ok, (a.name, a.notes)
+        assert a.totals_ok, (a.name, a.sim_total, a.listed_total)
+    # hand count for the first fused conv: its LOADFM total includes one residual tile per output
+    # element (8 channels × 12 × 12) on top of the windows
+    first = rep.sim.accounts[0]
+    assert first.sim_total["LOADFM"] - first.sim_total["LOAD"] == 0  # all its inputs come from DDR
+    assert first.listed_total["LOAD"] >= 8 * PX * PX * 2
+
+
+# ---- 5. real-valued input without the graph -----------------------------------------------------
+def test_program_file_runs_on_a_real_input(tmp_path):
+    g = _graph(ConvPoolCat)
+    prog = compile_graph(g, "2x2")
+    assert prog.meta["input_scale_exp"] == g.inputs[0].out.scale_exp
+    path = prog.save(tmp_path / "p.tsp")
+    x = _x(g, seed=5)
+    from tilesparse.compiler.program import Program
+
+    loaded = Program.load(path)
+    res = simulate(loaded, x[0], progress=False)
+    ref = IntegerReference(g).run(x)
+    out = g.outputs[0].inputs[0]
+    assert np.array_equal(next(iter(res.final.values())), ref[out][0])
+    # the int8 path gives the same, through quant's own input quantization
+    res8 = simulate(loaded, quantize_input(g, x)[0], progress=False)
+    assert all(np.array_equal(res8.final[k], v) for k, v in res.final.items())
+    np.save(tmp_path / "x.npy", x)
+    cli = CliRunner().invoke(app, ["simulate", str(path), "--input", str(tmp_path / "x.npy"),
+                                   "--json", str(tmp_path / "r.json")])
+    assert cli.exit_code == 0, cli.output
+    assert json.loads((tmp_path / "r.json").read_text())["accounting_ok"]
+
+
+def test_real_input_needs_the_input_exponent():
+    prog = copy.deepcopy(compile_graph(_graph(ConvPoolCat), "2x2"))
+    prog.meta.pop("input_scale_exp")
+    with pytest.raises(SimulationError, match="input_scale_exp"):
+        simulate(prog, np.zeros((8, PX, PX), np.float32), progress=False)
