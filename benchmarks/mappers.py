@@ -125,7 +125,8 @@ def run_small(budget: int, seeds: int) -> list[dict]:
             row["mappers"][m] = {"evals_to_5pct": need, "final_over_opt": finals,
                                  "all_within": all(n is not None for n in need)}
         rows.append(row)
-        print(f"  {p}: space {size:,}, exhaustive {row['exhaustive_s']:.1f} s", flush=True)
+        print(f"  {p}: space {size:,}, exhaustive {row['exhaustive_s']:.1f} s, evals to 5 %: "
+              + "; ".join(f"{m} {row['mappers'][m]['evals_to_5pct']}" for m in MAPPERS), flush=True)
     return rows
 
 
@@ -199,11 +200,11 @@ def main() -> None:
     layers = unique_layers(network_problems("resnet50"))
     if args.quick:
         layers = layers[:5]
+    print("enumerable layers", flush=True)
+    small = run_small(budget, seeds=1 if args.quick else 3)
     print(f"ResNet-50: {len(layers)} distinct layers", flush=True)
     net = run_network(layers, arch, budget, seed=0)
     summ = summarize_network(net, len(layers), budget)
-    print("enumerable layers", flush=True)
-    small = run_small(budget, seeds=1 if args.quick else 3)
     RESULTS.mkdir(parents=True, exist_ok=True)
     plot(summ["curves"], small, RESULTS / "mappers.png")
     md = report(args, layers, net, summ, small, budget)

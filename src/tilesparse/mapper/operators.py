@@ -8,7 +8,7 @@ import numpy as np
 
 from tilesparse.mapper.space import Genomes, MapSpace
 
-__all__ = ["crossover", "mutate"]
+__all__ = ["crossover", "mutate", "neighbourhood"]
 
 
 def crossover(space: MapSpace, a: Genomes, b: Genomes, rng: np.random.Generator) -> Genomes:
@@ -79,3 +79,80 @@ def _exchange_tiles(space: MapSpace, g: Genomes, hit: np.ndarray, rng: np.random
     m2 = (cur == s2[:, None]) & (space.prime_dim[None] == d2[:, None])
     cur = np.where(m1, s2[:, None], np.where(m2, s1[:, None], cur))
     g.slots[hit] = cur
+
+
+def neighbourhood(space: MapSpace, g: Genomes) -> Genomes:
+    """Every single move from genome ``g[0]`` (unrepaired; duplicates possible):
+
+    - a prime factor, or all factors of a loop in one slot, moves to another slot; if its loop thereby becomes a non-trivial temporal loop
+      of a level, every position of that loop in the level's order is tried (a compound move: the
+      tile size and the loop order change together);
+    - a non-trivial loop of a level moves to another position in that level's order;
+    - two prime factors of different loops in different slots trade slots (keeps tile volumes);
+    - a bypass bit flips (inner levels, when bypass is searched).
+    Equal primes of one loop in one slot are interchangeable, so one of them stands for all."""
+    s0, o0, k0 = g.slots[0], g.order[0], g.keep[0]
+    t = space.decode(g).temporal[0]  # (L, D) temporal factors per level
+    slots, orders, keeps = [], [], []
+
+    def add(sl=s0, od=o0, kp=k0) -> None:
+        slots.append(sl)
+        orders.append(od)
+        keeps.append(kp)
+
+    groups: dict[tuple[int, int, int], int] = {}
+    for j in range(space.n_primes):
+        groups.setdefault((int(space.prime_dim[j]), int(space.primes[j]), int(s0[j])), j)
+    for (d, _, src), j in groups.items():
+        for s in space.valid_slots:
+            if s == src:
+                continue
+            sl = s0.copy()
+            sl[j] = s
+            lvl = s // 2
+            if s % 2 == 0 and t[lvl, d] == 1:
+                for row in _insertions(o0[lvl], d, t[lvl] > 1):
+                    add(sl, _with_row(o0, lvl, row))
+            else:
+                add(sl)
+    for d in np.unique(space.prime_dim):  # block moves: all of a loop's factors in one slot
+        mine = space.prime_dim == d
+        for src in np.unique(s0[mine]):
+            block = mine & (s0 == src)
+            if block.sum() < 2:
+                continue  # a single factor: already a prime move
+            for s in space.valid_slots:
+                if s != src:
+                    add(np.where(block, s, s0))
+    for lvl in range(space.n_levels):
+        nontriv = t[lvl] > 1
+        for d in np.flatnonzero(nontriv):
+            for row in _insertions(o0[lvl], int(d), nontriv):
+                add(od=_with_row(o0, lvl, row))
+    items = list(groups.items())
+    for a, ((d1, _, s1), j1) in enumerate(items):
+        for (d2, _, s2), j2 in items[a + 1:]:
+            if d1 != d2 and s1 != s2:
+                sl = s0.copy()
+                sl[j1], sl[j2] = s2, s1
+                add(sl)
+    if space.search_bypass:
+        for lvl, tt in zip(*np.nonzero(space.allowed[:-1])):
+            kp = k0.copy()
+            kp[lvl, tt] = ~kp[lvl, tt]
+            add(kp=kp)
+    return Genomes(np.array(slots), np.array(orders), np.array(keeps))
+
+
+def _insertions(row: np.ndarray, d: int, nontriv: np.ndarray) -> list[np.ndarray]:
+    """Orders of one level with loop ``d`` at every position among the other non-trivial loops
+    (kept in their relative order; trivial loops, whose order does not matter, go outermost)."""
+    seq = [int(x) for x in row if nontriv[x] and x != d]
+    rest = [int(x) for x in row if not nontriv[x] and x != d]
+    return [np.array(seq[:i] + [d] + seq[i:] + rest) for i in range(len(seq) + 1)]
+
+
+def _with_row(order: np.ndarray, lvl: int, row: np.ndarray) -> np.ndarray:
+    out = order.copy()
+    out[lvl] = row
+    return out

@@ -6,6 +6,7 @@ is valid (the evaluator only records valid mappings)."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from math import prod
 
 import numpy as np
@@ -14,14 +15,18 @@ from tilesparse.costmodel.mapping import MappingBatch
 from tilesparse.costmodel.problem import DIMS
 from tilesparse.errors import ConfigError
 from tilesparse.mapper.base import Evaluator, SearchResult
-from tilesparse.mapper.operators import crossover, mutate
+from tilesparse.mapper.operators import crossover, mutate, neighbourhood
 from tilesparse.mapper.space import Genomes, MapSpace
 
-__all__ = ["annealing", "exhaustive", "genetic", "random_search", "space_size"]
+__all__ = ["LocalSearch", "annealing", "exhaustive", "genetic", "random_search", "space_size"]
 
 BATCH = 1000  # mappings per vectorized evaluation call
 EXHAUSTIVE_LIMIT = 20_000_000  # refuse to enumerate more mappings than this
-STALL_GENERATIONS = 10  # genetic: generations without improvement before re-seeding
+STALL_GENERATIONS = 5  # genetic: generations without improvement before re-seeding
+REHEAT_CYCLES = 10  # annealing: cool-down cycles over the budget, each ending in local searches
+REHEAT_KEEP = 0.25  # annealing: share of chains that restart from the best point (rest: random)
+POLISH_CHAINS = 8  # annealing: distinct best chain states polished by local search per cycle
+LOCAL_CHUNK = 64  # local search: neighbours per batch; the first batch with a better one moves
 
 
 def _seeded(space: MapSpace, n: int, rng: np.random.Generator, init: Genomes | None) -> Genomes:
@@ -31,6 +36,53 @@ def _seeded(space: MapSpace, n: int, rng: np.random.Generator, init: Genomes | N
     if have < n:
         parts.append(space.random(n - have, rng))
     return space.repair(Genomes.concat(parts), rng)
+
+
+class LocalSearch:
+    """First-improvement hill climbing over :func:`neighbourhood`, shared by the mappers.
+
+    Each step evaluates the (valid, not yet seen) neighbours in shuffled batches of ``chunk`` and
+    moves to the best of the first batch that holds an improvement (``rank``, lower = more
+    promising, orders the neighbours instead of shuffling them); it stops at a local optimum
+    (no neighbour better) or when the budget runs out. Every objective value comes from the
+    evaluator (counted); values of mappings evaluated before are remembered, not re-evaluated."""
+
+    def __init__(self, space: MapSpace, ev: Evaluator, rng: np.random.Generator,
+                 chunk: int = LOCAL_CHUNK, rank: Callable[[Genomes], np.ndarray] | None = None):
+        self.space, self.ev, self.rng, self.chunk, self.rank = space, ev, rng, chunk, rank
+        self.known: dict[bytes, float] = {}
+
+    def evaluate(self, g: Genomes) -> np.ndarray:
+        """``ev(g)``, remembering the values."""
+        f = self.ev(g)
+        self.known.update(zip(self.space.keys(g), f.tolist()))
+        return f
+
+    def run(self, g: Genomes, value: float) -> tuple[Genomes, float]:
+        """Climb from ``g[0]`` (objective ``value``) to a local optimum."""
+        g = g.take(slice(0, 1))
+        while not self.ev.exhausted:
+            nb = self.space.repair(neighbourhood(self.space, g), self.rng)  # over-full -> pushed out
+            nb = nb.take(self.space.is_valid(nb))
+            keys = self.space.keys(nb)
+            old = [i for i, k in enumerate(keys) if k in self.known]
+            if old and (v := min(self.known[keys[i]] for i in old)) < value:  # free move
+                g, value = nb.take([min(old, key=lambda i: self.known[keys[i]])]), v
+                continue
+            new = list({k: i for i, k in enumerate(keys) if k not in self.known}.values())
+            nb = nb.take(self.rng.permutation(np.array(new, dtype=np.int64)))
+            if self.rank is not None and len(nb):  # most promising first (e.g. a surrogate)
+                nb = nb.take(np.argsort(self.rank(nb), kind="stable"))
+            for i in range(0, len(nb), self.chunk):
+                part = nb.take(slice(i, i + self.chunk))
+                f = self.evaluate(part)
+                k = int(np.argmin(f))
+                if f[k] < value:
+                    g, value = part.take([k]), float(f[k])
+                    break
+            else:
+                return g, value
+        return g, value
 
 
 def random_search(space: MapSpace, ev: Evaluator, seed: int = 0, *, pruned: bool = True,
@@ -59,19 +111,23 @@ def random_search(space: MapSpace, ev: Evaluator, seed: int = 0, *, pruned: bool
 def genetic(space: MapSpace, ev: Evaluator, seed: int = 0, *, population: int = 100,
             elite: float = 0.05, parents: float = 0.5, fresh: float = 0.1, mutation_rate: float = 0.5,
             init: Genomes | None = None) -> SearchResult:
-    """GAMMA-like: elites survive, children of the best half are crossed and mutated, a few fresh
-    random individuals join every generation, and every child is repaired."""
+    """GAMMA-like, memetic: elites survive, children of the best half are crossed and mutated, a few
+    fresh random individuals join every generation, every child is repaired, and the generation's
+    best, once, climbs to a local optimum (:class:`LocalSearch`) and replaces itself."""
     rng = np.random.default_rng(seed)
+    ls = LocalSearch(space, ev, rng)
     pop = _seeded(space, population, rng, init)
-    fit = ev(pop)
+    fit = ls.evaluate(pop)
     n_elite, n_fresh = max(1, round(elite * population)), round(fresh * population)
     n_par = max(2, round(parents * population))
     best, stall = float(np.min(fit)), 0
+    polished: set[bytes] = set()
     while not ev.exhausted:
+        _polish_best(ls, pop, fit, polished)
         rank = np.argsort(fit)
         if stall >= STALL_GENERATIONS:  # converged: restart from scratch (the evaluator keeps
             pop = space.repair(space.random(population, rng), rng)  # the best); elites kept as
-            fit = ev(pop)  # parents would pull the new population back into the old basin
+            fit = ls.evaluate(pop)  # parents would pull the new population back into the old basin
             rank, stall, best = np.argsort(fit), 0, float(np.min(fit))
         par = pop.take(rank[:n_par])
         n_kids = population - n_elite - n_fresh
@@ -79,7 +135,7 @@ def genetic(space: MapSpace, ev: Evaluator, seed: int = 0, *, population: int = 
         kids = mutate(space, crossover(space, par.take(a), par.take(b), rng), rng, mutation_rate)
         kids = Genomes.concat([kids, space.random(n_fresh, rng)])
         kids = space.repair(kids, rng)
-        kid_fit = ev(kids)
+        kid_fit = ls.evaluate(kids)
         pop = Genomes.concat([pop.take(rank[:n_elite]), kids])
         fit = np.concatenate([fit[rank[:n_elite]], kid_fit])
         stall = 0 if np.min(fit) < best * (1 - 1e-9) else stall + 1
@@ -87,30 +143,69 @@ def genetic(space: MapSpace, ev: Evaluator, seed: int = 0, *, population: int = 
     return ev.result("genetic")
 
 
+def _polish_best(ls: LocalSearch, pop: Genomes, fit: np.ndarray, polished: set[bytes]) -> None:
+    """Local search from the best individual that is not already a polished point (in place)."""
+    keys = ls.space.keys(pop)
+    cand = [i for i in np.argsort(fit) if np.isfinite(fit[i]) and keys[i] not in polished]
+    if not cand:
+        return
+    i = int(cand[0])
+    g, v = ls.run(pop.take([i]), float(fit[i]))
+    polished.update(ls.space.keys(pop.take([i])) + ls.space.keys(g))
+    pop.slots[i], pop.order[i], pop.keep[i], fit[i] = g.slots[0], g.order[0], g.keep[0], v
+
+
 def annealing(space: MapSpace, ev: Evaluator, seed: int = 0, *, chains: int = 20,
               t_start: float = 0.2, t_end: float = 0.005, mutation_rate: float = 0.3,
-              init: Genomes | None = None) -> SearchResult:
-    """Simulated annealing on log(objective) with ``chains`` independent chains stepped together;
-    the temperature decays geometrically from ``t_start`` to ``t_end`` over the budget."""
+              cycles: int = REHEAT_CYCLES, init: Genomes | None = None) -> SearchResult:
+    """Simulated annealing on log(objective) with ``chains`` chains stepped together and reheats:
+    the budget is split into ``cycles``; in each the temperature decays geometrically from
+    ``t_start`` to ``t_end``, then the ``POLISH_CHAINS`` best distinct chain states climb to local
+    optima (:class:`LocalSearch`) and a quarter of the chains restart hot from it, the others afresh."""
     rng = np.random.default_rng(seed)
+    ls = LocalSearch(space, ev, rng)
     cur = _seeded(space, chains, rng, init)
-    cur_f = ev(cur)
-    steps = max(1, ev.remaining // chains)
-    decay = (t_end / t_start) ** (1.0 / steps)
-    temp = t_start
+    cur_f = ls.evaluate(cur)
     while not ev.exhausted:
-        prop = space.repair(mutate(space, cur, rng, mutation_rate), rng)
-        f = ev(prop)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            delta = np.log(f) - np.log(cur_f)
-        accept = (delta <= 0) | (rng.random(chains) < np.exp(-np.nan_to_num(delta, nan=np.inf) / temp))
-        accept &= np.isfinite(f)
-        cur = Genomes(np.where(accept[:, None], prop.slots, cur.slots),
-                      np.where(accept[:, None, None], prop.order, cur.order),
-                      np.where(accept[:, None, None], prop.keep, cur.keep))
-        cur_f = np.where(accept, f, cur_f)
-        temp *= decay
+        steps = max(1, ev.remaining // (chains * cycles))
+        cycles = max(1, cycles - 1)
+        decay, temp = (t_end / t_start) ** (1.0 / steps), t_start
+        for _ in range(steps):
+            if ev.exhausted:
+                break
+            prop = space.repair(mutate(space, cur, rng, mutation_rate), rng)
+            f = ls.evaluate(prop)
+            with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+                delta = np.log(f) - np.log(cur_f)
+                accept = (delta <= 0) | (rng.random(chains) < np.exp(-np.nan_to_num(delta, nan=np.inf) / temp))
+            accept &= np.isfinite(f)
+            cur = _select(accept, prop, cur)
+            cur_f = np.where(accept, f, cur_f)
+            temp *= decay
+        g, v = _polish_chains(ls, cur, cur_f)
+        n_keep = max(1, round(REHEAT_KEEP * chains))
+        fresh = _seeded(space, chains - n_keep, rng, None)  # reheat: most chains afresh
+        cur = Genomes.concat([g.take(np.zeros(n_keep, dtype=np.int64)), fresh])
+        cur_f = np.concatenate([np.full(n_keep, v), ls.evaluate(fresh)])
     return ev.result("annealing")
+
+
+def _polish_chains(ls: LocalSearch, cur: Genomes, cur_f: np.ndarray) -> tuple[Genomes, float]:
+    """Local search from the best ``POLISH_CHAINS`` distinct chain states; the best result."""
+    keys, picked = ls.space.keys(cur), {}
+    for i in np.argsort(cur_f):
+        if np.isfinite(cur_f[i]) and len(picked) < POLISH_CHAINS:
+            picked.setdefault(keys[i], int(i))
+    best = (cur.take([int(np.argmin(cur_f))]), float(np.min(cur_f)))
+    for i in picked.values():
+        g, v = ls.run(cur.take([i]), float(cur_f[i]))
+        best = min(best, (g, v), key=lambda t: t[1])
+    return best
+
+
+def _select(mask: np.ndarray, a: Genomes, b: Genomes) -> Genomes:
+    return Genomes(np.where(mask[:, None], a.slots, b.slots), np.where(mask[:, None, None], a.order, b.order),
+                   np.where(mask[:, None, None], a.keep, b.keep))
 
 
 # -- exhaustive -----------------------------------------------------------------------------------

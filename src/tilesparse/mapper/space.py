@@ -147,6 +147,17 @@ class MapSpace:
                 over[:, i] |= used[:, i, TENSORS.index(t)] > cap
         return over
 
+    def keys(self, g: Genomes) -> list[bytes]:
+        """A key per genome, equal iff the mappings are equal (the order of loops that are trivial
+        at a level does not matter, nor which of equal primes of a loop sits where)."""
+        m = self.decode(g)
+        nontriv = np.take_along_axis(m.temporal, m.order, axis=2) > 1  # along the order
+        rank = np.where(nontriv, np.arange(D), D + m.order)
+        canon = np.take_along_axis(m.order, np.argsort(rank, axis=2), axis=2)
+        flat = np.concatenate([m.temporal.reshape(len(g), -1), m.spatial.reshape(len(g), -1),
+                               canon.reshape(len(g), -1), m.keep.reshape(len(g), -1)], axis=1)
+        return [r.tobytes() for r in flat]
+
     def is_valid(self, g: Genomes) -> np.ndarray:
         return self.check(g) == Invalid.OK
 

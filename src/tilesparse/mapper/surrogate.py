@@ -2,10 +2,14 @@
 
 1. Sample mappings, evaluate them with the real model, fit a small MLP from an encoded mapping to
    log(objective) (standardized).
-2. With the MLP frozen, descend on the continuous encoding from the best known points.
-3. Project every point to the nearest valid mapping (tile shares -> nearest factorization, loop
-   positions -> sort, bypass -> threshold, then GAMMA repairs), evaluate it for real, add it to the
-   training set, retrain briefly; restart chains that stop improving.
+2. Each round: with the MLP frozen, descend on the continuous encoding from (perturbed) best known
+   points and project every point to the nearest valid mapping (tile shares -> nearest
+   factorization, loop positions -> sort, bypass -> threshold, then GAMMA repairs); also let the
+   MLP rank a large random batch (predictions are free; only real evaluations count)
+   and keep its best. Evaluate the new candidates for real, add them to the training set, retrain
+   briefly.
+3. The round's best new candidate climbs to a local optimum (the mappers' shared local search),
+   the MLP ordering its neighbours so that the first batch evaluated likely holds an improvement.
 
 The surrogate is per layer (Mind Mappings trains one per problem family); the encoding is the
 share of each loop's log bound in each slot, the loop positions per level, and the keep bits.
@@ -17,17 +21,21 @@ import numpy as np
 
 from tilesparse.costmodel.mapping import MappingBatch
 from tilesparse.mapper.base import Evaluator, SearchResult
-from tilesparse.mapper.search import _seeded
+from tilesparse.mapper.search import LocalSearch, _seeded
 from tilesparse.mapper.space import Genomes, MapSpace
 
 __all__ = ["encode", "surrogate_search"]
 
 HIDDEN = 128
-TRAIN_FRACTION = 0.2  # of the budget spent on the initial random sample
+TRAIN_FRACTION = 0.1  # of the budget spent on the initial random sample
 MAX_TRAIN = 2000
-FIT_EPOCHS, REFIT_EPOCHS = 60, 5
+FIT_EPOCHS, REFIT_EPOCHS = 60, 2
+REFIT_WINDOW = 1024  # refits see only the most recent samples (keeps them cheap)
 DESCENT_STEPS = 10  # gradient steps between projections
-STALL_RESTART = 3  # projections without improvement before a chain restarts
+START_NOISE = 0.1  # perturbation of descent starts so chains from one point spread out
+RANK_POOL = 2048  # random repaired mappings the MLP ranks per round (prediction is cheap)
+RANK_TOP = 32  # of those, evaluated for real
+MAX_EMPTY_ROUNDS = 20  # rounds without a single unseen candidate before giving up
 
 
 def encode(space: MapSpace, batch: MappingBatch) -> np.ndarray:
@@ -68,52 +76,103 @@ def _fit(model, opt, x, y, epochs: int, rng: np.random.Generator) -> None:
 
 def surrogate_search(space: MapSpace, ev: Evaluator, seed: int = 0, *, chains: int = 32,
                      lr: float = 0.05, init: Genomes | None = None) -> SearchResult:
+    """Mind Mappings with a local finish; see the module docstring. Every real evaluation goes
+    through ``ev`` (counted); mappings evaluated before are never evaluated again."""
     import torch
 
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     n_train = int(min(MAX_TRAIN, max(chains, TRAIN_FRACTION * ev.budget)))
     g0 = _seeded(space, n_train, rng, init)
-    vals = ev(g0)
-    ok = np.isfinite(vals)
-    xs, ys = encode(space, space.decode(g0))[ok], np.log(vals[ok]).astype(np.float32)
-    if len(xs) < 2 or ev.exhausted:
+    sur = _Surrogate(space, rng)
+    ls = LocalSearch(space, ev, rng, rank=sur.predict)
+    sur.add(g0, ls.evaluate(g0))
+    if len(sur.ys) < 2 or ev.exhausted:
         return ev.result("surrogate")
-    mu, sd = float(ys.mean()), float(ys.std() + 1e-6)
-    model = torch.nn.Sequential(torch.nn.Linear(xs.shape[1], HIDDEN), torch.nn.ReLU(),
-                                torch.nn.Linear(HIDDEN, HIDDEN), torch.nn.ReLU(), torch.nn.Linear(HIDDEN, 1))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    _fit(model, opt, xs, (ys - mu) / sd, FIT_EPOCHS, rng)
-    start = xs[np.argsort(ys)[:chains]]
-    x = start[rng.integers(0, len(start), chains)].copy()
-    best_chain, stall = np.full(chains, np.inf), np.zeros(chains, dtype=int)
-    while not ev.exhausted:
-        xt = torch.tensor(x, requires_grad=True)
-        xopt = torch.optim.Adam([xt], lr=lr)
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for _ in range(DESCENT_STEPS):
-            xopt.zero_grad()
-            model(xt).sum().backward()
-            xopt.step()
-        for p in model.parameters():
-            p.requires_grad_(True)
-        g = space.repair(decode(space, xt.detach().numpy()), rng)
-        f = ev(g)
-        enc = encode(space, space.decode(g))
-        fin = np.isfinite(f)
-        xs = np.concatenate([xs, enc[fin]])
-        ys = np.concatenate([ys, np.log(f[fin]).astype(np.float32)])
-        _fit(model, opt, xs[-4 * chains * REFIT_EPOCHS:], (ys[-4 * chains * REFIT_EPOCHS:] - mu) / sd,
-             REFIT_EPOCHS, rng)
-        improved = f < best_chain
-        best_chain = np.minimum(best_chain, f)
-        stall = np.where(improved, 0, stall + 1)
-        x = enc.copy()  # continue from the projected (valid) point
-        restart = stall >= STALL_RESTART
-        if restart.any():  # restart from a random good point, perturbed
-            top = xs[np.argsort(ys)[:chains]]
-            x[restart] = top[rng.integers(0, len(top), restart.sum())] + \
-                rng.normal(0, 0.1, (restart.sum(), x.shape[1])).astype(np.float32)
-            stall[restart], best_chain[restart] = 0, np.inf
+    sur.fit(FIT_EPOCHS)
+    polished: set[bytes] = set()
+    empty = 0
+    while not ev.exhausted and empty < MAX_EMPTY_ROUNDS:
+        x = sur.starts(chains)
+        cand = Genomes.concat([_descend(space, sur, x, lr, rng), _ranked(space, sur, rng)])
+        keys = space.keys(cand)
+        new = list({k: i for i, k in enumerate(keys) if k not in ls.known}.values())
+        empty = 0 if new else empty + 1
+        if not new:  # a tiny space may be used up: stop rather than spin
+            continue
+        cand = cand.take(np.array(new))
+        f = ls.evaluate(cand)
+        sur.add(cand, f)
+        sur.fit(REFIT_EPOCHS, recent=REFIT_WINDOW)
+        order = [i for i in np.argsort(f) if np.isfinite(f[i]) and space.keys(cand.take([i]))[0] not in polished]
+        if order:  # the best new candidate climbs to a local optimum, guided by the MLP
+            i = int(order[0])
+            g, v = ls.run(cand.take([i]), float(f[i]))
+            polished.update(space.keys(cand.take([i])) + space.keys(g))
+            sur.add(g, np.array([v]))
     return ev.result("surrogate")
+
+
+class _Surrogate:
+    """The MLP from encoded mapping to standardized log(objective) and its training set."""
+
+    def __init__(self, space: MapSpace, rng: np.random.Generator):
+        self.space, self.rng = space, rng
+        self.xs = np.zeros((0, 0), dtype=np.float32)
+        self.ys = np.zeros(0, dtype=np.float32)
+        self.model = self.opt = None
+
+    def add(self, g: Genomes, f: np.ndarray) -> None:
+        fin = np.isfinite(f)
+        x = encode(self.space, self.space.decode(g))[fin]
+        self.xs = x if not len(self.ys) else np.concatenate([self.xs, x])
+        self.ys = np.concatenate([self.ys, np.log(f[fin]).astype(np.float32)])
+
+    def fit(self, epochs: int, recent: int | None = None) -> None:
+        import torch
+
+        if self.model is None:
+            self.mu, self.sd = float(self.ys.mean()), float(self.ys.std() + 1e-6)
+            self.model = torch.nn.Sequential(
+                torch.nn.Linear(self.xs.shape[1], HIDDEN), torch.nn.ReLU(),
+                torch.nn.Linear(HIDDEN, HIDDEN), torch.nn.ReLU(), torch.nn.Linear(HIDDEN, 1))
+            self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+        sl = slice(-recent, None) if recent else slice(None)
+        _fit(self.model, self.opt, self.xs[sl], (self.ys[sl] - self.mu) / self.sd, epochs, self.rng)
+
+    def predict(self, g: Genomes) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            x = torch.from_numpy(encode(self.space, self.space.decode(g)))
+            return self.model(x).squeeze(1).numpy()
+
+    def starts(self, n: int) -> np.ndarray:
+        """Descent starts: random picks among the best ``n`` known points, slightly perturbed."""
+        top = self.xs[np.argsort(self.ys)[:n]]
+        x = top[self.rng.integers(0, len(top), n)]
+        return (x + self.rng.normal(0, START_NOISE, x.shape)).astype(np.float32)
+
+
+def _descend(space: MapSpace, sur: _Surrogate, x: np.ndarray, lr: float,
+             rng: np.random.Generator) -> Genomes:
+    """Gradient descent on the encodings with the MLP frozen, then projection and repair."""
+    import torch
+
+    xt = torch.tensor(x, requires_grad=True)
+    xopt = torch.optim.Adam([xt], lr=lr)
+    for p in sur.model.parameters():
+        p.requires_grad_(False)
+    for _ in range(DESCENT_STEPS):
+        xopt.zero_grad()
+        sur.model(xt).sum().backward()
+        xopt.step()
+    for p in sur.model.parameters():
+        p.requires_grad_(True)
+    return space.repair(decode(space, xt.detach().numpy()), rng)
+
+
+def _ranked(space: MapSpace, sur: _Surrogate, rng: np.random.Generator) -> Genomes:
+    """The ``RANK_TOP`` of ``RANK_POOL`` random repaired mappings the MLP rates best."""
+    pool = space.repair(space.random(RANK_POOL, rng), rng)
+    return pool.take(np.argsort(sur.predict(pool))[:RANK_TOP])
