@@ -15,8 +15,8 @@ ARRAY_HELP = "Array: RxC (rows x columns, e.g. 4x4, 5x7, 8x2), base-RxC, phoenix
 SPARSITY_HELP = "Zero this fraction of lowest-L2 blocks in every conv/linear but the first (0 = dense)."
 
 
-def _graph(model: str, sparsity: float, block: str, input_shape: str | None, weights: Path | None,
-           quantized: bool):
+def model_graph(model: str, sparsity: float, block: str, input_shape: str | None,
+                weights: Path | None = None, quantized: bool = True):
     """Zoo model -> (optionally) block-sparse -> front end graph."""
     from tilesparse.compiler.sparsity import apply_block_sparsity
     from tilesparse.errors import ConfigError
@@ -49,7 +49,7 @@ def _compile(model, array, sparsity, block, input_shape, weights, quantized):
     hw = load_array(array)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), transient=True) as bar:
         task = bar.add_task(f"front end: {model}", total=2)
-        g = _graph(model, sparsity, block, input_shape, weights, quantized)
+        g = model_graph(model, sparsity, block, input_shape, weights, quantized)
         bar.update(task, advance=1, description=f"compiling {model} for {hw.label}")
         prog = compile_graph(g, hw)
         bar.update(task, advance=1)

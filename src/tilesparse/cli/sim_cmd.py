@@ -20,26 +20,6 @@ INPUT_HELP = ("Input .npy (float: quantized with the program's input scale expon
               "Default: seeded random.")
 
 
-def _model_graph(model: str, sparsity: float, block: str, input_shape: str | None):
-    from tilesparse.compiler.sparsity import apply_block_sparsity
-    from tilesparse.errors import ConfigError
-    from tilesparse.frontend import build_graph, default_input_shape
-    from tilesparse.models.zoo import get_model
-    from tilesparse.patterns import parse_block_shape
-
-    shape = None
-    if input_shape:
-        try:
-            shape = tuple(int(x) for x in input_shape.replace("x", ",").split(","))
-        except ValueError:
-            raise ConfigError("--input-shape", [f"expected N,C,H,W such as 1,3,64,64, got {input_shape!r}"]) from None
-    bs = parse_block_shape(block)
-    m = get_model(model)
-    if sparsity > 0:
-        apply_block_sparsity(m, sparsity, (bs.out, bs.in_), name=model)
-    return build_graph(m, input_shape=shape or default_input_shape(model), block=(bs.out, bs.in_))
-
-
 def _input(path: Path | None, shape, seed: int, graph, prog_exp: int | None = None):
     import numpy as np
 
@@ -85,6 +65,7 @@ def simulate_verb(
     model. Exit code 1 on any mismatch."""
     from rich.console import Console
 
+    from tilesparse.cli.compile_cmd import model_graph
     from tilesparse.compiler.pipeline import compile_graph
     from tilesparse.compiler.program import Program
     from tilesparse.hw import load_array
@@ -96,9 +77,9 @@ def simulate_verb(
     if path.suffix in (".tsp", ".npz") or path.is_file():
         prog = Program.load(path, hw=load_array(array) if array else None)
         if model:
-            graph = _model_graph(model, sparsity, block, input_shape)
+            graph = model_graph(model, sparsity, block, input_shape)
     else:
-        graph = _model_graph(target, sparsity, block, input_shape)
+        graph = model_graph(target, sparsity, block, input_shape)
         prog = compile_graph(graph, load_array(array or "4x4"))
     shape = tuple(prog.buffers[_input_buffer(prog)]["shape"])
     x, is_int8 = _input(input_npy, (1, *shape), seed, graph, prog.meta.get("input_scale_exp"))
