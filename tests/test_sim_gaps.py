@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from tilesparse.cli.main import app
 from tilesparse.compiler.layers import LayerSpec
-from tilesparse.compiler.partition import SubVolume, fits, residual_capacity
+from tilesparse.compiler.partition import SubVolume, acc_slot, acc_tiles, fits, residual_capacity
 from tilesparse.compiler.pipeline import compile_graph
 from tilesparse.frontend import build_graph
 from tilesparse.hw import load_array
@@ -243,3 +243,37 @@ def test_real_input_needs_the_input_exponent():
     prog.meta.pop("input_scale_exp")
     with pytest.raises(SimulationError, match="input_scale_exp"):
         simulate(prog, np.zeros((8, PX, PX), np.float32), progress=False)
+
+
+# ---- 6. partial sums continue in core.res -------------------------------------------------------
+class WideOneByOne(nn.Module):
+    """A 1x1 conv with more input channels than one weight chunk holds (ci split, n_q > 1) and
+    no fused add, so its resident partial sums may continue from core.out into core.res."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(8, 256, 1)
+        self.b = nn.Conv2d(256, 64, 1)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_partial_sums_continue_in_core_res_bit_exact():
+    g = build_graph(WideOneByOne(), input_shape=(1, 8, 16, 16))
+    # accumulators of a 2x16x64 tile: 8 KB; core.out keeps 16 KB − 2 int8 tiles (4 KB): one tile,
+    # core.res (16 KB, no fused add here) two more — a spatial group of three tiles
+    sub = SubVolume(oc=64, ci=64, h=2, w=16)
+    spec = LayerSpec(name="b", kind="conv", inputs=("x",), ci=256, hi=16, wi=16, co=64, ho=16, wo=16,
+                     mask=np.ones((8, 32), bool))
+    hw = load_array("1x1")
+    assert acc_tiles(spec, hw, sub, n_q=4) == 3
+    assert [acc_slot(spec, hw, sub, 4, i) for i in range(4)] == [("out", 0), ("res", 0), ("res", 8192), None]
+    fused = dataclasses.replace(spec, fused_add="add", residual="r")
+    assert acc_tiles(fused, hw, sub, n_q=4) == 1  # a fused add's residual tiles own core.res
+    assert any("only 1 fit in the output buffer (" in w for w in fits(fused, hw, sub, 0, 4, tiles_per_group=2))
+
+    prog = compile_graph(g, "1x1", chooser=lambda node, hw: sub if node.name == "b" else None)
+    rec = next(r for r in prog.layers if r.name == "b")
+    assert (rec.loops["n_q"], rec.loops["tiles_per_group"], rec.loops["n_s"]) == (4, 3, 3)
+    check_bit_exact(g, prog)

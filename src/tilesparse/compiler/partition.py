@@ -38,7 +38,8 @@ __all__ = [
     "Grid",
     "LayerPartition",
     "SubVolume",
-    "acc_capacity",
+    "acc_slot",
+    "acc_tiles",
     "assign_cores",
     "balanced_split",
     "check_coverage",
@@ -241,15 +242,34 @@ def tile_grid(h0: int, h1: int, w0: int, w1: int, th: int, tw: int) -> list[tupl
             for a in range(h0, h1, th) for b in range(w0, w1, tw)]
 
 
-def acc_capacity(hw: ArrayConfig, sub: SubVolume, n_q: int) -> int:
-    """Output-buffer bytes for int32 accumulators. One input-channel chunk: a tile's accumulators
-    in one half (the other half drains the previous tile: ping-pong). Several chunks: the partial
-    sums of every tile of a spatial group stay resident; only the int8 results (a quarter of the
-    size) need ping-pong staging for WRITEFM."""
+def acc_slot(spec: LayerSpec, hw: ArrayConfig, sub: SubVolume, n_q: int, i: int) -> tuple[str, int] | None:
+    """Where the int32 accumulators of iteration ``i``'s tile live: (core region, byte offset), or
+    None if they do not fit (docs/program.md).
+
+    One input-channel chunk: half ``i mod 2`` of ``core.out`` (the other half drains the previous
+    tile: ping-pong). Several chunks: the partial sums of every tile of a spatial group stay
+    resident — tile i at ``i · tile`` in ``core.out`` below the two int8 output tiles kept at its end
+    for WRITEFM, the tiles that do not fit there continue in ``core.res`` when the layer has no
+    fused add (whose residual tiles use ``core.res``)."""
+    tile = sub.h * sub.w * sub.oc * ACC_BYTES
     out = hw.core.output_buffer_bytes
     if n_q == 1:
-        return out // 2
-    return out - 2 * sub.h * sub.w * sub.oc  # two int8 output tiles
+        return ("out", (i % 2) * (out // 2)) if tile <= out // 2 else None
+    in_out = max(0, out - 2 * sub.h * sub.w * sub.oc) // tile
+    if i < in_out:
+        return "out", i * tile
+    in_res = 0 if spec.residual else residual_capacity(hw) // tile
+    return ("res", (i - in_out) * tile) if i - in_out < in_res else None
+
+
+def acc_tiles(spec: LayerSpec, hw: ArrayConfig, sub: SubVolume, n_q: int) -> int:
+    """How many tiles' int32 accumulators can be resident at once (``acc_slot``): 1 or 0 with
+    one input-channel chunk, the spatial group's largest size with several."""
+    tile = sub.h * sub.w * sub.oc * ACC_BYTES
+    out = hw.core.output_buffer_bytes
+    if n_q == 1:
+        return int(tile <= out // 2)
+    return max(0, out - 2 * sub.h * sub.w * sub.oc) // tile + (0 if spec.residual else residual_capacity(hw) // tile)
 
 
 def residual_capacity(hw: ArrayConfig) -> int:
@@ -265,7 +285,7 @@ def fits(spec: LayerSpec, hw: ArrayConfig, sub: SubVolume, weight_chunk_bytes: i
 
     Input tiles and output tiles are double-buffered (ping-pong: half of each buffer per
     iteration); the int32 accumulators of the tiles that wait for further input-channel chunks stay
-    resident in half of the output buffer; a weight chunk fills the weight buffer alone; a fused
+    resident (``acc_slot``: the output buffer, then ``core.res`` if no fused add uses it); a weight chunk fills the weight buffer alone; a fused
     add's int8 residual tile (output-shaped) fills half of ``core.res`` (``residual_capacity``).
     """
     core = hw.core
@@ -278,10 +298,12 @@ def fits(spec: LayerSpec, hw: ArrayConfig, sub: SubVolume, weight_chunk_bytes: i
     in_bytes = spec.n_in * spec.window_positions(sub.h, sub.w) * sub.ci
     if in_bytes > core.input_buffer_bytes // 2:
         why.append(f"input tile {in_bytes} B > half the input buffer ({core.input_buffer_bytes // 2} B)")
-    acc = sub.h * sub.w * sub.oc * ACC_BYTES * (tiles_per_group if n_q > 1 else 1)
-    if acc > acc_capacity(hw, sub, n_q):
-        why.append(f"int32 accumulators {acc} B > {acc_capacity(hw, sub, n_q)} B of the output buffer "
-                   f"({core.output_buffer_bytes} B)")
+    need, room = (tiles_per_group if n_q > 1 else 1), acc_tiles(spec, hw, sub, n_q)
+    if need > room:
+        where = ("half the output buffer" if n_q == 1 else
+                 "the output buffer" + ("" if spec.residual else " and core.res"))
+        why.append(f"int32 accumulators of {need} tile(s) x {sub.h * sub.w * sub.oc * ACC_BYTES} B: only "
+                   f"{room} fit in {where} ({core.output_buffer_bytes} B output buffer)")
     if weight_chunk_bytes > core.weight_buffer_bytes:
         why.append(f"weight chunk {weight_chunk_bytes} B > weight buffer ({core.weight_buffer_bytes} B)")
     return why

@@ -23,7 +23,7 @@ from tilesparse.compiler.partition import (
     Grid,
     LayerPartition,
     SubVolume,
-    acc_capacity,
+    acc_tiles,
     assign_cores,
     fits,
     min_fit_error,
@@ -54,7 +54,10 @@ class LayerPlan:
 
 def _grids(spec: LayerSpec, hw: ArrayConfig) -> list[Grid]:
     out = []
-    axes = ["w"] + (["h"] if spec.wo < hw.cols and spec.ho > spec.wo else []) + ["oc"]
+    # columns split the height when the width is too narrow, or the kernel wider than tall
+    # (a 1×7 window re-reads 6 columns at every vertical cut, none at a horizontal one)
+    by_h = spec.ho > 1 and ((spec.wo < hw.cols and spec.ho > spec.wo) or spec.kernel[1] > spec.kernel[0])
+    axes = ["w"] + (["h"] if by_h else []) + ["oc"]
     n_units = len(oc_units(spec, hw)[0])
     for ax in axes:
         for g_o in range(1, hw.rows + 1):
@@ -152,8 +155,7 @@ def _partition(spec, hw, grid, cores, sub, widx) -> LayerPartition | None:
     ci_need = spec.ci if spec.kind == "conv" and spec.groups == 1 else 0
     n_q = math.ceil(ci_need / sub.ci) if ci_need else 1
     n_tiles = max(-(-(c.h1 - c.h0) // sub.h) * -(-(c.w1 - c.w0) // sub.w) for c in live)
-    acc_tile = sub.h * sub.w * sub.oc * ACC_BYTES
-    g = n_tiles if n_q == 1 else max(1, min(n_tiles, acc_capacity(hw, sub, n_q) // acc_tile))
+    g = n_tiles if n_q == 1 else max(1, min(n_tiles, acc_tiles(spec, hw, sub, n_q)))
     return LayerPartition(spec.name, grid, cores, sub, n_k, n_q, g, n_tiles)
 
 
@@ -206,18 +208,16 @@ def _subvolumes(spec, hw, cores, widx) -> list[SubVolume]:
 
 
 MAX_OC_CHUNKS = 8  # balanced output-channel chunk sizes tried: the core's share / 1 … / 8
-CI_DIVISORS = (1, 2)  # input-channel chunk = the largest that fits, or half (a quarter gains <1 %)
-
-
-TOP_GRIDS = 2  # grids whose every sub-volume is timed after a first pass with one sub-volume each
+CI_DIVISORS = (1, 2, 4)  # input-channel chunk = the largest that fits, or half (a quarter gains <1 %)
 
 
 def plan_layer(spec: LayerSpec, hw: ArrayConfig, in_ddr: tuple[bool, ...], out_ddr: bool,
                chooser: Chooser | None = None, node: object = None) -> LayerPlan:
     """The fastest legal (grid, sub-volume) of ``spec`` under the time model.
 
-    First pass: every grid with its largest-channel sub-volume; second pass: every sub-volume of
-    the ``TOP_GRIDS`` best grids. A ``chooser``'s sub-volume replaces the enumeration (validated).
+    Branch and bound over every grid and sub-volume: grids in the order of their floor
+    (``_GridFloor``), each sub-volume skipped when its floor already loses to the best plan so
+    far. A ``chooser``'s sub-volume replaces the enumeration (validated).
     """
     widx = WeightIndex(spec) if spec.kind == "conv" else None
     forced = chooser(node, hw) if chooser is not None else None
@@ -249,34 +249,101 @@ def _plan_key(spec: LayerSpec, hw: ArrayConfig, in_ddr: tuple[bool, ...], out_dd
 
 
 def _search(spec, hw, in_ddr, out_ddr, forced, widx) -> LayerPlan:
-    ranked: list[tuple[Any, ...]] = []
+    grids = []
     for grid in _grids(spec, hw):
         cores = assign_cores(spec, hw, grid)
         if forced is not None:
             _validate_forced(spec, hw, cores, forced, widx)
+        floor = _GridFloor(spec, hw, cores, widx)
+        grids.append((floor.s, len(grids), grid, cores, floor))
+    grids.sort(key=lambda x: x[:2])
+    # every partition of the grids whose floor can still win, then the time model on them in
+    # the order of their own floors until the floor loses to the best plan (or the budget ends)
+    cands: list[tuple[float, int, LayerPartition]] = []
+    best: LayerPlan | None = None
+    n_evals = 0
+    for gi, (floor_s, _, grid, cores, floor) in enumerate(grids):
+        if best is not None and floor_s >= best.time_s:
+            break
         subs = [forced] if forced is not None else _subvolumes(spec, hw, cores, widx)
-        for i in range(len(subs) - 1, -1, -1):
-            plan = _try(spec, hw, grid, cores, subs.pop(i), in_ddr, out_ddr, widx)
-            if plan is not None:
-                ranked.append((plan.time_s, len(ranked), plan, grid, cores, subs))
-                break
-    if not ranked:
-        raise _no_fit(spec, hw, widx)
-    ranked.sort(key=lambda x: x[:2])
-    best = ranked[0][2]
-    for _, _, _, grid, cores, subs in ranked[:TOP_GRIDS]:
-        fm_s = _input_pass_s(spec, hw, cores)
         for sub in subs:
-            if fm_s * math.ceil(_oc_share(cores) / sub.oc) >= best.time_s:
-                continue  # its LOADFM passes alone take longer than the best so far
-            plan = _try(spec, hw, grid, cores, sub, in_ddr, out_ddr, widx)
-            if plan is not None and plan.time_s < best.time_s:
-                best = plan
+            part = _partition(spec, hw, grid, cores, sub, widx)
+            if part is not None:
+                cands.append((floor.of(part), len(cands), part))
+        if gi == 0 and cands:  # a first plan, so that hopeless grids are not enumerated at all
+            cands.sort(key=lambda c: c[:2])
+            best, n_evals = _best_of(spec, hw, in_ddr, out_ddr, widx, cands, None, 0)
+            cands = cands[n_evals:]
+    cands.sort(key=lambda c: c[:2])
+    best, _ = _best_of(spec, hw, in_ddr, out_ddr, widx, cands, best, n_evals)
+    if best is None:
+        raise _no_fit(spec, hw, widx)
     return best
 
 
-def _oc_share(cores) -> int:
-    return max((c.oc1 - c.oc0 for c in cores if not c.empty), default=1)
+def _best_of(spec, hw, in_ddr, out_ddr, widx, cands, best: LayerPlan | None, n: int
+             ) -> tuple[LayerPlan | None, int]:
+    """The fastest of ``cands`` (sorted by floor) and ``best``, and the timings done so far
+    (``n`` before): stops at the first floor that cannot win, or once ``MAX_EVALS`` timings
+    have cost ``MAX_WORK`` pipeline iterations (small layers are timed exhaustively)."""
+    work = 0
+    for floor_s, _, part in cands:
+        if best is not None and (floor_s >= best.time_s or (n >= MAX_EVALS and work >= MAX_WORK)):
+            break
+        n += 1
+        work += part.n_tiles * part.n_k * part.n_q
+        plan = _evaluate(spec, hw, part, in_ddr, out_ddr, widx)
+        if plan is not None and (best is None or plan.time_s < best.time_s):
+            best = plan
+    return best, n
+
+
+MAX_EVALS = 64  # time-model evaluations per layer at least, in the order of the candidates' floors
+MAX_WORK = 4_000  # ... and at least this many pipeline iterations timed (the cost of an evaluation)
+
+
+class _GridFloor:
+    """Seconds no sub-volume of a grid beats under the time model (0 for layers without weights).
+
+    A core's COMP runs at most at its peak rate and never while its weights refill (rules 2, 5),
+    so the layer takes at least the busiest core's kept MACs at peak plus the LOADWM time of the
+    busiest row — its distinct chunks, each sent at least once per spatial group unless a single
+    chunk stays resident — and at least one LOADFM pass over the input per output-channel chunk
+    (``_input_pass_s``)."""
+
+    def __init__(self, spec: LayerSpec, hw: ArrayConfig, cores, widx: WeightIndex | None):
+        live = [c for c in cores if not c.empty]
+        self.comp = self.stall = self.fm = 0.0
+        if widx is None or not live:
+            self.s = 0.0
+            return
+        oc0, oc1 = np.array([c.oc0 for c in live]), np.array([c.oc1 for c in live])
+        pos = np.array([(c.h1 - c.h0) * (c.w1 - c.w0) for c in live])
+        zero, n_cb = np.zeros(len(live), np.int64), np.full(len(live), widx.n_cb)
+        macs = widx.kept_many(oc0, oc1, zero, n_cb) * spec.taps * pos
+        self.comp = float(macs.max()) / (hw.macs_per_cycle("int8") * hw.clock_hz)
+        nbytes = widx.chunk_bytes_many(oc0, oc1, zero, n_cb, np.ones(len(live), bool))
+        row_bytes: dict[int, dict[int, int]] = {}
+        for c, b in zip(live, nbytes):
+            row_bytes.setdefault(c.row, {})[c.oc_group] = int(b)
+        self.stall = max(sum(d.values()) for d in row_bytes.values()) / hw.links.memtile_to_core_bytes_per_s
+        self.fm = _input_pass_s(spec, hw, cores)
+        distinct = {c.oc_group: int(b) for c, b in zip(live, nbytes)}
+        self.first_lw = sum(distinct.values()) / (hw.cols * hw.links.ddr_to_memtile_bytes_per_s)
+        # LOADW streams every distinct chunk on the column weight channels before the last COMP
+        self.s = max(self.comp + self.stall, self.fm, self.first_lw)
+        self.mt_bw = hw.links.memtile_to_core_bytes_per_s
+
+    def of(self, part: LayerPartition) -> float:
+        """The floor of one partition of the grid: weight reloads per spatial group, input
+        passes per output-channel chunk; plus, as an estimate of the pipeline's ends (to rank
+        the candidates), the first step's weights arriving (an average chunk) and the last
+        output tile leaving."""
+        if not self.s:
+            return 0.0
+        reloads = part.n_s if part.n_k * part.n_q > 1 else 1
+        ends = self.first_lw / (part.n_k * part.n_q) + part.sub.h * part.sub.w * part.sub.oc / self.mt_bw
+        return max(self.comp + reloads * self.stall, part.n_k * self.fm, self.first_lw) + ends
 
 
 def _input_pass_s(spec: LayerSpec, hw: ArrayConfig, cores) -> float:

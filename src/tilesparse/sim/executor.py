@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 
+from tilesparse.compiler.partition import acc_slot
 from tilesparse.quant import rounding as R
 from tilesparse.sim import compute as C
 from tilesparse.sim.accounting import Accounting
@@ -151,19 +152,19 @@ class Executor:
         n = int(np.prod(shape)) * np.dtype(dtype).itemsize
         return self.mem.core_slice(where, core, region, off, n).view(dtype).reshape(shape)
 
-    def _out_slots(self, v: LayerView, i: int) -> tuple[int, int]:
-        """(accumulator offset, int8 tile offset) in core.out for iteration ``i``."""
+    def _out_slots(self, v: LayerView, i: int) -> tuple[tuple[str, int], int]:
+        """((region, accumulator offset), int8 tile offset in core.out) for iteration ``i``
+        (``partition.acc_slot``; docs/program.md)."""
         out = self.hw.core.output_buffer_bytes
         sub = v.part.sub
+        slot = acc_slot(v.spec, self.hw, sub, v.n_q, i)
+        if slot is None:
+            raise SimulationError(f"layer {v.name!r}: the int32 accumulators of tile {i} "
+                                  f"({sub.h * sub.w * sub.oc * 4} B each) fit neither core.out nor core.res")
         if v.n_q == 1:
-            return (i % 2) * (out // 2), (i % 2) * (out // 2)
+            return slot, slot[1]
         t8 = sub.h * sub.w * sub.oc
-        acc_tile = t8 * 4
-        acc_end = out - 2 * t8
-        if (i + 1) * acc_tile > acc_end:
-            raise SimulationError(f"layer {v.name!r}: accumulators of tile {i} end at {(i + 1) * acc_tile} B, "
-                                  f"core.out keeps {acc_end} B for them")
-        return i * acc_tile, acc_end + (i % 2) * t8
+        return slot, out - 2 * t8 + (i % 2) * t8
 
     def _conv(self, v, where, ins, i, core, tile, ch, x, lay):
         cw = v.cores[core]
@@ -175,8 +176,8 @@ class Executor:
         a, b, c, d = tile
         p, oc_t = (b - a) * (d - c), ch[1] - ch[0]
         part, macs = C.conv_tile(x, v.spec, v.window(tile).stride, (b - a, d - c), chunk)
-        acc_off, _ = self._out_slots(v, i)
-        acc_mem = self._core_array(where, core, "out", acc_off, (p, oc_t), np.int32)
+        (acc_region, acc_off), _ = self._out_slots(v, i)
+        acc_mem = self._core_array(where, core, acc_region, acc_off, (p, oc_t), np.int32)
         acc = part if ins.q == 0 else acc_mem.astype(np.int64) + part
         cyc = C.conv_cycles(chunk, p, v.spec.taps, self.hw)
         if not v.last_q(ins.q):

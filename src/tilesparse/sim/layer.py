@@ -66,7 +66,7 @@ class LayerView:
             kernel=_tup(g["kernel"]), stride=_tup(g["stride"]), padding=_tup(g["padding"]),
             dilation=_tup(g["dilation"]), groups=int(g["groups"]), block=_tup(g["block"]))
         if rec.fused_add:  # the residual is an extra buffer, not a second window input
-            self.spec = LayerSpec(**{**self.spec.__dict__, "inputs": ("0",)})
+            self.spec = LayerSpec(**{**self.spec.__dict__, "inputs": ("0",), "residual": "residual"})
         self.cores = tuple(CoreWork(*c) for c in rec.cores)
         lp = rec.loops
         self.part = LayerPartition(rec.name, Grid(**rec.grid), self.cores, SubVolume(**rec.sub),
