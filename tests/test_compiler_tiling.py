@@ -60,3 +60,30 @@ def test_slab_work_and_kept_pairs_match_brute_force(ci, co, k, density, seed, n,
         o0, o1 = sorted(rng.integers(0, co + 1, 2))
         got = w.kept_many(np.array([o0]), np.array([o1]), np.array([c0]), np.array([c1]))[0]
         assert got == kept[o0:o1].sum()
+
+
+def _exhaustive(spec, hw):
+    """The fastest plan over every grid × sub-volume, each timed (no floors, no budget)."""
+    widx = WeightIndex(spec)
+    best = None
+    for grid in tiling._grids(spec, hw):
+        cores = tiling.assign_cores(spec, hw, grid)
+        for sub in tiling._subvolumes(spec, hw, cores, widx):
+            plan = tiling._try(spec, hw, grid, cores, sub, (False,), False, widx)
+            if plan is not None and (best is None or plan.time_s < best.time_s):
+                best = plan
+    return best
+
+
+@settings(max_examples=12, deadline=None)
+@given(ci=st.sampled_from([16, 64, 192]), co=st.sampled_from([16, 96, 256]), h=st.sampled_from([5, 9, 17]),
+       k=st.sampled_from([1, 3]), density=st.sampled_from([0.5, 1.0]), seed=st.integers(0, 3),
+       arr=st.sampled_from(["2x2", "3x2", "5x5"]))
+def test_branch_and_bound_finds_the_exhaustive_optimum(ci, co, h, k, density, seed, arr):
+    """The floors only skip what cannot win: on layers small enough for the budget to allow the
+    whole enumeration, the search returns the exhaustive search's time."""
+    hw = load_array(arr)
+    spec = _spec(ci, co, h, k, density, seed)
+    got = tiling._search(spec, hw, (False,), False, None, WeightIndex(spec))
+    want = _exhaustive(spec, hw)
+    assert got.time_s <= want.time_s * (1 + 1e-9), (got.part.grid, got.part.sub, want.part.grid, want.part.sub)

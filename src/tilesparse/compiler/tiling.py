@@ -178,7 +178,9 @@ def _evaluate(spec, hw, part, in_ddr, out_ddr, widx) -> LayerPlan | None:
     return LayerPlan(spec, part, tab, total, widx, staging, in_ddr, out_ddr)
 
 
-def _subvolumes(spec, hw, cores, widx) -> list[SubVolume]:
+def _subvolumes(spec, hw, cores, widx, memo: dict | None = None) -> list[SubVolume]:
+    """The candidate sub-volumes of a grid (``memo``: tile shapes shared by a layer's grids)."""
+    memo = {} if memo is None else memo
     live = [c for c in cores if not c.empty]
     if not live:
         return []
@@ -203,7 +205,10 @@ def _subvolumes(spec, hw, cores, widx) -> list[SubVolume]:
             ci_t = min(spec.ci, n * spec.block[1]) if full_ci else spec.chunk_ci(oc_t)
             if fits(spec, hw, SubVolume(oc_t, ci_t, 1, 1), 0, 1):
                 continue
-            subs += [SubVolume(oc_t, ci_t, th, tw) for th, tw in _tiles(spec, hw, oc_t, ci_t, hc, wc)]
+            key = (oc_t, ci_t, hc, wc)
+            if key not in memo:
+                memo[key] = _tiles(spec, hw, oc_t, ci_t, hc, wc)
+            subs += [SubVolume(oc_t, ci_t, th, tw) for th, tw in memo[key]]
     return subs
 
 
@@ -261,11 +266,11 @@ def _search(spec, hw, in_ddr, out_ddr, forced, widx) -> LayerPlan:
     # the order of their own floors until the floor loses to the best plan (or the budget ends)
     cands: list[tuple[float, int, LayerPartition]] = []
     best: LayerPlan | None = None
-    n_evals = 0
+    n_evals, tiles_memo = 0, {}
     for gi, (floor_s, _, grid, cores, floor) in enumerate(grids):
         if best is not None and floor_s >= best.time_s:
             break
-        subs = [forced] if forced is not None else _subvolumes(spec, hw, cores, widx)
+        subs = [forced] if forced is not None else _subvolumes(spec, hw, cores, widx, tiles_memo)
         for sub in subs:
             part = _partition(spec, hw, grid, cores, sub, widx)
             if part is not None:
@@ -298,8 +303,8 @@ def _best_of(spec, hw, in_ddr, out_ddr, widx, cands, best: LayerPlan | None, n: 
     return best, n
 
 
-MAX_EVALS = 64  # time-model evaluations per layer at least, in the order of the candidates' floors
-MAX_WORK = 4_000  # ... and at least this many pipeline iterations timed (the cost of an evaluation)
+MAX_EVALS = 40  # time-model evaluations per layer at least, in the order of the candidates' floors
+MAX_WORK = 1_500  # ... and at least this many pipeline iterations timed (the cost of an evaluation)
 
 
 class _GridFloor:
@@ -328,22 +333,29 @@ class _GridFloor:
             row_bytes.setdefault(c.row, {})[c.oc_group] = int(b)
         self.stall = max(sum(d.values()) for d in row_bytes.values()) / hw.links.memtile_to_core_bytes_per_s
         self.fm = _input_pass_s(spec, hw, cores)
-        distinct = {c.oc_group: int(b) for c, b in zip(live, nbytes)}
-        self.first_lw = sum(distinct.values()) / (hw.cols * hw.links.ddr_to_memtile_bytes_per_s)
+        distinct = {c.oc_group: (c.oc0, c.oc1, int(b)) for c, b in zip(live, nbytes)}
+        g = np.array(list(distinct.values()))
+        self.g_oc0, self.g_oc1 = g[:, 0], g[:, 1]
+        self.col_bw = hw.cols * hw.links.ddr_to_memtile_bytes_per_s
         # LOADW streams every distinct chunk on the column weight channels before the last COMP
-        self.s = max(self.comp + self.stall, self.fm, self.first_lw)
-        self.mt_bw = hw.links.memtile_to_core_bytes_per_s
+        self.s = max(self.comp + self.stall, self.fm, float(g[:, 2].sum()) / self.col_bw)
+        self.spec, self.widx = spec, widx
 
     def of(self, part: LayerPartition) -> float:
-        """The floor of one partition of the grid: weight reloads per spatial group, input
-        passes per output-channel chunk; plus, as an estimate of the pipeline's ends (to rank
-        the candidates), the first step's weights arriving (an average chunk) and the last
-        output tile leaving."""
+        """The floor of one partition of the grid: weight reloads per spatial group and input
+        passes per output-channel chunk, after the first step's weights have arrived (its
+        LOADWM and pipeline wait for them)."""
         if not self.s:
             return 0.0
         reloads = part.n_s if part.n_k * part.n_q > 1 else 1
-        ends = self.first_lw / (part.n_k * part.n_q) + part.sub.h * part.sub.w * part.sub.oc / self.mt_bw
-        return max(self.comp + reloads * self.stall, part.n_k * self.fm, self.first_lw) + ends
+        spec, sub = self.spec, part.sub
+        cb1 = (-(-min(sub.ci, spec.ci) // spec.block[1]) if spec.groups == 1 else self.widx.n_cb)
+        oc1 = np.minimum(self.g_oc0 + sub.oc, self.g_oc1)
+        n = len(oc1)
+        first = self.widx.chunk_bytes_many(self.g_oc0, oc1, np.zeros(n, np.int64), np.full(n, cb1),
+                                           np.full(n, part.n_q == 1))
+        return max(float(first.sum()) / self.col_bw + max(self.comp + reloads * self.stall, part.n_k * self.fm),
+                   self.s)
 
 
 def _input_pass_s(spec: LayerSpec, hw: ArrayConfig, cores) -> float:
