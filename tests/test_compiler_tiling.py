@@ -87,3 +87,34 @@ def test_branch_and_bound_finds_the_exhaustive_optimum(ci, co, h, k, density, se
     got = tiling._search(spec, hw, (False,), False, None, WeightIndex(spec))
     want = _exhaustive(spec, hw)
     assert got.time_s <= want.time_s * (1 + 1e-9), (got.part.grid, got.part.sub, want.part.grid, want.part.sub)
+
+
+@settings(max_examples=10, deadline=None)
+@given(c=st.sampled_from([16, 96, 288]), h=st.sampled_from([7, 17, 35]), k=st.sampled_from([2, 3]),
+       stride=st.sampled_from([1, 2]), arr=st.sampled_from(["2x2", "4x3", "8x8"]))
+def test_branch_and_bound_finds_the_exhaustive_optimum_of_pools(c, h, k, stride, arr):
+    """Channel-wise ops have no weights: their floors come from the LOADFM / WRITEFM bytes."""
+    hw = load_array(arr)
+    p = (k - 1) // 2 if stride == 1 else 0
+    ho = (h + 2 * p - k) // stride + 1
+    spec = LayerSpec("P", "maxpool", ("x",), c, h, h, c, ho, ho, (k, k), (stride, stride), (p, p))
+    _check_exhaustive_channelwise(spec, hw)
+
+
+@pytest.mark.parametrize("arr", ["2x2", "4x4", "8x8"])
+def test_branch_and_bound_finds_the_exhaustive_optimum_of_flatten(arr):
+    """A flatten's output channel c·H·W + h·W + w reads input channel c (VGG16's 512×7×7)."""
+    spec = LayerSpec("F", "flatten", ("x",), 512, 7, 7, 512 * 49, 1, 1)
+    _check_exhaustive_channelwise(spec, load_array(arr))
+
+
+def _check_exhaustive_channelwise(spec, hw):
+    got = tiling._search(spec, hw, (False,), False, None, None)
+    best = None
+    for grid in tiling._grids(spec, hw):
+        cores = tiling.assign_cores(spec, hw, grid)
+        for sub in tiling._subvolumes(spec, hw, cores, None):
+            plan = tiling._try(spec, hw, grid, cores, sub, (False,), False, None)
+            if plan is not None and (best is None or plan.time_s < best.time_s):
+                best = plan
+    assert got.time_s <= best.time_s * (1 + 1e-9), (got.part.grid, got.part.sub, best.part.grid, best.part.sub)

@@ -63,8 +63,14 @@ def _grids(spec: LayerSpec, hw: ArrayConfig) -> list[Grid]:
         for g_o in range(1, hw.rows + 1):
             g_s = hw.rows // g_o
             # a grid idling g_s or more rows is dominated by one with a row group more
-            if hw.rows - g_o * g_s < g_s and g_o * (hw.cols if ax == "oc" else 1) <= max(n_units, 1):
+            if g_o * (hw.cols if ax == "oc" else 1) > max(n_units, 1):
+                continue
+            if hw.rows - g_o * g_s < g_s:
                 out.append(Grid(g_o, g_s, ax))
+            # ...except for channel-wise ops (pools, adds, copies): a spatial cut re-reads the
+            # window's halo, and their cores have compute to spare, so idle rows can win
+            if spec.kind != "conv" and g_s > 1:
+                out.append(Grid(g_o, 1, ax))
     return out or [Grid(1, hw.rows, "w")]
 
 
@@ -213,7 +219,7 @@ def _subvolumes(spec, hw, cores, widx, memo: dict | None = None) -> list[SubVolu
 
 
 MAX_OC_CHUNKS = 8  # balanced output-channel chunk sizes tried: the core's share / 1 … / 8
-CI_DIVISORS = (1, 2, 4)  # input-channel chunk = the largest that fits, or half (a quarter gains <1 %)
+CI_DIVISORS = (1, 2, 4)  # input-channel chunk = the largest that fits, a half or a quarter (larger tiles)
 
 
 def plan_layer(spec: LayerSpec, hw: ArrayConfig, in_ddr: tuple[bool, ...], out_ddr: bool,
@@ -308,19 +314,31 @@ MAX_WORK = 1_500  # ... and at least this many pipeline iterations timed (the co
 
 
 class _GridFloor:
-    """Seconds no sub-volume of a grid beats under the time model (0 for layers without weights).
+    """Seconds no sub-volume of a grid beats under the time model.
 
-    A core's COMP runs at most at its peak rate and never while its weights refill (rules 2, 5),
-    so the layer takes at least the busiest core's kept MACs at peak plus the LOADWM time of the
-    busiest row — its distinct chunks, each sent at least once per spatial group unless a single
-    chunk stays resident — and at least one LOADFM pass over the input per output-channel chunk
-    (``_input_pass_s``)."""
+    A channel-wise op (no weights) moves every core's input window (its own channels) and every
+    output byte over its column's channel (LOADFM, WRITEFM). For a conv, a core's COMP runs at most at its peak rate and never while its
+    weights refill (rules 2, 5), so the layer takes at least the busiest core's kept MACs at peak
+    plus the LOADWM time of the busiest row — its distinct chunks, each sent at least once per
+    spatial group unless a single chunk stays resident — and one LOADFM pass over the input per
+    output-channel chunk (``_input_pass_s``), after the first step's weights have arrived."""
 
     def __init__(self, spec: LayerSpec, hw: ArrayConfig, cores, widx: WeightIndex | None):
         live = [c for c in cores if not c.empty]
-        self.comp = self.stall = self.fm = 0.0
-        if widx is None or not live:
-            self.s = 0.0
+        self.spec, self.widx = spec, widx
+        self.comp = self.stall = self.fm = self.s = 0.0
+        if not live:
+            return
+        mt_bw = hw.links.memtile_to_core_bytes_per_s
+        if widx is None:  # channel-wise: each (region, channel group) of a column reads its window
+            in_col, out_col, seen = np.zeros(hw.cols), np.zeros(hw.cols), set()
+            for c in live:
+                out_col[c.col] += c.n_out
+                if (c.col, c.region, c.oc_group) not in seen:
+                    seen.add((c.col, c.region, c.oc_group))
+                    ci0, ci1 = spec.ci_range(c.oc0, c.oc1)
+                    in_col[c.col] += spec.window_positions(c.h1 - c.h0, c.w1 - c.w0) * (ci1 - ci0) * spec.n_in
+            self.s = max(float(in_col.max()), float(out_col.max())) / mt_bw
             return
         oc0, oc1 = np.array([c.oc0 for c in live]), np.array([c.oc1 for c in live])
         pos = np.array([(c.h1 - c.h0) * (c.w1 - c.w0) for c in live])
@@ -331,7 +349,7 @@ class _GridFloor:
         row_bytes: dict[int, dict[int, int]] = {}
         for c, b in zip(live, nbytes):
             row_bytes.setdefault(c.row, {})[c.oc_group] = int(b)
-        self.stall = max(sum(d.values()) for d in row_bytes.values()) / hw.links.memtile_to_core_bytes_per_s
+        self.stall = max(sum(d.values()) for d in row_bytes.values()) / mt_bw
         self.fm = _input_pass_s(spec, hw, cores)
         distinct = {c.oc_group: (c.oc0, c.oc1, int(b)) for c, b in zip(live, nbytes)}
         g = np.array(list(distinct.values()))
@@ -339,14 +357,13 @@ class _GridFloor:
         self.col_bw = hw.cols * hw.links.ddr_to_memtile_bytes_per_s
         # LOADW streams every distinct chunk on the column weight channels before the last COMP
         self.s = max(self.comp + self.stall, self.fm, float(g[:, 2].sum()) / self.col_bw)
-        self.spec, self.widx = spec, widx
 
     def of(self, part: LayerPartition) -> float:
-        """The floor of one partition of the grid: weight reloads per spatial group and input
-        passes per output-channel chunk, after the first step's weights have arrived (its
-        LOADWM and pipeline wait for them)."""
-        if not self.s:
-            return 0.0
+        """The floor of one partition of the grid: for a conv, weight reloads per spatial group
+        and input passes per output-channel chunk, after the first step's weights have arrived
+        (its LOADWM and pipeline wait for them)."""
+        if self.widx is None or not self.s:
+            return self.s
         reloads = part.n_s if part.n_k * part.n_q > 1 else 1
         spec, sub = self.spec, part.sub
         cb1 = (-(-min(sub.ci, spec.ci) // spec.block[1]) if spec.groups == 1 else self.widx.n_cb)
