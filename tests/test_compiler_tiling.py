@@ -1,5 +1,6 @@
-"""The sub-volume search: repeated layers reuse a choice without changing it, and the vectorised
-COMP work tables agree with a brute-force count from the mask."""
+"""The sub-volume search: repeated layers reuse a choice without changing it, the branch and bound
+returns the exhaustive search's optimum (its floors never skip a winner), and the vectorised COMP
+work tables agree with a brute-force count from the mask."""
 
 import dataclasses
 
@@ -62,9 +63,11 @@ def test_slab_work_and_kept_pairs_match_brute_force(ci, co, k, density, seed, n,
         assert got == kept[o0:o1].sum()
 
 
-def _exhaustive(spec, hw):
-    """The fastest plan over every grid × sub-volume, each timed (no floors, no budget)."""
-    widx = WeightIndex(spec)
+def _check_search_is_exhaustive_optimum(spec, hw):
+    """The search's plan is as fast as the fastest over every grid × sub-volume, each timed (no
+    floors, no budget)."""
+    widx = WeightIndex(spec) if spec.kind == "conv" else None
+    got = tiling._search(spec, hw, (False,), False, None, widx)
     best = None
     for grid in tiling._grids(spec, hw):
         cores = tiling.assign_cores(spec, hw, grid)
@@ -72,7 +75,7 @@ def _exhaustive(spec, hw):
             plan = tiling._try(spec, hw, grid, cores, sub, (False,), False, widx)
             if plan is not None and (best is None or plan.time_s < best.time_s):
                 best = plan
-    return best
+    assert got.time_s <= best.time_s * (1 + 1e-9), (got.part.grid, got.part.sub, best.part.grid, best.part.sub)
 
 
 @settings(max_examples=12, deadline=None)
@@ -82,11 +85,7 @@ def _exhaustive(spec, hw):
 def test_branch_and_bound_finds_the_exhaustive_optimum(ci, co, h, k, density, seed, arr):
     """The floors only skip what cannot win: on layers small enough for the budget to allow the
     whole enumeration, the search returns the exhaustive search's time."""
-    hw = load_array(arr)
-    spec = _spec(ci, co, h, k, density, seed)
-    got = tiling._search(spec, hw, (False,), False, None, WeightIndex(spec))
-    want = _exhaustive(spec, hw)
-    assert got.time_s <= want.time_s * (1 + 1e-9), (got.part.grid, got.part.sub, want.part.grid, want.part.sub)
+    _check_search_is_exhaustive_optimum(_spec(ci, co, h, k, density, seed), load_array(arr))
 
 
 @settings(max_examples=10, deadline=None)
@@ -98,23 +97,11 @@ def test_branch_and_bound_finds_the_exhaustive_optimum_of_pools(c, h, k, stride,
     p = (k - 1) // 2 if stride == 1 else 0
     ho = (h + 2 * p - k) // stride + 1
     spec = LayerSpec("P", "maxpool", ("x",), c, h, h, c, ho, ho, (k, k), (stride, stride), (p, p))
-    _check_exhaustive_channelwise(spec, hw)
+    _check_search_is_exhaustive_optimum(spec, hw)
 
 
 @pytest.mark.parametrize("arr", ["2x2", "4x4", "8x8"])
 def test_branch_and_bound_finds_the_exhaustive_optimum_of_flatten(arr):
     """A flatten's output channel c·H·W + h·W + w reads input channel c (VGG16's 512×7×7)."""
     spec = LayerSpec("F", "flatten", ("x",), 512, 7, 7, 512 * 49, 1, 1)
-    _check_exhaustive_channelwise(spec, load_array(arr))
-
-
-def _check_exhaustive_channelwise(spec, hw):
-    got = tiling._search(spec, hw, (False,), False, None, None)
-    best = None
-    for grid in tiling._grids(spec, hw):
-        cores = tiling.assign_cores(spec, hw, grid)
-        for sub in tiling._subvolumes(spec, hw, cores, None):
-            plan = tiling._try(spec, hw, grid, cores, sub, (False,), False, None)
-            if plan is not None and (best is None or plan.time_s < best.time_s):
-                best = plan
-    assert got.time_s <= best.time_s * (1 + 1e-9), (got.part.grid, got.part.sub, best.part.grid, best.part.sub)
+    _check_search_is_exhaustive_optimum(spec, load_array(arr))
