@@ -70,6 +70,8 @@ def test_every_output_computed_exactly_once(ci, co, h, w, k, s, arr, density, se
     for g_o in range(1, hw.rows + 1):
         for ax in ("w", "h", "oc"):
             check_coverage(spec, assign_cores(spec, hw, Grid(g_o, hw.rows // g_o, ax)))
+        for col_h in (d for d in range(2, hw.cols) if hw.cols % d == 0):  # 2-D tilings over the columns
+            check_coverage(spec, assign_cores(spec, hw, Grid(g_o, hw.rows // g_o, "hw", col_h)))
     plan = plan_layer(spec, hw, (False,), False)
     check_coverage(spec, plan.part.cores)
     # the tiles of each core's region cover it exactly once, too

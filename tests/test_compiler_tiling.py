@@ -63,9 +63,11 @@ def test_slab_work_and_kept_pairs_match_brute_force(ci, co, k, density, seed, n,
         assert got == kept[o0:o1].sum()
 
 
-def _check_search_is_exhaustive_optimum(spec, hw):
-    """The search's plan is as fast as the fastest over every grid × sub-volume, each timed (no
-    floors, no budget)."""
+def _check_search_is_exhaustive_optimum(spec, hw, monkeypatch):
+    """Without the evaluation budget, the search's plan is as fast as the fastest over every
+    grid × sub-volume, each timed: its floors never skip a winner."""
+    monkeypatch.setattr(tiling, "MAX_EVALS", 10**9)
+    monkeypatch.setattr(tiling, "MAX_WORK", 10**9)
     widx = WeightIndex(spec) if spec.kind == "conv" else None
     got = tiling._search(spec, hw, (False,), False, None, widx)
     best = None
@@ -83,9 +85,9 @@ def _check_search_is_exhaustive_optimum(spec, hw):
        k=st.sampled_from([1, 3]), density=st.sampled_from([0.5, 1.0]), seed=st.integers(0, 3),
        arr=st.sampled_from(["2x2", "3x2", "5x5"]))
 def test_branch_and_bound_finds_the_exhaustive_optimum(ci, co, h, k, density, seed, arr):
-    """The floors only skip what cannot win: on layers small enough for the budget to allow the
-    whole enumeration, the search returns the exhaustive search's time."""
-    _check_search_is_exhaustive_optimum(_spec(ci, co, h, k, density, seed), load_array(arr))
+    """The floors only skip what cannot win."""
+    with pytest.MonkeyPatch.context() as mp:
+        _check_search_is_exhaustive_optimum(_spec(ci, co, h, k, density, seed), load_array(arr), mp)
 
 
 @settings(max_examples=10, deadline=None)
@@ -97,11 +99,12 @@ def test_branch_and_bound_finds_the_exhaustive_optimum_of_pools(c, h, k, stride,
     p = (k - 1) // 2 if stride == 1 else 0
     ho = (h + 2 * p - k) // stride + 1
     spec = LayerSpec("P", "maxpool", ("x",), c, h, h, c, ho, ho, (k, k), (stride, stride), (p, p))
-    _check_search_is_exhaustive_optimum(spec, hw)
+    with pytest.MonkeyPatch.context() as mp:
+        _check_search_is_exhaustive_optimum(spec, hw, mp)
 
 
 @pytest.mark.parametrize("arr", ["2x2", "4x4", "8x8"])
-def test_branch_and_bound_finds_the_exhaustive_optimum_of_flatten(arr):
+def test_branch_and_bound_finds_the_exhaustive_optimum_of_flatten(arr, monkeypatch):
     """A flatten's output channel c·H·W + h·W + w reads input channel c (VGG16's 512×7×7)."""
     spec = LayerSpec("F", "flatten", ("x",), 512, 7, 7, 512 * 49, 1, 1)
-    _check_search_is_exhaustive_optimum(spec, load_array(arr))
+    _check_search_is_exhaustive_optimum(spec, load_array(arr), monkeypatch)

@@ -277,3 +277,26 @@ def test_partial_sums_continue_in_core_res_bit_exact():
     rec = next(r for r in prog.layers if r.name == "b")
     assert (rec.loops["n_q"], rec.loops["tiles_per_group"], rec.loops["n_s"]) == (4, 3, 3)
     check_bit_exact(g, prog)
+
+
+# ---- 7. columns tiling the map in two dimensions ------------------------------------------------
+class SeventeenSquare(nn.Module):
+    """17×17 maps: over 8 columns a width split gives 3 columns to some and 2 to others; a 2 × 4
+    tiling of the map (9×5 at most) balances them better, and the search takes it."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(8, 64, 3, padding=1)
+        self.b = nn.Conv2d(64, 64, 3, padding=1)
+        self.p = nn.MaxPool2d(3, 1, 1)
+
+    def forward(self, x):
+        return self.p(self.b(torch.relu(self.a(x))))
+
+
+def test_two_dimensional_column_tiling_is_bit_exact():
+    torch.manual_seed(0)
+    g = build_graph(SeventeenSquare(), input_shape=(1, 8, 17, 17))
+    prog = compile_graph(g, "2x8")
+    assert {(r.grid["col_axis"], r.grid["col_h"]) for r in prog.layers} == {("hw", 2)}
+    check_bit_exact(g, prog)

@@ -78,7 +78,8 @@ Chooser = Callable[[object, ArrayConfig], "SubVolume | None"]
 class Grid:
     oc_groups: int  # channel ranges over the rows (times cols when col_axis == "oc")
     sp_groups: int  # spatial slices over the rows
-    col_axis: str  # "w", "h" (columns split space) or "oc" (columns split channels)
+    col_axis: str  # "w", "h", "hw" (columns split space) or "oc" (columns split channels)
+    col_h: int = 1  # "hw": the columns tile the map as col_h slices of height × cols / col_h of width
 
 
 @dataclass(frozen=True)
@@ -199,6 +200,8 @@ def assign_cores(spec: LayerSpec, hw: ArrayConfig, grid: Grid) -> tuple[CoreWork
     rows, cols = hw.rows, hw.cols
     n_oc = grid.oc_groups * (cols if grid.col_axis == "oc" else 1)
     ocr = _oc_ranges(spec, hw, n_oc)
+    if grid.col_axis == "hw":
+        return _assign_2d(spec, hw, grid, ocr)
     if grid.col_axis == "w":
         col_sp, row_sp = split_even(spec.wo, cols), split_even(spec.ho, grid.sp_groups)
     elif grid.col_axis == "h":
@@ -220,6 +223,27 @@ def assign_cores(spec: LayerSpec, hw: ArrayConfig, grid: Grid) -> tuple[CoreWork
             region = s * (len(col_sp) - 1) + cs
             o0, o1 = ocr[ocg]
             cores.append(CoreWork(r, c, o0, o1, h0, h1, w0, w1, ocg, region))
+    return tuple(cores)
+
+
+def _assign_2d(spec: LayerSpec, hw: ArrayConfig, grid: Grid, ocr) -> tuple[CoreWork, ...]:
+    """``col_axis == "hw"``: column c serves the map's tile (c // n_w, c % n_w) of a col_h × n_w
+    tiling (a 17×17 map over 8 columns: 9×5 at most instead of 17×3); the rows of a column split
+    its tile's height into ``sp_groups`` slices."""
+    n_w = hw.cols // grid.col_h
+    hs, ws = split_even(spec.ho, grid.col_h), split_even(spec.wo, n_w)
+    cores = []
+    for r in range(hw.rows):
+        g, s = divmod(r, grid.sp_groups)
+        for c in range(hw.cols):
+            i, j = divmod(c, n_w)
+            if g >= grid.oc_groups:
+                cores.append(CoreWork(r, c, 0, 0, 0, 0, 0, 0, -1, -1))
+                continue
+            sub = split_even(hs[i + 1] - hs[i], grid.sp_groups)
+            o0, o1 = ocr[g]
+            cores.append(CoreWork(r, c, o0, o1, hs[i] + sub[s], hs[i] + sub[s + 1], ws[j], ws[j + 1], g,
+                                  s * hw.cols + c))
     return tuple(cores)
 
 
