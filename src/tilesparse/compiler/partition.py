@@ -276,24 +276,29 @@ def acc_slot(spec: LayerSpec, hw: ArrayConfig, sub: SubVolume, n_q: int, i: int)
     for WRITEFM, the tiles that do not fit there continue in ``core.res`` when the layer has no
     fused add (whose residual tiles use ``core.res``)."""
     tile = sub.h * sub.w * sub.oc * ACC_BYTES
-    out = hw.core.output_buffer_bytes
     if n_q == 1:
-        return ("out", (i % 2) * (out // 2)) if tile <= out // 2 else None
-    in_out = max(0, out - 2 * sub.h * sub.w * sub.oc) // tile
+        half = hw.core.output_buffer_bytes // 2
+        return ("out", (i % 2) * half) if tile <= half else None
+    in_out, in_res = _resident_tiles(spec, hw, sub)
     if i < in_out:
         return "out", i * tile
-    in_res = 0 if spec.residual else residual_capacity(hw) // tile
     return ("res", (i - in_out) * tile) if i - in_out < in_res else None
 
 
 def acc_tiles(spec: LayerSpec, hw: ArrayConfig, sub: SubVolume, n_q: int) -> int:
     """How many tiles' int32 accumulators can be resident at once (``acc_slot``): 1 or 0 with
     one input-channel chunk, the spatial group's largest size with several."""
-    tile = sub.h * sub.w * sub.oc * ACC_BYTES
-    out = hw.core.output_buffer_bytes
     if n_q == 1:
-        return int(tile <= out // 2)
-    return max(0, out - 2 * sub.h * sub.w * sub.oc) // tile + (0 if spec.residual else residual_capacity(hw) // tile)
+        return int(acc_slot(spec, hw, sub, 1, 0) is not None)
+    return sum(_resident_tiles(spec, hw, sub))
+
+
+def _resident_tiles(spec: LayerSpec, hw: ArrayConfig, sub: SubVolume) -> tuple[int, int]:
+    """Accumulator tiles that stay resident with several input-channel chunks: (in ``core.out``
+    below its two int8 tiles, in ``core.res`` unless a fused add's residual tiles use it)."""
+    tile = sub.h * sub.w * sub.oc * ACC_BYTES
+    in_out = max(0, hw.core.output_buffer_bytes - 2 * sub.h * sub.w * sub.oc) // tile
+    return in_out, 0 if spec.residual else residual_capacity(hw) // tile
 
 
 def residual_capacity(hw: ArrayConfig) -> int:
@@ -309,8 +314,8 @@ def fits(spec: LayerSpec, hw: ArrayConfig, sub: SubVolume, weight_chunk_bytes: i
 
     Input tiles and output tiles are double-buffered (ping-pong: half of each buffer per
     iteration); the int32 accumulators of the tiles that wait for further input-channel chunks stay
-    resident (``acc_slot``: the output buffer, then ``core.res`` if no fused add uses it); a weight chunk fills the weight buffer alone; a fused
-    add's int8 residual tile (output-shaped) fills half of ``core.res`` (``residual_capacity``).
+    resident (``acc_slot``: the output buffer, then ``core.res`` if no fused add uses it); a
+    weight chunk fills the weight buffer alone; a fused add's int8 residual tile (output-shaped) fills half of ``core.res`` (``residual_capacity``).
     """
     core = hw.core
     why = []
