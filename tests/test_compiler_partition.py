@@ -12,7 +12,9 @@ from tilesparse.compiler.partition import (
     SubVolume,
     assign_cores,
     balanced_split,
+    capped_split,
     check_coverage,
+    oc_chunks,
     split_even,
     tile_grid,
 )
@@ -47,6 +49,47 @@ def _fits(costs, parts, cap):
             n, acc = n + 1, 0
         acc += c
     return n <= parts
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 30), min_size=1, max_size=12), st.integers(1, 6), st.integers(1, 6))
+def test_capped_split_is_the_optimal_bottleneck_under_the_length_cap(costs, parts, max_len):
+    if parts * max_len < len(costs):
+        with pytest.raises(ValueError, match="do not fit"):
+            capped_split(costs, parts, max_len)
+        return
+    b = capped_split(costs, parts, max_len)
+    assert b[0] == 0 and b[-1] == len(costs) and len(b) == parts + 1 and b == sorted(b)
+    assert max(np.diff(b)) <= max_len
+    worst = max(sum(costs[b[i]:b[i + 1]]) for i in range(parts))
+    assert worst == _best_capped(tuple(costs), parts, max_len)
+
+
+def _best_capped(costs, parts, max_len):
+    """Reference by dynamic programming: the smallest largest-range cost over every split of
+    ``costs`` into at most ``parts`` contiguous ranges of at most ``max_len`` items."""
+    inf = float("inf")
+    n = len(costs)
+    f = [[inf] * (parts + 1) for _ in range(n + 1)]  # f[i][p]: first i items in p ranges
+    f[0] = [0] * (parts + 1)
+    for i in range(1, n + 1):
+        for p in range(1, parts + 1):
+            for j in range(max(0, i - max_len), i):
+                f[i][p] = min(f[i][p], max(f[j][p - 1], sum(costs[j:i])))
+    return f[n][parts]
+
+
+def test_oc_chunks_balance_kept_blocks_within_the_width_cap():
+    # six block rows keeping 2, 2, 2, 1, 1, 1 blocks of a 1x1 conv: every 32 channels (4 rows) the
+    # chunks would hold 7 and 2 blocks; balanced under the 4-row cap they hold 4 and 5
+    mask = np.array([[1, 1]] * 3 + [[1, 0]] * 3, bool)
+    spec = LayerSpec("L", "conv", ("x",), 16, 4, 4, 48, 4, 4, mask=mask)
+    assert oc_chunks(spec, 0, 48, 32, 2) == (0, 16, 48)
+    dense = LayerSpec("L", "conv", ("x",), 16, 4, 4, 48, 4, 4, mask=np.ones((6, 2), bool))
+    assert oc_chunks(dense, 0, 48, 16, 3) == (0, 16, 32, 48)
+    # channel-wise ops and grouped convs keep even chunks
+    pool = LayerSpec("P", "maxpool", ("x",), 48, 4, 4, 48, 4, 4)
+    assert oc_chunks(pool, 8, 48, 16, 3) == (8, 24, 40, 48)
 
 
 def _conv_spec(ci, co, h, w, k, s, density, seed):

@@ -300,3 +300,35 @@ def test_two_dimensional_column_tiling_is_bit_exact():
     prog = compile_graph(g, "2x8")
     assert {(r.grid["col_axis"], r.grid["col_h"]) for r in prog.layers} == {("hw", 2)}
     check_bit_exact(g, prog)
+
+
+# ---- 8. output-channel chunks balanced by kept blocks -------------------------------------------
+class SkewedBlocks(nn.Module):
+    """A 16 → 48 1x1 conv whose last three block rows keep one of their two blocks: cut every 32
+    channels its chunks would hold 7 and 2 blocks; balanced they hold 4 and 5 (16 and 32 channels)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(8, 16, 1)
+        self.b = nn.Conv2d(16, 48, 1)
+        with torch.no_grad():
+            self.b.weight[24:, 8:] = 0
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_chunks_balanced_by_kept_blocks_are_bit_exact():
+    torch.manual_seed(0)
+    g = build_graph(SkewedBlocks(), input_shape=(1, 8, 6, 6))
+    sub = SubVolume(oc=32, ci=16, h=6, w=6)
+    prog = compile_graph(g, "1x1", chooser=lambda node, hw: sub if node.name == "b" else None)
+    rec = next(r for r in prog.layers if r.name == "b")
+    assert [(r[3], r[4]) for r in rec.chunks] == [(0, 16), (16, 48)]
+    check_bit_exact(g, prog)
+    # the simulator takes the chunks from the program, and refuses a row outside its core
+    bad = copy.deepcopy(prog)
+    row = next(r for r in next(x for x in bad.layers if x.name == "b").chunks if r[1] == 1)
+    row[4] = 56
+    with pytest.raises(SimulationError, match="chunk table row"):
+        simulate(bad, quantize_input(g, np.zeros((1, 8, 6, 6), np.float32))[0], progress=False)

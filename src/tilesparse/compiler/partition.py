@@ -21,6 +21,7 @@ Every output element is computed by exactly one core (``check_coverage`` asserts
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,8 +43,10 @@ __all__ = [
     "acc_tiles",
     "assign_cores",
     "balanced_split",
+    "capped_split",
     "check_coverage",
     "fits",
+    "oc_chunks",
     "oc_units",
     "residual_capacity",
     "split_even",
@@ -158,21 +161,86 @@ def _greedy(cum: np.ndarray, cap: float) -> list[int]:
     return bounds
 
 
+def capped_split(costs: Sequence[int], parts: int, max_len: int) -> list[int]:
+    """Boundaries (indices into integer ``costs``) of ``parts`` contiguous ranges of at most
+    ``max_len`` items each, minimising the largest range cost (integer bisection on the
+    bottleneck between the average and an even split's, greedy fill). Ranges may be empty."""
+    n = len(costs)
+    if parts * max_len < n:
+        raise ValueError(f"{n} items do not fit {parts} ranges of at most {max_len}")
+    cum = [0]
+    for c in costs:
+        cum.append(cum[-1] + int(c))
+
+    def greedy(cap: int) -> list[int] | None:
+        b = [0]
+        while b[-1] < n:
+            j = bisect.bisect_right(cum, cum[b[-1]] + cap) - 1
+            b.append(min(max(j, b[-1] + 1), b[-1] + max_len, n))
+            if len(b) - 1 > parts:
+                return None
+        return b
+
+    even = [min(i * max_len, n) for i in range(parts + 1)]  # feasible: cap it from above
+    lo = max(max(costs, default=0), -(-cum[-1] // parts))
+    hi = max(max(cum[b] - cum[a] for a, b in zip(even, even[1:])), lo)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if greedy(mid) is not None else (mid + 1, hi)
+    b = greedy(lo)
+    assert b is not None
+    return b + [n] * (parts + 1 - len(b))
+
+
 def oc_units(spec: LayerSpec, hw: ArrayConfig) -> tuple[list[tuple[int, int]], np.ndarray]:
     """Indivisible output-channel units with their compute cost: block rows of a conv (cost = kept
     input channels × taps, so balance follows the non-zero blocks) or slabs of ``matmul N``
     channels for the other ops (cost = channels)."""
     if spec.kind == "conv":
-        bo = spec.block[0]
-        og = spec.co // spec.groups
-        units = [(g * og + r, min(g * og + r + bo, (g + 1) * og))
-                 for g in range(spec.groups) for r in range(0, og, bo)]
-        kept = spec.kept_channels_per_block_row()
-        cost = np.array([kept[a] * spec.taps + 1e-3 for a, _ in units])  # +eps: empty rows still cost a slot
-        return units, cost
+        return _conv_units(spec)
     n = hw.core.matmul_shape[2]
     units = [(a, min(a + n, spec.co)) for a in range(0, spec.co, n)]
     return units, np.array([b - a for a, b in units], dtype=np.float64)
+
+
+def _conv_units(spec: LayerSpec) -> tuple[list[tuple[int, int]], np.ndarray]:
+    bo = spec.block[0]
+    og = spec.co // spec.groups
+    units = [(g * og + r, min(g * og + r + bo, (g + 1) * og))
+             for g in range(spec.groups) for r in range(0, og, bo)]
+    kept = spec.kept_channels_per_block_row()
+    cost = np.array([kept[a] * spec.taps + 1e-3 for a, _ in units])  # +eps: empty rows still cost a slot
+    return units, cost
+
+
+def oc_chunks(spec: LayerSpec, oc0: int, oc1: int, oc_t: int, n_k: int) -> tuple[int, ...]:
+    """Boundaries of the ``n_k`` output-channel chunks of a core's channels [oc0, oc1), each at
+    most ``oc_t`` wide (``n_k + 1`` values; trailing chunks may be empty).
+
+    The cores of a column compute in lockstep, a step taking as long as its slowest core, so a
+    (non-grouped) conv's chunks are balanced by *kept* blocks — whole block rows, the largest
+    chunk's kept work as small as the width cap allows (``capped_split``) — rather than cut
+    every ``oc_t`` channels, which leaves step k's chunks with random amounts of work under block
+    sparsity. Other layers: every ``oc_t`` channels."""
+    key = (spec.name, id(spec), oc0, oc1, oc_t, n_k)
+    hit = _CHUNK_MEMO.get(key)
+    if hit is not None and hit[0] is spec:
+        return hit[1]
+    bo = spec.block[0]
+    if (spec.kind != "conv" or spec.groups != 1 or spec.mask is None or oc0 % bo or oc_t % bo
+            or oc1 <= oc0):
+        b = tuple(min(oc0 + k * oc_t, oc1) if oc1 > oc0 else oc0 for k in range(n_k + 1))
+    else:
+        kept = spec.kept_channels_per_block_row()[oc0:oc1:bo] * spec.taps
+        cuts = capped_split(kept.tolist(), n_k, oc_t // bo)
+        b = tuple(min(oc0 + i * bo, oc1) for i in cuts)
+    if len(_CHUNK_MEMO) > _OC_MEMO_MAX * 16:
+        _CHUNK_MEMO.clear()
+    _CHUNK_MEMO[key] = (spec, b)  # keep spec alive: its id stays unique
+    return b
+
+
+_CHUNK_MEMO: dict[tuple, tuple[LayerSpec, tuple[int, ...]]] = {}
 
 
 def _oc_ranges(spec: LayerSpec, hw: ArrayConfig, parts: int) -> list[tuple[int, int]]:

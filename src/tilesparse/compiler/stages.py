@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tilesparse.compiler.layers import LayerSpec
-from tilesparse.compiler.partition import ACC_BYTES, CoreWork, LayerPartition, tile_grid
+from tilesparse.compiler.partition import ACC_BYTES, CoreWork, LayerPartition, oc_chunks, tile_grid
 from tilesparse.hw import ArrayConfig
 
-__all__ = ["Step", "WeightIndex", "core_chunk", "layer_steps"]
+__all__ = ["Step", "WeightIndex", "chunk_with_inputs", "core_chunk", "layer_steps"]
 
 PIPE_OPS = ("LOAD", "LOADFM", "COMP", "WRITEFM", "WRITE")
 
@@ -116,12 +116,18 @@ class Step:
 
 def core_chunk(spec: LayerSpec, part: LayerPartition, cw: CoreWork, k: int, q: int
                ) -> tuple[int, int, int, int] | None:
-    """(oc0, oc1, ci0, ci1) core ``cw`` works on in chunk (k, q), or None if it idles.
-    Conv input channels are local to the group (block columns ci0/bi ...)."""
+    """(oc0, oc1, ci0, ci1) core ``cw`` works on in chunk (k, q), or None if it idles
+    (output channels: ``partition.oc_chunks``)."""
     if cw.empty:
         return None
-    o0 = cw.oc0 + k * part.sub.oc
-    o1 = min(o0 + part.sub.oc, cw.oc1)
+    o0, o1 = oc_chunks(spec, cw.oc0, cw.oc1, part.sub.oc, part.n_k)[k:k + 2]
+    return chunk_with_inputs(spec, part, o0, o1, q)
+
+
+def chunk_with_inputs(spec: LayerSpec, part: LayerPartition, o0: int, o1: int, q: int
+                      ) -> tuple[int, int, int, int] | None:
+    """(oc0, oc1, ci0, ci1) of output channels [o0, o1) in input-channel chunk q, or None if
+    empty. Conv input channels are local to the group (block columns ci0/bi ...)."""
     if o1 <= o0:
         return None
     if spec.kind == "conv" and spec.groups == 1:
@@ -137,9 +143,8 @@ def core_chunk(spec: LayerSpec, part: LayerPartition, cw: CoreWork, k: int, q: i
 
 def _group_chunks(spec: LayerSpec, part: LayerPartition, reps: list[CoreWork]):
     """Per (k, group): output-channel chunk bounds; per (k, q, group): input-channel chunk bounds."""
-    oc0 = np.array([c.oc0 for c in reps])[None, :] + part.sub.oc * np.arange(part.n_k)[:, None]
-    oc1 = np.minimum(oc0 + part.sub.oc, np.array([c.oc1 for c in reps])[None, :])
-    oc0 = np.minimum(oc0, oc1)  # K × G, empty (oc0 == oc1) where the group has fewer chunks
+    b = np.array([oc_chunks(spec, c.oc0, c.oc1, part.sub.oc, part.n_k) for c in reps], dtype=np.int64).T
+    oc0, oc1 = b[:-1], b[1:]  # K × G, empty (oc0 == oc1) where the group has fewer chunks
     if spec.kind == "conv" and spec.groups == 1:
         c0 = part.sub.ci * np.arange(part.n_q)
         c1 = np.minimum(c0 + part.sub.ci, spec.ci)

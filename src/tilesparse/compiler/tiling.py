@@ -27,6 +27,7 @@ from tilesparse.compiler.partition import (
     assign_cores,
     fits,
     min_fit_error,
+    oc_chunks,
     oc_units,
 )
 from tilesparse.compiler.stages import StepTable, WeightIndex, layer_steps
@@ -90,13 +91,17 @@ def _unit(spec: LayerSpec, hw: ArrayConfig) -> int:
     return spec.block[0] if spec.kind == "conv" else hw.core.matmul_shape[2]
 
 
-def _chunk_bounds(cores: tuple[CoreWork, ...], oc_t: int) -> list[tuple[int, int]]:
+def _chunk_bounds(spec: LayerSpec, cores: tuple[CoreWork, ...], oc_t: int) -> list[tuple[int, int]]:
+    """Every distinct non-empty output-channel chunk of the cores (``oc_chunks``)."""
+    live = [cw for cw in cores if not cw.empty]
+    n_k = max((-(-(cw.oc1 - cw.oc0) // oc_t) for cw in live), default=0)
     seen, out = set(), []
-    for cw in cores:
-        if cw.empty or cw.oc_group in seen:
+    for cw in live:
+        if cw.oc_group in seen:
             continue
         seen.add(cw.oc_group)
-        out += [(a, min(a + oc_t, cw.oc1)) for a in range(cw.oc0, cw.oc1, oc_t)]
+        b = oc_chunks(spec, cw.oc0, cw.oc1, oc_t, n_k)
+        out += [(a, z) for a, z in zip(b, b[1:]) if z > a]
     return out
 
 
@@ -211,7 +216,7 @@ def _subvolumes(spec, hw, cores, widx, memo: dict | None = None) -> list[SubVolu
                  | {unit * -(-oc_max // (n * unit)) for n in range(1, MAX_OC_CHUNKS + 1)})
     subs = []
     for oc_t in ocs:
-        nb = _ci_blocks(spec, hw, widx, _chunk_bounds(tuple(live), oc_t), oc_t)
+        nb = _ci_blocks(spec, hw, widx, _chunk_bounds(spec, tuple(live), oc_t), oc_t)
         if nb is None:
             continue
         full_ci = spec.kind == "conv" and spec.groups == 1
@@ -379,7 +384,7 @@ class _GridFloor:
         reloads = part.n_s if part.n_k * part.n_q > 1 else 1
         spec, sub = self.spec, part.sub
         cb1 = (-(-min(sub.ci, spec.ci) // spec.block[1]) if spec.groups == 1 else self.widx.n_cb)
-        oc1 = np.minimum(self.g_oc0 + sub.oc, self.g_oc1)
+        oc1 = np.array([oc_chunks(spec, int(a), int(z), sub.oc, part.n_k)[1] for a, z in zip(self.g_oc0, self.g_oc1)])
         n = len(oc1)
         first = self.widx.chunk_bytes_many(self.g_oc0, oc1, np.zeros(n, np.int64), np.full(n, cb1),
                                            np.full(n, part.n_q == 1))
@@ -432,7 +437,7 @@ def _validate_forced(spec, hw, cores, sub, widx) -> None:
     chunk = 0
     if widx is not None and live:
         nb = max(1, math.ceil(min(sub.ci, spec.ci) / spec.block[1])) if spec.groups == 1 else widx.n_cb
-        chunk = _max_chunk(widx, _chunk_bounds(live, sub.oc), nb)
+        chunk = _max_chunk(widx, _chunk_bounds(spec, live, sub.oc), nb)
     why = fits(spec, hw, sub, chunk, 1)
     if why:
         raise CapacityError(f"layer {spec.name!r}: chooser's sub-volume {sub} does not fit: " + "; ".join(why))

@@ -20,7 +20,8 @@ from tilesparse.compiler.partition import (
     tile_grid,
 )
 from tilesparse.compiler.program import LayerRecord
-from tilesparse.compiler.stages import core_chunk
+from tilesparse.compiler.stages import chunk_with_inputs, core_chunk
+from tilesparse.sim.memory import SimulationError
 
 __all__ = ["ELEMENTWISE", "LayerView", "Window"]
 
@@ -83,8 +84,21 @@ class LayerView:
 
     # ---- per step ---------------------------------------------------------------------------
     def chunk(self, core: int, k: int, q: int) -> tuple[int, int, int, int] | None:
-        """(oc0, oc1, ci0, ci1) core ``core`` works on in chunk (k, q), None if it idles."""
-        return core_chunk(self.spec, self.part, self.cores[core], k, q)
+        """(oc0, oc1, ci0, ci1) core ``core`` works on in chunk (k, q), None if it idles. A conv's
+        output channels come from the program's chunk table (the compiler balances them by kept
+        blocks, ``partition.oc_chunks``, from a mask the program does not carry)."""
+        cw = self.cores[core]
+        if self.kind != "conv" or cw.empty:
+            return core_chunk(self.spec, self.part, cw, k, q)
+        row = self.chunk_rows.get((cw.oc_group, k, q))
+        if row is None:
+            return None
+        o0, o1 = int(row[3]), int(row[4])
+        if not cw.oc0 <= o0 < o1 <= cw.oc1 or o1 - o0 > self.part.sub.oc:
+            raise SimulationError(f"layer {self.name!r}: chunk table row {(cw.oc_group, k, q)} has output "
+                                  f"channels [{o0}, {o1}), outside core {cw.row},{cw.col}'s [{cw.oc0}, "
+                                  f"{cw.oc1}) or wider than sub.oc = {self.part.sub.oc}")
+        return chunk_with_inputs(self.spec, self.part, o0, o1, q)
 
     def tile(self, core: int, s: int, i: int) -> tuple[int, int, int, int] | None:
         """Output tile (h0, h1, w0, w1) of iteration ``i`` of spatial group ``s``, None if idle."""
