@@ -14,6 +14,7 @@ from tilesparse.compiler.partition import (
     balanced_split,
     capped_split,
     check_coverage,
+    col_tiles,
     oc_chunks,
     split_even,
     tile_grid,
@@ -113,7 +114,7 @@ def test_every_output_computed_exactly_once(ci, co, h, w, k, s, arr, density, se
     for g_o in range(1, hw.rows + 1):
         for ax in ("w", "h", "oc"):
             check_coverage(spec, assign_cores(spec, hw, Grid(g_o, hw.rows // g_o, ax)))
-        for col_h in (d for d in range(2, hw.cols) if hw.cols % d == 0):  # 2-D tilings over the columns
+        for col_h in range(2, hw.cols):  # 2-D tilings over the columns
             check_coverage(spec, assign_cores(spec, hw, Grid(g_o, hw.rows // g_o, "hw", col_h)))
     plan = plan_layer(spec, hw, (False,), False)
     check_coverage(spec, plan.part.cores)
@@ -122,6 +123,20 @@ def test_every_output_computed_exactly_once(ci, co, h, w, k, s, arr, density, se
         if not cw.empty:
             tiles = tile_grid(cw.h0, cw.h1, cw.w0, cw.w1, plan.part.sub.h, plan.part.sub.w)
             assert sum((b - a) * (d - c) for a, b, c, d in tiles) == (cw.h1 - cw.h0) * (cw.w1 - cw.w0)
+
+
+@pytest.mark.parametrize("ho,wo,cols,col_h,busiest", [
+    (8, 8, 7, 2, 10),  # 5 rows of 2x4 columns above 3 rows of 3 (3, 3, 2 wide): 10, not 8 x 2 = 16
+    (17, 17, 8, 2, 45),  # 8 and 9 rows of 4 columns (5, 4, 4, 4 wide)
+    (7, 7, 3, 2, 20),  # 5 rows of 2 columns (4, 3 wide) above 2 rows of one: 20, not 7 x 3 = 21
+])
+def test_col_tiles_cover_the_map_and_balance_the_columns(ho, wo, cols, col_h, busiest):
+    tiles = col_tiles(ho, wo, cols, col_h)
+    count = np.zeros((ho, wo), int)
+    for a, b, c, d in tiles:
+        count[a:b, c:d] += 1
+    assert len(tiles) == cols and (count == 1).all()
+    assert max((b - a) * (d - c) for a, b, c, d in tiles) == busiest
 
 
 def test_coverage_check_catches_a_gap():

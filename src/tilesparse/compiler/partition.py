@@ -45,6 +45,7 @@ __all__ = [
     "balanced_split",
     "capped_split",
     "check_coverage",
+    "col_tiles",
     "fits",
     "oc_chunks",
     "oc_units",
@@ -82,7 +83,7 @@ class Grid:
     oc_groups: int  # channel ranges over the rows (times cols when col_axis == "oc")
     sp_groups: int  # spatial slices over the rows
     col_axis: str  # "w", "h", "hw" (columns split space) or "oc" (columns split channels)
-    col_h: int = 1  # "hw": the columns tile the map as col_h slices of height × cols / col_h of width
+    col_h: int = 1  # "hw": the columns tile the map in col_h bands of height (``col_tiles``)
 
 
 @dataclass(frozen=True)
@@ -294,24 +295,51 @@ def assign_cores(spec: LayerSpec, hw: ArrayConfig, grid: Grid) -> tuple[CoreWork
     return tuple(cores)
 
 
+def col_tiles(ho: int, wo: int, cols: int, col_h: int) -> list[tuple[int, int, int, int]]:
+    """``col_axis == "hw"``: the (h0, h1, w0, w1) map tile of every column. The map is cut into
+    ``col_h`` horizontal bands holding ``split_even(cols, col_h)`` columns each, a band's width
+    split evenly over its columns, and band heights chosen so that the busiest column has as few
+    positions as possible: 17×17 over 8 columns as 2 bands of 4 (9×5 at most instead of 17×3);
+    8×8 over 7 columns as 5 rows of 2×4 above 3 rows of 3×3 (10 positions instead of 16)."""
+    n = np.diff(split_even(cols, col_h))
+    w = -(-wo // n)  # the widest column of each band
+
+    def rows_under(cap: int) -> np.ndarray:
+        return np.maximum(cap // w, 0)
+
+    lo, hi = 1, int(ho * w.max())
+    while lo < hi:  # the smallest busiest-column load whose bands can hold every row
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if rows_under(mid).sum() >= ho else (mid + 1, hi)
+    rows = rows_under(lo)
+    extra = int(rows.sum()) - ho
+    for i in np.argsort(-rows * w, kind="stable"):  # hand back surplus rows, busiest bands first
+        give = min(extra, int(rows[i]))
+        rows[i] -= give
+        extra -= give
+    hb = np.r_[0, np.cumsum(rows)]
+    out = []
+    for i, k in enumerate(n):
+        ws = split_even(wo, int(k))
+        out += [(int(hb[i]), int(hb[i + 1]), ws[j], ws[j + 1]) for j in range(k)]
+    return out
+
+
 def _assign_2d(spec: LayerSpec, hw: ArrayConfig, grid: Grid, ocr) -> tuple[CoreWork, ...]:
-    """``col_axis == "hw"``: column c serves the map's tile (c // n_w, c % n_w) of a col_h × n_w
-    tiling (a 17×17 map over 8 columns: 9×5 at most instead of 17×3); the rows of a column split
-    its tile's height into ``sp_groups`` slices."""
-    n_w = hw.cols // grid.col_h
-    hs, ws = split_even(spec.ho, grid.col_h), split_even(spec.wo, n_w)
+    """``col_axis == "hw"``: column c serves map tile c of ``col_tiles``; the rows of a column
+    split its tile's height into ``sp_groups`` slices."""
+    tiles = col_tiles(spec.ho, spec.wo, hw.cols, grid.col_h)
     cores = []
     for r in range(hw.rows):
         g, s = divmod(r, grid.sp_groups)
         for c in range(hw.cols):
-            i, j = divmod(c, n_w)
-            if g >= grid.oc_groups:
+            h0, h1, w0, w1 = tiles[c]
+            if g >= grid.oc_groups or h1 <= h0 or w1 <= w0:
                 cores.append(CoreWork(r, c, 0, 0, 0, 0, 0, 0, -1, -1))
                 continue
-            sub = split_even(hs[i + 1] - hs[i], grid.sp_groups)
+            sub = split_even(h1 - h0, grid.sp_groups)
             o0, o1 = ocr[g]
-            cores.append(CoreWork(r, c, o0, o1, hs[i] + sub[s], hs[i] + sub[s + 1], ws[j], ws[j + 1], g,
-                                  s * hw.cols + c))
+            cores.append(CoreWork(r, c, o0, o1, h0 + sub[s], h0 + sub[s + 1], w0, w1, g, s * hw.cols + c))
     return tuple(cores)
 
 

@@ -25,6 +25,7 @@ from tilesparse.compiler.partition import (
     SubVolume,
     acc_tiles,
     assign_cores,
+    col_tiles,
     fits,
     min_fit_error,
     oc_chunks,
@@ -77,8 +78,8 @@ def _grids(spec: LayerSpec, hw: ArrayConfig) -> list[Grid]:
     one_d = spec.ho * -(-spec.wo // hw.cols)  # the busiest column's positions, width split
     if spec.wo % hw.cols and spec.ho > 1:
         for col_h in range(2, min(hw.cols, spec.ho + 1)):
-            two_d = -(-spec.ho // col_h) * -(-spec.wo // (hw.cols // col_h))
-            if hw.cols % col_h or two_d > 0.95 * one_d:
+            two_d = max((b - a) * (d - c) for a, b, c, d in col_tiles(spec.ho, spec.wo, hw.cols, col_h))
+            if two_d > 0.95 * one_d:
                 continue  # only tilings that balance the columns' positions clearly better
             for g_o in range(1, hw.rows + 1):
                 g_s = hw.rows // g_o
