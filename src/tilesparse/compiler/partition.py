@@ -299,8 +299,9 @@ def col_tiles(ho: int, wo: int, cols: int, col_h: int) -> list[tuple[int, int, i
     """``col_axis == "hw"``: the (h0, h1, w0, w1) map tile of every column. The map is cut into
     ``col_h`` horizontal bands holding ``split_even(cols, col_h)`` columns each, a band's width
     split evenly over its columns, and band heights chosen so that the busiest column has as few
-    positions as possible: 17×17 over 8 columns as 2 bands of 4 (9×5 at most instead of 17×3);
-    8×8 over 7 columns as 5 rows of 2×4 above 3 rows of 3×3 (10 positions instead of 16)."""
+    positions as possible: 17×17 over 8 columns as 2 bands of 4 columns (9×5 at most instead of
+    17×3) or 3 bands of 3, 3 and 2 (42 positions at most); 8×8 over 7 columns as a 5-row band of 4
+    columns 2 wide above a 3-row band of 3 columns 3, 3 and 2 wide (10 positions instead of 16)."""
     n = np.diff(split_even(cols, col_h))
     w = -(-wo // n)  # the widest column of each band
 

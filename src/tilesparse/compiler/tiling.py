@@ -74,7 +74,7 @@ def _grids(spec: LayerSpec, hw: ArrayConfig) -> list[Grid]:
             if spec.kind != "conv" and g_s > 1:
                 out.append(Grid(g_o, 1, ax))
     # a width that does not divide over the columns (17 over 8: 3 vs 2.1 on average) balances
-    # better as a 2-D tiling of the map over the columns (9×5 vs 36 positions on average)
+    # better as a tiling of the map in bands over the columns (col_tiles: 42 vs 36 on average)
     one_d = spec.ho * -(-spec.wo // hw.cols)  # the busiest column's positions, width split
     if spec.wo % hw.cols and spec.ho > 1:
         for col_h in range(2, min(hw.cols, spec.ho + 1)):
