@@ -52,6 +52,15 @@ def _fits(costs, parts, cap):
     return n <= parts
 
 
+def test_oc_split_keeps_the_widest_range_narrow_at_the_same_bottleneck():
+    # block rows keeping 4, 2, 1, 1 blocks over 4 rows of cores: 1, 2, 1, 0 block rows would have
+    # the same bottleneck (4) but a 16-channel range, which halves the accumulator tile
+    mask = np.array([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0], [1, 0, 0, 0]], bool)
+    spec = LayerSpec("L", "conv", ("x",), 32, 8, 8, 32, 8, 8, mask=mask)
+    cores = assign_cores(spec, load_array("4x1"), Grid(4, 1, "w"))
+    assert [(c.oc0, c.oc1) for c in cores] == [(0, 8), (8, 16), (16, 24), (24, 32)]
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.integers(0, 30), min_size=1, max_size=12), st.integers(1, 6), st.integers(1, 6))
 def test_capped_split_is_the_optimal_bottleneck_under_the_length_cap(costs, parts, max_len):

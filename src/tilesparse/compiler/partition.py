@@ -152,13 +152,15 @@ def balanced_split(costs: Sequence[float] | np.ndarray, parts: int) -> list[int]
     return b + [len(c)] * (parts + 1 - len(b))
 
 
-def _greedy(cum: np.ndarray, cap: float) -> list[int]:
-    """Boundaries of the greedy fill of ranges with cost at most ``cap``."""
+def _greedy(cum: np.ndarray, cap: float, width: int | None = None) -> list[int]:
+    """Boundaries of the greedy fill of ranges with cost at most ``cap`` (and at most ``width``
+    items, if given)."""
     bounds = [0]
     n = len(cum) - 1
     while bounds[-1] < n:
         nxt = int(np.searchsorted(cum, cum[bounds[-1]] + cap * (1 + 1e-12), side="right")) - 1
-        bounds.append(max(nxt, bounds[-1] + 1))
+        nxt = max(nxt, bounds[-1] + 1)
+        bounds.append(nxt if width is None else min(nxt, bounds[-1] + width))
     return bounds
 
 
@@ -260,6 +262,16 @@ _OC_MEMO_MAX = 4096  # entries; a network has a few hundred (layer × part count
 def _oc_ranges_uncached(spec: LayerSpec, hw: ArrayConfig, parts: int) -> list[tuple[int, int]]:
     units, cost = oc_units(spec, hw)
     b = balanced_split(cost, parts)
+    # among the splits with that bottleneck, the one with the narrowest widest range: the widest
+    # range sets the accumulator tile (sub.oc), so 4 block rows over 4 groups go 1, 1, 1, 1 even
+    # when 1, 1, 2, 0 costs the same
+    cum = np.r_[0.0, np.cumsum(cost)]
+    cap = max(cum[z] - cum[a] for a, z in zip(b, b[1:])) * (1 + 1e-9)
+    for width in range(-(-len(units) // parts), max(np.diff(b))):
+        fill = _greedy(cum, cap, width)
+        if len(fill) - 1 <= parts:
+            b = fill + [len(units)] * (parts + 1 - len(fill))
+            break
     return [(units[b[i]][0], units[b[i + 1] - 1][1]) if b[i + 1] > b[i] else (0, 0)
             for i in range(parts)]
 

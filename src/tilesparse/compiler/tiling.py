@@ -77,15 +77,19 @@ def _grids(spec: LayerSpec, hw: ArrayConfig) -> list[Grid]:
     # better as a tiling of the map in bands over the columns (col_tiles: 42 vs 36 on average)
     one_d = spec.ho * -(-spec.wo // hw.cols)  # the busiest column's positions, width split
     if spec.wo % hw.cols and spec.ho > 1:
-        for col_h in range(2, min(hw.cols, spec.ho + 1)):
-            two_d = max((b - a) * (d - c) for a, b, c, d in col_tiles(spec.ho, spec.wo, hw.cols, col_h))
-            if two_d > 0.95 * one_d:
-                continue  # only tilings that balance the columns' positions clearly better
+        busiest = {col_h: max((b - a) * (d - c) for a, b, c, d in col_tiles(spec.ho, spec.wo, hw.cols, col_h))
+                   for col_h in range(2, min(hw.cols, spec.ho + 1))}
+        # only tilings that balance the columns' positions clearly better; the best two
+        bands = sorted((n, col_h) for col_h, n in busiest.items() if n <= 0.95 * one_d)[:BAND_CHOICES]
+        for _, col_h in bands:
             for g_o in range(1, hw.rows + 1):
                 g_s = hw.rows // g_o
                 if hw.rows - g_o * g_s < g_s and g_o <= max(n_units, 1):
                     out.append(Grid(g_o, g_s, "hw", col_h))
     return out or [Grid(1, hw.rows, "w")]
+
+
+BAND_CHOICES = 2  # band counts of the column tiling tried per layer (the two most balanced)
 
 
 def _unit(spec: LayerSpec, hw: ArrayConfig) -> int:
