@@ -349,6 +349,7 @@ class _GridFloor:
         live = [c for c in cores if not c.empty]
         self.spec, self.widx = spec, widx
         self.comp = self.stall = self.fm = self.s = 0.0
+        self.first: dict[tuple, float] = {}  # of(): first-step LOADW bytes by (oc, n_k, ci blocks, n_q == 1)
         if not live:
             return
         mt_bw = hw.links.memtile_to_core_bytes_per_s
@@ -389,11 +390,15 @@ class _GridFloor:
         reloads = part.n_s if part.n_k * part.n_q > 1 else 1
         spec, sub = self.spec, part.sub
         cb1 = (-(-min(sub.ci, spec.ci) // spec.block[1]) if spec.groups == 1 else self.widx.n_cb)
-        oc1 = np.array([oc_chunks(spec, int(a), int(z), sub.oc, part.n_k)[1] for a, z in zip(self.g_oc0, self.g_oc1)])
-        n = len(oc1)
-        first = self.widx.chunk_bytes_many(self.g_oc0, oc1, np.zeros(n, np.int64), np.full(n, cb1),
-                                           np.full(n, part.n_q == 1))
-        return max(float(first.sum()) / self.col_bw + max(self.comp + reloads * self.stall, part.n_k * self.fm),
+        key = (sub.oc, part.n_k, cb1, part.n_q == 1)
+        if key not in self.first:  # the first step's chunks, one per oc group
+            oc1 = np.array([oc_chunks(spec, int(a), int(z), sub.oc, part.n_k)[1]
+                            for a, z in zip(self.g_oc0, self.g_oc1)])
+            n = len(oc1)
+            self.first[key] = float(self.widx.chunk_bytes_many(
+                self.g_oc0, oc1, np.zeros(n, np.int64), np.full(n, cb1), np.full(n, part.n_q == 1)).sum())
+        first = self.first[key]
+        return max(first / self.col_bw + max(self.comp + reloads * self.stall, part.n_k * self.fm),
                    self.s)
 
 
