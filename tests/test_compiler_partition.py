@@ -75,6 +75,23 @@ def test_capped_split_is_the_optimal_bottleneck_under_the_length_cap(costs, part
     assert worst == _best_capped(tuple(costs), parts, max_len)
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 4), min_size=1, max_size=10), st.integers(1, 4), st.integers(1, 5),
+       st.sampled_from([1, 9]))
+def test_oc_chunks_cover_the_range_and_balance_kept_work(kept, n_k, width, taps):
+    n = len(kept)
+    if n_k * width < n:
+        return  # the compiler never asks for fewer chunks than the width cap needs
+    mask = np.array([[j < c for j in range(4)] for c in kept], bool)  # block row r keeps kept[r] blocks
+    k = int(taps ** 0.5)
+    spec = LayerSpec("L", "conv", ("x",), 32, 4, 4, 8 * n, 4, 4, (k, k), padding=(k // 2, k // 2), mask=mask)
+    b = oc_chunks(spec, 0, 8 * n, 8 * width, n_k)
+    assert b[0] == 0 and b[-1] == 8 * n and len(b) == n_k + 1 and list(b) == sorted(b)
+    assert all(0 <= z - a <= 8 * width for a, z in zip(b, b[1:]))
+    worst = max(sum(kept[a // 8:z // 8]) for a, z in zip(b, b[1:]))
+    assert worst == _best_capped(tuple(kept), n_k, width)  # kept work is kept blocks × 8 × taps
+
+
 def _best_capped(costs, parts, max_len):
     """Reference by dynamic programming: the smallest largest-range cost over every split of
     ``costs`` into at most ``parts`` contiguous ranges of at most ``max_len`` items."""

@@ -327,10 +327,42 @@ def test_chunks_balanced_by_kept_blocks_are_bit_exact():
     prog = compile_graph(g, "1x1", chooser=lambda node, hw: sub if node.name == "b" else None)
     rec = next(r for r in prog.layers if r.name == "b")
     assert [(r[3], r[4]) for r in rec.chunks] == [(0, 16), (16, 48)]
-    check_bit_exact(g, prog)
-    # the simulator takes the chunks from the program, and refuses a row outside its core
-    bad = copy.deepcopy(prog)
-    row = next(r for r in next(x for x in bad.layers if x.name == "b").chunks if r[1] == 1)
-    row[4] = 56
-    with pytest.raises(SimulationError, match="chunk table row"):
-        simulate(bad, quantize_input(g, np.zeros((1, 8, 6, 6), np.float32))[0], progress=False)
+    rep = check_bit_exact(g, prog)
+    assert all(a.ok and a.cycles_ok for a in rep.sim.accounts), [a.notes for a in rep.sim.accounts]
+    # the simulator takes the chunks from the program: a row that leaves channels uncomputed (k = 1
+    # repeating k = 0's) or reaches past its core is refused, not run
+    x = quantize_input(g, np.zeros((1, 8, 6, 6), np.float32))[0]
+    for o0, o1 in [(0, 16), (16, 56)]:
+        bad = copy.deepcopy(prog)
+        row = next(r for r in next(x for x in bad.layers if x.name == "b").chunks if r[1] == 1)
+        row[3], row[4] = o0, o1
+        with pytest.raises(SimulationError, match="chunk rows of oc group 0"):
+            simulate(bad, x, progress=False)
+
+
+class FourWideBlocks(nn.Module):
+    """4×8 blocks: chunks cut at 4-channel block rows need not align with the 8-channel slabs of
+    the matmul unit, and COMP counts slabs from each chunk's first channel on both sides."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(8, 24, 1)
+        self.b = nn.Conv2d(24, 36, 3, padding=1)
+        with torch.no_grad():
+            self.b.weight[4:12, 8:] = 0
+            self.b.weight[20:28, :16] = 0
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_chunks_not_aligned_to_slabs_time_as_simulated():
+    torch.manual_seed(0)
+    g = build_graph(FourWideBlocks(), input_shape=(1, 8, 5, 5), block=(4, 8))
+    sub = SubVolume(oc=20, ci=24, h=5, w=5)  # chunks [0, 20) and [20, 36)
+    prog = compile_graph(g, "1x1", chooser=lambda node, hw: sub if node.name == "b" else None)
+    rec = next(r for r in prog.layers if r.name == "b")
+    assert any(r[3] % 8 or r[4] % 8 for r in rec.chunks)  # some chunk starts or ends inside a slab
+    rep = check_bit_exact(g, prog)
+    assert all(a.cycles_ok for a in rep.sim.accounts), [(a.name, a.sim_cycles, a.model_cycles)
+                                                        for a in rep.sim.accounts]

@@ -221,17 +221,21 @@ def oc_chunks(spec: LayerSpec, oc0: int, oc1: int, oc_t: int, n_k: int) -> tuple
     most ``oc_t`` wide (``n_k + 1`` values; trailing chunks may be empty).
 
     The cores of a column compute in lockstep, a step taking as long as its slowest core, so a
-    (non-grouped) conv's chunks are balanced by *kept* blocks — whole block rows, the largest
+    (non-grouped) conv's chunks are balanced by *kept* work — whole block rows, the largest
     chunk's kept work as small as the width cap allows (``capped_split``) — rather than cut
     every ``oc_t`` channels, which leaves step k's chunks with random amounts of work under block
-    sparsity. Other layers: every ``oc_t`` channels."""
+    sparsity. The cost of a block row is its kept input channels × taps (its kept blocks' MACs per
+    position). Other layers, grouped convs and ranges not aligned to block rows: every ``oc_t``
+    channels."""
     key = (spec.name, id(spec), oc0, oc1, oc_t, n_k)
     hit = _CHUNK_MEMO.get(key)
     if hit is not None and hit[0] is spec:
         return hit[1]
     bo = spec.block[0]
-    if (spec.kind != "conv" or spec.groups != 1 or spec.mask is None or oc0 % bo or oc_t % bo
-            or oc1 <= oc0):
+    if spec.kind == "conv" and spec.groups == 1 and spec.mask is None:
+        raise ValueError(f"layer {spec.name!r}: a conv's chunks follow its block mask, and this spec has "
+                         f"none (a program's chunks are in its chunk table)")
+    if spec.kind != "conv" or spec.groups != 1 or oc0 % bo or oc_t % bo or oc1 <= oc0:
         b = tuple(min(oc0 + k * oc_t, oc1) if oc1 > oc0 else oc0 for k in range(n_k + 1))
     else:
         kept = spec.kept_channels_per_block_row()[oc0:oc1:bo] * spec.taps

@@ -98,14 +98,11 @@ def _unit(spec: LayerSpec, hw: ArrayConfig) -> int:
 
 def _chunk_bounds(spec: LayerSpec, cores: tuple[CoreWork, ...], oc_t: int) -> list[tuple[int, int]]:
     """Every distinct non-empty output-channel chunk of the cores (``oc_chunks``)."""
-    live = [cw for cw in cores if not cw.empty]
-    n_k = max((-(-(cw.oc1 - cw.oc0) // oc_t) for cw in live), default=0)
-    seen, out = set(), []
-    for cw in live:
-        if cw.oc_group in seen:
-            continue
-        seen.add(cw.oc_group)
-        b = oc_chunks(spec, cw.oc0, cw.oc1, oc_t, n_k)
+    ranges = sorted({(cw.oc0, cw.oc1) for cw in cores if not cw.empty})
+    n_k = max((-(-(b - a) // oc_t) for a, b in ranges), default=0)
+    out = []
+    for a0, a1 in ranges:
+        b = oc_chunks(spec, a0, a1, oc_t, n_k)
         out += [(a, z) for a, z in zip(b, b[1:]) if z > a]
     return out
 

@@ -176,11 +176,12 @@ def pool_tile(x: np.ndarray, valid: np.ndarray, kind: str, spec: LayerSpec, stri
 
 def conv_cycles(chunk: Chunk, p: int, taps: int, hw) -> int:
     """Rule 2 of the time model for one core and tile, from the blocks the core really holds:
-    ceil(P / M) × Σ_slabs ceil(kept channels × taps / K) + call overhead (slabs of N channels);
-    a core with no kept block does not run."""
+    ceil(P / M) × Σ_slabs ceil(kept channels × taps / K) + call overhead (slabs of N channels
+    from the chunk's first channel, as its weights are laid out); a core with no kept block does
+    not run."""
     m, k, n = hw.core.matmul_shape
-    o0, kept = chunk.oc0, chunk.kept
-    slab = (np.arange(o0, o0 + len(kept)) // n) - o0 // n
+    kept = chunk.kept
+    slab = np.arange(len(kept)) // n
     per_slab = np.zeros(int(slab[-1]) + 1 if len(slab) else 0, np.int64)
     np.maximum.at(per_slab, slab, kept)
     steps = int(np.ceil(per_slab * taps / k).sum())

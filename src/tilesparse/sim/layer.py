@@ -80,7 +80,26 @@ class LayerView:
         for r in rec.chunks:
             self.step_chunks.setdefault((int(r[1]), int(r[2])), []).append(r)
         self.n_win_inputs = len(rec.inputs) - (1 if rec.fused_add else 0)
+        if self.kind == "conv":
+            self._check_chunks()
         self._win: dict[tuple[int, int, int, int], Window] = {}
+
+    def _check_chunks(self) -> None:
+        """A conv's chunk rows must cut each oc group's channels into consecutive chunks k = 0, 1, …
+        of at most ``sub.oc``, the same for every input-channel chunk q: the simulator takes the
+        output channels from them, so a gap or an overlap would leave outputs uncomputed."""
+        groups = {cw.oc_group: (cw.oc0, cw.oc1) for cw in self.cores if not cw.empty}
+        for g, (oc0, oc1) in sorted(groups.items()):
+            for q in range(self.n_q):
+                ks = [k for k in range(self.n_k) if (g, k, q) in self.chunk_rows]
+                cuts = [(int(self.chunk_rows[g, k, q][3]), int(self.chunk_rows[g, k, q][4])) for k in ks]
+                starts = [oc0] + [b for _, b in cuts]  # each chunk starts where the previous ended
+                ok = (ks == list(range(len(ks))) and starts[-1] == oc1
+                      and all(a == st and 0 < b - a <= self.part.sub.oc for (a, b), st in zip(cuts, starts)))
+                if not ok:
+                    raise SimulationError(f"layer {self.name!r}: the chunk rows of oc group {g}, q={q} "
+                                          f"cut its channels [{oc0}, {oc1}) as {cuts}; expected consecutive "
+                                          f"chunks k = 0, 1, … of at most sub.oc = {self.part.sub.oc} covering them")
 
     # ---- per step ---------------------------------------------------------------------------
     def chunk(self, core: int, k: int, q: int) -> tuple[int, int, int, int] | None:
@@ -90,15 +109,8 @@ class LayerView:
         cw = self.cores[core]
         if self.kind != "conv" or cw.empty:
             return core_chunk(self.spec, self.part, cw, k, q)
-        row = self.chunk_rows.get((cw.oc_group, k, q))
-        if row is None:
-            return None
-        o0, o1 = int(row[3]), int(row[4])
-        if not cw.oc0 <= o0 < o1 <= cw.oc1 or o1 - o0 > self.part.sub.oc:
-            raise SimulationError(f"layer {self.name!r}: chunk table row {(cw.oc_group, k, q)} has output "
-                                  f"channels [{o0}, {o1}), outside core {cw.row},{cw.col}'s [{cw.oc0}, "
-                                  f"{cw.oc1}) or wider than sub.oc = {self.part.sub.oc}")
-        return chunk_with_inputs(self.spec, self.part, o0, o1, q)
+        row = self.chunk_rows.get((cw.oc_group, k, q))  # checked by _check_chunks
+        return None if row is None else chunk_with_inputs(self.spec, self.part, int(row[3]), int(row[4]), q)
 
     def tile(self, core: int, s: int, i: int) -> tuple[int, int, int, int] | None:
         """Output tile (h0, h1, w0, w1) of iteration ``i`` of spatial group ``s``, None if idle."""
