@@ -127,7 +127,8 @@ def core_chunk(spec: LayerSpec, part: LayerPartition, cw: CoreWork, k: int, q: i
 def chunk_with_inputs(spec: LayerSpec, part: LayerPartition, o0: int, o1: int, q: int
                       ) -> tuple[int, int, int, int] | None:
     """(oc0, oc1, ci0, ci1) of output channels [o0, o1) in input-channel chunk q, or None if
-    empty. Conv input channels are local to the group (block columns ci0/bi ...)."""
+    empty: the input channels the core holds (a grouped conv's chunk reads every input channel
+    of the groups it spans, ``LayerSpec.ci_range``)."""
     if o1 <= o0:
         return None
     if spec.kind == "conv" and spec.groups == 1:
@@ -136,8 +137,6 @@ def chunk_with_inputs(spec: LayerSpec, part: LayerPartition, o0: int, o1: int, q
         return (o0, o1, c0, c1) if c1 > c0 else None
     if q:
         return None
-    if spec.kind == "conv":
-        return o0, o1, 0, spec.ci // spec.groups
     return (o0, o1) + spec.ci_range(o0, o1)
 
 
