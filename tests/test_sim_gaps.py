@@ -391,3 +391,26 @@ def test_grouped_convs_are_bit_exact_and_timed_as_simulated(groups, width, array
     rep = check_bit_exact(g, prog)
     assert all(a.ok and a.cycles_ok and a.totals_ok for a in rep.sim.accounts), [
         (a.name, a.notes) for a in rep.sim.accounts if not (a.ok and a.cycles_ok and a.totals_ok)]
+
+
+# ---- 10. an add that overwrites the conv's own input -------------------------------------------
+class AddOwnInput(nn.Module):
+    """y + conv(y): the add may overwrite y's buffer (its last reader), but fused into the conv it
+    would overwrite input rows that later tiles (3x3 halo) and channel chunks still read."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(8, 16, 1)
+        self.b = nn.Conv2d(16, 16, 3, padding=1)
+
+    def forward(self, x):
+        y = self.a(x)
+        return y + self.b(y)
+
+
+def test_add_over_the_convs_own_input_is_not_fused_and_is_bit_exact():
+    torch.manual_seed(0)
+    g = build_graph(AddOwnInput(), input_shape=(1, 8, 8, 8))
+    prog = compile_graph(g, "1x1")
+    assert not any(r.fused_add for r in prog.layers)
+    check_bit_exact(g, prog)

@@ -55,17 +55,21 @@ def _buffer_of(g: Graph, name: str, rename: dict[str, str] | None = None) -> tup
 
 def _fusable_adds(g: Graph) -> dict[str, tuple[str, str]]:
     """conv -> (add, other operand) for each add that can run inside the conv producing one of its
-    operands: the conv's only reader is the add, it writes no concat slice, and the other operand
-    is computed before the conv (so it is ready when the conv's output tiles are)."""
+    operands: the conv's only reader is the add, it writes no concat slice, the other operand
+    is computed before the conv (so it is ready when the conv's output tiles are), and the add does
+    not overwrite a buffer the conv reads (``y + conv(y)`` reusing y's buffer: fused, the sum of an
+    early tile would overwrite input a later tile or channel chunk still reads)."""
     order = {n.name: i for i, n in enumerate(g)}
     out: dict[str, tuple[str, str]] = {}
     for add in g.of(Op.ADD):
         if len(add.inputs) != 2 or "write_into" in add.attrs:
             continue
+        target = _buffer_of(g, add.name)[0]
         for a, b in (add.inputs, add.inputs[::-1]):
             src = g.node(a)
             if (src.op is Op.CONV2D and a not in out and "write_into" not in src.attrs and a != b
-                    and [r.name for r in g.consumers(a)] == [add.name] and order[b] < order[a]):
+                    and [r.name for r in g.consumers(a)] == [add.name] and order[b] < order[a]
+                    and target not in {_buffer_of(g, i)[0] for i in src.inputs}):
                 out[a] = (add.name, b)
                 break
     return out
