@@ -414,3 +414,27 @@ def test_add_over_the_convs_own_input_is_not_fused_and_is_bit_exact():
     prog = compile_graph(g, "1x1")
     assert not any(r.fused_add for r in prog.layers)
     check_bit_exact(g, prog)
+
+
+class AddOverConcat(nn.Module):
+    """cat(a(x), b(x)) + d(c(cat)): the add, fused into d, overwrites the concat's buffer with the
+    whole sum, which the check must compare with the add, not with a slice of the concat."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(8, 8, 1), nn.Conv2d(8, 8, 1)
+        self.c, self.d = nn.Conv2d(16, 8, 1), nn.Conv2d(8, 16, 1)
+
+    def forward(self, x):
+        y = torch.cat([self.a(x), self.b(x)], 1)
+        return y + self.d(self.c(y))
+
+
+def test_add_overwriting_a_concat_is_checked_against_the_add():
+    torch.manual_seed(0)
+    g = build_graph(AddOverConcat(), input_shape=(1, 8, 4, 4))
+    prog = compile_graph(g, "1x1")
+    rec = next(r for r in prog.layers if r.name == "d")
+    assert rec.fused_add and rec.output["buffer"] == "cat"
+    rep = check_bit_exact(g, prog)
+    assert next(c for c in rep.checks if c.layer == "d").reference == rec.fused_add

@@ -138,8 +138,12 @@ def expected_outputs(program, ref: dict[str, np.ndarray], graph=None) -> dict[st
     out = {}
     for rec in program.layers:
         buf, o, co = rec.output["buffer"], int(rec.output["c_offset"]), int(rec.geometry["co"])
-        into_concat = rec.kind == "copy" or (buf != rec.name and _is_concat(graph, buf))
-        name, sl = (buf, (o, o + co)) if into_concat else (rec.fused_add or rec.name, None)
+        node = rec.fused_add or rec.name
+        # an add that overwrites its operand's buffer (reuse_input) holds the whole sum there, even
+        # when that operand is a concat; anything else writing a concat's buffer fills a slice
+        into_concat = rec.kind == "copy" or (buf != rec.name and _is_concat(graph, buf)
+                                             and not _reuses_operand(graph, node))
+        name, sl = (buf, (o, o + co)) if into_concat else (node, None)
         if name not in ref:
             raise SimulationError(f"layer {rec.name!r}: the reference has no tensor {name!r}; "
                                   f"is this the graph the program was compiled from?")
@@ -150,6 +154,13 @@ def expected_outputs(program, ref: dict[str, np.ndarray], graph=None) -> dict[st
         label = name if sl is None else f"{name}[{sl[0]}:{sl[1]}]"
         out[rec.name] = (label, t.astype(np.int8))
     return out
+
+
+def _reuses_operand(graph, name: str) -> bool:
+    try:
+        return graph is not None and graph.node(name).attrs.get("reuse_input") is not None
+    except KeyError:
+        return False
 
 
 def _is_concat(graph, name: str) -> bool:
