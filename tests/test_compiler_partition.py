@@ -1,5 +1,7 @@
 """Partition: splits, balance, exact coverage of every output, chooser validation, cannot-fit."""
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 from compiler_helpers import small_graph, tiny_hw_yaml
@@ -87,8 +89,8 @@ def test_oc_chunks_cover_the_range_and_balance_kept_work(kept, n_k, width, taps)
     spec = LayerSpec("L", "conv", ("x",), 32, 4, 4, 8 * n, 4, 4, (k, k), padding=(k // 2, k // 2), mask=mask)
     b = oc_chunks(spec, 0, 8 * n, 8 * width, n_k)
     assert b[0] == 0 and b[-1] == 8 * n and len(b) == n_k + 1 and list(b) == sorted(b)
-    assert all(0 <= z - a <= 8 * width for a, z in zip(b, b[1:]))
-    worst = max(sum(kept[a // 8:z // 8]) for a, z in zip(b, b[1:]))
+    assert all(0 <= z - a <= 8 * width for a, z in pairwise(b))
+    worst = max(sum(kept[a // 8:z // 8]) for a, z in pairwise(b))
     assert worst == _best_capped(tuple(kept), n_k, width)  # kept work is kept blocks × 8 × taps
 
 

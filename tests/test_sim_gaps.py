@@ -23,9 +23,19 @@ from torch import nn
 from typer.testing import CliRunner
 
 from tilesparse.cli.main import app
+from tilesparse.compiler import tiling
 from tilesparse.compiler.layers import LayerSpec
-from tilesparse.compiler.partition import SubVolume, acc_slot, acc_tiles, fits, residual_capacity
-from tilesparse.compiler.pipeline import compile_graph
+from tilesparse.compiler.partition import (
+    Grid,
+    SubVolume,
+    acc_slot,
+    acc_tiles,
+    assign_cores,
+    fits,
+    residual_capacity,
+)
+from tilesparse.compiler.pipeline import compile_graph, lower_layers
+from tilesparse.compiler.stages import WeightIndex, layer_steps
 from tilesparse.frontend import build_graph
 from tilesparse.hw import load_array
 from tilesparse.ir.graph import Op
@@ -438,3 +448,34 @@ def test_add_overwriting_a_concat_is_checked_against_the_add():
     assert rec.fused_add and rec.output["buffer"] == "cat"
     rep = check_bit_exact(g, prog)
     assert next(c for c in rep.checks if c.layer == "d").reference == rec.fused_add
+
+
+class SparseDepthwise(nn.Module):
+    """A depthwise (7,1) conv keeping only channels 9 and 11: on 5x5 one core row's group has
+    fewer chunks than the other's, and its empty chunks must not be charged COMP."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(8, 12, 1)
+        self.b = nn.Conv2d(12, 12, (7, 1), groups=12)
+        with torch.no_grad():
+            keep = torch.zeros(12, 1, 1, 1)
+            keep[[9, 11]] = 1
+            self.b.weight.mul_(keep)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_empty_chunks_cost_no_comp():
+    torch.manual_seed(1)
+    g = build_graph(SparseDepthwise(), input_shape=(1, 8, 19, 16), block=(4, 8))
+    spec = next(s for s in lower_layers(g)[0] if s.name == "b")
+    hw, grid = load_array("5x5"), Grid(2, 2, "w")
+    cores = assign_cores(spec, hw, grid)
+    assert {(c.oc0, c.oc1) for c in cores if not c.empty} == {(0, 10), (10, 12)}
+    widx = WeightIndex(spec)
+    part = tiling._partition(spec, hw, grid, cores, SubVolume(oc=4, ci=6, h=7, w=4), widx)
+    # step k = 1: channels 4-7 keep nothing, and channels 10-11 have one chunk only (k = 0)
+    comp = layer_steps(spec, hw, part, (False,), False, widx).pipe()["COMP"]
+    assert part.n_k == 3 and not comp[1].any()

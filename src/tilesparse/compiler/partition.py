@@ -25,6 +25,7 @@ import bisect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 
@@ -186,7 +187,7 @@ def capped_split(costs: Sequence[int], parts: int, max_len: int) -> list[int]:
 
     even = [min(i * max_len, n) for i in range(parts + 1)]  # feasible: cap it from above
     lo = max(max(costs, default=0), -(-cum[-1] // parts))
-    hi = max(max(cum[b] - cum[a] for a, b in zip(even, even[1:])), lo)
+    hi = max(max(cum[b] - cum[a] for a, b in pairwise(even)), lo)
     while lo < hi:
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if greedy(mid) is not None else (mid + 1, hi)
@@ -270,7 +271,7 @@ def _oc_ranges_uncached(spec: LayerSpec, hw: ArrayConfig, parts: int) -> list[tu
     # range sets the accumulator tile (sub.oc), so 4 block rows over 4 groups go 1, 1, 1, 1 even
     # when 1, 1, 2, 0 costs the same
     cum = np.r_[0.0, np.cumsum(cost)]
-    cap = max(cum[z] - cum[a] for a, z in zip(b, b[1:])) * (1 + 1e-9)
+    cap = max(cum[z] - cum[a] for a, z in pairwise(b)) * (1 + 1e-9)
     for width in range(-(-len(units) // parts), max(np.diff(b))):
         fill = _greedy(cum, cap, width)
         if len(fill) - 1 <= parts:
@@ -437,7 +438,7 @@ def fits(spec: LayerSpec, hw: ArrayConfig, sub: SubVolume, weight_chunk_bytes: i
         if res > room:
             why.append(f"residual tile {res} B > half of core.res ({room} B: data memory left after "
                        f"the input, output and weight buffers)")
-    in_bytes = spec.n_in * spec.window_positions(sub.h, sub.w) * sub.ci
+    in_bytes = spec.n_in * spec.window_positions(sub.h, sub.w) * min(sub.ci, spec.ci)
     if in_bytes > core.input_buffer_bytes // 2:
         why.append(f"input tile {in_bytes} B > half the input buffer ({core.input_buffer_bytes // 2} B)")
     need, room = (tiles_per_group if n_q > 1 else 1), acc_tiles(spec, hw, sub, n_q)

@@ -22,7 +22,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tilesparse.compiler.layers import LayerSpec
-from tilesparse.compiler.partition import ACC_BYTES, CoreWork, LayerPartition, oc_chunks, tile_grid
+from tilesparse.compiler.partition import (
+    ACC_BYTES,
+    CoreWork,
+    LayerPartition,
+    oc_chunks,
+    tile_grid,
+)
 from tilesparse.hw import ArrayConfig
 
 __all__ = ["Step", "WeightIndex", "chunk_with_inputs", "core_chunk", "layer_steps"]
@@ -175,7 +181,7 @@ def _chunk_work(spec, hw, widx, oc0, oc1, ci0, ci1, last_q):
     qb0, qb1 = cb0[0, :, 0], cb1[0, :, 0]
     slab_cum = widx.q_tables_many(qb0, qb1, n, kd)  # (slabs+1, Q)
     qi = np.arange(ci0.shape[1])[None, :, None]
-    work = slab_cum[-(-o1 // n), qi] - slab_cum[o0 // n, qi]
+    work = np.where(o1 > o0, slab_cum[-(-o1 // n), qi] - slab_cum[o0 // n, qi], 0)  # empty chunks idle
     mpp = widx.kept_many(o0, o1, qb0[qi], qb1[qi]) * spec.taps
     # slabs start at the chunk: recount chunks not aligned to N at either end (the table's slabs
     # are aligned, and its last slab would take channels of the next chunk)

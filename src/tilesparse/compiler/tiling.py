@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from itertools import pairwise
 
 import numpy as np
 
@@ -103,7 +103,7 @@ def _chunk_bounds(spec: LayerSpec, cores: tuple[CoreWork, ...], oc_t: int) -> li
     out = []
     for a0, a1 in ranges:
         b = oc_chunks(spec, a0, a1, oc_t, n_k)
-        out += [(a, z) for a, z in zip(b, b[1:]) if z > a]
+        out += [(a, z) for a, z in pairwise(b) if z > a]
     return out
 
 
