@@ -348,6 +348,18 @@ def test_chunks_balanced_by_kept_blocks_are_bit_exact():
         row[3], row[4] = o0, o1
         with pytest.raises(SimulationError, match="chunk rows of oc group 0"):
             simulate(bad, x, progress=False)
+    # with two input-channel chunks, chunk k must hold the same channels in both (partial sums)
+    sub2 = SubVolume(oc=32, ci=8, h=6, w=6)
+    prog2 = compile_graph(g, "1x1", chooser=lambda node, hw: sub2 if node.name == "b" else None)
+    rows = next(r for r in prog2.layers if r.name == "b").chunks
+    assert sorted((r[1], r[2], r[3], r[4]) for r in rows) == [(0, 0, 0, 16), (0, 1, 0, 16), (1, 0, 16, 48),
+                                                               (1, 1, 16, 48)]
+    check_bit_exact(g, prog2)
+    for r in rows:
+        if r[2] == 1:  # q = 1 cut as 0-32, 32-48: each q covers the channels, but not alike
+            r[3], r[4] = (0, 32) if r[1] == 0 else (32, 48)
+    with pytest.raises(SimulationError, match="the same for every q"):
+        simulate(prog2, x, progress=False)
 
 
 class FourWideBlocks(nn.Module):

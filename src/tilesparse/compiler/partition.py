@@ -201,20 +201,16 @@ def oc_units(spec: LayerSpec, hw: ArrayConfig) -> tuple[list[tuple[int, int]], n
     input channels × taps, so balance follows the non-zero blocks) or slabs of ``matmul N``
     channels for the other ops (cost = channels)."""
     if spec.kind == "conv":
-        return _conv_units(spec)
+        bo = spec.block[0]
+        og = spec.co // spec.groups
+        units = [(g * og + r, min(g * og + r + bo, (g + 1) * og))
+                 for g in range(spec.groups) for r in range(0, og, bo)]
+        kept = spec.kept_channels_per_block_row()
+        cost = np.array([kept[a] * spec.taps + 1e-3 for a, _ in units])  # +eps: empty rows still cost a slot
+        return units, cost
     n = hw.core.matmul_shape[2]
     units = [(a, min(a + n, spec.co)) for a in range(0, spec.co, n)]
     return units, np.array([b - a for a, b in units], dtype=np.float64)
-
-
-def _conv_units(spec: LayerSpec) -> tuple[list[tuple[int, int]], np.ndarray]:
-    bo = spec.block[0]
-    og = spec.co // spec.groups
-    units = [(g * og + r, min(g * og + r + bo, (g + 1) * og))
-             for g in range(spec.groups) for r in range(0, og, bo)]
-    kept = spec.kept_channels_per_block_row()
-    cost = np.array([kept[a] * spec.taps + 1e-3 for a, _ in units])  # +eps: empty rows still cost a slot
-    return units, cost
 
 
 def oc_chunks(spec: LayerSpec, oc0: int, oc1: int, oc_t: int, n_k: int) -> tuple[int, ...]:

@@ -90,22 +90,25 @@ class LayerView:
         output channels from them, so a gap or an overlap would leave outputs uncomputed."""
         groups = {cw.oc_group: (cw.oc0, cw.oc1) for cw in self.cores if not cw.empty}
         for g, (oc0, oc1) in sorted(groups.items()):
+            first = None
             for q in range(self.n_q):
                 ks = [k for k in range(self.n_k) if (g, k, q) in self.chunk_rows]
                 cuts = [(int(self.chunk_rows[g, k, q][3]), int(self.chunk_rows[g, k, q][4])) for k in ks]
                 starts = [oc0] + [b for _, b in cuts]  # each chunk starts where the previous ended
-                ok = (ks == list(range(len(ks))) and starts[-1] == oc1
+                first = cuts if first is None else first  # partial sums of chunk k add up over q
+                ok = (ks == list(range(len(ks))) and starts[-1] == oc1 and cuts == first
                       and all(a == st and 0 < b - a <= self.part.sub.oc for (a, b), st in zip(cuts, starts)))
                 if not ok:
                     raise SimulationError(f"layer {self.name!r}: the chunk rows of oc group {g}, q={q} "
                                           f"cut its channels [{oc0}, {oc1}) as {cuts}; expected consecutive "
-                                          f"chunks k = 0, 1, … of at most sub.oc = {self.part.sub.oc} covering them")
+                                          f"chunks k = 0, 1, … of at most sub.oc = {self.part.sub.oc} covering them, "
+                                          f"the same for every q")
 
     # ---- per step ---------------------------------------------------------------------------
     def chunk(self, core: int, k: int, q: int) -> tuple[int, int, int, int] | None:
         """(oc0, oc1, ci0, ci1) core ``core`` works on in chunk (k, q), None if it idles. A conv's
         output channels come from the program's chunk table (the compiler balances them by kept
-        blocks, ``partition.oc_chunks``, from a mask the program does not carry)."""
+        work, ``partition.oc_chunks``, from a mask the program does not carry)."""
         cw = self.cores[core]
         if self.kind != "conv" or cw.empty:
             return core_chunk(self.spec, self.part, cw, k, q)
