@@ -491,3 +491,22 @@ def test_empty_chunks_cost_no_comp():
     # step k = 1: channels 4-7 keep nothing, and channels 10-11 have one chunk only (k = 0)
     comp = layer_steps(spec, hw, part, (False,), False, widx).pipe()["COMP"]
     assert part.n_k == 3 and not comp[1].any()
+
+
+class CatTwice(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(8, 12, 1), nn.Conv2d(24, 8, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        return self.b(torch.cat([y, y], 1))
+
+
+def test_an_operand_concatenated_twice_gets_two_named_copies():
+    torch.manual_seed(0)
+    g = build_graph(CatTwice(), input_shape=(1, 8, 5, 5))
+    prog = compile_graph(g, "2x2")
+    names = [r.name for r in prog.layers]
+    assert len(set(names)) == len(names) and sum(".copy_" in n for n in names) == 2, names
+    check_bit_exact(g, prog)

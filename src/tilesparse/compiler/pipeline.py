@@ -103,6 +103,8 @@ def lower_layers(g: Graph, fuse_adds: bool = True
                 src = g.node(i)
                 if "write_into" not in src.attrs:
                     sp = copy_spec(n, src, off, shift)
+                    if n.inputs.count(i) > 1:  # cat([y, y]): one copy per slice, each named apart
+                        sp = dataclasses.replace(sp, name=f"{sp.name}@{off}")
                     buf, tot, o = _buffer_of(g, n.name, rename)
                     specs.append(dataclasses.replace(sp, out_tensor=buf, out_c_total=tot, out_c_offset=o + off))
                     ins[sp.name] = {"inputs": [_buffer_of(g, i, rename)]}
