@@ -224,36 +224,39 @@ def oc_chunks(spec: LayerSpec, oc0: int, oc1: int, oc_t: int, n_k: int) -> tuple
     sparsity. The cost of a block row is its kept input channels × taps (its kept blocks' MACs per
     position). Other layers, grouped convs and ranges not aligned to block rows: every ``oc_t``
     channels."""
-    key = (spec.name, id(spec), oc0, oc1, oc_t, n_k)
-    hit = _CHUNK_MEMO.get(key)
-    if hit is not None and hit[0] is spec:
-        return hit[1]
+    return _memo(_CHUNK_MEMO, _OC_MEMO_MAX * 16, spec, (spec.name, id(spec), oc0, oc1, oc_t, n_k),
+                 lambda: _oc_chunks_uncached(spec, oc0, oc1, oc_t, n_k))
+
+
+def _oc_chunks_uncached(spec: LayerSpec, oc0: int, oc1: int, oc_t: int, n_k: int) -> tuple[int, ...]:
     bo = spec.block[0]
     if spec.kind == "conv" and spec.groups == 1 and spec.mask is None:
         raise ValueError(f"layer {spec.name!r}: a conv's chunks follow its block mask, and this spec has "
                          f"none (a program's chunks are in its chunk table)")
     if spec.kind != "conv" or spec.groups != 1 or oc0 % bo or oc_t % bo or oc1 <= oc0:
-        b = tuple(min(oc0 + k * oc_t, oc1) if oc1 > oc0 else oc0 for k in range(n_k + 1))
-    else:
-        kept = spec.kept_channels_per_block_row()[oc0:oc1:bo] * spec.taps
-        cuts = capped_split(kept.tolist(), n_k, oc_t // bo)
-        b = tuple(min(oc0 + i * bo, oc1) for i in cuts)
-    if len(_CHUNK_MEMO) > _OC_MEMO_MAX * 16:
-        _CHUNK_MEMO.clear()
-    _CHUNK_MEMO[key] = (spec, b)  # keep spec alive: its id stays unique
-    return b
+        return tuple(min(oc0 + k * oc_t, oc1) if oc1 > oc0 else oc0 for k in range(n_k + 1))
+    kept = spec.kept_channels_per_block_row()[oc0:oc1:bo] * spec.taps
+    cuts = capped_split(kept.tolist(), n_k, oc_t // bo)
+    return tuple(min(oc0 + i * bo, oc1) for i in cuts)
+
+
+def _memo(store: dict, max_entries: int, spec: LayerSpec, key: tuple, compute):
+    """Per-spec memo: ``key`` holds ``id(spec)`` and the entry keeps ``spec`` alive, so the id
+    cannot be reused by another spec while the entry exists."""
+    hit = store.get(key)
+    if hit is None:
+        if len(store) > max_entries:
+            store.clear()
+        hit = store[key] = (spec, compute())
+    return hit[1]
 
 
 _CHUNK_MEMO: dict[tuple, tuple[LayerSpec, tuple[int, ...]]] = {}
 
 
 def _oc_ranges(spec: LayerSpec, hw: ArrayConfig, parts: int) -> list[tuple[int, int]]:
-    key = (spec.name, id(spec), parts, hw.core.matmul_shape)
-    if key not in _OC_MEMO:
-        if len(_OC_MEMO) > _OC_MEMO_MAX:
-            _OC_MEMO.clear()
-        _OC_MEMO[key] = (spec, _oc_ranges_uncached(spec, hw, parts))  # keep spec alive: id stays unique
-    return _OC_MEMO[key][1]
+    return _memo(_OC_MEMO, _OC_MEMO_MAX, spec, (spec.name, id(spec), parts, hw.core.matmul_shape),
+                 lambda: _oc_ranges_uncached(spec, hw, parts))
 
 
 _OC_MEMO: dict[tuple, tuple[LayerSpec, list[tuple[int, int]]]] = {}
