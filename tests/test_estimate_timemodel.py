@@ -37,8 +37,20 @@ def test_steps_continue_one_pipeline_and_loadwm_stalls_comp():
     # two steps of 2 iterations: LOADFM 1 s, COMP 1 s; LOADWM 1.5 s each, no LOADW wait
     raw = {"LOADFM": np.full((2, 2), 4e9), "COMP": np.full((2, 2), 1e9)}
     lwm = np.full(2, 1.5 * 4e9)
-    # per step: max(1, 1 + 1.5) + max(1, 1) = 3.5; fill once = 1 (first LOADFM) -> 8
-    assert layer_time_arrays(np.zeros(2), lwm, raw, HW) == pytest.approx(8.0)
+    # per step: max(1, 1 + 1.5) + max(1, 1) = 3.5; fill once = 1 (first LOADFM) -> 8, less the
+    # first LOADFM, which moves during the first LOADWM (min(1.5, 1) = 1 s) -> 7
+    assert layer_time_arrays(np.zeros(2), lwm, raw, HW) == pytest.approx(7.0)
+
+
+def test_first_input_tile_moves_while_the_first_weights_arrive():
+    # one step, 2 iterations, input in DDR: LOAD 1 s, LOADFM 1 s, COMP 3 s, WRITEFM 1 s per iteration
+    raw = {"LOAD": np.full((1, 2), 4e9), "LOADFM": np.full((1, 2), 4e9), "COMP": np.full((1, 2), 3e9),
+           "WRITEFM": np.full((1, 2), 4e9)}
+    # without the overlap: LOADW 0.5 + (3 + 0.5 LOADWM) + 3 + fill (1 + 1 + 1) = 10;
+    # LOAD 0 and LOADFM 0 (2 s) run during LOADW and LOADWM (1 s): the first COMP starts at 2, not 3
+    assert layer_time_arrays(np.full(1, 2e9), np.full(1, 2e9), raw, HW) == pytest.approx(9.0)
+    # weights slower than the input (LOADW 2 s + LOADWM 2 s): the whole 2 s lead is hidden
+    assert layer_time_arrays(np.full(1, 8e9), np.full(1, 8e9), raw, HW) == pytest.approx(13.0 - 2.0)
 
 
 def test_loadw_prefetch_and_loadwm_halting():
@@ -67,8 +79,8 @@ def test_one_conv_layer_by_hand():
     # COMP: ceil(16 positions / 4) x 2 slabs of 8 outputs x ceil(16 inputs x 1 tap / 8) + 64 cycles
     assert st.pipe["COMP"].tolist() == [4 * 2 * 2 + 64]
     assert st.macs == 16 * 16 * 16
-    # one iteration: everything in sequence
-    want = (2 * weights + 256 + 256) / 4e9 + 80e-9
+    # one iteration: in sequence, but the input tile moves during LOADW and LOADWM (rule 5)
+    want = (2 * weights + 256) / 4e9 + 80e-9
     assert plan.time_s == pytest.approx(want)
 
 

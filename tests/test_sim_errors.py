@@ -114,6 +114,20 @@ def test_dropped_lock_reports_reader_and_producer(prog):
         simulate(p, np.zeros((3, 32, 32), np.int8), progress=False)
 
 
+def test_loadfm_is_not_halted_by_loadwm(prog):
+    """LOADFM is a DMA: the cores' halt during LOADWM does not order it, only its locks do. A
+    later step's first LOADFM without its ``core.in[i%2].empty`` acquire overwrites a half the
+    previous step's COMP still reads — a hazard the halt used to hide."""
+    _, p = prog
+    steps_with_lwm = {(ins.layer, ins.step) for ins in p.instrs if ins.op == "LOADWM"}
+    i = next(i for i, ins in enumerate(p.instrs) if ins.op == "LOADFM" and ins.step > 0
+             and (ins.layer, ins.step) in steps_with_lwm)
+    ins = p.instrs[i]
+    p.instrs[i] = dataclasses.replace(ins, acquire=ins.acquire.replace("core.in[i%2].empty", "").strip("; "))
+    with pytest.raises(HazardError, match=rf"LOADFM #{i} .*(overwrite|before)"):
+        simulate(p, np.zeros((3, 32, 32), np.int8), progress=False)
+
+
 def test_oversize_weight_transfer(prog):
     _, p = prog
     i = next(i for i, ins in enumerate(p.instrs) if ins.op == "LOADW")

@@ -340,7 +340,8 @@ class _GridFloor:
     weights refill (rules 2, 5), so the layer takes at least the busiest core's kept MACs at peak
     plus the LOADWM time of the busiest row — its distinct chunks, each sent at least once per
     spatial group unless a single chunk stays resident — and one LOADFM pass over the input per
-    output-channel chunk (``_input_pass_s``), after the first step's weights have arrived."""
+    output-channel chunk (``_input_pass_s``), after the first step's weights have arrived (all
+    but the first tile's input, which may stream in meanwhile)."""
 
     def __init__(self, spec: LayerSpec, hw: ArrayConfig, cores, widx: WeightIndex | None):
         live = [c for c in cores if not c.empty]
@@ -349,7 +350,7 @@ class _GridFloor:
         self.first: dict[tuple, float] = {}  # of(): first-step LOADW bytes by (oc, n_k, ci blocks, n_q == 1)
         if not live:
             return
-        mt_bw = hw.links.memtile_to_core_bytes_per_s
+        mt_bw = self.mt_bw = hw.links.memtile_to_core_bytes_per_s
         if widx is None:  # channel-wise: each (region, channel group) of a column reads its window
             in_col, out_col, seen = np.zeros(hw.cols), np.zeros(hw.cols), set()
             for c in live:
@@ -395,8 +396,12 @@ class _GridFloor:
             self.first[key] = float(self.widx.chunk_bytes_many(
                 self.g_oc0, oc1, np.zeros(n, np.int64), np.full(n, cb1), np.full(n, part.n_q == 1)).sum())
         first = self.first[key]
-        return max(first / self.col_bw + max(self.comp + reloads * self.stall, part.n_k * self.fm),
-                   self.s)
+        # the first tile's input (LOAD, LOADFM: at most two of its windows) may move while those
+        # weights arrive (time-model rule 5); COMP and the weight stalls wait for them
+        lead = 2 * spec.n_in * spec.window_positions(sub.h, sub.w) * min(sub.ci, spec.ci) / self.mt_bw
+        fm = part.n_k * self.fm
+        return max(first / self.col_bw + self.comp + reloads * self.stall,
+                   max(fm, first / self.col_bw + fm - lead), self.s)
 
 
 def _input_pass_s(spec: LayerSpec, hw: ArrayConfig, cores) -> float:

@@ -24,7 +24,8 @@ Rules:
 5. **LOADWM halts the cores**: a step's LOADWM is added to its first COMP iteration (the core
    cannot compute while its weight buffer refills); the DMA stages (LOADFM of the next tile,
    WRITEFM of the previous one) keep running on their own channels. It starts once the step's
-   LOADW has arrived.
+   LOADW has arrived. Likewise the layer's first input tile (LOAD, LOADFM of iteration 0) moves
+   while its first weights arrive (LOADW 0, LOADWM 0): only COMP needs them (``_lead_s``).
 6. **LOADW prefetch**: the weight channel streams the layer's chunks ahead of the cores into two
    MemTile slots: chunk j starts when chunk j−1 has arrived and slot (j mod 2) was emptied by LOADWM
    j−2. Layers do not overlap each other (so a layer is never faster than its own lower bound).
@@ -105,6 +106,7 @@ class StepTime:
     stage_busy_s: dict[str, float]  # seconds each pipeline stage is busy (for the timeline)
     start_s: float = 0.0  # LOADWM start relative to the layer start
     loadw_start_s: float = 0.0
+    lead_s: float = 0.0  # the first step's pipeline starts this much before its LOADWM ends
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,24 @@ def _segments(d: np.ndarray, lwm: np.ndarray, comp_row: int) -> tuple[np.ndarray
     return d.max(axis=1).sum(axis=1), float(first.sum() - first.max())
 
 
+INPUT_OPS = ("LOAD", "LOADFM")
+
+
+def _lead_s(d: np.ndarray, ops: list[str], lw: np.ndarray, lwm: np.ndarray) -> float:
+    """Rule 5, first step: seconds of the fill hidden because the first tile's input transfers
+    run while the first weights arrive. The fill counts them before the first COMP (which also
+    waits for LOADW 0 and LOADWM 0); on their own channels they overlap those, so the first COMP
+    starts at max(weights, input) instead of their sum: min(LOADW 0 + LOADWM 0, the input stages
+    of iteration 0 that the fill counts — all but the slowest stage)."""
+    if not len(lw) or d.shape[2] == 0:
+        return 0.0
+    first = d[0, :, 0]
+    # the stage the fill leaves out (on a tie, not an input stage: the fill then holds the input)
+    slowest = max(range(len(ops)), key=lambda o: (first[o], ops[o] not in INPUT_OPS))
+    lead = sum(float(first[o]) for o, op in enumerate(ops) if op in INPUT_OPS and o != slowest)
+    return min(float(lw[0] + lwm[0]), lead)
+
+
 def _recurrence(lw: np.ndarray, lwm: np.ndarray, seg: np.ndarray, fill: float):
     """Rule 6 and the step order: returns (total, segment starts, LOADW starts)."""
     w_done, core_free = 0.0, 0.0
@@ -167,10 +187,12 @@ def layer_time(steps: Sequence[tuple[float, float, dict[str, np.ndarray]]], hw: 
     lwm = np.array([float(transfer_s("LOADWM", b, hw)) for _, b, _ in steps])
     seg, fill = _segments(d, lwm, ops.index("COMP") if "COMP" in ops else -1)
     total, starts, lw_starts = _recurrence(lw, lwm, seg, fill)
+    lead = _lead_s(d, ops, lw, lwm)
     out = tuple(StepTime(float(lw[j]), float(lwm[j]), float(seg[j]),
-                         {op: float(v.sum()) for op, v in secs[j].items()}, starts[j], lw_starts[j])
+                         {op: float(v.sum()) for op, v in secs[j].items()}, starts[j], lw_starts[j],
+                         lead if j == 0 else 0.0)
                 for j in range(len(steps)))
-    return LayerTime(total, out)
+    return LayerTime(total - lead, out)
 
 
 def layer_time_arrays(loadw_bytes: np.ndarray, loadwm_bytes: np.ndarray,
@@ -181,7 +203,7 @@ def layer_time_arrays(loadw_bytes: np.ndarray, loadwm_bytes: np.ndarray,
     ops = list(pipe)
     d = np.stack([stage_seconds(op, v, hw) for op, v in pipe.items()], axis=1)
     seg, fill = _segments(d, lwm, ops.index("COMP") if "COMP" in ops else -1)
-    return _recurrence(lw, lwm, seg, fill)[0]
+    return _recurrence(lw, lwm, seg, fill)[0] - _lead_s(d, ops, lw, lwm)
 
 
 @dataclass(frozen=True)
@@ -250,7 +272,7 @@ def estimate_program(program) -> ProgramTime:
                 elif ins.op == "LOADWM":
                     start, busy = st.start_s, st.loadwm_s
                 else:
-                    start, busy = st.start_s + st.loadwm_s, st.stage_busy_s.get(ins.op, 0.0)
+                    start, busy = st.start_s + st.loadwm_s - st.lead_s, st.stage_busy_s.get(ins.op, 0.0)
                 out.append(InstrTime(i, t + start, busy, _why(ins.op, v, hw)))
         layers.append((rec.name, t, lt.total_s))
         t += lt.total_s

@@ -5,8 +5,8 @@ Each op is one engine (the LOADW channel, LOADWM, LOAD, LOADFM, the cores' COMP,
 that runs its iterations in program order. A lock ``X.empty`` starts with one token, ``X.full``
 with none; an iteration takes one token of every lock it acquires and, when done, gives one to
 every lock it releases. Two fixed rules add order: LOADWM of a step starts after every earlier
-pipeline iteration (it halts the cores) and the step's pipeline starts after it; layers run one
-after another. The check runs the engines as far as the locks allow, tracking happens-before with
+COMP (it halts the cores) and the step's COMPs start after it; the DMA stages (LOAD, LOADFM,
+WRITEFM, WRITE) are not halted and follow their locks only; layers run one after another. The check runs the engines as far as the locks allow, tracking happens-before with
 vector clocks, then walks the accesses in the sequential reference order (per step: LOADW, LOADWM,
 then LOAD i, LOADFM i, COMP i, WRITEFM i, WRITE i for each iteration i) and requires
 
@@ -31,6 +31,7 @@ __all__ = ["HazardError", "check_ordering"]
 
 AGENTS = ("LOADW", "LOADWM", "LOAD", "LOADFM", "COMP", "WRITEFM", "WRITE")
 PIPE = ("LOAD", "LOADFM", "COMP", "WRITEFM", "WRITE")
+COMP = AGENTS.index("COMP")
 NOTES = ("cores halted",)  # annotations in lock fields that are rules, not locks
 
 
@@ -84,8 +85,9 @@ def _build(program, idxs: list[int]) -> tuple[list[list[Event]], list[Event]]:
                 raise HazardError(f"instruction #{i}: unknown op {ins.op!r}")
             if ins.op in ("LOADW", "LOADWM"):
                 ev = _event(program, queues, i, 0, staged)
+                if ins.op == "LOADWM" and pipe_seen[COMP]:  # the cores finish their COMPs, then halt
+                    ev.after = [(COMP, pipe_seen[COMP])]
                 if ins.op == "LOADWM":
-                    ev.after = [(a, pipe_seen[a]) for a in range(len(AGENTS)) if AGENTS[a] in PIPE and pipe_seen[a]]
                     lwm = ev
                 order.append(ev)
         pipe = sorted((i for i in step if program.instrs[i].op in PIPE), key=lambda i: PIPE.index(program.instrs[i].op))
@@ -94,7 +96,7 @@ def _build(program, idxs: list[int]) -> tuple[list[list[Event]], list[Event]]:
             for i in pipe:
                 if it < program.instrs[i].iters:
                     ev = _event(program, queues, i, it, staged)
-                    if lwm is not None:
+                    if lwm is not None and ev.agent == COMP:  # DMA stages follow their locks only
                         ev.after = [(lwm.agent, lwm.seq)]
                     order.append(ev)
     return queues, order
