@@ -37,6 +37,15 @@ def test_compile_then_estimate(tmp_path):
     assert r.exit_code == 0 and (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_compile_balance_flag_records_channel_orders(tmp_path):
+    out = tmp_path / "b.tsp"
+    r = runner.invoke(app, ["compile", "resnet18", "-a", "2x2", "--sparsity", "0.5", "--input-shape",
+                            "1,3,32,32", "--no-quantized", "--balance", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    orders = Program.load(out).meta["channel_orders"]
+    assert orders and all(sorted(v) == list(range(len(v))) for v in orders.values())
+
+
 def test_unknown_array_is_reported():
     r = runner.invoke(app, ["compile", "resnet18", "-a", "9y9", "--input-shape", "1,3,32,32"])
     assert isinstance(r.exception, ConfigError) and "unknown array" in str(r.exception)

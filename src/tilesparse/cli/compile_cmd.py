@@ -40,7 +40,7 @@ def model_graph(model: str, sparsity: float, block: str, input_shape: str | None
                        quantized=quantized)
 
 
-def _compile(model, array, sparsity, block, input_shape, weights, quantized):
+def _compile(model, array, sparsity, block, input_shape, weights, quantized, balance=False):
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from tilesparse.compiler.pipeline import compile_graph
@@ -51,7 +51,7 @@ def _compile(model, array, sparsity, block, input_shape, weights, quantized):
         task = bar.add_task(f"front end: {model}", total=2)
         g = model_graph(model, sparsity, block, input_shape, weights, quantized)
         bar.update(task, advance=1, description=f"compiling {model} for {hw.label}")
-        prog = compile_graph(g, hw)
+        prog = compile_graph(g, hw, balance=balance)
         bar.update(task, advance=1)
     return prog
 
@@ -67,13 +67,16 @@ def compile_verb(
     weights: Annotated[Path | None, typer.Option(help="Local state-dict file (else random weights).")] = None,
     quantized: Annotated[bool, typer.Option(help="Quantize (int8) in the front end; --no-quantized for a "
                                                  "timing-only program.")] = True,
+    balance: Annotated[bool, typer.Option(help="Reorder the output channels of sparse convs read only by "
+                                               "convs so that every core's channels keep equal blocks "
+                                               "(same outputs; docs/compiler.md, 'Channel balancing').")] = False,
 ) -> None:
     """Compile a model to an AIE2 Program (instructions + packed weights), saved atomically."""
     from rich.console import Console
 
     from tilesparse.estimate.report import summarize
 
-    prog = _compile(model, array, sparsity, block, input_shape, weights, quantized)
+    prog = _compile(model, array, sparsity, block, input_shape, weights, quantized, balance)
     prog.save(out)
     s = summarize(prog)
     con = Console()

@@ -29,6 +29,7 @@ from tilesparse.compiler.tiling import LayerPlan, plan_layer, replan
 from tilesparse.errors import UnsupportedOpError
 from tilesparse.hw import ArrayConfig, load_array
 from tilesparse.ir.graph import Graph, Op
+from tilesparse.passes.balance import balance_channels
 from tilesparse.quant.rounding import INT8_MAX, INT8_MIN
 
 __all__ = ["compile_graph", "compile_model", "lower_layers"]
@@ -139,14 +140,21 @@ def _where(alloc: Allocation, ddr: DdrLayout, buf: str) -> str:
     return f"memtile:{buf}@{p.offset}" if p.memory == "memtile" else f"ddr@{ddr.regions[buf][0]}"
 
 
-def compile_graph(graph: Graph, hw: ArrayConfig | str, *, chooser: Chooser | None = None) -> Program:
+def compile_graph(graph: Graph, hw: ArrayConfig | str, *, chooser: Chooser | None = None,
+                  balance: bool = False) -> Program:
     """Compile a lowered (and ideally quantized) IR graph for array ``hw`` into a ``Program``.
 
     ``chooser(node, hw) -> SubVolume | None`` may impose a layer's per-core sub-volume (validated;
-    ``CapacityError`` / ``ConfigError`` naming the layer if it does not fit).
+    ``CapacityError`` / ``ConfigError`` naming the layer if it does not fit). ``balance=True`` reorders
+    the output channels of sparse convs read only by convs so that contiguous channel ranges keep
+    equal blocks (``passes.balance``; the program's ``meta["channel_orders"]`` records the orders,
+    the network's output is unchanged).
     """
     t0 = time.perf_counter()
     hw = load_array(hw)
+    orders: dict[str, np.ndarray] = {}
+    if balance:
+        graph, orders = balance_channels(graph)
     specs, ins, rename = lower_layers(graph)
     buffers = _buffers(graph, specs, ins, rename)
     forced = {b.name for b in buffers if b.forced_ddr}
@@ -162,7 +170,9 @@ def compile_graph(graph: Graph, hw: ArrayConfig | str, *, chooser: Chooser | Non
     check_allocation(buffers, alloc)
     plans = [replan(p, hw, tuple(alloc.in_ddr(b) for b, _, _ in ins[p.spec.name]["inputs"]),
                     alloc.in_ddr(p.spec.out_tensor)) for p in plans]
-    return _assemble(graph, hw, plans, ins, buffers, alloc, t0)
+    prog = _assemble(graph, hw, plans, ins, buffers, alloc, t0)
+    prog.meta["channel_orders"] = {k: v.tolist() for k, v in orders.items()}
+    return prog
 
 
 def _assemble(graph, hw, plans: list[LayerPlan], ins, buffers, alloc, t0) -> Program:

@@ -134,8 +134,9 @@ def expected_outputs(program, ref: dict[str, np.ndarray], graph=None) -> dict[st
     """Per layer: what its output slice must hold, from the reference's node tensors. A layer
     writing into a concat's buffer (a concat operand or copy) must leave there the concat's channel
     slice (which includes the concat's requantization of that operand); otherwise the node itself
-    (or its fused add)."""
+    (or its fused add), in the channel order the compiler gave it (``meta["channel_orders"]``)."""
     out = {}
+    orders = program.meta.get("channel_orders", {})
     for rec in program.layers:
         buf, o, co = rec.output["buffer"], int(rec.output["c_offset"]), int(rec.geometry["co"])
         node = rec.fused_add or rec.name
@@ -149,6 +150,8 @@ def expected_outputs(program, ref: dict[str, np.ndarray], graph=None) -> dict[st
                                   f"is this the graph the program was compiled from?")
         shape = tuple(program.buffers[buf]["shape"])
         t = np.asarray(ref[name]).reshape(-1, *shape[1:])
+        if name in orders:  # the compiler reordered this tensor's channels (passes.balance)
+            t = t[np.asarray(orders[name])]
         if sl is not None:
             t = t[sl[0]:sl[1]]
         label = name if sl is None else f"{name}[{sl[0]}:{sl[1]}]"

@@ -1,0 +1,100 @@
+"""Reorder a conv's output channels so that every run of its block rows keeps about the same blocks.
+
+The compiler gives each core contiguous output channels and cuts them into contiguous chunks; the
+cores run in lockstep, so a step lasts as long as the core with the most kept blocks in it (COMP)
+or the row with the largest weight chunk (LOADWM halts the cores). A random block mask makes
+neighbouring block rows unequal. Reordering the producer's output channels — and the input
+channels of the convs that read them — changes no value of the network, only which channels
+sit together. ``balance_order`` interleaves heavy and light block rows so that each prefix of
+the order keeps, per block column, as close as possible to its share of the kept blocks: then
+any contiguous run (a core's range, a chunk, an input-channel chunk of it) holds its share.
+
+A conv is reordered only when its output reaches nothing but convs that read all its channels
+(``groups = 1``, blocks as tall as its blocks are wide), through channel-wise pools or
+activations: an add, a concat, a flatten or a graph output would see the new order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tilesparse.ir.graph import Graph, Node, Op
+
+__all__ = ["balance_channels", "balance_order"]
+
+_PASS_THROUGH = (Op.MAXPOOL, Op.AVGPOOL, Op.ADAPTIVE_AVGPOOL, Op.RELU, Op.RELU6)
+
+
+def balance_order(mask: np.ndarray) -> np.ndarray:
+    """An order of ``mask``'s rows (block rows) whose prefix sums track the mean row: greedily,
+    the row that brings the running kept count per block column closest to its share."""
+    m = np.asarray(mask, dtype=np.float64)
+    n = len(m)
+    mean = m.mean(axis=0)
+    norms = (m * m).sum(axis=1)
+    cum = np.zeros(m.shape[1])
+    order = np.empty(n, np.int64)
+    for i in range(n):
+        # |cum + m_r - target|^2 less the part common to every r: one matrix-vector product
+        gap = 2 * (m @ (cum - (i + 1) * mean)) + norms
+        gap[order[:i]] = np.inf
+        r = int(gap.argmin())  # ties: the lowest index, so a uniform mask keeps its order
+        order[i] = r
+        cum += m[r]
+    return order
+
+
+def _readers(g: Graph, node: Node, bo: int) -> tuple[list[Node], list[Node]] | None:
+    """(convs that read ``node``'s channels, pass-through nodes on the way), or None if some
+    reader would see the new channel order."""
+    convs, via, todo = [], [], [node.name]
+    while todo:
+        for c in g.consumers(todo.pop()):
+            if "write_into" in c.attrs or "reuse_input" in c.attrs:
+                return None
+            if (c.op is Op.CONV2D and int(c.attrs.get("groups", 1)) == 1 and len(c.inputs) == 1
+                    and tuple(c.attrs.get("block", (0, 0)))[1] == bo):
+                convs.append(c)
+            elif c.op in _PASS_THROUGH and len(c.inputs) == 1:
+                via.append(c)
+                todo.append(c.name)
+            else:
+                return None
+    return (convs, via) if convs else None
+
+
+def balance_channels(g: Graph) -> tuple[Graph, dict[str, np.ndarray]]:
+    """``g`` with the output channels of every eligible sparse conv reordered (module doc), and
+    per reordered node (the conv and the pools / activations after it) its channel order:
+    stored channel c holds the original channel ``order[c]``. Values are unchanged."""
+    params = dict(g.params)
+    orders: dict[str, np.ndarray] = {}
+    for n in g.of(Op.CONV2D):
+        mask = params.get(f"{n.name}.mask")
+        w = params[f"{n.name}.weight"]
+        bo = tuple(n.attrs.get("block", (0, 0)))[0]
+        if (mask is None or mask.all() or int(n.attrs.get("groups", 1)) != 1 or "write_into" in n.attrs
+                or not bo or w.shape[0] % bo or len(mask) * bo != w.shape[0]):
+            continue
+        readers = _readers(g, n, bo)
+        if readers is None:
+            continue
+        rows = balance_order(mask)
+        if np.array_equal(rows, np.arange(len(rows))):
+            continue
+        ch = (rows[:, None] * bo + np.arange(bo)[None, :]).ravel()
+        co = w.shape[0]
+        for key in [k for k in params if k.startswith(f"{n.name}.")]:
+            p = params[key]
+            if key.endswith(".mask"):
+                params[key] = p[rows]
+            elif np.ndim(p) and len(p) == co:  # weight, bias, per-channel exponents and shifts
+                params[key] = p[ch]
+        convs, via = readers
+        for c in convs:
+            params[f"{c.name}.weight"] = params[f"{c.name}.weight"][:, ch]
+            if f"{c.name}.mask" in params:
+                params[f"{c.name}.mask"] = params[f"{c.name}.mask"][:, rows]
+        for m in [n, *via]:
+            orders[m.name] = ch
+    return g.replace_nodes(list(g.nodes), params), orders
