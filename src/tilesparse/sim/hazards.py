@@ -6,8 +6,8 @@ that runs its iterations in program order. A lock ``X.empty`` starts with one to
 with none; an iteration takes one token of every lock it acquires and, when done, gives one to
 every lock it releases. Two fixed rules add order: LOADWM of a step starts after every earlier
 COMP (it halts the cores) and the step's COMPs start after it; the DMA stages (LOAD, LOADFM,
-WRITEFM, WRITE) are not halted and follow their locks only; layers run one after another. The check runs the engines as far as the locks allow, tracking happens-before with
-vector clocks, then walks the accesses in the sequential reference order (per step: LOADW, LOADWM,
+WRITEFM, WRITE) are not halted and follow their locks only; layers run one after another. The
+check runs the engines as far as the locks allow, tracking happens-before with vector clocks, then walks the accesses in the sequential reference order (per step: LOADW, LOADWM,
 then LOAD i, LOADFM i, COMP i, WRITEFM i, WRITE i for each iteration i) and requires
 
 * every read of a buffer to happen after the write it needs (a read before its producer completed),
