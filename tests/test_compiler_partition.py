@@ -17,6 +17,8 @@ from tilesparse.compiler.partition import (
     capped_split,
     check_coverage,
     col_tiles,
+    fits,
+    max_tile_extent,
     oc_chunks,
     split_even,
     tile_grid,
@@ -201,3 +203,25 @@ def test_chooser_subvolume_is_used_and_validated():
 def test_layer_that_cannot_fit_names_it(tmp_path):
     with pytest.raises(CapacityError, match=r"layer 'c1'.*minimum sub-volume"):
         compile_graph(small_graph(), tiny_hw_yaml(tmp_path))
+
+
+@settings(max_examples=150, deadline=None)
+@given(kind=st.sampled_from(["conv", "maxpool", "add", "flatten"]), k=st.integers(1, 7), s=st.integers(1, 4),
+       d=st.integers(1, 2), residual=st.booleans(), oc=st.sampled_from([8, 16, 64, 256]),
+       ci=st.integers(1, 600), other=st.integers(1, 40), axis=st.integers(0, 1))
+def test_max_tile_extent_is_the_largest_tile_fits_accepts(kind, k, s, d, residual, oc, ci, other, axis):
+    """The closed form the tile search uses agrees with ``fits`` (bisected by brute force)."""
+    hw = load_array("4x4")
+    conv = kind == "conv"
+    spec = LayerSpec("L", kind, ("x", "y") if kind == "add" else ("x",), 600, 9, 9, 600, 9, 9,
+                     (k, k) if conv or kind == "maxpool" else (1, 1), (s, s) if kind == "maxpool" or conv else (1, 1),
+                     dilation=(d, d) if conv else (1, 1), residual="r" if conv and residual else "")
+    got = max_tile_extent(spec, hw, oc, ci, other, axis)
+
+    def ok(n):
+        h, w = (n, other) if axis == 0 else (other, n)
+        return not fits(spec, hw, SubVolume(oc, ci, h, w), 0, 1)
+
+    assert got == 0 or ok(got)
+    assert not ok(got + 1)
+    assert all(ok(n) for n in range(1, got + 1, max(1, got // 7)))

@@ -73,7 +73,7 @@ def _check_search_is_exhaustive_optimum(spec, hw, monkeypatch):
     best = None
     for grid in tiling._grids(spec, hw):
         cores = tiling.assign_cores(spec, hw, grid)
-        for sub in tiling._subvolumes(spec, hw, cores, widx):
+        for sub in tiling._subvolumes(spec, hw, tiling._Live.of(cores), widx):
             plan = tiling._try(spec, hw, grid, cores, sub, (False,), False, widx)
             if plan is not None and (best is None or plan.time_s < best.time_s):
                 best = plan

@@ -9,6 +9,7 @@ here with an error that names the node.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -146,7 +147,11 @@ class LayerSpec:
 
     def kept_channels_per_block_row(self) -> np.ndarray:
         """For each output channel: the number of input channels in its kept blocks
-        (a ragged last block counts its real width)."""
+        (a ragged last block counts its real width). Read-only, computed once per spec."""
+        return self._kept_per_channel
+
+    @functools.cached_property
+    def _kept_per_channel(self) -> np.ndarray:
         assert self.mask is not None
         bo, bi = self.block
         ig = self.ci // self.groups
@@ -154,7 +159,9 @@ class LayerSpec:
         per_row = self.mask.astype(np.int64) @ widths
         og = self.co // self.groups
         g, r = np.divmod(np.arange(self.co), og)
-        return per_row[g * math.ceil(og / bo) + r // bo]
+        out = per_row[g * math.ceil(og / bo) + r // bo]
+        out.flags.writeable = False
+        return out
 
 
 def kept_block_mask(node: Node, graph: Graph, co: int, ci_g: int, groups: int) -> np.ndarray:

@@ -48,6 +48,7 @@ __all__ = [
     "check_coverage",
     "col_tiles",
     "fits",
+    "max_tile_extent",
     "oc_chunks",
     "oc_units",
     "residual_capacity",
@@ -157,9 +158,10 @@ def _greedy(cum: np.ndarray, cap: float, width: int | None = None) -> list[int]:
     """Boundaries of the greedy fill of ranges with cost at most ``cap`` (and at most ``width``
     items, if given)."""
     bounds = [0]
+    cum = cum.tolist()  # bisect on a list: this loop runs tens of thousands of times per compile
     n = len(cum) - 1
     while bounds[-1] < n:
-        nxt = int(np.searchsorted(cum, cum[bounds[-1]] + cap * (1 + 1e-12), side="right")) - 1
+        nxt = bisect.bisect_right(cum, cum[bounds[-1]] + cap * (1 + 1e-12)) - 1
         nxt = max(nxt, bounds[-1] + 1)
         bounds.append(nxt if width is None else min(nxt, bounds[-1] + width))
     return bounds
@@ -449,6 +451,29 @@ def fits(spec: LayerSpec, hw: ArrayConfig, sub: SubVolume, weight_chunk_bytes: i
     if weight_chunk_bytes > core.weight_buffer_bytes:
         why.append(f"weight chunk {weight_chunk_bytes} B > weight buffer ({core.weight_buffer_bytes} B)")
     return why
+
+
+def max_tile_extent(spec: LayerSpec, hw: ArrayConfig, oc: int, ci: int, other: int, axis: int) -> int:
+    """The most output rows (``axis`` 0; ``other`` columns) or columns (axis 1; ``other`` rows)
+    of a tile with ``oc`` × ``ci`` channels that fits the core's buffers with one input-channel
+    chunk — ``fits(spec, hw, sub, 0, 1)`` in closed form (0 if none): every limit grows with the
+    tile, so each inverts. The tile search calls this instead of bisecting ``fits``."""
+    core = hw.core
+    per_pos = other * oc  # output values per unit of extent
+    lim = (core.output_buffer_bytes // 2) // (per_pos * ACC_BYTES)  # int32 accumulators: half core.out
+    if spec.residual:
+        lim = min(lim, (residual_capacity(hw) // 2) // per_pos)
+    room = (core.input_buffer_bytes // 2) // (spec.n_in * min(ci, spec.ci))  # input positions
+    if spec.kind == "flatten":
+        return lim if spec.hi * spec.wi <= room else 0
+    o = 1 - axis
+    span = room // spec.window_extent(other, o) if other > 0 else lim  # input rows/cols that fit
+    ext = (spec.kernel[axis] - 1) * spec.dilation[axis] + 1
+    if spec.stride[axis] >= ext:  # windows apart: each output reads ext rows (``window_extent``)
+        n = span // ext
+    else:  # overlapping windows: (n - 1) · stride + ext rows
+        n = (span - ext) // spec.stride[axis] + 1 if span >= ext else 0
+    return max(0, min(lim, n))
 
 
 def min_fit_error(spec: LayerSpec, hw: ArrayConfig, sub: SubVolume, chunk: int) -> CapacityError:

@@ -27,7 +27,6 @@ from tilesparse.compiler.partition import (
     CoreWork,
     LayerPartition,
     oc_chunks,
-    tile_grid,
 )
 from tilesparse.hw import ArrayConfig
 
@@ -213,14 +212,42 @@ class _Layout:
         self.rg = self.col_rg.sum(axis=0)
         self.p = np.zeros((len(regions), part.n_tiles))
         self.win = np.zeros((len(regions), part.n_tiles))
+        th, tw = part.sub.h, part.sub.w
+        by_size: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         done = set()
         for cw in live:
             if cw.region in done:
                 continue
             done.add(cw.region)
-            for t, (a, b, c, d) in enumerate(tile_grid(cw.h0, cw.h1, cw.w0, cw.w1, part.sub.h, part.sub.w)):
-                self.p[ri[cw.region], t] = (b - a) * (d - c)
-                self.win[ri[cw.region], t] = spec.window_positions(b - a, d - c)
+            size = (cw.h1 - cw.h0, cw.w1 - cw.w0)
+            if size not in by_size:  # regions of one size have the same tiles
+                # the tiles of ``tile_grid``, row-major: every row of tiles has the same widths
+                hs = [min(th, size[0] - a) for a in range(0, size[0], th)]
+                ws = [min(tw, size[1] - b) for b in range(0, size[1], tw)]
+                wp = {(a, b): spec.window_positions(a, b) for a in set(hs) for b in set(ws)}
+                by_size[size] = (np.outer(hs, ws).ravel(), [wp[a, b] for a in hs for b in ws])
+            p, win = by_size[size]
+            self.p[ri[cw.region], :len(p)] = p
+            self.win[ri[cw.region], :len(p)] = win
+        for a in (self.col_rg, self.row_g, self.rg, self.p, self.win):
+            a.flags.writeable = False  # shared between evaluations (``of``)
+
+    @staticmethod
+    def of(spec: LayerSpec, hw: ArrayConfig, part: LayerPartition) -> _Layout:
+        """The layout of ``part``, shared by the partitions of a search that differ only in their
+        channel chunks (same cores and tile shape)."""
+        key = (id(spec), id(part.cores), part.sub.h, part.sub.w, part.n_tiles, id(hw))
+        hit = _LAYOUT_MEMO.get(key)
+        if hit is None or hit[0] is not spec or hit[1] is not part.cores or hit[2] is not hw:
+            if len(_LAYOUT_MEMO) > _LAYOUT_MEMO_MAX:
+                _LAYOUT_MEMO.clear()
+            hit = _LAYOUT_MEMO[key] = (spec, part.cores, hw, _Layout(spec, hw, part))
+        return hit[3]
+
+
+# entries hold their spec, cores and hardware, so the ids in the key cannot be reused meanwhile
+_LAYOUT_MEMO: dict[tuple, tuple] = {}
+_LAYOUT_MEMO_MAX = 1024
 
 
 def _comp_cycles(spec, hw, rwork: np.ndarray, p: np.ndarray) -> np.ndarray:
@@ -286,7 +313,7 @@ class StepTable:
 def layer_steps(spec: LayerSpec, hw: ArrayConfig, part: LayerPartition, in_ddr: tuple[bool, ...],
                 out_ddr: bool, widx: WeightIndex | None) -> StepTable:
     """Every step of the layer in execution order (module doc)."""
-    lay = _Layout(spec, hw, part)
+    lay = _Layout.of(spec, hw, part)
     n_k, n_q, n_g = part.n_k, part.n_q, len(lay.reps)
     oc0, oc1, ci0, ci1 = _group_chunks(spec, part, lay.reps)
     last_q = np.arange(n_q) == n_q - 1

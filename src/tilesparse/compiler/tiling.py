@@ -27,6 +27,7 @@ from tilesparse.compiler.partition import (
     assign_cores,
     col_tiles,
     fits,
+    max_tile_extent,
     min_fit_error,
     oc_chunks,
     oc_units,
@@ -134,34 +135,27 @@ def _ci_blocks(spec, hw, widx, bounds, oc_t) -> int | None:
         total[:, -1] += bias[:, 0]
         return int(total.max())
 
-    lo, hi = 0, widx.n_cb
+    if worst(widx.n_cb) <= cap:  # every input channel at once (most layers of a large array)
+        return widx.n_cb
+    lo, hi = 0, widx.n_cb - 1
     while lo < hi:  # chunk size grows with the number of blocks: bisect the largest that fits
         mid = (lo + hi + 1) // 2
         lo, hi = (mid, hi) if worst(mid) <= cap else (lo, mid - 1)
     return lo or None
 
 
-def _largest(ok, hi: int) -> int:
-    """Largest x in [1, hi] with ok(x), ok monotone decreasing (1 if none)."""
-    lo = 1
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if ok(mid) else (lo, mid - 1)
-    return lo
-
-
 def _tiles(spec: LayerSpec, hw: ArrayConfig, oc_t: int, ci_t: int, hc: int, wc: int) -> list[tuple[int, int]]:
     """Tile candidates (rows, cols) that fit: the widest (then tallest) one, and the one that
     re-reads the least input — for each width as many rows as fit, keeping the most output
     positions per input position moved (neighbouring tiles re-read a k×k window's halo)."""
-    def ok(th: int, tw: int) -> bool:
-        return not fits(spec, hw, SubVolume(oc_t, ci_t, th, tw), 0, 1)
-    widest = _largest(lambda x: ok(1, x), max(1, wc))
-    first = (_largest(lambda x: ok(x, widest), max(1, hc)), widest)
+    def rows(tw: int) -> int:  # the most rows that fit (at least one: a caller checks 1 × 1 fits)
+        return max(1, min(hc, max_tile_extent(spec, hw, oc_t, ci_t, tw, 0)))
+    widest = max(1, min(wc, max_tile_extent(spec, hw, oc_t, ci_t, 1, 1)))
+    first = (rows(widest), widest)
     best = (-1.0, 0, 1, 1)
     widths = sorted({widest} | {max(1, widest // d) for d in TILE_WIDTH_DIVISORS})
     for tw in widths:
-        th = _largest(lambda x, tw=tw: ok(x, tw), max(1, hc))
+        th = rows(tw)
         p = th * tw
         score = (p / spec.window_positions(th, tw), p, th, tw)
         best = max(best, score)
@@ -171,15 +165,29 @@ def _tiles(spec: LayerSpec, hw: ArrayConfig, oc_t: int, ci_t: int, hc: int, wc: 
 TILE_WIDTH_DIVISORS = (1, 2, 3, 4, 6, 8, 12, 16)  # tile widths tried: the widest that fits / d
 
 
-def _partition(spec, hw, grid, cores, sub, widx) -> LayerPartition | None:
-    live = [c for c in cores if not c.empty]
-    if not live:
+@dataclass(frozen=True)
+class _Live:
+    """What a sub-volume's loop counts need from a grid's cores (computed once per grid)."""
+
+    cores: tuple[CoreWork, ...]  # the non-empty ones
+    oc_max: int  # widest output-channel range
+    sizes: frozenset[tuple[int, int]]  # distinct region (height, width)
+
+    @staticmethod
+    def of(cores) -> _Live:
+        live = tuple(c for c in cores if not c.empty)
+        return _Live(live, max((c.oc1 - c.oc0 for c in live), default=0),
+                     frozenset((c.h1 - c.h0, c.w1 - c.w0) for c in live))
+
+
+def _partition(spec, hw, grid, cores, sub, widx, live: _Live | None = None) -> LayerPartition | None:
+    live = live if live is not None else _Live.of(cores)
+    if not live.cores:
         return None
-    oc_max = max(c.oc1 - c.oc0 for c in live)
-    n_k = math.ceil(oc_max / sub.oc)
+    n_k = math.ceil(live.oc_max / sub.oc)
     ci_need = spec.ci if spec.kind == "conv" and spec.groups == 1 else 0
     n_q = math.ceil(ci_need / sub.ci) if ci_need else 1
-    n_tiles = max(-(-(c.h1 - c.h0) // sub.h) * -(-(c.w1 - c.w0) // sub.w) for c in live)
+    n_tiles = max(-(-h // sub.h) * -(-w // sub.w) for h, w in live.sizes)
     g = n_tiles if n_q == 1 else max(1, min(n_tiles, acc_tiles(spec, hw, sub, n_q)))
     return LayerPartition(spec.name, grid, cores, sub, n_k, n_q, g, n_tiles)
 
@@ -203,22 +211,21 @@ def _evaluate(spec, hw, part, in_ddr, out_ddr, widx) -> LayerPlan | None:
     return LayerPlan(spec, part, tab, total, widx, staging, in_ddr, out_ddr)
 
 
-def _subvolumes(spec, hw, cores, widx, memo: dict | None = None) -> list[SubVolume]:
+def _subvolumes(spec, hw, live: _Live, widx, memo: dict | None = None) -> list[SubVolume]:
     """The candidate sub-volumes of a grid (``memo``: tile shapes shared by a layer's grids)."""
     memo = {} if memo is None else memo
-    live = [c for c in cores if not c.empty]
-    if not live:
+    if not live.cores:
         return []
     unit = _unit(spec, hw)
-    oc_max = max(c.oc1 - c.oc0 for c in live)
-    hc = max(c.h1 - c.h0 for c in live)
-    wc = max(c.w1 - c.w0 for c in live)
+    oc_max = live.oc_max
+    hc = max(h for h, _ in live.sizes)
+    wc = max(w for _, w in live.sizes)
     # powers of two of the unit, and the balanced chunk for every chunk count (no ragged last chunk)
     ocs = sorted({min(oc_max, unit * 2 ** i) for i in range(12)} | {oc_max}
                  | {unit * -(-oc_max // (n * unit)) for n in range(1, MAX_OC_CHUNKS + 1)})
     subs = []
     for oc_t in ocs:
-        nb = _ci_blocks(spec, hw, widx, _chunk_bounds(spec, tuple(live), oc_t), oc_t)
+        nb = _ci_blocks(spec, hw, widx, _chunk_bounds(spec, live.cores, oc_t), oc_t)
         if nb is None:
             continue
         full_ci = spec.kind == "conv" and spec.groups == 1
@@ -257,7 +264,10 @@ def plan_layer(spec: LayerSpec, hw: ArrayConfig, in_ddr: tuple[bool, ...], out_d
         plan = _try(spec, hw, grid, assign_cores(spec, hw, grid), sub, in_ddr, out_ddr, widx)
         if plan is not None:
             return plan
-    best = _search(spec, hw, in_ddr, out_ddr, forced, widx)
+    if len(_TILE_MEMO) > _PLAN_MEMO_MAX:
+        _TILE_MEMO.clear()
+    tiles = _TILE_MEMO.setdefault((_geometry(spec), hw.model_dump_json()), {})
+    best = _search(spec, hw, in_ddr, out_ddr, forced, widx, tiles)
     if key is not None:
         if len(_PLAN_MEMO) > _PLAN_MEMO_MAX:
             _PLAN_MEMO.clear()
@@ -267,18 +277,25 @@ def plan_layer(spec: LayerSpec, hw: ArrayConfig, in_ddr: tuple[bool, ...], out_d
 
 _PLAN_MEMO: dict[tuple, tuple[Grid, SubVolume]] = {}
 _PLAN_MEMO_MAX = 4096  # entries; a network has a few hundred layers
+# tile shapes by (geometry, array): they depend on neither the mask nor the activation homes, so
+# a network's repeated blocks share them (``_tiles``)
+_TILE_MEMO: dict[tuple, dict] = {}
+
+
+def _geometry(spec: LayerSpec) -> tuple:
+    return (spec.kind, len(spec.inputs), spec.ci, spec.hi, spec.wi, spec.co, spec.ho, spec.wo, spec.kernel,
+            spec.stride, spec.padding, spec.dilation, spec.groups, spec.block, bool(spec.residual))
 
 
 def _plan_key(spec: LayerSpec, hw: ArrayConfig, in_ddr: tuple[bool, ...], out_ddr: bool) -> tuple:
     """Everything the choice depends on — the geometry, the mask, the array, the activation
     homes — and nothing it does not (names, buffer offsets): repeated blocks plan once."""
-    geo = (spec.kind, len(spec.inputs), spec.ci, spec.hi, spec.wi, spec.co, spec.ho, spec.wo, spec.kernel,
-           spec.stride, spec.padding, spec.dilation, spec.groups, spec.block, bool(spec.residual))
     mask = None if spec.mask is None else (spec.mask.shape, spec.mask.dtype.str, np.ascontiguousarray(spec.mask).tobytes())
-    return geo, mask, hw.model_dump_json(), tuple(in_ddr), bool(out_ddr)
+    return _geometry(spec), mask, hw.model_dump_json(), tuple(in_ddr), bool(out_ddr)
 
 
-def _search(spec, hw, in_ddr, out_ddr, forced, widx) -> LayerPlan:
+def _search(spec, hw, in_ddr, out_ddr, forced, widx, tiles_memo: dict | None = None) -> LayerPlan:
+    tiles_memo = {} if tiles_memo is None else tiles_memo
     grids = []
     for grid in _grids(spec, hw):
         cores = assign_cores(spec, hw, grid)
@@ -291,13 +308,14 @@ def _search(spec, hw, in_ddr, out_ddr, forced, widx) -> LayerPlan:
     # the order of their own floors until the floor loses to the best plan (or the budget ends)
     cands: list[tuple[float, int, LayerPartition]] = []
     best: LayerPlan | None = None
-    n_evals, tiles_memo = 0, {}
+    n_evals = 0
     for gi, (floor_s, _, grid, cores, floor) in enumerate(grids):
         if best is not None and floor_s >= best.time_s:
             break
-        subs = [forced] if forced is not None else _subvolumes(spec, hw, cores, widx, tiles_memo)
+        live = _Live.of(cores)
+        subs = [forced] if forced is not None else _subvolumes(spec, hw, live, widx, tiles_memo)
         for sub in subs:
-            part = _partition(spec, hw, grid, cores, sub, widx)
+            part = _partition(spec, hw, grid, cores, sub, widx, live)
             if part is not None:
                 cands.append((floor.of(part), len(cands), part))
         if gi == 0 and cands:  # a first plan, so that hopeless grids are not enumerated at all
