@@ -192,6 +192,27 @@ def _chunk_work(spec, hw, widx, oc0, oc1, ci0, ci1, last_q):
     return work, mpp, nbytes
 
 
+def _chunks_of(spec, hw, part: LayerPartition, reps: list[CoreWork], widx, last_q):
+    """``_group_chunks`` and ``_chunk_work`` of a partition, shared by the candidates of a search
+    that differ only in their tile shape (same groups' channels, chunk sizes and counts)."""
+    key = (id(spec), id(widx), id(hw), tuple((c.oc0, c.oc1) for c in reps), part.sub.oc, part.sub.ci,
+           part.n_k, part.n_q)
+    hit = _CHUNK_WORK_MEMO.get(key)
+    if hit is None or hit[0] is not spec or hit[1] is not widx or hit[2] is not hw:
+        if len(_CHUNK_WORK_MEMO) > _LAYOUT_MEMO_MAX:
+            _CHUNK_WORK_MEMO.clear()
+        oc0, oc1, ci0, ci1 = _group_chunks(spec, part, reps)
+        out = (oc0, oc1, ci0, ci1) + tuple(_chunk_work(spec, hw, widx, oc0, oc1, ci0, ci1, last_q))
+        for a in out:
+            a.flags.writeable = False  # shared between evaluations
+        hit = _CHUNK_WORK_MEMO[key] = (spec, widx, hw, out)
+    return hit[3]
+
+
+# entries hold their spec, weight index and hardware, so the ids in the key cannot be reused meanwhile
+_CHUNK_WORK_MEMO: dict[tuple, tuple] = {}
+
+
 class _Layout:
     """Incidence of a partition: oc groups × regions × rows/columns, and per-region tiles."""
 
@@ -315,9 +336,8 @@ def layer_steps(spec: LayerSpec, hw: ArrayConfig, part: LayerPartition, in_ddr: 
     """Every step of the layer in execution order (module doc)."""
     lay = _Layout.of(spec, hw, part)
     n_k, n_q, n_g = part.n_k, part.n_q, len(lay.reps)
-    oc0, oc1, ci0, ci1 = _group_chunks(spec, part, lay.reps)
     last_q = np.arange(n_q) == n_q - 1
-    work, mpp, nbytes = _chunk_work(spec, hw, widx, oc0, oc1, ci0, ci1, last_q)
+    oc0, oc1, ci0, ci1, work, mpp, nbytes = _chunks_of(spec, hw, part, lay.reps, widx, last_q)
     kq = n_k * n_q
     work, mpp, nbytes = (x.reshape(kq, n_g) for x in (work, mpp, nbytes))
     oclen = np.broadcast_to((oc1 - oc0)[:, None, :], (n_k, n_q, n_g)).reshape(kq, n_g)
@@ -330,35 +350,36 @@ def layer_steps(spec: LayerSpec, hw: ArrayConfig, part: LayerPartition, in_ddr: 
     any_ddr = any(in_ddr[:spec.n_in + bool(spec.residual)])
     g = part.tiles_per_group
     tab = StepTable(part.n_s, n_k, n_q, g)
+    # every tile of the layer at once (t axis), then one slice per spatial group
+    p, win = lay.p, lay.win
+    comp = _comp_cycles(spec, hw, rwork, p)
+    if spec.kind == "conv" and spec.groups == 1:  # all groups read the same channels: one window
+        cr = (np.einsum("crg,jg->jcr", lay.col_rg, active) > 0).astype(float)
+        fm = np.einsum("jcr,rt->jct", cr, win) * cilen.max(axis=1)[:, None, None]
+    else:  # each group reads its own channels
+        fm = np.einsum("crg,jg,rt->jct", (lay.col_rg > 0).astype(float), cilen, win)
+    fm = fm * spec.n_in
+    win_ddr = fm * (in_ddr[0] if spec.n_in == 1 else n_in_ddr / spec.n_in)  # per column
+    last = last_q[np.arange(kq) % n_q][:, None]
+    wr_c = np.einsum("crg,jg,rt->jct", lay.col_rg, oclen, p) * last[:, :, None]
+    wr = wr_c.max(axis=1)  # outputs leave after the last ci chunk
+    if spec.residual:  # fused add: the other operand's output-shaped tile comes in with the last chunk
+        fm = fm + wr_c
+        add_ops = np.ceil(p[None] * oclen.max(axis=1)[:, None, None] / hw.macs_per_cycle("int8"))
+        comp = comp + add_ops.max(axis=1) * last
+    # LOAD brings, per column, the windows of inputs in DDR and the residual tiles if the
+    # residual is in DDR (never the residual twice, nor one that lives in MemTile)
+    res_ddr = bool(spec.residual) and len(in_ddr) > spec.n_in and in_ddr[spec.n_in]
+    load = (win_ddr + wr_c * res_ddr).max(axis=1)
+    fm = fm.max(axis=1)
+    pipe_all = {"LOAD": load, "LOADFM": fm, "COMP": comp, "WRITEFM": wr, "WRITE": wr * out_ddr}
+    macs_per_pos = (lay.rg[None] * mpp[:, None, :]).sum(axis=2)  # (kq, regions)
     for s in range(part.n_s):
         sl = slice(s * g, min((s + 1) * g, part.n_tiles))
-        p, win = lay.p[:, sl], lay.win[:, sl]
-        comp = _comp_cycles(spec, hw, rwork, p)
-        macs = (lay.rg[None] * mpp[:, None, :]).sum(axis=2) @ p.sum(axis=1)
-        if spec.kind == "conv" and spec.groups == 1:  # all groups read the same channels: one window
-            cr = (np.einsum("crg,jg->jcr", lay.col_rg, active) > 0).astype(float)
-            fm = np.einsum("jcr,rt->jct", cr, win) * cilen.max(axis=1)[:, None, None]
-        else:  # each group reads its own channels
-            fm = np.einsum("crg,jg,rt->jct", (lay.col_rg > 0).astype(float), cilen, win)
-        fm = fm * spec.n_in
-        win_ddr = fm * (in_ddr[0] if spec.n_in == 1 else n_in_ddr / spec.n_in)  # per column
-        last = last_q[np.arange(kq) % n_q][:, None]
-        wr_c = np.einsum("crg,jg,rt->jct", lay.col_rg, oclen, p) * last[:, :, None]
-        wr = wr_c.max(axis=1)  # outputs leave after the last ci chunk
-        if spec.residual:  # fused add: the other operand's output-shaped tile comes in with the last chunk
-            fm = fm + wr_c
-            add_ops = np.ceil(p[None] * oclen.max(axis=1)[:, None, None] / hw.macs_per_cycle("int8"))
-            comp = comp + add_ops.max(axis=1) * last
-        # LOAD brings, per column, the windows of inputs in DDR and the residual tiles if the
-        # residual is in DDR (never the residual twice, nor one that lives in MemTile)
-        res_ddr = bool(spec.residual) and len(in_ddr) > spec.n_in and in_ddr[spec.n_in]
-        load = (win_ddr + wr_c * res_ddr).max(axis=1)
-        fm = fm.max(axis=1)
+        macs = macs_per_pos @ p[:, sl].sum(axis=1)
         resident = kq == 1 and s > 0  # the only chunk is still in the weight buffer
-        pipe = {"LOAD": load, "LOADFM": fm, "COMP": comp, "WRITEFM": wr,
-                "WRITE": wr * out_ddr}
         tab.add(s, np.zeros(kq) if resident else np.ceil(loadw / hw.cols),
                 np.zeros(kq) if resident else loadw, np.zeros(kq) if resident else loadwm,
-                pipe, macs, sl.stop - sl.start)
+                {op: a[:, sl] for op, a in pipe_all.items()}, macs, sl.stop - sl.start)
     tab.ops = tuple(op for op in PIPE_OPS if (op != "LOAD" or any_ddr) and (op != "WRITE" or out_ddr))
     return tab
