@@ -37,13 +37,17 @@ def test_compile_then_estimate(tmp_path):
     assert r.exit_code == 0 and (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_compile_balance_flag_records_channel_orders(tmp_path):
-    out = tmp_path / "b.tsp"
-    r = runner.invoke(app, ["compile", "resnet18", "-a", "2x2", "--sparsity", "0.5", "--input-shape",
-                            "1,3,32,32", "--no-quantized", "--balance", "--out", str(out)])
+def test_compile_balances_by_default_and_no_balance_keeps_the_order(tmp_path):
+    args = ["compile", "resnet18", "-a", "2x2", "--sparsity", "0.5", "--input-shape", "1,3,32,32",
+            "--no-quantized", "--out"]
+    r = runner.invoke(app, args + [str(tmp_path / "b.tsp")])
     assert r.exit_code == 0, r.output
-    orders = Program.load(out).meta["channel_orders"]
+    orders = Program.load(tmp_path / "b.tsp").meta["channel_orders"]
     assert orders and all(sorted(v) == list(range(len(v))) for v in orders.values())
+    assert any(v != sorted(v) for v in orders.values())  # some layer was actually reordered
+    r = runner.invoke(app, args + [str(tmp_path / "n.tsp"), "--no-balance"])
+    assert r.exit_code == 0, r.output
+    assert Program.load(tmp_path / "n.tsp").meta["channel_orders"] == {}
 
 
 def test_unknown_array_is_reported():

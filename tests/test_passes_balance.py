@@ -86,10 +86,10 @@ def test_reordered_network_computes_the_same():
 @pytest.mark.parametrize("array", ["2x2", "3x3"])
 def test_balanced_program_is_bit_exact(array):
     g = _chain(quantized=True)
-    prog = compile_graph(g, array, balance=True)
+    prog = compile_graph(g, array)  # balanced by default
     assert prog.meta["channel_orders"]
     check_bit_exact(g, prog)  # every layer against the reference, in the recorded channel order
-    plain = compile_graph(g, array)
+    plain = compile_graph(g, array, balance=False)
     assert plain.meta["channel_orders"] == {}
     x = np.random.default_rng(2).integers(-128, 128, (3, 12, 12)).astype(np.int8)
     got = simulate(prog, x, progress=False).outputs

@@ -40,7 +40,7 @@ def model_graph(model: str, sparsity: float, block: str, input_shape: str | None
                        quantized=quantized)
 
 
-def _compile(model, array, sparsity, block, input_shape, weights, quantized, balance=False):
+def _compile(model, array, sparsity, block, input_shape, weights, quantized, balance=True):
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from tilesparse.compiler.pipeline import compile_graph
@@ -69,7 +69,8 @@ def compile_verb(
                                                  "timing-only program.")] = True,
     balance: Annotated[bool, typer.Option(help="Reorder the output channels of sparse convs read only by "
                                                "convs so that every core's channels keep equal blocks "
-                                               "(same outputs; docs/compiler.md, 'Channel balancing').")] = False,
+                                               "(same outputs; docs/compiler.md, 'Channel balancing'); "
+                                               "--no-balance keeps the model's channel order.")] = True,
 ) -> None:
     """Compile a model to an AIE2 Program (instructions + packed weights), saved atomically."""
     from rich.console import Console

@@ -141,7 +141,7 @@ def _where(alloc: Allocation, ddr: DdrLayout, buf: str) -> str:
 
 
 def compile_graph(graph: Graph, hw: ArrayConfig | str, *, chooser: Chooser | None = None,
-                  balance: bool = False) -> Program:
+                  balance: bool = True) -> Program:
     """Compile a lowered (and ideally quantized) IR graph for array ``hw`` into a ``Program``.
 
     ``chooser(node, hw) -> SubVolume | None`` may impose a layer's per-core sub-volume (validated;

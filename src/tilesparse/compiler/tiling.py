@@ -346,8 +346,8 @@ def _best_of(spec, hw, in_ddr, out_ddr, widx, cands, best: LayerPlan | None, n: 
     return best, n
 
 
-MAX_EVALS = 24  # time-model evaluations per layer at least, in the order of the candidates' floors
-MAX_WORK = 1_500  # ... and at least this many pipeline iterations timed (the cost of an evaluation)
+MAX_EVALS = 48  # time-model evaluations per layer at least, in the order of the candidates' floors
+MAX_WORK = 3_000  # ... and at least this many pipeline iterations timed (the cost of an evaluation)
 
 
 class _GridFloor:
