@@ -242,14 +242,15 @@ def _oc_chunks_uncached(spec: LayerSpec, oc0: int, oc1: int, oc_t: int, n_k: int
     return tuple(min(oc0 + i * bo, oc1) for i in cuts)
 
 
-def _memo(store: dict, max_entries: int, spec: LayerSpec, key: tuple, compute):
-    """Per-spec memo: ``key`` holds ``id(spec)`` and the entry keeps ``spec`` alive, so the id
-    cannot be reused by another spec while the entry exists."""
+def _memo(store: dict, max_entries: int, keep: object, key: tuple, compute):
+    """Memo keyed by object ids: ``key`` holds the ``id`` of ``keep`` (a spec, or a tuple of the
+    objects whose ids it holds) and the entry keeps ``keep`` alive, so no id in the key can be
+    reused by another object while the entry exists."""
     hit = store.get(key)
     if hit is None:
         if len(store) > max_entries:
             store.clear()
-        hit = store[key] = (spec, compute())
+        hit = store[key] = (keep, compute())
     return hit[1]
 
 

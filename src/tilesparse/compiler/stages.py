@@ -26,6 +26,7 @@ from tilesparse.compiler.partition import (
     ACC_BYTES,
     CoreWork,
     LayerPartition,
+    _memo,
     oc_chunks,
 )
 from tilesparse.hw import ArrayConfig
@@ -195,21 +196,18 @@ def _chunk_work(spec, hw, widx, oc0, oc1, ci0, ci1, last_q):
 def _chunks_of(spec, hw, part: LayerPartition, reps: list[CoreWork], widx, last_q):
     """``_group_chunks`` and ``_chunk_work`` of a partition, shared by the candidates of a search
     that differ only in their tile shape (same groups' channels, chunk sizes and counts)."""
-    key = (id(spec), id(widx), id(hw), tuple((c.oc0, c.oc1) for c in reps), part.sub.oc, part.sub.ci,
-           part.n_k, part.n_q)
-    hit = _CHUNK_WORK_MEMO.get(key)
-    if hit is None or hit[0] is not spec or hit[1] is not widx or hit[2] is not hw:
-        if len(_CHUNK_WORK_MEMO) > _LAYOUT_MEMO_MAX:
-            _CHUNK_WORK_MEMO.clear()
+    def compute():
         oc0, oc1, ci0, ci1 = _group_chunks(spec, part, reps)
         out = (oc0, oc1, ci0, ci1) + tuple(_chunk_work(spec, hw, widx, oc0, oc1, ci0, ci1, last_q))
         for a in out:
             a.flags.writeable = False  # shared between evaluations
-        hit = _CHUNK_WORK_MEMO[key] = (spec, widx, hw, out)
-    return hit[3]
+        return out
+
+    key = (id(spec), id(widx), id(hw), tuple((c.oc0, c.oc1) for c in reps), part.sub.oc, part.sub.ci,
+           part.n_k, part.n_q)
+    return _memo(_CHUNK_WORK_MEMO, _MEMO_MAX, (spec, widx, hw), key, compute)
 
 
-# entries hold their spec, weight index and hardware, so the ids in the key cannot be reused meanwhile
 _CHUNK_WORK_MEMO: dict[tuple, tuple] = {}
 
 
@@ -258,17 +256,11 @@ class _Layout:
         """The layout of ``part``, shared by the partitions of a search that differ only in their
         channel chunks (same cores and tile shape)."""
         key = (id(spec), id(part.cores), part.sub.h, part.sub.w, part.n_tiles, id(hw))
-        hit = _LAYOUT_MEMO.get(key)
-        if hit is None or hit[0] is not spec or hit[1] is not part.cores or hit[2] is not hw:
-            if len(_LAYOUT_MEMO) > _LAYOUT_MEMO_MAX:
-                _LAYOUT_MEMO.clear()
-            hit = _LAYOUT_MEMO[key] = (spec, part.cores, hw, _Layout(spec, hw, part))
-        return hit[3]
+        return _memo(_LAYOUT_MEMO, _MEMO_MAX, (spec, part.cores, hw), key, lambda: _Layout(spec, hw, part))
 
 
-# entries hold their spec, cores and hardware, so the ids in the key cannot be reused meanwhile
 _LAYOUT_MEMO: dict[tuple, tuple] = {}
-_LAYOUT_MEMO_MAX = 1024
+_MEMO_MAX = 1024  # entries of each memo above (a layer's search has a few hundred candidates)
 
 
 def _comp_cycles(spec, hw, rwork: np.ndarray, p: np.ndarray) -> np.ndarray:
