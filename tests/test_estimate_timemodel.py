@@ -73,15 +73,42 @@ def test_one_conv_layer_by_hand():
     plan = plan_layer(spec, HW, (False,), False, chooser=lambda n, hw: SubVolume(16, 16, 4, 4))
     (st,) = plan.table.steps()
     weights = 16 * 16 + 1 + 16 * 4  # kept blocks + bitmap (4 bits -> 1 byte) + int32 bias
-    assert (st.loadw_bytes, st.loadwm_bytes) == (weights, weights)
+    # 4 word-aligned weight pieces: bounds 4·ceil(i·321/16) = 0, 84, 164, 244, then 321
+    assert HW.memtile.weight_slot_pieces == 4
+    assert st.loadw_bytes.tolist() == st.loadwm_bytes.tolist() == [84, 80, 80, 77]
+    assert st.loadw_total == weights
     assert st.pipe["LOADFM"].tolist() == [4 * 4 * 16]
     assert st.pipe["WRITEFM"].tolist() == [4 * 4 * 16]
     # COMP: ceil(16 positions / 4) x 2 slabs of 8 outputs x ceil(16 inputs x 1 tap / 8) + 64 cycles
     assert st.pipe["COMP"].tolist() == [4 * 2 * 2 + 64]
     assert st.macs == 16 * 16 * 16
-    # one iteration: in sequence, but the input tile moves during LOADW and LOADWM (rule 5)
-    want = (2 * weights + 256) / 4e9 + 80e-9
+    # one iteration: in sequence, but the input tile moves during LOADW and LOADWM (rule 5).
+    # LOADWM starts when piece 0 has arrived (84 B) and never waits for a later piece (piece i
+    # arrives at 164, 244, 321 B, before LOADWM gets to it): the weights are in at 84 + 321 B
+    want = (84 + weights + 256) / 4e9 + 80e-9
     assert plan.time_s == pytest.approx(want)
+    # one piece per slot: LOADWM waits for all of LOADW
+    hw1 = HW.model_copy(update={"memtile": HW.memtile.model_copy(update={"weight_slot_pieces": 1})})
+    plan1 = plan_layer(spec, hw1, (False,), False, chooser=lambda n, hw: SubVolume(16, 16, 4, 4))
+    assert plan1.table.steps()[0].loadw_bytes.tolist() == [weights]
+    assert plan1.time_s == pytest.approx((2 * weights + 256) / 4e9 + 80e-9)
+
+
+def test_weight_pieces_cut_through_by_hand():
+    # one step, one iteration of COMP 1 s; 4 pieces: LOADW 1, 1, 1, 1 s, LOADWM 0.5, 0.5, 0.5, 2 s
+    # LOADW piece i arrives at 1, 2, 3, 4; LOADWM: 1-1.5, waits, 2-2.5, 3-3.5, then 4-6
+    # (piece 3 arrives at 4): weights in at 6, COMP 6-7
+    lw = np.array([[1.0, 1.0, 1.0, 1.0]]) * 4e9
+    lwm = np.array([[0.5, 0.5, 0.5, 2.0]]) * 4e9
+    assert layer_time_arrays(lw, lwm, {"COMP": np.full((1, 1), 1e9)}, HW) == pytest.approx(7.0)
+    lt = layer_time([(lw[0], lwm[0], {"COMP": np.array([1e9])})], HW)
+    assert (lt.total_s, lt.steps[0].start_s, lt.steps[0].ready_s) == pytest.approx((7.0, 1.0, 6.0))
+    assert (lt.steps[0].loadw_s, lt.steps[0].loadwm_s) == pytest.approx((4.0, 3.5))
+    # LOADWM slower than LOADW (2 s per piece): it never waits after piece 0: 1 + 8, COMP 9-10
+    assert layer_time_arrays(lw, np.full((1, 4), 8e9), {"COMP": np.full((1, 1), 1e9)}, HW) == pytest.approx(10.0)
+    # as one piece: 4 + 3.5 + 1
+    assert layer_time_arrays(lw.sum(axis=1), lwm.sum(axis=1), {"COMP": np.full((1, 1), 1e9)},
+                             HW) == pytest.approx(8.5)
 
 
 def test_skipped_blocks_cost_nothing():

@@ -106,6 +106,25 @@ def test_broken_lock_is_a_hazard(prog, how):
         simulate(p, np.zeros((3, 32, 32), np.int8), progress=False)
 
 
+def test_loadwm_piece_without_its_lock_reads_before_loadw(prog):
+    """Cut-through: LOADWM copies weight piece i once LOADW has filled it, which only the piece's
+    ``full`` lock guarantees."""
+    _, p = prog
+    i = next(i for i, ins in enumerate(p.instrs) if ins.op == "LOADWM")
+    assert p.instrs[i].iters > 1 and p.instrs[i].acquire == "wslot0[i].full; cores halted"
+    p.instrs[i] = dataclasses.replace(p.instrs[i], acquire="cores halted")
+    with pytest.raises(HazardError, match=r"LOADWM #\d+ .*iteration 0\) reads memtile\.wslot0\[0\] before LOADW #"):
+        simulate(p, np.zeros((3, 32, 32), np.int8), progress=False)
+
+
+def test_loadwm_with_other_piece_count_than_its_loadw(prog):
+    _, p = prog
+    i = next(i for i, ins in enumerate(p.instrs) if ins.op == "LOADWM")
+    p.instrs[i] = dataclasses.replace(p.instrs[i], iters=p.instrs[i].iters - 1)
+    with pytest.raises(SimulationError, match=r"LOADWM .*copies \d+ weight pieces, the LOADW that filled wslot0 moved"):
+        simulate(p, np.zeros((3, 32, 32), np.int8), progress=False, check=False)
+
+
 def test_dropped_lock_reports_reader_and_producer(prog):
     _, p = prog
     i = next(i for i, ins in enumerate(p.instrs) if ins.op == "COMP")

@@ -3,8 +3,9 @@
 Per step (s, k, q) of a layer (see ``stages``), in this order:
 
 * ``LOADW``  DDR → MemTile weight slot ``j mod 2``: the step's chunks of every oc group,
-  contiguous in DDR (skipped if the layer has no weights or the chunk is resident);
-* ``LOADWM`` slot → every core's weight buffer (halts the cores);
+  contiguous in DDR (skipped if the layer has no weights or the chunk is resident), one
+  iteration per weight piece (piece i: the i-th byte range of every chunk, ``pack.piece_bounds``);
+* ``LOADWM`` slot → every core's weight buffer (halts the cores), piece by piece;
 * the pipeline, each instruction with ``iters`` = the step's tiles: ``LOAD`` (input buffer in DDR →
   MemTile staging), ``LOADFM`` (MemTile → core input ping/pong), ``COMP``, and in the last input-channel
   chunk ``WRITEFM`` (core output ping/pong → MemTile) and ``WRITE`` (MemTile staging → DDR) when the
@@ -87,13 +88,13 @@ STAGE_OUT_FULL, STAGE_OUT_EMPTY = "stage_out[i%2].full", "stage_out[i%2].empty"
 def _step_instrs(li, j, st: Step, plan: LayerPlan, spans, in_src, out_dst, totals):
     base = {"layer": li, "step": j, "s": st.s, "k": st.k, "q": st.q}
     slot = f"wslot{j % 2}"
-    if st.loadw_total:
+    if st.loadw_total:  # one iteration per weight piece, each piece with its own lock pair
         addr, nb = spans[(st.k, st.q)]
-        yield dict(op="LOADW", iters=1, src=f"ddr@{addr}", dst=f"memtile.{slot}", nbytes=nb,
-                   acquire=f"{slot}.empty", release=f"{slot}.full", **base), [st.loadw_bytes]
-    if st.loadwm_bytes:
-        yield dict(op="LOADWM", iters=1, src=f"memtile.{slot}", dst="core.w", nbytes=totals["LOADWM"],
-                   acquire=f"{slot}.full; cores halted", release=f"{slot}.empty", **base), [st.loadwm_bytes]
+        n_p = len(st.loadw_bytes)
+        yield dict(op="LOADW", iters=n_p, src=f"ddr@{addr}", dst=f"memtile.{slot}", nbytes=nb,
+                   acquire=f"{slot}[i].empty", release=f"{slot}[i].full", **base), st.loadw_bytes
+        yield dict(op="LOADWM", iters=n_p, src=f"memtile.{slot}", dst="core.w", nbytes=totals["LOADWM"],
+                   acquire=f"{slot}[i].full; cores halted", release=f"{slot}[i].empty", **base), st.loadwm_bytes
     n = st.iters
     last_q = st.q == plan.part.n_q - 1
     staged_in, staged_out = "LOAD" in st.pipe, "WRITE" in st.pipe

@@ -34,10 +34,22 @@ __all__ = [
     "dense_weight_bytes",
     "int8_weights",
     "pack_chunk",
+    "piece_bounds",
     "unpack_chunk",
 ]
 
 BITS_PER_BYTE = 8
+PIECE_ALIGN = 4  # weight pieces start on 32-bit words (the DMA's unit)
+
+
+def piece_bounds(nbytes: np.ndarray | int, pieces: int) -> np.ndarray:
+    """Byte offsets ``[b_0 = 0, …, b_P = nbytes]`` (last axis) splitting chunks of ``nbytes``
+    into ``pieces`` nearly equal word-aligned ranges (docs/program.md, "weight pieces"); a
+    chunk smaller than ``pieces`` words leaves its last pieces empty."""
+    n = np.asarray(nbytes, dtype=np.int64)[..., None]
+    i = np.arange(pieces + 1, dtype=np.int64)
+    step = pieces * PIECE_ALIGN
+    return np.minimum(n, PIECE_ALIGN * -(-(i * n) // step))
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from tilesparse.utils.config import validate_model
 __all__ = ["FORMAT_VERSION", "MAGIC", "Instr", "LayerRecord", "Program"]
 
 MAGIC = "tilesparse-program"
-FORMAT_VERSION = 2  # 2: staging locks, copy-layer shifts, meta["input_scale_exp"]
+FORMAT_VERSION = 3  # 2: staging locks, copy-layer shifts, meta["input_scale_exp"]; 3: weight pieces
 OPS = ("LOAD", "LOADW", "LOADFM", "LOADWM", "COMP", "WRITEFM", "WRITE")
 
 

@@ -11,7 +11,8 @@ for COMP — the numbers the time model turns into seconds (``tilesparse.estimat
 Channel accounting (docs/time-model.md): LOADFM/LOAD/WRITEFM/WRITE use one channel per column (a
 window read by several cores of a column is broadcast once); LOADWM one channel per row (a chunk
 shared by several cores of a row is broadcast once); LOADW spreads the step's distinct chunks over
-all column channels.
+all column channels. LOADW and LOADWM move the weights in ``hw.memtile.weight_slot_pieces``
+pieces (piece i: the i-th byte range of every chunk, ``pack.piece_bounds``), one value per piece.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tilesparse.compiler.layers import LayerSpec
+from tilesparse.compiler.pack import piece_bounds
 from tilesparse.compiler.partition import (
     ACC_BYTES,
     CoreWork,
@@ -104,14 +106,14 @@ class WeightIndex:
 @dataclass
 class Step:
     """One (s, k, q) step of a layer: per-iteration busiest-channel bytes (transfers) or slowest-core
-    cycles (COMP), in ``pipe``; single-shot LOADW / LOADWM bytes; executed MACs."""
+    cycles (COMP), in ``pipe``; LOADW / LOADWM bytes per weight piece; executed MACs."""
 
     s: int
     k: int
     q: int
-    loadw_bytes: int  # busiest column channel
-    loadw_total: int
-    loadwm_bytes: int  # busiest row channel (0: chunk already resident)
+    loadw_bytes: np.ndarray  # per piece, busiest column channel
+    loadw_total: int  # all channels and pieces (0: chunk already resident)
+    loadwm_bytes: np.ndarray  # per piece, busiest row channel
     pipe: dict[str, np.ndarray] = field(default_factory=dict)
     macs: int = 0
 
@@ -194,11 +196,14 @@ def _chunk_work(spec, hw, widx, oc0, oc1, ci0, ci1, last_q):
 
 
 def _chunks_of(spec, hw, part: LayerPartition, reps: list[CoreWork], widx, last_q):
-    """``_group_chunks`` and ``_chunk_work`` of a partition, shared by the candidates of a search
-    that differ only in their tile shape (same groups' channels, chunk sizes and counts)."""
+    """``_group_chunks`` and ``_chunk_work`` of a partition and its chunks' weight pieces (K × Q ×
+    groups × pieces bytes), shared by the candidates of a search that differ only in their tile
+    shape (same groups' channels, chunk sizes and counts)."""
     def compute():
         oc0, oc1, ci0, ci1 = _group_chunks(spec, part, reps)
-        out = (oc0, oc1, ci0, ci1) + tuple(_chunk_work(spec, hw, widx, oc0, oc1, ci0, ci1, last_q))
+        work, mpp, nbytes = _chunk_work(spec, hw, widx, oc0, oc1, ci0, ci1, last_q)
+        pieces = np.diff(piece_bounds(nbytes, hw.memtile.weight_slot_pieces), axis=-1)
+        out = (oc0, oc1, ci0, ci1, work, mpp, nbytes, pieces)
         for a in out:
             a.flags.writeable = False  # shared between evaluations
         return out
@@ -278,7 +283,8 @@ def _comp_cycles(spec, hw, rwork: np.ndarray, p: np.ndarray) -> np.ndarray:
 
 class StepTable:
     """Every step of a layer as arrays (step j = (s, k, q) in loop order): LOADW bytes on the
-    busiest column channel and in total, LOADWM bytes on the busiest row channel, and per pipeline
+    busiest column channel (steps × pieces) and in total, LOADWM bytes on the busiest row channel
+    (steps × pieces), and per pipeline
     op a (steps × iterations) array of busiest-channel bytes or slowest-core cycles (zero-padded
     past a step's ``iters``; an op that does not run in a step is all zero there)."""
 
@@ -319,7 +325,8 @@ class StepTable:
                 k, q = divmod(j, self.n_q)
                 ops = {op: pipe[op][j, :iters] for op in self.ops
                        if op not in ("WRITEFM", "WRITE") or q == self.n_q - 1}
-                out.append(Step(s, k, q, int(lw[j]), int(lwt[j]), int(lwm[j]), ops, int(macs[j])))
+                out.append(Step(s, k, q, lw[j].astype(np.int64), int(lwt[j]), lwm[j].astype(np.int64), ops,
+                                int(macs[j])))
         return out
 
 
@@ -329,15 +336,17 @@ def layer_steps(spec: LayerSpec, hw: ArrayConfig, part: LayerPartition, in_ddr: 
     lay = _Layout.of(spec, hw, part)
     n_k, n_q, n_g = part.n_k, part.n_q, len(lay.reps)
     last_q = np.arange(n_q) == n_q - 1
-    oc0, oc1, ci0, ci1, work, mpp, nbytes = _chunks_of(spec, hw, part, lay.reps, widx, last_q)
+    oc0, oc1, ci0, ci1, work, mpp, nbytes, pieces = _chunks_of(spec, hw, part, lay.reps, widx, last_q)
     kq = n_k * n_q
     work, mpp, nbytes = (x.reshape(kq, n_g) for x in (work, mpp, nbytes))
+    pieces = pieces.reshape(kq, n_g, -1)
     oclen = np.broadcast_to((oc1 - oc0)[:, None, :], (n_k, n_q, n_g)).reshape(kq, n_g)
     cilen = np.broadcast_to(ci1 - ci0, (n_k, n_q, n_g)).reshape(kq, n_g) * (oclen > 0)
     rwork = np.where(lay.rg[None] > 0, work[:, None, :], 0).max(axis=2)
     active = (oclen > 0).astype(float)
     loadw = nbytes.sum(axis=1)
-    loadwm = (lay.row_g[None] * nbytes[:, None, :]).sum(axis=2).max(axis=1)
+    loadw_piece = np.ceil(pieces.sum(axis=1) / hw.cols)  # each piece spread over the columns
+    loadwm = np.matmul(lay.row_g, pieces).max(axis=1)  # busiest row channel, per piece
     n_in_ddr = sum(in_ddr[:spec.n_in])
     any_ddr = any(in_ddr[:spec.n_in + bool(spec.residual)])
     g = part.tiles_per_group
@@ -370,8 +379,8 @@ def layer_steps(spec: LayerSpec, hw: ArrayConfig, part: LayerPartition, in_ddr: 
         sl = slice(s * g, min((s + 1) * g, part.n_tiles))
         macs = macs_per_pos @ p[:, sl].sum(axis=1)
         resident = kq == 1 and s > 0  # the only chunk is still in the weight buffer
-        tab.add(s, np.zeros(kq) if resident else np.ceil(loadw / hw.cols),
-                np.zeros(kq) if resident else loadw, np.zeros(kq) if resident else loadwm,
+        tab.add(s, loadw_piece * 0 if resident else loadw_piece,
+                np.zeros(kq) if resident else loadw, loadwm * 0 if resident else loadwm,
                 {op: a[:, sl] for op, a in pipe_all.items()}, macs, sl.stop - sl.start)
     tab.ops = tuple(op for op in PIPE_OPS if (op != "LOAD" or any_ddr) and (op != "WRITE" or out_ddr))
     return tab

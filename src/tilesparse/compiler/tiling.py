@@ -195,7 +195,7 @@ def _partition(spec, hw, grid, cores, sub, widx, live: _Live | None = None) -> L
 def _staging(tab: StepTable, pipe: dict[str, np.ndarray]) -> int:
     """MemTile bytes per column the layer reserves: two weight slots and, for activations that
     stream through DDR, two tiles each way (reserved for every layer: spills are decided later)."""
-    w = float(tab.loadw.max(initial=0)) * WEIGHT_SLOTS
+    w = float(tab.loadw.sum(axis=1).max(initial=0)) * WEIGHT_SLOTS  # a slot holds every piece
     fm = float(pipe["LOADFM"].max(initial=0))
     wr = float(pipe["WRITEFM"].max(initial=0))
     return int(w + PING_PONG * (fm + wr))
@@ -358,8 +358,8 @@ class _GridFloor:
     weights refill (rules 2, 5), so the layer takes at least the busiest core's kept MACs at peak
     plus the LOADWM time of the busiest row — its distinct chunks, each sent at least once per
     spatial group unless a single chunk stays resident — and one LOADFM pass over the input per
-    output-channel chunk (``_input_pass_s``), after the first step's weights have arrived (all
-    but the first tile's input, which may stream in meanwhile)."""
+    output-channel chunk (``_input_pass_s``), after the first piece of the first step's weights
+    has arrived (all but the first tile's input, which may stream in meanwhile)."""
 
     def __init__(self, spec: LayerSpec, hw: ArrayConfig, cores, widx: WeightIndex | None):
         live = [c for c in cores if not c.empty]
@@ -393,14 +393,17 @@ class _GridFloor:
         distinct = {c.oc_group: (c.oc0, c.oc1, int(b)) for c, b in zip(live, nbytes)}
         g = np.array(list(distinct.values()))
         self.g_oc0, self.g_oc1 = g[:, 0], g[:, 1]
+        # the cores wait for the first step's weight piece 0: at least 1/pieces of its bytes
+        # (``pack.piece_bounds`` rounds piece 0 up) spread over every column's weight channel
         self.col_bw = hw.cols * hw.links.ddr_to_memtile_bytes_per_s
+        self.piece0_bw = self.col_bw * hw.memtile.weight_slot_pieces
         # LOADW streams every distinct chunk on the column weight channels before the last COMP
         self.s = max(self.comp + self.stall, self.fm, float(g[:, 2].sum()) / self.col_bw)
 
     def of(self, part: LayerPartition) -> float:
         """The floor of one partition of the grid: for a conv, weight reloads per spatial group
-        and input passes per output-channel chunk, after the first step's weights have arrived
-        (its LOADWM and pipeline wait for them)."""
+        and input passes per output-channel chunk, after the first piece of the first step's
+        weights has arrived (its LOADWM and pipeline wait for it)."""
         if self.widx is None or not self.s:
             return self.s
         reloads = part.n_s if part.n_k * part.n_q > 1 else 1
@@ -418,8 +421,8 @@ class _GridFloor:
         # weights arrive (time-model rule 5); COMP and the weight stalls wait for them
         lead = 2 * spec.n_in * spec.window_positions(sub.h, sub.w) * min(sub.ci, spec.ci) / self.mt_bw
         fm = part.n_k * self.fm
-        return max(first / self.col_bw + self.comp + reloads * self.stall,
-                   max(fm, first / self.col_bw + fm - lead), self.s)
+        return max(first / self.piece0_bw + self.comp + reloads * self.stall,
+                   max(fm, first / self.piece0_bw + fm - lead), self.s)
 
 
 def _input_pass_s(spec: LayerSpec, hw: ArrayConfig, cores) -> float:

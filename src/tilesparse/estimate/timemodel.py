@@ -21,14 +21,17 @@ Rules:
    iterations this is the paper's max(stage) × n plus the pipeline fill/drain. The steps of one
    layer continue the same ping-pong pipeline (the buffer parity carries over), so the fill is
    paid once per layer.
-5. **LOADWM halts the cores**: a step's LOADWM is added to its first COMP iteration (the core
-   cannot compute while its weight buffer refills); the DMA stages (LOADFM of the next tile,
-   WRITEFM of the previous one) keep running on their own channels. It starts once the step's
-   LOADW has arrived. Likewise the layer's first input tile (LOAD, LOADFM of iteration 0) moves
-   while its first weights arrive (LOADW 0, LOADWM 0): only COMP needs them (``_lead_s``).
+5. **LOADWM halts the cores**: from its start to its end, a step's LOADWM is added to its first
+   COMP iteration (the core cannot compute while its weight buffer refills); the DMA stages
+   (LOADFM of the next tile, WRITEFM of the previous one) keep running on their own channels.
+   Weights move in ``hw.memtile.weight_slot_pieces`` pieces with a lock pair each (cut-through):
+   LOADWM starts once the cores are free and LOADW's piece 0 has arrived, and copies piece i once
+   LOADW has delivered it. Likewise the layer's first input tile (LOAD, LOADFM of iteration 0)
+   moves while its first weights arrive (LOADW 0, LOADWM 0): only COMP needs them (``_lead_s``).
 6. **LOADW prefetch**: the weight channel streams the layer's chunks ahead of the cores into two
    MemTile slots: chunk j starts when chunk j−1 has arrived and slot (j mod 2) was emptied by LOADWM
-   j−2. Layers do not overlap each other (so a layer is never faster than its own lower bound).
+   j−2 (all its pieces). Layers do not overlap each other (so a layer is never faster than its
+   own lower bound).
 """
 
 from __future__ import annotations
@@ -100,14 +103,14 @@ def pipeline_s(stages: dict[str, np.ndarray]) -> float:
 
 @dataclass(frozen=True)
 class StepTime:
-    loadw_s: float
+    loadw_s: float  # Σ over pieces
     loadwm_s: float
     pipe_s: float
     stage_busy_s: dict[str, float]  # seconds each pipeline stage is busy (for the timeline)
-    start_s: float = 0.0  # LOADWM start relative to the layer start
+    start_s: float = 0.0  # LOADWM start (the cores halt) relative to the layer start
     loadw_start_s: float = 0.0
     lead_s: float = 0.0  # the first step's pipeline starts this much before its LOADWM ends
-
+    ready_s: float = 0.0  # LOADWM end: the step's weights are in the cores
 
 @dataclass(frozen=True)
 class LayerTime:
@@ -122,59 +125,106 @@ class LayerTime:
         return sum(s.stage_busy_s.get(op, 0.0) for s in self.steps)
 
 
-def _segments(d: np.ndarray, lwm: np.ndarray, comp_row: int) -> tuple[np.ndarray, float]:
+@dataclass(frozen=True)
+class _Segments:
+    """Per step j, the pipeline's seconds once its LOADWM has halted the cores for h seconds:
+    ``rest + max(other, comp + h)`` from ``table[j] = (rest, other, comp)`` — the slowest stage
+    summed over iterations ≥ 1; iteration 0's slowest transfer stage, which keeps going, and its
+    COMP, which waits for the weights (rule 5). ``fill``: the layer's first iteration's stages
+    but the slowest (rule 4)."""
+
+    table: np.ndarray  # steps × 3
+    fill: float
+
+
+def _segments(d: np.ndarray, comp_row: int) -> _Segments:
     """Rules 4–5 for a layer whose steps' pipelines continue one another: ``d[j, op, i]`` stage
-    seconds (zero-padded), ``lwm[j]`` LOADWM seconds. A step's LOADWM stalls its first COMP (it is
-    added to it) while the transfer stages keep going; returns each step's segment seconds and
-    the layer's fill (the first iteration's stages but the slowest)."""
-    if d.shape[0] == 0:
-        return np.zeros(0), 0.0
-    if d.shape[2] == 0 or comp_row < 0:
-        seg = (d.max(axis=1).sum(axis=1) if d.shape[2] else np.zeros(d.shape[0])) + lwm
-        first = d[0, :, 0] if d.shape[2] else np.zeros(1)
-        return seg, float(first.sum() - first.max())
-    d = d.copy()
-    first = d[0, :, 0].copy()
-    d[:, comp_row, 0] += lwm
-    return d.max(axis=1).sum(axis=1), float(first.sum() - first.max())
+    seconds (zero-padded)."""
+    table = np.zeros((d.shape[0], 3))
+    if d.shape[0] == 0 or d.shape[2] == 0:
+        return _Segments(table, 0.0)
+    first = d[0, :, 0]
+    table[:, 0] = d[:, :, 1:].max(axis=1).sum(axis=1)
+    if comp_row < 0:  # no COMP: the halt delays the whole first iteration
+        table[:, 2] = d[:, :, 0].max(axis=1)
+    else:
+        others = d[:, :, 0].copy()
+        others[:, comp_row] = 0.0  # seconds are ≥ 0: the slowest transfer stage, 0 without one
+        table[:, 1] = others.max(axis=1)
+        table[:, 2] = d[:, comp_row, 0]
+    return _Segments(table, float(first.sum() - first.max()))
 
 
 INPUT_OPS = ("LOAD", "LOADFM")
 
 
-def _lead_s(d: np.ndarray, ops: list[str], lw: np.ndarray, lwm: np.ndarray) -> float:
+def _lead_s(d: np.ndarray, ops: list[str], weights_s: float) -> float:
     """Rule 5, first step: seconds of the fill hidden because the first tile's input transfers
-    run while the first weights arrive. The fill counts them before the first COMP (which also
-    waits for LOADW 0 and LOADWM 0); on their own channels they overlap those, so the first COMP
-    starts at max(weights, input) instead of their sum: min(LOADW 0 + LOADWM 0, the input stages
-    of iteration 0 that the fill counts — all but the slowest stage)."""
-    if not len(lw) or d.shape[2] == 0:
+    run while the first weights arrive (``weights_s``: LOADW 0 and LOADWM 0, overlapped piece by
+    piece). The fill counts them before the first COMP (which also waits for the weights); on
+    their own channels they overlap those, so the first COMP starts at max(weights, input)
+    instead of their sum: min(weights, the input stages of iteration 0 that the fill counts —
+    all but the slowest stage)."""
+    if d.shape[0] == 0 or d.shape[2] == 0:
         return 0.0
     first = d[0, :, 0]
     # the stage the fill leaves out (on a tie, not an input stage: the fill then holds the input)
     slowest = max(range(len(ops)), key=lambda o: (first[o], ops[o] not in INPUT_OPS))
     lead = sum(float(first[o]) for o, op in enumerate(ops) if op in INPUT_OPS and o != slowest)
-    return min(float(lw[0] + lwm[0]), lead)
+    return min(weights_s, lead)
 
 
-def _recurrence(lw: np.ndarray, lwm: np.ndarray, seg: np.ndarray, fill: float):
-    """Rule 6 and the step order: returns (total, segment starts, LOADW starts)."""
-    w_done, core_free = 0.0, 0.0
-    lwm_done: list[float] = []
-    starts, lw_starts = [], []
-    for j in range(len(lw)):
-        slot_free = lwm_done[j - WEIGHT_SLOTS] if j >= WEIGHT_SLOTS else 0.0
-        lw_starts.append(max(w_done, slot_free))
-        w_done = lw_starts[-1] + float(lw[j])
-        starts.append(max(core_free, w_done))
-        lwm_done.append(starts[-1] + float(lwm[j]))
-        core_free = starts[-1] + float(seg[j])
-    return core_free + fill, starts, lw_starts
+@dataclass(frozen=True)
+class _Schedule:
+    total_s: float  # without the first step's lead
+    starts: list[float]  # LOADWM starts (the cores halt)
+    lw_starts: list[float]
+    ready: list[float]  # LOADWM ends
+    seg: list[float]  # each step's pipeline seconds, halt included
 
 
-def layer_time(steps: Sequence[tuple[float, float, dict[str, np.ndarray]]], hw: ArrayConfig) -> LayerTime:
-    """Rules 1–7 over a layer's steps, each ``(loadw_bytes, loadwm_bytes, {op: per-iteration
-    bytes or cycles})``; returns the layer's seconds and every step's timing."""
+def _recurrence(lw: np.ndarray, lwm: np.ndarray, seg: _Segments) -> _Schedule:
+    """Rules 5–6 and the step order; ``lw[j, i]`` / ``lwm[j, i]``: seconds of weight piece i.
+
+    LOADW j starts when LOADW j−1 is done and slot (j mod 2) was emptied by LOADWM j−2; its
+    pieces arrive one after another. LOADWM j starts when the cores are free and piece 0 has
+    arrived, and copies piece i once it has arrived."""
+    w_done = core_free = 0.0
+    starts, lw_starts, ready, segs = [], [], [], []
+    # plain floats: this loop runs for every candidate of the compiler's search
+    for j, (pw, pm, (rest, other, comp)) in enumerate(zip(lw.tolist(), lwm.tolist(), seg.table.tolist())):
+        lw0 = max(w_done, ready[j - WEIGHT_SLOTS]) if j >= WEIGHT_SLOTS else w_done
+        start = max(core_free, lw0 + pw[0]) if pw else max(core_free, lw0)
+        done, arrived = start, lw0
+        for a, b in zip(pw, pm):  # piece by piece: copy once it has arrived
+            arrived += a
+            done = max(done, arrived) + b
+        w_done = arrived
+        seconds = rest + max(other, comp + done - start)
+        core_free = start + seconds
+        starts.append(start)
+        lw_starts.append(lw0)
+        ready.append(done)
+        segs.append(seconds)
+    return _Schedule(core_free + seg.fill, starts, lw_starts, ready, segs)
+
+
+def _pieces(x: np.ndarray, n_steps: int) -> np.ndarray:
+    """Per-step weight values as steps × pieces (a 1-D array is one piece per step)."""
+    x = np.asarray(x, dtype=np.float64)
+    return x.reshape(n_steps, -1) if x.size else np.zeros((n_steps, 1))
+
+
+def _layer(lw: np.ndarray, lwm: np.ndarray, d: np.ndarray, ops: list[str]) -> tuple[_Schedule, float]:
+    sched = _recurrence(lw, lwm, _segments(d, ops.index("COMP") if "COMP" in ops else -1))
+    lead = _lead_s(d, ops, sched.ready[0] - sched.lw_starts[0] if sched.ready else 0.0)
+    return sched, lead
+
+
+def layer_time(steps: Sequence[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]], hw: ArrayConfig) -> LayerTime:
+    """Rules 1–6 over a layer's steps, each ``(loadw_bytes, loadwm_bytes, {op: per-iteration
+    bytes or cycles})`` (weight bytes per piece); returns the layer's seconds and every step's
+    timing."""
     secs = [{op: stage_seconds(op, v, hw) for op, v in pipe.items()} for _, _, pipe in steps]
     ops = list(dict.fromkeys(op for sc in secs for op in sc))
     t_max = max((len(v) for sc in secs for v in sc.values()), default=0)
@@ -183,27 +233,31 @@ def layer_time(steps: Sequence[tuple[float, float, dict[str, np.ndarray]]], hw: 
         for o, op in enumerate(ops):
             if op in sc:
                 d[j, o, :len(sc[op])] = sc[op]
-    lw = np.array([float(transfer_s("LOADW", b, hw)) for b, _, _ in steps])
-    lwm = np.array([float(transfer_s("LOADWM", b, hw)) for _, b, _ in steps])
-    seg, fill = _segments(d, lwm, ops.index("COMP") if "COMP" in ops else -1)
-    total, starts, lw_starts = _recurrence(lw, lwm, seg, fill)
-    lead = _lead_s(d, ops, lw, lwm)
-    out = tuple(StepTime(float(lw[j]), float(lwm[j]), float(seg[j]),
-                         {op: float(v.sum()) for op, v in secs[j].items()}, starts[j], lw_starts[j],
-                         lead if j == 0 else 0.0)
+    n_p = max((np.size(b) for b, _, _ in steps), default=1)
+    lw = np.zeros((len(steps), n_p))
+    lwm = np.zeros((len(steps), n_p))
+    for j, (b, bm, _) in enumerate(steps):
+        lw[j, :np.size(b)] = transfer_s("LOADW", np.ravel(b), hw)
+        lwm[j, :np.size(bm)] = transfer_s("LOADWM", np.ravel(bm), hw)
+    sched, lead = _layer(lw, lwm, d, ops)
+    out = tuple(StepTime(float(lw[j].sum()), float(lwm[j].sum()), sched.seg[j],
+                         {op: float(v.sum()) for op, v in secs[j].items()}, sched.starts[j],
+                         sched.lw_starts[j], lead if j == 0 else 0.0, sched.ready[j])
                 for j in range(len(steps)))
-    return LayerTime(total - lead, out)
+    return LayerTime(sched.total_s - lead, out)
 
 
 def layer_time_arrays(loadw_bytes: np.ndarray, loadwm_bytes: np.ndarray,
                       pipe: dict[str, np.ndarray], hw: ArrayConfig) -> float:
-    """Rules 1–7 for a layer given as arrays (``pipe[op]``: steps × iterations); seconds."""
-    lw = transfer_s("LOADW", loadw_bytes, hw)
-    lwm = transfer_s("LOADWM", loadwm_bytes, hw)
+    """Rules 1–6 for a layer given as arrays (``pipe[op]``: steps × iterations; weights: steps ×
+    pieces, or one value per step); seconds."""
     ops = list(pipe)
     d = np.stack([stage_seconds(op, v, hw) for op, v in pipe.items()], axis=1)
-    seg, fill = _segments(d, lwm, ops.index("COMP") if "COMP" in ops else -1)
-    return _recurrence(lw, lwm, seg, fill)[0] - _lead_s(d, ops, lw, lwm)
+    n = d.shape[0]
+    lw = transfer_s("LOADW", _pieces(loadw_bytes, n), hw)
+    lwm = transfer_s("LOADWM", _pieces(loadwm_bytes, n), hw)
+    sched, lead = _layer(lw, lwm, d, ops)
+    return sched.total_s - lead
 
 
 @dataclass(frozen=True)
@@ -250,15 +304,15 @@ def estimate_program(program) -> ProgramTime:
         keys = sorted(k for k in by_step if k[0] == li)
         steps = []
         for key in keys:
-            lw = lwm = 0.0
+            lw = lwm = np.zeros(1)
             pipe: dict[str, np.ndarray] = {}
             for i in by_step[key]:
                 ins = program.instrs[i]
                 v = program.iter_values(ins)
                 if ins.op == "LOADW":
-                    lw = float(v[0])
+                    lw = v  # per weight piece
                 elif ins.op == "LOADWM":
-                    lwm = float(v[0])
+                    lwm = v
                 else:
                     pipe[ins.op] = v
             steps.append((lw, lwm, pipe))
@@ -272,7 +326,7 @@ def estimate_program(program) -> ProgramTime:
                 elif ins.op == "LOADWM":
                     start, busy = st.start_s, st.loadwm_s
                 else:
-                    start, busy = st.start_s + st.loadwm_s - st.lead_s, st.stage_busy_s.get(ins.op, 0.0)
+                    start, busy = st.ready_s - st.lead_s, st.stage_busy_s.get(ins.op, 0.0)
                 out.append(InstrTime(i, t + start, busy, _why(ins.op, v, hw)))
         layers.append((rec.name, t, lt.total_s))
         t += lt.total_s

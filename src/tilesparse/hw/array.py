@@ -54,6 +54,10 @@ class CoreConfig(_Strict):
 
 class MemTileConfig(_Strict):
     bytes: PositiveInt = 524288
+    # Each weight slot is split into this many pieces, each with its own lock pair, so LOADWM
+    # copies piece i into the cores while LOADW still fills the later ones (weight cut-through).
+    # 2 slots x pieces x 2 locks must fit the MemTile's 64 locks, beside the activation locks.
+    weight_slot_pieces: int = Field(4, ge=1, le=8)
 
 
 class DdrConfig(_Strict):

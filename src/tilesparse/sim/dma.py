@@ -4,7 +4,8 @@
 of each column: ``wslot0``, ``wslot1`` (each as large as the layer's largest per-column LOADW),
 ``stage_in[0/1]`` (largest per-column LOADFM iteration) and ``stage_out[0/1]`` (largest per-column
 WRITEFM iteration). Weight slots are striped evenly over the columns (``ceil(n / cols)`` per
-column, so LOADW uses every column channel); ``stage_in``/``stage_out`` hold, per column, that
+column, so LOADW uses every column channel; piece after piece, each spread over the columns on
+its own); ``stage_in``/``stage_out`` hold, per column, that
 column's windows / output tiles for one iteration.
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from tilesparse.compiler.pack import piece_bounds
 from tilesparse.sim import compute as C
 from tilesparse.sim.memory import SimulationError, Where
 
@@ -47,7 +49,9 @@ class Staging:
             for idx in step:
                 ins = self.p.instrs[idx]
                 if ins.op in vals and ins.iters:
-                    vals[ins.op] = max(vals[ins.op], int(np.ceil(self.p.iter_values(ins).max())))
+                    v = self.p.iter_values(ins)  # a weight slot holds all pieces of a LOADW
+                    v = v.sum() if ins.op == "LOADW" else v.max()
+                    vals[ins.op] = max(vals[ins.op], int(np.ceil(v)))
         self.w_bytes, self.in_bytes, self.out_bytes = vals["LOADW"], vals["LOADFM"], vals["WRITEFM"]
         self.base = cap
         end = cap + 2 * (self.w_bytes + self.in_bytes + self.out_bytes)
@@ -55,7 +59,7 @@ class Staging:
             raise SimulationError(f"layer {self.v.name!r}: staging (2 x {self.w_bytes} B weight slots, 2 x "
                                   f"{self.in_bytes} B in, 2 x {self.out_bytes} B out per column) does not fit "
                                   f"above the {cap} B of activations in a {self.mt} B MemTile")
-        self.slot: dict[int, tuple[int, int, int]] = {}  # slot -> (ddr addr, bytes, per-column part)
+        self.slot: dict[int, dict] = {}  # slot -> DDR span, pieces, filled pieces' column offsets
         self.core_in: dict[tuple[int, int], dict] = {}
         self.core_out: dict[tuple[int, int], tuple] = {}
         self.stage_in: dict[int, dict] = {0: {}, 1: {}}  # parity -> {(col, key): (offset, shape)}
@@ -84,8 +88,19 @@ class Staging:
         self.stage_out[i % 2] = []
 
     # ---- weights ----------------------------------------------------------------------------
-    def loadw(self, idx: int) -> None:
-        ins, where = self.p.instrs[idx], self._where(idx)
+    def _piece(self, rows: list, i: int, n_p: int) -> list[tuple[Any, int, int, int]]:
+        """Piece ``i`` of a step's chunks: (row, DDR address, bytes, offset in the chunk) per chunk,
+        in DDR order — the i-th byte range of every chunk (``pack.piece_bounds``)."""
+        out = []
+        for r in sorted(rows, key=lambda r: int(r[7])):
+            b = piece_bounds(int(r[8]), n_p)
+            out.append((r, int(r[7]) + int(b[i]), int(b[i + 1] - b[i]), int(b[i])))
+        return out
+
+    def loadw(self, idx: int, i: int) -> None:
+        """LOADW piece ``i``: gather the i-th byte range of every chunk from DDR, spread evenly
+        over the columns' slot areas after pieces 0 … i−1 (docs/program.md, "weight pieces")."""
+        ins, where = self.p.instrs[idx], self._where(idx, i)
         addr, n, slot = parse_addr(where, ins.src, "ddr@"), int(ins.nbytes), _slot_index(where, ins.dst)
         self.mem.ddr_check(where, addr, n, tuple(self.p.ddr["weights"]))
         rows = self.v.step_chunks.get((ins.k, ins.q), [])
@@ -94,21 +109,39 @@ class Staging:
         if (addr, n) != (lo, span):
             raise SimulationError(f"{where}: copies DDR [{addr}, {addr + n}) but the weight chunks of "
                                   f"chunk (k={ins.k}, q={ins.q}) occupy [{lo}, {lo + span})")
-        part = math.ceil(n / self.cols)
+        if i == 0:
+            self.slot[slot] = {"addr": addr, "n": n, "pieces": ins.iters, "filled": {}, "off": 0}
+        st = self.slot[slot]
+        data = np.concatenate([self.mem.ddr[a:a + nb] for _, a, nb, _ in self._piece(rows, i, ins.iters)]
+                              + [np.zeros(0, np.uint8)])
+        part = math.ceil(len(data) / self.cols)
         for c in range(self.cols):
-            a, b = c * part, min(n, (c + 1) * part)
+            a, b = c * part, min(len(data), (c + 1) * part)
             if b > a:
-                self.mem.memtile[self._mt_range(where, c, "w", slot, 0, b - a)] = self.mem.ddr[addr + a:addr + b]
-                self.ex.acct.move(idx, 0, c, b - a)
-        self.slot[slot] = (addr, n, part)
+                self.mem.memtile[self._mt_range(where, c, "w", slot, st["off"], b - a)] = data[a:b]
+                self.ex.acct.move(idx, i, c, b - a)
+        st["filled"][i] = (st["off"], part)  # piece i's per-column offset and size
+        st["off"] += part
 
-    def loadwm(self, idx: int) -> None:
-        ins, where = self.p.instrs[idx], self._where(idx)
+    def loadwm(self, idx: int, i: int) -> None:
+        """LOADWM piece ``i``: every core's range i of its chunk, slot → core.w at the same offset
+        in the chunk; after the last piece the core decodes the chunk from its weight buffer."""
+        ins, where = self.p.instrs[idx], self._where(idx, i)
         slot = _slot_index(where, ins.src)
-        if slot not in self.slot:
-            raise SimulationError(f"{where}: reads wslot{slot} before any LOADW filled it")
-        addr, n, part = self.slot[slot]
+        st = self.slot.get(slot)
+        if st is None or i not in st["filled"]:
+            raise SimulationError(f"{where}: reads piece {i} of wslot{slot} before any LOADW filled it")
+        if ins.iters != st["pieces"]:
+            raise SimulationError(f"{where}: copies {ins.iters} weight pieces, the LOADW that filled "
+                                  f"wslot{slot} moved {st['pieces']}")
+        addr, n = st["addr"], st["n"]
+        off_i, part = st["filled"][i]
         a0, _ = self._area("w", slot)
+        rows = self.v.step_chunks.get((ins.k, ins.q), [])
+        pos, at = 0, {}
+        for r, _, nb, in_chunk in self._piece(rows, i, st["pieces"]):  # where each chunk's range lies in the piece
+            at[(int(r[0]), int(r[1]), int(r[2]))] = (pos, nb, in_chunk)
+            pos += nb
         seen: dict[tuple[int, int], None] = {}  # (row, oc group) chunks already sent on a row channel
         for core, cw in enumerate(self.v.cores):
             ch = self.v.chunk(core, ins.k, ins.q)
@@ -117,18 +150,22 @@ class Staging:
             row = self.v.chunk_rows.get((cw.oc_group, ins.k, ins.q))
             if row is None:
                 raise SimulationError(f"{where}: no weight chunk for oc group {cw.oc_group}, k={ins.k}, q={ins.q}")
-            off, nb = int(row[7]) - addr, int(row[8])
-            if off < 0 or off + nb > n:
+            if int(row[7]) < addr or int(row[7]) + int(row[8]) > addr + n:
                 raise SimulationError(f"{where}: chunk of oc group {cw.oc_group} at DDR {row[7]} is not in "
                                       f"wslot{slot} (holds DDR [{addr}, {addr + n}))")
-            lg = np.arange(off, off + nb)
-            col = lg // part
-            data = self.mem.memtile[col * self.mt + a0 + lg - col * part]
-            self.mem.core_slice(where, core, "w", 0, nb)[...] = data
+            p0, nb, in_chunk = at[(int(row[0]), int(row[1]), int(row[2]))]
+            lg = np.arange(p0, p0 + nb)
+            col = lg // max(part, 1)
+            self.mem.core_slice(where, core, "w", in_chunk, nb)[...] = \
+                self.mem.memtile[col * self.mt + a0 + off_i + lg - col * part]
             if (core // self.cols, cw.oc_group) not in seen:
-                self.ex.acct.move(idx, 0, core // self.cols, nb)
+                self.ex.acct.move(idx, i, core // self.cols, nb)
                 seen[(core // self.cols, cw.oc_group)] = None
-            self.ex.wchunk[core] = self._decode(where, core, row, ch, data, seen)
+            if i == 0:
+                self.ex.wchunk.pop(core, None)  # the buffer is being overwritten
+            if i == ins.iters - 1:
+                data = self.mem.core_slice(where, core, "w", 0, int(row[8])).copy()
+                self.ex.wchunk[core] = self._decode(where, core, row, ch, data, seen)
 
     def _decode(self, where, core, row, ch, data, seen) -> C.Chunk:
         key = (int(row[0]), int(row[1]), int(row[2]), ch[2], ch[3])

@@ -1,6 +1,6 @@
 """Interpret a ``Program`` instruction by instruction over explicit memories (docs/program.md).
 
-Steps run in order; in a step LOADW and LOADWM run once, then the pipeline instructions run
+Steps run in order; in a step LOADW and then LOADWM run piece by piece, then the pipeline instructions run
 iteration-major (LOAD i, LOADFM i, COMP i, WRITEFM i, WRITE i for i = 0, 1, …), which is the
 order the ping-pong locks allow. Every DMA copies bytes between the memories; COMP computes from
 the bytes in the core's data memory only (``tilesparse.sim.compute``).
@@ -81,10 +81,9 @@ class Executor:
             pipe = []
             for idx in step:
                 op = self.p.instrs[idx].op
-                if op == "LOADW":
-                    self.stage.loadw(idx)
-                elif op == "LOADWM":
-                    self.stage.loadwm(idx)
+                if op in ("LOADW", "LOADWM"):  # one iteration per weight piece
+                    for i in range(self.p.instrs[idx].iters):
+                        getattr(self.stage, op.lower())(idx, i)
                 elif op in PIPE_ORDER:
                     pipe.append(idx)
                 else:

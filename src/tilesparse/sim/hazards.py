@@ -2,10 +2,12 @@
 wait for the last reader? (docs/program.md, "Locks and ordering").
 
 Each op is one engine (the LOADW channel, LOADWM, LOAD, LOADFM, the cores' COMP, WRITEFM, WRITE)
-that runs its iterations in program order. A lock ``X.empty`` starts with one token, ``X.full``
-with none; an iteration takes one token of every lock it acquires and, when done, gives one to
-every lock it releases. Two fixed rules add order: LOADWM of a step starts after every earlier
-COMP (it halts the cores) and the step's COMPs start after it; the DMA stages (LOAD, LOADFM,
+that runs its iterations in program order (LOADW and LOADWM: one per weight piece, each piece
+of a slot its own buffer). A lock ``X.empty`` starts with one token, ``X.full`` with none; an
+iteration takes one token of every lock it acquires and, when done, gives one to every lock it
+releases (``[i%2]`` in a lock name: the iteration's parity; ``[i]``: the iteration). Two fixed
+rules add order: LOADWM of a step starts after every earlier COMP (it halts the cores) and the
+step's COMPs start after its last piece; the DMA stages (LOAD, LOADFM,
 WRITEFM, WRITE) are not halted and follow their locks only; layers run one after another. The
 check runs the engines as far as the locks allow, tracking happens-before with vector clocks, then walks the accesses in the sequential reference order (per step: LOADW, LOADWM,
 then LOAD i, LOADFM i, COMP i, WRITEFM i, WRITE i for each iteration i) and requires
@@ -57,7 +59,7 @@ def _locks(s: str, it: int) -> list[str]:
     for part in s.split(";"):
         part = part.strip()
         if part and part not in NOTES:
-            out.append(part.replace("[i%2]", f"[{it % 2}]"))
+            out.append(part.replace("[i%2]", f"[{it % 2}]").replace("[i]", f"[{it}]"))
     return out
 
 
@@ -83,13 +85,14 @@ def _build(program, idxs: list[int]) -> tuple[list[list[Event]], list[Event]]:
             ins = program.instrs[i]
             if ins.op not in AGENTS:
                 raise HazardError(f"instruction #{i}: unknown op {ins.op!r}")
-            if ins.op in ("LOADW", "LOADWM"):
-                ev = _event(program, queues, i, 0, staged)
-                if ins.op == "LOADWM" and pipe_seen[COMP]:  # the cores finish their COMPs, then halt
-                    ev.after = [(COMP, pipe_seen[COMP])]
-                if ins.op == "LOADWM":
-                    lwm = ev
-                order.append(ev)
+            if ins.op in ("LOADW", "LOADWM"):  # one iteration per weight piece
+                for it in range(ins.iters):
+                    ev = _event(program, queues, i, it, staged)
+                    if ins.op == "LOADWM" and it == 0 and pipe_seen[COMP]:  # the cores finish, then halt
+                        ev.after = [(COMP, pipe_seen[COMP])]
+                    if ins.op == "LOADWM":
+                        lwm = ev  # the step's COMPs wait for the last piece
+                    order.append(ev)
         pipe = sorted((i for i in step if program.instrs[i].op in PIPE), key=lambda i: PIPE.index(program.instrs[i].op))
         iters = max((program.instrs[i].iters for i in pipe), default=0)
         for it in range(iters):
@@ -157,10 +160,10 @@ def _accesses(program, ev: Event) -> list[tuple[tuple, str]]:
     h = ev.it % 2
     last_q = ins.q == program.layers[ins.layer].loops["n_q"] - 1
     op = ins.op
-    if op == "LOADW":
-        return [((ins.dst,), "W")]
+    if op == "LOADW":  # weight slots: one buffer per piece
+        return [((ins.dst, ev.it), "W")]
     if op == "LOADWM":
-        return [((ins.src,), "R"), (("core.w",), "W")]
+        return [((ins.src, ev.it), "R"), (("core.w",), "W")]
     if op == "LOAD":
         return [(("stage_in", h), "W")]
     res = [(("core.res", h), "W" if op == "LOADFM" else "R")] if last_q and program.layers[ins.layer].fused_add else []
