@@ -421,7 +421,9 @@ class _GridFloor:
         # weights arrive (time-model rule 5); COMP and the weight stalls wait for them
         lead = 2 * spec.n_in * spec.window_positions(sub.h, sub.w) * min(sub.ci, spec.ci) / self.mt_bw
         fm = part.n_k * self.fm
+        # COMP and every later LOADWM also wait for all of the first step's weights
         return max(first / self.piece0_bw + self.comp + reloads * self.stall,
+                   first / self.col_bw + self.comp + (reloads - 1) * self.stall,
                    max(fm, first / self.piece0_bw + fm - lead), self.s)
 
 

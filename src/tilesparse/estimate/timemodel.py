@@ -174,39 +174,40 @@ def _lead_s(d: np.ndarray, ops: list[str], weights_s: float) -> float:
     return min(weights_s, lead)
 
 
-@dataclass(frozen=True)
-class _Schedule:
-    total_s: float  # without the first step's lead
-    starts: list[float]  # LOADWM starts (the cores halt)
-    lw_starts: list[float]
-    ready: list[float]  # LOADWM ends
-    seg: list[float]  # each step's pipeline seconds, halt included
-
-
-def _recurrence(lw: np.ndarray, lwm: np.ndarray, seg: _Segments) -> _Schedule:
+def _recurrence(lw: np.ndarray, lwm: np.ndarray, seg: _Segments,
+                record: list | None = None) -> tuple[float, float]:
     """Rules 5–6 and the step order; ``lw[j, i]`` / ``lwm[j, i]``: seconds of weight piece i.
+    Returns the layer's seconds before the first step's lead and when the first step's weights
+    are in the cores; appends (LOADWM start, LOADW start, LOADWM end, pipeline seconds) per step
+    to ``record``.
 
     LOADW j starts when LOADW j−1 is done and slot (j mod 2) was emptied by LOADWM j−2; its
-    pieces arrive one after another. LOADWM j starts when the cores are free and piece 0 has
-    arrived, and copies piece i once it has arrived."""
+    pieces arrive one after another, piece i at ``a_i``. LOADWM j starts when the cores are free
+    and piece 0 has arrived, and copies piece i once it has arrived: it ends at
+    ``max(start + Σ_i lwm_i, max_i (a_i + Σ_{m≥i} lwm_m))``."""
+    if lw.shape[1] == 0:
+        lw = lwm = np.zeros((len(lw), 1))
+    cum = np.cumsum(lw, axis=1)
+    tail = np.cumsum(lwm[:, ::-1], axis=1)[:, ::-1]  # Σ_{m≥i} lwm_m
+    cols = np.concatenate([cum[:, -1:], lw[:, :1], tail[:, :1], (cum + tail).max(axis=1, keepdims=True),
+                           seg.table], axis=1)
     w_done = core_free = 0.0
-    starts, lw_starts, ready, segs = [], [], [], []
+    prev = [0.0] * WEIGHT_SLOTS  # LOADWM ends of the last steps, oldest first
+    first = None
     # plain floats: this loop runs for every candidate of the compiler's search
-    for j, (pw, pm, (rest, other, comp)) in enumerate(zip(lw.tolist(), lwm.tolist(), seg.table.tolist())):
-        lw0 = max(w_done, ready[j - WEIGHT_SLOTS]) if j >= WEIGHT_SLOTS else w_done
-        start = max(core_free, lw0 + pw[0]) if pw else max(core_free, lw0)
-        done, arrived = start, lw0
-        for a, b in zip(pw, pm):  # piece by piece: copy once it has arrived
-            arrived += a
-            done = max(done, arrived) + b
-        w_done = arrived
+    for lw_all, lw_first, lwm_all, late, rest, other, comp in cols.tolist():
+        lw0 = max(w_done, prev[0])
+        w_done = lw0 + lw_all
+        start = max(core_free, lw0 + lw_first)
+        done = max(start + lwm_all, lw0 + late)
         seconds = rest + max(other, comp + done - start)
         core_free = start + seconds
-        starts.append(start)
-        lw_starts.append(lw0)
-        ready.append(done)
-        segs.append(seconds)
-    return _Schedule(core_free + seg.fill, starts, lw_starts, ready, segs)
+        prev = prev[1:] + [done]
+        if first is None:
+            first = done
+        if record is not None:
+            record.append((start, lw0, done, seconds))
+    return core_free + seg.fill, first or 0.0
 
 
 def _pieces(x: np.ndarray, n_steps: int) -> np.ndarray:
@@ -215,10 +216,10 @@ def _pieces(x: np.ndarray, n_steps: int) -> np.ndarray:
     return x.reshape(n_steps, -1) if x.size else np.zeros((n_steps, 1))
 
 
-def _layer(lw: np.ndarray, lwm: np.ndarray, d: np.ndarray, ops: list[str]) -> tuple[_Schedule, float]:
-    sched = _recurrence(lw, lwm, _segments(d, ops.index("COMP") if "COMP" in ops else -1))
-    lead = _lead_s(d, ops, sched.ready[0] - sched.lw_starts[0] if sched.ready else 0.0)
-    return sched, lead
+def _layer(lw: np.ndarray, lwm: np.ndarray, d: np.ndarray, ops: list[str],
+           record: list | None = None) -> float:
+    total, weights_s = _recurrence(lw, lwm, _segments(d, ops.index("COMP") if "COMP" in ops else -1), record)
+    return total - _lead_s(d, ops, weights_s)
 
 
 def layer_time(steps: Sequence[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]], hw: ArrayConfig) -> LayerTime:
@@ -239,12 +240,14 @@ def layer_time(steps: Sequence[tuple[np.ndarray, np.ndarray, dict[str, np.ndarra
     for j, (b, bm, _) in enumerate(steps):
         lw[j, :np.size(b)] = transfer_s("LOADW", np.ravel(b), hw)
         lwm[j, :np.size(bm)] = transfer_s("LOADWM", np.ravel(bm), hw)
-    sched, lead = _layer(lw, lwm, d, ops)
-    out = tuple(StepTime(float(lw[j].sum()), float(lwm[j].sum()), sched.seg[j],
-                         {op: float(v.sum()) for op, v in secs[j].items()}, sched.starts[j],
-                         sched.lw_starts[j], lead if j == 0 else 0.0, sched.ready[j])
-                for j in range(len(steps)))
-    return LayerTime(sched.total_s - lead, out)
+    rec: list[tuple[float, float, float, float]] = []
+    total = _layer(lw, lwm, d, ops, rec)
+    lead = _lead_s(d, ops, rec[0][2]) if rec else 0.0
+    out = tuple(StepTime(float(lw[j].sum()), float(lwm[j].sum()), seconds,
+                         {op: float(v.sum()) for op, v in secs[j].items()}, start, lw0,
+                         lead if j == 0 else 0.0, done)
+                for j, (start, lw0, done, seconds) in enumerate(rec))
+    return LayerTime(total, out)
 
 
 def layer_time_arrays(loadw_bytes: np.ndarray, loadwm_bytes: np.ndarray,
@@ -256,8 +259,7 @@ def layer_time_arrays(loadw_bytes: np.ndarray, loadwm_bytes: np.ndarray,
     n = d.shape[0]
     lw = transfer_s("LOADW", _pieces(loadw_bytes, n), hw)
     lwm = transfer_s("LOADWM", _pieces(loadwm_bytes, n), hw)
-    sched, lead = _layer(lw, lwm, d, ops)
-    return sched.total_s - lead
+    return _layer(lw, lwm, d, ops)
 
 
 @dataclass(frozen=True)
