@@ -112,6 +112,7 @@ class StepTime:
     lead_s: float = 0.0  # the first step's pipeline starts this much before its LOADWM ends
     ready_s: float = 0.0  # LOADWM end: the step's weights are in the cores
 
+
 @dataclass(frozen=True)
 class LayerTime:
     total_s: float
@@ -217,9 +218,12 @@ def _pieces(x: np.ndarray, n_steps: int) -> np.ndarray:
 
 
 def _layer(lw: np.ndarray, lwm: np.ndarray, d: np.ndarray, ops: list[str],
-           record: list | None = None) -> float:
+           record: list | None = None) -> tuple[float, float]:
+    """Rules 4–6 over stage seconds ``d`` and weight-piece seconds: (layer seconds, the first
+    step's lead)."""
     total, weights_s = _recurrence(lw, lwm, _segments(d, ops.index("COMP") if "COMP" in ops else -1), record)
-    return total - _lead_s(d, ops, weights_s)
+    lead = _lead_s(d, ops, weights_s)
+    return total - lead, lead
 
 
 def layer_time(steps: Sequence[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]], hw: ArrayConfig) -> LayerTime:
@@ -241,8 +245,7 @@ def layer_time(steps: Sequence[tuple[np.ndarray, np.ndarray, dict[str, np.ndarra
         lw[j, :np.size(b)] = transfer_s("LOADW", np.ravel(b), hw)
         lwm[j, :np.size(bm)] = transfer_s("LOADWM", np.ravel(bm), hw)
     rec: list[tuple[float, float, float, float]] = []
-    total = _layer(lw, lwm, d, ops, rec)
-    lead = _lead_s(d, ops, rec[0][2]) if rec else 0.0
+    total, lead = _layer(lw, lwm, d, ops, rec)
     out = tuple(StepTime(float(lw[j].sum()), float(lwm[j].sum()), seconds,
                          {op: float(v.sum()) for op, v in secs[j].items()}, start, lw0,
                          lead if j == 0 else 0.0, done)
@@ -259,7 +262,7 @@ def layer_time_arrays(loadw_bytes: np.ndarray, loadwm_bytes: np.ndarray,
     n = d.shape[0]
     lw = transfer_s("LOADW", _pieces(loadw_bytes, n), hw)
     lwm = transfer_s("LOADWM", _pieces(loadwm_bytes, n), hw)
-    return _layer(lw, lwm, d, ops)
+    return _layer(lw, lwm, d, ops)[0]
 
 
 @dataclass(frozen=True)
