@@ -379,8 +379,8 @@ def layer_steps(spec: LayerSpec, hw: ArrayConfig, part: LayerPartition, in_ddr: 
         sl = slice(s * g, min((s + 1) * g, part.n_tiles))
         macs = macs_per_pos @ p[:, sl].sum(axis=1)
         resident = kq == 1 and s > 0  # the only chunk is still in the weight buffer
-        tab.add(s, loadw_piece * 0 if resident else loadw_piece,
-                np.zeros(kq) if resident else loadw, loadwm * 0 if resident else loadwm,
+        tab.add(s, np.zeros_like(loadw_piece) if resident else loadw_piece,
+                np.zeros(kq) if resident else loadw, np.zeros_like(loadwm) if resident else loadwm,
                 {op: a[:, sl] for op, a in pipe_all.items()}, macs, sl.stop - sl.start)
     tab.ops = tuple(op for op in PIPE_OPS if (op != "LOAD" or any_ddr) and (op != "WRITE" or out_ddr))
     return tab
