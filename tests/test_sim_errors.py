@@ -16,6 +16,7 @@ from frontend_nets import TinyResNet, randomize_bn
 from typer.testing import CliRunner
 
 from tilesparse.cli.main import app
+from tilesparse.compiler.partition import SubVolume
 from tilesparse.compiler.pipeline import compile_graph
 from tilesparse.compiler.program import Program
 from tilesparse.compiler.sparsity import apply_block_sparsity
@@ -133,17 +134,21 @@ def test_dropped_lock_reports_reader_and_producer(prog):
         simulate(p, np.zeros((3, 32, 32), np.int8), progress=False)
 
 
-def test_loadfm_is_not_halted_by_loadwm(prog):
+def test_loadfm_is_not_halted_by_loadwm():
     """LOADFM is a DMA: the cores' halt during LOADWM does not order it, only its locks do. A
     later step's first LOADFM without its ``core.in[i%2].empty`` acquire overwrites a half the
-    previous step's COMP still reads — a hazard the halt used to hide."""
-    _, p = prog
-    steps_with_lwm = {(ins.layer, ins.step) for ins in p.instrs if ins.op == "LOADWM"}
-    i = next(i for i, ins in enumerate(p.instrs) if ins.op == "LOADFM" and ins.step > 0
-             and (ins.layer, ins.step) in steps_with_lwm)
+    previous step's COMP still reads — a hazard the halt used to hide. (``i`` counts iterations
+    across the layer's steps: conv1_0 is forced into two input-channel steps of two tiles each,
+    so the second step's first LOADFM is iteration 2 and reuses half 0.)"""
+    g, _ = _base()
+    p = compile_graph(g, ARRAY, chooser=lambda node, hw: SubVolume(16, 8, 2, 4) if node.name == "conv1_0" else None)
+    li = next(k for k, r in enumerate(p.layers) if r.name == "conv1_0")
+    assert (p.layers[li].loops["n_q"], p.layers[li].loops["n_tiles"]) == (2, 2)
+    i = next(i for i, ins in enumerate(p.instrs) if ins.layer == li and ins.op == "LOADFM" and ins.step == 1)
+    simulate(copy.deepcopy(p), np.zeros((3, 32, 32), np.int8), progress=False)  # with its locks: fine
     ins = p.instrs[i]
     p.instrs[i] = dataclasses.replace(ins, acquire=ins.acquire.replace("core.in[i%2].empty", "").strip("; "))
-    with pytest.raises(HazardError, match=rf"LOADFM #{i} .*(overwrite|before)"):
+    with pytest.raises(HazardError, match=rf"LOADFM #{i} .*iteration 0.*(overwrite|before)"):
         simulate(p, np.zeros((3, 32, 32), np.int8), progress=False)
 
 

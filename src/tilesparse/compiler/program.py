@@ -27,7 +27,8 @@ from tilesparse.utils.config import validate_model
 __all__ = ["FORMAT_VERSION", "MAGIC", "Instr", "LayerRecord", "Program"]
 
 MAGIC = "tilesparse-program"
-FORMAT_VERSION = 3  # 2: staging locks, copy-layer shifts, meta["input_scale_exp"]; 3: weight pieces
+FORMAT_VERSION = 4  # 2: staging locks, copy-layer shifts, meta["input_scale_exp"]; 3: weight pieces;
+# 4: ping-pong parity ([i%2]) counts iterations across the steps of a layer
 OPS = ("LOAD", "LOADW", "LOADFM", "LOADWM", "COMP", "WRITEFM", "WRITE")
 
 

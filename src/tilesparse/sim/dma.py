@@ -64,6 +64,12 @@ class Staging:
         self.core_out: dict[tuple[int, int], tuple] = {}
         self.stage_in: dict[int, dict] = {0: {}, 1: {}}  # parity -> {(col, key): (offset, shape)}
         self.stage_out: dict[int, list] = {0: [], 1: []}
+        self.phase = 0  # the layer's pipeline iterations before the current step, mod 2
+
+    def half(self, i: int) -> int:
+        """The ping-pong half of the step's iteration ``i``: ``[i%2]`` counts iterations across
+        the layer's steps (docs/program.md, "Locks and ordering")."""
+        return (self.phase + i) % 2
 
     def _where(self, idx: int, it: int = -1) -> Where:
         ins = self.p.instrs[idx]
@@ -84,8 +90,8 @@ class Staging:
         return slice(col * self.mt + a + off, col * self.mt + a + off + n)
 
     def begin_iteration(self, i: int) -> None:
-        self.stage_in[i % 2] = {}
-        self.stage_out[i % 2] = []
+        self.stage_in[self.half(i)] = {}
+        self.stage_out[self.half(i)] = []
 
     # ---- weights ----------------------------------------------------------------------------
     def _piece(self, rows: list, i: int, n_p: int) -> list[tuple[Any, int, int, int]]:
@@ -202,7 +208,7 @@ class Staging:
         return bool(self.v.rec.fused_add) and self.v.last_q(self.p.instrs[idx].q)
 
     def load(self, idx: int, i: int, ctx) -> None:
-        where, half = self._where(idx, i), i % 2
+        where, half = self._where(idx, i), self.half(i)
         fill = [0] * self.cols
         for core, tile, ch in ctx:
             col, reg = core % self.cols, self.v.cores[core].region
@@ -227,7 +233,7 @@ class Staging:
         return self.mem.memtile[self._mt_range(where, col, "in", half, off, n)].view(np.int8).reshape(shape)
 
     def loadfm(self, idx: int, i: int, ctx) -> None:
-        where, half = self._where(idx, i), i % 2
+        where, half = self._where(idx, i), self.half(i)
         cap = self.ex.hw.core.input_buffer_bytes // 2
         sent: set = set()
         for core, tile, ch in ctx:
@@ -269,7 +275,7 @@ class Staging:
 
     # ---- activations out ----------------------------------------------------------------------
     def writefm(self, idx: int, i: int, ctx) -> None:
-        ins, where, half = self.p.instrs[idx], self._where(idx, i), i % 2
+        ins, where, half = self.p.instrs[idx], self._where(idx, i), self.half(i)
         out = self.v.rec.output
         to_ddr = self.ex.bufs.in_ddr(out["buffer"])
         fill = [0] * self.cols
@@ -290,7 +296,7 @@ class Staging:
         del ins
 
     def write(self, idx: int, i: int, ctx) -> None:
-        where, half = self._where(idx, i), i % 2
+        where, half = self._where(idx, i), self.half(i)
         buf = self.v.rec.output["buffer"]
         for col, off, shape, tile, ch0 in self.stage_out[half]:
             n = int(np.prod(shape))

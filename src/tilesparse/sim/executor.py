@@ -77,6 +77,7 @@ class Executor:
         self.bufs.cap = self._capacity(li)
         self.stage = Staging(self, li, self.bufs.cap)
         self.decoded.clear()  # chunks are only re-read within a layer
+        done = 0  # pipeline iterations of the layer so far: the ping-pong parity carries over
         for step in self.steps[li]:
             pipe = []
             for idx in step:
@@ -88,7 +89,8 @@ class Executor:
                     pipe.append(idx)
                 else:
                     raise SimulationError(f"instruction #{idx}: unknown op {op!r}")
-            self._pipeline(v, sorted(pipe, key=lambda i: PIPE_ORDER.index(self.p.instrs[i].op)))
+            self.stage.phase = done % 2
+            done += self._pipeline(v, sorted(pipe, key=lambda i: PIPE_ORDER.index(self.p.instrs[i].op)))
         out = v.rec.output
         self.outputs[v.name] = self.bufs.snapshot(out["buffer"], out["c_offset"], out["c_offset"] + v.spec.co)
 
@@ -97,9 +99,10 @@ class Executor:
         return int(caps[li]) if caps and li < len(caps) else self.mem.mt_bytes
 
     # ---- pipeline --------------------------------------------------------------------------
-    def _pipeline(self, v: LayerView, pipe: list[int]) -> None:
+    def _pipeline(self, v: LayerView, pipe: list[int]) -> int:
+        """Run one step's pipeline; returns its iteration count."""
         if not pipe:
-            return
+            return 0
         ins0 = self.p.instrs[pipe[0]]
         iters = {self.p.instrs[i].iters for i in pipe}
         if len(iters) != 1:
@@ -116,6 +119,7 @@ class Executor:
                     self._comp(v, idx, i, ctx)
                 else:
                     getattr(st, op.lower())(idx, i, ctx)
+        return ins0.iters
 
     def _comp(self, v: LayerView, idx: int, i: int, ctx) -> None:
         ins = self.p.instrs[idx]
@@ -132,7 +136,7 @@ class Executor:
     def _comp_core(self, v, where, ins, i, core, tile, ch):
         a, b, c, d = tile
         p, oc_t = (b - a) * (d - c), ch[1] - ch[0]
-        lay = self.stage.core_in.get((core, i % 2))
+        lay = self.stage.core_in.get((core, self.stage.half(i)))
         if lay is None:
             raise SimulationError(f"{where}: core {self.mem.core_name(core)} has no input window (no LOADFM)")
         xs = [self._core_array(where, core, "in", off, shape) for off, shape in lay["windows"]]
@@ -156,14 +160,15 @@ class Executor:
         (``partition.acc_slot``; docs/program.md)."""
         out = self.hw.core.output_buffer_bytes
         sub = v.part.sub
-        slot = acc_slot(v.spec, self.hw, sub, v.n_q, i)
+        h = self.stage.half(i)
+        slot = acc_slot(v.spec, self.hw, sub, v.n_q, h if v.n_q == 1 else i)  # n_q > 1: tile i of the group
         if slot is None:
             raise SimulationError(f"layer {v.name!r}: the int32 accumulators of tile {i} "
                                   f"({sub.h * sub.w * sub.oc * 4} B each) fit neither core.out nor core.res")
         if v.n_q == 1:
             return slot, slot[1]
         t8 = sub.h * sub.w * sub.oc
-        return slot, out - 2 * t8 + (i % 2) * t8
+        return slot, out - 2 * t8 + h * t8
 
     def _conv(self, v, where, ins, i, core, tile, ch, x, lay):
         cw = v.cores[core]
@@ -259,7 +264,7 @@ class Executor:
         _, y_off = self._out_slots(v, i)
         y8 = y.astype(np.int8)
         self._core_array(where, core, "out", y_off, y8.shape)[...] = y8
-        self.stage.core_out[(core, i % 2)] = (y_off, y8.shape)
+        self.stage.core_out[(core, self.stage.half(i))] = (y_off, y8.shape)
 
 
 __all__ += ["parse_addr"]

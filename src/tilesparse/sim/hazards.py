@@ -5,7 +5,8 @@ Each op is one engine (the LOADW channel, LOADWM, LOAD, LOADFM, the cores' COMP,
 that runs its iterations in program order (LOADW and LOADWM: one per weight piece, each piece
 of a slot its own buffer). A lock ``X.empty`` starts with one token, ``X.full`` with none; an
 iteration takes one token of every lock it acquires and, when done, gives one to every lock it
-releases (``[i%2]`` in a lock name: the iteration's parity; ``[i]``: the iteration). Two fixed
+releases (``[i%2]`` in a lock name: the parity of the iteration counted across the layer's
+steps; ``[i]``: the iteration, i.e. the weight piece). Two fixed
 rules add order: LOADWM of a step starts after every earlier COMP (it halts the cores) and the
 step's COMPs start after its last piece; the DMA stages (LOAD, LOADFM,
 WRITEFM, WRITE) are not halted and follow their locks only; layers run one after another. The
@@ -52,14 +53,15 @@ class Event:
     after: list[tuple[int, int]] = field(default_factory=list)  # fixed-rule predecessors (agent, seq)
     staged: tuple[bool, bool] = (False, False)  # the step has a LOAD / a WRITE
     vc: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # set when it fires
+    half: int = 0  # ping-pong half: the iteration counted across the layer's steps, mod 2
 
 
-def _locks(s: str, it: int) -> list[str]:
+def _locks(s: str, it: int, half: int) -> list[str]:
     out = []
     for part in s.split(";"):
         part = part.strip()
         if part and part not in NOTES:
-            out.append(part.replace("[i%2]", f"[{it % 2}]").replace("[i]", f"[{it}]"))
+            out.append(part.replace("[i%2]", f"[{half}]").replace("[i]", f"[{it}]"))
     return out
 
 
@@ -74,6 +76,7 @@ def _build(program, idxs: list[int]) -> tuple[list[list[Event]], list[Event]]:
     queues: list[list[Event]] = [[] for _ in AGENTS]
     order: list[Event] = []
     steps: dict[int, list[int]] = {}
+    done = 0  # pipeline iterations of the earlier steps: ``[i%2]`` counts across the layer's steps
     for i in idxs:
         steps.setdefault(program.instrs[i].step, []).append(i)
     for step in steps.values():
@@ -98,17 +101,19 @@ def _build(program, idxs: list[int]) -> tuple[list[list[Event]], list[Event]]:
         for it in range(iters):
             for i in pipe:
                 if it < program.instrs[i].iters:
-                    ev = _event(program, queues, i, it, staged)
+                    ev = _event(program, queues, i, it, staged, (done + it) % 2)
                     if lwm is not None and ev.agent == COMP:  # DMA stages follow their locks only
                         ev.after = [(lwm.agent, lwm.seq)]
                     order.append(ev)
+        done += iters
     return queues, order
 
 
-def _event(program, queues, i: int, it: int, staged: tuple[bool, bool]) -> Event:
+def _event(program, queues, i: int, it: int, staged: tuple[bool, bool], half: int = 0) -> Event:
     ins = program.instrs[i]
     a = AGENTS.index(ins.op)
-    ev = Event(a, len(queues[a]) + 1, i, it, _locks(ins.acquire, it), _locks(ins.release, it), staged=staged)
+    ev = Event(a, len(queues[a]) + 1, i, it, _locks(ins.acquire, it, half), _locks(ins.release, it, half),
+               staged=staged, half=half)
     queues[a].append(ev)
     return ev
 
@@ -157,7 +162,7 @@ def _run(program, queues: list[list[Event]]) -> None:
 
 def _accesses(program, ev: Event) -> list[tuple[tuple, str]]:
     ins = program.instrs[ev.idx]
-    h = ev.it % 2
+    h = ev.half
     last_q = ins.q == program.layers[ins.layer].loops["n_q"] - 1
     op = ins.op
     if op == "LOADW":  # weight slots: one buffer per piece
