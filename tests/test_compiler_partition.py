@@ -65,6 +65,30 @@ def test_oc_split_keeps_the_widest_range_narrow_at_the_same_bottleneck():
     assert [(c.oc0, c.oc1) for c in cores] == [(0, 8), (8, 16), (16, 24), (24, 32)]
 
 
+def test_oc_layout_balances_each_rows_weight_channel():
+    # 512 -> 512 dense: 64 block rows over 3 x 3 cores with channels across the columns too
+    # (col_axis "oc"). A row's cores share its weight channel, so its busiest row carries
+    # ceil(64 / 3) = 22 block rows and its busiest core ceil(64 / 9) = 8 — not eight cores of 8
+    # and an idle one, whose busiest rows carry 24 (the same busiest core)
+    spec = LayerSpec("L", "conv", ("x",), 512, 7, 7, 512, 7, 7, mask=np.ones((64, 64), bool))
+    cores = assign_cores(spec, load_array("3x3"), Grid(3, 1, "oc"))
+    units = [[(c.oc1 - c.oc0) // 8 for c in cores if c.row == r] for r in range(3)]
+    assert max(map(sum, units)) == 22 and max(map(max, units)) == 8 and min(map(min, units)) > 0
+    check_coverage(spec, cores)
+    # with sparsity the row sums balance kept blocks: no row carries more than a flat split's
+    rng = np.random.default_rng(0)
+    mask = rng.random((64, 64)) < 0.5
+    spec = LayerSpec("L", "conv", ("x",), 512, 7, 7, 512, 7, 7, mask=mask)
+    cores = assign_cores(spec, load_array("3x3"), Grid(3, 1, "oc"))
+    kept = lambda c: int(mask[c.oc0 // 8:c.oc1 // 8].sum())  # noqa: E731
+    flat = balanced_split(mask.sum(axis=1), 9)
+    flat_core = max(int(mask[a:b].sum()) for a, b in pairwise(flat))
+    flat_row = max(int(mask[flat[3 * r]:flat[3 * r + 3]].sum()) for r in range(3))
+    assert max(kept(c) for c in cores) <= flat_core
+    assert max(sum(kept(c) for c in cores if c.row == r) for r in range(3)) <= flat_row
+    check_coverage(spec, cores)
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.integers(0, 30), min_size=1, max_size=12), st.integers(1, 6), st.integers(1, 6))
 def test_capped_split_is_the_optimal_bottleneck_under_the_length_cap(costs, parts, max_len):
