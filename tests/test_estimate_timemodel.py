@@ -42,6 +42,30 @@ def test_steps_continue_one_pipeline_and_loadwm_stalls_comp():
     assert layer_time_arrays(np.zeros(2), lwm, raw, HW) == pytest.approx(7.0)
 
 
+def test_next_steps_tiles_stream_in_while_the_cores_compute_and_halt():
+    # two steps of 2 iterations: LOADFM 1 s, COMP 0.5 s; LOADWM 1 s each (weights already in MemTile)
+    # step 0: LOADWM 0-1, LOADFM 0-1, 1-2; COMP 1-1.5, 2-2.5
+    # step 1: LOADWM 2.5-3.5 (after the last COMP); LOADFM of its tiles needs only the halves
+    # freed by COMP 0 (1.5) and COMP 1 (2.5): 2-3, 3-4; COMP 3.5-4, 4-4.5. The LOADFM channel
+    # never idles: 4 s of input + the last COMP
+    raw = {"LOADFM": np.full((2, 2), 4e9), "COMP": np.full((2, 2), 0.5e9)}
+    assert layer_time_arrays(np.zeros(2), np.full(2, 4e9), raw, HW) == pytest.approx(4.5)
+
+
+def test_pingpong_parity_carries_over_from_step_to_step():
+    # three steps of one iteration: LOADFM 1 s, COMP 1 s, LOADWM 0.5 s. Iteration g uses half g mod 2,
+    # counted across the steps (docs/program.md), so step 1's tile goes to half 1 during COMP 0:
+    # LOADWM 0-0.5, LOADFM 0-1 (half 0), COMP 1-2; LOADWM 2-2.5, LOADFM 1-2 (half 1), COMP 2.5-3.5;
+    # LOADWM 3.5-4, LOADFM 2-3 (half 0, freed by COMP 0 at 2), COMP 4-5. (With the parity restarting
+    # at every step, each LOADFM would wait for the previous COMP: 6 s.)
+    raw = {"LOADFM": np.full((3, 1), 4e9), "COMP": np.full((3, 1), 1e9)}
+    assert layer_time_arrays(np.zeros(3), np.full(3, 2e9), raw, HW) == pytest.approx(5.0)
+    lt = layer_time([(np.zeros(1), np.full(1, 2e9), {"LOADFM": np.array([4e9]), "COMP": np.array([1e9])})] * 3, HW)
+    got = [t for s in lt.steps for t in (s.start_s, s.stage_start_s["LOADFM"], s.stage_start_s["COMP"])]
+    assert got == pytest.approx([0.0, 0.0, 1.0, 2.0, 1.0, 2.5, 3.5, 2.0, 4.0])
+    assert lt.total_s == pytest.approx(5.0)
+
+
 def test_first_input_tile_moves_while_the_first_weights_arrive():
     # one step, 2 iterations, input in DDR: LOAD 1 s, LOADFM 1 s, COMP 3 s, WRITEFM 1 s per iteration
     raw = {"LOAD": np.full((1, 2), 4e9), "LOADFM": np.full((1, 2), 4e9), "COMP": np.full((1, 2), 3e9),

@@ -307,6 +307,16 @@ class StepTable:
     def loadwm(self) -> np.ndarray:
         return self._cat(lambda p: p[3])
 
+    @property
+    def iters(self) -> list[int]:
+        """Pipeline iterations of every step."""
+        return [p[6] for p in self.parts for _ in range(len(p[1]))]
+
+    @property
+    def writes(self) -> list[bool]:
+        """Whether each step writes its outputs (WRITEFM, WRITE): its last input-channel chunk."""
+        return [j % self.n_q == self.n_q - 1 for p in self.parts for j in range(len(p[1]))]
+
     def pipe(self) -> dict[str, np.ndarray]:
         """op -> (steps × t_max) array."""
         def pad(a: np.ndarray) -> np.ndarray:

@@ -207,7 +207,7 @@ def _evaluate(spec, hw, part, in_ddr, out_ddr, widx) -> LayerPlan | None:
     staging = _staging(tab, pipe)
     if staging > hw.memtile.bytes * MAX_STAGING_FRACTION:
         return None
-    total = layer_time_arrays(tab.loadw, tab.loadwm, pipe, hw)
+    total = layer_time_arrays(tab.loadw, tab.loadwm, pipe, hw, tab.iters, tab.writes)
     return LayerPlan(spec, part, tab, total, widx, staging, in_ddr, out_ddr)
 
 
@@ -450,7 +450,7 @@ def _try(spec, hw, grid, cores, sub, in_ddr, out_ddr, widx) -> LayerPlan | None:
 def replan(plan: LayerPlan, hw: ArrayConfig, in_ddr: tuple[bool, ...], out_ddr: bool) -> LayerPlan:
     """The same partition with different activation homes (after MemTile allocation spilled some)."""
     tab = layer_steps(plan.spec, hw, plan.part, in_ddr, out_ddr, plan.widx)
-    total = layer_time_arrays(tab.loadw, tab.loadwm, tab.pipe(), hw)
+    total = layer_time_arrays(tab.loadw, tab.loadwm, tab.pipe(), hw, tab.iters, tab.writes)
     return LayerPlan(plan.spec, plan.part, tab, total, plan.widx, plan.staging_bytes, in_ddr, out_ddr)
 
 

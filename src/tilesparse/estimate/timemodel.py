@@ -13,21 +13,23 @@ Rules:
    ``hw.core.kernel_call_overhead_cycles``: skipped blocks cost nothing, padding to the matmul shape
    is paid, and no core ever exceeds ``M·K·N`` MACs per cycle. Pools, adds and copies run one
    element operation per MAC slot (``macs_per_cycle`` per cycle).
-3. **Iteration count 1**: a lone step's stages run in sequence; consecutive steps of a layer still
-   form one pipeline (rule 4) — a deliberate deviation from the paper (docs/time-model.md).
+3. **Iteration count 1**: a lone step's stages run in sequence (each waits for the one before);
+   consecutive steps of a layer still form one pipeline (rule 4) — a deliberate deviation from
+   the paper (docs/time-model.md).
 4. **Iteration count n > 1**: the pipeline stages (LOAD, LOADFM, COMP, WRITEFM, WRITE) overlap
-   (ping-pong buffers); time = Σ_i max_stage d[stage][i] + fill, where the fill is the first
-   iteration of every stage but the slowest (Σ_stage d[stage][0] − max_stage d[stage][0]). With equal
-   iterations this is the paper's max(stage) × n plus the pipeline fill/drain. The steps of one
-   layer continue the same ping-pong pipeline (the buffer parity carries over), so the fill is
-   paid once per layer.
-5. **LOADWM halts the cores**: from its start to its end, a step's LOADWM is added to its first
-   COMP iteration (the core cannot compute while its weight buffer refills); the DMA stages
-   (LOADFM of the next tile, WRITEFM of the previous one) keep running on their own channels.
+   through ping-pong buffers, each stage one engine running its iterations in order: iteration
+   i of a stage starts when the stage's iteration i−1 is done, its input is ready (the previous
+   stage's iteration i) and the buffer half it writes was released (by the next stage's last
+   iteration on that half, i−2). With equal iterations this is the paper's max(stage) × n plus
+   the pipeline fill and drain. The steps of one layer continue the same pipeline (the parity
+   carries over, docs/program.md), so the fill is paid once per layer and the next step's first
+   tiles stream in while the current one computes.
+5. **LOADWM halts the cores**: a step's LOADWM starts when the cores are free (the previous COMP
+   is done) and its first COMP waits for its end (the weight buffer is a single buffer); the DMA
+   stages (LOAD, LOADFM, WRITEFM, WRITE) keep moving on their own channels, as their locks allow.
    Weights move in ``hw.memtile.weight_slot_pieces`` pieces with a lock pair each (cut-through):
-   LOADWM starts once the cores are free and LOADW's piece 0 has arrived, and copies piece i once
-   LOADW has delivered it. Likewise the layer's first input tile (LOAD, LOADFM of iteration 0)
-   moves while its first weights arrive (LOADW 0, LOADWM 0): only COMP needs them (``_lead_s``).
+   LOADWM starts once LOADW's piece 0 has arrived, and copies piece i once LOADW has delivered
+   it. So the layer's first input tiles move while its first weights arrive.
 6. **LOADW prefetch**: the weight channel streams the layer's chunks ahead of the cores into two
    MemTile slots: chunk j starts when chunk j−1 has arrived and slot (j mod 2) was emptied by LOADWM
    j−2 (all its pieces). Layers do not overlap each other (so a layer is never faster than its
@@ -58,6 +60,7 @@ __all__ = [
 ]
 
 TRANSFER_OPS = ("LOAD", "LOADW", "LOADFM", "LOADWM", "WRITEFM", "WRITE")
+PIPE_OPS = ("LOAD", "LOADFM", "COMP", "WRITEFM", "WRITE")  # the order of an iteration's stages
 WEIGHT_SLOTS = 2  # MemTile weight staging is double-buffered
 
 
@@ -89,27 +92,27 @@ def stage_seconds(op: str, per_iter: np.ndarray, hw: ArrayConfig) -> np.ndarray:
 
 
 def pipeline_s(stages: dict[str, np.ndarray]) -> float:
-    """Rules 3–4: seconds of a pipeline whose stage ``op`` takes ``stages[op][i]`` s at iteration i."""
-    vals = list(stages.values())
-    n = len(vals[0]) if vals else 0
+    """Rules 3–4: seconds of one step's pipeline without weights, stage ``op`` taking
+    ``stages[op][i]`` s at iteration i (the paper's max(stage) × n plus fill and drain when the
+    iterations are equal; in sequence for one iteration)."""
+    ops = [op for op in PIPE_OPS if op in stages]
+    n = max((len(v) for v in stages.values()), default=0)
     if n == 0:
         return 0.0
-    if n == 1:
-        return float(sum(v[0] for v in vals))  # iteration count 1: in sequence
-    d = np.stack(vals)
-    fill = float(d[:, 0].sum() - d[:, 0].max())
-    return float(d.max(axis=0).sum()) + fill
+    d = np.zeros((1, len(ops), n))
+    for o, op in enumerate(ops):
+        d[0, o, :len(stages[op])] = stages[op]
+    return _run(np.zeros((1, 1)), np.zeros((1, 1)), d, ops, [n], ["WRITEFM" in stages])
 
 
 @dataclass(frozen=True)
 class StepTime:
     loadw_s: float  # Σ over pieces
     loadwm_s: float
-    pipe_s: float
     stage_busy_s: dict[str, float]  # seconds each pipeline stage is busy (for the timeline)
-    start_s: float = 0.0  # LOADWM start (the cores halt) relative to the layer start
+    stage_start_s: dict[str, float]  # when each pipeline stage's first iteration starts
+    start_s: float = 0.0  # LOADWM start (the cores halt), relative to the layer start
     loadw_start_s: float = 0.0
-    lead_s: float = 0.0  # the first step's pipeline starts this much before its LOADWM ends
     ready_s: float = 0.0  # LOADWM end: the step's weights are in the cores
 
 
@@ -126,89 +129,72 @@ class LayerTime:
         return sum(s.stage_busy_s.get(op, 0.0) for s in self.steps)
 
 
-@dataclass(frozen=True)
-class _Segments:
-    """Per step j, the pipeline's seconds once its LOADWM has halted the cores for h seconds:
-    ``rest + max(other, comp + h)`` from ``table[j] = (rest, other, comp)`` — the slowest stage
-    summed over iterations ≥ 1; iteration 0's slowest transfer stage, which keeps going, and its
-    COMP, which waits for the weights (rule 5). ``fill``: the layer's first iteration's stages
-    but the slowest (rule 4)."""
+def _run(lw: np.ndarray, lwm: np.ndarray, d: np.ndarray, ops: Sequence[str], iters: Sequence[int],
+         writes: Sequence[bool], record: list | None = None) -> float:
+    """Rules 3–6: the layer's seconds, every engine running its iterations in order as the
+    program's locks allow (docs/program.md, "Locks and ordering").
 
-    table: np.ndarray  # steps × 3
-    fill: float
-
-
-def _segments(d: np.ndarray, comp_row: int) -> _Segments:
-    """Rules 4–5 for a layer whose steps' pipelines continue one another: ``d[j, op, i]`` stage
-    seconds (zero-padded)."""
-    table = np.zeros((d.shape[0], 3))
-    if d.shape[0] == 0 or d.shape[2] == 0:
-        return _Segments(table, 0.0)
-    first = d[0, :, 0]
-    table[:, 0] = d[:, :, 1:].max(axis=1).sum(axis=1)
-    if comp_row < 0:  # no COMP: the halt delays the whole first iteration
-        table[:, 2] = d[:, :, 0].max(axis=1)
-    else:
-        others = d[:, :, 0].copy()
-        others[:, comp_row] = 0.0  # seconds are ≥ 0: the slowest transfer stage, 0 without one
-        table[:, 1] = others.max(axis=1)
-        table[:, 2] = d[:, comp_row, 0]
-    return _Segments(table, float(first.sum() - first.max()))
-
-
-INPUT_OPS = ("LOAD", "LOADFM")
-
-
-def _lead_s(d: np.ndarray, ops: list[str], weights_s: float) -> float:
-    """Rule 5, first step: seconds of the fill hidden because the first tile's input transfers
-    run while the first weights arrive (``weights_s``: LOADW 0 and LOADWM 0, overlapped piece by
-    piece). The fill counts them before the first COMP (which also waits for the weights); on
-    their own channels they overlap those, so the first COMP starts at max(weights, input)
-    instead of their sum: min(weights, the input stages of iteration 0 that the fill counts —
-    all but the slowest stage)."""
-    if d.shape[0] == 0 or d.shape[2] == 0:
-        return 0.0
-    first = d[0, :, 0]
-    # the stage the fill leaves out (on a tie, not an input stage: the fill then holds the input)
-    slowest = max(range(len(ops)), key=lambda o: (first[o], ops[o] not in INPUT_OPS))
-    lead = sum(float(first[o]) for o, op in enumerate(ops) if op in INPUT_OPS and o != slowest)
-    return min(weights_s, lead)
-
-
-def _recurrence(lw: np.ndarray, lwm: np.ndarray, seg: _Segments,
-                record: list | None = None) -> tuple[float, float]:
-    """Rules 5–6 and the step order; ``lw[j, i]`` / ``lwm[j, i]``: seconds of weight piece i.
-    Returns the layer's seconds before the first step's lead and when the first step's weights
-    are in the cores; appends (LOADWM start, LOADW start, LOADWM end, pipeline seconds) per step
-    to ``record``.
-
-    LOADW j starts when LOADW j−1 is done and slot (j mod 2) was emptied by LOADWM j−2; its
-    pieces arrive one after another, piece i at ``a_i``. LOADWM j starts when the cores are free
-    and piece 0 has arrived, and copies piece i once it has arrived: it ends at
-    ``max(start + Σ_i lwm_i, max_i (a_i + Σ_{m≥i} lwm_m))``."""
+    ``d[j, o, i]``: seconds of stage ``ops[o]`` in iteration i of step j (step j runs ``iters[j]``
+    iterations; WRITEFM and WRITE only where ``writes[j]``, the last input-channel chunk);
+    ``lw[j, p]`` / ``lwm[j, p]``: seconds of weight piece p (a step without weight bytes keeps
+    its chunk: no LOADW, no LOADWM). Iteration g counts across the steps; its ping-pong half is
+    g mod 2 and "the last iteration on half h" is what released that half's lock. Appends, per
+    step, (LOADWM start, LOADW start, LOADWM end, {op: first iteration's start}) to ``record``."""
+    n = d.shape[0]
     if lw.shape[1] == 0:
-        lw = lwm = np.zeros((len(lw), 1))
+        lw = lwm = np.zeros((n, 1))
     cum = np.cumsum(lw, axis=1)
     tail = np.cumsum(lwm[:, ::-1], axis=1)[:, ::-1]  # Σ_{m≥i} lwm_m
-    cols = np.concatenate([cum[:, -1:], lw[:, :1], tail[:, :1], (cum + tail).max(axis=1, keepdims=True),
-                           seg.table], axis=1)
-    w_done = core_free = 0.0
-    prev = [0.0] * WEIGHT_SLOTS  # LOADWM ends of the last steps, oldest first
-    first = None
+    weighted = (cum[:, -1] + tail[:, 0] > 0).tolist()
+    lw_all, lw_first, lwm_all = cum[:, -1].tolist(), lw[:, 0].tolist(), tail[:, 0].tolist()
+    late = (cum + tail).max(axis=1).tolist()  # piece i arrives, then LOADWM copies pieces i…
+    col = {op: k for k, op in enumerate(ops)}
+    rows = d.tolist()
+    zeros = [0.0] * d.shape[2]
+    k_load, k_fm, k_comp, k_wfm, k_wr = (col.get(op, -1) for op in PIPE_OPS)
+    staged_in, staged_out = k_load >= 0, k_wr >= 0
     # plain floats: this loop runs for every candidate of the compiler's search
-    for lw_all, lw_first, lwm_all, late, rest, other, comp in cols.tolist():
-        lw0 = max(w_done, prev[0])
-        w_done = lw0 + lw_all
-        start = max(core_free, lw0 + lw_first)
-        done = max(start + lwm_all, lw0 + late)
-        seconds = rest + max(other, comp + done - start)
-        core_free = start + seconds
-        prev = prev[1:] + [done]
-        if first is None:
-            first = done
+    e_load = e_fm = e_comp = e_wfm = e_wr = 0.0  # each engine's last end
+    h_fm, h_comp, h_wfm, h_wr = [0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]  # … per half
+    w_done, lwm_ends = 0.0, [0.0, 0.0]  # LOADW's last end; LOADWM ends of steps j−2, j−1
+    g = 0
+    for j in range(n):
+        row = rows[j]
+        load, fm, comp, wfm, wr = (row[k] if k >= 0 else zeros for k in (k_load, k_fm, k_comp, k_wfm, k_wr))
+        ready = start = lw0 = 0.0
+        if weighted[j]:  # rule 6, then rule 5: LOADWM once the cores are free and piece 0 is in
+            lw0 = max(w_done, lwm_ends[0])
+            w_done = lw0 + lw_all[j]
+            start = max(e_comp, lw0 + lw_first[j], lwm_ends[1])
+            ready = max(start + lwm_all[j], lw0 + late[j])
+            lwm_ends = [lwm_ends[1], ready]
+            e_comp = ready  # the halt: the step's first COMP waits for its weights
+        writing = writes[j]
+        first = None
+        for i in range(iters[j]):
+            h = g & 1
+            g += 1
+            if staged_in:  # stage_in[h] is free once LOADFM g−2 has copied it out
+                e_load = max(e_load, h_fm[h]) + load[i]
+                s_fm = max(e_fm, h_comp[h], e_load)
+            else:
+                s_fm = max(e_fm, h_comp[h])  # core.in[h] is free once COMP g−2 is done with it
+            e_fm = h_fm[h] = s_fm + fm[i]
+            if writing:  # core.out[h] is free once the last WRITEFM on it is done
+                s_comp = max(e_comp, e_fm, h_wfm[h])
+                e_comp = h_comp[h] = s_comp + comp[i]
+                e_wfm = h_wfm[h] = max(e_wfm, e_comp, h_wr[h]) + wfm[i]
+                if staged_out:
+                    e_wr = h_wr[h] = max(e_wr, e_wfm) + wr[i]
+            else:
+                s_comp = max(e_comp, e_fm)
+                e_comp = h_comp[h] = s_comp + comp[i]
+            if first is None and record is not None:
+                first = {"LOAD": e_load - load[0], "LOADFM": s_fm, "COMP": s_comp, "WRITEFM": e_wfm - wfm[0],
+                         "WRITE": e_wr - wr[0]}
         if record is not None:
-            record.append((start, lw0, done, seconds))
-    return core_free + seg.fill, first or 0.0
+            record.append((start, lw0, ready, first or {}))
+    return max(e_load, e_fm, e_comp, e_wfm, e_wr, lwm_ends[1])
 
 
 def _pieces(x: np.ndarray, n_steps: int) -> np.ndarray:
@@ -217,23 +203,14 @@ def _pieces(x: np.ndarray, n_steps: int) -> np.ndarray:
     return x.reshape(n_steps, -1) if x.size else np.zeros((n_steps, 1))
 
 
-def _layer(lw: np.ndarray, lwm: np.ndarray, d: np.ndarray, ops: list[str],
-           record: list | None = None) -> tuple[float, float]:
-    """Rules 4–6 over stage seconds ``d`` and weight-piece seconds: (layer seconds, the first
-    step's lead)."""
-    total, weights_s = _recurrence(lw, lwm, _segments(d, ops.index("COMP") if "COMP" in ops else -1), record)
-    lead = _lead_s(d, ops, weights_s)
-    return total - lead, lead
-
-
 def layer_time(steps: Sequence[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]], hw: ArrayConfig) -> LayerTime:
     """Rules 1–6 over a layer's steps, each ``(loadw_bytes, loadwm_bytes, {op: per-iteration
-    bytes or cycles})`` (weight bytes per piece); returns the layer's seconds and every step's
-    timing."""
+    bytes or cycles})`` (weight bytes per piece; WRITEFM present in the steps that write);
+    returns the layer's seconds and every step's timing."""
     secs = [{op: stage_seconds(op, v, hw) for op, v in pipe.items()} for _, _, pipe in steps]
-    ops = list(dict.fromkeys(op for sc in secs for op in sc))
-    t_max = max((len(v) for sc in secs for v in sc.values()), default=0)
-    d = np.zeros((len(steps), len(ops), t_max))
+    ops = [op for op in PIPE_OPS if any(op in sc for sc in secs)]
+    iters = [max((len(v) for v in sc.values()), default=0) for sc in secs]
+    d = np.zeros((len(steps), len(ops), max(iters, default=0)))
     for j, sc in enumerate(secs):
         for o, op in enumerate(ops):
             if op in sc:
@@ -244,25 +221,31 @@ def layer_time(steps: Sequence[tuple[np.ndarray, np.ndarray, dict[str, np.ndarra
     for j, (b, bm, _) in enumerate(steps):
         lw[j, :np.size(b)] = transfer_s("LOADW", np.ravel(b), hw)
         lwm[j, :np.size(bm)] = transfer_s("LOADWM", np.ravel(bm), hw)
-    rec: list[tuple[float, float, float, float]] = []
-    total, lead = _layer(lw, lwm, d, ops, rec)
-    out = tuple(StepTime(float(lw[j].sum()), float(lwm[j].sum()), seconds,
-                         {op: float(v.sum()) for op, v in secs[j].items()}, start, lw0,
-                         lead if j == 0 else 0.0, done)
-                for j, (start, lw0, done, seconds) in enumerate(rec))
+    rec: list[tuple[float, float, float, dict[str, float]]] = []
+    total = _run(lw, lwm, d, ops, iters, ["WRITEFM" in sc for sc in secs], rec)
+    out = tuple(StepTime(float(lw[j].sum()), float(lwm[j].sum()), {op: float(v.sum()) for op, v in secs[j].items()},
+                         {op: first[op] for op in secs[j] if op in first}, start, lw0, ready)
+                for j, (start, lw0, ready, first) in enumerate(rec))
     return LayerTime(total, out)
 
 
-def layer_time_arrays(loadw_bytes: np.ndarray, loadwm_bytes: np.ndarray,
-                      pipe: dict[str, np.ndarray], hw: ArrayConfig) -> float:
-    """Rules 1–6 for a layer given as arrays (``pipe[op]``: steps × iterations; weights: steps ×
-    pieces, or one value per step); seconds."""
-    ops = list(pipe)
-    d = np.stack([stage_seconds(op, v, hw) for op, v in pipe.items()], axis=1)
+def layer_time_arrays(loadw_bytes: np.ndarray, loadwm_bytes: np.ndarray, pipe: dict[str, np.ndarray],
+                      hw: ArrayConfig, iters: Sequence[int] | None = None,
+                      writes: Sequence[bool] | None = None) -> float:
+    """Rules 1–6 for a layer given as arrays (``pipe[op]``: steps × iterations, zero-padded past
+    ``iters[j]``; weights: steps × pieces, or one value per step); seconds. ``iters`` / ``writes``
+    default to the last non-zero iteration and to the steps with WRITEFM bytes."""
+    ops = [op for op in PIPE_OPS if op in pipe]
+    d = np.stack([stage_seconds(op, pipe[op], hw) for op in ops], axis=1)
     n = d.shape[0]
+    if iters is None:
+        nz = (d != 0).any(axis=1)
+        iters = np.where(nz.any(axis=1), d.shape[2] - np.argmax(nz[:, ::-1], axis=1), 0).tolist()
+    if writes is None:
+        writes = ((pipe["WRITEFM"] != 0).any(axis=1) if "WRITEFM" in pipe else np.zeros(n, bool)).tolist()
     lw = transfer_s("LOADW", _pieces(loadw_bytes, n), hw)
     lwm = transfer_s("LOADWM", _pieces(loadwm_bytes, n), hw)
-    return _layer(lw, lwm, d, ops)[0]
+    return _run(lw, lwm, d, ops, iters, writes)
 
 
 @dataclass(frozen=True)
@@ -331,7 +314,7 @@ def estimate_program(program) -> ProgramTime:
                 elif ins.op == "LOADWM":
                     start, busy = st.start_s, st.loadwm_s
                 else:
-                    start, busy = st.ready_s - st.lead_s, st.stage_busy_s.get(ins.op, 0.0)
+                    start, busy = st.stage_start_s.get(ins.op, st.ready_s), st.stage_busy_s.get(ins.op, 0.0)
                 out.append(InstrTime(i, t + start, busy, _why(ins.op, v, hw)))
         layers.append((rec.name, t, lt.total_s))
         t += lt.total_s
