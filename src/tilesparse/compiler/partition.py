@@ -288,13 +288,16 @@ def _oc_ranges_uncached(spec: LayerSpec, hw: ArrayConfig, parts: int, per: int) 
     rather than 8 × 8 and an idle core (busiest row 24)."""
     units, cost = oc_units(spec, hw)
     b = _split_units(cost, parts)
-    if per > 1 and parts % per == 0:
-        rows = _split_units(cost, parts // per)
-        two = [0]
-        for a, z in pairwise(rows):
-            two += [a + i for i in _split_units(cost[a:z], per)[1:]] if z > a else [a] * per
+    if per > 1 and parts % per == 0:  # each row's range greedily filled up to the same bottleneck
         cum = np.r_[0.0, np.cumsum(cost)]
-        if max(cum[z] - cum[a] for a, z in pairwise(two)) <= max(cum[z] - cum[a] for a, z in pairwise(b)) * (1 + 1e-9):
+        cap = max(cum[z] - cum[a] for a, z in pairwise(b))
+        two = [0]
+        for a, z in pairwise(balanced_split(cost, parts // per)):
+            fill = [a + i for i in _greedy(cum[a:z + 1] - cum[a], cap)[1:]]
+            if len(fill) > per:
+                break
+            two += fill + [z] * (per - len(fill))
+        else:
             b = two
     return [(units[b[i]][0], units[b[i + 1] - 1][1]) if b[i + 1] > b[i] else (0, 0)
             for i in range(parts)]

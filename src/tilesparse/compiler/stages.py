@@ -365,14 +365,14 @@ def layer_steps(spec: LayerSpec, hw: ArrayConfig, part: LayerPartition, in_ddr: 
     p, win = lay.p, lay.win
     comp = _comp_cycles(spec, hw, rwork, p)
     if spec.kind == "conv" and spec.groups == 1:  # all groups read the same channels: one window
-        cr = (np.einsum("crg,jg->jcr", lay.col_rg, active) > 0).astype(float)
-        fm = np.einsum("jcr,rt->jct", cr, win) * cilen.max(axis=1)[:, None, None]
+        cr = (np.matmul(lay.col_rg, active.T).transpose(2, 0, 1) > 0).astype(float)  # (j, c, r)
+        fm = np.matmul(cr, win) * cilen.max(axis=1)[:, None, None]
     else:  # each group reads its own channels
         fm = np.einsum("crg,jg,rt->jct", (lay.col_rg > 0).astype(float), cilen, win)
     fm = fm * spec.n_in
     win_ddr = fm * (in_ddr[0] if spec.n_in == 1 else n_in_ddr / spec.n_in)  # per column
     last = last_q[np.arange(kq) % n_q][:, None]
-    wr_c = np.einsum("crg,jg,rt->jct", lay.col_rg, oclen, p) * last[:, :, None]
+    wr_c = np.matmul(np.matmul(lay.col_rg, oclen.T).transpose(2, 0, 1), p) * last[:, :, None]  # (j, c, t)
     wr = wr_c.max(axis=1)  # outputs leave after the last ci chunk
     if spec.residual:  # fused add: the other operand's output-shaped tile comes in with the last chunk
         fm = fm + wr_c
