@@ -282,6 +282,16 @@ _PLAN_MEMO_MAX = 4096  # entries; a network has a few hundred layers
 _TILE_MEMO: dict[tuple, dict] = {}
 
 
+def clear_caches() -> None:
+    """Forget every plan, tile shape, layout and channel split the compiler has memoized, so that
+    the next compile starts cold (for timing it)."""
+    from tilesparse.compiler import partition, stages
+
+    for memo in (_PLAN_MEMO, _TILE_MEMO, stages._LAYOUT_MEMO, stages._CHUNK_WORK_MEMO,
+                 partition._OC_MEMO, partition._CHUNK_MEMO):
+        memo.clear()
+
+
 def _geometry(spec: LayerSpec) -> tuple:
     return (spec.kind, len(spec.inputs), spec.ci, spec.hi, spec.wi, spec.co, spec.ho, spec.wo, spec.kernel,
             spec.stride, spec.padding, spec.dilation, spec.groups, spec.block, bool(spec.residual))
