@@ -2,14 +2,18 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tilesparse.compiler.layers import LayerSpec
 from tilesparse.compiler.partition import SubVolume
 from tilesparse.compiler.tiling import plan_layer
 from tilesparse.estimate.timemodel import (
+    engine_bound_s,
     layer_time,
     layer_time_arrays,
     pipeline_s,
+    stage_seconds,
     transfer_s,
 )
 from tilesparse.hw import load_array
@@ -64,6 +68,33 @@ def test_pingpong_parity_carries_over_from_step_to_step():
     got = [t for s in lt.steps for t in (s.start_s, s.stage_start_s["LOADFM"], s.stage_start_s["COMP"])]
     assert got == pytest.approx([0.0, 0.0, 1.0, 2.0, 1.0, 2.5, 3.5, 2.0, 4.0])
     assert lt.total_s == pytest.approx(5.0)
+
+
+def test_engine_bound_is_the_busiest_engine_and_never_above_the_time():
+    # the two-step layer above: LOADFM 4 x 1 s, COMP 4 x 0.5 s, LOADWM 2 x 1 s -> cores 2 + 2 = 4 s,
+    # LOADFM 4 s: the bound is 4 s; the layer takes 4.5 s (its last COMP after the last LOADFM)
+    raw = {"LOADFM": np.full((2, 2), 4e9), "COMP": np.full((2, 2), 0.5e9)}
+    assert engine_bound_s(np.zeros(2), np.full(2, 4e9), raw, HW) == pytest.approx(4.0)
+    # weights dominate: LOADW 3 s per step on the weight channel
+    assert engine_bound_s(np.full(2, 12e9), np.full(2, 4e9), raw, HW) == pytest.approx(6.0)
+    assert layer_time_arrays(np.full(2, 12e9), np.full(2, 4e9), raw, HW) >= 6.0
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 4), st.integers(1, 3), st.booleans(), st.booleans(), st.data())
+def test_no_schedule_beats_the_engine_bound_or_runs_past_the_sequential_sum(n_steps, n_it, n_p, load, write, data):
+    ops = ["LOADFM", "COMP", "WRITEFM"] + (["LOAD"] if load else []) + (["WRITE"] if write else [])
+    vals = st.floats(0.0, 4e9, allow_nan=False)
+    pipe = {op: np.array(data.draw(st.lists(st.lists(vals, min_size=n_it, max_size=n_it), min_size=n_steps,
+                                            max_size=n_steps))) for op in ops}
+    lw, lwm = (np.array(data.draw(st.lists(st.lists(vals, min_size=n_p, max_size=n_p), min_size=n_steps,
+                                           max_size=n_steps))) for _ in range(2))
+    t = layer_time_arrays(lw, lwm, pipe, HW, [n_it] * n_steps, [True] * n_steps)
+    assert t >= engine_bound_s(lw, lwm, pipe, HW) * (1 - 1e-12)
+    # every engine waiting for every other: everything in sequence is the slowest it can be
+    seq = sum(float(stage_seconds(op, v, HW).sum()) for op, v in pipe.items())
+    seq += float(transfer_s("LOADW", lw, HW).sum() + transfer_s("LOADWM", lwm, HW).sum())
+    assert t <= seq * (1 + 1e-12)
 
 
 def test_first_input_tile_moves_while_the_first_weights_arrive():

@@ -34,7 +34,7 @@ from tilesparse.compiler.partition import (
 )
 from tilesparse.compiler.stages import StepTable, WeightIndex, layer_steps
 from tilesparse.errors import CapacityError, ConfigError
-from tilesparse.estimate.timemodel import WEIGHT_SLOTS, layer_time_arrays
+from tilesparse.estimate.timemodel import WEIGHT_SLOTS, engine_bound_s, layer_time_arrays
 from tilesparse.hw import ArrayConfig
 
 __all__ = ["MAX_STAGING_FRACTION", "LayerPlan", "plan_layer", "replan"]
@@ -201,11 +201,15 @@ def _staging(tab: StepTable, pipe: dict[str, np.ndarray]) -> int:
     return int(w + PING_PONG * (fm + wr))
 
 
-def _evaluate(spec, hw, part, in_ddr, out_ddr, widx) -> LayerPlan | None:
+def _evaluate(spec, hw, part, in_ddr, out_ddr, widx, cutoff_s: float = math.inf) -> LayerPlan | None:
+    """The plan of ``part`` with its time, or None if its staging does not fit MemTile or it
+    cannot beat ``cutoff_s`` (its engines' busy time already reaches it)."""
     tab = layer_steps(spec, hw, part, in_ddr, out_ddr, widx)
     pipe = tab.pipe()
     staging = _staging(tab, pipe)
     if staging > hw.memtile.bytes * MAX_STAGING_FRACTION:
+        return None
+    if cutoff_s < math.inf and engine_bound_s(tab.loadw, tab.loadwm, pipe, hw) >= cutoff_s:
         return None
     total = layer_time_arrays(tab.loadw, tab.loadwm, pipe, hw, tab.iters, tab.writes)
     return LayerPlan(spec, part, tab, total, widx, staging, in_ddr, out_ddr)
@@ -350,7 +354,7 @@ def _best_of(spec, hw, in_ddr, out_ddr, widx, cands, best: LayerPlan | None, n: 
             break
         n += 1
         work += part.n_tiles * part.n_k * part.n_q
-        plan = _evaluate(spec, hw, part, in_ddr, out_ddr, widx)
+        plan = _evaluate(spec, hw, part, in_ddr, out_ddr, widx, best.time_s if best is not None else math.inf)
         if plan is not None and (best is None or plan.time_s < best.time_s):
             best = plan
     return best, n
@@ -394,6 +398,7 @@ class _GridFloor:
         zero, n_cb = np.zeros(len(live), np.int64), np.full(len(live), widx.n_cb)
         macs = widx.kept_many(oc0, oc1, zero, n_cb) * spec.taps * pos
         self.comp = float(macs.max()) / (hw.macs_per_cycle("int8") * hw.clock_hz)
+        self.call_s = hw.core.kernel_call_overhead_cycles / hw.clock_hz  # paid by every COMP iteration
         nbytes = widx.chunk_bytes_many(oc0, oc1, zero, n_cb, np.ones(len(live), bool))
         row_bytes: dict[int, dict[int, int]] = {}
         for c, b in zip(live, nbytes):
@@ -432,8 +437,9 @@ class _GridFloor:
         lead = 2 * spec.n_in * spec.window_positions(sub.h, sub.w) * min(sub.ci, spec.ci) / self.mt_bw
         fm = part.n_k * self.fm
         # COMP and every later LOADWM also wait for all of the first step's weights
-        return max(first / self.piece0_bw + self.comp + reloads * self.stall,
-                   first / self.col_bw + self.comp + (reloads - 1) * self.stall,
+        comp = self.comp + part.n_tiles * part.n_k * part.n_q * self.call_s
+        return max(first / self.piece0_bw + comp + reloads * self.stall,
+                   first / self.col_bw + comp + (reloads - 1) * self.stall,
                    max(fm, first / self.piece0_bw + fm - lead), self.s)
 
 

@@ -52,6 +52,7 @@ __all__ = [
     "StepTime",
     "bandwidth",
     "comp_s",
+    "engine_bound_s",
     "estimate_program",
     "layer_time",
     "layer_time_arrays",
@@ -246,6 +247,20 @@ def layer_time_arrays(loadw_bytes: np.ndarray, loadwm_bytes: np.ndarray, pipe: d
     lw = transfer_s("LOADW", _pieces(loadw_bytes, n), hw)
     lwm = transfer_s("LOADWM", _pieces(loadwm_bytes, n), hw)
     return _run(lw, lwm, d, ops, iters, writes)
+
+
+def engine_bound_s(loadw_bytes: np.ndarray, loadwm_bytes: np.ndarray, pipe: dict[str, np.ndarray],
+                   hw: ArrayConfig) -> float:
+    """Seconds no schedule under rules 1–6 beats for these arrays (as ``layer_time_arrays``): each
+    engine runs its iterations one at a time, and the cores never compute during a LOADWM
+    (rule 5), so the layer takes at least the busiest engine's total, COMP plus LOADWM for the
+    cores. Cheap: the compiler's search drops a candidate whose bound cannot beat its best."""
+    busy = [float(stage_seconds(op, np.asarray(v, dtype=np.float64), hw).sum()) for op, v in pipe.items()
+            if op != "COMP"]
+    cores = float(transfer_s("LOADWM", np.asarray(loadwm_bytes, dtype=np.float64), hw).sum())
+    if "COMP" in pipe:
+        cores += float(comp_s(pipe["COMP"], hw).sum())
+    return max(busy + [cores, float(transfer_s("LOADW", np.asarray(loadw_bytes, dtype=np.float64), hw).sum())])
 
 
 @dataclass(frozen=True)
