@@ -80,7 +80,10 @@ def test_oc_layout_balances_each_rows_weight_channel():
     mask = rng.random((64, 64)) < 0.5
     spec = LayerSpec("L", "conv", ("x",), 512, 7, 7, 512, 7, 7, mask=mask)
     cores = assign_cores(spec, load_array("3x3"), Grid(3, 1, "oc"))
-    kept = lambda c: int(mask[c.oc0 // 8:c.oc1 // 8].sum())  # noqa: E731
+
+    def kept(c):
+        return int(mask[c.oc0 // 8:c.oc1 // 8].sum())
+
     flat = balanced_split(mask.sum(axis=1), 9)
     flat_core = max(int(mask[a:b].sum()) for a, b in pairwise(flat))
     flat_row = max(int(mask[flat[3 * r]:flat[3 * r + 3]].sum()) for r in range(3))

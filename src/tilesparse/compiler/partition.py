@@ -284,8 +284,8 @@ def _oc_ranges_uncached(spec: LayerSpec, hw: ArrayConfig, parts: int, per: int) 
     """``parts`` balanced ranges of output channels. With ``per`` > 1 (``col_axis="oc"``: ``per``
     consecutive ranges share a row's weight channel) the ranges are also balanced ``per`` at a
     time — the row sums first, then each row's range over its cores — whenever that costs no
-    core more: 64 block rows over 3 × 3 cores go 8, 7, 7 | 7, 7, 7 | 7, 7, 7 (busiest row 22)
-    rather than 8 × 8 and an idle core (busiest row 24)."""
+    core more: 64 block rows over 3 × 3 cores leave the busiest row 22 (⌈64 / 3⌉) and the
+    busiest core 8, rather than eight cores of 8 and an idle one (busiest row 24)."""
     units, cost = oc_units(spec, hw)
     b = _split_units(cost, parts)
     if per > 1 and parts % per == 0:  # each row's range greedily filled up to the same bottleneck

@@ -15,6 +15,7 @@ from itertools import pairwise
 
 import numpy as np
 
+from tilesparse.compiler import partition, stages
 from tilesparse.compiler.layers import LayerSpec
 from tilesparse.compiler.partition import (
     ACC_BYTES,
@@ -34,7 +35,11 @@ from tilesparse.compiler.partition import (
 )
 from tilesparse.compiler.stages import StepTable, WeightIndex, layer_steps
 from tilesparse.errors import CapacityError, ConfigError
-from tilesparse.estimate.timemodel import WEIGHT_SLOTS, engine_bound_s, layer_time_arrays
+from tilesparse.estimate.timemodel import (
+    WEIGHT_SLOTS,
+    engine_bound_s,
+    layer_time_arrays,
+)
 from tilesparse.hw import ArrayConfig
 
 __all__ = ["MAX_STAGING_FRACTION", "LayerPlan", "plan_layer", "replan"]
@@ -289,8 +294,6 @@ _TILE_MEMO: dict[tuple, dict] = {}
 def clear_caches() -> None:
     """Forget every plan, tile shape, layout and channel split the compiler has memoized, so that
     the next compile starts cold (for timing it)."""
-    from tilesparse.compiler import partition, stages
-
     for memo in (_PLAN_MEMO, _TILE_MEMO, stages._LAYOUT_MEMO, stages._CHUNK_WORK_MEMO,
                  partition._OC_MEMO, partition._CHUNK_MEMO):
         memo.clear()
@@ -368,12 +371,13 @@ class _GridFloor:
     """Seconds no sub-volume of a grid beats under the time model.
 
     A channel-wise op (no weights) moves every core's input window (its own channels) and every
-    output byte over its column's channel (LOADFM, WRITEFM). For a conv, a core's COMP runs at most at its peak rate and never while its
-    weights refill (rules 2, 5), so the layer takes at least the busiest core's kept MACs at peak
-    plus the LOADWM time of the busiest row — its distinct chunks, each sent at least once per
-    spatial group unless a single chunk stays resident — and one LOADFM pass over the input per
-    output-channel chunk (``_input_pass_s``), after the first piece of the first step's weights
-    has arrived (all but the first tile's input, which may stream in meanwhile)."""
+    output byte over its column's channel (LOADFM, WRITEFM). For a conv, a core's COMP runs at
+    most at its peak rate, pays the kernel-call overhead at every iteration and never runs while
+    its weights refill (rules 2, 5), so the layer takes at least the busiest core's kept MACs at
+    peak plus the LOADWM time of the busiest row — its distinct chunks, each sent at least once
+    per spatial group unless a single chunk stays resident — and one LOADFM pass over the input
+    per output-channel chunk (``_input_pass_s``), after the first piece of the first step's
+    weights has arrived (all but the first tile's input, which may stream in meanwhile)."""
 
     def __init__(self, spec: LayerSpec, hw: ArrayConfig, cores, widx: WeightIndex | None):
         live = [c for c in cores if not c.empty]
