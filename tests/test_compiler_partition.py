@@ -19,7 +19,9 @@ from tilesparse.compiler.partition import (
     col_tiles,
     fits,
     max_tile_extent,
+    moved_positions,
     oc_chunks,
+    slid_tiles,
     split_even,
     tile_grid,
 )
@@ -252,3 +254,25 @@ def test_max_tile_extent_is_the_largest_tile_fits_accepts(kind, k, s, d, residua
     assert got == 0 or ok(got)
     assert not ok(got + 1)
     assert all(ok(n) for n in range(1, got + 1, max(1, got // 7)))
+
+
+def test_moved_positions_slide_along_tile_rows_and_restart_at_steps():
+    """3×3 conv (stride 1, padding 1) over a 5×8 region in 2×3 tiles, 4 tiles per step: window
+    rows 4, 4, 3 and columns 5, 5, 4; a tile after its left neighbour in the same step moves only
+    width × stride new columns (tiles 1, 2, 5, 7 here; 3 and 6 start a row, 4 and 8 a step)."""
+    conv = LayerSpec(name="c", kind="conv", inputs=("x",), ci=8, hi=5, wi=8, co=8, ho=5, wo=8,
+                     kernel=(3, 3), padding=(1, 1))
+    assert conv.slides
+    assert slid_tiles(conv, 5, 8, 2, 3, 4).tolist() == [False, True, True, False, False, True, False, True, False]
+    assert moved_positions(conv, 5, 8, 2, 3, 4).tolist() == [20, 12, 8, 20, 20, 8, 15, 9, 12]
+    # a 3×3 stride-2 pool: windows overlap by one column, a tile of 2 outputs moves 4 new columns
+    pool = LayerSpec(name="p", kind="maxpool", inputs=("x",), ci=8, hi=9, wi=9, co=8, ho=4, wo=4,
+                     kernel=(3, 3), stride=(2, 2))
+    assert moved_positions(pool, 4, 4, 4, 2, 2).tolist() == [9 * 5, 9 * 4]
+    # windows that do not overlap (1×1 conv, 2×2 stride-2 pool) and adds move whole windows
+    for spec in (LayerSpec(name="o", kind="conv", inputs=("x",), ci=8, hi=4, wi=4, co=8, ho=4, wo=4),
+                 LayerSpec(name="q", kind="maxpool", inputs=("x",), ci=8, hi=8, wi=8, co=8, ho=4, wo=4,
+                           kernel=(2, 2), stride=(2, 2)),
+                 LayerSpec(name="a", kind="add", inputs=("x", "y"), ci=8, hi=4, wi=4, co=8, ho=4, wo=4)):
+        assert not spec.slides
+        assert moved_positions(spec, 4, 4, 2, 2, 4).tolist() == [spec.window_positions(2, 2)] * 4

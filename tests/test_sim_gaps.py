@@ -308,8 +308,9 @@ def test_two_dimensional_column_tiling_is_bit_exact():
     torch.manual_seed(0)
     g = build_graph(SeventeenSquare(), input_shape=(1, 8, 17, 17))
     prog = compile_graph(g, "2x8")
-    assert {r.grid["col_axis"] for r in prog.layers} == {"hw"}
-    for r in prog.layers:  # the busiest column computes fewer positions than a 3-wide strip (51)
+    convs = [r for r in prog.layers if r.kind == "conv"]  # (the pool slides its windows over
+    assert {r.grid["col_axis"] for r in convs} == {"hw"}  # whole rows with channels across columns)
+    for r in convs:  # the busiest column computes fewer positions than a 3-wide strip (51)
         assert max((c[5] - c[4]) * (c[7] - c[6]) for c in r.cores if c[3] > c[2]) < 17 * 3
     check_bit_exact(g, prog)
 
@@ -510,3 +511,68 @@ def test_an_operand_concatenated_twice_gets_two_named_copies():
     names = [r.name for r in prog.layers]
     assert len(set(names)) == len(names) and sum(".copy_" in n for n in names) == 2, names
     check_bit_exact(g, prog)
+
+
+# ---- 11. sliding windows --------------------------------------------------------------------------
+class OneThreeByThree(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(8, 16, 3, padding=1)
+
+    def forward(self, x):
+        return self.a(x)
+
+
+class _WideThreeByThree(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(32, 128, 3, padding=1)
+
+    def forward(self, x):
+        return self.a(x)
+
+
+def _sliding_prog(sub: SubVolume, cls=OneThreeByThree):
+    torch.manual_seed(0)
+    m = cls()
+    g = build_graph(m, input_shape=(1, m.a.in_channels, 9, 10))
+    return g, compile_graph(g, "1x1", chooser=lambda node, hw: sub if node.name == "a" else None)
+
+
+def test_sliding_windows_move_each_column_of_a_tile_row_once():
+    """9×10 map, 3×2 tiles: 3 tile rows of 5 tiles. Each tile row moves its first window (5 rows
+    × 4 columns) and then 2 new columns per tile: 5 × (4 + 4 × 2) = 60 positions × 8 channels,
+    1440 B for the layer — whole windows would be 15 × 5 × 4 × 8 = 2400 B. Bit-exact, and the
+    simulator's bytes are the listing's and the time model's."""
+    g, prog = _sliding_prog(SubVolume(16, 8, 3, 2))
+    li, rec = next((i, r) for i, r in enumerate(prog.layers) if r.name == "a")
+    assert rec.loops["slide"] and rec.loops["n_tiles"] == 15
+    rep = check_bit_exact(g, prog)
+    acct = rep.sim.accounts[li]
+    assert acct.sim_total["LOADFM"] == acct.listed_total["LOADFM"] == 3 * 5 * (4 + 4 * 2) * 8
+    assert acct.ok, acct.notes
+
+
+def test_sliding_window_restarts_at_each_step_bit_exact():
+    """Input channels in 4 chunks of 8 with the int32 partial sums of 9 tiles of 3×2×128 resident
+    (4 in core.out, 5 in core.res): the second spatial group starts at tile 9, in the middle of a
+    tile row, and reloads its first window whole; the ring keeps running across the steps."""
+    g, prog = _sliding_prog(SubVolume(128, 8, 3, 2), _WideThreeByThree)
+    li, rec = next((i, r) for i, r in enumerate(prog.layers) if r.name == "a")
+    assert (rec.loops["n_q"], rec.loops["tiles_per_group"], rec.loops["n_s"]) == (4, 9, 2)
+    rep = check_bit_exact(g, prog)
+    acct = rep.sim.accounts[li]
+    assert acct.ok and acct.totals_ok, acct.notes
+
+
+def test_a_ring_too_small_for_the_locks_is_a_hazard(monkeypatch):
+    """LOADFM i+1 waits only for COMP i−1 (ping-pong locks), so it must never write a column COMP
+    i reads: a ring of two windows' columns guarantees it; one of a window and one column does
+    not, and the ordering check finds the overwrite at column-slot level."""
+    _, prog = _sliding_prog(SubVolume(16, 8, 3, 2))
+    check_ordering(prog)
+    import tilesparse.sim.layer as sim_layer
+
+    monkeypatch.setattr(sim_layer, "ring_columns", lambda spec, sub: spec.window_extent(sub.w, 1) + 1)
+    with pytest.raises(HazardError, match=r"LOADFM #\d+ .* overwrites core\.in ring .* still to be read by COMP #\d+"):
+        check_ordering(prog)

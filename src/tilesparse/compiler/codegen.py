@@ -23,7 +23,7 @@ import numpy as np
 
 from tilesparse.compiler.layers import LayerSpec
 from tilesparse.compiler.pack import chunk_geometry, pack_chunk
-from tilesparse.compiler.partition import CoreWork, tile_grid
+from tilesparse.compiler.partition import CoreWork, moved_positions, tile_grid
 from tilesparse.compiler.program import Instr
 from tilesparse.compiler.stages import Step, core_chunk
 from tilesparse.compiler.tiling import LayerPlan
@@ -132,7 +132,8 @@ def _loadfm_src(plan: LayerPlan, in_src: str, staged_in: bool) -> str:
 
 
 def _region_sums(spec: LayerSpec, plan: LayerPlan) -> dict[tuple[int, int], tuple[int, int]]:
-    """Per (region, spatial group): total output positions and input window positions."""
+    """Per (region, spatial group): total output positions and input positions LOADFM moves
+    (``partition.moved_positions``: sliding tiles move only their new columns)."""
     part = plan.part
     out: dict[tuple[int, int], tuple[int, int]] = {}
     g = part.tiles_per_group
@@ -140,10 +141,10 @@ def _region_sums(spec: LayerSpec, plan: LayerPlan) -> dict[tuple[int, int], tupl
         if cw.empty or (cw.region, 0) in out:
             continue
         tiles = tile_grid(cw.h0, cw.h1, cw.w0, cw.w1, part.sub.h, part.sub.w)
+        moved = moved_positions(spec, cw.h1 - cw.h0, cw.w1 - cw.w0, part.sub.h, part.sub.w, g)
         for s in range(part.n_s):
             ts = tiles[s * g:(s + 1) * g]
-            out[(cw.region, s)] = (sum((b - a) * (d - c) for a, b, c, d in ts),
-                                   sum(spec.window_positions(b - a, d - c) for a, b, c, d in ts))
+            out[(cw.region, s)] = (sum((b - a) * (d - c) for a, b, c, d in ts), int(moved[s * g:(s + 1) * g].sum()))
     return out
 
 

@@ -106,6 +106,15 @@ class LayerSpec:
             return n_out * ext
         return self.in_span(n_out, axis)
 
+    @property
+    def slides(self) -> bool:
+        """Whether consecutive tiles of a tile row share window columns that stay in the core:
+        a conv or pool whose windows overlap along the width (kernel extent above the stride).
+        LOADFM then keeps the input window in a ring of columns and moves only the columns past
+        the previous tile's window (docs/program.md, "Sliding windows")."""
+        ext = (self.kernel[1] - 1) * self.dilation[1] + 1
+        return self.kind in ("conv", "maxpool", "avgpool") and self.n_in == 1 and self.stride[1] < ext
+
     def window_positions(self, th: int, tw: int) -> int:
         """Input positions (per channel, per input) a th × tw output tile reads."""
         if self.kind == "flatten":

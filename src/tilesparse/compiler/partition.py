@@ -49,9 +49,12 @@ __all__ = [
     "col_tiles",
     "fits",
     "max_tile_extent",
+    "moved_positions",
     "oc_chunks",
     "oc_units",
     "residual_capacity",
+    "ring_columns",
+    "slid_tiles",
     "split_even",
     "tile_grid",
 ]
@@ -400,6 +403,38 @@ def tile_grid(h0: int, h1: int, w0: int, w1: int, th: int, tw: int) -> list[tupl
     smaller. This order is the iteration order of every pipelined instruction."""
     return [(a, min(a + th, h1), b, min(b + tw, w1))
             for a in range(h0, h1, th) for b in range(w0, w1, tw)]
+
+
+def slid_tiles(spec: LayerSpec, h: int, w: int, th: int, tw: int, group: int) -> np.ndarray:
+    """Which tiles of an ``h × w`` region (``tile_grid`` order) continue a sliding window
+    (``LayerSpec.slides``): every tile but the first of its tile row, unless it starts a spatial
+    group of ``group`` tiles (each step's first iteration loads its whole window)."""
+    n = -(-h // th) * -(-w // tw)
+    if not spec.slides:
+        return np.zeros(n, bool)
+    t = np.arange(n)
+    return (t % -(-w // tw) > 0) & (t % group > 0)
+
+
+def moved_positions(spec: LayerSpec, h: int, w: int, th: int, tw: int, group: int) -> np.ndarray:
+    """Input positions (per channel and input) LOADFM moves for each tile of an ``h × w`` region
+    (``tile_grid`` order, ``group`` tiles per step): the tile's window, or for a sliding tile
+    (``slid_tiles``) only the ``tile width × stride`` columns past the previous tile's window."""
+    hs = np.minimum(th, h - np.arange(0, h, th))
+    ws = np.minimum(tw, w - np.arange(0, w, tw))
+    wp = {(a, b): spec.window_positions(a, b) for a in set(hs.tolist()) for b in set(ws.tolist())}
+    full = np.array([wp[a, b] for a in hs.tolist() for b in ws.tolist()], dtype=np.int64)
+    if not spec.slides:
+        return full
+    new = np.outer([spec.window_extent(int(a), 0) for a in hs], ws * spec.stride[1]).ravel()
+    return np.where(slid_tiles(spec, h, w, th, tw, group), new, full)
+
+
+def ring_columns(spec: LayerSpec, sub: SubVolume) -> int:
+    """Columns of a sliding layer's input ring in ``core.in``: two full windows' worth, so that
+    the next tile's new columns never overwrite the window the current COMP reads
+    (docs/program.md, "Sliding windows")."""
+    return 2 * spec.window_extent(sub.w, 1)
 
 
 def acc_slot(spec: LayerSpec, hw: ArrayConfig, sub: SubVolume, n_q: int, i: int) -> tuple[str, int] | None:

@@ -264,7 +264,7 @@ def _record(graph: Graph, plan: LayerPlan, in_bufs, rows) -> LayerRecord:
         {"buffer": sp.out_tensor, "c_total": sp.out_c_total, "c_offset": sp.out_c_offset},
         dataclasses.asdict(part.grid), dataclasses.asdict(part.sub),
         {"n_s": part.n_s, "n_k": part.n_k, "n_q": part.n_q, "tiles_per_group": part.tiles_per_group,
-         "n_tiles": part.n_tiles},
+         "n_tiles": part.n_tiles, "slide": sp.slides},
         [[c.row, c.col, c.oc0, c.oc1, c.h0, c.h1, c.w0, c.w1, c.oc_group, c.region] for c in part.cores],
         rows, attrs, dense_weight_bytes(sp) if sp.kind == "conv" else 0, packed - bias, bias,
         sp.kept_macs, sp.macs, sp.fused_add, sp.residual)

@@ -27,8 +27,9 @@ from tilesparse.utils.config import validate_model
 __all__ = ["FORMAT_VERSION", "MAGIC", "Instr", "LayerRecord", "Program"]
 
 MAGIC = "tilesparse-program"
-FORMAT_VERSION = 4  # 2: staging locks, copy-layer shifts, meta["input_scale_exp"]; 3: weight pieces;
-# 4: ping-pong parity ([i%2]) counts iterations across the steps of a layer
+FORMAT_VERSION = 5  # 2: staging locks, copy-layer shifts, meta["input_scale_exp"]; 3: weight pieces;
+# 4: ping-pong parity ([i%2]) counts iterations across the steps of a layer; 5: sliding windows
+# (loops["slide"]: LOADFM moves only a tile's new columns into the core's input ring)
 OPS = ("LOAD", "LOADW", "LOADFM", "LOADWM", "COMP", "WRITEFM", "WRITE")
 
 
@@ -69,7 +70,7 @@ class LayerRecord:
     output: dict[str, Any]  # buffer, c_total, c_offset
     grid: dict[str, Any]
     sub: dict[str, int]
-    loops: dict[str, int]  # n_s, n_k, n_q, tiles_per_group, n_tiles
+    loops: dict[str, int]  # n_s, n_k, n_q, tiles_per_group, n_tiles, slide (0/1)
     cores: list[list[int]]  # row, col, oc0, oc1, h0, h1, w0, w1, oc_group, region
     chunks: list[list[int]]  # oc_group, k, q, oc0, oc1, cb0, cb1, ddr_addr, nbytes, with_bias
     attrs: dict[str, Any] = field(default_factory=dict)  # quantization attrs of the node

@@ -29,6 +29,7 @@ from tilesparse.compiler.partition import (
     CoreWork,
     LayerPartition,
     _memo,
+    moved_positions,
     oc_chunks,
 )
 from tilesparse.hw import ArrayConfig
@@ -235,7 +236,7 @@ class _Layout:
             self.row_g[cw.row, gi[cw.oc_group]] = 1
         self.rg = self.col_rg.sum(axis=0)
         self.p = np.zeros((len(regions), part.n_tiles))
-        self.win = np.zeros((len(regions), part.n_tiles))
+        self.win = np.zeros((len(regions), part.n_tiles))  # input positions LOADFM moves
         th, tw = part.sub.h, part.sub.w
         by_size: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         done = set()
@@ -246,10 +247,10 @@ class _Layout:
             size = (cw.h1 - cw.h0, cw.w1 - cw.w0)
             if size not in by_size:  # regions of one size have the same tiles
                 # the tiles of ``tile_grid``, row-major: every row of tiles has the same widths
-                hs = [min(th, size[0] - a) for a in range(0, size[0], th)]
-                ws = [min(tw, size[1] - b) for b in range(0, size[1], tw)]
-                wp = {(a, b): spec.window_positions(a, b) for a in set(hs) for b in set(ws)}
-                by_size[size] = (np.outer(hs, ws).ravel(), [wp[a, b] for a in hs for b in ws])
+                hs = np.minimum(th, size[0] - np.arange(0, size[0], th))
+                ws = np.minimum(tw, size[1] - np.arange(0, size[1], tw))
+                by_size[size] = (np.outer(hs, ws).ravel(),
+                                 moved_positions(spec, *size, th, tw, part.tiles_per_group))
             p, win = by_size[size]
             self.p[ri[cw.region], :len(p)] = p
             self.win[ri[cw.region], :len(p)] = win
@@ -260,7 +261,7 @@ class _Layout:
     def of(spec: LayerSpec, hw: ArrayConfig, part: LayerPartition) -> _Layout:
         """The layout of ``part``, shared by the partitions of a search that differ only in their
         channel chunks (same cores and tile shape)."""
-        key = (id(spec), id(part.cores), part.sub.h, part.sub.w, part.n_tiles, id(hw))
+        key = (id(spec), id(part.cores), part.sub.h, part.sub.w, part.n_tiles, part.tiles_per_group, id(hw))
         return _memo(_LAYOUT_MEMO, _MEMO_MAX, (spec, part.cores, hw), key, lambda: _Layout(spec, hw, part))
 
 

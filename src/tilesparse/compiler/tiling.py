@@ -152,7 +152,9 @@ def _ci_blocks(spec, hw, widx, bounds, oc_t) -> int | None:
 def _tiles(spec: LayerSpec, hw: ArrayConfig, oc_t: int, ci_t: int, hc: int, wc: int) -> list[tuple[int, int]]:
     """Tile candidates (rows, cols) that fit: the widest (then tallest) one, and the one that
     re-reads the least input — for each width as many rows as fit, keeping the most output
-    positions per input position moved (neighbouring tiles re-read a k×k window's halo)."""
+    positions per input position moved (neighbouring tiles re-read a k×k window's halo) — and,
+    for a sliding layer (``LayerSpec.slides``: a tile row moves each input column once), the
+    tallest tiles of a few narrow widths, which re-read the fewest halo rows."""
     def rows(tw: int) -> int:  # the most rows that fit (at least one: a caller checks 1 × 1 fits)
         return max(1, min(hc, max_tile_extent(spec, hw, oc_t, ci_t, tw, 0)))
     widest = max(1, min(wc, max_tile_extent(spec, hw, oc_t, ci_t, 1, 1)))
@@ -164,10 +166,12 @@ def _tiles(spec: LayerSpec, hw: ArrayConfig, oc_t: int, ci_t: int, hc: int, wc: 
         p = th * tw
         score = (p / spec.window_positions(th, tw), p, th, tw)
         best = max(best, score)
-    return sorted({first, (best[2], best[3])})
+    narrow = {(rows(tw), tw) for tw in SLIDING_TILE_WIDTHS if tw < widest} if spec.slides else set()
+    return sorted({first, (best[2], best[3])} | narrow)
 
 
 TILE_WIDTH_DIVISORS = (1, 2, 3, 4, 6, 8, 12, 16)  # tile widths tried: the widest that fits / d
+SLIDING_TILE_WIDTHS = (1, 2, 4)  # narrow widths also tried for sliding layers (their tallest tiles)
 
 
 @dataclass(frozen=True)

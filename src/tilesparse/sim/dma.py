@@ -65,6 +65,7 @@ class Staging:
         self.stage_in: dict[int, dict] = {0: {}, 1: {}}  # parity -> {(col, key): (offset, shape)}
         self.stage_out: dict[int, list] = {0: [], 1: []}
         self.phase = 0  # the layer's pipeline iterations before the current step, mod 2
+        self.ring: dict[int, int] = {}  # sliding layer: columns each core has written to its input ring
 
     def half(self, i: int) -> int:
         """The ping-pong half of the step's iteration ``i``: ``[i%2]`` counts iterations across
@@ -192,10 +193,44 @@ class Staging:
         """(index, buffer, c_offset) of the window inputs."""
         return [(j, d["buffer"], int(d["c_offset"])) for j, d in enumerate(self.v.rec.inputs[:self.v.n_win_inputs])]
 
-    def _window(self, where, core, tile, ch, buf, coff) -> np.ndarray:
+    def _window(self, where, core, tile, ch, buf, coff, new_cols: int = 0) -> np.ndarray:
+        """The tile's input window, or its last ``new_cols`` columns (a sliding tile's)."""
         win = self.v.window(tile)
-        x, _ = self.ex.bufs.read(where, buf, win.rows, win.cols, coff + ch[2], coff + ch[3])
+        cols = win.cols[-new_cols:] if new_cols else win.cols
+        x, _ = self.ex.bufs.read(where, buf, win.rows, cols, coff + ch[2], coff + ch[3])
         return x
+
+    def _new_cols(self, idx: int, i: int, core: int, tile) -> int:
+        """Columns LOADFM moves for a sliding tile (those past the previous tile's window), 0 when
+        it moves the whole window (docs/program.md, "Sliding windows")."""
+        if not (self.v.slide and self.v.slid(core, self.p.instrs[idx].s, i)):
+            return 0
+        return (tile[3] - tile[2]) * self.v.spec.stride[1]
+
+    def _ring_put(self, where, core: int, tile, x: np.ndarray) -> tuple[list[int], tuple[int, int]]:
+        """Append a sliding layer's moved columns to the core's input ring — ``ring_columns``
+        slots of (window rows × channels) bytes in ``core.in`` — and return where COMP finds the
+        tile's window: the last (window width) columns written, oldest first."""
+        v = self.v
+        rows, n, ci = x.shape
+        slot = v.spec.window_extent(v.part.sub.h, 0) * ci
+        cap = self.ex.hw.core.input_buffer_bytes
+        if v.ring_cols * slot > cap:
+            raise SimulationError(f"{where}: core {self.mem.core_name(core)} input ring ({v.ring_cols} columns x "
+                                  f"{slot} B) overflows core.in ({cap} B)")
+        ptr = self.ring.get(core, 0)
+        for j in range(n):
+            off = ((ptr + j) % v.ring_cols) * slot
+            self.mem.core_slice(where, core, "in", off, rows * ci)[...] = x[:, j].reshape(-1).view(np.uint8)
+        self.ring[core] = ptr = ptr + n
+        span = len(v.window(tile).cols)
+        return [((ptr - span + j) % v.ring_cols) * slot for j in range(span)], (rows, ci)
+
+    def ring_window(self, where, core: int, ring: tuple[list[int], tuple[int, int]]) -> np.ndarray:
+        """The window COMP reads from a core's input ring (rows × columns × channels)."""
+        offs, (rows, ci) = ring
+        return np.stack([self.mem.core_slice(where, core, "in", o, rows * ci).view(np.int8).reshape(rows, ci)
+                         for o in offs], axis=1)
 
     def _residual(self, where, tile, ch) -> np.ndarray:
         d = self.v.rec.inputs[-1]
@@ -219,7 +254,8 @@ class Staging:
             for key, src in items:
                 if (col, key) in self.stage_in[half]:
                     continue
-                x = self._residual(where, tile, ch) if src is None else self._window(where, core, tile, ch, *src[1:])
+                x = (self._residual(where, tile, ch) if src is None
+                     else self._window(where, core, tile, ch, *src[1:], self._new_cols(idx, i, core, tile)))
                 self.mem.memtile[self._mt_range(where, col, "in", half, fill[col], x.size)] = x.reshape(-1).view(np.uint8)
                 self.stage_in[half][(col, key)] = (fill[col], x.shape)
                 self.ex.acct.move(idx, i, col, x.size)
@@ -242,13 +278,16 @@ class Staging:
             for j, buf, coff in self._inputs():
                 key = (j, reg, ch[2], ch[3])
                 x = (self._staged(where, col, half, key) if self.ex.bufs.in_ddr(buf)
-                     else self._window(where, core, tile, ch, buf, coff))
+                     else self._window(where, core, tile, ch, buf, coff, self._new_cols(idx, i, core, tile)))
                 parts.append(x)
                 if (col, key) not in sent:  # broadcast down the column: moves once
                     sent.add((col, key))
                     self.ex.acct.move(idx, i, col, x.size)
-            lay: dict[str, Any] = {"windows": [], "residual": None}
+            lay: dict[str, Any] = {"windows": [], "ring": None, "residual": None}
             off = 0
+            if self.v.slide:  # one window input (``LayerSpec.slides``), kept in the ring
+                lay["ring"] = self._ring_put(where, core, tile, parts[0])
+                parts = []
             for x in parts:
                 lay["windows"].append((half * cap + off, x.shape))
                 off += self._put(where, core, half * cap + off, cap - off, x)

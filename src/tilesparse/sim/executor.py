@@ -139,7 +139,8 @@ class Executor:
         lay = self.stage.core_in.get((core, self.stage.half(i)))
         if lay is None:
             raise SimulationError(f"{where}: core {self.mem.core_name(core)} has no input window (no LOADFM)")
-        xs = [self._core_array(where, core, "in", off, shape) for off, shape in lay["windows"]]
+        xs = ([self.stage.ring_window(where, core, lay["ring"])] if lay["ring"] is not None else
+              [self._core_array(where, core, "in", off, shape) for off, shape in lay["windows"]])
         win = v.window(tile)
         if v.kind == "conv":
             y, macs, cyc = self._conv(v, where, ins, i, core, tile, ch, xs[0], lay)

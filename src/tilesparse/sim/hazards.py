@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tilesparse.sim.layer import LayerView
 from tilesparse.sim.memory import SimulationError
 
 __all__ = ["HazardError", "check_ordering"]
@@ -54,6 +55,7 @@ class Event:
     staged: tuple[bool, bool] = (False, False)  # the step has a LOAD / a WRITE
     vc: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # set when it fires
     half: int = 0  # ping-pong half: the iteration counted across the layer's steps, mod 2
+    ring: list[tuple] | None = None  # sliding layer: the core.in ring slots LOADFM writes / COMP reads
 
 
 def _locks(s: str, it: int, half: int) -> list[str]:
@@ -79,6 +81,8 @@ def _build(program, idxs: list[int]) -> tuple[list[list[Event]], list[Event]]:
     done = 0  # pipeline iterations of the earlier steps: ``[i%2]`` counts across the layer's steps
     for i in idxs:
         steps.setdefault(program.instrs[i].step, []).append(i)
+    li = program.instrs[idxs[0]].layer
+    ring = _Rings(program, li) if program.layers[li].loops.get("slide") else None
     for step in steps.values():
         pipe_seen = [len(q) for q in queues]
         ops = {program.instrs[i].op for i in step}
@@ -99,14 +103,48 @@ def _build(program, idxs: list[int]) -> tuple[list[list[Event]], list[Event]]:
         pipe = sorted((i for i in step if program.instrs[i].op in PIPE), key=lambda i: PIPE.index(program.instrs[i].op))
         iters = max((program.instrs[i].iters for i in pipe), default=0)
         for it in range(iters):
+            slots = ring.advance(program.instrs[pipe[0]], it) if ring is not None else None
             for i in pipe:
                 if it < program.instrs[i].iters:
                     ev = _event(program, queues, i, it, staged, (done + it) % 2)
                     if lwm is not None and ev.agent == COMP:  # DMA stages follow their locks only
                         ev.after = [(lwm.agent, lwm.seq)]
+                    if slots is not None and program.instrs[i].op in ("LOADFM", "COMP"):
+                        ev.ring = slots[program.instrs[i].op == "COMP"]
                     order.append(ev)
         done += iters
     return queues, order
+
+
+class _Rings:
+    """The input rings of a sliding layer's cores (docs/program.md, "Sliding windows"): per
+    iteration, the ring slots LOADFM writes and COMP reads. Cores with the same region size and
+    oc group fill their rings alike, so one of each stands for the others."""
+
+    def __init__(self, program, li: int):
+        self.v = LayerView(li, program.layers[li])
+        reps: dict[tuple, int] = {}
+        for core, cw in enumerate(self.v.cores):
+            if not cw.empty:
+                reps.setdefault((cw.h1 - cw.h0, cw.w1 - cw.w0, cw.oc_group), core)
+        self.reps = sorted(reps.items())
+        self.ptr = {key: 0 for key, _ in self.reps}
+
+    def advance(self, ins, it: int) -> tuple[list[tuple], list[tuple]]:
+        v, n_ring = self.v, self.v.ring_cols
+        written, read = [], []
+        for key, core in self.reps:
+            tile = v.tile(core, ins.s, it)
+            if tile is None or v.chunk(core, ins.k, ins.q) is None:
+                continue
+            span = len(v.window(tile).cols)
+            n = (tile[3] - tile[2]) * v.spec.stride[1] if v.slid(core, ins.s, it) else span
+            p = self.ptr[key]
+            name = f"core.in ring ({key[0]}x{key[1]} region, oc group {key[2]}) slot"
+            written += [(name, (p + j) % n_ring) for j in range(n)]
+            self.ptr[key] = p = p + n
+            read += [(name, (p - span + j) % n_ring) for j in range(span)]
+        return written, read
 
 
 def _event(program, queues, i: int, it: int, staged: tuple[bool, bool], half: int = 0) -> Event:
@@ -172,10 +210,12 @@ def _accesses(program, ev: Event) -> list[tuple[tuple, str]]:
     if op == "LOAD":
         return [(("stage_in", h), "W")]
     res = [(("core.res", h), "W" if op == "LOADFM" else "R")] if last_q and program.layers[ins.layer].fused_add else []
+    core_in = [("core.in", h)] if ev.ring is None else ev.ring
     if op == "LOADFM":
-        return ([(("stage_in", h), "R")] if ev.staged[0] else []) + [(("core.in", h), "W")] + res
+        return ([(("stage_in", h), "R")] if ev.staged[0] else []) + [(b, "W") for b in core_in] + res
     if op == "COMP":
-        return [(("core.in", h), "R"), (("core.w",), "R")] + res + ([(("core.out", h), "W")] if last_q else [])
+        return ([(b, "R") for b in core_in] + [(("core.w",), "R")] + res
+                + ([(("core.out", h), "W")] if last_q else []))
     if op == "WRITEFM":
         return [(("core.out", h), "R")] + ([(("stage_out", h), "W")] if ev.staged[1] else [])
     return [(("stage_out", h), "R")]

@@ -17,6 +17,8 @@ from tilesparse.compiler.partition import (
     Grid,
     LayerPartition,
     SubVolume,
+    ring_columns,
+    slid_tiles,
     tile_grid,
 )
 from tilesparse.compiler.program import LayerRecord
@@ -83,6 +85,14 @@ class LayerView:
         if self.kind == "conv":
             self._check_chunks()
         self._win: dict[tuple[int, int, int, int], Window] = {}
+        self.slide = self.spec.slides
+        if bool(lp.get("slide", False)) != self.slide:
+            raise SimulationError(f"layer {self.name!r}: loops['slide'] = {lp.get('slide')!r}, but a {self.kind} "
+                                  f"with kernel {self.spec.kernel} and stride {self.spec.stride} "
+                                  f"{'slides' if self.slide else 'does not slide'} its windows")
+        self.ring_cols = ring_columns(self.spec, self.part.sub) if self.slide else 0
+        self._slid = [slid_tiles(self.spec, c.h1 - c.h0, c.w1 - c.w0, self.part.sub.h, self.part.sub.w, self.G)
+                      if not c.empty else None for c in self.cores]
 
     def _check_chunks(self) -> None:
         """A conv's chunk rows must cut each oc group's channels into consecutive chunks k = 0, 1, …
@@ -120,6 +130,11 @@ class LayerView:
         t = s * self.G + i
         tiles = self.tiles[core]
         return tiles[t] if i < self.G and t < len(tiles) else None
+
+    def slid(self, core: int, s: int, i: int) -> bool:
+        """Whether iteration ``i`` of spatial group ``s`` continues the core's sliding window
+        (``partition.slid_tiles``): LOADFM moves only its new columns."""
+        return bool(self._slid[core][s * self.G + i])
 
     def window(self, tile: tuple[int, int, int, int]) -> Window:
         if tile not in self._win:
