@@ -41,6 +41,7 @@ from tilesparse.hw import load_array
 from tilesparse.ir.graph import Op
 from tilesparse.quant import IntegerReference, quantize_input
 from tilesparse.sim import HazardError, SimulationError, check_ordering, simulate
+from tilesparse.sim import layer as sim_layer
 
 PX = 12  # small maps keep every test under a second
 
@@ -514,28 +515,18 @@ def test_an_operand_concatenated_twice_gets_two_named_copies():
 
 
 # ---- 11. sliding windows --------------------------------------------------------------------------
-class OneThreeByThree(nn.Module):
-    def __init__(self):
+class ThreeByThree(nn.Module):
+    def __init__(self, ci: int, co: int):
         super().__init__()
-        self.a = nn.Conv2d(8, 16, 3, padding=1)
+        self.a = nn.Conv2d(ci, co, 3, padding=1)
 
     def forward(self, x):
         return self.a(x)
 
 
-class _WideThreeByThree(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.a = nn.Conv2d(32, 128, 3, padding=1)
-
-    def forward(self, x):
-        return self.a(x)
-
-
-def _sliding_prog(sub: SubVolume, cls=OneThreeByThree):
+def _sliding_prog(sub: SubVolume, ci: int = 8, co: int = 16):
     torch.manual_seed(0)
-    m = cls()
-    g = build_graph(m, input_shape=(1, m.a.in_channels, 9, 10))
+    g = build_graph(ThreeByThree(ci, co), input_shape=(1, ci, 9, 10))
     return g, compile_graph(g, "1x1", chooser=lambda node, hw: sub if node.name == "a" else None)
 
 
@@ -557,7 +548,7 @@ def test_sliding_window_restarts_at_each_step_bit_exact():
     """Input channels in 4 chunks of 8 with the int32 partial sums of 9 tiles of 3×2×128 resident
     (4 in core.out, 5 in core.res): the second spatial group starts at tile 9, in the middle of a
     tile row, and reloads its first window whole; the ring keeps running across the steps."""
-    g, prog = _sliding_prog(SubVolume(128, 8, 3, 2), _WideThreeByThree)
+    g, prog = _sliding_prog(SubVolume(128, 8, 3, 2), ci=32, co=128)
     li, rec = next((i, r) for i, r in enumerate(prog.layers) if r.name == "a")
     assert (rec.loops["n_q"], rec.loops["tiles_per_group"], rec.loops["n_s"]) == (4, 9, 2)
     rep = check_bit_exact(g, prog)
@@ -571,8 +562,6 @@ def test_a_ring_too_small_for_the_locks_is_a_hazard(monkeypatch):
     not, and the ordering check finds the overwrite at column-slot level."""
     _, prog = _sliding_prog(SubVolume(16, 8, 3, 2))
     check_ordering(prog)
-    import tilesparse.sim.layer as sim_layer
-
     monkeypatch.setattr(sim_layer, "ring_columns", lambda spec, sub: spec.window_extent(sub.w, 1) + 1)
     with pytest.raises(HazardError, match=r"LOADFM #\d+ .* overwrites core\.in ring .* still to be read by COMP #\d+"):
         check_ordering(prog)

@@ -484,7 +484,8 @@ def fits(spec: LayerSpec, hw: ArrayConfig, sub: SubVolume, weight_chunk_bytes: i
     """Why ``sub`` does not fit the core's buffers (empty list if it does).
 
     Input tiles and output tiles are double-buffered (ping-pong: half of each buffer per
-    iteration); the int32 accumulators of the tiles that wait for further input-channel chunks stay
+    iteration; a sliding layer's ring of two windows' columns, ``ring_columns``, takes the same
+    room); the int32 accumulators of the tiles that wait for further input-channel chunks stay
     resident (``acc_slot``: the output buffer, then ``core.res`` if no fused add uses it); a
     weight chunk fills the weight buffer alone; a fused add's int8 residual tile (output-shaped) fills half of ``core.res`` (``residual_capacity``).
     """

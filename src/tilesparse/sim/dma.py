@@ -209,12 +209,17 @@ class Staging:
 
     def _ring_put(self, where, core: int, tile, x: np.ndarray) -> tuple[list[int], tuple[int, int]]:
         """Append a sliding layer's moved columns to the core's input ring — ``ring_columns``
-        slots of (window rows × channels) bytes in ``core.in`` — and return where COMP finds the
+        slots of (window rows × sub.ci) bytes in ``core.in`` — and return where COMP finds the
         tile's window: the last (window width) columns written, oldest first."""
         v = self.v
         rows, n, ci = x.shape
-        slot = v.spec.window_extent(v.part.sub.h, 0) * ci
+        # one slot size for the whole layer (the most channels a step reads), so slot r is the
+        # same bytes in every step and the ordering check's slots are the memory's
+        slot = v.spec.window_extent(v.part.sub.h, 0) * min(v.part.sub.ci, v.spec.ci)
         cap = self.ex.hw.core.input_buffer_bytes
+        if rows * ci > slot:
+            raise SimulationError(f"{where}: core {self.mem.core_name(core)} window column of {rows} rows x "
+                                  f"{ci} channels overflows its {slot} B ring slot (sub-volume {v.part.sub})")
         if v.ring_cols * slot > cap:
             raise SimulationError(f"{where}: core {self.mem.core_name(core)} input ring ({v.ring_cols} columns x "
                                   f"{slot} B) overflows core.in ({cap} B)")
