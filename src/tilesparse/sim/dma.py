@@ -201,11 +201,11 @@ class Staging:
         return x
 
     def _new_cols(self, idx: int, i: int, core: int, tile) -> int:
-        """Columns LOADFM moves for a sliding tile (those past the previous tile's window), 0 when
-        it moves the whole window (docs/program.md, "Sliding windows")."""
+        """Columns LOADFM moves for a sliding tile (``LayerView.moved_cols``), 0 when it moves the
+        whole window (docs/program.md, "Sliding windows")."""
         if not (self.v.slide and self.v.slid(core, self.p.instrs[idx].s, i)):
             return 0
-        return (tile[3] - tile[2]) * self.v.spec.stride[1]
+        return self.v.moved_cols(core, self.p.instrs[idx].s, i, tile)
 
     def _ring_put(self, where, core: int, tile, x: np.ndarray) -> tuple[list[int], tuple[int, int]]:
         """Append a sliding layer's moved columns to the core's input ring — ``ring_columns``

@@ -137,8 +137,7 @@ class _Rings:
             tile = v.tile(core, ins.s, it)
             if tile is None or v.chunk(core, ins.k, ins.q) is None:
                 continue
-            span = len(v.window(tile).cols)
-            n = (tile[3] - tile[2]) * v.spec.stride[1] if v.slid(core, ins.s, it) else span
+            span, n = len(v.window(tile).cols), v.moved_cols(core, ins.s, it, tile)
             p = self.ptr[key]
             name = f"core.in ring ({key[0]}x{key[1]} region, oc group {key[2]}) slot"
             written += [(name, (p + j) % n_ring) for j in range(n)]

@@ -136,6 +136,13 @@ class LayerView:
         (``partition.slid_tiles``): LOADFM moves only its new columns."""
         return bool(self._slid[core][s * self.G + i])
 
+    def moved_cols(self, core: int, s: int, i: int, tile: tuple[int, int, int, int]) -> int:
+        """Window columns LOADFM moves for ``tile`` (iteration ``i`` of group ``s``): the whole
+        window's, or for a sliding tile the ``width × stride`` past the previous window."""
+        if self.slide and self.slid(core, s, i):
+            return (tile[3] - tile[2]) * self.spec.stride[1]
+        return len(self.window(tile).cols)
+
     def window(self, tile: tuple[int, int, int, int]) -> Window:
         if tile not in self._win:
             a, b, c, d = tile
