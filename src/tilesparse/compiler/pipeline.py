@@ -25,11 +25,12 @@ from tilesparse.compiler.memory import (
 from tilesparse.compiler.pack import dense_weight_bytes, int8_weights
 from tilesparse.compiler.partition import Chooser, check_coverage
 from tilesparse.compiler.program import LayerRecord, Program
+from tilesparse.compiler.rebalance import rebalance
 from tilesparse.compiler.tiling import LayerPlan, plan_layer, replan
 from tilesparse.errors import UnsupportedOpError
 from tilesparse.hw import ArrayConfig, load_array
 from tilesparse.ir.graph import Graph, Op
-from tilesparse.passes.balance import balance_channels
+from tilesparse.passes.balance import balance_channels, reorder_channels, reorderable
 from tilesparse.quant.rounding import INT8_MAX, INT8_MIN
 
 __all__ = ["compile_graph", "compile_model", "lower_layers"]
@@ -147,8 +148,9 @@ def compile_graph(graph: Graph, hw: ArrayConfig | str, *, chooser: Chooser | Non
     ``chooser(node, hw) -> SubVolume | None`` may impose a layer's per-core sub-volume (validated;
     ``CapacityError`` / ``ConfigError`` naming the layer if it does not fit). ``balance=True`` reorders
     the output channels of sparse convs read only by convs so that contiguous channel ranges keep
-    equal blocks (``passes.balance``; the program's ``meta["channel_orders"]`` records the orders,
-    the network's output is unchanged).
+    equal blocks (``passes.balance``), and again once each such conv is planned, for the chunks of
+    its plan (``rebalance``); the program's ``meta["channel_orders"]`` records the orders, the
+    network's output is unchanged.
     """
     t0 = time.perf_counter()
     hw = load_array(hw)
@@ -159,11 +161,19 @@ def compile_graph(graph: Graph, hw: ArrayConfig | str, *, chooser: Chooser | Non
     buffers = _buffers(graph, specs, ins, rename)
     forced = {b.name for b in buffers if b.forced_ddr}
     plans = []
-    for sp in specs:
+    for i, sp in enumerate(specs):
         node = graph.node(sp.name) if not sp.name.count(".copy_") else None
         in_ddr = tuple(b in forced for b, _, _ in ins[sp.name]["inputs"])
         plan = plan_layer(sp, hw, in_ddr, sp.out_tensor in forced, chooser, node)
-        check_coverage(sp, plan.part.cores)
+        # once planned, a reorderable conv's block rows are reordered for the plan's chunks
+        if (balance and node is not None and (readers := reorderable(graph, node)) is not None
+                and (got := rebalance(plan, hw)) is not None):
+            plan, rows = got
+            graph = reorder_channels(graph, node, rows, readers, orders)
+            readers_of = {c.name for c in readers[0]}  # their input channels follow, before they are planned
+            specs[i + 1:] = [dataclasses.replace(s, mask=s.mask[:, rows]) if s.name in readers_of else s
+                             for s in specs[i + 1:]]
+        check_coverage(plan.spec, plan.part.cores)
         plans.append(plan)
     capacity = [hw.memtile.bytes - p.staging_bytes for p in plans]
     alloc = allocate(buffers, capacity, hw)

@@ -42,7 +42,7 @@ from tilesparse.estimate.timemodel import (
 )
 from tilesparse.hw import ArrayConfig
 
-__all__ = ["MAX_STAGING_FRACTION", "LayerPlan", "plan_layer", "replan"]
+__all__ = ["MAX_STAGING_FRACTION", "LayerPlan", "plan_layer", "plan_with", "replan"]
 
 MAX_STAGING_FRACTION = 0.5  # weight slots + tile staging may use at most half of a MemTile
 PING_PONG = 2  # activation staging buffers per direction
@@ -469,6 +469,20 @@ def _input_pass_s(spec: LayerSpec, hw: ArrayConfig, cores) -> float:
 def _try(spec, hw, grid, cores, sub, in_ddr, out_ddr, widx) -> LayerPlan | None:
     part = _partition(spec, hw, grid, cores, sub, widx)
     return _evaluate(spec, hw, part, in_ddr, out_ddr, widx) if part is not None else None
+
+
+def plan_with(spec: LayerSpec, hw: ArrayConfig, grid: Grid, sub: SubVolume, in_ddr: tuple[bool, ...],
+              out_ddr: bool) -> LayerPlan | None:
+    """The plan of ``spec`` with this grid and sub-volume (its channel ranges and chunks cut from
+    ``spec``'s mask), or None if a weight chunk or the MemTile staging does not fit."""
+    widx = WeightIndex(spec) if spec.kind == "conv" else None
+    cores = assign_cores(spec, hw, grid)
+    live = tuple(c for c in cores if not c.empty)
+    if widx is not None and live:
+        nb = max(1, math.ceil(min(sub.ci, spec.ci) / spec.block[1])) if spec.groups == 1 else widx.n_cb
+        if _max_chunk(widx, _chunk_bounds(spec, live, sub.oc), nb) > hw.core.weight_buffer_bytes:
+            return None
+    return _try(spec, hw, grid, cores, sub, in_ddr, out_ddr, widx)
 
 
 def replan(plan: LayerPlan, hw: ArrayConfig, in_ddr: tuple[bool, ...], out_ddr: bool) -> LayerPlan:

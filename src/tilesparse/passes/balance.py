@@ -20,7 +20,7 @@ import numpy as np
 
 from tilesparse.ir.graph import Graph, Node, Op
 
-__all__ = ["balance_channels", "balance_order"]
+__all__ = ["balance_channels", "balance_order", "reorder_channels", "reorderable"]
 
 _PASS_THROUGH = (Op.MAXPOOL, Op.AVGPOOL, Op.ADAPTIVE_AVGPOOL, Op.RELU, Op.RELU6)
 
@@ -63,38 +63,55 @@ def _readers(g: Graph, node: Node, bo: int) -> tuple[list[Node], list[Node]] | N
     return (convs, via) if convs else None
 
 
+def reorderable(g: Graph, node: Node) -> tuple[list[Node], list[Node]] | None:
+    """(convs that read ``node``'s channels, pass-through nodes on the way) if ``node`` is a sparse
+    conv whose output channels may be reordered (module doc), else None."""
+    mask = g.params.get(f"{node.name}.mask")
+    w = g.params.get(f"{node.name}.weight")
+    bo = tuple(node.attrs.get("block", (0, 0)))[0]
+    if (node.op is not Op.CONV2D or mask is None or w is None or mask.all()
+            or int(node.attrs.get("groups", 1)) != 1 or "write_into" in node.attrs
+            or not bo or w.shape[0] % bo or len(mask) * bo != w.shape[0]):
+        return None
+    return _readers(g, node, bo)
+
+
+def reorder_channels(g: Graph, node: Node, rows: np.ndarray, readers: tuple[list[Node], list[Node]],
+                     orders: dict[str, np.ndarray]) -> Graph:
+    """``g`` with ``node``'s block rows in the order ``rows`` (stored block row i holds block row
+    ``rows[i]``): its weight, bias, mask rows and per-channel parameters, and the input channels
+    of the ``readers`` (``reorderable``). ``orders`` (node -> stored channel c holds original
+    channel ``order[c]``) is updated in place for the node and the pass-through nodes after it."""
+    params = dict(g.params)
+    co = params[f"{node.name}.weight"].shape[0]
+    bo = co // len(params[f"{node.name}.mask"])
+    ch = (np.asarray(rows)[:, None] * bo + np.arange(bo)[None, :]).ravel()
+    for key in [k for k in params if k.startswith(f"{node.name}.")]:
+        p = params[key]
+        if key.endswith(".mask"):
+            params[key] = p[rows]
+        elif np.ndim(p) and len(p) == co:  # weight, bias, per-channel exponents and shifts
+            params[key] = p[ch]
+    convs, via = readers
+    for c in convs:
+        params[f"{c.name}.weight"] = params[f"{c.name}.weight"][:, ch]
+        if f"{c.name}.mask" in params:
+            params[f"{c.name}.mask"] = params[f"{c.name}.mask"][:, rows]
+    for m in [node, *via]:
+        orders[m.name] = orders[m.name][ch] if m.name in orders else ch
+    return g.replace_nodes(list(g.nodes), params)
+
+
 def balance_channels(g: Graph) -> tuple[Graph, dict[str, np.ndarray]]:
     """``g`` with the output channels of every eligible sparse conv reordered (module doc), and
     per reordered node (the conv and the pools / activations after it) its channel order:
     stored channel c holds the original channel ``order[c]``. Values are unchanged."""
-    params = dict(g.params)
     orders: dict[str, np.ndarray] = {}
-    for n in g.of(Op.CONV2D):
-        mask = params.get(f"{n.name}.mask")
-        w = params[f"{n.name}.weight"]
-        bo = tuple(n.attrs.get("block", (0, 0)))[0]
-        if (mask is None or mask.all() or int(n.attrs.get("groups", 1)) != 1 or "write_into" in n.attrs
-                or not bo or w.shape[0] % bo or len(mask) * bo != w.shape[0]):
-            continue
-        readers = _readers(g, n, bo)
+    for n in list(g.of(Op.CONV2D)):
+        readers = reorderable(g, n)
         if readers is None:
             continue
-        rows = balance_order(mask)
-        if np.array_equal(rows, np.arange(len(rows))):
-            continue
-        ch = (rows[:, None] * bo + np.arange(bo)[None, :]).ravel()
-        co = w.shape[0]
-        for key in [k for k in params if k.startswith(f"{n.name}.")]:
-            p = params[key]
-            if key.endswith(".mask"):
-                params[key] = p[rows]
-            elif np.ndim(p) and len(p) == co:  # weight, bias, per-channel exponents and shifts
-                params[key] = p[ch]
-        convs, via = readers
-        for c in convs:
-            params[f"{c.name}.weight"] = params[f"{c.name}.weight"][:, ch]
-            if f"{c.name}.mask" in params:
-                params[f"{c.name}.mask"] = params[f"{c.name}.mask"][:, rows]
-        for m in [n, *via]:
-            orders[m.name] = ch
-    return g.replace_nodes(list(g.nodes), params), orders
+        rows = balance_order(g.params[f"{n.name}.mask"])
+        if not np.array_equal(rows, np.arange(len(rows))):
+            g = reorder_channels(g, n, rows, readers, orders)
+    return g, orders
