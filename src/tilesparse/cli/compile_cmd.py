@@ -68,7 +68,8 @@ def compile_verb(
     quantized: Annotated[bool, typer.Option(help="Quantize (int8) in the front end; --no-quantized for a "
                                                  "timing-only program.")] = True,
     balance: Annotated[bool, typer.Option(help="Reorder the output channels of sparse convs read only by "
-                                               "convs so that every core's channels keep equal blocks "
+                                               "convs so that every core's channels keep equal blocks, "
+                                               "and again for each layer's chosen weight chunks "
                                                "(same outputs; docs/compiler.md, 'Channel balancing'); "
                                                "--no-balance keeps the model's channel order.")] = True,
 ) -> None:

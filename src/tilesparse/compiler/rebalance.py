@@ -26,7 +26,7 @@ from itertools import pairwise
 import numpy as np
 
 from tilesparse.compiler.partition import oc_chunks
-from tilesparse.compiler.tiling import LayerPlan, plan_with
+from tilesparse.compiler.tiling import LayerPlan, chunk_blocks, plan_with
 from tilesparse.hw import ArrayConfig
 
 __all__ = ["MAX_ROWS", "chunk_slots", "rebalance", "swap_rows"]
@@ -45,7 +45,7 @@ def chunk_slots(plan: LayerPlan) -> tuple[np.ndarray, np.ndarray, int, int] | No
     n_rows, n_cb = sp.mask.shape
     if len(ranges) < 2 or n_rows > MAX_ROWS or any(a % bo for r in ranges for a in r):
         return None
-    nb = max(1, -(-min(part.sub.ci, sp.ci) // bi))
+    nb = chunk_blocks(sp, part.sub)
     widths = np.minimum(bi, sp.ci - np.arange(n_cb) * bi)
     kept = sp.mask.astype(np.int64) * widths
     cost = np.add.reduceat(kept, np.arange(0, n_cb, nb), axis=1)

@@ -42,7 +42,7 @@ from tilesparse.estimate.timemodel import (
 )
 from tilesparse.hw import ArrayConfig
 
-__all__ = ["MAX_STAGING_FRACTION", "LayerPlan", "plan_layer", "plan_with", "replan"]
+__all__ = ["MAX_STAGING_FRACTION", "LayerPlan", "chunk_blocks", "plan_layer", "plan_with", "replan"]
 
 MAX_STAGING_FRACTION = 0.5  # weight slots + tile staging may use at most half of a MemTile
 PING_PONG = 2  # activation staging buffers per direction
@@ -477,12 +477,23 @@ def plan_with(spec: LayerSpec, hw: ArrayConfig, grid: Grid, sub: SubVolume, in_d
     ``spec``'s mask), or None if a weight chunk or the MemTile staging does not fit."""
     widx = WeightIndex(spec) if spec.kind == "conv" else None
     cores = assign_cores(spec, hw, grid)
-    live = tuple(c for c in cores if not c.empty)
-    if widx is not None and live:
-        nb = max(1, math.ceil(min(sub.ci, spec.ci) / spec.block[1])) if spec.groups == 1 else widx.n_cb
-        if _max_chunk(widx, _chunk_bounds(spec, live, sub.oc), nb) > hw.core.weight_buffer_bytes:
-            return None
+    if _largest_chunk(spec, cores, sub, widx) > hw.core.weight_buffer_bytes:
+        return None
     return _try(spec, hw, grid, cores, sub, in_ddr, out_ddr, widx)
+
+
+def chunk_blocks(spec: LayerSpec, sub: SubVolume) -> int:
+    """Input-channel blocks per chunk of a (non-grouped) conv under ``sub``."""
+    return max(1, math.ceil(min(sub.ci, spec.ci) / spec.block[1]))
+
+
+def _largest_chunk(spec: LayerSpec, cores, sub: SubVolume, widx: WeightIndex | None) -> int:
+    """Packed bytes of the largest weight chunk the cores load under ``sub`` (0 without weights)."""
+    live = tuple(c for c in cores if not c.empty)
+    if widx is None or not live:
+        return 0
+    nb = chunk_blocks(spec, sub) if spec.groups == 1 else widx.n_cb
+    return _max_chunk(widx, _chunk_bounds(spec, live, sub.oc), nb)
 
 
 def replan(plan: LayerPlan, hw: ArrayConfig, in_ddr: tuple[bool, ...], out_ddr: bool) -> LayerPlan:
@@ -506,12 +517,7 @@ def _validate_forced(spec, hw, cores, sub, widx) -> None:
                     f"or at least {spec.ci}")
     if errs:
         raise ConfigError("chooser", errs)
-    live = tuple(c for c in cores if not c.empty)
-    chunk = 0
-    if widx is not None and live:
-        nb = max(1, math.ceil(min(sub.ci, spec.ci) / spec.block[1])) if spec.groups == 1 else widx.n_cb
-        chunk = _max_chunk(widx, _chunk_bounds(spec, live, sub.oc), nb)
-    why = fits(spec, hw, sub, chunk, 1)
+    why = fits(spec, hw, sub, _largest_chunk(spec, cores, sub, widx), 1)
     if why:
         raise CapacityError(f"layer {spec.name!r}: chooser's sub-volume {sub} does not fit: " + "; ".join(why))
 
