@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from tilesparse.compiler.codegen import emit_layer, pack_layer
+from tilesparse.compiler.fusion import buffer_of, fusable_adds, order_add_branches
 from tilesparse.compiler.layers import LayerSpec, chw, copy_spec, layer_spec
 from tilesparse.compiler.memory import (
     Allocation,
@@ -38,45 +39,6 @@ __all__ = ["compile_graph", "compile_model", "lower_layers"]
 _SKIP = (Op.INPUT, Op.OUTPUT)
 
 
-def _buffer_of(g: Graph, name: str, rename: dict[str, str] | None = None) -> tuple[str, int, int]:
-    """(buffer, its channel count, channel offset) where node ``name``'s output is stored;
-    ``rename`` maps a fused conv (whose own output is never stored) to its add's buffer."""
-    off = 0
-    rename = rename or {}
-    while True:
-        n = g.node(name)
-        if (w := n.attrs.get("write_into")) is not None:
-            name, o = w
-            off += o
-        elif n.op is Op.ADD and (r := n.attrs.get("reuse_input")) is not None:
-            name = r
-        else:
-            name = rename.get(name, name)
-            return name, chw(g.node(name))[0], off
-
-
-def _fusable_adds(g: Graph) -> dict[str, tuple[str, str]]:
-    """conv -> (add, other operand) for each add that can run inside the conv producing one of its
-    operands: the conv's only reader is the add, it writes no concat slice, the other operand
-    is computed before the conv (so it is ready when the conv's output tiles are), and the add does
-    not overwrite a buffer the conv reads (``y + conv(y)`` reusing y's buffer: fused, the sum of an
-    early tile would overwrite input a later tile or channel chunk still reads)."""
-    order = {n.name: i for i, n in enumerate(g)}
-    out: dict[str, tuple[str, str]] = {}
-    for add in g.of(Op.ADD):
-        if len(add.inputs) != 2 or "write_into" in add.attrs:
-            continue
-        target = _buffer_of(g, add.name)[0]
-        for a, b in (add.inputs, add.inputs[::-1]):
-            src = g.node(a)
-            if (src.op is Op.CONV2D and a not in out and "write_into" not in src.attrs and a != b
-                    and [r.name for r in g.consumers(a)] == [add.name] and order[b] < order[a]
-                    and target not in {_buffer_of(g, i)[0] for i in src.inputs}):
-                out[a] = (add.name, b)
-                break
-    return out
-
-
 def lower_layers(g: Graph, fuse_adds: bool = True
                  ) -> tuple[list[LayerSpec], dict[str, dict[str, Any]], dict[str, str]]:
     """Layer specs in schedule order, each with its output buffer, and the input buffers of every
@@ -84,7 +46,7 @@ def lower_layers(g: Graph, fuse_adds: bool = True
     into the conv that produces one operand)."""
     specs: list[LayerSpec] = []
     ins: dict[str, dict[str, Any]] = {}
-    fused = _fusable_adds(g) if fuse_adds else {}
+    fused = fusable_adds(g) if fuse_adds else {}
     fused_adds = {a for a, _ in fused.values()}
     rename = {c: a for c, (a, _) in fused.items()}
     for n in g:
@@ -93,10 +55,10 @@ def lower_layers(g: Graph, fuse_adds: bool = True
         if n.name in fused:
             add, other = fused[n.name]
             sp = layer_spec(n, g)
-            buf, tot, off = _buffer_of(g, add, rename)
+            buf, tot, off = buffer_of(g, add, rename)
             specs.append(dataclasses.replace(sp, out_tensor=buf, out_c_total=tot, out_c_offset=off,
                                              fused_add=add, residual=other))
-            ins[sp.name] = {"inputs": [_buffer_of(g, i, rename) for i in n.inputs] + [_buffer_of(g, other, rename)]}
+            ins[sp.name] = {"inputs": [buffer_of(g, i, rename) for i in n.inputs] + [buffer_of(g, other, rename)]}
             continue
         if n.op is Op.CONCAT:
             off = 0
@@ -107,15 +69,15 @@ def lower_layers(g: Graph, fuse_adds: bool = True
                     sp = copy_spec(n, src, off, shift)
                     if n.inputs.count(i) > 1:  # cat([y, y]): one copy per slice, each named apart
                         sp = dataclasses.replace(sp, name=f"{sp.name}@{off}")
-                    buf, tot, o = _buffer_of(g, n.name, rename)
+                    buf, tot, o = buffer_of(g, n.name, rename)
                     specs.append(dataclasses.replace(sp, out_tensor=buf, out_c_total=tot, out_c_offset=o + off))
-                    ins[sp.name] = {"inputs": [_buffer_of(g, i, rename)]}
+                    ins[sp.name] = {"inputs": [buffer_of(g, i, rename)]}
                 off += chw(src)[0]
             continue
         sp = layer_spec(n, g)
-        buf, tot, off = _buffer_of(g, n.name, rename)
+        buf, tot, off = buffer_of(g, n.name, rename)
         specs.append(dataclasses.replace(sp, out_tensor=buf, out_c_total=tot, out_c_offset=off))
-        ins[sp.name] = {"inputs": [_buffer_of(g, i, rename) for i in n.inputs]}
+        ins[sp.name] = {"inputs": [buffer_of(g, i, rename) for i in n.inputs]}
     if not any(s.kind == "conv" for s in specs):
         raise UnsupportedOpError(f"graph {g.name}: no convolution or linear layer to compile")
     return specs, ins, rename
@@ -130,7 +92,7 @@ def _buffers(g: Graph, specs: list[LayerSpec], ins: dict, rename: dict[str, str]
         for b, _, _ in ins[sp.name]["inputs"]:
             last[b] = max(last.get(b, i), i)
             first.setdefault(b, i)
-    outs = {_buffer_of(g, o.inputs[0], rename)[0] for o in g.outputs}
+    outs = {buffer_of(g, o.inputs[0], rename)[0] for o in g.outputs}
     gin = {n.name for n in g.inputs}
     sizes = {n.name: int(np.prod(chw(n))) for n in g}  # int8 activations
     return [Buffer(b, sizes[b], first[b], last[b], forced_ddr=b in outs or b in gin) for b in first]
@@ -150,13 +112,15 @@ def compile_graph(graph: Graph, hw: ArrayConfig | str, *, chooser: Chooser | Non
     the output channels of sparse convs read only by convs so that contiguous channel ranges keep
     equal blocks (``passes.balance``), and again once each such conv is planned, for the chunks of
     its plan (``rebalance``); the program's ``meta["channel_orders"]`` records the orders, the
-    network's output is unchanged.
+    network's output is unchanged. An add of two convs' outputs runs inside the one that reads less
+    input (``fusion.order_add_branches``).
     """
     t0 = time.perf_counter()
     hw = load_array(hw)
     orders: dict[str, np.ndarray] = {}
     if balance:
         graph, orders = balance_channels(graph)
+    graph = order_add_branches(graph)
     specs, ins, rename = lower_layers(graph)
     buffers = _buffers(graph, specs, ins, rename)
     forced = {b.name for b in buffers if b.forced_ddr}
