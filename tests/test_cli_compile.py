@@ -6,7 +6,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from tilesparse.cli.main import app
-from tilesparse.compiler.program import Program
+from tilesparse.program import Program
 from tilesparse.errors import ConfigError
 from tilesparse.models.zoo import register
 

@@ -220,7 +220,7 @@ def test_chooser_subvolume_is_used_and_validated():
     chosen = SubVolume(oc=8, ci=8, h=1, w=2)
     prog = compile_graph(g, "2x2", chooser=lambda n, hw: chosen if n is not None and n.name == "c1" else None)
     rec = next(r for r in prog.layers if r.name == "c1")
-    assert rec.sub == {"oc": 8, "ci": 8, "h": 1, "w": 2}
+    assert rec.sub == chosen
     with pytest.raises(ConfigError, match="multiple of 8"):
         compile_graph(g, "2x2", chooser=lambda n, hw: SubVolume(5, 8, 1, 1))
     with pytest.raises(ConfigError, match="expected SubVolume"):

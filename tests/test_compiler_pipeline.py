@@ -108,4 +108,4 @@ def test_grouped_and_depthwise_convs_compile():
     g = build_graph(m, input_shape=(1, 3, 12, 12), quantized=False)
     for arr in ("3x3", "2x5"):
         p = compile_graph(g, arr)  # the compiler asserts exact coverage of every layer
-        assert [r.geometry["groups"] for r in p.layers] == [1, 16, 4, 1]
+        assert [r.geometry.groups for r in p.layers] == [1, 16, 4, 1]

@@ -10,9 +10,9 @@ from compiler_helpers import small_graph
 from tilesparse.compiler.layers import layer_spec
 from tilesparse.compiler.pack import chunk_geometry, unpack_chunk
 from tilesparse.compiler.pipeline import compile_graph
-from tilesparse.compiler.program import FORMAT_VERSION, Program
 from tilesparse.errors import ProgramError
 from tilesparse.hw import load_array
+from tilesparse.program import FORMAT_VERSION, Program
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +41,13 @@ def test_truncated_file_is_a_program_error(prog, tmp_path):
         Program.load(tmp_path / "missing.tsp")
 
 
+def _header(prog) -> dict:
+    with np.load(io.BytesIO(prog.to_bytes())) as z:
+        return json.loads(z["header"].tobytes().decode())
+
+
 def test_wrong_version_and_wrong_array(prog, tmp_path):
-    header = prog._header()
+    header = _header(prog)
     header["version"] = FORMAT_VERSION + 1
     p = tmp_path / "v.tsp"
     buf = io.BytesIO()
@@ -71,9 +76,10 @@ def test_packed_weights_are_the_masked_graph_weights(prog):
         if src in orders:
             w = w[:, orders[src]]
         seen = np.zeros(w.shape[:2], dtype=int)
-        for grp, k, q, o0, o1, cb0, cb1, addr, nb, last in rec.chunks:
+        for r in rec.chunks:
+            o0, o1, cb0, cb1, addr, nb, last = r.oc0, r.oc1, r.cb0, r.cb1, r.ddr_addr, r.nbytes, r.with_bias
             geo = chunk_geometry(spec, o0, o1, cb0, cb1)
-            got, bias = unpack_chunk(spec, prog.weights[addr:addr + nb].tobytes(), geo, bool(last))
+            got, bias = unpack_chunk(spec, prog.weights[addr:addr + nb].tobytes(), geo, last)
             c0, c1 = cb0 * 8, min(cb1 * 8, w.shape[1])
             np.testing.assert_array_equal(got, w[o0:o1, c0:c1])  # the helper's weights are pre-masked
             if last:
@@ -87,5 +93,5 @@ def test_listing_and_fused_add(prog):
     assert "c1: conv 16x12x12 -> 24x12x12" in text and "LOADWM" in text and "COMP" in text
     c2 = next(r for r in prog.layers if r.name == "c2")
     assert c2.fused_add == "add" and c2.residual == "x"
-    assert c2.inputs[-1]["buffer"] == "x" and c2.attrs["add"]["activation"] == "relu"
+    assert c2.inputs[-1].buffer == "x" and c2.attrs["add"]["activation"] == "relu"
     assert "add" not in [r.name for r in prog.layers]

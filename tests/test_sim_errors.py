@@ -16,13 +16,12 @@ from frontend_nets import TinyResNet, randomize_bn
 from typer.testing import CliRunner
 
 from tilesparse.cli.main import app
-from tilesparse.compiler.partition import SubVolume
 from tilesparse.compiler.pipeline import compile_graph
-from tilesparse.compiler.program import Program
 from tilesparse.compiler.sparsity import apply_block_sparsity
 from tilesparse.errors import ProgramError, TilesparseError
 from tilesparse.frontend import build_graph
 from tilesparse.hw import load_array
+from tilesparse.program import Lock, Program, SubVolume
 from tilesparse.sim import HazardError, SimulationError, simulate, verify
 
 ARRAY = "2x2"
@@ -52,11 +51,22 @@ def _bitmap(p):
     bitmap has both."""
     for li, r in enumerate(p.layers):
         for row in r.chunks:
-            n = -(-(row[4] - row[3]) // 8) * (row[6] - row[5])  # block rows x block columns
-            bits = np.unpackbits(p.weights[row[7]:row[7] + -(-n // 8)], bitorder="little")[:n]
+            n = -(-(row.oc1 - row.oc0) // 8) * (row.cb1 - row.cb0)  # block rows x block columns
+            bits = np.unpackbits(p.weights[row.ddr_addr:row.ddr_addr + -(-n // 8)], bitorder="little")[:n]
             if r.kind == "conv" and 0 < bits.sum() < n:
-                return li, row[7], int(np.flatnonzero(bits)[0]), int(np.flatnonzero(bits == 0)[0])
+                return li, row.ddr_addr, int(np.flatnonzero(bits)[0]), int(np.flatnonzero(bits == 0)[0])
     raise AssertionError("no chunk with kept and skipped blocks")
+
+
+def _set(p, i: int, **changes) -> None:
+    """Replace instruction ``i`` of ``p`` with a copy that has ``changes``."""
+    p.instrs = p.instrs[:i] + (dataclasses.replace(p.instrs[i], **changes),) + p.instrs[i + 1:]
+
+
+def _without(locks, name: str) -> tuple:
+    """``locks`` without the one written ``name`` (e.g. ``core.in[i%2].full``)."""
+    assert name in map(str, locks)
+    return tuple(lk for lk in locks if str(lk) != name)
 
 
 def _toggle(p, addr: int, *bits: int) -> None:
@@ -95,13 +105,13 @@ def test_broken_lock_is_a_hazard(prog, how):
     _, p = prog
     for i, ins in enumerate(p.instrs):
         if how == "drop" and ins.op == "COMP":
-            p.instrs[i] = dataclasses.replace(ins, acquire=ins.acquire.replace("core.in[i%2].full", ""))
+            _set(p, i, acquire=_without(ins.acquire, "core.in[i%2].full"))
             break
         if how == "swap" and ins.op == "COMP":
-            p.instrs[i] = dataclasses.replace(ins, acquire=ins.release, release=ins.acquire)
+            _set(p, i, acquire=ins.release, release=ins.acquire)
             break
-        if how == "slot" and ins.op == "LOADWM" and "wslot1" in ins.acquire:
-            p.instrs[i] = dataclasses.replace(ins, acquire=ins.acquire.replace("wslot1", "wslot0"))
+        if how == "slot" and ins.op == "LOADWM" and ins.acquire == (Lock.piece("wslot1", "full"),):
+            _set(p, i, acquire=(Lock.piece("wslot0", "full"),))
             break
     with pytest.raises(HazardError, match=r"#\d+ .*#\d+"):  # names both instructions
         simulate(p, np.zeros((3, 32, 32), np.int8), progress=False)
@@ -112,8 +122,8 @@ def test_loadwm_piece_without_its_lock_reads_before_loadw(prog):
     ``full`` lock guarantees."""
     _, p = prog
     i = next(i for i, ins in enumerate(p.instrs) if ins.op == "LOADWM")
-    assert p.instrs[i].iters > 1 and p.instrs[i].acquire == "wslot0[i].full; cores halted"
-    p.instrs[i] = dataclasses.replace(p.instrs[i], acquire="cores halted")
+    assert p.instrs[i].iters > 1 and p.instrs[i].locks_text("acquire") == "wslot0[i].full; cores halted"
+    _set(p, i, acquire=())  # still halts the cores
     with pytest.raises(HazardError, match=r"LOADWM #\d+ .*iteration 0\) reads memtile\.wslot0\[0\] before LOADW #"):
         simulate(p, np.zeros((3, 32, 32), np.int8), progress=False)
 
@@ -121,7 +131,7 @@ def test_loadwm_piece_without_its_lock_reads_before_loadw(prog):
 def test_loadwm_with_other_piece_count_than_its_loadw(prog):
     _, p = prog
     i = next(i for i, ins in enumerate(p.instrs) if ins.op == "LOADWM")
-    p.instrs[i] = dataclasses.replace(p.instrs[i], iters=p.instrs[i].iters - 1)
+    _set(p, i, iters=p.instrs[i].iters - 1)
     with pytest.raises(SimulationError, match=r"LOADWM .*copies \d+ weight pieces, the LOADW that filled wslot0 moved"):
         simulate(p, np.zeros((3, 32, 32), np.int8), progress=False, check=False)
 
@@ -129,7 +139,7 @@ def test_loadwm_with_other_piece_count_than_its_loadw(prog):
 def test_dropped_lock_reports_reader_and_producer(prog):
     _, p = prog
     i = next(i for i, ins in enumerate(p.instrs) if ins.op == "COMP")
-    p.instrs[i] = dataclasses.replace(p.instrs[i], acquire="")
+    _set(p, i, acquire=())
     # stem_0 slides its windows: COMP reads the columns of its input ring
     with pytest.raises(HazardError, match=rf"COMP #{i} .* reads core\.in ring \(.*\) slot\[0\] before LOADFM #{i - 1}"):
         simulate(p, np.zeros((3, 32, 32), np.int8), progress=False)
@@ -144,11 +154,11 @@ def test_loadfm_is_not_halted_by_loadwm():
     g, _ = _base()
     p = compile_graph(g, ARRAY, chooser=lambda node, hw: SubVolume(16, 8, 2, 4) if node.name == "conv1_0" else None)
     li = next(k for k, r in enumerate(p.layers) if r.name == "conv1_0")
-    assert (p.layers[li].loops["n_q"], p.layers[li].loops["n_tiles"]) == (2, 2)
+    assert (p.layers[li].loops.n_q, p.layers[li].loops.n_tiles) == (2, 2)
     i = next(i for i, ins in enumerate(p.instrs) if ins.layer == li and ins.op == "LOADFM" and ins.step == 1)
     simulate(copy.deepcopy(p), np.zeros((3, 32, 32), np.int8), progress=False)  # with its locks: fine
     ins = p.instrs[i]
-    p.instrs[i] = dataclasses.replace(ins, acquire=ins.acquire.replace("core.in[i%2].empty", "").strip("; "))
+    _set(p, i, acquire=_without(ins.acquire, "core.in[i%2].empty"))
     with pytest.raises(HazardError, match=rf"LOADFM #{i} .*iteration 0.*(overwrite|before)"):
         simulate(p, np.zeros((3, 32, 32), np.int8), progress=False)
 
@@ -156,7 +166,7 @@ def test_loadfm_is_not_halted_by_loadwm():
 def test_oversize_weight_transfer(prog):
     _, p = prog
     i = next(i for i, ins in enumerate(p.instrs) if ins.op == "LOADW")
-    p.instrs[i] = dataclasses.replace(p.instrs[i], nbytes=p.instrs[i].nbytes + 64)
+    _set(p, i, nbytes=p.instrs[i].nbytes + 64)
     with pytest.raises(SimulationError, match=rf"LOADW \(instruction #{i}\).*copies DDR"):
         simulate(p, np.zeros((3, 32, 32), np.int8), progress=False, check=False)
 

@@ -39,6 +39,7 @@ from tilesparse.compiler.stages import WeightIndex, layer_steps
 from tilesparse.frontend import build_graph
 from tilesparse.hw import load_array
 from tilesparse.ir.graph import Op
+from tilesparse.program import Lock, Operand
 from tilesparse.quant import IntegerReference, quantize_input
 from tilesparse.sim import HazardError, SimulationError, check_ordering, simulate
 from tilesparse.sim import layer as sim_layer
@@ -101,7 +102,7 @@ def test_shifted_concat_operand_is_copied_with_its_shift(array):
     assert "write_into" not in pool.attrs and conv.attrs["write_into"] == (cat.name, 0)
     prog = compile_graph(g, array)
     copies = [r for r in prog.layers if r.kind == "copy"]
-    assert [(r.name, r.attrs["shift"], r.output["c_offset"]) for r in copies] == [
+    assert [(r.name, r.attrs["shift"], r.output.c_offset) for r in copies] == [
         (f"{cat.name}.copy_{pool.name}", shifts[pool.name], 16)]
     rep = check_bit_exact(g, prog)
     # hand check of the slice: the pool's int8 values shifted right with round-half-up
@@ -152,6 +153,10 @@ def _residual_prog(array: str):
     return compile_graph(_graph(ResidualFromInput), array)
 
 
+STAGE_IN_FULL, STAGE_IN_EMPTY = Lock.parity("stage_in", "full"), Lock.parity("stage_in", "empty")
+STAGE_OUT_FULL, STAGE_OUT_EMPTY = Lock.parity("stage_out", "full"), Lock.parity("stage_out", "empty")
+
+
 def _steps(prog):
     out: dict[tuple[int, int], list[int]] = {}
     for i, ins in enumerate(prog.instrs):
@@ -166,30 +171,30 @@ def test_staging_locks_pair_load_with_loadfm_and_writefm_with_write():
         ops = {prog.instrs[i].op: prog.instrs[i] for i in idxs}
         if "LOAD" in ops:
             n_in += 1
-            assert (ops["LOAD"].acquire, ops["LOAD"].release) == ("stage_in[i%2].empty", "stage_in[i%2].full")
-            assert "stage_in[i%2].full" in ops["LOADFM"].acquire.split("; ")
-            assert "stage_in[i%2].empty" in ops["LOADFM"].release.split("; ")
-            assert "memtile.stage_in" in ops["LOADFM"].src.split("+")
+            assert (ops["LOAD"].acquire, ops["LOAD"].release) == ((STAGE_IN_EMPTY,), (STAGE_IN_FULL,))
+            assert STAGE_IN_FULL in ops["LOADFM"].acquire and STAGE_IN_EMPTY in ops["LOADFM"].release
+            assert Operand.staging("stage_in") in ops["LOADFM"].src
         elif "LOADFM" in ops:
-            assert "stage_in" not in ops["LOADFM"].acquire + ops["LOADFM"].src
+            assert all(lk.name != "stage_in" for lk in ops["LOADFM"].acquire)
+            assert all(o.memory != "staging" for o in ops["LOADFM"].src)
         if "WRITE" in ops:
             n_out += 1
-            assert (ops["WRITE"].acquire, ops["WRITE"].release) == ("stage_out[i%2].full", "stage_out[i%2].empty")
-            assert "stage_out[i%2].empty" in ops["WRITEFM"].acquire.split("; ")
-            assert "stage_out[i%2].full" in ops["WRITEFM"].release.split("; ")
-            assert ops["WRITEFM"].dst == "memtile.stage_out"
+            assert (ops["WRITE"].acquire, ops["WRITE"].release) == ((STAGE_OUT_FULL,), (STAGE_OUT_EMPTY,))
+            assert STAGE_OUT_EMPTY in ops["WRITEFM"].acquire and STAGE_OUT_FULL in ops["WRITEFM"].release
+            assert ops["WRITEFM"].dst == (Operand.staging("stage_out"),)
     assert n_in and n_out
     check_ordering(prog)  # the real locks order everything: no hazard, no deadlock
 
 
 def test_loadfm_src_names_memtile_and_staging_when_only_the_residual_is_in_ddr():
     prog = _residual_prog("2x2")
-    rec = next(r for r in prog.layers if r.fused_add and prog.buffers[r.inputs[0]["buffer"]]["memory"] == "memtile")
-    assert prog.buffers[rec.inputs[-1]["buffer"]]["memory"] == "ddr"  # the residual is the graph input
+    rec = next(r for r in prog.layers if r.fused_add and prog.buffers[r.inputs[0].buffer]["memory"] == "memtile")
+    assert prog.buffers[rec.inputs[-1].buffer]["memory"] == "ddr"  # the residual is the graph input
     li = prog.layers.index(rec)
     srcs = {ins.src for ins in prog.instrs if ins.layer == li and ins.op == "LOADFM"}
-    buf = rec.inputs[0]["buffer"]
-    assert srcs == {f"memtile:{buf}@{prog.buffers[buf]['offset']}+memtile.stage_in"}
+    buf = rec.inputs[0].buffer
+    assert srcs == {(Operand.memtile(buf, prog.buffers[buf]["offset"]), Operand.staging("stage_in"))}
+    assert {"+".join(map(str, s)) for s in srcs} == {f"memtile:{buf}@{prog.buffers[buf]['offset']}+memtile.stage_in"}
 
 
 @pytest.mark.parametrize("op,field,lock", [("LOADFM", "acquire", "stage_in[i%2].full"),
@@ -198,10 +203,10 @@ def test_dropping_a_staging_lock_is_caught(op, field, lock):
     """LOADFM without ``stage_in.full`` reads staging before LOAD filled it (hazard); WRITEFM
     without releasing ``stage_out.full`` leaves WRITE waiting forever (deadlock)."""
     prog = copy.deepcopy(_residual_prog("2x2"))
-    i = next(i for i, ins in enumerate(prog.instrs) if ins.op == op and lock in getattr(ins, field))
+    i = next(i for i, ins in enumerate(prog.instrs) if ins.op == op and lock in map(str, getattr(ins, field)))
     ins = prog.instrs[i]
-    kept = "; ".join(x for x in getattr(ins, field).split("; ") if x != lock)
-    prog.instrs[i] = dataclasses.replace(ins, **{field: kept})
+    kept = tuple(x for x in getattr(ins, field) if str(x) != lock)
+    prog.instrs = prog.instrs[:i] + (dataclasses.replace(ins, **{field: kept}),) + prog.instrs[i + 1:]
     match = r"reads stage_in\[0\] before LOAD" if op == "LOADFM" else r"deadlock: WRITE #\d+ .* stage_out\[0\].full"
     with pytest.raises(HazardError, match=match):
         check_ordering(prog)
@@ -232,7 +237,7 @@ def test_program_file_runs_on_a_real_input(tmp_path):
     assert prog.meta["input_scale_exp"] == g.inputs[0].out.scale_exp
     path = prog.save(tmp_path / "p.tsp")
     x = _x(g, seed=5)
-    from tilesparse.compiler.program import Program
+    from tilesparse.program import Program
 
     loaded = Program.load(path)
     res = simulate(loaded, x[0], progress=False)
@@ -286,7 +291,7 @@ def test_partial_sums_continue_in_core_res_bit_exact():
 
     prog = compile_graph(g, "1x1", chooser=lambda node, hw: sub if node.name == "b" else None)
     rec = next(r for r in prog.layers if r.name == "b")
-    assert (rec.loops["n_q"], rec.loops["tiles_per_group"], rec.loops["n_s"]) == (4, 3, 3)
+    assert (rec.loops.n_q, rec.loops.tiles_per_group, rec.loops.n_s) == (4, 3, 3)
     check_bit_exact(g, prog)
 
 
@@ -310,9 +315,9 @@ def test_two_dimensional_column_tiling_is_bit_exact():
     g = build_graph(SeventeenSquare(), input_shape=(1, 8, 17, 17))
     prog = compile_graph(g, "2x8")
     convs = [r for r in prog.layers if r.kind == "conv"]  # (the pool slides its windows over
-    assert {r.grid["col_axis"] for r in convs} == {"hw"}  # whole rows with channels across columns)
+    assert {r.grid.col_axis for r in convs} == {"hw"}  # whole rows with channels across columns)
     for r in convs:  # the busiest column computes fewer positions than a 3-wide strip (51)
-        assert max((c[5] - c[4]) * (c[7] - c[6]) for c in r.cores if c[3] > c[2]) < 17 * 3
+        assert max((c.h1 - c.h0) * (c.w1 - c.w0) for c in r.cores if c.oc1 > c.oc0) < 17 * 3
     check_bit_exact(g, prog)
 
 
@@ -338,30 +343,34 @@ def test_chunks_balanced_by_kept_blocks_are_bit_exact():
     sub = SubVolume(oc=32, ci=16, h=6, w=6)
     prog = compile_graph(g, "1x1", chooser=lambda node, hw: sub if node.name == "b" else None)
     rec = next(r for r in prog.layers if r.name == "b")
-    assert [(r[3], r[4]) for r in rec.chunks] == [(0, 16), (16, 48)]
+    assert [(r.oc0, r.oc1) for r in rec.chunks] == [(0, 16), (16, 48)]
     rep = check_bit_exact(g, prog)
     assert all(a.ok and a.cycles_ok for a in rep.sim.accounts), [a.notes for a in rep.sim.accounts]
     # the simulator takes the chunks from the program: a row that leaves channels uncomputed (k = 1
     # repeating k = 0's) or reaches past its core is refused, not run
     x = quantize_input(g, np.zeros((1, 8, 6, 6), np.float32))[0]
     for o0, o1 in [(0, 16), (16, 56)]:
-        bad = copy.deepcopy(prog)
-        row = next(r for r in next(x for x in bad.layers if x.name == "b").chunks if r[1] == 1)
-        row[3], row[4] = o0, o1
+        bad = _with_chunks(prog, "b", lambda r, o0=o0, o1=o1: dataclasses.replace(r, oc0=o0, oc1=o1) if r.k == 1 else r)
         with pytest.raises(SimulationError, match="chunk rows of oc group 0"):
             simulate(bad, x, progress=False)
     # with two input-channel chunks, chunk k must hold the same channels in both (partial sums)
     sub2 = SubVolume(oc=32, ci=8, h=6, w=6)
     prog2 = compile_graph(g, "1x1", chooser=lambda node, hw: sub2 if node.name == "b" else None)
     rows = next(r for r in prog2.layers if r.name == "b").chunks
-    assert sorted((r[1], r[2], r[3], r[4]) for r in rows) == [(0, 0, 0, 16), (0, 1, 0, 16), (1, 0, 16, 48),
+    assert sorted((r.k, r.q, r.oc0, r.oc1) for r in rows) == [(0, 0, 0, 16), (0, 1, 0, 16), (1, 0, 16, 48),
                                                                (1, 1, 16, 48)]
     check_bit_exact(g, prog2)
-    for r in rows:
-        if r[2] == 1:  # q = 1 cut as 0-32, 32-48: each q covers the channels, but not alike
-            r[3], r[4] = (0, 32) if r[1] == 0 else (32, 48)
+    # q = 1 cut as 0-32, 32-48: each q covers the channels, but not alike
+    bad = _with_chunks(prog2, "b", lambda r: dataclasses.replace(r, oc0=32 * r.k, oc1=(32, 48)[r.k]) if r.q == 1 else r)
     with pytest.raises(SimulationError, match="the same for every q"):
-        simulate(prog2, x, progress=False)
+        simulate(bad, x, progress=False)
+
+
+def _with_chunks(prog, name: str, change):
+    """A copy of ``prog`` whose layer ``name`` has its chunk rows passed through ``change``."""
+    li = next(i for i, r in enumerate(prog.layers) if r.name == name)
+    rec = dataclasses.replace(prog.layers[li], chunks=tuple(change(r) for r in prog.layers[li].chunks))
+    return dataclasses.replace(prog, layers=prog.layers[:li] + (rec,) + prog.layers[li + 1:])
 
 
 class FourWideBlocks(nn.Module):
@@ -386,7 +395,7 @@ def test_chunks_not_aligned_to_slabs_time_as_simulated():
     sub = SubVolume(oc=20, ci=24, h=5, w=5)  # chunks [0, 20) and [20, 36)
     prog = compile_graph(g, "1x1", chooser=lambda node, hw: sub if node.name == "b" else None)
     rec = next(r for r in prog.layers if r.name == "b")
-    assert any(r[3] % 8 or r[4] % 8 for r in rec.chunks)  # some chunk starts or ends inside a slab
+    assert any(r.oc0 % 8 or r.oc1 % 8 for r in rec.chunks)  # some chunk starts or ends inside a slab
     rep = check_bit_exact(g, prog)
     assert all(a.cycles_ok for a in rep.sim.accounts), [(a.name, a.sim_cycles, a.model_cycles)
                                                         for a in rep.sim.accounts]
@@ -459,7 +468,7 @@ def test_add_overwriting_a_concat_is_checked_against_the_add():
     g = build_graph(AddOverConcat(), input_shape=(1, 8, 4, 4))
     prog = compile_graph(g, "1x1")
     rec = next(r for r in prog.layers if r.name == "d")
-    assert rec.fused_add and rec.output["buffer"] == "cat"
+    assert rec.fused_add and rec.output.buffer == "cat"
     rep = check_bit_exact(g, prog)
     assert next(c for c in rep.checks if c.layer == "d").reference == rec.fused_add
 
@@ -537,7 +546,7 @@ def test_sliding_windows_move_each_column_of_a_tile_row_once():
     simulator's bytes are the listing's and the time model's."""
     g, prog = _sliding_prog(SubVolume(16, 8, 3, 2))
     li, rec = next((i, r) for i, r in enumerate(prog.layers) if r.name == "a")
-    assert rec.loops["slide"] and rec.loops["n_tiles"] == 15
+    assert rec.loops.slide and rec.loops.n_tiles == 15
     rep = check_bit_exact(g, prog)
     acct = rep.sim.accounts[li]
     assert acct.sim_total["LOADFM"] == acct.listed_total["LOADFM"] == 3 * 5 * (4 + 4 * 2) * 8
@@ -550,7 +559,7 @@ def test_sliding_window_restarts_at_each_step_bit_exact():
     tile row, and reloads its first window whole; the ring keeps running across the steps."""
     g, prog = _sliding_prog(SubVolume(128, 8, 3, 2), ci=32, co=128)
     li, rec = next((i, r) for i, r in enumerate(prog.layers) if r.name == "a")
-    assert (rec.loops["n_q"], rec.loops["tiles_per_group"], rec.loops["n_s"]) == (4, 9, 2)
+    assert (rec.loops.n_q, rec.loops.tiles_per_group, rec.loops.n_s) == (4, 9, 2)
     rep = check_bit_exact(g, prog)
     acct = rep.sim.accounts[li]
     assert acct.ok and acct.totals_ok, acct.notes

@@ -18,6 +18,7 @@ from tilesparse.compiler.pipeline import compile_graph
 from tilesparse.compiler.sparsity import apply_block_sparsity
 from tilesparse.frontend import build_graph
 from tilesparse.hw import load_array
+from tilesparse.program import ChunkRow
 from tilesparse.sim import simulate
 from tilesparse.sim.compute import decode_chunk, geometry
 
@@ -92,7 +93,7 @@ def test_decode_matches_weights(co, ci, k, seed, bias, data):
     assert np.array_equal(mine.row_ch, geo.row_ch) and np.array_equal(mine.col_w, geo.col_w)
     buf = pack_chunk(spec, w, b if bias else None, geo)
     c0, c1 = cb0 * 8, min(ci, cb1 * 8)
-    chunk = decode_chunk(spec, buf, (0, 0, 0, o0, o1, cb0, cb1, 0, len(buf), int(bias)), c0, c1 - c0)
+    chunk = decode_chunk(spec, buf, ChunkRow(0, 0, 0, o0, o1, cb0, cb1, 0, len(buf), bias), c0, c1 - c0)
     full = np.repeat(np.repeat(mask, 8, 0), 8, 1)[:co, :ci]
     want = (w * full[:, :, None, None])[o0:o1, c0:c1].astype(np.float64)  # (o, i, kh, kw)
     got = np.zeros_like(want)

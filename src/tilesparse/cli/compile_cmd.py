@@ -110,7 +110,7 @@ def estimate_verb(
     from rich.console import Console
     from rich.table import Table
 
-    from tilesparse.compiler.program import Program
+    from tilesparse.program import Program
     from tilesparse.estimate.report import layer_rows, summarize
     from tilesparse.estimate.timemodel import estimate_program
 

@@ -67,7 +67,7 @@ def simulate_verb(
 
     from tilesparse.cli.compile_cmd import model_graph
     from tilesparse.compiler.pipeline import compile_graph
-    from tilesparse.compiler.program import Program
+    from tilesparse.program import Program
     from tilesparse.hw import load_array
     from tilesparse.sim import simulate, verify
 
@@ -102,7 +102,7 @@ def simulate_verb(
 
 
 def _input_buffer(prog) -> str:
-    written = {r.output["buffer"] for r in prog.layers}
+    written = {r.output.buffer for r in prog.layers}
     return next(n for n, b in prog.buffers.items() if b.get("graph_io") and n not in written)
 
 

@@ -22,17 +22,17 @@ import math
 import numpy as np
 
 from tilesparse.compiler.layers import LayerSpec
-from tilesparse.compiler.pack import chunk_geometry, pack_chunk
-from tilesparse.compiler.partition import CoreWork, moved_positions, tile_grid
-from tilesparse.compiler.program import Instr
 from tilesparse.compiler.stages import Step, core_chunk
 from tilesparse.compiler.tiling import LayerPlan
+from tilesparse.program import ChunkRow, CoreWork, Instr, Lock, Operand
+from tilesparse.program.layout import moved_positions, tile_grid
+from tilesparse.program.packing import chunk_geometry, pack_chunk
 
 __all__ = ["emit_layer", "pack_layer"]
 
 
 def pack_layer(plan: LayerPlan, w8: np.ndarray, bias: np.ndarray | None, image: bytearray,
-               base: int) -> tuple[list[list[int]], dict[tuple[int, int], tuple[int, int]]]:
+               base: int) -> tuple[list[ChunkRow], dict[tuple[int, int], tuple[int, int]]]:
     """Append the layer's packed chunks to ``image`` (DDR address ``base`` + offset), ordered by
     (k, q, oc group). Returns the chunk table rows and, per (k, q), the (address, bytes) span."""
     spec, part = plan.spec, plan.part
@@ -41,7 +41,8 @@ def pack_layer(plan: LayerPlan, w8: np.ndarray, bias: np.ndarray | None, image: 
     for cw in part.cores:
         if not cw.empty:
             reps.setdefault(cw.oc_group, cw)
-    rows, spans = [], {}
+    rows: list[ChunkRow] = []
+    spans = {}
     bi = spec.block[1]
     for k in range(part.n_k):
         for q in range(part.n_q):
@@ -54,22 +55,22 @@ def pack_layer(plan: LayerPlan, w8: np.ndarray, bias: np.ndarray | None, image: 
                 cb0, cb1 = (c0 // bi, math.ceil(c1 / bi)) if spec.groups == 1 else (0, spec.mask.shape[1])
                 last = q == part.n_q - 1
                 data = pack_chunk(spec, w8, bias if last else None, chunk_geometry(spec, o0, o1, cb0, cb1))
-                rows.append([g, k, q, o0, o1, cb0, cb1, base + len(image), len(data), int(last)])
+                rows.append(ChunkRow(g, k, q, o0, o1, cb0, cb1, base + len(image), len(data), last))
                 image.extend(data)
             spans[(k, q)] = (start, base + len(image) - start)
     return rows, spans
 
 
 def emit_layer(li: int, plan: LayerPlan, spans: dict[tuple[int, int], tuple[int, int]],
-               in_src: str, out_dst: str, per_iter: list[np.ndarray], offset: int,
-               chunks: list[list[int]] | None = None) -> tuple[list[Instr], int]:
+               in_src: Operand, out_dst: Operand, per_iter: list[np.ndarray], offset: int,
+               chunks: list[ChunkRow] | None = None) -> tuple[list[Instr], int]:
     """Instructions of layer ``li``. ``in_src``/``out_dst``: where the (first) input is read from
     and the output written to (a MemTile buffer, or DDR through MemTile staging); ``chunks``: the
     layer's chunk table (``pack_layer``). ``per_iter`` collects each instruction's per-iteration
     values; returns the new running offset."""
     out: list[Instr] = []
     sums = _region_sums(plan.spec, plan)
-    chunk_bytes = {(r[0], r[1], r[2]): r[8] for r in chunks or []}
+    chunk_bytes = {r.key: r.nbytes for r in chunks or []}
     for j, st in enumerate(plan.table.steps()):
         totals = _totals(plan.spec, plan, st, sums, chunk_bytes)
         for ins, vals in _step_instrs(li, j, st, plan, spans, in_src, out_dst, totals):
@@ -79,56 +80,62 @@ def emit_layer(li: int, plan: LayerPlan, spans: dict[tuple[int, int], tuple[int,
     return out, offset
 
 
-# Staging locks (docs/program.md, "Locks and ordering"): LOAD fills stage_in[i%2] for LOADFM,
-# WRITEFM fills stage_out[i%2] for WRITE; each pair hands the half over with an empty/full lock.
-STAGE_IN_FULL, STAGE_IN_EMPTY = "stage_in[i%2].full", "stage_in[i%2].empty"
-STAGE_OUT_FULL, STAGE_OUT_EMPTY = "stage_out[i%2].full", "stage_out[i%2].empty"
+# Locks (docs/program.md, "Locks and ordering"): LOAD fills stage_in[i%2] for LOADFM, WRITEFM fills
+# stage_out[i%2] for WRITE, LOADFM fills core.in[i%2] for COMP, COMP fills core.out[i%2] for WRITEFM;
+# each pair hands the half over with an empty/full lock.
+IN_FULL, IN_EMPTY = Lock.parity("core.in", "full"), Lock.parity("core.in", "empty")
+OUT_FULL, OUT_EMPTY = Lock.parity("core.out", "full"), Lock.parity("core.out", "empty")
+STAGE_IN_FULL, STAGE_IN_EMPTY = Lock.parity("stage_in", "full"), Lock.parity("stage_in", "empty")
+STAGE_OUT_FULL, STAGE_OUT_EMPTY = Lock.parity("stage_out", "full"), Lock.parity("stage_out", "empty")
+STAGE_IN, STAGE_OUT = Operand.staging("stage_in"), Operand.staging("stage_out")
+CORE_IN, CORE_W, CORE_OUT = Operand.core("in"), Operand.core("w"), Operand.core("out")
 
 
-def _step_instrs(li, j, st: Step, plan: LayerPlan, spans, in_src, out_dst, totals):
+def _step_instrs(li, j, st: Step, plan: LayerPlan, spans, in_src: Operand, out_dst: Operand, totals):
     base = {"layer": li, "step": j, "s": st.s, "k": st.k, "q": st.q}
-    slot = f"wslot{j % 2}"
     if st.loadw_total:  # one iteration per weight piece, each piece with its own lock pair
+        slot = f"wslot{j % 2}"
         addr, nb = spans[(st.k, st.q)]
         n_p = len(st.loadw_bytes)
-        yield dict(op="LOADW", iters=n_p, src=f"ddr@{addr}", dst=f"memtile.{slot}", nbytes=nb,
-                   acquire=f"{slot}[i].empty", release=f"{slot}[i].full", **base), st.loadw_bytes
-        yield dict(op="LOADWM", iters=n_p, src=f"memtile.{slot}", dst="core.w", nbytes=totals["LOADWM"],
-                   acquire=f"{slot}[i].full; cores halted", release=f"{slot}[i].empty", **base), st.loadwm_bytes
-    n = st.iters
+        full, empty = Lock.piece(slot, "full"), Lock.piece(slot, "empty")
+        yield dict(op="LOADW", iters=n_p, src=(Operand.ddr(addr),), dst=(Operand.staging(slot),), nbytes=nb,
+                   acquire=(empty,), release=(full,), **base), st.loadw_bytes
+        yield dict(op="LOADWM", iters=n_p, src=(Operand.staging(slot),), dst=(CORE_W,), nbytes=totals["LOADWM"],
+                   acquire=(full,), release=(empty,), halts=True, **base), st.loadwm_bytes
     last_q = st.q == plan.part.n_q - 1
     staged_in, staged_out = "LOAD" in st.pipe, "WRITE" in st.pipe
     for op, vals in st.pipe.items():
-        if op == "LOAD":
-            src, dst, acq, rel = in_src, "memtile.stage_in", STAGE_IN_EMPTY, STAGE_IN_FULL
-        elif op == "LOADFM":
-            src = _loadfm_src(plan, in_src, staged_in)
-            dst, acq, rel = "core.in", "core.in[i%2].empty", "core.in[i%2].full"
-            if staged_in:
-                acq, rel = f"{acq}; {STAGE_IN_FULL}", f"{rel}; {STAGE_IN_EMPTY}"
-        elif op == "COMP":
-            src, dst = "core.in+core.w", "core.out"
-            acq = "core.in[i%2].full; core.out[i%2].empty" if last_q else "core.in[i%2].full"
-            rel = "core.in[i%2].empty; core.out[i%2].full" if last_q else "core.in[i%2].empty"
-        elif op == "WRITEFM":
-            dst = "memtile.stage_out" if staged_out else out_dst
-            src, acq, rel = "core.out", "core.out[i%2].full", "core.out[i%2].empty"
-            if staged_out:
-                acq, rel = f"{acq}; {STAGE_OUT_EMPTY}", f"{rel}; {STAGE_OUT_FULL}"
-        else:  # WRITE
-            src, dst, acq, rel = "memtile.stage_out", out_dst, STAGE_OUT_FULL, STAGE_OUT_EMPTY
-        yield dict(op=op, iters=n, src=src, dst=dst, nbytes=totals[op], acquire=acq, release=rel,
+        src, dst, acq, rel = _pipe_operands(op, plan, in_src, out_dst, staged_in, staged_out, last_q)
+        yield dict(op=op, iters=st.iters, src=src, dst=dst, nbytes=totals[op], acquire=acq, release=rel,
                    **base), vals
 
 
-def _loadfm_src(plan: LayerPlan, in_src: str, staged_in: bool) -> str:
-    """Where LOADFM reads: the first input's MemTile buffer, MemTile staging, or both (``+``)
-    when some inputs (e.g. only a fused add's residual) come through staging from DDR."""
+def _pipe_operands(op: str, plan: LayerPlan, in_src: Operand, out_dst: Operand, staged_in: bool,
+                   staged_out: bool, last_q: bool):
+    """(src, dst, acquire, release) of a pipeline instruction."""
+    if op == "LOAD":
+        return (in_src,), (STAGE_IN,), (STAGE_IN_EMPTY,), (STAGE_IN_FULL,)
+    if op == "LOADFM":
+        stage = (STAGE_IN_FULL,), (STAGE_IN_EMPTY,)
+        return (_loadfm_src(plan, in_src, staged_in), (CORE_IN,), (IN_EMPTY,) + stage[0] * staged_in,
+                (IN_FULL,) + stage[1] * staged_in)
+    if op == "COMP":
+        return ((CORE_IN, CORE_W), (CORE_OUT,), (IN_FULL,) + (OUT_EMPTY,) * last_q,
+                (IN_EMPTY,) + (OUT_FULL,) * last_q)
+    if op == "WRITEFM":
+        return ((CORE_OUT,), (STAGE_OUT if staged_out else out_dst,), (OUT_FULL,) + (STAGE_OUT_EMPTY,) * staged_out,
+                (OUT_EMPTY,) + (STAGE_OUT_FULL,) * staged_out)
+    return (STAGE_OUT,), (out_dst,), (STAGE_OUT_FULL,), (STAGE_OUT_EMPTY,)  # WRITE
+
+
+def _loadfm_src(plan: LayerPlan, in_src: Operand, staged_in: bool) -> tuple[Operand, ...]:
+    """Where LOADFM reads: the first input's MemTile buffer, MemTile staging, or both when some
+    inputs (e.g. only a fused add's residual) come through staging from DDR."""
     if not staged_in:
-        return in_src
+        return (in_src,)
     if plan.in_ddr and plan.in_ddr[0]:
-        return "memtile.stage_in"
-    return f"{in_src}+memtile.stage_in"
+        return (STAGE_IN,)
+    return (in_src, STAGE_IN)
 
 
 def _region_sums(spec: LayerSpec, plan: LayerPlan) -> dict[tuple[int, int], tuple[int, int]]:

@@ -18,6 +18,7 @@ import numpy as np
 
 from tilesparse.errors import UnsupportedOpError
 from tilesparse.ir.graph import Graph, Node, Op
+from tilesparse.program.geometry import WindowRules
 
 __all__ = ["LayerSpec", "chw", "copy_spec", "is_compute", "kept_block_mask", "layer_spec"]
 
@@ -39,12 +40,13 @@ def chw(node: Node) -> tuple[int, int, int]:
 
 
 @dataclass(frozen=True)
-class LayerSpec:
+class LayerSpec(WindowRules):
     """One layer as the partitioner, packer and time model see it.
 
     ``kind`` is the COMP operation: ``conv``, ``maxpool``, ``avgpool``, ``add``, ``relu``,
     ``relu6``, ``copy`` (a concat operand copied into its channel slice) or ``flatten``.
-    Window fields follow PyTorch (kernel, stride, padding, dilation per axis).
+    Window fields follow PyTorch (kernel, stride, padding, dilation per axis); the window rules
+    (``window_extent``, ``slides``, ``ci_range``, …) are the program's (``WindowRules``).
     """
 
     name: str
@@ -78,48 +80,13 @@ class LayerSpec:
     copy_shift: int = 0
 
     @property
-    def taps(self) -> int:
-        return self.kernel[0] * self.kernel[1]
-
-    @property
     def has_weights(self) -> bool:
         return self.kind == "conv"
-
-    def in_span(self, n_out: int, axis: int) -> int:
-        """Input rows (axis 0) or columns (axis 1) a window of ``n_out`` outputs reads, padding
-        included."""
-        if n_out <= 0:
-            return 0
-        return (n_out - 1) * self.stride[axis] + (self.kernel[axis] - 1) * self.dilation[axis] + 1
 
     @property
     def n_in(self) -> int:
         """Input tensors read per output element (2 for an add)."""
         return len(self.inputs) if self.kind == "add" else 1
-
-    def window_extent(self, n_out: int, axis: int) -> int:
-        """Input rows/columns LOADFM brings for ``n_out`` outputs along ``axis``: the whole span,
-        or — when the stride is at least the kernel extent, so windows do not touch — only the
-        rows/columns the windows read (a strided DMA skips the others)."""
-        ext = (self.kernel[axis] - 1) * self.dilation[axis] + 1
-        if n_out > 0 and self.stride[axis] >= ext:
-            return n_out * ext
-        return self.in_span(n_out, axis)
-
-    @property
-    def slides(self) -> bool:
-        """Whether consecutive tiles of a tile row share window columns that stay in the core:
-        a conv or pool whose windows overlap along the width (kernel extent above the stride).
-        LOADFM then keeps the input window in a ring of columns and moves only the columns past
-        the previous tile's window (docs/program.md, "Sliding windows")."""
-        ext = (self.kernel[1] - 1) * self.dilation[1] + 1
-        return self.kind in ("conv", "maxpool", "avgpool") and self.n_in == 1 and self.stride[1] < ext
-
-    def window_positions(self, th: int, tw: int) -> int:
-        """Input positions (per channel, per input) a th × tw output tile reads."""
-        if self.kind == "flatten":
-            return self.hi * self.wi
-        return self.window_extent(th, 0) * self.window_extent(tw, 1)
 
     def chunk_ci(self, oc_t: int) -> int:
         """Input channels an output-channel chunk of ``oc_t`` reads, for ops without a separate
@@ -129,16 +96,6 @@ class LayerSpec:
         if self.kind == "conv":
             return min(self.ci, (oc_t // (self.co // self.groups) + 2) * (self.ci // self.groups))
         return oc_t
-
-    def ci_range(self, oc0: int, oc1: int) -> tuple[int, int]:
-        """Input channels read by output channels [oc0, oc1)."""
-        if self.kind == "conv":
-            og, ig = self.co // self.groups, self.ci // self.groups
-            return (oc0 // og) * ig, ((oc1 - 1) // og + 1) * ig
-        if self.kind == "flatten":  # output channel c·H·W + h·W + w reads input channel c
-            hw = self.hi * self.wi
-            return oc0 // hw, (oc1 - 1) // hw + 1
-        return oc0, oc1  # channel-wise ops
 
     @property
     def macs(self) -> int:

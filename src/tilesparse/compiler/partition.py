@@ -22,9 +22,7 @@ Every output element is computed by exactly one core (``check_coverage`` asserts
 from __future__ import annotations
 
 import bisect
-import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from itertools import pairwise
 
 import numpy as np
@@ -32,6 +30,17 @@ import numpy as np
 from tilesparse.compiler.layers import LayerSpec
 from tilesparse.errors import CapacityError
 from tilesparse.hw import ArrayConfig
+from tilesparse.program.layout import (
+    ACC_BYTES,
+    acc_slot,
+    acc_tiles,
+    moved_positions,
+    residual_capacity,
+    ring_columns,
+    slid_tiles,
+    tile_grid,
+)
+from tilesparse.program.records import CoreWork, Grid, LayerPartition, SubVolume
 
 __all__ = [
     "ACC_BYTES",
@@ -59,76 +68,7 @@ __all__ = [
     "tile_grid",
 ]
 
-ACC_BYTES = 4  # int32 accumulator per output element (bias is int32 too)
-
-
-@dataclass(frozen=True)
-class SubVolume:
-    """The per-core, per-iteration work unit of a layer (what a ``chooser`` returns).
-
-    Attributes:
-        oc: output channels per weight chunk (whole block rows, or the core's share if smaller).
-        ci: input channels per chunk (whole block columns, or all the channels the chunk needs);
-            more than one chunk means int32 partial sums stay in the core's output buffer.
-        h: output rows per tile (one COMP iteration).
-        w: output columns per tile.
-    """
-
-    oc: int
-    ci: int
-    h: int
-    w: int
-
-
 Chooser = Callable[[object, ArrayConfig], "SubVolume | None"]
-
-
-@dataclass(frozen=True)
-class Grid:
-    oc_groups: int  # channel ranges over the rows (times cols when col_axis == "oc")
-    sp_groups: int  # spatial slices over the rows
-    col_axis: str  # "w", "h", "hw" (columns split space) or "oc" (columns split channels)
-    col_h: int = 1  # "hw": the columns tile the map in col_h bands of height (``col_tiles``)
-
-
-@dataclass(frozen=True)
-class CoreWork:
-    """The output sub-volume of one core: channels [oc0, oc1) × rows [h0, h1) × cols [w0, w1)."""
-
-    row: int
-    col: int
-    oc0: int
-    oc1: int
-    h0: int
-    h1: int
-    w0: int
-    w1: int
-    oc_group: int  # cores with the same oc_group hold the same weights
-    region: int  # cores with the same region read the same input window
-
-    @property
-    def empty(self) -> bool:
-        return self.oc1 <= self.oc0 or self.h1 <= self.h0 or self.w1 <= self.w0
-
-    @property
-    def n_out(self) -> int:
-        return 0 if self.empty else (self.oc1 - self.oc0) * (self.h1 - self.h0) * (self.w1 - self.w0)
-
-
-@dataclass(frozen=True)
-class LayerPartition:
-    layer: str
-    grid: Grid
-    cores: tuple[CoreWork, ...]  # row-major over (row, col)
-    sub: SubVolume
-    n_k: int  # weight (output-channel) chunks per core, the largest over cores
-    n_q: int  # input-channel chunks
-    tiles_per_group: int  # spatial tiles sharing resident partial sums (all when n_q == 1)
-    n_tiles: int  # tiles of the largest region
-
-    @property
-    def n_s(self) -> int:
-        return max(1, math.ceil(self.n_tiles / self.tiles_per_group))
 
 
 def split_even(n: int, parts: int) -> list[int]:
@@ -396,87 +336,6 @@ def check_coverage(spec: LayerSpec, cores: Sequence[CoreWork]) -> None:
         bad = np.argwhere(count != 1)[0]
         raise AssertionError(f"layer {spec.name}: output {tuple(bad)} computed "
                              f"{count[tuple(bad)]} times")
-
-
-def tile_grid(h0: int, h1: int, w0: int, w1: int, th: int, tw: int) -> list[tuple[int, int, int, int]]:
-    """Tiles of a region, row-major: (h0, h1, w0, w1) each; the last row/column of tiles may be
-    smaller. This order is the iteration order of every pipelined instruction."""
-    return [(a, min(a + th, h1), b, min(b + tw, w1))
-            for a in range(h0, h1, th) for b in range(w0, w1, tw)]
-
-
-def slid_tiles(spec: LayerSpec, h: int, w: int, th: int, tw: int, group: int) -> np.ndarray:
-    """Which tiles of an ``h × w`` region (``tile_grid`` order) continue a sliding window
-    (``LayerSpec.slides``): every tile but the first of its tile row, unless it starts a spatial
-    group of ``group`` tiles (each step's first iteration loads its whole window)."""
-    n = -(-h // th) * -(-w // tw)
-    if not spec.slides:
-        return np.zeros(n, bool)
-    t = np.arange(n)
-    return (t % -(-w // tw) > 0) & (t % group > 0)
-
-
-def moved_positions(spec: LayerSpec, h: int, w: int, th: int, tw: int, group: int) -> np.ndarray:
-    """Input positions (per channel and input) LOADFM moves for each tile of an ``h × w`` region
-    (``tile_grid`` order, ``group`` tiles per step): the tile's window, or for a sliding tile
-    (``slid_tiles``) only the ``tile width × stride`` columns past the previous tile's window."""
-    hs = np.minimum(th, h - np.arange(0, h, th))
-    ws = np.minimum(tw, w - np.arange(0, w, tw))
-    wp = {(a, b): spec.window_positions(a, b) for a in set(hs.tolist()) for b in set(ws.tolist())}
-    full = np.array([wp[a, b] for a in hs.tolist() for b in ws.tolist()], dtype=np.int64)
-    if not spec.slides:
-        return full
-    new = np.outer([spec.window_extent(int(a), 0) for a in hs], ws * spec.stride[1]).ravel()
-    return np.where(slid_tiles(spec, h, w, th, tw, group), new, full)
-
-
-def ring_columns(spec: LayerSpec, sub: SubVolume) -> int:
-    """Columns of a sliding layer's input ring in ``core.in``: two full windows' worth, so that
-    the next tile's new columns never overwrite the window the current COMP reads
-    (docs/program.md, "Sliding windows")."""
-    return 2 * spec.window_extent(sub.w, 1)
-
-
-def acc_slot(spec: LayerSpec, hw: ArrayConfig, sub: SubVolume, n_q: int, i: int) -> tuple[str, int] | None:
-    """Where the int32 accumulators of iteration ``i``'s tile live: (core region, byte offset), or
-    None if they do not fit (docs/program.md).
-
-    One input-channel chunk: half ``i mod 2`` of ``core.out`` (the other half drains the previous
-    tile: ping-pong). Several chunks: the partial sums of every tile of a spatial group stay
-    resident — tile i at ``i · tile`` in ``core.out`` below the two int8 output tiles kept at its end
-    for WRITEFM, the tiles that do not fit there continue in ``core.res`` when the layer has no
-    fused add (whose residual tiles use ``core.res``)."""
-    tile = sub.h * sub.w * sub.oc * ACC_BYTES
-    if n_q == 1:
-        half = hw.core.output_buffer_bytes // 2
-        return ("out", (i % 2) * half) if tile <= half else None
-    in_out, in_res = _resident_tiles(spec, hw, sub)
-    if i < in_out:
-        return "out", i * tile
-    return ("res", (i - in_out) * tile) if i - in_out < in_res else None
-
-
-def acc_tiles(spec: LayerSpec, hw: ArrayConfig, sub: SubVolume, n_q: int) -> int:
-    """How many tiles' int32 accumulators can be resident at once (``acc_slot``): 1 or 0 with
-    one input-channel chunk, the spatial group's largest size with several."""
-    if n_q == 1:
-        return int(acc_slot(spec, hw, sub, 1, 0) is not None)
-    return sum(_resident_tiles(spec, hw, sub))
-
-
-def _resident_tiles(spec: LayerSpec, hw: ArrayConfig, sub: SubVolume) -> tuple[int, int]:
-    """Accumulator tiles that stay resident with several input-channel chunks: (in ``core.out``
-    below its two int8 tiles, in ``core.res`` unless a fused add's residual tiles use it)."""
-    tile = sub.h * sub.w * sub.oc * ACC_BYTES
-    in_out = max(0, hw.core.output_buffer_bytes - 2 * sub.h * sub.w * sub.oc) // tile
-    return in_out, 0 if spec.residual else residual_capacity(hw) // tile
-
-
-def residual_capacity(hw: ArrayConfig) -> int:
-    """Bytes of ``core.res``: the data memory left after the input, output and weight buffers,
-    where a fused add's residual tiles live (two halves, ping-pong; docs/program.md)."""
-    c = hw.core
-    return max(0, c.data_memory_bytes - c.input_buffer_bytes - c.output_buffer_bytes - c.weight_buffer_bytes)
 
 
 def fits(spec: LayerSpec, hw: ArrayConfig, sub: SubVolume, weight_chunk_bytes: int,

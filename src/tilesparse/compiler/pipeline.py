@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from typing import Any
 
@@ -25,13 +26,13 @@ from tilesparse.compiler.memory import (
 )
 from tilesparse.compiler.pack import dense_weight_bytes, int8_weights
 from tilesparse.compiler.partition import Chooser, check_coverage
-from tilesparse.compiler.program import LayerRecord, Program
 from tilesparse.compiler.rebalance import rebalance
 from tilesparse.compiler.tiling import LayerPlan, plan_layer, replan
 from tilesparse.errors import UnsupportedOpError
 from tilesparse.hw import ArrayConfig, load_array
 from tilesparse.ir.graph import Graph, Op
 from tilesparse.passes.balance import balance_channels, reorder_channels, reorderable
+from tilesparse.program import ChunkRow, LayerGeometry, LayerRecord, Loops, Operand, Program, TensorSlice
 from tilesparse.quant.rounding import INT8_MAX, INT8_MIN
 
 __all__ = ["compile_graph", "compile_model", "lower_layers"]
@@ -98,9 +99,9 @@ def _buffers(g: Graph, specs: list[LayerSpec], ins: dict, rename: dict[str, str]
     return [Buffer(b, sizes[b], first[b], last[b], forced_ddr=b in outs or b in gin) for b in first]
 
 
-def _where(alloc: Allocation, ddr: DdrLayout, buf: str) -> str:
+def _where(alloc: Allocation, ddr: DdrLayout, buf: str) -> Operand:
     p = alloc.placements[buf]
-    return f"memtile:{buf}@{p.offset}" if p.memory == "memtile" else f"ddr@{ddr.regions[buf][0]}"
+    return Operand.memtile(buf, p.offset) if p.memory == "memtile" else Operand.ddr(ddr.regions[buf][0])
 
 
 def compile_graph(graph: Graph, hw: ArrayConfig | str, *, chooser: Chooser | None = None,
@@ -159,7 +160,7 @@ def _assemble(graph, hw, plans: list[LayerPlan], ins, buffers, alloc, t0) -> Pro
     wbase = 0
     spans_all = []
     for plan in plans:
-        rows: list[list[int]] = []
+        rows: list[ChunkRow] = []
         spans: dict[tuple[int, int], tuple[int, int]] = {}
         if plan.spec.kind == "conv":
             w8, q = int8_weights(np.asarray(graph.param(plan.spec.name, "weight")))
@@ -205,20 +206,31 @@ def _bias(graph: Graph, sp: LayerSpec) -> np.ndarray:
     return np.zeros(sp.co, np.int32)
 
 
-def _check_packed(plan: LayerPlan, rows: list[list[int]]) -> None:
+def _check_packed(plan: LayerPlan, rows: list[ChunkRow]) -> None:
     """The packed chunk sizes must be the ones the time model charged."""
     widx = plan.widx
     assert widx is not None
-    for g, k, q, o0, o1, cb0, cb1, _, nb, last in rows:
-        want = widx.chunk_bytes(o0, o1, cb0, cb1, bool(last))
-        if want != nb:
-            raise AssertionError(f"{plan.spec.name}: chunk {(g, k, q)} packed {nb} B, modelled {want} B")
+    for r in rows:
+        want = widx.chunk_bytes(r.oc0, r.oc1, r.cb0, r.cb1, r.with_bias)
+        if want != r.nbytes:
+            raise AssertionError(f"{plan.spec.name}: chunk {r.key} packed {r.nbytes} B, modelled {want} B")
 
 
-def _record(graph: Graph, plan: LayerPlan, in_bufs, rows) -> LayerRecord:
+def _record(graph: Graph, plan: LayerPlan, in_bufs, rows: list[ChunkRow]) -> LayerRecord:
     sp, part = plan.spec, plan.part
-    geo = {f: getattr(sp, f) for f in ("ci", "hi", "wi", "co", "ho", "wo", "kernel", "stride", "padding",
-                                       "dilation", "groups", "block")}
+    packed = sum(r.nbytes for r in rows)
+    bias = sum(4 * (r.oc1 - r.oc0) for r in rows if r.with_bias)
+    return LayerRecord(
+        sp.name, LayerGeometry.of(sp), tuple(TensorSlice(b, t, o) for b, t, o in in_bufs),
+        TensorSlice(sp.out_tensor, sp.out_c_total, sp.out_c_offset), part.grid, part.sub,
+        Loops(part.n_s, part.n_k, part.n_q, part.tiles_per_group, part.n_tiles, sp.slides),
+        part.cores, tuple(rows), _attrs(graph, sp), dense_weight_bytes(sp) if sp.kind == "conv" else 0,
+        packed - bias, bias, sp.kept_macs, sp.macs, sp.fused_add, sp.residual)
+
+
+def _attrs(graph: Graph, sp: LayerSpec) -> dict[str, Any]:
+    """The node's JSON attributes and output exponent (a concat copy's shift and clamp; a fused
+    add's attributes under ``add``)."""
     node = graph.node(sp.name) if sp.kind != "copy" else None
     attrs = {k: v for k, v in (node.attrs.items() if node else []) if _jsonable(v)}
     if node is not None:
@@ -231,17 +243,7 @@ def _record(graph: Graph, plan: LayerPlan, in_bufs, rows) -> LayerRecord:
         attrs["add"] = {k: v for k, v in add.attrs.items() if _jsonable(v)}
         attrs["add"]["out_scale_exp"] = add.out.scale_exp
         attrs["add"]["inputs"] = list(add.inputs)
-    packed = sum(r[8] for r in rows)
-    bias = sum(4 * (r[4] - r[3]) for r in rows if r[9])
-    return LayerRecord(
-        sp.name, sp.kind, geo, [{"buffer": b, "c_total": t, "c_offset": o} for b, t, o in in_bufs],
-        {"buffer": sp.out_tensor, "c_total": sp.out_c_total, "c_offset": sp.out_c_offset},
-        dataclasses.asdict(part.grid), dataclasses.asdict(part.sub),
-        {"n_s": part.n_s, "n_k": part.n_k, "n_q": part.n_q, "tiles_per_group": part.tiles_per_group,
-         "n_tiles": part.n_tiles, "slide": sp.slides},
-        [[c.row, c.col, c.oc0, c.oc1, c.h0, c.h1, c.w0, c.w1, c.oc_group, c.region] for c in part.cores],
-        rows, attrs, dense_weight_bytes(sp) if sp.kind == "conv" else 0, packed - bias, bias,
-        sp.kept_macs, sp.macs, sp.fused_add, sp.residual)
+    return json.loads(json.dumps(attrs))  # as a loaded program holds them (lists, not tuples)
 
 
 def _jsonable(v: Any) -> bool:

@@ -33,6 +33,7 @@ from tilesparse.compiler.partition import (
     oc_chunks,
 )
 from tilesparse.hw import ArrayConfig
+from tilesparse.program.layout import chunk_with_inputs
 
 __all__ = ["Step", "WeightIndex", "chunk_with_inputs", "core_chunk", "layer_steps"]
 
@@ -131,22 +132,6 @@ def core_chunk(spec: LayerSpec, part: LayerPartition, cw: CoreWork, k: int, q: i
         return None
     o0, o1 = oc_chunks(spec, cw.oc0, cw.oc1, part.sub.oc, part.n_k)[k:k + 2]
     return chunk_with_inputs(spec, part, o0, o1, q)
-
-
-def chunk_with_inputs(spec: LayerSpec, part: LayerPartition, o0: int, o1: int, q: int
-                      ) -> tuple[int, int, int, int] | None:
-    """(oc0, oc1, ci0, ci1) of output channels [o0, o1) in input-channel chunk q, or None if
-    empty: the input channels the core holds (a grouped conv's chunk reads every input channel
-    of the groups it spans, ``LayerSpec.ci_range``)."""
-    if o1 <= o0:
-        return None
-    if spec.kind == "conv" and spec.groups == 1:
-        c0 = q * part.sub.ci
-        c1 = min(c0 + part.sub.ci, spec.ci)
-        return (o0, o1, c0, c1) if c1 > c0 else None
-    if q:
-        return None
-    return (o0, o1) + spec.ci_range(o0, o1)
 
 
 def _group_chunks(spec: LayerSpec, part: LayerPartition, reps: list[CoreWork]):

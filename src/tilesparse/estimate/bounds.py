@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tilesparse.hw import ArrayConfig
+from tilesparse.program import LayerGeometry, LayerRecord
 
 __all__ = ["LayerBound", "layer_bound", "program_bounds"]
 
@@ -59,27 +60,27 @@ class LayerBound:
                    key=lambda x: x[1])[0]
 
 
-def _touched(g: dict, axis: int) -> int:
+def _touched(g: LayerGeometry, axis: int) -> int:
     """Input rows (axis 0) / columns (1) the layer reads at all: with a stride at least the kernel
     extent the windows skip the rest (a strided 1×1 conv reads a quarter of its input)."""
-    size = (g["hi"], g["wi"])[axis]
-    n_out = (g["ho"], g["wo"])[axis]
-    ext = (g["kernel"][axis] - 1) * g["dilation"][axis] + 1
-    return min(size, n_out * ext) if g["stride"][axis] >= ext else size
+    size = (g.hi, g.wi)[axis]
+    n_out = (g.ho, g.wo)[axis]
+    ext = (g.kernel[axis] - 1) * g.dilation[axis] + 1
+    return min(size, n_out * ext) if g.stride[axis] >= ext else size
 
 
-def layer_bound(rec, buffers: dict, hw: ArrayConfig) -> LayerBound:
+def layer_bound(rec: LayerRecord, buffers: dict, hw: ArrayConfig) -> LayerBound:
     """The bound of one ``LayerRecord`` of a program (``buffers``: the program's buffer table)."""
     g = rec.geometry
     links = hw.links
     weights = rec.packed_weight_bytes + rec.bias_bytes
-    out_bytes = g["co"] * g["ho"] * g["wo"]
+    out_bytes = g.co * g.ho * g.wo
     # a fused residual add reads an output-shaped second operand
-    in_one = g["ci"] * (g["hi"] * g["wi"] if rec.kind == "flatten" else _touched(g, 0) * _touched(g, 1))
+    in_one = g.ci * (g.hi * g.wi if rec.kind == "flatten" else _touched(g, 0) * _touched(g, 1))
     sizes = [in_one] * (len(rec.inputs) - bool(rec.residual)) + [out_bytes] * bool(rec.residual)
     in_bytes = sum(sizes)
-    in_io = sum(n for n, i in zip(sizes, rec.inputs) if buffers[i["buffer"]].get("graph_io"))
-    out_io = out_bytes if buffers[rec.output["buffer"]].get("graph_io") else 0
+    in_io = sum(n for n, i in zip(sizes, rec.inputs) if buffers[i.buffer].get("graph_io"))
+    out_io = out_bytes if buffers[rec.output.buffer].get("graph_io") else 0
     col_in = hw.cols * links.ddr_to_memtile_bytes_per_s
     ddr = max(weights / col_in, in_io / col_in, out_io / (hw.cols * links.memtile_to_ddr_bytes_per_s))
     mt = links.memtile_to_core_bytes_per_s

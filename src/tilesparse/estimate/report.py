@@ -49,8 +49,8 @@ def layer_rows(program, ptime: ProgramTime | None = None) -> list[dict]:
                     "compute_us": b.compute_s * 1e6, "ddr_us": b.ddr_s * 1e6, "memtile_us": b.memtile_s * 1e6,
                     "ratio": secs / b.bound_s if b.bound_s else float("nan"),
                     "dense_w": rec.dense_weight_bytes, "packed_w": rec.packed_weight_bytes,
-                    "grid": f"{rec.grid['oc_groups']}x{rec.grid['sp_groups']}/{rec.grid['col_axis']}"
-                            + (f"{rec.grid['col_h']}" if rec.grid.get("col_axis") == "hw" else ""),
-                    "sub": f"{rec.sub['oc']}oc {rec.sub['ci']}ci {rec.sub['h']}x{rec.sub['w']}",
-                    "loops": f"s{rec.loops['n_s']} k{rec.loops['n_k']} q{rec.loops['n_q']}"})
+                    "grid": f"{rec.grid.oc_groups}x{rec.grid.sp_groups}/{rec.grid.col_axis}"
+                            + (f"{rec.grid.col_h}" if rec.grid.col_axis == "hw" else ""),
+                    "sub": f"{rec.sub.oc}oc {rec.sub.ci}ci {rec.sub.h}x{rec.sub.w}",
+                    "loops": f"s{rec.loops.n_s} k{rec.loops.n_k} q{rec.loops.n_q}"})
     return out

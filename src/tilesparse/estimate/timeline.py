@@ -10,8 +10,8 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from tilesparse.compiler.program import OPS
 from tilesparse.estimate.timemodel import ProgramTime
+from tilesparse.program import OPS
 from tilesparse.utils.atomic import atomic_write_bytes, atomic_write_text
 
 __all__ = ["write_timeline"]

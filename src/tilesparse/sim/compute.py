@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from tilesparse.compiler.layers import LayerSpec
-from tilesparse.compiler.pack import BITS_PER_BYTE, chunk_geometry, unpack_chunk
+from tilesparse.program import ChunkRow, LayerGeometry
+from tilesparse.program.packing import BITS_PER_BYTE, chunk_geometry, unpack_chunk
 from tilesparse.quant import rounding as R
 
 __all__ = ["Chunk", "conv_cycles", "conv_tile", "decode_chunk", "geometry", "im2col", "pool_tile"]
@@ -28,14 +28,14 @@ MAXPOOL_PAD = np.iinfo(np.int16).min  # padding never wins a max (below every in
 class Chunk:
     """A weight chunk decoded from the bytes a core holds."""
 
-    row: tuple[int, ...]  # oc_group, k, q, oc0, oc1, cb0, cb1, ddr_addr, nbytes, with_bias
+    row: ChunkRow
     groups: tuple[tuple[np.ndarray, np.ndarray | None, np.ndarray], ...]  # out idx, feature idx, W
     bias: np.ndarray | None
     kept: np.ndarray  # kept input channels of each output channel of the chunk
 
     @property
     def oc0(self) -> int:
-        return self.row[3]
+        return self.row.oc0
 
 
 def _keep_bits(buf: bytes, nrows: int, ncols: int) -> tuple[np.ndarray, int]:
@@ -46,16 +46,16 @@ def _keep_bits(buf: bytes, nrows: int, ncols: int) -> tuple[np.ndarray, int]:
     return keep.reshape(nrows, ncols).astype(bool), nbit
 
 
-def _decode_regular(spec: LayerSpec, buf: bytes, geo, keep: np.ndarray, nbit: int, with_bias: bool):
+def _decode_regular(spec: LayerGeometry, buf: bytes, geo, keep: np.ndarray, nbit: int, with_bias: bool):
     """Blocks of equal height and width: scatter all kept blocks at once (format of
-    ``compiler.pack``: bitmap, kept blocks as [o][ky][kx][i] in bitmap order, int32 bias)."""
+    ``program.packing``: bitmap, kept blocks as [o][ky][kx][i] in bitmap order, int32 bias)."""
     h, bi = int(geo.row_ch[0, 1] - geo.row_ch[0, 0]), int(geo.col_w[0])
     kh, kw = spec.kernel
     blk = h * kh * kw * bi
     n_keep = int(keep.sum())
     nb = (geo.oc1 - geo.oc0) * 4 if with_bias else 0
     if len(buf) != nbit + n_keep * blk + nb:
-        raise ValueError(f"chunk of {spec.name}: {len(buf)} bytes, layout accounts for {nbit + n_keep * blk + nb}")
+        raise ValueError(f"{len(buf)} bytes, layout accounts for {nbit + n_keep * blk + nb}")
     blocks = np.zeros((*keep.shape, h, kh, kw, bi), np.int8)
     blocks[keep] = np.frombuffer(buf, np.int8, n_keep * blk, nbit).reshape(n_keep, h, kh, kw, bi)
     bias = np.frombuffer(buf, "<i4", geo.oc1 - geo.oc0, nbit + n_keep * blk).copy() if with_bias else None
@@ -72,8 +72,8 @@ class _Geo:
     col_w: np.ndarray
 
 
-def geometry(spec: LayerSpec, oc0: int, oc1: int, cb0: int, cb1: int):
-    """``compiler.pack.chunk_geometry`` (block rows clipped to [oc0, oc1), block-column widths),
+def geometry(spec: LayerGeometry, oc0: int, oc1: int, cb0: int, cb1: int):
+    """``program.packing.chunk_geometry`` (block rows clipped to [oc0, oc1), block-column widths),
     computed directly for ungrouped convs whose chunk starts on a block row (the common case)."""
     bo, bi = spec.block
     if spec.groups != 1 or oc0 % bo or oc1 <= oc0:
@@ -92,11 +92,11 @@ def _ranges(bounds: np.ndarray) -> np.ndarray:
     return np.repeat(bounds[:, 0] - np.r_[0, np.cumsum(lens)[:-1]], lens) + np.arange(int(lens.sum()))
 
 
-def decode_chunk(spec: LayerSpec, buf: bytes, row: tuple[int, ...], ci0: int, n_ch: int) -> Chunk:
+def decode_chunk(spec: LayerGeometry, buf: bytes, row: ChunkRow, ci0: int, n_ch: int) -> Chunk:
     """Decode a packed chunk (``ValueError`` if its bytes do not match its layout) into groups of
     block rows sharing the same kept block columns. ``ci0``/``n_ch``: the first input channel
     and channel count of the window the core holds."""
-    _, _, _, oc0, oc1, cb0, cb1, _, _, with_bias = (int(v) for v in row)
+    oc0, oc1, cb0, cb1, with_bias = row.oc0, row.oc1, row.cb0, row.cb1, row.with_bias
     geo = geometry(spec, oc0, oc1, cb0, cb1)
     keep, nbit = _keep_bits(buf, len(geo.row_ch), cb1 - cb0)
     heights = geo.row_ch[:, 1] - geo.row_ch[:, 0]
@@ -138,7 +138,7 @@ def decode_chunk(spec: LayerSpec, buf: bytes, row: tuple[int, ...], ci0: int, n_
         w = w.reshape(kh * kw * len(local), len(out))
         full = len(feat) == n_ch and bool((feat == np.arange(n_ch)).all())
         groups.append((out, None if full else feat, w.astype(np.float64)))
-    return Chunk(tuple(int(v) for v in row), tuple(groups), bias, kept)
+    return Chunk(row, tuple(groups), bias, kept)
 
 
 def im2col(x: np.ndarray, kernel, dilation, stride, n_out: tuple[int, int]) -> np.ndarray:
@@ -151,11 +151,11 @@ def im2col(x: np.ndarray, kernel, dilation, stride, n_out: tuple[int, int]) -> n
     return np.ascontiguousarray(v.transpose(0, 1, 3, 4, 2)).reshape(n_out[0] * n_out[1], kh, kw, x.shape[2])
 
 
-def conv_tile(x: np.ndarray, spec: LayerSpec, stride, n_out, chunk: Chunk) -> tuple[np.ndarray, int]:
+def conv_tile(x: np.ndarray, spec: LayerGeometry, stride, n_out, chunk: Chunk) -> tuple[np.ndarray, int]:
     """Partial sums (positions × chunk channels, int64) of one input-channel chunk, and MACs."""
     cols = im2col(x.astype(np.float64), spec.kernel, spec.dilation, stride, n_out)
     p = cols.shape[0]
-    acc = np.zeros((p, chunk.row[4] - chunk.row[3]), np.float64)
+    acc = np.zeros((p, chunk.row.oc1 - chunk.row.oc0), np.float64)
     macs = 0
     for out, feat, w in chunk.groups:
         xs = cols.reshape(p, -1) if feat is None else cols[..., feat].reshape(p, -1)
@@ -164,7 +164,7 @@ def conv_tile(x: np.ndarray, spec: LayerSpec, stride, n_out, chunk: Chunk) -> tu
     return np.rint(acc).astype(np.int64), macs
 
 
-def pool_tile(x: np.ndarray, valid: np.ndarray, kind: str, spec: LayerSpec, stride, n_out) -> np.ndarray:
+def pool_tile(x: np.ndarray, valid: np.ndarray, kind: str, spec: LayerGeometry, stride, n_out) -> np.ndarray:
     """Max (padding excluded) or window sum (zero padding) per position × channel, int64."""
     if kind == "maxpool":
         x = np.where(valid[:, :, None], x.astype(np.int16), np.int16(MAXPOOL_PAD))

@@ -16,26 +16,25 @@ from typing import Any
 
 import numpy as np
 
-from tilesparse.compiler.pack import piece_bounds
+from tilesparse.program import ChunkRow, Operand
+from tilesparse.program.packing import piece_bounds
 from tilesparse.sim import compute as C
 from tilesparse.sim.memory import SimulationError, Where
 
-__all__ = ["Staging", "parse_addr"]
+__all__ = ["Staging"]
 
 
-def parse_addr(where: Where, s: str, prefix: str) -> int:
-    if not s.startswith(prefix):
-        raise SimulationError(f"{where}: operand {s!r}, expected {prefix}ADDRESS")
-    try:
-        return int(s[len(prefix):])
-    except ValueError:
-        raise SimulationError(f"{where}: operand {s!r} has no integer address") from None
+def _ddr_addr(where: Where, ops: tuple[Operand, ...]) -> int:
+    if len(ops) != 1 or ops[0].memory != "ddr":
+        raise SimulationError(f"{where}: operand {'+'.join(map(str, ops))!r}, expected one DDR address (ddr@ADDRESS)")
+    return ops[0].addr
 
 
-def _slot_index(where: Where, s: str) -> int:
-    if not s.startswith("memtile.wslot") or s[-1] not in "01":
-        raise SimulationError(f"{where}: operand {s!r}, expected memtile.wslot0 or memtile.wslot1")
-    return int(s[-1])
+def _slot_index(where: Where, ops: tuple[Operand, ...]) -> int:
+    if len(ops) != 1 or ops[0].slot is None:
+        raise SimulationError(f"{where}: operand {'+'.join(map(str, ops))!r}, expected memtile.wslot0 or "
+                              f"memtile.wslot1")
+    return ops[0].slot
 
 
 class Staging:
@@ -95,24 +94,24 @@ class Staging:
         self.stage_out[self.half(i)] = []
 
     # ---- weights ----------------------------------------------------------------------------
-    def _piece(self, rows: list, i: int, n_p: int) -> list[tuple[Any, int, int, int]]:
+    def _piece(self, rows: list[ChunkRow], i: int, n_p: int) -> list[tuple[ChunkRow, int, int, int]]:
         """Piece ``i`` of a step's chunks: (row, DDR address, bytes, offset in the chunk) per chunk,
         in DDR order — the i-th byte range of every chunk (``pack.piece_bounds``)."""
         out = []
-        for r in sorted(rows, key=lambda r: int(r[7])):
-            b = piece_bounds(int(r[8]), n_p)
-            out.append((r, int(r[7]) + int(b[i]), int(b[i + 1] - b[i]), int(b[i])))
+        for r in sorted(rows, key=lambda r: r.ddr_addr):
+            b = piece_bounds(r.nbytes, n_p)
+            out.append((r, r.ddr_addr + int(b[i]), int(b[i + 1] - b[i]), int(b[i])))
         return out
 
     def loadw(self, idx: int, i: int) -> None:
         """LOADW piece ``i``: gather the i-th byte range of every chunk from DDR, spread evenly
         over the columns' slot areas after pieces 0 … i−1 (docs/program.md, "weight pieces")."""
         ins, where = self.p.instrs[idx], self._where(idx, i)
-        addr, n, slot = parse_addr(where, ins.src, "ddr@"), int(ins.nbytes), _slot_index(where, ins.dst)
+        addr, n, slot = _ddr_addr(where, ins.src), int(ins.nbytes), _slot_index(where, ins.dst)
         self.mem.ddr_check(where, addr, n, tuple(self.p.ddr["weights"]))
         rows = self.v.step_chunks.get((ins.k, ins.q), [])
-        lo = min((int(r[7]) for r in rows), default=addr)
-        span = sum(int(r[8]) for r in rows)
+        lo = min((r.ddr_addr for r in rows), default=addr)
+        span = sum(r.nbytes for r in rows)
         if (addr, n) != (lo, span):
             raise SimulationError(f"{where}: copies DDR [{addr}, {addr + n}) but the weight chunks of "
                                   f"chunk (k={ins.k}, q={ins.q}) occupy [{lo}, {lo + span})")
@@ -147,7 +146,7 @@ class Staging:
         rows = self.v.step_chunks.get((ins.k, ins.q), [])
         pos, at = 0, {}
         for r, _, nb, in_chunk in self._piece(rows, i, st["pieces"]):  # where each chunk's range lies in the piece
-            at[(int(r[0]), int(r[1]), int(r[2]))] = (pos, nb, in_chunk)
+            at[r.key] = (pos, nb, in_chunk)
             pos += nb
         seen: dict[tuple[int, int], None] = {}  # (row, oc group) chunks already sent on a row channel
         for core, cw in enumerate(self.v.cores):
@@ -157,10 +156,10 @@ class Staging:
             row = self.v.chunk_rows.get((cw.oc_group, ins.k, ins.q))
             if row is None:
                 raise SimulationError(f"{where}: no weight chunk for oc group {cw.oc_group}, k={ins.k}, q={ins.q}")
-            if int(row[7]) < addr or int(row[7]) + int(row[8]) > addr + n:
-                raise SimulationError(f"{where}: chunk of oc group {cw.oc_group} at DDR {row[7]} is not in "
+            if row.ddr_addr < addr or row.ddr_addr + row.nbytes > addr + n:
+                raise SimulationError(f"{where}: chunk of oc group {cw.oc_group} at DDR {row.ddr_addr} is not in "
                                       f"wslot{slot} (holds DDR [{addr}, {addr + n}))")
-            p0, nb, in_chunk = at[(int(row[0]), int(row[1]), int(row[2]))]
+            p0, nb, in_chunk = at[row.key]
             lg = np.arange(p0, p0 + nb)
             col = lg // max(part, 1)
             self.mem.core_slice(where, core, "w", in_chunk, nb)[...] = \
@@ -171,19 +170,19 @@ class Staging:
             if i == 0:
                 self.ex.wchunk.pop(core, None)  # the buffer is being overwritten
             if i == ins.iters - 1:
-                data = self.mem.core_slice(where, core, "w", 0, int(row[8])).copy()
+                data = self.mem.core_slice(where, core, "w", 0, row.nbytes).copy()
                 self.ex.wchunk[core] = self._decode(where, core, row, ch, data, seen)
 
     def _decode(self, where, core, row, ch, data, seen) -> C.Chunk:
-        key = (int(row[0]), int(row[1]), int(row[2]), ch[2], ch[3])
+        key = (*row.key, ch[2], ch[3])
         hit = self.ex.decoded.get((self.v.index, key))
         if hit is not None and np.array_equal(hit[0], data):  # same bytes as a chunk already decoded
             return hit[1]
         try:
-            chunk = C.decode_chunk(self.v.spec, data.tobytes(), tuple(int(t) for t in row), ch[2], ch[3] - ch[2])
+            chunk = C.decode_chunk(self.v.spec, data.tobytes(), row, ch[2], ch[3] - ch[2])
         except ValueError as e:
             raise SimulationError(f"{where}: weight chunk of core {self.mem.core_name(core)} "
-                                  f"(oc group {row[0]}) does not decode: {e}") from None
+                                  f"(oc group {row.oc_group}) does not decode: {e}") from None
         if self.v.n_s > 1:  # chunks are re-read only by later spatial groups
             self.ex.decoded[(self.v.index, key)] = (data.copy(), chunk)
         return chunk
@@ -191,7 +190,7 @@ class Staging:
     # ---- activations in -----------------------------------------------------------------------
     def _inputs(self):
         """(index, buffer, c_offset) of the window inputs."""
-        return [(j, d["buffer"], int(d["c_offset"])) for j, d in enumerate(self.v.rec.inputs[:self.v.n_win_inputs])]
+        return [(j, d.buffer, d.c_offset) for j, d in enumerate(self.v.rec.inputs[:self.v.n_win_inputs])]
 
     def _window(self, where, core, tile, ch, buf, coff, new_cols: int = 0) -> np.ndarray:
         """The tile's input window, or its last ``new_cols`` columns (a sliding tile's)."""
@@ -240,8 +239,8 @@ class Staging:
     def _residual(self, where, tile, ch) -> np.ndarray:
         d = self.v.rec.inputs[-1]
         a, b, c, e = tile
-        x, _ = self.ex.bufs.read(where, d["buffer"], np.arange(a, b), np.arange(c, e),
-                                 int(d["c_offset"]) + ch[0], int(d["c_offset"]) + ch[1])
+        x, _ = self.ex.bufs.read(where, d.buffer, np.arange(a, b), np.arange(c, e),
+                                 d.c_offset + ch[0], d.c_offset + ch[1])
         return x.reshape((b - a) * (e - c), ch[1] - ch[0])
 
     def _wants_residual(self, idx: int) -> bool:
@@ -254,7 +253,7 @@ class Staging:
             col, reg = core % self.cols, self.v.cores[core].region
             items: list[tuple[tuple, tuple | None]] = [((j, reg, ch[2], ch[3]), (j, buf, coff)) for j, buf, coff in self._inputs()
                      if self.ex.bufs.in_ddr(buf)]
-            if self._wants_residual(idx) and self.ex.bufs.in_ddr(self.v.rec.inputs[-1]["buffer"]):
+            if self._wants_residual(idx) and self.ex.bufs.in_ddr(self.v.rec.inputs[-1].buffer):
                 items.append((("res", core), None))
             for key, src in items:
                 if (col, key) in self.stage_in[half]:
@@ -297,7 +296,7 @@ class Staging:
                 lay["windows"].append((half * cap + off, x.shape))
                 off += self._put(where, core, half * cap + off, cap - off, x)
             if self._wants_residual(idx):
-                rb = self.v.rec.inputs[-1]["buffer"]
+                rb = self.v.rec.inputs[-1].buffer
                 r = (self._staged(where, col, half, ("res", core)) if self.ex.bufs.in_ddr(rb)
                      else self._residual(where, tile, ch))
                 room = self.mem.region["res"][1] // 2
@@ -321,7 +320,7 @@ class Staging:
     def writefm(self, idx: int, i: int, ctx) -> None:
         ins, where, half = self.p.instrs[idx], self._where(idx, i), self.half(i)
         out = self.v.rec.output
-        to_ddr = self.ex.bufs.in_ddr(out["buffer"])
+        to_ddr = self.ex.bufs.in_ddr(out.buffer)
         fill = [0] * self.cols
         for core, tile, ch in ctx:
             if (core, half) not in self.core_out:
@@ -332,16 +331,16 @@ class Staging:
             if to_ddr:
                 rng = self._mt_range(where, col, "out", half, fill[col], y.size)
                 self.mem.memtile[rng] = y.reshape(-1).view(np.uint8)
-                self.stage_out[half].append((col, fill[col], shape, tile, out["c_offset"] + ch[0]))
+                self.stage_out[half].append((col, fill[col], shape, tile, out.c_offset + ch[0]))
                 fill[col] += y.size
             else:
-                self.ex.bufs.write(where, out["buffer"], tile, out["c_offset"] + ch[0], y)
+                self.ex.bufs.write(where, out.buffer, tile, out.c_offset + ch[0], y)
             self.ex.acct.move(idx, i, col, y.size)
         del ins
 
     def write(self, idx: int, i: int, ctx) -> None:
         where, half = self._where(idx, i), self.half(i)
-        buf = self.v.rec.output["buffer"]
+        buf = self.v.rec.output.buffer
         for col, off, shape, tile, ch0 in self.stage_out[half]:
             n = int(np.prod(shape))
             y = self.mem.memtile[self._mt_range(where, col, "out", half, off, n)].view(np.int8).reshape(shape)

@@ -12,12 +12,12 @@ import math
 
 import numpy as np
 
-from tilesparse.compiler.partition import acc_slot
+from tilesparse.program.layout import acc_slot
 from tilesparse.quant import rounding as R
 from tilesparse.sim import compute as C
 from tilesparse.sim.accounting import Accounting
 from tilesparse.sim.buffers import BufferMap
-from tilesparse.sim.dma import Staging, parse_addr
+from tilesparse.sim.dma import Staging
 from tilesparse.sim.layer import LayerView
 from tilesparse.sim.memory import Memories, SimulationError, Where
 
@@ -61,7 +61,7 @@ class Executor:
 
     # ---- program ---------------------------------------------------------------------------
     def load_input(self, x: np.ndarray) -> str:
-        written = {r.output["buffer"] for r in self.p.layers}
+        written = {r.output.buffer for r in self.p.layers}
         ins = [n for n, b in self.p.buffers.items() if b.get("graph_io") and n not in written]
         if len(ins) != 1:
             raise SimulationError(f"program has {len(ins)} graph inputs ({ins}); the simulator runs one")
@@ -92,7 +92,7 @@ class Executor:
             self.stage.phase = done % 2
             done += self._pipeline(v, sorted(pipe, key=lambda i: PIPE_ORDER.index(self.p.instrs[i].op)))
         out = v.rec.output
-        self.outputs[v.name] = self.bufs.snapshot(out["buffer"], out["c_offset"], out["c_offset"] + v.spec.co)
+        self.outputs[v.name] = self.bufs.snapshot(out.buffer, out.c_offset, out.c_offset + v.spec.co)
 
     def _capacity(self, li: int) -> int:
         caps = self.p.meta.get("memtile_capacity")
@@ -175,9 +175,9 @@ class Executor:
         cw = v.cores[core]
         chunk = self.wchunk.get(core)
         want = v.chunk_rows.get((cw.oc_group, ins.k, ins.q))
-        if chunk is None or want is None or chunk.row != tuple(int(t) for t in want):
+        if chunk is None or want is None or chunk.row != want:
             raise SimulationError(f"{where}: core {self.mem.core_name(core)} holds weight chunk "
-                                  f"{None if chunk is None else chunk.row[:3]}, step needs {(cw.oc_group, ins.k, ins.q)}")
+                                  f"{None if chunk is None else chunk.row.key}, step needs {(cw.oc_group, ins.k, ins.q)}")
         a, b, c, d = tile
         p, oc_t = (b - a) * (d - c), ch[1] - ch[0]
         part, macs = C.conv_tile(x, v.spec, v.window(tile).stride, (b - a, d - c), chunk)
@@ -267,5 +267,3 @@ class Executor:
         self._core_array(where, core, "out", y_off, y8.shape)[...] = y8
         self.stage.core_out[(core, self.stage.half(i))] = (y_off, y8.shape)
 
-
-__all__ += ["parse_addr"]

@@ -7,8 +7,8 @@ of a slot its own buffer). A lock ``X.empty`` starts with one token, ``X.full`` 
 iteration takes one token of every lock it acquires and, when done, gives one to every lock it
 releases (``[i%2]`` in a lock name: the parity of the iteration counted across the layer's
 steps; ``[i]``: the iteration, i.e. the weight piece). Two fixed
-rules add order: LOADWM of a step starts after every earlier COMP (it halts the cores) and the
-step's COMPs start after its last piece; the DMA stages (LOAD, LOADFM,
+rules add order: an instruction that halts the cores (``Instr.halts``: LOADWM) starts after every
+earlier COMP and the step's COMPs start after its last piece; the DMA stages (LOAD, LOADFM,
 WRITEFM, WRITE) are not halted and follow their locks only; layers run one after another. The
 check runs the engines as far as the locks allow, tracking happens-before with vector clocks, then walks the accesses in the sequential reference order (per step: LOADW, LOADWM,
 then LOAD i, LOADFM i, COMP i, WRITEFM i, WRITE i for each iteration i) and requires
@@ -36,7 +36,6 @@ __all__ = ["HazardError", "check_ordering"]
 AGENTS = ("LOADW", "LOADWM", "LOAD", "LOADFM", "COMP", "WRITEFM", "WRITE")
 PIPE = ("LOAD", "LOADFM", "COMP", "WRITEFM", "WRITE")
 COMP = AGENTS.index("COMP")
-NOTES = ("cores halted",)  # annotations in lock fields that are rules, not locks
 
 
 class HazardError(SimulationError):
@@ -58,13 +57,9 @@ class Event:
     ring: list[tuple] | None = None  # sliding layer: the core.in ring slots LOADFM writes / COMP reads
 
 
-def _locks(s: str, it: int, half: int) -> list[str]:
-    out = []
-    for part in s.split(";"):
-        part = part.strip()
-        if part and part not in NOTES:
-            out.append(part.replace("[i%2]", f"[{half}]").replace("[i]", f"[{it}]"))
-    return out
+def _locks(locks, it: int, half: int) -> list[str]:
+    """The concrete locks of iteration ``it`` on ping-pong half ``half`` (``Lock.resolve``)."""
+    return [lk.resolve(it, half) for lk in locks]
 
 
 def _name(program, ev: Event) -> str:
@@ -82,7 +77,7 @@ def _build(program, idxs: list[int]) -> tuple[list[list[Event]], list[Event]]:
     for i in idxs:
         steps.setdefault(program.instrs[i].step, []).append(i)
     li = program.instrs[idxs[0]].layer
-    ring = _Rings(program, li) if program.layers[li].loops.get("slide") else None
+    ring = _Rings(program, li) if program.layers[li].loops.slide else None
     for step in steps.values():
         pipe_seen = [len(q) for q in queues]
         ops = {program.instrs[i].op for i in step}
@@ -95,9 +90,9 @@ def _build(program, idxs: list[int]) -> tuple[list[list[Event]], list[Event]]:
             if ins.op in ("LOADW", "LOADWM"):  # one iteration per weight piece
                 for it in range(ins.iters):
                     ev = _event(program, queues, i, it, staged)
-                    if ins.op == "LOADWM" and it == 0 and pipe_seen[COMP]:  # the cores finish, then halt
+                    if ins.halts and it == 0 and pipe_seen[COMP]:  # the cores finish, then halt
                         ev.after = [(COMP, pipe_seen[COMP])]
-                    if ins.op == "LOADWM":
+                    if ins.halts:
                         lwm = ev  # the step's COMPs wait for the last piece
                     order.append(ev)
         pipe = sorted((i for i in step if program.instrs[i].op in PIPE), key=lambda i: PIPE.index(program.instrs[i].op))
@@ -200,12 +195,12 @@ def _run(program, queues: list[list[Event]]) -> None:
 def _accesses(program, ev: Event) -> list[tuple[tuple, str]]:
     ins = program.instrs[ev.idx]
     h = ev.half
-    last_q = ins.q == program.layers[ins.layer].loops["n_q"] - 1
+    last_q = ins.q == program.layers[ins.layer].loops.n_q - 1
     op = ins.op
     if op == "LOADW":  # weight slots: one buffer per piece
-        return [((ins.dst, ev.it), "W")]
+        return [(("+".join(map(str, ins.dst)), ev.it), "W")]
     if op == "LOADWM":
-        return [((ins.src, ev.it), "R"), (("core.w",), "W")]
+        return [(("+".join(map(str, ins.src)), ev.it), "R"), (("core.w",), "W")]
     if op == "LOAD":
         return [(("stage_in", h), "W")]
     res = [(("core.res", h), "W" if op == "LOADFM" else "R")] if last_q and program.layers[ins.layer].fused_add else []

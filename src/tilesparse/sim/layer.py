@@ -1,28 +1,22 @@
-"""Static view of one ``LayerRecord``: the LayerSpec / partition it was compiled from, each core's
-tiles, chunk rows and the input window of every tile (docs/program.md, "A layer").
+"""Static view of one ``LayerRecord``: its geometry and partition, each core's tiles, chunk rows
+and the input window of every tile (docs/program.md, "A layer").
 
-Everything here is rebuilt from the program alone (never from the graph); the rules are the
-compiler's own executable helpers (``core_chunk``, ``tile_grid``).
+Everything here is read from the program alone (never from the graph), by the program's own rules
+(``tilesparse.program.layout``: ``tile_grid``, ``chunk_with_inputs``, ``tile_window``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numpy as np
-
-from tilesparse.compiler.layers import LayerSpec
-from tilesparse.compiler.partition import (
-    CoreWork,
-    Grid,
-    LayerPartition,
-    SubVolume,
+from tilesparse.program import ChunkRow, LayerRecord
+from tilesparse.program.layout import (
+    Window,
+    chunk_with_inputs,
+    even_chunk,
     ring_columns,
     slid_tiles,
     tile_grid,
+    tile_window,
 )
-from tilesparse.compiler.program import LayerRecord
-from tilesparse.compiler.stages import chunk_with_inputs, core_chunk
 from tilesparse.sim.memory import SimulationError
 
 __all__ = ["ELEMENTWISE", "LayerView", "Window"]
@@ -30,64 +24,29 @@ __all__ = ["ELEMENTWISE", "LayerView", "Window"]
 ELEMENTWISE = ("add", "relu", "relu6", "copy")  # 1x1 windows, one output per input position
 
 
-@dataclass(frozen=True)
-class Window:
-    """Input rows/columns of a tile's window (indices into the input, padding outside [0, H))."""
-
-    rows: np.ndarray
-    cols: np.ndarray
-    stride: tuple[int, int]  # stride of the window as stored (the kernel extent when compacted)
-
-    @property
-    def positions(self) -> int:
-        return len(self.rows) * len(self.cols)
-
-
-def _axis_index(spec: LayerSpec, a: int, b: int, axis: int) -> tuple[np.ndarray, int]:
-    """Input indices along ``axis`` of the window of outputs [a, b), and its stored stride."""
-    s, p, d, k = spec.stride[axis], spec.padding[axis], spec.dilation[axis], spec.kernel[axis]
-    ext = (k - 1) * d + 1
-    if s >= ext:  # windows do not touch: the strided DMA brings only the rows they read
-        idx = (np.arange(a, b)[:, None] * s - p + np.arange(ext)[None, :]).ravel()
-        return idx, ext
-    return np.arange(a * s - p, (b - 1) * s - p + ext), s
-
-
-def _tup(v) -> tuple[int, int]:
-    return (int(v[0]), int(v[1]))
-
-
 class LayerView:
     """One layer of a program, as the simulator executes it."""
 
     def __init__(self, index: int, rec: LayerRecord):
-        g = rec.geometry
         self.index, self.rec, self.name, self.kind = index, rec, rec.name, rec.kind
-        self.spec = LayerSpec(
-            name=rec.name, kind=rec.kind, inputs=tuple(str(i) for i in range(len(rec.inputs))),
-            ci=g["ci"], hi=g["hi"], wi=g["wi"], co=g["co"], ho=g["ho"], wo=g["wo"],
-            kernel=_tup(g["kernel"]), stride=_tup(g["stride"]), padding=_tup(g["padding"]),
-            dilation=_tup(g["dilation"]), groups=int(g["groups"]), block=_tup(g["block"]))
-        if rec.fused_add:  # the residual is an extra buffer, not a second window input
-            self.spec = LayerSpec(**{**self.spec.__dict__, "inputs": ("0",), "residual": "residual"})
-        self.cores = tuple(CoreWork(*c) for c in rec.cores)
+        self.spec = rec.geometry
+        self.cores = rec.cores
+        self.part = rec.partition
         lp = rec.loops
-        self.part = LayerPartition(rec.name, Grid(**rec.grid), self.cores, SubVolume(**rec.sub),
-                                   lp["n_k"], lp["n_q"], lp["tiles_per_group"], lp["n_tiles"])
-        self.n_s, self.n_k, self.n_q, self.G = lp["n_s"], lp["n_k"], lp["n_q"], lp["tiles_per_group"]
+        self.n_s, self.n_k, self.n_q, self.G = lp.n_s, lp.n_k, lp.n_q, lp.tiles_per_group
         self.tiles = [tile_grid(c.h0, c.h1, c.w0, c.w1, self.part.sub.h, self.part.sub.w) if not c.empty else []
                       for c in self.cores]
-        self.chunk_rows = {(int(r[0]), int(r[1]), int(r[2])): r for r in rec.chunks}
-        self.step_chunks: dict[tuple[int, int], list] = {}  # (k, q) -> chunk rows (what LOADW moves)
+        self.chunk_rows: dict[tuple[int, int, int], ChunkRow] = {r.key: r for r in rec.chunks}
+        self.step_chunks: dict[tuple[int, int], list[ChunkRow]] = {}  # (k, q) -> chunk rows (what LOADW moves)
         for r in rec.chunks:
-            self.step_chunks.setdefault((int(r[1]), int(r[2])), []).append(r)
+            self.step_chunks.setdefault((r.k, r.q), []).append(r)
         self.n_win_inputs = len(rec.inputs) - (1 if rec.fused_add else 0)
         if self.kind == "conv":
             self._check_chunks()
         self._win: dict[tuple[int, int, int, int], Window] = {}
         self.slide = self.spec.slides
-        if bool(lp.get("slide", False)) != self.slide:
-            raise SimulationError(f"layer {self.name!r}: loops['slide'] = {lp.get('slide')!r}, but a {self.kind} "
+        if lp.slide != self.slide:
+            raise SimulationError(f"layer {self.name!r}: loops slide = {lp.slide!r}, but a {self.kind} "
                                   f"with kernel {self.spec.kernel} and stride {self.spec.stride} "
                                   f"{'slides' if self.slide else 'does not slide'} its windows")
         self.ring_cols = ring_columns(self.spec, self.part.sub) if self.slide else 0
@@ -103,7 +62,7 @@ class LayerView:
             first = None
             for q in range(self.n_q):
                 ks = [k for k in range(self.n_k) if (g, k, q) in self.chunk_rows]
-                cuts = [(int(self.chunk_rows[g, k, q][3]), int(self.chunk_rows[g, k, q][4])) for k in ks]
+                cuts = [(self.chunk_rows[g, k, q].oc0, self.chunk_rows[g, k, q].oc1) for k in ks]
                 starts = [oc0] + [b for _, b in cuts]  # each chunk starts where the previous ended
                 first = cuts if first is None else first  # partial sums of chunk k add up over q
                 ok = (ks == list(range(len(ks))) and starts[-1] == oc1 and cuts == first
@@ -118,12 +77,14 @@ class LayerView:
     def chunk(self, core: int, k: int, q: int) -> tuple[int, int, int, int] | None:
         """(oc0, oc1, ci0, ci1) core ``core`` works on in chunk (k, q), None if it idles. A conv's
         output channels come from the program's chunk table (the compiler balances them by kept
-        work, ``partition.oc_chunks``, from a mask the program does not carry)."""
+        work, from a mask the program does not carry); other layers cut every ``sub.oc``."""
         cw = self.cores[core]
-        if self.kind != "conv" or cw.empty:
-            return core_chunk(self.spec, self.part, cw, k, q)
+        if cw.empty:
+            return None
+        if self.kind != "conv":
+            return chunk_with_inputs(self.spec, self.part, *even_chunk(cw.oc0, cw.oc1, self.part.sub.oc, k), q)
         row = self.chunk_rows.get((cw.oc_group, k, q))  # checked by _check_chunks
-        return None if row is None else chunk_with_inputs(self.spec, self.part, int(row[3]), int(row[4]), q)
+        return None if row is None else chunk_with_inputs(self.spec, self.part, row.oc0, row.oc1, q)
 
     def tile(self, core: int, s: int, i: int) -> tuple[int, int, int, int] | None:
         """Output tile (h0, h1, w0, w1) of iteration ``i`` of spatial group ``s``, None if idle."""
@@ -145,13 +106,7 @@ class LayerView:
 
     def window(self, tile: tuple[int, int, int, int]) -> Window:
         if tile not in self._win:
-            a, b, c, d = tile
-            if self.kind == "flatten":  # the whole plane of the chunk's channels
-                self._win[tile] = Window(np.arange(self.spec.hi), np.arange(self.spec.wi), (1, 1))
-            else:
-                r, sr = _axis_index(self.spec, a, b, 0)
-                cc, sc = _axis_index(self.spec, c, d, 1)
-                self._win[tile] = Window(r, cc, (sr, sc))
+            self._win[tile] = tile_window(self.spec, tile)
         return self._win[tile]
 
     def last_q(self, q: int) -> bool:

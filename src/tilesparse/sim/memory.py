@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tilesparse.compiler.partition import residual_capacity
 from tilesparse.errors import TilesparseError
 from tilesparse.hw import ArrayConfig
+from tilesparse.program.layout import residual_capacity
 
 __all__ = ["CORE_REGIONS", "Memories", "SimulationError", "Where"]
 

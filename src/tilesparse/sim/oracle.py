@@ -103,7 +103,7 @@ def simulate(program, x: np.ndarray, *, check: bool = True, progress: bool = Tru
     ex.load_input(program_input(program, x))
     _run_layers(ex, progress)
     final = {n: ex.bufs.snapshot(n, 0, b["shape"][0]) for n, b in program.buffers.items()
-             if b.get("graph_io") and n in {r.output["buffer"] for r in program.layers}}
+             if b.get("graph_io") and n in {r.output.buffer for r in program.layers}}
     return SimResult(ex.outputs, final, ex.acct.compare(), ex.acct.by_level(),
                      time.perf_counter() - t0)
 
@@ -138,7 +138,7 @@ def expected_outputs(program, ref: dict[str, np.ndarray], graph=None) -> dict[st
     out = {}
     orders = program.meta.get("channel_orders", {})
     for rec in program.layers:
-        buf, o, co = rec.output["buffer"], int(rec.output["c_offset"]), int(rec.geometry["co"])
+        buf, o, co = rec.output.buffer, rec.output.c_offset, rec.geometry.co
         node = rec.fused_add or rec.name
         # an add that overwrites its operand's buffer (reuse_input) holds the whole sum there, even
         # when that operand is a concat; anything else writing a concat's buffer fills a slice

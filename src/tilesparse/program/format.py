@@ -1,0 +1,136 @@
+"""The program file: a NumPy ``.npz`` archive written atomically (docs/program.md, "File").
+
+It holds ``header`` (UTF-8 JSON: magic, format version, array description, graph name, layers,
+instructions, buffers, DDR map, metadata, provenance; every record as a JSON object: operands as
+``{"memory", "buffer", "addr"}``, locks as ``{"name", "per", "state"}``), ``weights`` (the DDR
+weight image, uint8), ``per_iter`` (float64: every instruction's per-iteration values,
+concatenated) and ``param/<node>.<name>`` for per-channel quantization arrays.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tilesparse.errors import ProgramError
+from tilesparse.hw import ArrayConfig
+from tilesparse.program.geometry import LayerGeometry
+from tilesparse.program.instr import Instr, Lock, Operand
+from tilesparse.program.records import ChunkRow, CoreWork, Grid, LayerRecord, Loops, SubVolume, TensorSlice
+from tilesparse.utils.config import validate_model
+
+__all__ = ["FORMAT_VERSION", "MAGIC", "decode_header", "encode", "read_arrays"]
+
+MAGIC = "tilesparse-program"
+FORMAT_VERSION = 6
+# 2: staging locks, copy-layer shifts, meta["input_scale_exp"]; 3: weight pieces; 4: ping-pong parity
+# ([i%2]) counts iterations across the steps of a layer; 5: sliding windows (loops["slide"]);
+# 6: typed records: operands, locks, cores, chunks, loops, grid and geometry are JSON objects (no
+# more "+"-joined operand or ";"-joined lock strings, "cores halted" is the instruction's "halts"),
+# the layer kind lives in its geometry, and the header carries "provenance"
+
+
+def encode(program) -> bytes:
+    """The ``.npz`` bytes of ``program``."""
+    header = {"magic": MAGIC, "version": FORMAT_VERSION, "hw": program.hw.model_dump(mode="json"),
+              "graph": program.graph, "quantized": program.quantized,
+              "layers": [asdict(r) for r in program.layers], "instrs": [asdict(i) for i in program.instrs],
+              "buffers": program.buffers, "ddr": program.ddr, "meta": program.meta,
+              "provenance": program.provenance}
+    buf = io.BytesIO()
+    arrays = {"header": np.frombuffer(json.dumps(header, default=_json).encode(), np.uint8),
+              "weights": program.weights, "per_iter": program.per_iter}
+    arrays.update({f"param/{k}": v for k, v in program.params.items()})
+    np.savez(buf, **arrays)  # type: ignore[arg-type]  # int8 weights do not compress
+    return buf.getvalue()
+
+
+def read_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every array of a program file; ``ProgramError`` if missing, truncated or corrupt (the zip
+    CRC of each member is checked on read)."""
+    if not path.is_file():
+        raise ProgramError(f"{path}: no such program file")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
+        raise ProgramError(f"{path}: not a readable tilesparse program (truncated or corrupt: {e})") from None
+
+
+def decode_header(raw: dict[str, np.ndarray], src: str, hw: ArrayConfig | None) -> dict[str, Any]:
+    """The header as constructor arguments of ``Program`` (records built and validated)."""
+    if "header" not in raw:
+        raise ProgramError(f"{src}: no header; not a tilesparse program")
+    try:
+        h = json.loads(raw["header"].tobytes().decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ProgramError(f"{src}: corrupt header ({e})") from None
+    if not isinstance(h, dict) or h.get("magic") != MAGIC:
+        raise ProgramError(f"{src}: not a tilesparse program (magic {h.get('magic') if isinstance(h, dict) else h!r})")
+    if h.get("version") != FORMAT_VERSION:
+        raise ProgramError(f"{src}: program format version {h.get('version')}, this tilesparse "
+                           f"reads version {FORMAT_VERSION}; recompile it")
+    phw = validate_model(ArrayConfig, h.get("hw"), source=f"{src} (array)")
+    if hw is not None and phw != hw:
+        raise ProgramError(f"{src}: compiled for array {phw.label} ({phw.rows}x{phw.cols}), "
+                           f"not for {hw.label} ({hw.rows}x{hw.cols}); recompile for this array")
+    for key in ("per_iter", "weights"):
+        if key not in raw:
+            raise ProgramError(f"{src}: no {key!r} array; not a complete tilesparse program")
+    out = {"hw": phw, "graph": _field(h, "graph", src), "quantized": _field(h, "quantized", src)}
+    layers = _field(h, "layers", src)
+    out["layers"] = tuple(_decode(_layer, d, f"{src}: layer {i}") for i, d in enumerate(layers))
+    instrs = _field(h, "instrs", src)
+    out["instrs"] = tuple(_decode(_instr, d, f"{src}: instruction #{i}") for i, d in enumerate(instrs))
+    out.update(buffers=_field(h, "buffers", src), ddr=_field(h, "ddr", src), meta=_field(h, "meta", src),
+               provenance=h.get("provenance", {}), per_iter=raw["per_iter"], weights=raw["weights"],
+               params={k[len("param/"):]: v for k, v in raw.items() if k.startswith("param/")})
+    return out
+
+
+def _field(h: dict, key: str, src: str) -> Any:
+    if key not in h:
+        raise ProgramError(f"{src}: corrupt header (no {key!r})")
+    return h[key]
+
+
+def _decode(fn, d: Any, where: str):
+    try:
+        return fn(d)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        what = f"no field {e}" if isinstance(e, KeyError) else str(e)
+        raise ProgramError(f"{where}: corrupt record ({what}); recompile it") from None
+
+
+def _layer(d: dict) -> LayerRecord:
+    rest = {k: v for k, v in d.items() if k not in _TYPED}
+    return LayerRecord(
+        geometry=LayerGeometry(**d["geometry"]), inputs=tuple(TensorSlice(**x) for x in d["inputs"]),
+        output=TensorSlice(**d["output"]), grid=Grid(**d["grid"]), sub=SubVolume(**d["sub"]),
+        loops=Loops(**d["loops"]), cores=tuple(CoreWork(**c) for c in d["cores"]),
+        chunks=tuple(ChunkRow(**c) for c in d["chunks"]), **rest)
+
+
+_TYPED = ("geometry", "inputs", "output", "grid", "sub", "loops", "cores", "chunks")
+
+
+def _instr(d: dict) -> Instr:
+    return Instr(**{**d, "src": tuple(Operand(**o) for o in d["src"]), "dst": tuple(Operand(**o) for o in d["dst"]),
+                    "acquire": tuple(Lock(**lk) for lk in d["acquire"]),
+                    "release": tuple(Lock(**lk) for lk in d["release"])})
+
+
+def _json(x: Any) -> Any:
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, (set, frozenset)):
+        return sorted(x)
+    return str(x)

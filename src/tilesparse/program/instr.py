@@ -1,0 +1,152 @@
+"""Instructions, their operands and their locks (docs/program.md, "Instructions", "Locks").
+
+An ``Operand`` names one memory an instruction touches; an ``Instr`` lists them (``src``/``dst``
+tuples). A ``Lock`` names one half or piece of a buffer and the state an instruction waits for
+(``acquire``) or hands over (``release``). ``str()`` of each gives the notation of the listing
+(``ddr@1024``, ``memtile:x@0``, ``core.in[i%2].full``).
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+
+__all__ = ["CORE_BUFFERS", "LOCK_NAMES", "MEMORIES", "OPS", "STAGING_BUFFERS", "Instr", "Lock", "Operand"]
+
+OPS = ("LOAD", "LOADW", "LOADFM", "LOADWM", "COMP", "WRITEFM", "WRITE")
+MEMORIES = ("ddr", "memtile", "staging", "core")
+STAGING_BUFFERS = ("wslot0", "wslot1", "stage_in", "stage_out")  # MemTile staging areas
+CORE_BUFFERS = ("in", "w", "out", "res")
+LOCK_NAMES = ("wslot0", "wslot1", "stage_in", "stage_out", "core.in", "core.out")
+
+
+def _count(v, what: str) -> int:
+    """``v`` as a Python int >= 0 (NumPy integers accepted; floats and bools are not)."""
+    try:
+        n = operator.index(v)
+    except TypeError:
+        raise ValueError(f"{what} {v!r}: expected an integer >= 0") from None
+    if isinstance(v, bool) or n < 0:
+        raise ValueError(f"{what} {v!r}: expected an integer >= 0")
+    return int(n)
+
+
+@dataclass(frozen=True, slots=True)
+class Operand:
+    """One memory: ``ddr`` at byte ``addr``; an activation ``buffer`` in ``memtile`` (striped,
+    at ``addr`` = its offset); a MemTile ``staging`` area; a ``core`` buffer (in, w, out, res)."""
+
+    memory: str
+    buffer: str = ""
+    addr: int = 0
+
+    def __post_init__(self) -> None:
+        if self.memory not in MEMORIES:
+            raise ValueError(f"operand memory {self.memory!r}: expected one of {', '.join(MEMORIES)}")
+        allowed = {"staging": STAGING_BUFFERS, "core": CORE_BUFFERS}.get(self.memory)
+        if allowed is not None and self.buffer not in allowed:
+            raise ValueError(f"operand {self.memory} buffer {self.buffer!r}: expected one of {', '.join(allowed)}")
+        if self.memory == "memtile" and not self.buffer:
+            raise ValueError("operand memtile: names no buffer")
+        object.__setattr__(self, "addr", _count(self.addr, f"operand {self.memory} address"))
+
+    @classmethod
+    def ddr(cls, addr: int) -> Operand:
+        return cls("ddr", "", addr)
+
+    @classmethod
+    def memtile(cls, buffer: str, offset: int) -> Operand:
+        return cls("memtile", buffer, offset)
+
+    @classmethod
+    def staging(cls, area: str) -> Operand:
+        return cls("staging", area)
+
+    @classmethod
+    def core(cls, buffer: str) -> Operand:
+        return cls("core", buffer)
+
+    @property
+    def slot(self) -> int | None:
+        """The weight slot index of ``staging`` ``wslot0``/``wslot1``, else None."""
+        return int(self.buffer[-1]) if self.memory == "staging" and self.buffer.startswith("wslot") else None
+
+    def __str__(self) -> str:
+        if self.memory == "ddr":
+            return f"ddr@{self.addr}"
+        if self.memory == "memtile":
+            return f"memtile:{self.buffer}@{self.addr}"
+        return f"{'memtile' if self.memory == 'staging' else 'core'}.{self.buffer}"
+
+
+@dataclass(frozen=True, slots=True)
+class Lock:
+    """A lock of buffer ``name``: per ``parity`` (``[i%2]``: the ping-pong half, i counted across
+    the layer's steps) or per ``piece`` (``[i]``: weight piece i), in ``state`` full or empty."""
+
+    name: str
+    per: str  # "parity" or "piece"
+    state: str  # "full" or "empty"
+
+    def __post_init__(self) -> None:
+        if self.name not in LOCK_NAMES:
+            raise ValueError(f"lock name {self.name!r}: expected one of {', '.join(LOCK_NAMES)}")
+        if self.per not in ("parity", "piece"):
+            raise ValueError(f"lock {self.name} index {self.per!r}: expected 'parity' or 'piece'")
+        if self.state not in ("full", "empty"):
+            raise ValueError(f"lock {self.name} state {self.state!r}: expected 'full' or 'empty'")
+
+    @classmethod
+    def parity(cls, name: str, state: str) -> Lock:
+        return cls(name, "parity", state)
+
+    @classmethod
+    def piece(cls, name: str, state: str) -> Lock:
+        return cls(name, "piece", state)
+
+    def resolve(self, it: int, half: int) -> str:
+        """The concrete lock of iteration ``it`` on ping-pong half ``half``."""
+        return f"{self.name}[{half if self.per == 'parity' else it}].{self.state}"
+
+    def __str__(self) -> str:
+        return f"{self.name}[{'i%2' if self.per == 'parity' else 'i'}].{self.state}"
+
+
+@dataclass(frozen=True, slots=True)
+class Instr:
+    """One instruction; it drives every core (or channel) involved, for ``iters`` iterations.
+
+    ``src``/``dst``: every memory read / written (``Operand``). ``nbytes`` is the total moved over
+    all channels and iterations (for COMP: the MACs executed). ``offset`` indexes
+    ``Program.per_iter``: ``iters`` values of busiest-channel bytes (transfers) or slowest-core
+    cycles (COMP). ``acquire``/``release``: locks taken before / given after each iteration;
+    ``halts``: the instruction halts the cores (LOADWM: it starts once the previous COMP is done).
+    """
+
+    op: str
+    layer: int  # index into Program.layers
+    step: int  # (s, k, q) step index within the layer
+    s: int
+    k: int
+    q: int
+    iters: int
+    src: tuple[Operand, ...]
+    dst: tuple[Operand, ...]
+    nbytes: int
+    offset: int
+    acquire: tuple[Lock, ...] = ()
+    release: tuple[Lock, ...] = ()
+    halts: bool = False
+
+    def __post_init__(self) -> None:
+        if self.op not in OPS:
+            raise ValueError(f"instruction op {self.op!r}: expected one of {', '.join(OPS)}")
+        for f in ("layer", "step", "s", "k", "q", "iters", "nbytes", "offset"):
+            object.__setattr__(self, f, _count(getattr(self, f), f"{self.op} {f}"))
+        for f in ("src", "dst", "acquire", "release"):
+            object.__setattr__(self, f, tuple(getattr(self, f)))
+
+    def locks_text(self, which: str) -> str:
+        """``acquire`` or ``release`` as the listing writes it (``"; "``-joined)."""
+        locks = [str(lk) for lk in getattr(self, which)]
+        return "; ".join(locks + (["cores halted"] if which == "acquire" and self.halts else []))

@@ -1,0 +1,129 @@
+"""The packed weight chunk format: only the kept blocks of each chunk, with a block bitmap.
+
+A *chunk* is the weight slice one core holds at a time: output channels [oc0, oc1) × input-channel
+blocks [cb0, cb1) of its group × the whole kernel. Its packed form (docs/program.md, "weight
+chunk") is, little-endian, with no padding between fields:
+
+1. **bitmap** — one bit per (block row, block column) of the chunk, block rows in channel order,
+   row-major, least significant bit first (``np.packbits(..., bitorder="little")``), padded to a
+   whole byte. A block row is a mask block row clipped to [oc0, oc1).
+2. **blocks** — for each set bit in bitmap order: the int8 block as ``[o][ky][kx][i]`` (C order),
+   ``o`` over the block row's channels, ``i`` over the block column's channels (a ragged last
+   block column is narrower, never zero-padded).
+3. **bias** — only in the last input-channel chunk: int32 per output channel of [oc0, oc1).
+
+At 50 % sparsity the bitmap costs one bit per 64·taps dense bytes, so a 1×1 conv packs to
+50.2 % of its dense bytes. ``spec`` below is a ``LayerGeometry`` or the compiler's ``LayerSpec``
+(``pack_chunk`` needs the latter's kept-block mask).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from tilesparse.program.geometry import LayerGeometry
+
+__all__ = ["BITS_PER_BYTE", "PIECE_ALIGN", "ChunkGeometry", "chunk_geometry", "pack_chunk", "piece_bounds",
+           "unpack_chunk"]
+
+BITS_PER_BYTE = 8
+PIECE_ALIGN = 4  # weight pieces start on 32-bit words (the DMA's unit)
+
+
+def piece_bounds(nbytes: np.ndarray | int, pieces: int) -> np.ndarray:
+    """Byte offsets ``[b_0 = 0, …, b_P = nbytes]`` (last axis) splitting chunks of ``nbytes``
+    into ``pieces`` nearly equal word-aligned ranges (docs/program.md, "weight pieces"); a
+    chunk smaller than ``pieces`` words leaves its last pieces empty."""
+    n = np.asarray(nbytes, dtype=np.int64)[..., None]
+    i = np.arange(pieces + 1, dtype=np.int64)
+    step = pieces * PIECE_ALIGN
+    return np.minimum(n, PIECE_ALIGN * -(-(i * n) // step))
+
+
+@dataclass(frozen=True)
+class ChunkGeometry:
+    """Block rows / columns of a chunk, as index arrays into the layer's mask."""
+
+    oc0: int
+    oc1: int
+    cb0: int
+    cb1: int
+    rows: np.ndarray  # mask block-row index of each block row of the chunk
+    row_ch: np.ndarray  # (start, stop) output channels of each block row, shape (n, 2)
+    col_w: np.ndarray  # channel width of each block column
+
+
+def _row_index(spec: LayerGeometry, o: np.ndarray) -> np.ndarray:
+    og, bo = spec.co // spec.groups, spec.block[0]
+    g, r = np.divmod(o, og)
+    return g * math.ceil(og / bo) + r // bo
+
+
+def chunk_geometry(spec: LayerGeometry, oc0: int, oc1: int, cb0: int, cb1: int) -> ChunkGeometry:
+    o = np.arange(oc0, oc1)
+    ridx = _row_index(spec, o)
+    starts = np.flatnonzero(np.r_[True, ridx[1:] != ridx[:-1]]) if len(o) else np.zeros(0, int)
+    stops = np.r_[starts[1:], len(o)].astype(int)
+    row_ch = np.stack([starts + oc0, stops + oc0], axis=1) if len(o) else np.zeros((0, 2), int)
+    ig, bi = spec.ci // spec.groups, spec.block[1]
+    col_w = np.minimum(bi, ig - np.arange(cb0, cb1) * bi)
+    return ChunkGeometry(oc0, oc1, cb0, cb1, ridx[starts] if len(o) else ridx, row_ch, col_w)
+
+
+def pack_chunk(spec, w8: np.ndarray, bias: np.ndarray | None, geo: ChunkGeometry) -> bytes:
+    """Packed bytes of one chunk (module doc). ``w8``: int8 weight O × I_g × kh × kw; ``spec``:
+    the layer with its kept-block ``mask`` (the compiler's ``LayerSpec``)."""
+    assert spec.mask is not None
+    keep = spec.mask[geo.rows][:, geo.cb0:geo.cb1]
+    parts = [np.packbits(keep.ravel(), bitorder="little").tobytes()]
+    bi = spec.block[1]
+    heights = geo.row_ch[:, 1] - geo.row_ch[:, 0]
+    if len(heights) and (heights == heights[0]).all() and (geo.col_w == bi).all():
+        # regular chunk: gather every kept block at once, in bitmap order
+        h, n = int(heights[0]), len(geo.col_w)
+        sub = w8[geo.oc0:geo.oc1, geo.cb0 * bi:geo.cb1 * bi]
+        kh, kw = sub.shape[2:]
+        blocks = sub.reshape(len(heights), h, n, bi, kh, kw).transpose(0, 2, 1, 4, 5, 3)
+        parts.append(np.ascontiguousarray(blocks[keep]).tobytes())
+        if bias is not None:
+            parts.append(np.asarray(bias[geo.oc0:geo.oc1], dtype="<i4").tobytes())
+        return b"".join(parts)
+    for r, (a, b) in enumerate(geo.row_ch):
+        for j in np.flatnonzero(keep[r]):
+            c0 = (geo.cb0 + j) * bi
+            blk = w8[a:b, c0:c0 + geo.col_w[j]]  # o × i × ky × kx
+            parts.append(np.ascontiguousarray(blk.transpose(0, 2, 3, 1)).tobytes())
+    if bias is not None:
+        parts.append(np.asarray(bias[geo.oc0:geo.oc1], dtype="<i4").tobytes())
+    return b"".join(parts)
+
+
+def unpack_chunk(spec: LayerGeometry, buf: bytes, geo: ChunkGeometry, with_bias: bool
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Inverse of ``pack_chunk``: the dense int8 weights of the chunk (zeros where blocks were
+    skipped), shape (oc1-oc0) × (channels of [cb0, cb1)) × kh × kw, and the bias if present."""
+    kh, kw = spec.kernel
+    nrows, ncols = len(geo.row_ch), geo.cb1 - geo.cb0
+    nbit = math.ceil(nrows * ncols / BITS_PER_BYTE)
+    bits = np.unpackbits(np.frombuffer(buf[:nbit], np.uint8), bitorder="little")
+    keep = bits[: nrows * ncols].reshape(nrows, ncols).astype(bool)
+    col0 = np.r_[0, np.cumsum(geo.col_w)]
+    out = np.zeros((geo.oc1 - geo.oc0, int(col0[-1]), kh, kw), dtype=np.int8)
+    pos = nbit
+    for r, (a, b) in enumerate(geo.row_ch):
+        for j in np.flatnonzero(keep[r]):
+            n = (b - a) * kh * kw * int(geo.col_w[j])
+            blk = np.frombuffer(buf[pos:pos + n], np.int8).reshape(b - a, kh, kw, geo.col_w[j])
+            out[a - geo.oc0:b - geo.oc0, col0[j]:col0[j + 1]] = blk.transpose(0, 3, 1, 2)
+            pos += n
+    bias = None
+    if with_bias:
+        bias = np.frombuffer(buf[pos:pos + 4 * (geo.oc1 - geo.oc0)], "<i4").copy()
+        pos += 4 * (geo.oc1 - geo.oc0)
+    if pos != len(buf):
+        raise ValueError(f"chunk of {getattr(spec, 'name', 'the layer')}: {len(buf)} bytes, "
+                         f"layout accounts for {pos}")
+    return out, bias
