@@ -24,7 +24,12 @@ from tilesparse.program import (
     Program,
     SubVolume,
 )
-from tilesparse.program.layout import chunk_with_inputs, even_chunk, tile_grid, tile_window
+from tilesparse.program.layout import (
+    chunk_with_inputs,
+    even_chunk,
+    tile_grid,
+    tile_window,
+)
 
 
 @pytest.fixture(scope="module")

@@ -176,7 +176,8 @@ def test_window_overflowing_core_input_buffer(prog):
     hw = p.hw
     p.hw = hw.model_copy(update={"core": hw.core.model_copy(update={"input_buffer_bytes": 64})})
     # the stem conv slides its windows: its ring of two windows' columns no longer fits
-    with pytest.raises(SimulationError, match=r"stem_0' LOADFM .* input ring \(6 columns x 99 B\) overflows core\.in \(64 B\)"):
+    with pytest.raises(SimulationError,
+                       match=r"stem_0' LOADFM .* input ring \(6 columns x 99 B\) overflows core\.in \(64 B\)"):
         simulate(p, np.zeros((3, 32, 32), np.int8), progress=False, check=False)
 
 

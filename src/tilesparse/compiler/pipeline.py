@@ -32,7 +32,15 @@ from tilesparse.errors import UnsupportedOpError
 from tilesparse.hw import ArrayConfig, load_array
 from tilesparse.ir.graph import Graph, Op
 from tilesparse.passes.balance import balance_channels, reorder_channels, reorderable
-from tilesparse.program import ChunkRow, LayerGeometry, LayerRecord, Loops, Operand, Program, TensorSlice
+from tilesparse.program import (
+    ChunkRow,
+    LayerGeometry,
+    LayerRecord,
+    Loops,
+    Operand,
+    Program,
+    TensorSlice,
+)
 from tilesparse.quant.rounding import INT8_MAX, INT8_MIN
 
 __all__ = ["compile_graph", "compile_model", "lower_layers"]
@@ -192,7 +200,7 @@ def _assemble(graph, hw, plans: list[LayerPlan], ins, buffers, alloc, t0) -> Pro
                      "part_bytes": alloc.placements[b.name].part_bytes, "nbytes": b.nbytes,
                      "shape": list(chw(graph.node(b.name))), "live": [b.start, b.end],
                      "graph_io": b.forced_ddr} for b in buffers}
-    return Program(hw, graph.name, quantized, records, instrs,
+    return Program(hw, graph.name, quantized, tuple(records), tuple(instrs),
                    np.concatenate(per_iter) if per_iter else np.zeros(0),
                    np.frombuffer(bytes(image), np.uint8), bufs,
                    {k: list(v) for k, v in ddr.regions.items()}, _quant_params(graph), meta)

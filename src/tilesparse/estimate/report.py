@@ -45,7 +45,8 @@ def layer_rows(program, ptime: ProgramTime | None = None) -> list[dict]:
     out = []
     for rec, (name, start, secs), b in zip(program.layers, ptime.layers, program_bounds(program)):
         out.append({"layer": name, "kind": rec.kind, "start_us": start * 1e6, "time_us": secs * 1e6,
-                    "bound_us": b.bound_s * 1e6, "floor_us": b.floor_s * 1e6, "limiter": b.limiter, "roofline_us": b.roofline_s * 1e6,
+                    "bound_us": b.bound_s * 1e6, "floor_us": b.floor_s * 1e6, "limiter": b.limiter,
+                    "roofline_us": b.roofline_s * 1e6,
                     "compute_us": b.compute_s * 1e6, "ddr_us": b.ddr_s * 1e6, "memtile_us": b.memtile_s * 1e6,
                     "ratio": secs / b.bound_s if b.bound_s else float("nan"),
                     "dense_w": rec.dense_weight_bytes, "packed_w": rec.packed_weight_bytes,

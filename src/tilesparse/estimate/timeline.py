@@ -77,7 +77,8 @@ def _html(program, ptime: ProgramTime, path: Path) -> Path:
     height = LANE_PX * len(OPS) + 10
     page = f"""<!doctype html><html><head><meta charset="utf-8">
 <title>{html.escape(program.graph)} on {program.hw.label}</title>
-<style>body{{font-family:sans-serif}} table{{border-collapse:collapse}} td,th{{padding:2px 8px;border-bottom:1px solid #eee}}</style>
+<style>body{{font-family:sans-serif}} table{{border-collapse:collapse}}
+td,th{{padding:2px 8px;border-bottom:1px solid #eee}}</style>
 </head><body><h2>{html.escape(program.graph)} on {program.hw.label}: {ptime.total_s * 1e3:.3f} ms</h2>
 <p>One lane per instruction type; hover a bar for its layer, step, time and explanation.</p>
 <svg width="{left + SVG_WIDTH + 10}" height="{height}">{''.join(labels)}{''.join(rects)}</svg>

@@ -22,7 +22,15 @@ from tilesparse.errors import ProgramError
 from tilesparse.hw import ArrayConfig
 from tilesparse.program.geometry import LayerGeometry
 from tilesparse.program.instr import Instr, Lock, Operand
-from tilesparse.program.records import ChunkRow, CoreWork, Grid, LayerRecord, Loops, SubVolume, TensorSlice
+from tilesparse.program.records import (
+    ChunkRow,
+    CoreWork,
+    Grid,
+    LayerRecord,
+    Loops,
+    SubVolume,
+    TensorSlice,
+)
 from tilesparse.utils.config import validate_model
 
 __all__ = ["FORMAT_VERSION", "MAGIC", "decode_header", "encode", "read_arrays"]

@@ -17,7 +17,8 @@ KINDS = ("conv", "maxpool", "avgpool", "add", "relu", "relu6", "copy", "flatten"
 
 class WindowRules:
     """Rules of a window op over attributes ``kind``, ``ci``, ``hi``, ``wi``, ``co``, ``kernel``,
-    ``stride``, ``dilation``, ``groups`` and ``n_in`` (input tensors read per output element)."""
+    ``stride``, ``dilation``, ``groups``, ``block`` and ``n_in`` (input tensors read per output
+    element)."""
 
     __slots__ = ()
     kind: str
@@ -29,6 +30,7 @@ class WindowRules:
     stride: tuple[int, int]
     dilation: tuple[int, int]
     groups: int
+    block: tuple[int, int]
     n_in: int
 
     @property

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tilesparse.program.geometry import LayerGeometry
+from tilesparse.program.geometry import WindowRules
 
 __all__ = ["BITS_PER_BYTE", "PIECE_ALIGN", "ChunkGeometry", "chunk_geometry", "pack_chunk", "piece_bounds",
            "unpack_chunk"]
@@ -56,13 +56,13 @@ class ChunkGeometry:
     col_w: np.ndarray  # channel width of each block column
 
 
-def _row_index(spec: LayerGeometry, o: np.ndarray) -> np.ndarray:
+def _row_index(spec: WindowRules, o: np.ndarray) -> np.ndarray:
     og, bo = spec.co // spec.groups, spec.block[0]
     g, r = np.divmod(o, og)
     return g * math.ceil(og / bo) + r // bo
 
 
-def chunk_geometry(spec: LayerGeometry, oc0: int, oc1: int, cb0: int, cb1: int) -> ChunkGeometry:
+def chunk_geometry(spec: WindowRules, oc0: int, oc1: int, cb0: int, cb1: int) -> ChunkGeometry:
     o = np.arange(oc0, oc1)
     ridx = _row_index(spec, o)
     starts = np.flatnonzero(np.r_[True, ridx[1:] != ridx[:-1]]) if len(o) else np.zeros(0, int)
@@ -101,7 +101,7 @@ def pack_chunk(spec, w8: np.ndarray, bias: np.ndarray | None, geo: ChunkGeometry
     return b"".join(parts)
 
 
-def unpack_chunk(spec: LayerGeometry, buf: bytes, geo: ChunkGeometry, with_bias: bool
+def unpack_chunk(spec: WindowRules, buf: bytes, geo: ChunkGeometry, with_bias: bool
                  ) -> tuple[np.ndarray, np.ndarray | None]:
     """Inverse of ``pack_chunk``: the dense int8 weights of the chunk (zeros where blocks were
     skipped), shape (oc1-oc0) × (channels of [cb0, cb1)) × kh × kw, and the bias if present."""

@@ -96,7 +96,7 @@ class Staging:
     # ---- weights ----------------------------------------------------------------------------
     def _piece(self, rows: list[ChunkRow], i: int, n_p: int) -> list[tuple[ChunkRow, int, int, int]]:
         """Piece ``i`` of a step's chunks: (row, DDR address, bytes, offset in the chunk) per chunk,
-        in DDR order — the i-th byte range of every chunk (``pack.piece_bounds``)."""
+        in DDR order — the i-th byte range of every chunk (``packing.piece_bounds``)."""
         out = []
         for r in sorted(rows, key=lambda r: r.ddr_addr):
             b = piece_bounds(r.nbytes, n_p)
@@ -133,19 +133,13 @@ class Staging:
         """LOADWM piece ``i``: every core's range i of its chunk, slot → core.w at the same offset
         in the chunk; after the last piece the core decodes the chunk from its weight buffer."""
         ins, where = self.p.instrs[idx], self._where(idx, i)
-        slot = _slot_index(where, ins.src)
-        st = self.slot.get(slot)
-        if st is None or i not in st["filled"]:
-            raise SimulationError(f"{where}: reads piece {i} of wslot{slot} before any LOADW filled it")
-        if ins.iters != st["pieces"]:
-            raise SimulationError(f"{where}: copies {ins.iters} weight pieces, the LOADW that filled "
-                                  f"wslot{slot} moved {st['pieces']}")
+        slot, st = self._filled_slot(where, ins, i)
         addr, n = st["addr"], st["n"]
         off_i, part = st["filled"][i]
         a0, _ = self._area("w", slot)
         rows = self.v.step_chunks.get((ins.k, ins.q), [])
         pos, at = 0, {}
-        for r, _, nb, in_chunk in self._piece(rows, i, st["pieces"]):  # where each chunk's range lies in the piece
+        for r, _, nb, in_chunk in self._piece(rows, i, st["pieces"]):  # each chunk's range in the piece
             at[r.key] = (pos, nb, in_chunk)
             pos += nb
         seen: dict[tuple[int, int], None] = {}  # (row, oc group) chunks already sent on a row channel
@@ -172,6 +166,18 @@ class Staging:
             if i == ins.iters - 1:
                 data = self.mem.core_slice(where, core, "w", 0, row.nbytes).copy()
                 self.ex.wchunk[core] = self._decode(where, core, row, ch, data, seen)
+
+    def _filled_slot(self, where, ins, i: int) -> tuple[int, dict]:
+        """The weight slot LOADWM ``ins`` reads and its state; refuses a piece no LOADW filled or
+        another piece count than the LOADW's."""
+        slot = _slot_index(where, ins.src)
+        st = self.slot.get(slot)
+        if st is None or i not in st["filled"]:
+            raise SimulationError(f"{where}: reads piece {i} of wslot{slot} before any LOADW filled it")
+        if ins.iters != st["pieces"]:
+            raise SimulationError(f"{where}: copies {ins.iters} weight pieces, the LOADW that filled "
+                                  f"wslot{slot} moved {st['pieces']}")
+        return slot, st
 
     def _decode(self, where, core, row, ch, data, seen) -> C.Chunk:
         key = (*row.key, ch[2], ch[3])
@@ -251,8 +257,8 @@ class Staging:
         fill = [0] * self.cols
         for core, tile, ch in ctx:
             col, reg = core % self.cols, self.v.cores[core].region
-            items: list[tuple[tuple, tuple | None]] = [((j, reg, ch[2], ch[3]), (j, buf, coff)) for j, buf, coff in self._inputs()
-                     if self.ex.bufs.in_ddr(buf)]
+            items: list[tuple[tuple, tuple | None]] = [((j, reg, ch[2], ch[3]), (j, buf, coff))
+                                                       for j, buf, coff in self._inputs() if self.ex.bufs.in_ddr(buf)]
             if self._wants_residual(idx) and self.ex.bufs.in_ddr(self.v.rec.inputs[-1].buffer):
                 items.append((("res", core), None))
             for key, src in items:
@@ -260,14 +266,16 @@ class Staging:
                     continue
                 x = (self._residual(where, tile, ch) if src is None
                      else self._window(where, core, tile, ch, *src[1:], self._new_cols(idx, i, core, tile)))
-                self.mem.memtile[self._mt_range(where, col, "in", half, fill[col], x.size)] = x.reshape(-1).view(np.uint8)
+                at = self._mt_range(where, col, "in", half, fill[col], x.size)
+                self.mem.memtile[at] = x.reshape(-1).view(np.uint8)
                 self.stage_in[half][(col, key)] = (fill[col], x.shape)
                 self.ex.acct.move(idx, i, col, x.size)
                 fill[col] += x.size
 
     def _staged(self, where, col, half, key) -> np.ndarray:
         if (col, key) not in self.stage_in[half]:
-            raise SimulationError(f"{where}: reads {key} from stage_in[{half}] of column {col}, which LOAD did not fill")
+            raise SimulationError(f"{where}: reads {key} from stage_in[{half}] of column {col}, "
+                                  f"which LOAD did not fill")
         off, shape = self.stage_in[half][(col, key)]
         n = int(np.prod(shape))
         return self.mem.memtile[self._mt_range(where, col, "in", half, off, n)].view(np.int8).reshape(shape)

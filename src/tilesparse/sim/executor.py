@@ -158,7 +158,7 @@ class Executor:
 
     def _out_slots(self, v: LayerView, i: int) -> tuple[tuple[str, int], int]:
         """((region, accumulator offset), int8 tile offset in core.out) for iteration ``i``
-        (``partition.acc_slot``; docs/program.md)."""
+        (``layout.acc_slot``; docs/program.md)."""
         out = self.hw.core.output_buffer_bytes
         sub = v.part.sub
         h = self.stage.half(i)
@@ -177,7 +177,8 @@ class Executor:
         want = v.chunk_rows.get((cw.oc_group, ins.k, ins.q))
         if chunk is None or want is None or chunk.row != want:
             raise SimulationError(f"{where}: core {self.mem.core_name(core)} holds weight chunk "
-                                  f"{None if chunk is None else chunk.row.key}, step needs {(cw.oc_group, ins.k, ins.q)}")
+                                  f"{None if chunk is None else chunk.row.key}, "
+                                  f"step needs {(cw.oc_group, ins.k, ins.q)}")
         a, b, c, d = tile
         p, oc_t = (b - a) * (d - c), ch[1] - ch[0]
         part, macs = C.conv_tile(x, v.spec, v.window(tile).stride, (b - a, d - c), chunk)

@@ -10,8 +10,9 @@ steps; ``[i]``: the iteration, i.e. the weight piece). Two fixed
 rules add order: an instruction that halts the cores (``Instr.halts``: LOADWM) starts after every
 earlier COMP and the step's COMPs start after its last piece; the DMA stages (LOAD, LOADFM,
 WRITEFM, WRITE) are not halted and follow their locks only; layers run one after another. The
-check runs the engines as far as the locks allow, tracking happens-before with vector clocks, then walks the accesses in the sequential reference order (per step: LOADW, LOADWM,
-then LOAD i, LOADFM i, COMP i, WRITEFM i, WRITE i for each iteration i) and requires
+check runs the engines as far as the locks allow, tracking happens-before with vector clocks,
+then walks the accesses in the sequential reference order (per step: LOADW, LOADWM, then LOAD i,
+LOADFM i, COMP i, WRITEFM i, WRITE i for each iteration i) and requires
 
 * every read of a buffer to happen after the write it needs (a read before its producer completed),
 * every write to happen after the reads of the data it replaces (an overwrite of a buffer still
@@ -79,36 +80,51 @@ def _build(program, idxs: list[int]) -> tuple[list[list[Event]], list[Event]]:
     li = program.instrs[idxs[0]].layer
     ring = _Rings(program, li) if program.layers[li].loops.slide else None
     for step in steps.values():
-        pipe_seen = [len(q) for q in queues]
         ops = {program.instrs[i].op for i in step}
         staged = ("LOAD" in ops, "WRITE" in ops)
-        lwm = None
-        for i in step:
-            ins = program.instrs[i]
-            if ins.op not in AGENTS:
-                raise HazardError(f"instruction #{i}: unknown op {ins.op!r}")
-            if ins.op in ("LOADW", "LOADWM"):  # one iteration per weight piece
-                for it in range(ins.iters):
-                    ev = _event(program, queues, i, it, staged)
-                    if ins.halts and it == 0 and pipe_seen[COMP]:  # the cores finish, then halt
-                        ev.after = [(COMP, pipe_seen[COMP])]
-                    if ins.halts:
-                        lwm = ev  # the step's COMPs wait for the last piece
-                    order.append(ev)
-        pipe = sorted((i for i in step if program.instrs[i].op in PIPE), key=lambda i: PIPE.index(program.instrs[i].op))
-        iters = max((program.instrs[i].iters for i in pipe), default=0)
-        for it in range(iters):
-            slots = ring.advance(program.instrs[pipe[0]], it) if ring is not None else None
-            for i in pipe:
-                if it < program.instrs[i].iters:
-                    ev = _event(program, queues, i, it, staged, (done + it) % 2)
-                    if lwm is not None and ev.agent == COMP:  # DMA stages follow their locks only
-                        ev.after = [(lwm.agent, lwm.seq)]
-                    if slots is not None and program.instrs[i].op in ("LOADFM", "COMP"):
-                        ev.ring = slots[program.instrs[i].op == "COMP"]
-                    order.append(ev)
-        done += iters
+        lwm = _weight_events(program, queues, order, step, staged)
+        done += _pipe_events(program, queues, order, step, staged, lwm, ring, done)
     return queues, order
+
+
+def _weight_events(program, queues, order: list[Event], step: list[int], staged) -> Event | None:
+    """LOADW / LOADWM of a step, one event per weight piece; returns the last piece of the
+    instruction that halts the cores (the step's COMPs wait for it)."""
+    pipe_seen = [len(q) for q in queues]
+    lwm = None
+    for i in step:
+        ins = program.instrs[i]
+        if ins.op not in AGENTS:
+            raise HazardError(f"instruction #{i}: unknown op {ins.op!r}")
+        if ins.op not in ("LOADW", "LOADWM"):
+            continue
+        for it in range(ins.iters):
+            ev = _event(program, queues, i, it, staged)
+            if ins.halts and it == 0 and pipe_seen[COMP]:  # the cores finish, then halt
+                ev.after = [(COMP, pipe_seen[COMP])]
+            if ins.halts:
+                lwm = ev
+            order.append(ev)
+    return lwm
+
+
+def _pipe_events(program, queues, order: list[Event], step: list[int], staged, lwm: Event | None, ring,
+                 done: int) -> int:
+    """The step's pipeline events, iteration-major; returns its iteration count."""
+    pipe = sorted((i for i in step if program.instrs[i].op in PIPE), key=lambda i: PIPE.index(program.instrs[i].op))
+    iters = max((program.instrs[i].iters for i in pipe), default=0)
+    for it in range(iters):
+        slots = ring.advance(program.instrs[pipe[0]], it) if ring is not None else None
+        for i in pipe:
+            if it >= program.instrs[i].iters:
+                continue
+            ev = _event(program, queues, i, it, staged, (done + it) % 2)
+            if lwm is not None and ev.agent == COMP:  # DMA stages follow their locks only
+                ev.after = [(lwm.agent, lwm.seq)]
+            if slots is not None and program.instrs[i].op in ("LOADFM", "COMP"):
+                ev.ring = slots[program.instrs[i].op == "COMP"]
+            order.append(ev)
+    return iters
 
 
 class _Rings:
@@ -150,37 +166,44 @@ def _event(program, queues, i: int, it: int, staged: tuple[bool, bool], half: in
     return ev
 
 
+class _Tokens(dict):
+    """Lock -> queue of the vector clocks of its releases; ``X.empty`` starts with one token."""
+
+    def pool(self, lock: str) -> deque:
+        if lock not in self:
+            self[lock] = deque([np.zeros(len(AGENTS), np.int64)] if lock.endswith(".empty") else [])
+        return self[lock]
+
+    def ready(self, ev: Event, head: list[int]) -> bool:
+        need: dict[str, int] = {}
+        for lk in ev.acquire:
+            need[lk] = need.get(lk, 0) + 1
+        return all(head[b] >= s for b, s in ev.after) and all(len(self.pool(k)) >= n for k, n in need.items())
+
+    def fire(self, ev: Event, a: int, queues: list[list[Event]], clock: list[np.ndarray]) -> None:
+        """Take the event's tokens, give it its vector clock and release its locks."""
+        vc = clock[a].copy()
+        for b, s in ev.after:
+            vc = np.maximum(vc, queues[b][s - 1].vc)
+        for lk in ev.acquire:
+            vc = np.maximum(vc, self.pool(lk).popleft())
+        vc[a] = ev.seq
+        ev.vc, clock[a] = vc, vc
+        for lk in ev.release:
+            self.pool(lk).append(vc)
+
+
 def _run(program, queues: list[list[Event]]) -> None:
     """Fire events as the locks allow; give each its vector clock. Deadlock → HazardError."""
-    tokens: dict[str, deque] = {}
+    tokens = _Tokens()
     head = [0] * len(AGENTS)
     clock = [np.zeros(len(AGENTS), np.int64) for _ in AGENTS]
-
-    def pool(lock: str) -> deque:
-        if lock not in tokens:
-            tokens[lock] = deque([np.zeros(len(AGENTS), np.int64)] if lock.endswith(".empty") else [])
-        return tokens[lock]
-
     progress = True
     while progress:
         progress = False
         for a, q in enumerate(queues):
-            while head[a] < len(q):
-                ev = q[head[a]]
-                need: dict[str, int] = {}
-                for lk in ev.acquire:
-                    need[lk] = need.get(lk, 0) + 1
-                if any(head[b] < s for b, s in ev.after) or any(len(pool(k)) < n for k, n in need.items()):
-                    break
-                vc = clock[a].copy()
-                for b, s in ev.after:
-                    vc = np.maximum(vc, queues[b][s - 1].vc)
-                for lk in ev.acquire:
-                    vc = np.maximum(vc, pool(lk).popleft())
-                vc[a] = ev.seq
-                ev.vc, clock[a] = vc, vc
-                for lk in ev.release:
-                    pool(lk).append(vc)
+            while head[a] < len(q) and tokens.ready(q[head[a]], head):
+                tokens.fire(q[head[a]], a, queues, clock)
                 head[a] += 1
                 progress = True
     stuck = [q[head[a]] for a, q in enumerate(queues) if head[a] < len(q)]

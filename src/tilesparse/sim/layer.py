@@ -94,8 +94,9 @@ class LayerView:
 
     def slid(self, core: int, s: int, i: int) -> bool:
         """Whether iteration ``i`` of spatial group ``s`` continues the core's sliding window
-        (``partition.slid_tiles``): LOADFM moves only its new columns."""
-        return bool(self._slid[core][s * self.G + i])
+        (``layout.slid_tiles``): LOADFM moves only its new columns."""
+        slid = self._slid[core]
+        return slid is not None and bool(slid[s * self.G + i])
 
     def moved_cols(self, core: int, s: int, i: int, tile: tuple[int, int, int, int]) -> int:
         """Window columns LOADFM moves for ``tile`` (iteration ``i`` of group ``s``): the whole
