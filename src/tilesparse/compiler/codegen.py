@@ -133,7 +133,7 @@ def _loadfm_src(plan: LayerPlan, in_src: Operand, staged_in: bool) -> tuple[Oper
     inputs (e.g. only a fused add's residual) come through staging from DDR."""
     if not staged_in:
         return (in_src,)
-    if plan.in_ddr and plan.in_ddr[0]:
+    if next(iter(plan.in_ddr), False):  # the first input lives in DDR
         return (STAGE_IN,)
     return (in_src, STAGE_IN)
 
