@@ -65,7 +65,7 @@ def test_explore_writes_table(tmp_path):
 
 def test_explore_times_repeated_cold_compiles():
     from tilesparse.compiler import tiling
-    from tilesparse.estimate.explore import _task
+    from tilesparse.reports.table2 import _task
 
     (once,) = _task("tiny_cli_cnn", "sparse", ["2x2"], 0.5)
     assert tiling._PLAN_MEMO  # the compile memoized its plans...

@@ -5,7 +5,7 @@ from compiler_helpers import small_graph
 
 from tilesparse.compiler.pipeline import compile_graph
 from tilesparse.estimate.bounds import layer_bound, program_bounds
-from tilesparse.estimate.paper import TABLE2_MS, paper_ms
+from tilesparse.reports.paper import TABLE2_MS, paper_ms
 from tilesparse.estimate.report import layer_rows, summarize
 from tilesparse.estimate.timemodel import estimate_program
 
