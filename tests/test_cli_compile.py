@@ -79,3 +79,17 @@ def test_explore_times_repeated_cold_compiles():
 def test_help_lists_the_verbs():
     r = runner.invoke(app, ["--help"])
     assert all(v in r.output for v in ("compile", "estimate", "explore"))
+
+
+def test_piped_tables_keep_full_layer_names():
+    """Piped to a file (not a terminal) the per-layer table is not cut at 80 columns."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "COLUMNS": "80"}
+    r = subprocess.run([sys.executable, "-m", "tilesparse.cli.main", "estimate", "resnet18", "--input-shape",
+                        "1,3,32,32", "-a", "2x2", "--top", "0"], capture_output=True, text=True, env=env,
+                       check=False)
+    assert r.returncode == 0, r.stderr
+    assert "layer1_0_conv1" in r.stdout and "layer4_1_conv2" in r.stdout and "…" not in r.stdout

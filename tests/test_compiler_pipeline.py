@@ -4,6 +4,7 @@ import pytest
 from compiler_helpers import small_graph
 from torch import nn
 
+from tilesparse.build import build_graph_from
 from tilesparse.compiler.memory import Buffer, check_allocation
 from tilesparse.compiler.pipeline import compile_graph, lower_layers
 from tilesparse.errors import ConfigError, UnsupportedOpError
@@ -11,16 +12,13 @@ from tilesparse.estimate.bounds import program_bounds
 from tilesparse.estimate.timemodel import estimate_program
 from tilesparse.frontend import build_graph
 from tilesparse.ir.graph import Graph, Node, Op, TensorType
-from tilesparse.models import get_model
 from tilesparse.patterns import prune_oneshot
 
 
 @pytest.fixture(scope="module")
 def resnet_graphs():
-    m = get_model("resnet18", seed=0)
-    dense = build_graph(m, input_shape=(1, 3, 64, 64), quantized=False)
-    prune_oneshot(m, 0.5, (8, 8), name="resnet18")
-    return dense, build_graph(m, input_shape=(1, 3, 64, 64), quantized=False)
+    return tuple(build_graph_from("resnet18", sparsity=s, input_shape=(1, 3, 64, 64), quantized=False).graph
+                 for s in (0.0, 0.5))
 
 
 @pytest.mark.parametrize("arr", ["5x5", "8x2"])
@@ -92,7 +90,7 @@ def test_model_without_sparsifiable_layer():
 
 
 def test_spilled_buffers_respect_capacity():
-    p = compile_graph(build_graph(get_model("resnet18"), input_shape=(1, 3, 128, 128), quantized=False), "1x1")
+    p = compile_graph(build_graph_from("resnet18", input_shape=(1, 3, 128, 128), quantized=False).graph, "1x1")
     bufs = [Buffer(n, b["nbytes"], b["live"][0], b["live"][1], b["graph_io"]) for n, b in p.buffers.items()]
     from tilesparse.compiler.memory import Allocation, Placement
 

@@ -136,16 +136,21 @@ def _from_checkpoint(path: Path, zoo_name: str | None) -> LoadedModel:
     if not name and zoo_name is None:
         raise CheckpointError(f"{path}: checkpoint names no model architecture; pass the zoo name and "
                               "--weights with this file")
-    from tilesparse.models.zoo import get_model
+    arch = name or zoo_name
+    if ".py:" in arch:  # sparsified from a file.py:factory source: the checkpoint records it
+        model, arch = load_model(parse_source(arch)).model, None
+    else:
+        from tilesparse.models.zoo import get_model
 
-    ck = load_checkpoint(path, get_model(name or zoo_name))
+        model = get_model(arch)
+    ck = load_checkpoint(path, model)
     masks = block = sparsity = None
     if ck.sparsifier is not None:
         masks = {n: m.clone() for n, m in ck.sparsifier.masks.items()}
         b = ck.recipe.block_shape
         block, sparsity = (b.out, b.in_), float(ck.recipe.sparsity)
         ck.sparsifier.squash_mask()
-    return LoadedModel(ck.model.eval(), name or zoo_name, name or zoo_name, masks, block, sparsity)
+    return LoadedModel(ck.model.eval(), path.stem, arch, masks, block, sparsity)
 
 
 def _from_file(path: Path, factory: str, seed: int) -> LoadedModel:
