@@ -195,4 +195,6 @@ def _from_pt2(path: Path) -> LoadedModel:
     args = (ep.example_inputs or ((), {}))[0]
     if args and isinstance(args[0], torch.Tensor):
         shape = tuple(int(d) for d in args[0].shape)
-    return LoadedModel(ep.module(), path.stem, None, example_shape=shape)
+    from tilesparse.ir.exported import lift_exported
+
+    return LoadedModel(lift_exported(ep.module(), path.stem).eval(), path.stem, None, example_shape=shape)
