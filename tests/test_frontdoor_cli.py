@@ -190,3 +190,23 @@ def test_torch_export_pt2_source(tmp_path):
     assert [r.name for r in prog.layers if r.kind == "conv"] == ["_0", "_4", "_8"]
     assert provenance_of(prog).source_kind == "pt2" and provenance_of(prog).input_shape == (1, 3, 16, 16)
     assert f"all {len(prog.layers)} layers bit-exact" in _ok(["simulate", str(prog_path)])
+
+
+def test_checkpoint_of_a_user_file_compiles_on_its_own(tmp_path):
+    """`sparsify file.py:factory` records that source in its checkpoint, so the checkpoint compiles
+    alone (Sequential layer '2' is graph node '_2'); a plain state dict is pointed to --weights."""
+    f = tmp_path / "net.py"
+    f.write_text(USER_MODEL)
+    run = tmp_path / "run"
+    _ok(["sparsify", f"{f}:make", "--sparsity", "0.5", "--block", "4x4", "--data", "none", "-o", str(run)])
+    prog_path = tmp_path / "c.tsp"
+    _ok(["compile", str(run / "sparse.pt"), "--input-shape", "1,3,8,8", "-a", "2x2", "-o", str(prog_path)])
+    prog = Program.load(prog_path)
+    masks = torch.load(run / "sparse.pt", weights_only=True)["sparsifier"]["masks"]
+    assert set(masks) == {"3", "5", "7"}  # the first conv (0) stays dense
+    for name, mask in masks.items():
+        np.testing.assert_array_equal(kept_blocks(prog, f"_{name}"), mask.numpy(), err_msg=name)
+    assert f"all {len(prog.layers)} layers bit-exact" in _ok(["simulate", str(prog_path)])
+    torch.save({"weight": torch.zeros(3)}, tmp_path / "sd.pth")
+    r = runner.invoke(app, ["compile", str(tmp_path / "sd.pth")])
+    assert "pass its architecture's zoo name and --weights" in str(r.exception)

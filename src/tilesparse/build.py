@@ -138,11 +138,12 @@ def _with_masks(g, masks: dict[str, Any], where: str):
     trained ones, even a kept block whose weights happen to be zero)."""
     import numpy as np
 
-    from tilesparse.ir.graph import Graph
+    from tilesparse.ir.graph import Graph, Op
 
     params = dict(g.params)
+    node_of = {n.source: n.name for n in g.of(Op.CONV2D, Op.LINEAR) if n.source}  # module path -> node
     for name, keep in masks.items():
-        key = f"{name.replace('.', '_')}.mask"
+        key = f"{node_of.get(name, name.replace('.', '_'))}.mask"
         if key not in params:
             raise ConfigError(where, [f"masked layer {name!r} has no conv in the captured graph"])
         keep = np.asarray(keep.cpu().numpy(), dtype=bool)

@@ -128,7 +128,13 @@ def _from_checkpoint(path: Path, zoo_name: str | None) -> LoadedModel:
     """Architecture from the checkpoint's model name, weights and masks from the file."""
     from tilesparse.sparsify.checkpoint import load_checkpoint, read_checkpoint
 
-    data = read_checkpoint(path)
+    try:
+        data = read_checkpoint(path)
+    except CheckpointError as e:
+        if "not a tilesparse checkpoint" not in str(e):
+            raise
+        raise CheckpointError(f"{e}; for a plain state dict pass its architecture's zoo name and --weights "
+                              f"{path}") from None
     name = data.get("model_name")
     if zoo_name is not None and name and name != zoo_name:
         raise CheckpointError(f"{path}: checkpoint of model {name!r}, not {zoo_name!r}; pass the checkpoint "
