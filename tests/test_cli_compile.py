@@ -64,7 +64,8 @@ def test_explore_writes_table(tmp_path):
                             "--jobs", "1", "-o", str(tmp_path), "--json", str(tmp_path / "cells.json")])
     assert r.exit_code == 0, r.output
     cells = json.loads((tmp_path / "cells.json").read_text())
-    assert {(c["array"], c["mode"]) for c in cells} == {(a, m) for a in ("2x2", "3x3", "2x1") for m in ("dense", "sparse")}
+    want = {(a, m) for a in ("2x2", "3x3", "2x1") for m in ("dense", "sparse")}
+    assert {(c["array"], c["mode"]) for c in cells} == want
     md = (tmp_path / "table2.md").read_text()
     assert "| tiny_cli_cnn | 2x2 |" in md and "| tiny_cli_cnn | 2x1 |" in md and (tmp_path / "table2.csv").is_file() and (tmp_path / "table2.png").is_file()
 
