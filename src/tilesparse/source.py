@@ -1,4 +1,5 @@
 """Model sources: the one argument every verb takes to name a model, parsed in one place.
+Imports only the standard library at module level (the CLI's help text comes from here).
 
 Forms (``SOURCE_FORMS``):
 
@@ -25,9 +26,10 @@ from tilesparse.errors import CheckpointError, ConfigError
 
 __all__ = ["SOURCE_FORMS", "LoadedModel", "ModelSource", "load_model", "parse_source"]
 
-SOURCE_FORMS = ("a zoo name (resnet50, digits_cnn, any torchvision classifier; --weights FILE for a state dict "
-                "or checkpoint of it), a `tilesparse sparsify` checkpoint (runs/x/sparse.pt), "
-                "path/to/file.py:factory (factory() returns an nn.Module), or a torch.export .pt2 file")
+SOURCE_FORMS = ("a zoo name (resnet50, digits_cnn, any torchvision classifier; with --weights FILE for a state "
+                "dict or checkpoint of it), a `tilesparse sparsify` checkpoint (runs/x/sparse.pt: its "
+                "architecture, weights and trained masks), path/to/file.py:factory (factory() returns an "
+                "nn.Module; give --input-shape), or a torch.export .pt2 file")
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 _PROGRAM_SUFFIXES = (".tsp", ".npz")
 

@@ -9,14 +9,12 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from tilesparse.source import SOURCE_FORMS
+
 __all__ = ["ARRAY_HELP", "BLOCK_HELP", "INPUT_SHAPE_HELP", "JSON_HELP", "SOURCE_HELP", "SPARSITY_HELP",
            "WEIGHTS_HELP", "console", "is_program_file", "write_json"]
 
-# one list of the model-source forms (tilesparse.source.SOURCE_FORMS, repeated here without torch)
-SOURCE_HELP = ("Model source: a zoo name (resnet50, digits_cnn, any torchvision classifier; with --weights "
-               "FILE for a state dict of it), a `tilesparse sparsify` checkpoint (runs/x/sparse.pt: its "
-               "architecture, weights and trained masks), path/to/file.py:factory (factory() returns an "
-               "nn.Module; give --input-shape), or a torch.export .pt2 file.")
+SOURCE_HELP = f"Model source: {SOURCE_FORMS}."  # the one list of the forms (tilesparse.source)
 ARRAY_HELP = "Array: RxC (rows x columns, e.g. 4x4, 5x7, 8x2), base-RxC, phoenix, strix, or a YAML file."
 SPARSITY_HELP = ("Zero this fraction of lowest-L2 blocks in every conv/linear but the first (0 = dense; a "
                  "checkpoint's masks are used as trained).")

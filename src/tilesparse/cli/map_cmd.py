@@ -82,7 +82,7 @@ def _sparsifiable(graph):
 def register(app: typer.Typer) -> None:
     @app.command("map")
     def map_cmd(
-        source: str = typer.Argument(None, metavar="[SOURCE]", help=SOURCE_HELP + " A whole network; or --layer."),
+        source: str = typer.Argument(None, metavar="SOURCE", help=SOURCE_HELP + " A whole network; or --layer."),
         layer: str = typer.Option(None, "--layer", "-l", help=LAYER_HELP),
         model: str = typer.Option(None, "--model", "-m", hidden=True, help="Old spelling of SOURCE."),
         array: str = typer.Option(None, "--array", "-a", help=ARCH_HELP + " Default aie2."),
