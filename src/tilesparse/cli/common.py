@@ -26,12 +26,14 @@ JSON_HELP = "Write machine-readable results as JSON to this path ('-' = stdout).
 _WIDE = 1000  # columns of a console that is not a terminal: tables never cut a layer name
 
 
-def console():
+def console(json_out: str | Path | None = None):
     """A rich Console for the verbs' output; piped to a file it is wide enough that no table column
-    is truncated (a terminal keeps its own width)."""
+    is truncated (a terminal keeps its own width). With ``--json -`` the human-readable output goes
+    to stderr, so that stdout carries the JSON alone."""
     from rich.console import Console
 
-    return Console() if sys.stdout.isatty() else Console(width=_WIDE)
+    stream = sys.stderr if str(json_out) == "-" else sys.stdout
+    return Console(file=stream) if stream.isatty() else Console(file=stream, width=_WIDE)
 
 
 def write_json(path: str | Path | None, data: Any) -> None:

@@ -70,7 +70,7 @@ def compile_verb(
                                         block=block, input_shape=input_shape, quantized=quantized)
     prog.save(out)
     s = summarize(prog)
-    console().print(f"wrote {out}: {len(prog.layers)} layers, {len(prog.instrs)} instructions, weights "
+    console(json_out).print(f"wrote {out}: {len(prog.layers)} layers, {len(prog.instrs)} instructions, weights "
                     f"{s.packed_weight_bytes / 1e6:.2f} MB packed of {s.dense_weight_bytes / 1e6:.2f} MB dense "
                     f"({100 * s.weight_fraction:.1f} %), estimate {s.estimate_ms:.3f} ms (bound {s.bound_ms:.3f} ms)")
     if listing is not None:
@@ -132,7 +132,7 @@ def estimate_verb(
     for r in shown:
         t.add_row(r["layer"], r["kind"], f"{r['time_us']:.1f}", f"{r['bound_us']:.1f}", r["limiter"],
                   f"{r['roofline_us']:.1f}", f"{r['ratio']:.2f}", r["grid"], r["sub"], r["loops"])
-    con = console()
+    con = console(json_out)
     con.print(t)
     con.print(f"total {s.estimate_ms:.3f} ms, lower bound {s.bound_ms:.3f} ms ({s.ratio:.2f}x), compute at "
               f"peak {s.compute_ms:.3f} ms; weights {100 * s.weight_fraction:.1f} % of dense")
@@ -165,7 +165,7 @@ def explore_verb(
     rows = run_table([n for n in networks.split(",") if n], [a for a in arrays.split(",") if a],
                      [a for a in rect.split(",") if a], sparsity, jobs=jobs, progress=True)
     paths = write_table(rows, out_dir or out)
-    typer.echo("wrote " + ", ".join(str(p) for p in paths))
+    typer.echo("wrote " + ", ".join(str(p) for p in paths), err=str(json_out) == "-")
     write_json(json_out, [asdict(c) for c in rows])
 
 

@@ -43,7 +43,7 @@ def demo(
 
     b = parse_block_shape(block)
     check_sparsity(sparsity, "--sparsity")
-    con = console()
+    con = console(json_out)
     nets = tuple(n.strip() for n in networks.split(",") if n.strip())
     r = run_pipeline_demo(seed=seed, sparsity=sparsity, block=(b.out, b.in_), array=array, device=device,
                           sim_images=images, networks=nets, log=lambda m: con.print(f"[bold cyan]{m}[/]"))

@@ -126,7 +126,7 @@ def register(app: typer.Typer) -> None:
             specs = [_sparse_spec(density, fmt, action)] * len(problems)
         results = map_network(problems, a, warm_start=warm_start, mapper=mapper, budget=budget,
                               objective=objective, sparse_specs=specs, seed=seed, progress=progress)
-        con = console()
+        con = console(json_out or output)
         con.print(_table(problems, results, a))
         if explain:
             for p, r in zip(problems, results):

@@ -82,7 +82,7 @@ def simulate_verb(
 
     from tilesparse.sim import simulate, verify
 
-    con = console()
+    con = console(json_out)
     req = {"source": model, "weights": weights, "sparsity": sparsity, "block": block, "input_shape": input_shape}
     prog, graph, note = _program_and_graph(target, array, out, req)
     if note:

@@ -152,7 +152,7 @@ def sparsify(
     net, name = _model(model, weights)
     train, test = _loaders(data, name, rec.training.batch_size, rec.training.seed)
     out = out or DEFAULT_OUT / f"{_stem(name)}-{rec.method}-{rec.sparsity:g}"
-    con = console()
+    con = console(json_out)
     if dense_epochs and not resume:
         _train_dense(net, train, test, rec, dense_epochs, dense_lr, dev, con)
     result = sparsify_model(net, rec, train, test, device=dev, checkpoint_dir=out, resume=resume, model_name=name,
