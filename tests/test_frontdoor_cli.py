@@ -210,3 +210,17 @@ def test_checkpoint_of_a_user_file_compiles_on_its_own(tmp_path):
     torch.save({"weight": torch.zeros(3)}, tmp_path / "sd.pth")
     r = runner.invoke(app, ["compile", str(tmp_path / "sd.pth")])
     assert "pass its architecture's zoo name and --weights" in str(r.exception)
+
+
+def test_a_program_that_differs_from_its_provenance_exits_1(tmp_path):
+    """simulate with no flags verifies against the rebuilt model: a corrupted weight image (the
+    last bias byte) is a bit mismatch, exit code 1."""
+    prog_path = tmp_path / "d.tsp"
+    _ok(["compile", "digits_cnn", "--sparsity", "0.5", "-a", "2x2", "-o", str(prog_path)])
+    prog = Program.load(prog_path)
+    w = prog.weights.copy()
+    w[-1] ^= 0x40
+    prog.weights = w
+    prog.save(prog_path)
+    r = runner.invoke(app, ["simulate", str(prog_path)])
+    assert r.exit_code == 1 and "differ at" in r.output
