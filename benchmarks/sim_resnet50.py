@@ -23,17 +23,12 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def run(px: int, array: str, sparsity: float) -> dict:
+    from tilesparse.build import build_graph_from
     from tilesparse.compiler.pipeline import compile_graph
-    from tilesparse.compiler.sparsity import apply_block_sparsity
-    from tilesparse.frontend import build_graph
-    from tilesparse.models import get_model
     from tilesparse.sim import verify
 
     t0 = time.perf_counter()
-    m = get_model("resnet50", seed=0)
-    if sparsity:
-        apply_block_sparsity(m, sparsity, (8, 8), name="resnet50")
-    g = build_graph(m, input_shape=(1, 3, px, px))
+    g = build_graph_from("resnet50", sparsity=sparsity, block=(8, 8), input_shape=(1, 3, px, px), seed=0).graph
     t1 = time.perf_counter()
     prog = compile_graph(g, array)
     t2 = time.perf_counter()

@@ -18,8 +18,8 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from tilesparse.estimate.explore import CONV_ONLY, Cell, _pairs, run_table, write_table
-from tilesparse.estimate.paper import NETWORKS, SQUARE_ARRAYS
+from tilesparse.reports.paper import NETWORKS, SQUARE_ARRAYS
+from tilesparse.reports.table2 import CONV_ONLY, Cell, _pairs, run_table, write_table
 
 RESULTS = Path(__file__).parent / "results"
 RECT = ["4x2", "8x2", "4x8", "2x8"]

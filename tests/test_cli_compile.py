@@ -22,10 +22,14 @@ def _tiny(num_classes: int = 10) -> nn.Module:
 def test_compile_then_estimate(tmp_path):
     out = tmp_path / "r18.tsp"
     r = runner.invoke(app, ["compile", "resnet18", "-a", "3x3", "--sparsity", "0.5", "--input-shape",
-                            "1,3,32,32", "--no-quantized", "--out", str(out), "--listing", str(tmp_path / "l.txt")])
+                            "1,3,32,32", "--no-quantized", "--out", str(out), "--listing", str(tmp_path / "l.txt"),
+                            "--json", str(tmp_path / "c.json")])
     assert r.exit_code == 0, r.output
     assert "wrote" in r.output and out.is_file() and "LOADWM" in (tmp_path / "l.txt").read_text()
     prog = Program.load(out)
+    summary = json.loads((tmp_path / "c.json").read_text())
+    assert summary["layers"] == len(prog.layers) and summary["program"] == str(out)
+    assert summary["provenance"]["sparsity"] == 0.5 and summary["provenance"]["quantization"] == "none (float graph)"
     assert prog.hw.rows == 3 and not prog.quantized
     r = runner.invoke(app, ["estimate", str(out), "--timeline", str(tmp_path / "t.html"),
                             "--json", str(tmp_path / "e.json"), "--top", "3"])
@@ -57,15 +61,18 @@ def test_unknown_array_is_reported():
 
 def test_explore_writes_table(tmp_path):
     r = runner.invoke(app, ["explore", "--networks", "tiny_cli_cnn", "--arrays", "2x2,3x3", "--rect", "2x1",
-                            "--jobs", "1", "--out-dir", str(tmp_path)])
+                            "--jobs", "1", "-o", str(tmp_path), "--json", str(tmp_path / "cells.json")])
     assert r.exit_code == 0, r.output
+    cells = json.loads((tmp_path / "cells.json").read_text())
+    want = {(a, m) for a in ("2x2", "3x3", "2x1") for m in ("dense", "sparse")}
+    assert {(c["array"], c["mode"]) for c in cells} == want
     md = (tmp_path / "table2.md").read_text()
     assert "| tiny_cli_cnn | 2x2 |" in md and "| tiny_cli_cnn | 2x1 |" in md and (tmp_path / "table2.csv").is_file() and (tmp_path / "table2.png").is_file()
 
 
 def test_explore_times_repeated_cold_compiles():
     from tilesparse.compiler import tiling
-    from tilesparse.estimate.explore import _task
+    from tilesparse.reports.table2 import _task
 
     (once,) = _task("tiny_cli_cnn", "sparse", ["2x2"], 0.5)
     assert tiling._PLAN_MEMO  # the compile memoized its plans...
@@ -79,3 +86,17 @@ def test_explore_times_repeated_cold_compiles():
 def test_help_lists_the_verbs():
     r = runner.invoke(app, ["--help"])
     assert all(v in r.output for v in ("compile", "estimate", "explore"))
+
+
+def test_piped_tables_keep_full_layer_names():
+    """Piped to a file (not a terminal) the per-layer table is not cut at 80 columns."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "COLUMNS": "80"}
+    r = subprocess.run([sys.executable, "-m", "tilesparse.cli.main", "estimate", "resnet18", "--input-shape",
+                        "1,3,32,32", "-a", "2x2", "--top", "0"], capture_output=True, text=True, env=env,
+                       check=False)
+    assert r.returncode == 0, r.stderr
+    assert "layer1_0_conv1" in r.stdout and "layer4_1_conv2" in r.stdout and "…" not in r.stdout

@@ -36,3 +36,16 @@ def test_map_bad_inputs_are_config_errors():
                  ["map"], ["map", "-l", "matmul:m=4,k=4,n=4", "--arch", "nope"]):
         res = runner.invoke(app, args)
         assert res.exit_code != 0 and isinstance(res.exception, ConfigError), args
+
+
+def test_map_model_source_with_sparsity_to_json_stdout():
+    """A model source as the positional argument, pruned by the front door; --json - prints JSON."""
+    res = runner.invoke(app, ["map", "digits_cnn", "--array", "aie2", "--sparsity", "0.5", "--budget", "50",
+                              "--no-progress", "--json", "-"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)  # the table goes to stderr with --json -
+    assert [r["layer"] for r in data["layers"]] == ["features_0", "features_3", "features_7", "features_10", "fc"]
+    dense = runner.invoke(app, ["map", "digits_cnn", "--budget", "50", "--no-progress", "--json", "-"])
+    d = json.loads(dense.stdout)
+    # the pruned layers (all but the first conv) keep about half their MACs' work
+    assert data["layers"][2]["cycles"] < d["layers"][2]["cycles"]

@@ -4,23 +4,21 @@ import pytest
 from compiler_helpers import small_graph
 from torch import nn
 
+from tilesparse.build import build_graph_from
 from tilesparse.compiler.memory import Buffer, check_allocation
-from tilesparse.compiler.pipeline import compile_graph, compile_model, lower_layers
-from tilesparse.compiler.sparsity import apply_block_sparsity
+from tilesparse.compiler.pipeline import compile_graph, lower_layers
 from tilesparse.errors import ConfigError, UnsupportedOpError
 from tilesparse.estimate.bounds import program_bounds
 from tilesparse.estimate.timemodel import estimate_program
 from tilesparse.frontend import build_graph
 from tilesparse.ir.graph import Graph, Node, Op, TensorType
-from tilesparse.models import get_model
+from tilesparse.patterns import prune_oneshot
 
 
 @pytest.fixture(scope="module")
 def resnet_graphs():
-    m = get_model("resnet18", seed=0)
-    dense = build_graph(m, input_shape=(1, 3, 64, 64), quantized=False)
-    apply_block_sparsity(m, 0.5, (8, 8), name="resnet18")
-    return dense, build_graph(m, input_shape=(1, 3, 64, 64), quantized=False)
+    return tuple(build_graph_from("resnet18", sparsity=s, input_shape=(1, 3, 64, 64), quantized=False).graph
+                 for s in (0.0, 0.5))
 
 
 @pytest.mark.parametrize("arr", ["5x5", "8x2"])
@@ -55,7 +53,7 @@ def test_inception_at_reduced_resolution_compiles():
 
 def test_quantized_graph_program_is_executable():
     m = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 1), nn.ReLU())
-    p = compile_model(m, "2x2", input_shape=(1, 3, 8, 8), n_calib=1)
+    p = compile_graph(build_graph(m, input_shape=(1, 3, 8, 8), n_calib=1), "2x2")
     assert p.quantized and p.layers[1].attrs.get("shift") is not None
 
 
@@ -88,11 +86,11 @@ def test_batchnorm_left_in_the_graph_is_named():
 
 def test_model_without_sparsifiable_layer():
     with pytest.raises(ConfigError, match="no sparsifiable layer"):
-        apply_block_sparsity(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU()), 0.5, name="one_conv")
+        prune_oneshot(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU()), 0.5, name="one_conv")
 
 
 def test_spilled_buffers_respect_capacity():
-    p = compile_graph(build_graph(get_model("resnet18"), input_shape=(1, 3, 128, 128), quantized=False), "1x1")
+    p = compile_graph(build_graph_from("resnet18", input_shape=(1, 3, 128, 128), quantized=False).graph, "1x1")
     bufs = [Buffer(n, b["nbytes"], b["live"][0], b["live"][1], b["graph_io"]) for n, b in p.buffers.items()]
     from tilesparse.compiler.memory import Allocation, Placement
 

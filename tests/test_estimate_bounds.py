@@ -5,9 +5,9 @@ from compiler_helpers import small_graph
 
 from tilesparse.compiler.pipeline import compile_graph
 from tilesparse.estimate.bounds import layer_bound, program_bounds
-from tilesparse.estimate.paper import TABLE2_MS, paper_ms
 from tilesparse.estimate.report import layer_rows, summarize
 from tilesparse.estimate.timemodel import estimate_program
+from tilesparse.reports.paper import TABLE2_MS, paper_ms
 
 
 @pytest.mark.parametrize("arr", ["1x1", "2x2", "3x5", "7x7"])

@@ -112,13 +112,12 @@ def test_bad_search_arguments():
         search(TINY, arch, densities=[1.2])
 
 
-def test_pruned_specs_carry_actual_masks_and_drive_map_network():
-    from tilesparse.frontend import build_graph
-    from tilesparse.mapper.network import graph_problems, pruned_specs
+def test_mask_specs_carry_actual_masks_and_drive_map_network():
+    from tilesparse.mapper.network import graph_problems, mask_specs, network_graph
 
-    g = build_graph("resnet18", input_shape=(1, 3, 32, 32), quantized=False)
+    g = network_graph("resnet18", input_shape=(1, 3, 32, 32), sparsity=0.5)  # pruned by the front door
     problems = graph_problems(g)
-    specs = pruned_specs(g, 0.5)
+    specs = mask_specs(g)
     assert specs[0] is None  # the first layer stays dense
     dens = [s.density["W"].density for s in specs[1:]]
     assert all(0.4 <= d <= 0.6 for d in dens)

@@ -12,10 +12,10 @@ from sim_helpers import check_bit_exact
 from torch import nn
 
 from tilesparse.compiler.pipeline import compile_graph
-from tilesparse.compiler.sparsity import apply_block_sparsity
 from tilesparse.frontend import build_graph
 from tilesparse.ir.interpret import run_float
 from tilesparse.passes.balance import balance_channels, balance_order
+from tilesparse.patterns import prune_oneshot
 from tilesparse.sim import simulate
 
 
@@ -59,7 +59,7 @@ class Chain(nn.Module):
 def _chain(quantized: bool):
     torch.manual_seed(0)
     m = Chain().eval()
-    apply_block_sparsity(m, 0.5, (8, 8))
+    prune_oneshot(m, 0.5, (8, 8))
     return build_graph(m, input_shape=(1, 3, 12, 12), quantized=quantized)
 
 

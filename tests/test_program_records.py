@@ -22,6 +22,7 @@ from tilesparse.program import (
     Lock,
     Operand,
     Program,
+    Provenance,
     SubVolume,
 )
 from tilesparse.program.layout import (
@@ -109,13 +110,17 @@ def test_header_is_structured_json(prog):
 
 
 def test_meta_and_provenance_round_trip(prog, tmp_path):
-    p = dataclasses.replace(prog, meta={**prog.meta, "provenance": {"by": "meta"}},
-                            provenance={"model": "small", "seed": 3, "args": ["--sparsity", "0.5"]})
+    prov = Provenance(source="small.py:net", source_kind="file", source_sha256="ab" * 32, weights=None,
+                      weights_sha256=None, pattern="block", block=(8, 8), sparsity=0.5, selection="l2-oneshot",
+                      seed=3, quantization="int8", calibration="random normal, n=2, seed=3",
+                      input_shape=(1, 3, 8, 8), array="aie2-2x2", time_model="tilesparse-v1", balance=True,
+                      version="0.1.0")
+    p = dataclasses.replace(prog, meta={**prog.meta, "note": {"by": "meta"}}, provenance=prov)
     back = Program.load(p.save(tmp_path / "p.tsp"))
-    assert back.provenance == {"model": "small", "seed": 3, "args": ["--sparsity", "0.5"]}
-    assert back.meta["provenance"] == {"by": "meta"} and back.meta["channel_orders"] == prog.meta["channel_orders"]
+    assert back.provenance == prov
+    assert back.meta["note"] == {"by": "meta"} and back.meta["channel_orders"] == prog.meta["channel_orders"]
     assert back.layers == prog.layers and back.instrs == prog.instrs
-    assert Program.load(prog.save(tmp_path / "q.tsp")).provenance == {}
+    assert Program.load(prog.save(tmp_path / "q.tsp")).provenance is None
 
 
 def test_format_5_file_is_refused(prog, tmp_path):

@@ -17,10 +17,10 @@ from typer.testing import CliRunner
 
 from tilesparse.cli.main import app
 from tilesparse.compiler.pipeline import compile_graph
-from tilesparse.compiler.sparsity import apply_block_sparsity
 from tilesparse.errors import ProgramError, TilesparseError
 from tilesparse.frontend import build_graph
 from tilesparse.hw import load_array
+from tilesparse.patterns import prune_oneshot
 from tilesparse.program import Lock, Program, SubVolume
 from tilesparse.sim import HazardError, SimulationError, simulate, verify
 
@@ -31,7 +31,7 @@ ARRAY = "2x2"
 def _base():
     torch.manual_seed(0)
     m = randomize_bn(TinyResNet())
-    apply_block_sparsity(m, 0.5, (8, 8))
+    prune_oneshot(m, 0.5, (8, 8))
     g = build_graph(m, input_shape=(1, 3, 32, 32))
     return g, compile_graph(g, ARRAY)
 

@@ -15,9 +15,9 @@ from sim_helpers import check_bit_exact
 from tilesparse.compiler.layers import LayerSpec
 from tilesparse.compiler.pack import chunk_geometry, pack_chunk
 from tilesparse.compiler.pipeline import compile_graph
-from tilesparse.compiler.sparsity import apply_block_sparsity
 from tilesparse.frontend import build_graph
 from tilesparse.hw import load_array
+from tilesparse.patterns import prune_oneshot
 from tilesparse.program import ChunkRow
 from tilesparse.sim import simulate
 from tilesparse.sim.compute import decode_chunk, geometry
@@ -30,7 +30,7 @@ def _graph(net: str, sparse: bool, per_channel: bool = False):
     torch.manual_seed(0)
     m = randomize_bn(cls())
     if sparse:
-        apply_block_sparsity(m, 0.5, (8, 8))
+        prune_oneshot(m, 0.5, (8, 8))
     return build_graph(m, input_shape=(1, 3, px, px), per_channel=per_channel)
 
 

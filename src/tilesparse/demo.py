@@ -53,23 +53,17 @@ class PipelineDemo:
 
 
 def estimate_network(network: str, hw: ArrayConfig, sparsity: float, seed: int = 0) -> NetworkEstimate:
-    """Compile ``network`` (random weights; lowest-L2 ``sparsity`` of 8×8 blocks zeroed) and estimate it.
+    """Compile ``network`` (any model source; random weights for a zoo name; lowest-L2 ``sparsity`` of
+    8×8 blocks zeroed, through the front door ``tilesparse.build``) and estimate it.
 
     Latency depends on shapes and masks, not on values, so the graph is compiled unquantized."""
     import time
 
-    from tilesparse.compiler.pipeline import compile_graph
-    from tilesparse.compiler.sparsity import apply_block_sparsity
+    from tilesparse.build import compile_source
     from tilesparse.estimate.report import summarize
-    from tilesparse.frontend import build_graph, default_input_shape
-    from tilesparse.models import get_model
 
-    model = get_model(network, seed=seed)
-    if sparsity > 0:
-        apply_block_sparsity(model, sparsity, (8, 8), name=network)
     t0 = time.process_time()
-    graph = build_graph(model, input_shape=default_input_shape(network), quantized=False, seed=seed)
-    s = summarize(compile_graph(graph, hw))
+    s = summarize(compile_source(network, hw, sparsity=sparsity, block=(8, 8), quantized=False, seed=seed))
     return NetworkEstimate(network, sparsity, s.estimate_ms, s.bound_ms, s.weight_fraction,
                            time.process_time() - t0)
 

@@ -13,6 +13,7 @@ __all__ = [
     "CapacityError",
     "CheckpointError",
     "ProgramError",
+    "ProvenanceError",
 ]
 
 
@@ -45,3 +46,7 @@ class CheckpointError(TilesparseError):
 
 class ProgramError(TilesparseError):
     """A compiled Program artifact is malformed, truncated, from another version or another array."""
+
+
+class ProvenanceError(TilesparseError):
+    """A request contradicts a program's provenance, or a file it was compiled from changed."""

@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from tilesparse.cli.common import JSON_HELP, console, write_json
+
 
 def demo(
     seed: Annotated[int, typer.Option(help="Seed for the data split, initialisation and data order.")] = 0,
@@ -18,7 +20,9 @@ def demo(
     networks: Annotated[str, typer.Option(help="Comma-separated torchvision networks to compile dense "
                                           "and sparse for the latency comparison ('' to skip).")] = "resnet50",
     device: Annotated[str, typer.Option(help="torch device for training (cpu, cuda, ...).")] = "cpu",
-    out: Annotated[Optional[Path], typer.Option(help="Write sparse.pt, report.txt/.json and demo.json here.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write sparse.pt, report.txt/.json and "
+                                                "demo.json here.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help=JSON_HELP + " The demo's summary.")] = None,
 ) -> None:
     """Run the whole pipeline once on built-in data: nothing is downloaded.
 
@@ -30,7 +34,6 @@ def demo(
     """
     import json
 
-    from rich.console import Console
     from rich.table import Table
 
     from tilesparse.demo import run_pipeline_demo
@@ -40,7 +43,7 @@ def demo(
 
     b = parse_block_shape(block)
     check_sparsity(sparsity, "--sparsity")
-    con = Console()
+    con = console(json_out)
     nets = tuple(n.strip() for n in networks.split(",") if n.strip())
     r = run_pipeline_demo(seed=seed, sparsity=sparsity, block=(b.out, b.in_), array=array, device=device,
                           sim_images=images, networks=nets, log=lambda m: con.print(f"[bold cyan]{m}[/]"))
@@ -61,12 +64,16 @@ def demo(
         save_checkpoint(out / "sparse.pt", t.model, t.sparsifier, model_name="digits_cnn")
         atomic_write_text(out / "report.txt", t.report.to_text() + "\n")
         atomic_write_text(out / "report.json", t.report.to_json() + "\n")
-        summary = {"array": r.hw.label, "bit_exact": r.images_bit_exact, "images": r.images_verified,
-                   "networks": [vars(n) for n in r.networks]}
-        atomic_write_text(out / "demo.json", json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(out / "demo.json", json.dumps(_summary(r), indent=2) + "\n")
         con.print(f"wrote {out}/sparse.pt, report.txt, report.json, demo.json")
+    write_json(json_out, _summary(r))
     if not r.ok:
         raise typer.Exit(1)
+
+
+def _summary(r) -> dict:
+    return {"array": r.hw.label, "bit_exact": r.images_bit_exact, "images": r.images_verified,
+            "networks": [vars(n) for n in r.networks]}
 
 
 def _network_table(r, Table):

@@ -3,11 +3,19 @@ model, and report latency, energy and EDP per layer."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
+from tilesparse.cli.common import (
+    INPUT_SHAPE_HELP,
+    JSON_HELP,
+    SOURCE_HELP,
+    SPARSITY_HELP,
+    WEIGHTS_HELP,
+    console,
+    write_json,
+)
 from tilesparse.errors import ConfigError
 
 LAYER_HELP = ("One layer from plain numbers: 'conv:k=64,c=64,p=56,q=56,r=3,s=3[,stride=1,groups=1,n=1]' "
@@ -42,62 +50,90 @@ def _sparse_spec(density: float | None, fmt: str | None, action: str):
                       formats={"W": make_format(fmt)} if fmt else {}, action=action)
 
 
+ARCH_HELP = ("Architecture of the cost model: aie2, aie2:RxC (an AIE2 array, any `--array` spec of compile), "
+             "eyeriss, or a YAML file.")
+
+
+def _problems(source: str, sparsity: float | None, weights, input_shape, action: str):
+    """(problems, sparse specs from the graph's masks or None) of a model source."""
+    from tilesparse.build import parse_input_shape
+    from tilesparse.mapper.network import (
+        graph_problems,
+        mask_specs,
+        network_graph,
+        network_problems,
+    )
+
+    graph = network_graph(source, parse_input_shape(input_shape), sparsity=sparsity, weights=weights)
+    if graph is None:
+        if sparsity is not None:
+            raise ConfigError("--sparsity", ["needs the tilesparse front end (IR graph with masks)"])
+        return network_problems(source), None
+    masked = any(not graph.param(n, "mask").all() for n in _sparsifiable(graph))
+    return graph_problems(graph), (mask_specs(graph, action=action) if masked else None)
+
+
+def _sparsifiable(graph):
+    from tilesparse.passes.masks import sparsifiable_layers
+
+    return sparsifiable_layers(graph)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("map")
     def map_cmd(
+        source: str = typer.Argument(None, metavar="SOURCE", help=SOURCE_HELP + " A whole network; or --layer."),
         layer: str = typer.Option(None, "--layer", "-l", help=LAYER_HELP),
-        model: str = typer.Option(None, "--model", "-m", help="A whole network by zoo/torchvision name (e.g. resnet50)."),
-        arch: str = typer.Option("aie2", "--arch", "-a", help="Architecture: aie2, aie2:RxC (any hw spec), eyeriss, or a YAML file."),
+        model: str = typer.Option(None, "--model", "-m", hidden=True, help="Old spelling of SOURCE."),
+        array: str = typer.Option(None, "--array", "-a", help=ARCH_HELP + " Default aie2."),
+        arch: str = typer.Option(None, "--arch", hidden=True, help="Old name of --array."),
+        weights: Path = typer.Option(None, help=WEIGHTS_HELP),
+        input_shape: str = typer.Option(None, help=INPUT_SHAPE_HELP),
         mapper: str = typer.Option("genetic", help="random, random-pruned, exhaustive, genetic, annealing, surrogate."),
         budget: int = typer.Option(10_000, help="Mapping evaluations per layer."),
         objective: str = typer.Option("edp", help="latency, energy or edp."),
         density: float = typer.Option(None, help="Weight density in [0, 1] (uniform random); omit for dense."),
-        fmt: str = typer.Option(None, "--format", help="Weight format: bitmask, coordinate, offset_pairs, run_length, block_index."),
-        action: str = typer.Option("skip", help="With --density: skip (time + energy) or gate (energy only) zero MACs."),
-        prune: float = typer.Option(None, help="With --model: block-prune the weights by L1 magnitude at this sparsity (the graph's 8x8 blocks, first layer dense) and model each layer with its actual mask, block-index format, skipping."),
+        fmt: str = typer.Option(None, "--format", help="Weight format: bitmask, coordinate, offset_pairs, "
+                                "run_length, block_index."),
+        action: str = typer.Option("skip", help="With --density or masks: skip (time + energy) or gate (energy "
+                                   "only) zero MACs."),
+        sparsity: float = typer.Option(None, help=SPARSITY_HELP + " Each layer is modelled with its actual mask "
+                                       "(block-index format). A checkpoint's masks are used without it."),
+        prune: float = typer.Option(None, hidden=True, help="Old name of --sparsity."),
         warm_start: bool = typer.Option(True, help="Seed each layer's search with earlier layers' best mappings."),
         seed: int = typer.Option(0, help="Random seed."),
         progress: bool = typer.Option(True, help="Show a progress bar."),
-        output: Path = typer.Option(None, "--output", "-o", help="Write per-layer results as JSON."),
+        json_out: Path = typer.Option(None, "--json", help=JSON_HELP + " Per-layer results."),
+        output: Path = typer.Option(None, "--output", "-o", hidden=True, help="Old name of --json."),
         explain: bool = typer.Option(False, help="Print each layer's breakdown and loop nest."),
     ) -> None:
-        """Search mappings of one layer (--layer) or a network (--model) on an architecture and
+        """Search mappings of one layer (--layer) or a network (SOURCE) on an architecture and
         report latency, energy, EDP and utilization per layer (analytical, Sparseloop-style model)."""
-        from rich.console import Console
-
         from tilesparse.costmodel import load_arch
         from tilesparse.mapper import map_network
-        from tilesparse.mapper.network import graph_problems, network_graph, network_problems, pruned_specs
 
-        if (layer is None) == (model is None):
-            raise ConfigError("tilesparse map", ["give exactly one of --layer or --model"])
-        a = load_arch(arch)
+        source = source or model
+        sparsity = sparsity if sparsity is not None else prune
+        if (layer is None) == (source is None):
+            raise ConfigError("tilesparse map", ["give exactly one of --layer or a model SOURCE"])
+        a = load_arch(array or arch or "aie2")
         specs = None
         if layer:
             problems = [parse_layer(layer)]
         else:
-            graph = network_graph(model)
-            problems = graph_problems(graph) if graph is not None else network_problems(model)
-            if prune is not None:
-                if graph is None:
-                    raise ConfigError("--prune", ["needs the tilesparse front end (IR graph with masks)"])
-                specs = pruned_specs(graph, prune, action=action)
+            problems, specs = _problems(source, sparsity, weights, input_shape, action)
         if specs is None:
             specs = [_sparse_spec(density, fmt, action)] * len(problems)
         results = map_network(problems, a, warm_start=warm_start, mapper=mapper, budget=budget,
                               objective=objective, sparse_specs=specs, seed=seed, progress=progress)
-        console = Console()
-        console.print(_table(problems, results, a))
+        con = console(json_out or output)
+        con.print(_table(problems, results, a))
         if explain:
             for p, r in zip(problems, results):
-                console.print(r.breakdown.explain().replace(str(r.breakdown.problem), str(p), 1))
-                console.print(r.mapping.describe(a))
-        if output:
-            from tilesparse.utils.atomic import atomic_write_text
-
-            rows = [_row(p, r) for p, r in zip(problems, results)]
-            atomic_write_text(output, json.dumps({"arch": a.name, "mapper": mapper,
-                                                  "objective": objective, "layers": rows}, indent=1))
+                con.print(r.breakdown.explain().replace(str(r.breakdown.problem), str(p), 1))
+                con.print(r.mapping.describe(a))
+        rows = [_row(p, r) for p, r in zip(problems, results)]
+        write_json(json_out or output, {"arch": a.name, "mapper": mapper, "objective": objective, "layers": rows})
 
 
 def _row(p, r) -> dict:

@@ -3,19 +3,31 @@ integer reference, and check that the time model charged what the program moved.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from tilesparse.cli.common import (
+    ARRAY_HELP,
+    BLOCK_HELP,
+    INPUT_SHAPE_HELP,
+    JSON_HELP,
+    SOURCE_HELP,
+    SPARSITY_HELP,
+    WEIGHTS_HELP,
+    console,
+    is_program_file,
+    write_json,
+)
+
 __all__ = ["register"]
 
-TARGET_HELP = ("A program file from `tilesparse compile`, or a model name (resnet50, inception_v3, vgg16, ...) "
-               "to build, compile and simulate on the fly.")
-ARRAY_HELP = "Array (RxC, a preset or a YAML file). For a program file: refuse a program compiled for another array."
-MODEL_HELP = ("For a program file: rebuild this model's graph (same --sparsity/--block/--input-shape) "
-              "to verify against.")
+TARGET_HELP = ("A program file from `tilesparse compile` (verified against the model its provenance names), "
+               "or a model source to build, compile and simulate on the fly. " + SOURCE_HELP)
+ARRAY_HELP_SIM = ARRAY_HELP + " Default 4x4; for a program file: refuse one compiled for another array."
+MODEL_HELP = ("For a program file without provenance: rebuild this model source's graph (with --weights, "
+              "--sparsity, --block, --input-shape) to verify against. With provenance: must agree with it.")
 INPUT_HELP = ("Input .npy (float: quantized with the program's input scale exponent; int8: used as is). "
               "Default: seeded random.")
 
@@ -48,39 +60,33 @@ def _input(path: Path | None, shape, seed: int, graph, prog_exp: int | None = No
 
 
 def simulate_verb(
-    target: Annotated[str, typer.Argument(help=TARGET_HELP)],
-    array: Annotated[str | None, typer.Option("--array", "-a", help=ARRAY_HELP)] = None,
-    model: Annotated[str | None, typer.Option(help="For a program file: rebuild this model's graph "
-                                                      "(same --sparsity/--block/--input-shape) to verify against.")] = None,
-    sparsity: Annotated[float, typer.Option(help="Fraction of 8x8 blocks zeroed (model targets).")] = 0.0,
-    block: Annotated[str, typer.Option(help="Block shape OUTxIN.")] = "8x8",
-    input_shape: Annotated[str | None, typer.Option(help="N,C,H,W (default: the model's).")] = None,
+    target: Annotated[str, typer.Argument(help=TARGET_HELP, metavar="PROGRAM|SOURCE")],
+    array: Annotated[str | None, typer.Option("--array", "-a", help=ARRAY_HELP_SIM)] = None,
+    model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
+    weights: Annotated[Path | None, typer.Option(help=WEIGHTS_HELP)] = None,
+    sparsity: Annotated[float | None, typer.Option(help=SPARSITY_HELP)] = None,
+    block: Annotated[str | None, typer.Option(help=BLOCK_HELP)] = None,
+    input_shape: Annotated[str | None, typer.Option(help=INPUT_SHAPE_HELP)] = None,
     input_npy: Annotated[Path | None, typer.Option("--input", help=INPUT_HELP)] = None,
     seed: Annotated[int, typer.Option(help="Seed of the random input.")] = 0,
     check: Annotated[bool, typer.Option(help="Run the ordering (hazard) check first.")] = True,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the per-layer results as JSON.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Save the program compiled from a model "
+                                             "source here.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help=JSON_HELP + " Per-layer results.")] = None,
 ) -> None:
     """Execute a program instruction by instruction over DDR, MemTiles and core memories; compare
     every layer with the PyTorch integer reference bit for bit and the bytes / MACs with the time
-    model. Exit code 1 on any mismatch."""
-    from rich.console import Console
+    model. A program file is verified against the model its provenance names, rebuilt; flags that
+    contradict the provenance are refused. Exit code 1 on any mismatch."""
+    from rich.markup import escape
 
-    from tilesparse.cli.compile_cmd import model_graph
-    from tilesparse.compiler.pipeline import compile_graph
-    from tilesparse.program import Program
-    from tilesparse.hw import load_array
     from tilesparse.sim import simulate, verify
 
-    con = Console()
-    path = Path(target)
-    graph = None
-    if path.suffix in (".tsp", ".npz") or path.is_file():
-        prog = Program.load(path, hw=load_array(array) if array else None)
-        if model:
-            graph = model_graph(model, sparsity, block, input_shape)
-    else:
-        graph = model_graph(target, sparsity, block, input_shape)
-        prog = compile_graph(graph, load_array(array or "4x4"))
+    con = console(json_out)
+    req = {"source": model, "weights": weights, "sparsity": sparsity, "block": block, "input_shape": input_shape}
+    prog, graph, note = _program_and_graph(target, array, out, req)
+    if note:
+        con.print(escape(note))
     shape = tuple(prog.buffers[_input_buffer(prog)]["shape"])
     x, is_int8 = _input(input_npy, (1, *shape), seed, graph, prog.meta.get("input_scale_exp"))
     if graph is not None:
@@ -90,15 +96,41 @@ def simulate_verb(
         sim, checks, rep = simulate(prog, x.reshape(shape), check=check, progress=True), None, None
     con.print(_table(prog, sim, checks))
     ok = sim.accounting_ok and (rep is None or rep.ok)
-    from rich.markup import escape
-
     con.print(escape(_summary(prog, sim, rep)))
-    if json_out is not None:
-        from tilesparse.utils.atomic import atomic_write_text
-
-        atomic_write_text(json_out, json.dumps(_json(prog, sim, checks, rep), indent=1))
+    write_json(json_out, _json(prog, sim, checks, rep))
     if not ok:
         raise typer.Exit(1)
+
+
+def _program_and_graph(target: str, array: str | None, out: Path | None, req: dict):
+    """(program, graph to verify against or None, a notice or "")."""
+    from tilesparse.build import build_graph_from, check_request, graph_from_provenance
+    from tilesparse.compiler.pipeline import compile_graph
+    from tilesparse.hw import load_array
+    from tilesparse.program import Program
+    from tilesparse.program.provenance import provenance_of, set_provenance
+
+    if not is_program_file(target):
+        built = build_graph_from(target, **{k: v for k, v in req.items() if k != "source"})
+        hw = load_array(array or "4x4")
+        prog = compile_graph(built.graph, hw)
+        set_provenance(prog, built.provenance(hw.label, True))
+        if out is not None:
+            prog.save(out)
+        return prog, built.graph, ""
+    prog = Program.load(target)
+    prov = provenance_of(prog, target)
+    if prov is not None:
+        check_request(prov, target, array=array, **req)
+        if not prov.quantized:
+            return prog, None, f"{target} is a timing-only (float) program: nothing to verify bit for bit"
+        return prog, graph_from_provenance(prov, target).graph, f"verifying against {prov.source} (provenance)"
+    if array:
+        prog = Program.load(target, hw=load_array(array))
+    if req["source"] is None:
+        return prog, None, (f"{target} records no provenance: checking byte accounting only (give --model "
+                            "SOURCE to verify bit for bit, or recompile)")
+    return prog, build_graph_from(req.pop("source"), **req).graph, ""
 
 
 def _input_buffer(prog) -> str:

@@ -7,10 +7,17 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from tilesparse.cli.common import (
+    JSON_HELP,
+    SOURCE_HELP,
+    WEIGHTS_HELP,
+    console,
+    write_json,
+)
+
 __all__ = ["register"]
 
 DEFAULT_OUT = Path("runs")
-MODEL_HELP = "torchvision / zoo model name (e.g. resnet50, digits_cnn) or a tilesparse checkpoint (.pt)."
 RECIPE_HELP = "Recipe YAML (examples in src/tilesparse/recipes/). Flags below override it."
 DATA_HELP = ("auto | digits | none | FILE.pt holding x_train, y_train, x_test, y_test tensors. "
              "auto = digits for digits_cnn, else none (choose masks only, no training).")
@@ -43,17 +50,14 @@ def _device(name: str):
     return dev
 
 
-def _model(spec: str):
-    """Zoo name or checkpoint path -> (model with any saved masks baked in, model name)."""
-    from tilesparse.models.zoo import get_model
-    from tilesparse.sparsify.checkpoint import load_checkpoint
+def _model(spec: str, weights: Path | None):
+    """Model source -> (model with any saved masks baked in, the name its checkpoint records: a zoo
+    name, or the canonical file.py:factory so that the checkpoint can be compiled on its own)."""
+    from tilesparse.source import load_model, parse_source
 
-    if Path(spec).suffix in (".pt", ".pth") or Path(spec).is_file():
-        ck = load_checkpoint(spec)
-        if ck.sparsifier is not None:
-            ck.sparsifier.squash_mask()
-        return ck.model, ck.model_name
-    return get_model(spec), spec
+    src = parse_source(spec, weights)
+    lm = load_model(src)
+    return lm.model, lm.zoo_name or (src.spec if src.kind == "file" else None)
 
 
 def _loaders(data: str, model_name: str | None, batch_size: int, seed: int):
@@ -112,7 +116,8 @@ def _write_outputs(out: Path, result, recipe, model_name: str | None) -> None:
 
 
 def sparsify(
-    model: Annotated[str, typer.Argument(help=MODEL_HELP)],
+    model: Annotated[str, typer.Argument(help=SOURCE_HELP, metavar="SOURCE")],
+    weights: Annotated[Optional[Path], typer.Option(help=WEIGHTS_HELP)] = None,
     recipe: Annotated[Optional[Path], typer.Option(help=RECIPE_HELP)] = None,
     method: Annotated[Optional[str], typer.Option(help="oneshot | incremental | penalty.")] = None,
     sparsity: Annotated[Optional[float], typer.Option(help="Target block sparsity in [0, 1).")] = None,
@@ -125,7 +130,9 @@ def sparsify(
     data: Annotated[str, typer.Option(help=DATA_HELP)] = "auto",
     device: Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1, mps ...")] = "cpu",
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/last.pt after an interruption.")] = False,
-    out: Annotated[Optional[Path], typer.Option(help="Output folder (default runs/MODEL-METHOD-SPARSITY).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default "
+                                                "runs/MODEL-METHOD-SPARSITY).")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help=JSON_HELP + " The sparsity report.")] = None,
     bytes_per_weight: Annotated[int, typer.Option(help="Bytes per weight in the size report (1 = int8).")] = 1,
     dense_epochs: Annotated[int, typer.Option(help="Train the model dense for this many epochs first (needs data; "
                                                    "skipped on --resume).", min=0)] = 0,
@@ -139,8 +146,6 @@ def sparsify(
     kept, sparsity, weight bytes dense vs compressed), OUT/recipe.yaml, and OUT/last.pt after every
     epoch (for --resume).
     """
-    from rich.console import Console
-
     from tilesparse.sparsify.run import sparsify_model
 
     if threads is not None:
@@ -150,10 +155,10 @@ def sparsify(
     rec = _recipe(recipe, {"method": method, "sparsity": sparsity, "block": block, "selection": selection,
                            "score": score, "epochs": epochs, "lr": lr, "seed": seed})
     dev = _device(device)
-    net, name = _model(model)
+    net, name = _model(model, weights)
     train, test = _loaders(data, name, rec.training.batch_size, rec.training.seed)
-    out = out or DEFAULT_OUT / f"{name or 'model'}-{rec.method}-{rec.sparsity:g}"
-    con = Console()
+    out = out or DEFAULT_OUT / f"{_stem(name)}-{rec.method}-{rec.sparsity:g}"
+    con = console(json_out)
     if dense_epochs and not resume:
         _train_dense(net, train, test, rec, dense_epochs, dense_lr, dev, con)
     result = sparsify_model(net, rec, train, test, device=dev, checkpoint_dir=out, resume=resume, model_name=name,
@@ -165,6 +170,15 @@ def sparsify(
     if result.fit.final_accuracy is not None:
         con.print(f"accuracy after:  {result.fit.final_accuracy:.2f} %")
     con.print(f"wrote {out}/sparse.pt, report.txt, report.json, recipe.yaml", soft_wrap=True)
+    if json_out is not None:
+        import json
+
+        write_json(json_out, json.loads(result.report.to_json()))
+
+
+def _stem(name: str | None) -> str:
+    """A folder-name stem for a model name (a file.py:factory source gives its factory)."""
+    return (name or "model").rpartition(":")[2] or "model"
 
 
 def register(app: typer.Typer) -> None:

@@ -1,8 +1,7 @@
 """The back end in one flat pipeline: layers → partition → memory → packing → code → Program.
 
->>> from tilesparse.compiler import compile_model
->>> prog = compile_model("resnet18", "4x4", input_shape=(1, 3, 64, 64))   # doctest: +SKIP
->>> prog.meta["estimate_ms"]                                               # doctest: +SKIP
+From a model source (zoo name, checkpoint, file.py:factory, .pt2) use the front door,
+``tilesparse.build.compile_source``, which also records the program's provenance.
 """
 
 from __future__ import annotations
@@ -43,7 +42,7 @@ from tilesparse.program import (
 )
 from tilesparse.quant.rounding import INT8_MAX, INT8_MIN
 
-__all__ = ["compile_graph", "compile_model", "lower_layers"]
+__all__ = ["compile_graph", "lower_layers"]
 
 _SKIP = (Op.INPUT, Op.OUTPUT)
 
@@ -265,10 +264,3 @@ def _quant_params(graph: Graph) -> dict[str, np.ndarray]:
     skip = ("weight", "bias", "mask", "running_mean", "running_var")
     return {k: np.asarray(v) for k, v in graph.params.items() if k.rsplit(".", 1)[-1] not in skip}
 
-
-def compile_model(model: Any, hw: ArrayConfig | str, *, chooser: Chooser | None = None,
-                  **frontend_kwargs: Any) -> Program:
-    """Front end (``tilesparse.frontend.build_graph``) then ``compile_graph``."""
-    from tilesparse.frontend import build_graph
-
-    return compile_graph(build_graph(model, **frontend_kwargs), hw, chooser=chooser)

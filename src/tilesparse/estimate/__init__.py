@@ -1,1 +1,1 @@
-"""Timing: the time model, lower bounds, timelines, the paper's numbers."""
+"""Timing: the time model, lower bounds, roofline, timelines (Table II lives in ``tilesparse.reports``)."""

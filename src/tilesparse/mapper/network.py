@@ -1,5 +1,6 @@
-"""Layers of a network as cost-model problems: from the IR graph (``tilesparse.frontend``), or, if
-the front end is unavailable, from forward hooks on the module's Conv2d / Linear layers."""
+"""Layers of a network as cost-model problems: from the IR graph (the front door,
+``tilesparse.build``), or, if the front end is unavailable, from forward hooks on the module's
+Conv2d / Linear layers. Sparse layers carry the graph's actual block masks (``mask_specs``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from tilesparse.costmodel.model import SparseSpec
 from tilesparse.costmodel.problem import Problem
 from tilesparse.ir.graph import Graph, Op
 
-__all__ = ["graph_problems", "network_problems", "pruned_specs"]
+__all__ = ["graph_problems", "mask_specs", "network_graph", "network_problems"]
 
 
 def graph_problems(graph: Graph) -> list[Problem]:
@@ -21,48 +22,43 @@ def graph_problems(graph: Graph) -> list[Problem]:
     return out
 
 
-def network_graph(name: str, input_shape: Sequence[int] | None = None) -> Graph | None:
-    """The float IR graph of a zoo / torchvision network, or None without the front end."""
+def network_graph(source: str, input_shape: Sequence[int] | None = None, *, sparsity: float | None = None,
+                  weights: str | None = None, block: str | tuple[int, int] | None = None) -> Graph | None:
+    """The float IR graph of a model source (zoo name, checkpoint, file.py:factory, .pt2) through
+    the front door (``tilesparse.build``), with its block masks (``sparsity``: one-shot lowest-L2
+    pruning, as the compiler sees it); None without the front end."""
     try:
-        from tilesparse.frontend import build_graph
+        from tilesparse.build import build_graph_from
     except ImportError:
         return None
-    return build_graph(name, input_shape=input_shape, quantized=False)
+    return build_graph_from(source, weights=weights, sparsity=sparsity, block=block, input_shape=input_shape,
+                            quantized=False).graph
 
 
 def network_problems(name: str, input_shape: Sequence[int] | None = None) -> list[Problem]:
-    """Problems of a zoo / torchvision network by name (random weights, nothing downloaded)."""
+    """Problems of a network by model source (random weights, nothing downloaded)."""
     g = network_graph(name, input_shape)
     return graph_problems(g) if g is not None else _hooked_problems(name, input_shape)
 
 
-def pruned_specs(graph: Graph, sparsity: float, *, fmt: str = "block_index",
-                 action: str = "skip") -> list[SparseSpec | None]:
-    """Per conv2d / linear node: the actual block mask of an L1-magnitude block pruning at
-    ``sparsity`` (the graph's block shape, first layer kept dense as the paper does), as a sparse
-    spec with that mask, ``fmt`` and ``action``; None for layers left dense."""
-    import torch
-
-    from tilesparse.costmodel.density import Actual, check_density
+def mask_specs(graph: Graph, *, fmt: str = "block_index", action: str = "skip") -> list[SparseSpec | None]:
+    """Per conv2d / linear node: the graph's actual block mask (from pruning or a checkpoint) as a
+    sparse spec with ``fmt`` and ``action``; None for layers never sparsified (the first layer,
+    batch-norm convs)."""
+    from tilesparse.costmodel.density import Actual
     from tilesparse.costmodel.formats import make_format
     from tilesparse.passes.masks import sparsifiable_layers
-    from tilesparse.patterns.block import BlockGeometry, parse_block_shape
-    from tilesparse.patterns.scores import l1_scores
-    from tilesparse.patterns.selection import select_layer
 
-    check_density(sparsity, "--prune sparsity")
     prunable = set(sparsifiable_layers(graph))
     out: list[SparseSpec | None] = []
     for n in graph.of(Op.CONV2D, Op.LINEAR):
         if n.name not in prunable:
             out.append(None)
             continue
-        w = torch.as_tensor(graph.param(n.name, "weight"))
+        shape = tuple(graph.param(n.name, "weight").shape)
         block = tuple(n.attrs.get("block", (8, 8)))
-        groups = int(n.attrs.get("groups", 1))
-        geom = BlockGeometry.of_weight(tuple(w.shape), parse_block_shape(block), groups)
-        keep = select_layer(l1_scores(w, geom), sparsity).numpy()
-        mask = Actual.from_block_mask(keep, tuple(w.shape), block, groups, name=n.name)
+        keep = graph.param(n.name, "mask")
+        mask = Actual.from_block_mask(keep, shape, block, int(n.attrs.get("groups", 1)), name=n.name)
         f = make_format(fmt, bo=block[0], bi=block[1]) if fmt == "block_index" else make_format(fmt)
         out.append(SparseSpec(density={"W": mask}, formats={"W": f}, action=action))  # type: ignore[arg-type]
     return out

@@ -4,7 +4,8 @@
   chunks, instructions, operands, locks, the window geometry);
 * ``layout``: what a program means (tiles, sliding windows, chunk channels, accumulator slots);
 * ``packing``: the packed weight chunk format;
-* ``format``: the versioned file; ``listing``: the readable listing.
+* ``format``: the versioned file; ``listing``: the readable listing;
+* ``provenance``: where a program came from (model source, hashes, every choice made).
 
 This package depends on nothing but ``hw``, ``errors`` and ``utils``: the compiler builds on it,
 and the simulator and estimator read programs through it alone.
@@ -14,6 +15,7 @@ from tilesparse.program.artifact import Program
 from tilesparse.program.format import FORMAT_VERSION, MAGIC
 from tilesparse.program.geometry import KINDS, LayerGeometry, WindowRules
 from tilesparse.program.instr import OPS, Instr, Lock, Operand
+from tilesparse.program.provenance import Provenance, provenance_of, set_provenance
 from tilesparse.program.records import (
     ChunkRow,
     CoreRow,
@@ -27,5 +29,5 @@ from tilesparse.program.records import (
 )
 
 __all__ = ["FORMAT_VERSION", "KINDS", "MAGIC", "OPS", "ChunkRow", "CoreRow", "CoreWork", "Grid", "Instr",
-           "LayerGeometry", "LayerPartition", "LayerRecord", "Lock", "Loops", "Operand", "Program", "SubVolume",
-           "TensorSlice", "WindowRules"]
+           "LayerGeometry", "LayerPartition", "LayerRecord", "Lock", "Loops", "Operand", "Program", "Provenance", "SubVolume",
+           "TensorSlice", "WindowRules", "provenance_of", "set_provenance"]

@@ -13,6 +13,7 @@ from tilesparse.hw import ArrayConfig
 from tilesparse.program import format as fmt
 from tilesparse.program.instr import Instr
 from tilesparse.program.listing import listing
+from tilesparse.program.provenance import Provenance
 from tilesparse.program.records import LayerRecord
 from tilesparse.utils.atomic import atomic_write_bytes
 
@@ -37,7 +38,7 @@ class Program:
     ddr: dict[str, list[int]]  # region -> [addr, nbytes]
     params: dict[str, np.ndarray] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
-    provenance: dict[str, Any] = field(default_factory=dict)
+    provenance: Provenance | None = None  # where it came from (filled by the front door)
 
     def __post_init__(self) -> None:
         self.layers, self.instrs = tuple(self.layers), tuple(self.instrs)

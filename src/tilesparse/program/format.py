@@ -22,6 +22,7 @@ from tilesparse.errors import ProgramError
 from tilesparse.hw import ArrayConfig
 from tilesparse.program.geometry import LayerGeometry
 from tilesparse.program.instr import Instr, Lock, Operand
+from tilesparse.program.provenance import Provenance
 from tilesparse.program.records import (
     ChunkRow,
     CoreWork,
@@ -50,7 +51,7 @@ def encode(program) -> bytes:
               "graph": program.graph, "quantized": program.quantized,
               "layers": [asdict(r) for r in program.layers], "instrs": [asdict(i) for i in program.instrs],
               "buffers": program.buffers, "ddr": program.ddr, "meta": program.meta,
-              "provenance": program.provenance}
+              "provenance": None if program.provenance is None else program.provenance.to_dict()}
     buf = io.BytesIO()
     arrays = {"header": np.frombuffer(json.dumps(header, default=_json).encode(), np.uint8),
               "weights": program.weights, "per_iter": program.per_iter}
@@ -97,9 +98,14 @@ def decode_header(raw: dict[str, np.ndarray], src: str, hw: ArrayConfig | None) 
     instrs = _field(h, "instrs", src)
     out["instrs"] = tuple(_decode(_instr, d, f"{src}: instruction #{i}") for i, d in enumerate(instrs))
     out.update(buffers=_field(h, "buffers", src), ddr=_field(h, "ddr", src), meta=_field(h, "meta", src),
-               provenance=h.get("provenance", {}), per_iter=raw["per_iter"], weights=raw["weights"],
+               provenance=_provenance(h.get("provenance"), src), per_iter=raw["per_iter"], weights=raw["weights"],
                params={k[len("param/"):]: v for k, v in raw.items() if k.startswith("param/")})
     return out
+
+
+def _provenance(data: Any, src: str) -> Provenance | None:
+    """The header's provenance record (None or {} for a program compiled from a graph directly)."""
+    return Provenance.from_dict(data, src) if data else None
 
 
 def _field(h: dict, key: str, src: str) -> Any:

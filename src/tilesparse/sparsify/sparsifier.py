@@ -22,6 +22,7 @@ from torch.nn.utils import parametrize
 
 from tilesparse.errors import ConfigError
 from tilesparse.patterns.block import BlockGeometry
+from tilesparse.patterns.oneshot import first_conv_name
 from tilesparse.patterns.scores import SCORES, block_scores
 from tilesparse.patterns.selection import check_sparsity, select_masks
 from tilesparse.sparsify.parametrization import BlockMaskParametrization
@@ -64,7 +65,7 @@ def find_layers(model: nn.Module, recipe: Recipe) -> tuple[dict[str, nn.Module],
     chosen: dict[str, nn.Module] = {}
     skipped: dict[str, str] = {}
     b = recipe.block_shape
-    first_conv = next((n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+    first_conv = first_conv_name(model)
     for name, m in model.named_modules():
         kind = _kind(m)
         if kind is None:

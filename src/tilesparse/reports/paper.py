@@ -1,8 +1,7 @@
 """The paper's estimated full-network latencies, batch 1, in milliseconds (Table II).
 
 Source: D'Alberto et al., "Weight Block Sparsity: Training, Compilation, and AI Engine
-Accelerators", arXiv 2407.09453 (2024), Table II — as restated in
-``/work/shared/reference/wbs-paper.md``. "sparse" = 50 % 8×8 blocks on every conv but the first;
+Accelerators", arXiv 2407.09453 (2024), Table II. "sparse" = 50 % 8×8 blocks on every conv but the first;
 ``None`` = the paper's compiler failed to produce code for that cell. The paper notes its VGG16
 numbers appear to cover the convolutional part only.
 """

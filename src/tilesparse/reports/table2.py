@@ -1,7 +1,8 @@
 """Networks × arrays × dense/sparse → the Table II analog, with the paper's numbers beside ours.
 
-Each (network, dense|sparse) graph is built once (random weights; sparse = the lowest-L2 blocks
-zeroed, ``compiler.sparsity``), then compiled for every array. Latency depends on shapes and
+Each (network, dense|sparse) graph is built once through the front door (``tilesparse.build``:
+random weights, seed 0; sparse = the lowest-L2 blocks zeroed, ``patterns.prune_oneshot``), then
+compiled for every array. Latency depends on shapes and
 masks only, so the front end runs without quantization (timing-only programs). Work is spread
 over ``jobs`` processes, one (network, mode) per task.
 """
@@ -15,7 +16,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tilesparse.estimate.paper import paper_ms
+from tilesparse.reports.paper import paper_ms
 from tilesparse.utils.atomic import atomic_write_bytes, atomic_write_text
 
 __all__ = ["SEED", "Cell", "run_table", "write_table"]
@@ -53,14 +54,9 @@ class Cell:
 
 
 def _graph(network: str, sparsity: float):
-    from tilesparse.compiler.sparsity import apply_block_sparsity
-    from tilesparse.frontend import build_graph, default_input_shape
-    from tilesparse.models.zoo import get_model
+    from tilesparse.build import build_graph_from
 
-    m = get_model(network, seed=SEED)
-    if sparsity > 0:
-        apply_block_sparsity(m, sparsity, (8, 8), name=network)
-    return build_graph(m, input_shape=default_input_shape(network), quantized=False, seed=SEED)
+    return build_graph_from(network, sparsity=sparsity, block=(8, 8), quantized=False, seed=SEED).graph
 
 
 def _task(network: str, mode: str, arrays: list[str], sparsity: float, repeats: int = 1) -> list[Cell]:

@@ -1,0 +1,237 @@
+"""The front door: model source → (pruned) model → graph → Program, with provenance.
+
+Every verb and the Table II report go through ``build_graph_from`` / ``compile_source``:
+
+    >>> prog = compile_source("resnet18", "4x4", sparsity=0.5, input_shape=(1, 3, 64, 64))  # doctest: +SKIP
+    >>> provenance_of(prog).selection                                                        # doctest: +SKIP
+    'l2-oneshot'
+
+``graph_from_provenance`` rebuilds the graph a program was compiled from (refusing source files
+whose hash changed), and ``check_request`` refuses flags that contradict a program's provenance.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tilesparse.errors import ConfigError, ProvenanceError
+from tilesparse.program.provenance import (
+    TIME_MODEL,
+    Provenance,
+    file_sha256,
+    package_version,
+    set_provenance,
+)
+from tilesparse.source import LoadedModel, ModelSource, load_model, parse_source
+
+__all__ = ["Built", "build_graph_from", "check_request", "compile_source", "graph_from_provenance",
+           "parse_input_shape"]
+
+N_CALIB = 2  # random calibration inputs of the front end (frontend.build_graph's default)
+QUANTIZATION = "int8 power-of-two, per-tensor weights"
+
+
+@dataclass
+class Built:
+    """A graph and the choices that made it (all but the array and balance of the provenance)."""
+
+    graph: Any  # tilesparse.ir.graph.Graph
+    source: ModelSource
+    block: tuple[int, int]
+    sparsity: float
+    selection: str
+    seed: int
+    quantized: bool
+    input_shape: tuple[int, ...]
+
+    def provenance(self, array: str, balance: bool) -> Provenance:
+        s = self.source
+        return Provenance(
+            source=s.spec, source_kind=s.kind, source_sha256=file_sha256(s.path) if s.path else None,
+            weights=str(s.weights) if s.weights else None,
+            weights_sha256=file_sha256(s.weights) if s.weights else None, pattern="block", block=self.block,
+            sparsity=self.sparsity, selection=self.selection, seed=self.seed,
+            quantization=QUANTIZATION if self.quantized else "none (float graph)",
+            calibration=f"random normal, n={N_CALIB}, seed={self.seed}" if self.quantized else "none",
+            input_shape=self.input_shape, array=array, time_model=TIME_MODEL, balance=balance,
+            version=package_version())
+
+
+def parse_input_shape(text: str | Sequence[int] | None, what: str = "--input-shape") -> tuple[int, ...] | None:
+    """``"1,3,224,224"`` / ``"1x3x224x224"`` / a sequence -> tuple; None stays None."""
+    if text is None:
+        return None
+    try:
+        shape = tuple(int(x) for x in (text.replace("x", ",").split(",") if isinstance(text, str) else text))
+    except ValueError:
+        shape = ()
+    if len(shape) != 4 or min(shape) < 1:
+        raise ConfigError(what, [f"expected N,C,H,W such as 1,3,224,224, got {text!r}"])
+    return shape
+
+
+def _input_shape(lm: LoadedModel, src: ModelSource, given: tuple[int, ...] | None) -> tuple[int, ...]:
+    if given is not None:
+        return given
+    if lm.example_shape is not None:
+        return lm.example_shape
+    if lm.zoo_name is not None:
+        from tilesparse.frontend import default_input_shape
+
+        return default_input_shape(lm.zoo_name)
+    raise ConfigError("--input-shape", [f"{src.spec}: give the input shape (N,C,H,W) for a {src.kind} source"])
+
+
+def _choose(lm: LoadedModel, src: ModelSource, sparsity: float | None,
+            block: str | tuple[int, int] | None) -> tuple[tuple[int, int], float, str]:
+    """(block, sparsity, selection rule) of the request; a checkpoint's masks are never re-pruned."""
+    from tilesparse.patterns import parse_block_shape
+    from tilesparse.patterns.selection import check_sparsity
+
+    b = parse_block_shape(block) if block is not None else None
+    if lm.masks is None:
+        sp = check_sparsity(float(sparsity or 0.0), "--sparsity")
+        bs = (b.out, b.in_) if b else (8, 8)
+        return bs, sp, "l2-oneshot" if sp > 0 else "none"
+    if sparsity is not None and not math.isclose(sparsity, lm.sparsity or 0.0):
+        raise ConfigError("--sparsity", [f"{src.spec} carries trained masks (sparsity {lm.sparsity:g}); it is "
+                                         f"not pruned again: drop --sparsity {sparsity:g}"])
+    if b is not None and (b.out, b.in_) != lm.block:
+        raise ConfigError("--block", [f"{src.spec} carries {lm.block[0]}x{lm.block[1]} block masks; drop "
+                                      f"--block {b}"])
+    return lm.block, float(lm.sparsity or 0.0), "checkpoint-masks"
+
+
+def build_graph_from(source: str | ModelSource, *, weights: str | Path | None = None,
+                     sparsity: float | None = None, block: str | tuple[int, int] | None = None,
+                     input_shape: str | Sequence[int] | None = None, quantized: bool = True,
+                     seed: int = 0) -> Built:
+    """Source → model → one-shot pruning (``patterns.prune_oneshot``, unless the source carries
+    masks) → front end. ``sparsity``/``block`` None: the source's own (dense, 8x8 for a model
+    without masks)."""
+    from tilesparse.frontend import build_graph
+    from tilesparse.patterns import prune_oneshot
+
+    src = source if isinstance(source, ModelSource) else parse_source(source, weights)
+    lm = load_model(src, seed)
+    bs, sp, rule = _choose(lm, src, sparsity, block)
+    if rule == "l2-oneshot":
+        prune_oneshot(lm.model, sp, bs, name=lm.name)
+    shape = _input_shape(lm, src, parse_input_shape(input_shape))
+    g = build_graph(lm.model, input_shape=shape, block=bs, quantized=False, seed=seed)
+    if lm.masks:
+        g = _with_masks(g, lm.masks, src.spec)
+    if quantized:
+        from tilesparse.frontend import random_calibration
+        from tilesparse.quant import quantize
+
+        g = quantize(g, random_calibration(shape, N_CALIB, seed))
+    return Built(g, src, bs, sp, rule, seed, quantized, shape)
+
+
+def _with_masks(g, masks: dict[str, Any], where: str):
+    """The graph with its block masks set to the checkpoint's (the kept blocks are exactly the
+    trained ones, even a kept block whose weights happen to be zero)."""
+    import numpy as np
+
+    from tilesparse.ir.graph import Graph, Op
+
+    params = dict(g.params)
+    node_of = {n.source: n.name for n in g.of(Op.CONV2D, Op.LINEAR) if n.source}  # module path -> node
+    for name, keep in masks.items():
+        key = f"{node_of.get(name, name.replace('.', '_'))}.mask"
+        if key not in params:
+            raise ConfigError(where, [f"masked layer {name!r} has no conv in the captured graph"])
+        keep = np.asarray(keep.cpu().numpy(), dtype=bool)
+        if keep.shape != params[key].shape or (params[key] & ~keep).any():
+            raise ConfigError(where, [f"layer {name!r}: mask {keep.shape} does not fit the weights "
+                                      f"(graph mask {params[key].shape})"])
+        params[key] = keep
+    return Graph(g.nodes, params, g.name)
+
+
+def compile_source(source: str | ModelSource, array: Any = "4x4", *, balance: bool = True, chooser=None,
+                   **build_kwargs: Any):
+    """``build_graph_from`` then ``compile_graph``; the Program carries its provenance."""
+    from tilesparse.compiler.pipeline import compile_graph
+    from tilesparse.hw import load_array
+
+    hw = load_array(array)
+    built = build_graph_from(source, **build_kwargs)
+    prog = compile_graph(built.graph, hw, chooser=chooser, balance=balance)
+    set_provenance(prog, built.provenance(hw.label, balance))
+    return prog
+
+
+def check_files(prov: Provenance, where: str) -> None:
+    """Refuse a source / weights file that is gone or whose bytes changed since compile."""
+    for role, path, sha in (("source", _source_path(prov), prov.source_sha256),
+                            ("weights", prov.weights, prov.weights_sha256)):
+        if path is None or sha is None:
+            continue
+        if not Path(path).is_file():
+            raise ProvenanceError(f"{where} was compiled from {role} file {path}, which no longer exists; "
+                                  "restore it or recompile")
+        if file_sha256(path) != sha:
+            raise ProvenanceError(f"{role} file {path} changed since {where} was compiled (sha256 "
+                                  f"{file_sha256(path)[:12]}…, compiled from {sha[:12]}…); recompile")
+
+
+def _source_path(prov: Provenance) -> str | None:
+    if prov.source_kind == "zoo":
+        return None
+    return prov.source.rpartition(":")[0] if prov.source_kind == "file" else prov.source
+
+
+def graph_from_provenance(prov: Provenance, where: str = "program") -> Built:
+    """Rebuild the graph ``prov`` describes (same source, pruning, input shape, quantization)."""
+    check_files(prov, where)
+    return build_graph_from(prov.source, weights=prov.weights,
+                            sparsity=prov.sparsity if prov.selection == "l2-oneshot" else None,
+                            block=prov.block, input_shape=prov.input_shape, quantized=prov.quantized,
+                            seed=prov.seed)
+
+
+def check_request(prov: Provenance, where: str, **given: Any) -> None:
+    """Refuse any given flag (not None) that contradicts the provenance, naming both values.
+    Keys: source, weights, sparsity, block, input_shape, array."""
+    for flag, want, got, raw in _requested(prov, given):
+        if want != got:
+            raise ProvenanceError(f"{flag} {raw} contradicts the program's provenance "
+                                  f"({_FIELD.get(flag, flag[2:])} {_show(want)}, from {where}); drop the flag or "
+                                  "recompile")
+
+
+_FIELD = {"--model": "source", "--input-shape": "input_shape"}  # flag -> provenance field, where they differ
+
+
+def _requested(prov: Provenance, given: dict[str, Any]):
+    """(flag, recorded value, requested value, as the user wrote it) for every given flag."""
+    from tilesparse.patterns import parse_block_shape
+
+    g = {k: v for k, v in given.items() if v is not None}
+    if "source" in g:
+        yield "--model", prov.source, parse_source(g["source"]).spec, g["source"]
+    if "weights" in g:
+        yield "--weights", prov.weights, str(Path(g["weights"]).resolve()), g["weights"]
+    if "sparsity" in g:
+        yield "--sparsity", prov.sparsity, float(g["sparsity"]), f"{g['sparsity']:g}"
+    if "block" in g:
+        b = parse_block_shape(g["block"])
+        yield "--block", prov.block, (b.out, b.in_), g["block"]
+    if "input_shape" in g:
+        yield "--input-shape", prov.input_shape, parse_input_shape(g["input_shape"]), g["input_shape"]
+    if "array" in g:
+        from tilesparse.hw import load_array
+
+        yield "--array", prov.array, load_array(g["array"]).label, g["array"]
+
+
+def _show(v: Any) -> str:
+    if isinstance(v, tuple):
+        return ("x" if len(v) == 2 else ",").join(str(x) for x in v)
+    return f"{v:g}" if isinstance(v, float) else str(v)

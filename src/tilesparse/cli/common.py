@@ -1,0 +1,61 @@
+"""What every verb shares: the help texts of the common options, the console, JSON output, and
+telling a program file from a model source. Kept free of torch so ``tilesparse --help`` is fast."""
+
+from __future__ import annotations
+
+import json
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from tilesparse.source import SOURCE_FORMS
+
+__all__ = ["ARRAY_HELP", "BLOCK_HELP", "INPUT_SHAPE_HELP", "JSON_HELP", "SOURCE_HELP", "SPARSITY_HELP",
+           "WEIGHTS_HELP", "console", "is_program_file", "write_json"]
+
+SOURCE_HELP = f"Model source: {SOURCE_FORMS}."  # the one list of the forms (tilesparse.source)
+ARRAY_HELP = "Array: RxC (rows x columns, e.g. 4x4, 5x7, 8x2), base-RxC, phoenix, strix, or a YAML file."
+SPARSITY_HELP = ("Zero this fraction of lowest-L2 blocks in every conv/linear but the first (0 = dense; a "
+                 "checkpoint's masks are used as trained).")
+BLOCK_HELP = "Block shape OUTxIN (default 8x8, or the checkpoint's)."
+INPUT_SHAPE_HELP = "N,C,H,W (default: the zoo model's, or a .pt2's example input)."
+WEIGHTS_HELP = "State-dict file (or tilesparse checkpoint) for a zoo name (else random weights, seed 0)."
+JSON_HELP = "Write machine-readable results as JSON to this path ('-' = stdout)."
+
+_WIDE = 1000  # columns of a console that is not a terminal: tables never cut a layer name
+
+
+def console(json_out: str | Path | None = None):
+    """A rich Console for the verbs' output; piped to a file it is wide enough that no table column
+    is truncated (a terminal keeps its own width). With ``--json -`` the human-readable output goes
+    to stderr, so that stdout carries the JSON alone."""
+    from rich.console import Console
+
+    stream = sys.stderr if str(json_out) == "-" else sys.stdout
+    return Console(file=stream) if stream.isatty() else Console(file=stream, width=_WIDE)
+
+
+def write_json(path: str | Path | None, data: Any) -> None:
+    """``--json PATH``: write ``data`` there atomically, or to stdout for '-'; nothing for None."""
+    if path is None:
+        return
+    text = json.dumps(data, indent=1, default=str)
+    if str(path) == "-":
+        print(text)
+        return
+    from tilesparse.utils.atomic import atomic_write_text
+
+    atomic_write_text(path, text + "\n")
+
+
+def is_program_file(target: str) -> bool:
+    """A Program (``tilesparse compile``'s .tsp), not a model source: by suffix, or an .npz archive
+    holding a program header (a torch checkpoint is a zip file too, without one)."""
+    p = Path(target)
+    if p.suffix in (".tsp", ".npz"):
+        return True
+    if not p.is_file() or not zipfile.is_zipfile(p):
+        return False
+    with zipfile.ZipFile(p) as z:
+        return "header.npy" in z.namelist()

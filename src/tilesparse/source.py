@@ -1,0 +1,208 @@
+"""Model sources: the one argument every verb takes to name a model, parsed in one place.
+Imports only the standard library at module level (the CLI's help text comes from here).
+
+Forms (``SOURCE_FORMS``):
+
+* a zoo name: ``resnet50``, ``digits_cnn``, any torchvision classifier (random weights, seeded),
+  optionally with ``weights=`` a plain state dict of that architecture — or a tilesparse
+  checkpoint of it, whose masks are then used;
+* a ``tilesparse sparsify`` checkpoint file (``sparse.pt``): architecture from its model name,
+  weights and block masks from the file;
+* ``path/to/file.py:factory``: the file is imported by path and ``factory()`` must return an
+  ``nn.Module`` (called after seeding torch, so random initialisation is reproducible);
+* a ``torch.export`` ``.pt2`` file: ``torch.export.load(path).module()``; its example input gives
+  the default input shape.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tilesparse.errors import CheckpointError, ConfigError
+
+__all__ = ["SOURCE_FORMS", "LoadedModel", "ModelSource", "load_model", "parse_source"]
+
+SOURCE_FORMS = ("a zoo name (resnet50, digits_cnn, any torchvision classifier; with --weights FILE for a state "
+                "dict or checkpoint of it), a `tilesparse sparsify` checkpoint (runs/x/sparse.pt: its "
+                "architecture, weights and trained masks), path/to/file.py:factory (factory() returns an "
+                "nn.Module; give --input-shape), or a torch.export .pt2 file")
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+_PROGRAM_SUFFIXES = (".tsp", ".npz")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A parsed source. ``spec`` is canonical (absolute paths), so two spellings of one file agree."""
+
+    spec: str
+    kind: str  # zoo | checkpoint | file | pt2
+    path: Path | None = None  # the checkpoint / .py / .pt2 file
+    factory: str | None = None
+    weights: Path | None = None  # state dict (or checkpoint) for a zoo name
+
+    @property
+    def files(self) -> list[tuple[str, Path]]:
+        """(role, path) of every file the model is read from (their hashes go in the provenance)."""
+        return [(r, p) for r, p in (("source", self.path), ("weights", self.weights)) if p is not None]
+
+
+@dataclass
+class LoadedModel:
+    model: Any  # nn.Module in eval mode, masks (if any) baked into zero weights
+    name: str  # graph name
+    zoo_name: str | None  # architecture name (default input shape)
+    masks: dict[str, Any] | None = None  # module name -> bool block keep-mask, from a checkpoint
+    block: tuple[int, int] | None = None  # the checkpoint recipe's block shape
+    sparsity: float | None = None  # the checkpoint recipe's target
+    example_shape: tuple[int, ...] | None = None  # a .pt2's example input
+
+
+def _must_exist(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise ConfigError(str(path), [f"{what} not found (expected {SOURCE_FORMS})"])
+    return path.resolve()
+
+
+def parse_source(spec: str, weights: str | Path | None = None) -> ModelSource:
+    """Classify ``spec`` (see the module doc); ``ConfigError`` for a missing file or a bad form."""
+    spec = str(spec).strip()
+    if not spec:
+        raise ConfigError("model", [f"empty model source; expected {SOURCE_FORMS}"])
+    head, sep, attr = spec.rpartition(":")
+    if sep and head.endswith(".py"):
+        if not attr.isidentifier():
+            raise ConfigError(spec, [f"expected path/to/file.py:factory with a Python name after ':', got {attr!r}"])
+        src = ModelSource(f"{_must_exist(Path(head), 'model file')}:{attr}", "file",
+                          _must_exist(Path(head), "model file"), attr)
+    elif spec.endswith(".py"):
+        raise ConfigError(spec, ["name the function that builds the model: path/to/file.py:factory"])
+    elif Path(spec).suffix in _PROGRAM_SUFFIXES:
+        raise ConfigError(spec, ["is a compiled program, not a model; `tilesparse simulate` / `estimate` read "
+                                 "programs, `compile` needs " + SOURCE_FORMS])
+    elif Path(spec).suffix == ".pt2":
+        path = _must_exist(Path(spec), "exported program")
+        src = ModelSource(str(path), "pt2", path)
+    elif Path(spec).suffix in _CHECKPOINT_SUFFIXES or Path(spec).is_file():
+        path = _must_exist(Path(spec), "checkpoint")
+        src = ModelSource(str(path), "checkpoint", path)
+    else:
+        src = ModelSource(spec, "zoo")
+    if weights is not None:
+        if src.kind != "zoo":
+            raise ConfigError("--weights", [f"only a zoo name takes --weights; {spec} ({src.kind}) carries its "
+                                            "own weights"])
+        src = ModelSource(src.spec, "zoo", weights=_must_exist(Path(weights), "weights file"))
+    return src
+
+
+def load_model(src: ModelSource, seed: int = 0) -> LoadedModel:
+    """Build the source's ``nn.Module`` (eval mode) and whatever the source says about its masks."""
+    if src.kind == "checkpoint":
+        return _from_checkpoint(src.path, None)
+    if src.kind == "file":
+        return _from_file(src.path, src.factory, seed)
+    if src.kind == "pt2":
+        return _from_pt2(src.path)
+    from tilesparse.models.zoo import get_model
+
+    if src.weights is not None and _is_checkpoint(src.weights):
+        return _from_checkpoint(src.weights, src.spec)
+    return LoadedModel(get_model(src.spec, weights=src.weights, seed=seed), src.spec, src.spec)
+
+
+def _is_checkpoint(path: Path) -> bool:
+    import torch
+
+    from tilesparse.sparsify.checkpoint import FORMAT
+
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # unreadable: get_model's own loader reports it, naming the file
+        return False
+    return isinstance(data, dict) and data.get("format") == FORMAT
+
+
+def _from_checkpoint(path: Path, zoo_name: str | None) -> LoadedModel:
+    """Architecture from the checkpoint's model name, weights and masks from the file."""
+    from tilesparse.sparsify.checkpoint import load_checkpoint, read_checkpoint
+
+    try:
+        data = read_checkpoint(path)
+    except CheckpointError as e:
+        if "not a tilesparse checkpoint" not in str(e):
+            raise
+        raise CheckpointError(f"{e}; for a plain state dict pass its architecture's zoo name and --weights "
+                              f"{path}") from None
+    name = data.get("model_name")
+    if zoo_name is not None and name and name != zoo_name:
+        raise CheckpointError(f"{path}: checkpoint of model {name!r}, not {zoo_name!r}; pass the checkpoint "
+                              "itself as the model source")
+    if not name and zoo_name is None:
+        raise CheckpointError(f"{path}: checkpoint names no model architecture; pass the zoo name and "
+                              "--weights with this file")
+    arch = name or zoo_name
+    if ".py:" in arch:  # sparsified from a file.py:factory source: the checkpoint records it
+        model, arch = load_model(parse_source(arch)).model, None
+    else:
+        from tilesparse.models.zoo import get_model
+
+        model = get_model(arch)
+    ck = load_checkpoint(path, model)
+    masks = block = sparsity = None
+    if ck.sparsifier is not None:
+        masks = {n: m.clone() for n, m in ck.sparsifier.masks.items()}
+        b = ck.recipe.block_shape
+        block, sparsity = (b.out, b.in_), float(ck.recipe.sparsity)
+        ck.sparsifier.squash_mask()
+    return LoadedModel(ck.model.eval(), path.stem, arch, masks, block, sparsity)
+
+
+def _from_file(path: Path, factory: str, seed: int) -> LoadedModel:
+    import torch
+    from torch import nn
+
+    mod_name = f"tilesparse_user_{abs(hash(str(path)))}"
+    spec = importlib.util.spec_from_file_location(mod_name, path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(str(path), ["cannot be imported as a Python file"])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # the user's code: report it, naming the file
+        sys.modules.pop(mod_name, None)
+        raise ConfigError(str(path), [f"importing it failed: {type(e).__name__}: {e}"]) from None
+    fn = getattr(module, factory, None)
+    if not callable(fn):
+        have = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
+        raise ConfigError(f"{path}:{factory}", [f"{path.name} defines no function {factory!r}"
+                                                f" (callables there: {', '.join(have) or 'none'})"])
+    torch.manual_seed(seed)
+    try:
+        model = fn()
+    except Exception as e:
+        raise ConfigError(f"{path}:{factory}", [f"{factory}() failed: {type(e).__name__}: {e}"]) from None
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"{path}:{factory}", [f"{factory}() returned {type(model).__name__}, expected a "
+                                                "torch.nn.Module"])
+    return LoadedModel(model.eval(), factory, None)
+
+
+def _from_pt2(path: Path) -> LoadedModel:
+    import torch
+
+    try:
+        ep = torch.export.load(str(path))
+    except Exception as e:  # torch raises many kinds; the message names the file
+        raise ConfigError(str(path), [f"not a readable torch.export program ({type(e).__name__}: {e})"]) from None
+    shape = None
+    args = (ep.example_inputs or ((), {}))[0]
+    if args and isinstance(args[0], torch.Tensor):
+        shape = tuple(int(d) for d in args[0].shape)
+    from tilesparse.ir.exported import lift_exported
+
+    return LoadedModel(lift_exported(ep.module(), path.stem).eval(), path.stem, None, example_shape=shape)
