@@ -135,6 +135,12 @@ def load_array(spec: str | Path | ArrayConfig = "4x4") -> ArrayConfig:
     ``spec`` is an ``ArrayConfig``; a YAML file path; a shape ``"RxC"`` (rows x columns) on the
     default AIE2 description; ``"base-RxC"`` on a shipped base; or a named part (``phoenix``,
     ``strix``).
+
+    >>> load_array("8x2").label  # rows x columns of the default base
+    'aie2-8x2'
+    >>> a = load_array("strix")  # a named part: a base and its shape
+    >>> a.label, a.n_cores
+    ('aie2-4x8', 32)
     """
     if isinstance(spec, ArrayConfig):
         return spec
