@@ -25,8 +25,12 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _int8_only() -> dict[DType, int]:
+    return {"int8": 256}
+
+
 class CoreConfig(_Strict):
-    macs_per_cycle: dict[DType, PositiveInt] = Field(default_factory=lambda: {"int8": 256})
+    macs_per_cycle: dict[DType, PositiveInt] = Field(default_factory=_int8_only)
     matmul_shape: tuple[PositiveInt, PositiveInt, PositiveInt] = (4, 8, 8)
     kernel_call_overhead_cycles: int = Field(64, ge=0)
     data_memory_bytes: PositiveInt = 65536

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -101,7 +102,7 @@ class BlockGeometry:
     @classmethod
     def of_module(cls, module: nn.Module, block: BlockShape) -> BlockGeometry:
         groups = getattr(module, "groups", 1)
-        return cls.of_weight(module.weight.shape, block, groups)
+        return cls.of_weight(cast(Tensor, module.weight).shape, block, groups)
 
     @property
     def out_per_group(self) -> int:

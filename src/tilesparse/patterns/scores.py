@@ -103,6 +103,7 @@ def block_scores(name: str, weight: Tensor, geom: BlockGeometry, stat: Tensor | 
         return l2_scores(weight, geom)
     if name == "variance":
         return variance_scores(weight, geom)
+    assert stat is not None  # checked above: the gradient scores need it
     if name == "taylor":
         return taylor_scores(weight, stat, geom)
     if name == "fisher":

@@ -127,7 +127,7 @@ def avg_round(total: T, divisor: T) -> T:
     >>> avg_round(7, 2), avg_round(-7, 2), avg_round(5, 4)  # 3.5, -3.5 and 1.25
     (4, -3, 1)
     """
-    return (2 * total + divisor) // (2 * divisor)  # type: ignore[no-any-return]
+    return (2 * total + divisor) // (2 * divisor)
 
 
 def _axis_counts(size: int, out: int, k: int, s: int, p: int, include_pad: bool) -> np.ndarray:
