@@ -6,7 +6,8 @@ cores, skipped while the same chunk is still resident), then a pipeline over the
 (LOAD if the input lives in DDR, LOADFM, COMP, WRITEFM and WRITE if the output lives in DDR; WRITEFM
 and WRITE only in the last input-channel chunk). This module computes, per step and per
 iteration, the bytes on the busiest channel of every transfer and the cycles of the slowest core
-for COMP — the numbers the time model turns into seconds (``tilesparse.estimate.timemodel``).
+for COMP — the numbers the time model turns into seconds (``tilesparse.timing``, which also
+holds the COMP cycle rule, ``timing.comp_cycles``).
 
 Channel accounting (docs/time-model.md): LOADFM/LOAD/WRITEFM/WRITE use one channel per column (a
 window read by several cores of a column is broadcast once); LOADWM one channel per row (a chunk
@@ -33,10 +34,9 @@ from tilesparse.compiler.partition import (
     oc_chunks,
 )
 from tilesparse.hw import ArrayConfig
+from tilesparse.timing import PIPE_OPS, comp_cycles, element_cycles
 
 __all__ = ["Step", "WeightIndex", "chunk_with_inputs", "core_chunk", "layer_steps"]
-
-PIPE_OPS = ("LOAD", "LOADFM", "COMP", "WRITEFM", "WRITE")
 
 
 class WeightIndex:
@@ -269,19 +269,6 @@ _LAYOUT_MEMO: dict[tuple, tuple] = {}
 _MEMO_MAX = 1024  # entries of each memo above (a layer's search has a few hundred candidates)
 
 
-def _comp_cycles(spec, hw, rwork: np.ndarray, p: np.ndarray) -> np.ndarray:
-    """Rule 2 of the time model: cycles of the slowest core per iteration, for every step.
-    ``rwork[j, r]``: work of the heaviest core of region r in step j; ``p[r, t]``: positions."""
-    w = rwork[:, :, None]
-    if spec.kind == "conv":
-        cyc = np.ceil(p / hw.core.matmul_shape[0])[None] * w
-    else:
-        cyc = np.ceil(p[None] * w / hw.macs_per_cycle("int8"))
-    busy = (p[None] > 0) & (w > 0)
-    out = np.where(busy, cyc + hw.core.kernel_call_overhead_cycles, 0)
-    return out.max(axis=1) if out.shape[1] else np.zeros((rwork.shape[0], p.shape[1]))
-
-
 class StepTable:
     """Every step of a layer as arrays (step j = (s, k, q) in loop order): LOADW bytes on the
     busiest column channel (steps × pieces) and in total, LOADWM bytes on the busiest row channel
@@ -364,7 +351,7 @@ def layer_steps(spec: LayerSpec, hw: ArrayConfig, part: LayerPartition, in_ddr: 
     tab = StepTable(part.n_s, n_k, n_q, g)
     # every tile of the layer at once (t axis), then one slice per spatial group
     p, win = lay.p, lay.win
-    comp = _comp_cycles(spec, hw, rwork, p)
+    comp = comp_cycles(spec.kind, hw, rwork, p)
     if spec.kind == "conv" and spec.groups == 1:  # all groups read the same channels: one window
         cr = (np.matmul(lay.col_rg, active.T).transpose(2, 0, 1) > 0).astype(float)  # (j, c, r)
         fm = np.matmul(cr, win) * cilen.max(axis=1)[:, None, None]
@@ -377,7 +364,7 @@ def layer_steps(spec: LayerSpec, hw: ArrayConfig, part: LayerPartition, in_ddr: 
     wr = wr_c.max(axis=1)  # outputs leave after the last ci chunk
     if spec.residual:  # fused add: the other operand's output-shaped tile comes in with the last chunk
         fm = fm + wr_c
-        add_ops = np.ceil(p[None] * oclen.max(axis=1)[:, None, None] / hw.macs_per_cycle("int8"))
+        add_ops = element_cycles(p[None] * oclen.max(axis=1)[:, None, None], hw)
         comp = comp + add_ops.max(axis=1) * last
     # LOAD brings, per column, the windows of inputs in DDR and the residual tiles if the
     # residual is in DDR (never the residual twice, nor one that lives in MemTile)

@@ -35,12 +35,8 @@ from tilesparse.compiler.partition import (
 )
 from tilesparse.compiler.stages import StepTable, WeightIndex, layer_steps
 from tilesparse.errors import CapacityError, ConfigError
-from tilesparse.estimate.timemodel import (
-    WEIGHT_SLOTS,
-    engine_bound_s,
-    layer_time_arrays,
-)
 from tilesparse.hw import ArrayConfig
+from tilesparse.timing import WEIGHT_SLOTS, engine_bound_s, layer_time_arrays
 
 __all__ = ["MAX_STAGING_FRACTION", "LayerPlan", "chunk_blocks", "plan_layer", "plan_with", "replan"]
 
