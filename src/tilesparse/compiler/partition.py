@@ -29,6 +29,7 @@ from itertools import pairwise
 
 import numpy as np
 
+from tilesparse.compiler.cache import CompileCache, memo
 from tilesparse.compiler.layers import LayerSpec
 from tilesparse.errors import CapacityError
 from tilesparse.hw import ArrayConfig
@@ -218,7 +219,8 @@ def oc_units(spec: LayerSpec, hw: ArrayConfig) -> tuple[list[tuple[int, int]], n
     return units, np.array([b - a for a, b in units], dtype=np.float64)
 
 
-def oc_chunks(spec: LayerSpec, oc0: int, oc1: int, oc_t: int, n_k: int) -> tuple[int, ...]:
+def oc_chunks(spec: LayerSpec, oc0: int, oc1: int, oc_t: int, n_k: int,
+              cache: CompileCache | None = None) -> tuple[int, ...]:
     """Boundaries of the ``n_k`` output-channel chunks of a core's channels [oc0, oc1), each at
     most ``oc_t`` wide (``n_k + 1`` values; trailing chunks may be empty).
 
@@ -228,9 +230,9 @@ def oc_chunks(spec: LayerSpec, oc0: int, oc1: int, oc_t: int, n_k: int) -> tuple
     every ``oc_t`` channels, which leaves step k's chunks with random amounts of work under block
     sparsity. The cost of a block row is its kept input channels × taps (its kept blocks' MACs per
     position). Other layers, grouped convs and ranges not aligned to block rows: every ``oc_t``
-    channels."""
-    return _memo(_CHUNK_MEMO, _OC_MEMO_MAX * 16, spec, (spec.name, id(spec), oc0, oc1, oc_t, n_k),
-                 lambda: _oc_chunks_uncached(spec, oc0, oc1, oc_t, n_k))
+    channels. ``cache``: the compile's memo (``compiler.cache``)."""
+    return memo(cache, "oc_chunks", spec, (id(spec), oc0, oc1, oc_t, n_k),
+                lambda: _oc_chunks_uncached(spec, oc0, oc1, oc_t, n_k))
 
 
 def _oc_chunks_uncached(spec: LayerSpec, oc0: int, oc1: int, oc_t: int, n_k: int) -> tuple[int, ...]:
@@ -245,28 +247,10 @@ def _oc_chunks_uncached(spec: LayerSpec, oc0: int, oc1: int, oc_t: int, n_k: int
     return tuple(min(oc0 + i * bo, oc1) for i in cuts)
 
 
-def _memo(store: dict, max_entries: int, keep: object, key: tuple, compute):
-    """Memo keyed by object ids: ``key`` holds the ``id`` of ``keep`` (a spec, or a tuple of the
-    objects whose ids it holds) and the entry keeps ``keep`` alive, so no id in the key can be
-    reused by another object while the entry exists."""
-    hit = store.get(key)
-    if hit is None:
-        if len(store) > max_entries:
-            store.clear()
-        hit = store[key] = (keep, compute())
-    return hit[1]
-
-
-_CHUNK_MEMO: dict[tuple, tuple[LayerSpec, tuple[int, ...]]] = {}
-
-
-def _oc_ranges(spec: LayerSpec, hw: ArrayConfig, parts: int, per: int = 1) -> list[tuple[int, int]]:
-    return _memo(_OC_MEMO, _OC_MEMO_MAX, spec, (spec.name, id(spec), parts, per, hw.core.matmul_shape),
-                 lambda: _oc_ranges_uncached(spec, hw, parts, per))
-
-
-_OC_MEMO: dict[tuple, tuple[LayerSpec, list[tuple[int, int]]]] = {}
-_OC_MEMO_MAX = 4096  # entries; a network has a few hundred (layer × part count)
+def _oc_ranges(spec: LayerSpec, hw: ArrayConfig, parts: int, per: int, cache: CompileCache | None
+               ) -> list[tuple[int, int]]:
+    return memo(cache, "oc_ranges", spec, (id(spec), parts, per, hw.core.matmul_shape),
+                lambda: _oc_ranges_uncached(spec, hw, parts, per))
 
 
 def _split_units(cost: np.ndarray, parts: int) -> list[int]:
@@ -306,11 +290,13 @@ def _oc_ranges_uncached(spec: LayerSpec, hw: ArrayConfig, parts: int, per: int) 
             for i in range(parts)]
 
 
-def assign_cores(spec: LayerSpec, hw: ArrayConfig, grid: Grid) -> tuple[CoreWork, ...]:
-    """The output sub-volume of every core under ``grid`` (see module doc)."""
+def assign_cores(spec: LayerSpec, hw: ArrayConfig, grid: Grid, cache: CompileCache | None = None
+                 ) -> tuple[CoreWork, ...]:
+    """The output sub-volume of every core under ``grid`` (see module doc; ``cache``: the
+    compile's memo)."""
     rows, cols = hw.rows, hw.cols
     n_oc = grid.oc_groups * (cols if grid.col_axis == "oc" else 1)
-    ocr = _oc_ranges(spec, hw, n_oc, cols if grid.col_axis == "oc" else 1)
+    ocr = _oc_ranges(spec, hw, n_oc, cols if grid.col_axis == "oc" else 1, cache)
     if grid.col_axis == "hw":
         return _assign_2d(spec, hw, grid, ocr)
     if grid.col_axis == "w":

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from tilesparse.compiler.cache import CompileCache
 from tilesparse.compiler.codegen import emit_layer, pack_layer
 from tilesparse.compiler.fusion import buffer_of, fusable_adds, order_add_branches
 from tilesparse.compiler.layers import LayerSpec, chw, copy_spec, layer_spec
@@ -104,7 +105,7 @@ def _where(alloc: Allocation, ddr: DdrLayout, buf: str) -> str:
 
 
 def compile_graph(graph: Graph, hw: ArrayConfig | str, *, chooser: Chooser | None = None,
-                  balance: bool = True) -> Program:
+                  balance: bool = True, cache: CompileCache | None = None) -> Program:
     """Compile a lowered (and ideally quantized) IR graph for array ``hw`` into a ``Program``.
 
     ``chooser(node, hw) -> SubVolume | None`` may impose a layer's per-core sub-volume (validated;
@@ -117,6 +118,7 @@ def compile_graph(graph: Graph, hw: ArrayConfig | str, *, chooser: Chooser | Non
     """
     t0 = time.perf_counter()
     hw = load_array(hw)
+    cache = CompileCache() if cache is None else cache
     orders: dict[str, np.ndarray] = {}
     if balance:
         graph, orders = balance_channels(graph)
@@ -128,10 +130,10 @@ def compile_graph(graph: Graph, hw: ArrayConfig | str, *, chooser: Chooser | Non
     for i, sp in enumerate(specs):
         node = graph.node(sp.name) if not sp.name.count(".copy_") else None
         in_ddr = tuple(b in forced for b, _, _ in ins[sp.name]["inputs"])
-        plan = plan_layer(sp, hw, in_ddr, sp.out_tensor in forced, chooser, node)
+        plan = plan_layer(sp, hw, in_ddr, sp.out_tensor in forced, chooser, node, cache)
         # once planned, a reorderable conv's block rows are reordered for the plan's chunks
         if (balance and node is not None and (readers := reorderable(graph, node)) is not None
-                and (got := rebalance(plan, hw)) is not None):
+                and (got := rebalance(plan, hw, cache)) is not None):
             plan, rows = got
             graph = reorder_channels(graph, node, rows, readers, orders)
             readers_of = {c.name for c in readers[0]}  # their input channels follow, before they are planned
@@ -143,13 +145,13 @@ def compile_graph(graph: Graph, hw: ArrayConfig | str, *, chooser: Chooser | Non
     alloc = allocate(buffers, capacity, hw)
     check_allocation(buffers, alloc)
     plans = [replan(p, hw, tuple(alloc.in_ddr(b) for b, _, _ in ins[p.spec.name]["inputs"]),
-                    alloc.in_ddr(p.spec.out_tensor)) for p in plans]
-    prog = _assemble(graph, hw, plans, ins, buffers, alloc, t0)
+                    alloc.in_ddr(p.spec.out_tensor), cache) for p in plans]
+    prog = _assemble(graph, hw, plans, ins, buffers, alloc, t0, cache)
     prog.meta["channel_orders"] = {k: v.tolist() for k, v in orders.items()}
     return prog
 
 
-def _assemble(graph, hw, plans: list[LayerPlan], ins, buffers, alloc, t0) -> Program:
+def _assemble(graph, hw, plans: list[LayerPlan], ins, buffers, alloc, t0, cache: CompileCache) -> Program:
     ddr = DdrLayout(hw)
     image = bytearray()
     records: list[LayerRecord] = []
@@ -162,7 +164,7 @@ def _assemble(graph, hw, plans: list[LayerPlan], ins, buffers, alloc, t0) -> Pro
         rows: list[list[int]] = []
         spans: dict[tuple[int, int], tuple[int, int]] = {}
         if plan.spec.kind == "conv":
-            w8, q = int8_weights(np.asarray(graph.param(plan.spec.name, "weight")))
+            w8, q = int8_weights(np.asarray(graph.param(plan.spec.name, "weight")), cache)
             quantized &= q
             bias = _bias(graph, plan.spec)
             rows, spans = pack_layer(plan, w8, bias, image, wbase)

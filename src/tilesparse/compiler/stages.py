@@ -23,13 +23,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tilesparse.compiler.cache import CompileCache, memo
 from tilesparse.compiler.layers import LayerSpec
 from tilesparse.compiler.pack import piece_bounds
 from tilesparse.compiler.partition import (
     ACC_BYTES,
     CoreWork,
     LayerPartition,
-    _memo,
     moved_positions,
     oc_chunks,
 )
@@ -149,9 +149,9 @@ def chunk_with_inputs(spec: LayerSpec, part: LayerPartition, o0: int, o1: int, q
     return (o0, o1) + spec.ci_range(o0, o1)
 
 
-def _group_chunks(spec: LayerSpec, part: LayerPartition, reps: list[CoreWork]):
+def _group_chunks(spec: LayerSpec, part: LayerPartition, reps: list[CoreWork], cache: CompileCache | None):
     """Per (k, group): output-channel chunk bounds; per (k, q, group): input-channel chunk bounds."""
-    b = np.array([oc_chunks(spec, c.oc0, c.oc1, part.sub.oc, part.n_k) for c in reps], dtype=np.int64).T
+    b = np.array([oc_chunks(spec, c.oc0, c.oc1, part.sub.oc, part.n_k, cache) for c in reps], dtype=np.int64).T
     oc0, oc1 = b[:-1], b[1:]  # K × G, empty (oc0 == oc1) where the group has fewer chunks
     if spec.kind == "conv" and spec.groups == 1:
         c0 = part.sub.ci * np.arange(part.n_q)
@@ -196,12 +196,12 @@ def _chunk_work(spec, hw, widx, oc0, oc1, ci0, ci1, last_q):
     return work, mpp, nbytes
 
 
-def _chunks_of(spec, hw, part: LayerPartition, reps: list[CoreWork], widx, last_q):
+def _chunks_of(spec, hw, part: LayerPartition, reps: list[CoreWork], widx, last_q, cache: CompileCache | None):
     """``_group_chunks`` and ``_chunk_work`` of a partition and its chunks' weight pieces (K × Q ×
     groups × pieces bytes), shared by the candidates of a search that differ only in their tile
     shape (same groups' channels, chunk sizes and counts)."""
     def compute():
-        oc0, oc1, ci0, ci1 = _group_chunks(spec, part, reps)
+        oc0, oc1, ci0, ci1 = _group_chunks(spec, part, reps, cache)
         work, mpp, nbytes = _chunk_work(spec, hw, widx, oc0, oc1, ci0, ci1, last_q)
         pieces = np.diff(piece_bounds(nbytes, hw.memtile.weight_slot_pieces), axis=-1)
         out = (oc0, oc1, ci0, ci1, work, mpp, nbytes, pieces)
@@ -211,10 +211,7 @@ def _chunks_of(spec, hw, part: LayerPartition, reps: list[CoreWork], widx, last_
 
     key = (id(spec), id(widx), id(hw), tuple((c.oc0, c.oc1) for c in reps), part.sub.oc, part.sub.ci,
            part.n_k, part.n_q)
-    return _memo(_CHUNK_WORK_MEMO, _MEMO_MAX, (spec, widx, hw), key, compute)
-
-
-_CHUNK_WORK_MEMO: dict[tuple, tuple] = {}
+    return memo(cache, "chunk_work", (spec, widx, hw), key, compute)
 
 
 class _Layout:
@@ -258,15 +255,11 @@ class _Layout:
             a.flags.writeable = False  # shared between evaluations (``of``)
 
     @staticmethod
-    def of(spec: LayerSpec, hw: ArrayConfig, part: LayerPartition) -> _Layout:
+    def of(spec: LayerSpec, hw: ArrayConfig, part: LayerPartition, cache: CompileCache | None) -> _Layout:
         """The layout of ``part``, shared by the partitions of a search that differ only in their
         channel chunks (same cores and tile shape)."""
         key = (id(spec), id(part.cores), part.sub.h, part.sub.w, part.n_tiles, part.tiles_per_group, id(hw))
-        return _memo(_LAYOUT_MEMO, _MEMO_MAX, (spec, part.cores, hw), key, lambda: _Layout(spec, hw, part))
-
-
-_LAYOUT_MEMO: dict[tuple, tuple] = {}
-_MEMO_MAX = 1024  # entries of each memo above (a layer's search has a few hundred candidates)
+        return memo(cache, "layout", (spec, part.cores, hw), key, lambda: _Layout(spec, hw, part))
 
 
 class StepTable:
@@ -329,12 +322,12 @@ class StepTable:
 
 
 def layer_steps(spec: LayerSpec, hw: ArrayConfig, part: LayerPartition, in_ddr: tuple[bool, ...],
-                out_ddr: bool, widx: WeightIndex | None) -> StepTable:
-    """Every step of the layer in execution order (module doc)."""
-    lay = _Layout.of(spec, hw, part)
+                out_ddr: bool, widx: WeightIndex | None, cache: CompileCache | None = None) -> StepTable:
+    """Every step of the layer in execution order (module doc; ``cache``: the compile's memo)."""
+    lay = _Layout.of(spec, hw, part, cache)
     n_k, n_q, n_g = part.n_k, part.n_q, len(lay.reps)
     last_q = np.arange(n_q) == n_q - 1
-    oc0, oc1, ci0, ci1, work, mpp, nbytes, pieces = _chunks_of(spec, hw, part, lay.reps, widx, last_q)
+    oc0, oc1, ci0, ci1, work, mpp, nbytes, pieces = _chunks_of(spec, hw, part, lay.reps, widx, last_q, cache)
     kq = n_k * n_q
     work, mpp, nbytes = (x.reshape(kq, n_g) for x in (work, mpp, nbytes))
     pieces = pieces.reshape(kq, n_g, -1)
