@@ -167,6 +167,8 @@ def _oc_chunks_uncached(spec: LayerSpec, oc0: int, oc1: int, oc_t: int, n_k: int
     if spec.kind == "conv" and spec.groups == 1 and spec.mask is None:
         raise ValueError(f"layer {spec.name!r}: a conv's chunks follow its block mask, and this spec has "
                          f"none (a program's chunks are in its chunk table)")
+    if n_k == 1 and 0 < oc1 - oc0 <= oc_t:  # one chunk holds the whole range (either rule below)
+        return (oc0, oc1)
     if spec.kind != "conv" or spec.groups != 1 or oc0 % bo or oc_t % bo or oc1 <= oc0:
         return tuple(min(oc0 + k * oc_t, oc1) if oc1 > oc0 else oc0 for k in range(n_k + 1))
     kept = spec.kept_channels_per_block_row()[oc0:oc1:bo] * spec.taps

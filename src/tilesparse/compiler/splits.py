@@ -64,7 +64,7 @@ def capped_split(costs: Sequence[int], parts: int, max_len: int) -> list[int]:
         raise ValueError(f"{n} items do not fit {parts} ranges of at most {max_len}")
     if parts == 1:
         return [0, n]
-    cum = list(accumulate((int(c) for c in costs), initial=0))
+    cum = list(accumulate(map(int, costs), initial=0))
     even = [min(i * max_len, n) for i in range(parts + 1)]  # feasible: cap it from above
     lo = max(max(costs, default=0), -(-cum[-1] // parts))
     hi = max(max(cum[b] - cum[a] for a, b in pairwise(even)), lo)
