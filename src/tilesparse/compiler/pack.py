@@ -106,7 +106,10 @@ def int8_weights(w: np.ndarray, cache: CompileCache | None = None) -> tuple[np.n
 def _to_int8(w: np.ndarray) -> np.ndarray:
     amax = float(np.abs(w).max()) or 1.0
     exp = math.ceil(math.log2(amax / 127.0))
-    w8 = np.clip(np.rint(w / 2.0 ** exp), -128, 127).astype(np.int8)
+    q = w / 2.0 ** exp
+    np.rint(q, out=q)  # in place: one temporary instead of three (ResNet50: 25 M weights)
+    np.clip(q, -128, 127, out=q)
+    w8 = q.astype(np.int8)
     w8.flags.writeable = False  # may be shared through a cache
     return w8
 

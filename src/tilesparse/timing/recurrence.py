@@ -157,14 +157,15 @@ def _run(lw: np.ndarray, lwm: np.ndarray, d: np.ndarray, ops: Sequence[str], ite
     g mod 2 and "the last iteration on half h" is what released that half's lock. Appends, per
     step, (LOADWM start, LOADW start, LOADWM end, {op: first iteration's start}) to ``record``."""
     weights = _weight_times(lw, lwm, d.shape[0])
+    weighted, want = weights[0], record is not None
     rows, staged_in, staged_out = _stage_rows(d, ops)
     e = _Engines()
     for j, stages in enumerate(rows):
         start = lw0 = ready = 0.0
-        if weights[0][j]:
+        if weighted[j]:
             start, lw0, ready = _weights_in(e, weights, j)
-        first = _iterate(e, stages, iters[j], writes[j], staged_in, staged_out, record is not None)
-        if record is not None:
+        first = _iterate(e, stages, iters[j], writes[j], staged_in, staged_out, want)
+        if want:
             record.append((start, lw0, ready, first or {}))
     return max(e.load, e.fm, e.comp, e.wfm, e.wr, e.lwm_ends[1])
 
