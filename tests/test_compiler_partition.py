@@ -13,19 +13,17 @@ from tilesparse.compiler.partition import (
     Grid,
     SubVolume,
     assign_cores,
-    balanced_split,
-    capped_split,
     check_coverage,
     col_tiles,
-    fits,
     max_tile_extent,
+    misfits,
     moved_positions,
     oc_chunks,
     slid_tiles,
-    split_even,
     tile_grid,
 )
 from tilesparse.compiler.pipeline import compile_graph
+from tilesparse.compiler.splits import balanced_split, capped_split, split_even
 from tilesparse.compiler.tiling import plan_layer
 from tilesparse.errors import CapacityError, ConfigError
 from tilesparse.hw import load_array
@@ -239,7 +237,7 @@ def test_layer_that_cannot_fit_names_it(tmp_path):
        d=st.integers(1, 2), residual=st.booleans(), oc=st.sampled_from([8, 16, 64, 256]),
        ci=st.integers(1, 600), other=st.integers(1, 40), axis=st.integers(0, 1))
 def test_max_tile_extent_is_the_largest_tile_fits_accepts(kind, k, s, d, residual, oc, ci, other, axis):
-    """The closed form the tile search uses agrees with ``fits`` (bisected by brute force)."""
+    """The closed form the tile search uses agrees with ``misfits`` (bisected by brute force)."""
     hw = load_array("4x4")
     conv = kind == "conv"
     spec = LayerSpec("L", kind, ("x", "y") if kind == "add" else ("x",), 600, 9, 9, 600, 9, 9,
@@ -249,7 +247,7 @@ def test_max_tile_extent_is_the_largest_tile_fits_accepts(kind, k, s, d, residua
 
     def ok(n):
         h, w = (n, other) if axis == 0 else (other, n)
-        return not fits(spec, hw, SubVolume(oc, ci, h, w), 0, 1)
+        return not misfits(spec, hw, SubVolume(oc, ci, h, w), 0, 1)
 
     assert got == 0 or ok(got)
     assert not ok(got + 1)

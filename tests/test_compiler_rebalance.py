@@ -71,7 +71,7 @@ def test_rebalanced_program_is_faster_and_bit_exact(monkeypatch):
     g = _chain(quantized=True)
     prog = compile_graph(g, "4x4")
     calls = []
-    monkeypatch.setattr(pipeline, "rebalance", lambda plan, hw: calls.append(plan.spec.name))
+    monkeypatch.setattr(pipeline, "rebalance", lambda plan, hw, cache=None: calls.append(plan.spec.name))
     plain = compile_graph(g, "4x4")  # prefix-balanced only
     assert calls == ["body_2", "body_5"]  # the reorderable sparse convs
     t, t_plain = ({r["layer"]: r["time_us"] for r in layer_rows(p)} for p in (prog, plain))

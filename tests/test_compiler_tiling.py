@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tilesparse.compiler import tiling
+from tilesparse.compiler.cache import CompileCache
 from tilesparse.compiler.layers import LayerSpec
 from tilesparse.compiler.stages import WeightIndex
 from tilesparse.hw import load_array
@@ -27,10 +28,12 @@ def test_repeated_layer_gets_the_plan_a_fresh_search_finds(arr):
     hw = load_array(arr)
     a = _spec(256, 512, 14, 1, 1.0, 0, "a")
     b = dataclasses.replace(a, name="b", inputs=("y",), out_tensor="b")  # same shape and mask
-    tiling._PLAN_MEMO.clear()
-    pa = tiling.plan_layer(a, hw, (False,), False)
-    pb = tiling.plan_layer(b, hw, (False,), False)  # from the memo
-    fresh = tiling._search(b, hw, (False,), False, None, WeightIndex(b))
+    cache = CompileCache()
+    pa = tiling.plan_layer(a, hw, (False,), False, cache=cache)
+    assert len(cache.tables["plans"]) == 1
+    pb = tiling.plan_layer(b, hw, (False,), False, cache=cache)  # from the memo
+    assert len(cache.tables["plans"]) == 1
+    fresh = tiling._search(b, hw, (False,), False, None, WeightIndex(b), CompileCache())
     assert pb.spec.name == "b" and pb.part.layer == "b"
     assert (pb.part.grid, pb.part.sub) == (pa.part.grid, pa.part.sub) == (fresh.part.grid, fresh.part.sub)
     assert pb.time_s == pytest.approx(fresh.time_s)
@@ -69,12 +72,12 @@ def _check_search_is_exhaustive_optimum(spec, hw, monkeypatch):
     monkeypatch.setattr(tiling, "MAX_EVALS", 10**9)
     monkeypatch.setattr(tiling, "MAX_WORK", 10**9)
     widx = WeightIndex(spec) if spec.kind == "conv" else None
-    got = tiling._search(spec, hw, (False,), False, None, widx)
+    got = tiling._search(spec, hw, (False,), False, None, widx, CompileCache())
     best = None
     for grid in tiling._grids(spec, hw):
         cores = tiling.assign_cores(spec, hw, grid)
-        for sub in tiling._subvolumes(spec, hw, tiling._Live.of(cores), widx):
-            plan = tiling._try(spec, hw, grid, cores, sub, (False,), False, widx)
+        for sub in tiling._subvolumes(spec, hw, tiling._Live.of(cores), widx, CompileCache()):
+            plan = tiling._try(spec, hw, grid, cores, sub, (False,), False, widx, CompileCache())
             if plan is not None and (best is None or plan.time_s < best.time_s):
                 best = plan
     assert got.time_s <= best.time_s * (1 + 1e-9), (got.part.grid, got.part.sub, best.part.grid, best.part.sub)

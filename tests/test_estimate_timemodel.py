@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 from tilesparse.compiler.layers import LayerSpec
 from tilesparse.compiler.partition import SubVolume
 from tilesparse.compiler.tiling import plan_layer
-from tilesparse.estimate.timemodel import (
+from tilesparse.hw import load_array
+from tilesparse.timing import (
     engine_bound_s,
     layer_time,
     layer_time_arrays,
@@ -16,7 +17,6 @@ from tilesparse.estimate.timemodel import (
     stage_seconds,
     transfer_s,
 )
-from tilesparse.hw import load_array
 
 HW = load_array("1x1")  # 4 GB/s channels, 8 GB/s write, 256 MAC/cycle (4x8x8), 1 GHz, 64-cycle calls
 

@@ -2,7 +2,7 @@
 
 1. a concat operand at another exponent (a max-pool branch) is copied into its slice with its
    shift, bit-exact against the integer reference;
-2. a fused add's residual tile lives in ``core.res`` and ``partition.fits`` counts it;
+2. a fused add's residual tile lives in ``core.res`` and ``partition.misfits`` counts it;
 3. LOADFM / WRITEFM carry the staging locks, and dropping one is caught by the ordering check;
 4. listing totals (``Instr.nbytes``) equal the bytes the simulator moved, residuals included;
 5. a program file runs on a real-valued input without the graph (``meta["input_scale_exp"]``).
@@ -31,7 +31,7 @@ from tilesparse.compiler.partition import (
     acc_slot,
     acc_tiles,
     assign_cores,
-    fits,
+    misfits,
     residual_capacity,
 )
 from tilesparse.compiler.pipeline import compile_graph, lower_layers
@@ -141,10 +141,10 @@ def test_fits_counts_the_residual_tile_against_core_res():
     small = hw.model_copy(update={"core": c.model_copy(update={"data_memory_bytes": 3 * 16384 + 1024})})
     assert residual_capacity(small) == 1024
     sub = SubVolume(oc=16, ci=8, h=8, w=8)  # residual tile 16·8·8 = 1024 B > 512 B (half of core.res)
-    why = fits(_fused_spec(True), small, sub, 0, 1)
+    why = misfits(_fused_spec(True), small, sub, 0, 1)
     assert any("residual tile 1024 B > half of core.res (512 B" in w for w in why), why
-    assert not fits(_fused_spec(False), small, sub, 0, 1)  # the same conv without an add fits
-    assert not fits(_fused_spec(True), hw, sub, 0, 1)  # and fits the real core's 8 KB half
+    assert not misfits(_fused_spec(False), small, sub, 0, 1)  # the same conv without an add fits
+    assert not misfits(_fused_spec(True), hw, sub, 0, 1)  # and fits the real core's 8 KB half
 
 
 # ---- 3. staging locks ---------------------------------------------------------------------------
@@ -287,7 +287,7 @@ def test_partial_sums_continue_in_core_res_bit_exact():
     assert [acc_slot(spec, hw, sub, 4, i) for i in range(4)] == [("out", 0), ("res", 0), ("res", 8192), None]
     fused = dataclasses.replace(spec, fused_add="add", residual="r")
     assert acc_tiles(fused, hw, sub, n_q=4) == 1  # a fused add's residual tiles own core.res
-    assert any("only 1 fit in the output buffer (" in w for w in fits(fused, hw, sub, 0, 4, tiles_per_group=2))
+    assert any("only 1 fit in the output buffer (" in w for w in misfits(fused, hw, sub, 0, 4, tiles_per_group=2))
 
     prog = compile_graph(g, "1x1", chooser=lambda node, hw: sub if node.name == "b" else None)
     rec = next(r for r in prog.layers if r.name == "b")

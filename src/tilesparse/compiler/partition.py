@@ -13,7 +13,7 @@ Two decisions per layer:
    splits are ordinary: every range is ``split_even`` or ``balanced_split`` of its extent.
 2. **The sub-volume** (``SubVolume``): the per-core, per-iteration work unit — output channels per
    weight chunk, input channels per chunk, and an output tile of rows × columns. It must fit the
-   core's buffers (``fits``); the compiler picks the one with the lowest estimated time, or a
+   core's buffers (``misfits``); the compiler picks the one with the lowest estimated time, or a
    ``chooser`` (the mapper) can impose one.
 
 Every output element is computed by exactly one core (``check_coverage`` asserts it).
@@ -21,13 +21,14 @@ Every output element is computed by exactly one core (``check_coverage`` asserts
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Callable, Sequence
 from itertools import pairwise
 
 import numpy as np
 
+from tilesparse.compiler.cache import CompileCache, memo
 from tilesparse.compiler.layers import LayerSpec
+from tilesparse.compiler.splits import balanced_split, capped_split, greedy_fill, split_even
 from tilesparse.errors import CapacityError
 from tilesparse.hw import ArrayConfig
 from tilesparse.program.layout import (
@@ -52,93 +53,22 @@ __all__ = [
     "acc_slot",
     "acc_tiles",
     "assign_cores",
-    "balanced_split",
-    "capped_split",
     "check_coverage",
     "col_tiles",
-    "fits",
     "max_tile_extent",
+    "misfits",
     "moved_positions",
     "oc_chunks",
     "oc_units",
     "residual_capacity",
     "ring_columns",
     "slid_tiles",
-    "split_even",
     "tile_grid",
 ]
 
 Chooser = Callable[[object, ArrayConfig], "SubVolume | None"]
 
 
-def split_even(n: int, parts: int) -> list[int]:
-    """Boundaries of ``parts`` contiguous ranges over ``n`` items, sizes differing by at most one
-    (the first ``n % parts`` ranges get the extra item; some are empty if ``parts > n``)."""
-    q, r = divmod(n, parts)
-    out = [0]
-    for i in range(parts):
-        out.append(out[-1] + q + (1 if i < r else 0))
-    return out
-
-
-def balanced_split(costs: Sequence[float] | np.ndarray, parts: int) -> list[int]:
-    """Boundaries (indices into ``costs``) of ``parts`` contiguous ranges minimising the largest
-    range cost (bisection on the bottleneck, greedy fill). Ranges may be empty."""
-    c = np.asarray(costs, dtype=np.float64)
-    if len(c) == 0:
-        return [0] * (parts + 1)
-    cum = np.r_[0.0, np.cumsum(c)]
-    lo, hi = float(c.max()), float(cum[-1])
-    tol = max(float(c[c > 0].min(initial=1.0)) * 1e-3, 1e-9)  # finer than any unit's cost
-    while hi - lo > tol:
-        mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if len(_greedy(cum, mid)) - 1 <= parts else (mid, hi)
-    b = _greedy(cum, hi)
-    return b + [len(c)] * (parts + 1 - len(b))
-
-
-def _greedy(cum: np.ndarray, cap: float, width: int | None = None) -> list[int]:
-    """Boundaries of the greedy fill of ranges with cost at most ``cap`` (and at most ``width``
-    items, if given)."""
-    bounds = [0]
-    cum = cum.tolist()  # bisect on a list: this loop runs tens of thousands of times per compile
-    n = len(cum) - 1
-    while bounds[-1] < n:
-        nxt = bisect.bisect_right(cum, cum[bounds[-1]] + cap * (1 + 1e-12)) - 1
-        nxt = max(nxt, bounds[-1] + 1)
-        bounds.append(nxt if width is None else min(nxt, bounds[-1] + width))
-    return bounds
-
-
-def capped_split(costs: Sequence[int], parts: int, max_len: int) -> list[int]:
-    """Boundaries (indices into integer ``costs``) of ``parts`` contiguous ranges of at most
-    ``max_len`` items each, minimising the largest range cost (integer bisection on the
-    bottleneck between the average and an even split's, greedy fill). Ranges may be empty."""
-    n = len(costs)
-    if parts * max_len < n:
-        raise ValueError(f"{n} items do not fit {parts} ranges of at most {max_len}")
-    cum = [0]
-    for c in costs:
-        cum.append(cum[-1] + int(c))
-
-    def greedy(cap: int) -> list[int] | None:
-        b = [0]
-        while b[-1] < n:
-            j = bisect.bisect_right(cum, cum[b[-1]] + cap) - 1
-            b.append(min(max(j, b[-1] + 1), b[-1] + max_len, n))
-            if len(b) - 1 > parts:
-                return None
-        return b
-
-    even = [min(i * max_len, n) for i in range(parts + 1)]  # feasible: cap it from above
-    lo = max(max(costs, default=0), -(-cum[-1] // parts))
-    hi = max(max(cum[b] - cum[a] for a, b in pairwise(even)), lo)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if greedy(mid) is not None else (mid + 1, hi)
-    b = greedy(lo)
-    assert b is not None
-    return b + [n] * (parts + 1 - len(b))
 
 
 def oc_units(spec: LayerSpec, hw: ArrayConfig) -> tuple[list[tuple[int, int]], np.ndarray]:
@@ -158,7 +88,8 @@ def oc_units(spec: LayerSpec, hw: ArrayConfig) -> tuple[list[tuple[int, int]], n
     return units, np.array([b - a for a, b in units], dtype=np.float64)
 
 
-def oc_chunks(spec: LayerSpec, oc0: int, oc1: int, oc_t: int, n_k: int) -> tuple[int, ...]:
+def oc_chunks(spec: LayerSpec, oc0: int, oc1: int, oc_t: int, n_k: int,
+              cache: CompileCache | None = None) -> tuple[int, ...]:
     """Boundaries of the ``n_k`` output-channel chunks of a core's channels [oc0, oc1), each at
     most ``oc_t`` wide (``n_k + 1`` values; trailing chunks may be empty).
 
@@ -168,9 +99,9 @@ def oc_chunks(spec: LayerSpec, oc0: int, oc1: int, oc_t: int, n_k: int) -> tuple
     every ``oc_t`` channels, which leaves step k's chunks with random amounts of work under block
     sparsity. The cost of a block row is its kept input channels × taps (its kept blocks' MACs per
     position). Other layers, grouped convs and ranges not aligned to block rows: every ``oc_t``
-    channels."""
-    return _memo(_CHUNK_MEMO, _OC_MEMO_MAX * 16, spec, (spec.name, id(spec), oc0, oc1, oc_t, n_k),
-                 lambda: _oc_chunks_uncached(spec, oc0, oc1, oc_t, n_k))
+    channels. ``cache``: the compile's memo (``compiler.cache``)."""
+    return memo(cache, "oc_chunks", spec, (id(spec), oc0, oc1, oc_t, n_k),
+                lambda: _oc_chunks_uncached(spec, oc0, oc1, oc_t, n_k))
 
 
 def _oc_chunks_uncached(spec: LayerSpec, oc0: int, oc1: int, oc_t: int, n_k: int) -> tuple[int, ...]:
@@ -178,6 +109,8 @@ def _oc_chunks_uncached(spec: LayerSpec, oc0: int, oc1: int, oc_t: int, n_k: int
     if spec.kind == "conv" and spec.groups == 1 and spec.mask is None:
         raise ValueError(f"layer {spec.name!r}: a conv's chunks follow its block mask, and this spec has "
                          f"none (a program's chunks are in its chunk table)")
+    if n_k == 1 and 0 < oc1 - oc0 <= oc_t:  # one chunk holds the whole range (either rule below)
+        return (oc0, oc1)
     if spec.kind != "conv" or spec.groups != 1 or oc0 % bo or oc_t % bo or oc1 <= oc0:
         return tuple(min(oc0 + k * oc_t, oc1) if oc1 > oc0 else oc0 for k in range(n_k + 1))
     kept = spec.kept_channels_per_block_row()[oc0:oc1:bo] * spec.taps
@@ -185,28 +118,10 @@ def _oc_chunks_uncached(spec: LayerSpec, oc0: int, oc1: int, oc_t: int, n_k: int
     return tuple(min(oc0 + i * bo, oc1) for i in cuts)
 
 
-def _memo(store: dict, max_entries: int, keep: object, key: tuple, compute):
-    """Memo keyed by object ids: ``key`` holds the ``id`` of ``keep`` (a spec, or a tuple of the
-    objects whose ids it holds) and the entry keeps ``keep`` alive, so no id in the key can be
-    reused by another object while the entry exists."""
-    hit = store.get(key)
-    if hit is None:
-        if len(store) > max_entries:
-            store.clear()
-        hit = store[key] = (keep, compute())
-    return hit[1]
-
-
-_CHUNK_MEMO: dict[tuple, tuple[LayerSpec, tuple[int, ...]]] = {}
-
-
-def _oc_ranges(spec: LayerSpec, hw: ArrayConfig, parts: int, per: int = 1) -> list[tuple[int, int]]:
-    return _memo(_OC_MEMO, _OC_MEMO_MAX, spec, (spec.name, id(spec), parts, per, hw.core.matmul_shape),
-                 lambda: _oc_ranges_uncached(spec, hw, parts, per))
-
-
-_OC_MEMO: dict[tuple, tuple[LayerSpec, list[tuple[int, int]]]] = {}
-_OC_MEMO_MAX = 4096  # entries; a network has a few hundred (layer × part count)
+def _oc_ranges(spec: LayerSpec, hw: ArrayConfig, parts: int, per: int, cache: CompileCache | None
+               ) -> list[tuple[int, int]]:
+    return memo(cache, "oc_ranges", spec, (id(spec), parts, per, hw.core.matmul_shape),
+                lambda: _oc_ranges_uncached(spec, hw, parts, per))
 
 
 def _split_units(cost: np.ndarray, parts: int) -> list[int]:
@@ -217,7 +132,7 @@ def _split_units(cost: np.ndarray, parts: int) -> list[int]:
     cum = np.r_[0.0, np.cumsum(cost)]
     cap = max(cum[z] - cum[a] for a, z in pairwise(b)) * (1 + 1e-9)
     for width in range(-(-len(cost) // parts), max(np.diff(b))):
-        fill = _greedy(cum, cap, width)
+        fill = greedy_fill(cum, cap, width)
         if len(fill) - 1 <= parts:
             return fill + [len(cost)] * (parts + 1 - len(fill))
     return b
@@ -236,7 +151,7 @@ def _oc_ranges_uncached(spec: LayerSpec, hw: ArrayConfig, parts: int, per: int) 
         cap = max(cum[z] - cum[a] for a, z in pairwise(b))
         two = [0]
         for a, z in pairwise(balanced_split(cost, parts // per)):
-            fill = [a + i for i in _greedy(cum[a:z + 1] - cum[a], cap)[1:]]
+            fill = [a + i for i in greedy_fill(cum[a:z + 1] - cum[a], cap)[1:]]
             if len(fill) > per:
                 break
             two += fill + [z] * (per - len(fill))
@@ -246,11 +161,13 @@ def _oc_ranges_uncached(spec: LayerSpec, hw: ArrayConfig, parts: int, per: int) 
             for i in range(parts)]
 
 
-def assign_cores(spec: LayerSpec, hw: ArrayConfig, grid: Grid) -> tuple[CoreWork, ...]:
-    """The output sub-volume of every core under ``grid`` (see module doc)."""
+def assign_cores(spec: LayerSpec, hw: ArrayConfig, grid: Grid, cache: CompileCache | None = None
+                 ) -> tuple[CoreWork, ...]:
+    """The output sub-volume of every core under ``grid`` (see module doc; ``cache``: the
+    compile's memo)."""
     rows, cols = hw.rows, hw.cols
     n_oc = grid.oc_groups * (cols if grid.col_axis == "oc" else 1)
-    ocr = _oc_ranges(spec, hw, n_oc, cols if grid.col_axis == "oc" else 1)
+    ocr = _oc_ranges(spec, hw, n_oc, cols if grid.col_axis == "oc" else 1, cache)
     if grid.col_axis == "hw":
         return _assign_2d(spec, hw, grid, ocr)
     if grid.col_axis == "w":
@@ -338,15 +255,16 @@ def check_coverage(spec: LayerSpec, cores: Sequence[CoreWork]) -> None:
                              f"{count[tuple(bad)]} times")
 
 
-def fits(spec: LayerSpec, hw: ArrayConfig, sub: SubVolume, weight_chunk_bytes: int,
+def misfits(spec: LayerSpec, hw: ArrayConfig, sub: SubVolume, weight_chunk_bytes: int,
          n_q: int, tiles_per_group: int = 1) -> list[str]:
-    """Why ``sub`` does not fit the core's buffers (empty list if it does).
+    """The reasons ``sub`` does not fit the core's buffers, one line each (empty if it fits).
 
     Input tiles and output tiles are double-buffered (ping-pong: half of each buffer per
     iteration; a sliding layer's ring of two windows' columns, ``ring_columns``, takes the same
     room); the int32 accumulators of the tiles that wait for further input-channel chunks stay
     resident (``acc_slot``: the output buffer, then ``core.res`` if no fused add uses it); a
-    weight chunk fills the weight buffer alone; a fused add's int8 residual tile (output-shaped) fills half of ``core.res`` (``residual_capacity``).
+    weight chunk fills the weight buffer alone; a fused add's int8 residual tile (output-shaped)
+    fills half of ``core.res`` (``residual_capacity``).
     """
     core = hw.core
     why = []
@@ -372,8 +290,8 @@ def fits(spec: LayerSpec, hw: ArrayConfig, sub: SubVolume, weight_chunk_bytes: i
 def max_tile_extent(spec: LayerSpec, hw: ArrayConfig, oc: int, ci: int, other: int, axis: int) -> int:
     """The most output rows (``axis`` 0; ``other`` columns) or columns (axis 1; ``other`` rows)
     of a tile with ``oc`` × ``ci`` channels that fits the core's buffers with one input-channel
-    chunk — ``fits(spec, hw, sub, 0, 1)`` in closed form (0 if none): every limit grows with the
-    tile, so each inverts. The tile search calls this instead of bisecting ``fits``."""
+    chunk — ``misfits(spec, hw, sub, 0, 1)`` in closed form (0 if none): every limit grows with the
+    tile, so each inverts. The tile search calls this instead of bisecting ``misfits``."""
     core = hw.core
     per_pos = other * oc  # output values per unit of extent
     lim = (core.output_buffer_bytes // 2) // (per_pos * ACC_BYTES)  # int32 accumulators: half core.out
@@ -393,7 +311,7 @@ def max_tile_extent(spec: LayerSpec, hw: ArrayConfig, oc: int, ci: int, other: i
 
 
 def min_fit_error(spec: LayerSpec, hw: ArrayConfig, sub: SubVolume, chunk: int) -> CapacityError:
-    why = fits(spec, hw, sub, chunk, 1)
+    why = misfits(spec, hw, sub, chunk, 1)
     return CapacityError(
         f"layer {spec.name!r} ({spec.kind}, {spec.ci}->{spec.co} ch, kernel {spec.kernel}): does not "
         f"fit a core even at the minimum sub-volume (oc={sub.oc}, ci={sub.ci}, 1x1 output): "

@@ -1,4 +1,5 @@
-"""The back end in one flat pipeline: layers → partition → memory → packing → code → Program.
+"""The back end in one flat pipeline: graph rewrites (``GRAPH_PASSES``) → layers → partition (each
+plan followed by ``PLAN_PASSES``) → memory → packing → code → Program (``compile_graph``).
 
 From a model source (zoo name, checkpoint, file.py:factory, .pt2) use the front door,
 ``tilesparse.build.compile_source``, which also records the program's provenance.
@@ -9,10 +10,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from tilesparse.compiler.cache import CompileCache
 from tilesparse.compiler.codegen import emit_layer, pack_layer
 from tilesparse.compiler.fusion import buffer_of, fusable_adds, order_add_branches
 from tilesparse.compiler.layers import LayerSpec, chw, copy_spec, layer_spec
@@ -31,6 +35,7 @@ from tilesparse.errors import UnsupportedOpError
 from tilesparse.hw import ArrayConfig, load_array
 from tilesparse.ir.graph import Graph, Op
 from tilesparse.passes.balance import balance_channels, reorder_channels, reorderable
+from tilesparse.passes.verify import verify
 from tilesparse.program import (
     ChunkRow,
     LayerGeometry,
@@ -42,7 +47,7 @@ from tilesparse.program import (
 )
 from tilesparse.quant.rounding import INT8_MAX, INT8_MIN
 
-__all__ = ["compile_graph", "lower_layers"]
+__all__ = ["GRAPH_PASSES", "PLAN_PASSES", "compile_graph", "lower_layers"]
 
 _SKIP = (Op.INPUT, Op.OUTPUT)
 
@@ -111,8 +116,104 @@ def _where(alloc: Allocation, ddr: DdrLayout, buf: str) -> Operand:
     return Operand.memtile(buf, p.offset) if p.memory == "memtile" else Operand.ddr(ddr.regions[buf][0])
 
 
+@dataclass
+class _Job:
+    """One compile's working state, handed from stage to stage (``compile_graph``)."""
+
+    graph: Graph
+    hw: ArrayConfig
+    chooser: Chooser | None
+    balance: bool
+    cache: CompileCache
+    orders: dict[str, np.ndarray] = field(default_factory=dict)  # node -> channel order (passes.balance)
+    specs: list[LayerSpec] = field(default_factory=list)  # in schedule order (lower_layers)
+    ins: dict[str, dict[str, Any]] = field(default_factory=dict)  # layer -> its input buffers
+
+
+def _balance_channels(g: Graph, job: _Job) -> Graph:
+    """Sparse convs read only by convs get their output channels reordered so that contiguous
+    channel ranges keep equal blocks (``passes.balance``; not with ``balance=False``)."""
+    if not job.balance:
+        return g
+    g, job.orders = balance_channels(g)
+    return g
+
+
+def _order_add_branches(g: Graph, job: _Job) -> Graph:
+    """An add of two convs' outputs runs inside the one that reads less input (``compiler.fusion``)."""
+    return order_add_branches(g)
+
+
+# The graph rewrites, in order; the graph is verified (``passes.verify``) after each.
+GRAPH_PASSES: tuple[tuple[str, Callable[[Graph, _Job], Graph]], ...] = (
+    ("balance_channels", _balance_channels),
+    ("order_add_branches", _order_add_branches),
+)
+
+
+def _node(job: _Job, sp: LayerSpec):
+    """The graph node of a layer (None for a concat's copy layer)."""
+    return job.graph.node(sp.name) if not sp.name.count(".copy_") else None
+
+
+def _rebalance(job: _Job, i: int, plan: LayerPlan) -> LayerPlan:
+    """Once planned, a reorderable conv's block rows are reordered for the plan's chunks when the
+    time model says faster (``compiler.rebalance``); its readers' input channels follow in the
+    graph and in their specs, before they are planned. Not with ``balance=False``."""
+    node = _node(job, plan.spec)
+    if not job.balance or node is None or (readers := reorderable(job.graph, node)) is None:
+        return plan
+    got = rebalance(plan, job.hw, job.cache)
+    if got is None:
+        return plan
+    plan, rows = got
+    job.graph = reorder_channels(job.graph, node, rows, readers, job.orders)
+    readers_of = {c.name for c in readers[0]}
+    job.specs[i + 1:] = [dataclasses.replace(s, mask=s.mask[:, rows]) if s.name in readers_of else s
+                         for s in job.specs[i + 1:]]
+    return plan
+
+
+# Rewrites of a layer's plan (and of the graph), in order, once the layer is planned; the graph is
+# verified after each.
+PLAN_PASSES: tuple[tuple[str, Callable[[_Job, int, LayerPlan], LayerPlan]], ...] = (
+    ("rebalance", _rebalance),
+)
+
+
+def _plan_layers(job: _Job, forced: set[str]) -> list[LayerPlan]:
+    """Every layer's plan in schedule order (``tiling.plan_layer``, activations in DDR only where
+    ``forced``), each followed by ``PLAN_PASSES``."""
+    plans = []
+    for i in range(len(job.specs)):
+        sp = job.specs[i]
+        in_ddr = tuple(b in forced for b, _, _ in job.ins[sp.name]["inputs"])
+        plan = plan_layer(sp, job.hw, in_ddr, sp.out_tensor in forced, job.chooser, _node(job, sp), job.cache)
+        for name, step in PLAN_PASSES:
+            graph = job.graph
+            plan = step(job, i, plan)
+            if job.graph is not graph:
+                verify(job.graph, after=f"{name} of {sp.name}")
+        check_coverage(plan.spec, plan.part.cores)
+        plans.append(plan)
+    return plans
+
+
+def _allocate(job: _Job, plans: list[LayerPlan], buffers: list[Buffer]) -> Allocation:
+    """MemTile placement of every buffer, each layer's staging reserved (``compiler.memory``)."""
+    alloc = allocate(buffers, [job.hw.memtile.bytes - p.staging_bytes for p in plans], job.hw)
+    check_allocation(buffers, alloc)
+    return alloc
+
+
+def _replan(job: _Job, plans: list[LayerPlan], alloc: Allocation) -> list[LayerPlan]:
+    """The plans timed again with the activation homes the allocation chose (spills stream from DDR)."""
+    return [replan(p, job.hw, tuple(alloc.in_ddr(b) for b, _, _ in job.ins[p.spec.name]["inputs"]),
+                   alloc.in_ddr(p.spec.out_tensor), job.cache) for p in plans]
+
+
 def compile_graph(graph: Graph, hw: ArrayConfig | str, *, chooser: Chooser | None = None,
-                  balance: bool = True) -> Program:
+                  balance: bool = True, cache: CompileCache | None = None) -> Program:
     """Compile a lowered (and ideally quantized) IR graph for array ``hw`` into a ``Program``.
 
     ``chooser(node, hw) -> SubVolume | None`` may impose a layer's per-core sub-volume (validated;
@@ -121,43 +222,24 @@ def compile_graph(graph: Graph, hw: ArrayConfig | str, *, chooser: Chooser | Non
     equal blocks (``passes.balance``), and again once each such conv is planned, for the chunks of
     its plan (``rebalance``); the program's ``meta["channel_orders"]`` records the orders, the
     network's output is unchanged. An add of two convs' outputs runs inside the one that reads less
-    input (``fusion.order_add_branches``).
+    input (``fusion.order_add_branches``). ``cache``: what the compile memoizes (``compiler.cache``;
+    a fresh one if None, so no compile depends on an earlier one).
     """
     t0 = time.perf_counter()
-    hw = load_array(hw)
-    orders: dict[str, np.ndarray] = {}
-    if balance:
-        graph, orders = balance_channels(graph)
-    graph = order_add_branches(graph)
-    specs, ins, rename = lower_layers(graph)
-    buffers = _buffers(graph, specs, ins, rename)
-    forced = {b.name for b in buffers if b.forced_ddr}
-    plans = []
-    for i, sp in enumerate(specs):
-        node = graph.node(sp.name) if not sp.name.count(".copy_") else None
-        in_ddr = tuple(b in forced for b, _, _ in ins[sp.name]["inputs"])
-        plan = plan_layer(sp, hw, in_ddr, sp.out_tensor in forced, chooser, node)
-        # once planned, a reorderable conv's block rows are reordered for the plan's chunks
-        if (balance and node is not None and (readers := reorderable(graph, node)) is not None
-                and (got := rebalance(plan, hw)) is not None):
-            plan, rows = got
-            graph = reorder_channels(graph, node, rows, readers, orders)
-            readers_of = {c.name for c in readers[0]}  # their input channels follow, before they are planned
-            specs[i + 1:] = [dataclasses.replace(s, mask=s.mask[:, rows]) if s.name in readers_of else s
-                             for s in specs[i + 1:]]
-        check_coverage(plan.spec, plan.part.cores)
-        plans.append(plan)
-    capacity = [hw.memtile.bytes - p.staging_bytes for p in plans]
-    alloc = allocate(buffers, capacity, hw)
-    check_allocation(buffers, alloc)
-    plans = [replan(p, hw, tuple(alloc.in_ddr(b) for b, _, _ in ins[p.spec.name]["inputs"]),
-                    alloc.in_ddr(p.spec.out_tensor)) for p in plans]
-    prog = _assemble(graph, hw, plans, ins, buffers, alloc, t0)
-    prog.meta["channel_orders"] = {k: v.tolist() for k, v in orders.items()}
+    job = _Job(graph, load_array(hw), chooser, balance, CompileCache() if cache is None else cache)
+    for name, rewrite in GRAPH_PASSES:  # 1. graph rewrites
+        job.graph = verify(rewrite(job.graph, job), after=name)
+    job.specs, job.ins, rename = lower_layers(job.graph)  # 2. layers and the buffers they use
+    buffers = _buffers(job.graph, job.specs, job.ins, rename)
+    plans = _plan_layers(job, {b.name for b in buffers if b.forced_ddr})  # 3. partition, PLAN_PASSES
+    alloc = _allocate(job, plans, buffers)  # 4. memory
+    plans = _replan(job, plans, alloc)  # 5. the time model with the final activation homes
+    prog = _assemble(job.graph, job.hw, plans, job.ins, buffers, alloc, t0, job.cache)  # 6. pack, code
+    prog.meta["channel_orders"] = {k: v.tolist() for k, v in job.orders.items()}
     return prog
 
 
-def _assemble(graph, hw, plans: list[LayerPlan], ins, buffers, alloc, t0) -> Program:
+def _assemble(graph, hw, plans: list[LayerPlan], ins, buffers, alloc, t0, cache: CompileCache) -> Program:
     ddr = DdrLayout(hw)
     image = bytearray()
     records: list[LayerRecord] = []
@@ -170,7 +252,7 @@ def _assemble(graph, hw, plans: list[LayerPlan], ins, buffers, alloc, t0) -> Pro
         rows: list[ChunkRow] = []
         spans: dict[tuple[int, int], tuple[int, int]] = {}
         if plan.spec.kind == "conv":
-            w8, q = int8_weights(np.asarray(graph.param(plan.spec.name, "weight")))
+            w8, q = int8_weights(np.asarray(graph.param(plan.spec.name, "weight")), cache)
             quantized &= q
             bias = _bias(graph, plan.spec)
             rows, spans = pack_layer(plan, w8, bias, image, wbase)

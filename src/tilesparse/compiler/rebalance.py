@@ -25,6 +25,7 @@ from itertools import pairwise
 
 import numpy as np
 
+from tilesparse.compiler.cache import CompileCache
 from tilesparse.compiler.partition import oc_chunks
 from tilesparse.compiler.tiling import LayerPlan, chunk_blocks, plan_with
 from tilesparse.hw import ArrayConfig
@@ -34,7 +35,7 @@ __all__ = ["MAX_ROWS", "chunk_slots", "rebalance", "swap_rows"]
 MAX_ROWS = 128  # block rows; larger layers (VGG16's classifier) are DDR bound, and swap_rows is O(rows²)
 
 
-def chunk_slots(plan: LayerPlan) -> tuple[np.ndarray, np.ndarray, int, int] | None:
+def chunk_slots(plan: LayerPlan, cache: CompileCache | None = None) -> tuple[np.ndarray, np.ndarray, int, int] | None:
     """(kept input channels of every block row in every input-channel chunk, rows × n_q; the
     slot g · n_k + k of every block row; groups; n_k) of a planned conv, or None if there is
     nothing to balance (one group) or a range is not made of whole block rows."""
@@ -51,7 +52,7 @@ def chunk_slots(plan: LayerPlan) -> tuple[np.ndarray, np.ndarray, int, int] | No
     cost = np.add.reduceat(kept, np.arange(0, n_cb, nb), axis=1)
     slot = np.full(n_rows, -1)
     for g, (a0, a1) in enumerate(ranges):
-        cuts = oc_chunks(sp, a0, a1, part.sub.oc, part.n_k)
+        cuts = oc_chunks(sp, a0, a1, part.sub.oc, part.n_k, cache)
         for k, (c0, c1) in enumerate(pairwise(cuts)):
             slot[c0 // bo:-(-c1 // bo)] = g * part.n_k + k
     if (slot < 0).any():
@@ -110,10 +111,12 @@ def swap_rows(cost: np.ndarray, slot: np.ndarray, groups: int, n_k: int, max_pas
     return slot
 
 
-def rebalance(plan: LayerPlan, hw: ArrayConfig) -> tuple[LayerPlan, np.ndarray] | None:
+def rebalance(plan: LayerPlan, hw: ArrayConfig, cache: CompileCache | None = None
+              ) -> tuple[LayerPlan, np.ndarray] | None:
     """(the plan with the conv's block rows reordered for its chunks, the order: stored block row
-    i holds block row ``rows[i]``), or None if no order ``swap_rows`` finds is faster."""
-    got = chunk_slots(plan)
+    i holds block row ``rows[i]``), or None if no order ``swap_rows`` finds is faster. ``cache``:
+    the compile's memo."""
+    got = chunk_slots(plan, cache)
     if got is None:
         return None
     cost, slot, groups, n_k = got
@@ -122,5 +125,5 @@ def rebalance(plan: LayerPlan, hw: ArrayConfig) -> tuple[LayerPlan, np.ndarray] 
         return None
     rows = np.argsort(new, kind="stable")  # slot-major: group by group, chunk by chunk
     spec = dataclasses.replace(plan.spec, mask=plan.spec.mask[rows])
-    p = plan_with(spec, hw, plan.part.grid, plan.part.sub, plan.in_ddr, plan.out_ddr)
+    p = plan_with(spec, hw, plan.part.grid, plan.part.sub, plan.in_ddr, plan.out_ddr, cache)
     return (p, rows) if p is not None and p.time_s < plan.time_s else None

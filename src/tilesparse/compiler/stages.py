@@ -6,7 +6,8 @@ cores, skipped while the same chunk is still resident), then a pipeline over the
 (LOAD if the input lives in DDR, LOADFM, COMP, WRITEFM and WRITE if the output lives in DDR; WRITEFM
 and WRITE only in the last input-channel chunk). This module computes, per step and per
 iteration, the bytes on the busiest channel of every transfer and the cycles of the slowest core
-for COMP — the numbers the time model turns into seconds (``tilesparse.estimate.timemodel``).
+for COMP — the numbers the time model turns into seconds (``tilesparse.timing``, which also
+holds the COMP cycle rule, ``timing.comp_cycles``).
 
 Channel accounting (docs/time-model.md): LOADFM/LOAD/WRITEFM/WRITE use one channel per column (a
 window read by several cores of a column is broadcast once); LOADWM one channel per row (a chunk
@@ -22,22 +23,21 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tilesparse.compiler.cache import CompileCache, memo
 from tilesparse.compiler.layers import LayerSpec
 from tilesparse.compiler.pack import piece_bounds
 from tilesparse.compiler.partition import (
     ACC_BYTES,
     CoreWork,
     LayerPartition,
-    _memo,
     moved_positions,
     oc_chunks,
 )
 from tilesparse.hw import ArrayConfig
 from tilesparse.program.layout import chunk_with_inputs
+from tilesparse.timing import PIPE_OPS, comp_cycles, element_cycles
 
 __all__ = ["Step", "WeightIndex", "chunk_with_inputs", "core_chunk", "layer_steps"]
-
-PIPE_OPS = ("LOAD", "LOADFM", "COMP", "WRITEFM", "WRITE")
 
 
 class WeightIndex:
@@ -134,9 +134,9 @@ def core_chunk(spec: LayerSpec, part: LayerPartition, cw: CoreWork, k: int, q: i
     return chunk_with_inputs(spec, part, o0, o1, q)
 
 
-def _group_chunks(spec: LayerSpec, part: LayerPartition, reps: list[CoreWork]):
+def _group_chunks(spec: LayerSpec, part: LayerPartition, reps: list[CoreWork], cache: CompileCache | None):
     """Per (k, group): output-channel chunk bounds; per (k, q, group): input-channel chunk bounds."""
-    b = np.array([oc_chunks(spec, c.oc0, c.oc1, part.sub.oc, part.n_k) for c in reps], dtype=np.int64).T
+    b = np.array([oc_chunks(spec, c.oc0, c.oc1, part.sub.oc, part.n_k, cache) for c in reps], dtype=np.int64).T
     oc0, oc1 = b[:-1], b[1:]  # K × G, empty (oc0 == oc1) where the group has fewer chunks
     if spec.kind == "conv" and spec.groups == 1:
         c0 = part.sub.ci * np.arange(part.n_q)
@@ -181,12 +181,12 @@ def _chunk_work(spec, hw, widx, oc0, oc1, ci0, ci1, last_q):
     return work, mpp, nbytes
 
 
-def _chunks_of(spec, hw, part: LayerPartition, reps: list[CoreWork], widx, last_q):
+def _chunks_of(spec, hw, part: LayerPartition, reps: list[CoreWork], widx, last_q, cache: CompileCache | None):
     """``_group_chunks`` and ``_chunk_work`` of a partition and its chunks' weight pieces (K × Q ×
     groups × pieces bytes), shared by the candidates of a search that differ only in their tile
     shape (same groups' channels, chunk sizes and counts)."""
     def compute():
-        oc0, oc1, ci0, ci1 = _group_chunks(spec, part, reps)
+        oc0, oc1, ci0, ci1 = _group_chunks(spec, part, reps, cache)
         work, mpp, nbytes = _chunk_work(spec, hw, widx, oc0, oc1, ci0, ci1, last_q)
         pieces = np.diff(piece_bounds(nbytes, hw.memtile.weight_slot_pieces), axis=-1)
         out = (oc0, oc1, ci0, ci1, work, mpp, nbytes, pieces)
@@ -196,10 +196,7 @@ def _chunks_of(spec, hw, part: LayerPartition, reps: list[CoreWork], widx, last_
 
     key = (id(spec), id(widx), id(hw), tuple((c.oc0, c.oc1) for c in reps), part.sub.oc, part.sub.ci,
            part.n_k, part.n_q)
-    return _memo(_CHUNK_WORK_MEMO, _MEMO_MAX, (spec, widx, hw), key, compute)
-
-
-_CHUNK_WORK_MEMO: dict[tuple, tuple] = {}
+    return memo(cache, "chunk_work", (spec, widx, hw), key, compute)
 
 
 class _Layout:
@@ -243,28 +240,11 @@ class _Layout:
             a.flags.writeable = False  # shared between evaluations (``of``)
 
     @staticmethod
-    def of(spec: LayerSpec, hw: ArrayConfig, part: LayerPartition) -> _Layout:
+    def of(spec: LayerSpec, hw: ArrayConfig, part: LayerPartition, cache: CompileCache | None) -> _Layout:
         """The layout of ``part``, shared by the partitions of a search that differ only in their
         channel chunks (same cores and tile shape)."""
         key = (id(spec), id(part.cores), part.sub.h, part.sub.w, part.n_tiles, part.tiles_per_group, id(hw))
-        return _memo(_LAYOUT_MEMO, _MEMO_MAX, (spec, part.cores, hw), key, lambda: _Layout(spec, hw, part))
-
-
-_LAYOUT_MEMO: dict[tuple, tuple] = {}
-_MEMO_MAX = 1024  # entries of each memo above (a layer's search has a few hundred candidates)
-
-
-def _comp_cycles(spec, hw, rwork: np.ndarray, p: np.ndarray) -> np.ndarray:
-    """Rule 2 of the time model: cycles of the slowest core per iteration, for every step.
-    ``rwork[j, r]``: work of the heaviest core of region r in step j; ``p[r, t]``: positions."""
-    w = rwork[:, :, None]
-    if spec.kind == "conv":
-        cyc = np.ceil(p / hw.core.matmul_shape[0])[None] * w
-    else:
-        cyc = np.ceil(p[None] * w / hw.macs_per_cycle("int8"))
-    busy = (p[None] > 0) & (w > 0)
-    out = np.where(busy, cyc + hw.core.kernel_call_overhead_cycles, 0)
-    return out.max(axis=1) if out.shape[1] else np.zeros((rwork.shape[0], p.shape[1]))
+        return memo(cache, "layout", (spec, part.cores, hw), key, lambda: _Layout(spec, hw, part))
 
 
 class StepTable:
@@ -327,12 +307,12 @@ class StepTable:
 
 
 def layer_steps(spec: LayerSpec, hw: ArrayConfig, part: LayerPartition, in_ddr: tuple[bool, ...],
-                out_ddr: bool, widx: WeightIndex | None) -> StepTable:
-    """Every step of the layer in execution order (module doc)."""
-    lay = _Layout.of(spec, hw, part)
+                out_ddr: bool, widx: WeightIndex | None, cache: CompileCache | None = None) -> StepTable:
+    """Every step of the layer in execution order (module doc; ``cache``: the compile's memo)."""
+    lay = _Layout.of(spec, hw, part, cache)
     n_k, n_q, n_g = part.n_k, part.n_q, len(lay.reps)
     last_q = np.arange(n_q) == n_q - 1
-    oc0, oc1, ci0, ci1, work, mpp, nbytes, pieces = _chunks_of(spec, hw, part, lay.reps, widx, last_q)
+    oc0, oc1, ci0, ci1, work, mpp, nbytes, pieces = _chunks_of(spec, hw, part, lay.reps, widx, last_q, cache)
     kq = n_k * n_q
     work, mpp, nbytes = (x.reshape(kq, n_g) for x in (work, mpp, nbytes))
     pieces = pieces.reshape(kq, n_g, -1)
@@ -349,7 +329,7 @@ def layer_steps(spec: LayerSpec, hw: ArrayConfig, part: LayerPartition, in_ddr: 
     tab = StepTable(part.n_s, n_k, n_q, g)
     # every tile of the layer at once (t axis), then one slice per spatial group
     p, win = lay.p, lay.win
-    comp = _comp_cycles(spec, hw, rwork, p)
+    comp = comp_cycles(spec.kind, hw, rwork, p)
     if spec.kind == "conv" and spec.groups == 1:  # all groups read the same channels: one window
         cr = (np.matmul(lay.col_rg, active.T).transpose(2, 0, 1) > 0).astype(float)  # (j, c, r)
         fm = np.matmul(cr, win) * cilen.max(axis=1)[:, None, None]
@@ -362,7 +342,7 @@ def layer_steps(spec: LayerSpec, hw: ArrayConfig, part: LayerPartition, in_ddr: 
     wr = wr_c.max(axis=1)  # outputs leave after the last ci chunk
     if spec.residual:  # fused add: the other operand's output-shaped tile comes in with the last chunk
         fm = fm + wr_c
-        add_ops = np.ceil(p[None] * oclen.max(axis=1)[:, None, None] / hw.macs_per_cycle("int8"))
+        add_ops = element_cycles(p[None] * oclen.max(axis=1)[:, None, None], hw)
         comp = comp + add_ops.max(axis=1) * last
     # LOAD brings, per column, the windows of inputs in DDR and the residual tiles if the
     # residual is in DDR (never the residual twice, nor one that lives in MemTile)

@@ -2,7 +2,7 @@
 keep the fastest (or the one a ``chooser`` imposes, validated).
 
 Legal means: the input tile, the accumulators and the largest packed weight chunk fit the core's
-buffers (``partition.fits``), and the MemTile staging the layer needs (two weight slots, two
+buffers (``partition.misfits``), and the MemTile staging the layer needs (two weight slots, two
 activation tiles each way) stays within ``MAX_STAGING_FRACTION`` of a MemTile, leaving the rest for
 activations that live between layers.
 """
@@ -15,7 +15,8 @@ from itertools import pairwise
 
 import numpy as np
 
-from tilesparse.compiler import partition, stages
+from tilesparse.compiler.cache import CompileCache
+from tilesparse.compiler.floor import GridFloor
 from tilesparse.compiler.layers import LayerSpec
 from tilesparse.compiler.partition import (
     ACC_BYTES,
@@ -27,20 +28,16 @@ from tilesparse.compiler.partition import (
     acc_tiles,
     assign_cores,
     col_tiles,
-    fits,
     max_tile_extent,
     min_fit_error,
+    misfits,
     oc_chunks,
     oc_units,
 )
 from tilesparse.compiler.stages import StepTable, WeightIndex, layer_steps
 from tilesparse.errors import CapacityError, ConfigError
-from tilesparse.estimate.timemodel import (
-    WEIGHT_SLOTS,
-    engine_bound_s,
-    layer_time_arrays,
-)
 from tilesparse.hw import ArrayConfig
+from tilesparse.timing import WEIGHT_SLOTS, engine_bound_s, layer_time_arrays
 
 __all__ = ["MAX_STAGING_FRACTION", "LayerPlan", "chunk_blocks", "plan_layer", "plan_with", "replan"]
 
@@ -102,13 +99,14 @@ def _unit(spec: LayerSpec, hw: ArrayConfig) -> int:
     return spec.block[0] if spec.kind == "conv" else hw.core.matmul_shape[2]
 
 
-def _chunk_bounds(spec: LayerSpec, cores: tuple[CoreWork, ...], oc_t: int) -> list[tuple[int, int]]:
+def _chunk_bounds(spec: LayerSpec, cores: tuple[CoreWork, ...], oc_t: int, cache: CompileCache | None
+                  ) -> list[tuple[int, int]]:
     """Every distinct non-empty output-channel chunk of the cores (``oc_chunks``)."""
     ranges = sorted({(cw.oc0, cw.oc1) for cw in cores if not cw.empty})
     n_k = max((-(-(b - a) // oc_t) for a, b in ranges), default=0)
     out = []
     for a0, a1 in ranges:
-        b = oc_chunks(spec, a0, a1, oc_t, n_k)
+        b = oc_chunks(spec, a0, a1, oc_t, n_k, cache)
         out += [(a, z) for a, z in pairwise(b) if z > a]
     return out
 
@@ -210,10 +208,11 @@ def _staging(tab: StepTable, pipe: dict[str, np.ndarray]) -> int:
     return int(w + PING_PONG * (fm + wr))
 
 
-def _evaluate(spec, hw, part, in_ddr, out_ddr, widx, cutoff_s: float = math.inf) -> LayerPlan | None:
+def _evaluate(spec, hw, part, in_ddr, out_ddr, widx, cache: CompileCache, cutoff_s: float = math.inf
+              ) -> LayerPlan | None:
     """The plan of ``part`` with its time, or None if its staging does not fit MemTile or it
     cannot beat ``cutoff_s`` (its engines' busy time already reaches it)."""
-    tab = layer_steps(spec, hw, part, in_ddr, out_ddr, widx)
+    tab = layer_steps(spec, hw, part, in_ddr, out_ddr, widx, cache)
     pipe = tab.pipe()
     staging = _staging(tab, pipe)
     if staging > hw.memtile.bytes * MAX_STAGING_FRACTION:
@@ -224,9 +223,9 @@ def _evaluate(spec, hw, part, in_ddr, out_ddr, widx, cutoff_s: float = math.inf)
     return LayerPlan(spec, part, tab, total, widx, staging, in_ddr, out_ddr)
 
 
-def _subvolumes(spec, hw, live: _Live, widx, memo: dict | None = None) -> list[SubVolume]:
-    """The candidate sub-volumes of a grid (``memo``: tile shapes shared by a layer's grids)."""
-    memo = {} if memo is None else memo
+def _subvolumes(spec, hw, live: _Live, widx, cache: CompileCache) -> list[SubVolume]:
+    """The candidate sub-volumes of a grid (tile shapes shared by the layers of one geometry)."""
+    memo = cache.memo("tiles", None, (_geometry(spec), hw.model_dump_json()), dict)
     if not live.cores:
         return []
     unit = _unit(spec, hw)
@@ -238,7 +237,7 @@ def _subvolumes(spec, hw, live: _Live, widx, memo: dict | None = None) -> list[S
                  | {unit * -(-oc_max // (n * unit)) for n in range(1, MAX_OC_CHUNKS + 1)})
     subs = []
     for oc_t in ocs:
-        nb = _ci_blocks(spec, hw, widx, _chunk_bounds(spec, live.cores, oc_t), oc_t)
+        nb = _ci_blocks(spec, hw, widx, _chunk_bounds(spec, live.cores, oc_t, cache), oc_t)
         if nb is None:
             continue
         full_ci = spec.kind == "conv" and spec.groups == 1
@@ -248,7 +247,7 @@ def _subvolumes(spec, hw, live: _Live, widx, memo: dict | None = None) -> list[S
                      | {-(-widx.n_cb // q) for q in (n_q, n_q + 1)}) if full_ci else [nb]
         for n in nbs:
             ci_t = min(spec.ci, n * spec.block[1]) if full_ci else spec.chunk_ci(oc_t)
-            if fits(spec, hw, SubVolume(oc_t, ci_t, 1, 1), 0, 1):
+            if misfits(spec, hw, SubVolume(oc_t, ci_t, 1, 1), 0, 1):
                 continue
             key = (oc_t, ci_t, hc, wc)
             if key not in memo:
@@ -262,45 +261,34 @@ CI_DIVISORS = (1, 2, 4)  # input-channel chunk = the largest that fits, a half o
 
 
 def plan_layer(spec: LayerSpec, hw: ArrayConfig, in_ddr: tuple[bool, ...], out_ddr: bool,
-               chooser: Chooser | None = None, node: object = None) -> LayerPlan:
+               chooser: Chooser | None = None, node: object = None, cache: CompileCache | None = None
+               ) -> LayerPlan:
     """The fastest legal (grid, sub-volume) of ``spec`` under the time model.
 
     Branch and bound over every grid and sub-volume: grids in the order of their floor
-    (``_GridFloor``), each sub-volume skipped when its floor already loses to the best plan so
-    far. A ``chooser``'s sub-volume replaces the enumeration (validated).
+    (``GridFloor``), each sub-volume skipped when its floor already loses to the best plan so
+    far. A ``chooser``'s sub-volume replaces the enumeration (validated). ``cache``: the
+    compile's memo (``compiler.cache``; a fresh one if None), where a layer of the same geometry,
+    mask, array and activation homes finds the choice of the first one.
     """
+    cache = CompileCache() if cache is None else cache
     widx = WeightIndex(spec) if spec.kind == "conv" else None
     forced = chooser(node, hw) if chooser is not None else None
     key = _plan_key(spec, hw, in_ddr, out_ddr) if chooser is None else None
-    if key in _PLAN_MEMO:  # a layer of the same shape and mask was planned already: same choice
-        grid, sub = _PLAN_MEMO[key]
-        plan = _try(spec, hw, grid, assign_cores(spec, hw, grid), sub, in_ddr, out_ddr, widx)
+    if key is not None and (hit := cache.get("plans", key)) is not None:  # planned already: same choice
+        grid, sub = hit
+        plan = _try(spec, hw, grid, assign_cores(spec, hw, grid, cache), sub, in_ddr, out_ddr, widx, cache)
         if plan is not None:
             return plan
-    if len(_TILE_MEMO) > _PLAN_MEMO_MAX:
-        _TILE_MEMO.clear()
-    tiles = _TILE_MEMO.setdefault((_geometry(spec), hw.model_dump_json()), {})
-    best = _search(spec, hw, in_ddr, out_ddr, forced, widx, tiles)
+    best = _search(spec, hw, in_ddr, out_ddr, forced, widx, cache)
     if key is not None:
-        if len(_PLAN_MEMO) > _PLAN_MEMO_MAX:
-            _PLAN_MEMO.clear()
-        _PLAN_MEMO[key] = (best.part.grid, best.part.sub)
+        cache.put("plans", key, (best.part.grid, best.part.sub))
     return best
 
 
-_PLAN_MEMO: dict[tuple, tuple[Grid, SubVolume]] = {}
-_PLAN_MEMO_MAX = 4096  # entries; a network has a few hundred layers
-# tile shapes by (geometry, array): they depend on neither the mask nor the activation homes, so
-# a network's repeated blocks share them (``_tiles``)
-_TILE_MEMO: dict[tuple, dict] = {}
-
-
 def clear_caches() -> None:
-    """Forget every plan, tile shape, layout and channel split the compiler has memoized, so that
-    the next compile starts cold (for timing it)."""
-    for memo in (_PLAN_MEMO, _TILE_MEMO, stages._LAYOUT_MEMO, stages._CHUNK_WORK_MEMO,
-                 partition._OC_MEMO, partition._CHUNK_MEMO):
-        memo.clear()
+    """Nothing to forget: the compiler keeps no state between compiles (every ``compile_graph``
+    starts with a fresh ``CompileCache``). Kept for callers that time cold compiles."""
 
 
 def _geometry(spec: LayerSpec) -> tuple:
@@ -311,18 +299,18 @@ def _geometry(spec: LayerSpec) -> tuple:
 def _plan_key(spec: LayerSpec, hw: ArrayConfig, in_ddr: tuple[bool, ...], out_ddr: bool) -> tuple:
     """Everything the choice depends on — the geometry, the mask, the array, the activation
     homes — and nothing it does not (names, buffer offsets): repeated blocks plan once."""
-    mask = None if spec.mask is None else (spec.mask.shape, spec.mask.dtype.str, np.ascontiguousarray(spec.mask).tobytes())
+    mask = (None if spec.mask is None
+            else (spec.mask.shape, spec.mask.dtype.str, np.ascontiguousarray(spec.mask).tobytes()))
     return _geometry(spec), mask, hw.model_dump_json(), tuple(in_ddr), bool(out_ddr)
 
 
-def _search(spec, hw, in_ddr, out_ddr, forced, widx, tiles_memo: dict | None = None) -> LayerPlan:
-    tiles_memo = {} if tiles_memo is None else tiles_memo
+def _search(spec, hw, in_ddr, out_ddr, forced, widx, cache: CompileCache) -> LayerPlan:
     grids = []
     for grid in _grids(spec, hw):
-        cores = assign_cores(spec, hw, grid)
+        cores = assign_cores(spec, hw, grid, cache)
         if forced is not None:
-            _validate_forced(spec, hw, cores, forced, widx)
-        floor = _GridFloor(spec, hw, cores, widx)
+            _validate_forced(spec, hw, cores, forced, widx, cache)
+        floor = GridFloor(spec, hw, cores, widx, cache)
         grids.append((floor.s, len(grids), grid, cores, floor))
     grids.sort(key=lambda x: x[:2])
     # every partition of the grids whose floor can still win, then the time model on them in
@@ -334,23 +322,23 @@ def _search(spec, hw, in_ddr, out_ddr, forced, widx, tiles_memo: dict | None = N
         if best is not None and floor_s >= best.time_s:
             break
         live = _Live.of(cores)
-        subs = [forced] if forced is not None else _subvolumes(spec, hw, live, widx, tiles_memo)
+        subs = [forced] if forced is not None else _subvolumes(spec, hw, live, widx, cache)
         for sub in subs:
             part = _partition(spec, hw, grid, cores, sub, widx, live)
             if part is not None:
                 cands.append((floor.of(part), len(cands), part))
         if gi == 0 and cands:  # a first plan, so that hopeless grids are not enumerated at all
             cands.sort(key=lambda c: c[:2])
-            best, n_evals = _best_of(spec, hw, in_ddr, out_ddr, widx, cands, None, 0)
+            best, n_evals = _best_of(spec, hw, in_ddr, out_ddr, widx, cands, None, 0, cache)
             cands = cands[n_evals:]
     cands.sort(key=lambda c: c[:2])
-    best, _ = _best_of(spec, hw, in_ddr, out_ddr, widx, cands, best, n_evals)
+    best, _ = _best_of(spec, hw, in_ddr, out_ddr, widx, cands, best, n_evals, cache)
     if best is None:
         raise _no_fit(spec, hw, widx)
     return best
 
 
-def _best_of(spec, hw, in_ddr, out_ddr, widx, cands, best: LayerPlan | None, n: int
+def _best_of(spec, hw, in_ddr, out_ddr, widx, cands, best: LayerPlan | None, n: int, cache: CompileCache
              ) -> tuple[LayerPlan | None, int]:
     """The fastest of ``cands`` (sorted by floor) and ``best``, and the timings done so far
     (``n`` before): stops at the first floor that cannot win, or once ``MAX_EVALS`` timings
@@ -361,7 +349,7 @@ def _best_of(spec, hw, in_ddr, out_ddr, widx, cands, best: LayerPlan | None, n: 
             break
         n += 1
         work += part.n_tiles * part.n_k * part.n_q
-        plan = _evaluate(spec, hw, part, in_ddr, out_ddr, widx, best.time_s if best is not None else math.inf)
+        plan = _evaluate(spec, hw, part, in_ddr, out_ddr, widx, cache, best.time_s if best is not None else math.inf)
         if plan is not None and (best is None or plan.time_s < best.time_s):
             best = plan
     return best, n
@@ -371,115 +359,21 @@ MAX_EVALS = 48  # time-model evaluations per layer at least, in the order of the
 MAX_WORK = 3_000  # ... and at least this many pipeline iterations timed (the cost of an evaluation)
 
 
-class _GridFloor:
-    """Seconds no sub-volume of a grid beats under the time model.
-
-    A channel-wise op (no weights) moves every core's input window (its own channels) and every
-    output byte over its column's channel (LOADFM, WRITEFM). For a conv, a core's COMP runs at
-    most at its peak rate, pays the kernel-call overhead at every iteration and never runs while
-    its weights refill (rules 2, 5), so the layer takes at least the busiest core's kept MACs at
-    peak plus the LOADWM time of the busiest row — its distinct chunks, each sent at least once
-    per spatial group unless a single chunk stays resident — and one LOADFM pass over the input
-    per output-channel chunk (``_input_pass_s``), after the first piece of the first step's
-    weights has arrived (all but the first tile's input, which may stream in meanwhile)."""
-
-    def __init__(self, spec: LayerSpec, hw: ArrayConfig, cores, widx: WeightIndex | None):
-        live = [c for c in cores if not c.empty]
-        self.spec, self.widx = spec, widx
-        self.comp = self.stall = self.fm = self.s = 0.0
-        self.first: dict[tuple, float] = {}  # of(): first-step LOADW bytes by (oc, n_k, ci blocks, n_q == 1)
-        if not live:
-            return
-        mt_bw = self.mt_bw = hw.links.memtile_to_core_bytes_per_s
-        if widx is None:  # channel-wise: each (region, channel group) of a column reads its window
-            in_col, out_col, seen = np.zeros(hw.cols), np.zeros(hw.cols), set()
-            for c in live:
-                out_col[c.col] += c.n_out
-                if (c.col, c.region, c.oc_group) not in seen:
-                    seen.add((c.col, c.region, c.oc_group))
-                    ci0, ci1 = spec.ci_range(c.oc0, c.oc1)
-                    in_col[c.col] += spec.window_positions(c.h1 - c.h0, c.w1 - c.w0) * (ci1 - ci0) * spec.n_in
-            self.s = max(float(in_col.max()), float(out_col.max())) / mt_bw
-            return
-        oc0, oc1 = np.array([c.oc0 for c in live]), np.array([c.oc1 for c in live])
-        pos = np.array([(c.h1 - c.h0) * (c.w1 - c.w0) for c in live])
-        zero, n_cb = np.zeros(len(live), np.int64), np.full(len(live), widx.n_cb)
-        macs = widx.kept_many(oc0, oc1, zero, n_cb) * spec.taps * pos
-        self.comp = float(macs.max()) / (hw.macs_per_cycle("int8") * hw.clock_hz)
-        self.call_s = hw.core.kernel_call_overhead_cycles / hw.clock_hz  # paid by every COMP iteration
-        nbytes = widx.chunk_bytes_many(oc0, oc1, zero, n_cb, np.ones(len(live), bool))
-        row_bytes: dict[int, dict[int, int]] = {}
-        for c, b in zip(live, nbytes):
-            row_bytes.setdefault(c.row, {})[c.oc_group] = int(b)
-        self.stall = max(sum(d.values()) for d in row_bytes.values()) / mt_bw
-        self.fm = _input_pass_s(spec, hw, cores)
-        distinct = {c.oc_group: (c.oc0, c.oc1, int(b)) for c, b in zip(live, nbytes)}
-        g = np.array(list(distinct.values()))
-        self.g_oc0, self.g_oc1 = g[:, 0], g[:, 1]
-        # the cores wait for the first step's weight piece 0: at least 1/pieces of its bytes
-        # (``pack.piece_bounds`` rounds piece 0 up) spread over every column's weight channel
-        self.col_bw = hw.cols * hw.links.ddr_to_memtile_bytes_per_s
-        self.piece0_bw = self.col_bw * hw.memtile.weight_slot_pieces
-        # LOADW streams every distinct chunk on the column weight channels before the last COMP
-        self.s = max(self.comp + self.stall, self.fm, float(g[:, 2].sum()) / self.col_bw)
-
-    def of(self, part: LayerPartition) -> float:
-        """The floor of one partition of the grid: for a conv, weight reloads per spatial group
-        and input passes per output-channel chunk, after the first piece of the first step's
-        weights has arrived (its LOADWM and pipeline wait for it)."""
-        if self.widx is None or not self.s:
-            return self.s
-        reloads = part.n_s if part.n_k * part.n_q > 1 else 1
-        spec, sub = self.spec, part.sub
-        cb1 = (-(-min(sub.ci, spec.ci) // spec.block[1]) if spec.groups == 1 else self.widx.n_cb)
-        key = (sub.oc, part.n_k, cb1, part.n_q == 1)
-        if key not in self.first:  # the first step's chunks, one per oc group
-            oc1 = np.array([oc_chunks(spec, int(a), int(z), sub.oc, part.n_k)[1]
-                            for a, z in zip(self.g_oc0, self.g_oc1)])
-            n = len(oc1)
-            self.first[key] = float(self.widx.chunk_bytes_many(
-                self.g_oc0, oc1, np.zeros(n, np.int64), np.full(n, cb1), np.full(n, part.n_q == 1)).sum())
-        first = self.first[key]
-        # the first tile's input (LOAD, LOADFM: at most two of its windows) may move while those
-        # weights arrive (time-model rule 5); COMP and the weight stalls wait for them
-        lead = 2 * spec.n_in * spec.window_positions(sub.h, sub.w) * min(sub.ci, spec.ci) / self.mt_bw
-        fm = part.n_k * self.fm
-        # COMP and every later LOADWM also wait for all of the first step's weights
-        comp = self.comp + part.n_tiles * part.n_k * part.n_q * self.call_s
-        return max(first / self.piece0_bw + comp + reloads * self.stall,
-                   first / self.col_bw + comp + (reloads - 1) * self.stall,
-                   max(fm, first / self.piece0_bw + fm - lead), self.s)
-
-
-def _input_pass_s(spec: LayerSpec, hw: ArrayConfig, cores) -> float:
-    """A lower bound on the LOADFM seconds of one pass over the input (one output-channel chunk)
-    of a conv reading all input channels: every column channel carries at least the window of
-    its largest region (tiles re-read halos, so their windows add up to at least that). The
-    time model's layer time is at least n_k such passes (rules 1, 4). 0 for other layers."""
-    if spec.kind != "conv" or spec.groups != 1:
-        return 0.0
-    per_col: dict[int, int] = {}
-    for c in cores:
-        if not c.empty:
-            win = spec.window_positions(c.h1 - c.h0, c.w1 - c.w0)
-            per_col[c.col] = max(per_col.get(c.col, 0), win)
-    return max(per_col.values(), default=0) * spec.ci * spec.n_in / hw.links.memtile_to_core_bytes_per_s
-
-
-def _try(spec, hw, grid, cores, sub, in_ddr, out_ddr, widx) -> LayerPlan | None:
+def _try(spec, hw, grid, cores, sub, in_ddr, out_ddr, widx, cache: CompileCache) -> LayerPlan | None:
     part = _partition(spec, hw, grid, cores, sub, widx)
-    return _evaluate(spec, hw, part, in_ddr, out_ddr, widx) if part is not None else None
+    return _evaluate(spec, hw, part, in_ddr, out_ddr, widx, cache) if part is not None else None
 
 
 def plan_with(spec: LayerSpec, hw: ArrayConfig, grid: Grid, sub: SubVolume, in_ddr: tuple[bool, ...],
-              out_ddr: bool) -> LayerPlan | None:
+              out_ddr: bool, cache: CompileCache | None = None) -> LayerPlan | None:
     """The plan of ``spec`` with this grid and sub-volume (its channel ranges and chunks cut from
     ``spec``'s mask), or None if a weight chunk or the MemTile staging does not fit."""
+    cache = CompileCache() if cache is None else cache
     widx = WeightIndex(spec) if spec.kind == "conv" else None
-    cores = assign_cores(spec, hw, grid)
-    if _largest_chunk(spec, cores, sub, widx) > hw.core.weight_buffer_bytes:
+    cores = assign_cores(spec, hw, grid, cache)
+    if _largest_chunk(spec, cores, sub, widx, cache) > hw.core.weight_buffer_bytes:
         return None
-    return _try(spec, hw, grid, cores, sub, in_ddr, out_ddr, widx)
+    return _try(spec, hw, grid, cores, sub, in_ddr, out_ddr, widx, cache)
 
 
 def chunk_blocks(spec: LayerSpec, sub: SubVolume) -> int:
@@ -487,23 +381,24 @@ def chunk_blocks(spec: LayerSpec, sub: SubVolume) -> int:
     return max(1, math.ceil(min(sub.ci, spec.ci) / spec.block[1]))
 
 
-def _largest_chunk(spec: LayerSpec, cores, sub: SubVolume, widx: WeightIndex | None) -> int:
+def _largest_chunk(spec: LayerSpec, cores, sub: SubVolume, widx: WeightIndex | None, cache: CompileCache) -> int:
     """Packed bytes of the largest weight chunk the cores load under ``sub`` (0 without weights)."""
     live = tuple(c for c in cores if not c.empty)
     if widx is None or not live:
         return 0
     nb = chunk_blocks(spec, sub) if spec.groups == 1 else widx.n_cb
-    return _max_chunk(widx, _chunk_bounds(spec, live, sub.oc), nb)
+    return _max_chunk(widx, _chunk_bounds(spec, live, sub.oc, cache), nb)
 
 
-def replan(plan: LayerPlan, hw: ArrayConfig, in_ddr: tuple[bool, ...], out_ddr: bool) -> LayerPlan:
+def replan(plan: LayerPlan, hw: ArrayConfig, in_ddr: tuple[bool, ...], out_ddr: bool,
+           cache: CompileCache | None = None) -> LayerPlan:
     """The same partition with different activation homes (after MemTile allocation spilled some)."""
-    tab = layer_steps(plan.spec, hw, plan.part, in_ddr, out_ddr, plan.widx)
+    tab = layer_steps(plan.spec, hw, plan.part, in_ddr, out_ddr, plan.widx, cache)
     total = layer_time_arrays(tab.loadw, tab.loadwm, tab.pipe(), hw, tab.iters, tab.writes)
     return LayerPlan(plan.spec, plan.part, tab, total, plan.widx, plan.staging_bytes, in_ddr, out_ddr)
 
 
-def _validate_forced(spec, hw, cores, sub, widx) -> None:
+def _validate_forced(spec, hw, cores, sub, widx, cache: CompileCache) -> None:
     if not isinstance(sub, SubVolume):
         raise ConfigError("chooser", [(f"layer {spec.name}: chooser returned {type(sub).__name__}, "
                                        f"expected SubVolume or None")])
@@ -517,7 +412,7 @@ def _validate_forced(spec, hw, cores, sub, widx) -> None:
                     f"or at least {spec.ci}")
     if errs:
         raise ConfigError("chooser", errs)
-    why = fits(spec, hw, sub, _largest_chunk(spec, cores, sub, widx), 1)
+    why = misfits(spec, hw, sub, _largest_chunk(spec, cores, sub, widx, cache), 1)
     if why:
         raise CapacityError(f"layer {spec.name!r}: chooser's sub-volume {sub} does not fit: " + "; ".join(why))
 
@@ -531,7 +426,7 @@ def _no_fit(spec: LayerSpec, hw: ArrayConfig, widx: WeightIndex | None) -> Capac
         nb = 1 if spec.groups == 1 else widx.n_cb
         chunk = _max_chunk(widx, [(a, min(a + oc, spec.co)) for a in range(0, spec.co, oc)], nb)
     err = min_fit_error(spec, hw, SubVolume(oc, ci, 1, 1), chunk)
-    if not fits(spec, hw, SubVolume(oc, ci, 1, 1), chunk, 1):
+    if not misfits(spec, hw, SubVolume(oc, ci, 1, 1), chunk, 1):
         return CapacityError(f"layer {spec.name!r}: every sub-volume needs more MemTile staging than "
                              f"{MAX_STAGING_FRACTION:.0%} of {hw.memtile.bytes} B (array {hw.label})")
     return err

@@ -8,7 +8,7 @@
 Every conv2d / linear node is mapped on the AIE2 preset derived from the same array description,
 with 32-bit outputs at the core (the compiler keeps int32 accumulators there), so the core-level
 tile (K x C x P x Q extents) becomes the ``SubVolume(oc, ci, h, w)``. It is rounded to the
-compiler's granularity (whole block rows / columns) and shrunk until the compiler's own ``fits``
+compiler's granularity (whole block rows / columns) and shrunk until the compiler's own ``misfits``
 accepts it; a layer whose tile cannot be made to fit falls back to the heuristic (``None``).
 """
 
@@ -72,7 +72,7 @@ def _core_extents(m: Mapping) -> dict[str, int]:
 def _subvolume(graph: Graph, node: Node, m: Mapping, hw):
     """The mapping's core tile as a SubVolume the compiler accepts, or None."""
     from tilesparse.compiler.layers import layer_spec
-    from tilesparse.compiler.partition import SubVolume, fits
+    from tilesparse.compiler.partition import SubVolume, misfits
 
     spec = layer_spec(node, graph)
     ext = _core_extents(m)
@@ -86,7 +86,7 @@ def _subvolume(graph: Graph, node: Node, m: Mapping, hw):
     while True:
         sub = SubVolume(int(oc), int(ci), int(h), int(w))
         chunk = _chunk_bound(spec, min(oc, spec.co), min(ci, spec.ci), kh * kw)
-        if not fits(spec, hw, sub, chunk, 1):
+        if not misfits(spec, hw, sub, chunk, 1):
             return sub
         if h * w > 1:  # shrink the output tile first, then the channels
             h, w = (max(1, h // 2), w) if h >= w else (h, max(1, w // 2))

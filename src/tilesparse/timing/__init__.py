@@ -1,0 +1,40 @@
+"""The time model's rules — every timing rule of tilesparse, below the compiler (docs/time-model.md).
+
+``rules``: what a transfer or a COMP iteration costs (rules 1–2, ``comp_cycles``) and the engine
+bound; ``recurrence``: a layer's steps played out engine by engine as the program's locks allow
+(rules 3–6). The compiler's search times its candidates with these, and ``estimate.timemodel``
+applies them to a compiled ``Program``. This package imports nothing from tilesparse but ``hw``
+(tests/test_import_boundaries_timing.py), so both can use it without a cycle.
+"""
+
+from tilesparse.timing.recurrence import LayerTime, StepTime, layer_time, layer_time_arrays, pipeline_s
+from tilesparse.timing.rules import (
+    PIPE_OPS,
+    TRANSFER_OPS,
+    WEIGHT_SLOTS,
+    bandwidth,
+    comp_cycles,
+    comp_s,
+    element_cycles,
+    engine_bound_s,
+    stage_seconds,
+    transfer_s,
+)
+
+__all__ = [
+    "PIPE_OPS",
+    "TRANSFER_OPS",
+    "WEIGHT_SLOTS",
+    "LayerTime",
+    "StepTime",
+    "bandwidth",
+    "comp_cycles",
+    "comp_s",
+    "element_cycles",
+    "engine_bound_s",
+    "layer_time",
+    "layer_time_arrays",
+    "pipeline_s",
+    "stage_seconds",
+    "transfer_s",
+]

@@ -1,0 +1,107 @@
+"""Rules 1 and 2 of the time model: what a transfer or a COMP iteration costs, and the engine bound.
+
+1. **Transfers**: time = bytes on the busiest channel / that channel's bandwidth, from ``hw.links``:
+   LOAD and LOADW at ``ddr_to_memtile_bytes_per_s`` (activations and weights on separate channels of
+   each column), WRITE at ``memtile_to_ddr_bytes_per_s``, LOADFM / LOADWM / WRITEFM at
+   ``memtile_to_core_bytes_per_s`` (one channel per column for activations in and out, one per row
+   for weights).
+2. **COMP**: cycles of the slowest core / ``clock_hz``. A core's cycles for a tile are
+   ``ceil(positions / M) × Σ_slabs ceil(kept input channels × taps / K) + overhead`` with
+   ``(M, K, N) = hw.core.matmul_shape`` (slabs of N output channels) and the per-call
+   ``hw.core.kernel_call_overhead_cycles``: skipped blocks cost nothing, padding to the matmul shape
+   is paid, and no core ever exceeds ``M·K·N`` MACs per cycle. Pools, adds and copies run one
+   element operation per MAC slot (``macs_per_cycle`` per cycle) (``comp_cycles``).
+
+The compiler counts the bytes and the matmul steps (``compiler.stages``); this module turns them
+into cycles and seconds, for the compiler's search and the estimator alike.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tilesparse.hw import ArrayConfig
+
+__all__ = [
+    "PIPE_OPS",
+    "TRANSFER_OPS",
+    "WEIGHT_SLOTS",
+    "bandwidth",
+    "comp_cycles",
+    "comp_s",
+    "element_cycles",
+    "engine_bound_s",
+    "stage_seconds",
+    "transfer_s",
+]
+
+TRANSFER_OPS = ("LOAD", "LOADW", "LOADFM", "LOADWM", "WRITEFM", "WRITE")
+PIPE_OPS = ("LOAD", "LOADFM", "COMP", "WRITEFM", "WRITE")  # the order of an iteration's stages
+WEIGHT_SLOTS = 2  # MemTile weight staging is double-buffered
+
+
+def bandwidth(op: str, hw: ArrayConfig) -> float:
+    """Bytes per second of one channel used by transfer instruction ``op``."""
+    links = hw.links
+    return {
+        "LOAD": links.ddr_to_memtile_bytes_per_s,
+        "LOADW": links.ddr_to_memtile_bytes_per_s,
+        "WRITE": links.memtile_to_ddr_bytes_per_s,
+        "LOADFM": links.memtile_to_core_bytes_per_s,
+        "LOADWM": links.memtile_to_core_bytes_per_s,
+        "WRITEFM": links.memtile_to_core_bytes_per_s,
+    }[op]
+
+
+def transfer_s(op: str, nbytes: float | np.ndarray, hw: ArrayConfig) -> np.ndarray:
+    """Rule 1: seconds to move ``nbytes`` on the busiest channel of ``op``."""
+    return np.asarray(nbytes, dtype=np.float64) / bandwidth(op, hw)
+
+
+def comp_s(cycles: float | np.ndarray, hw: ArrayConfig) -> np.ndarray:
+    """Rule 2: seconds of ``cycles`` on the slowest core."""
+    return np.asarray(cycles, dtype=np.float64) / hw.clock_hz
+
+
+def stage_seconds(op: str, per_iter: np.ndarray, hw: ArrayConfig) -> np.ndarray:
+    """Seconds of pipeline stage ``op`` per iteration, from its bytes (transfers) or cycles (COMP)."""
+    return comp_s(per_iter, hw) if op == "COMP" else transfer_s(op, per_iter, hw)
+
+
+def element_cycles(ops: np.ndarray, hw: ArrayConfig) -> np.ndarray:
+    """Rule 2 for element-wise work (pools, adds, copies, a fused add): one operation per MAC slot,
+    whole cycles."""
+    return np.ceil(ops / hw.macs_per_cycle("int8"))
+
+
+def comp_cycles(kind: str, hw: ArrayConfig, work: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Rule 2: cycles of the slowest core in every iteration of every step, as steps × tiles.
+
+    ``work[j, r]``: the COMP work of the heaviest core of region r in step j — for a conv
+    (``kind == "conv"``) its matmul steps per ``M`` output positions (Σ over its slabs of
+    ``ceil(kept input channels × taps / K)``), for other layers its element operations per
+    position; ``positions[r, t]``: the output positions of tile t of region r. Every call a core
+    makes pays ``kernel_call_overhead_cycles``; a core with no positions or no work idles (0)."""
+    w = work[:, :, None]
+    if kind == "conv":
+        cyc = np.ceil(positions / hw.core.matmul_shape[0])[None] * w
+    else:
+        cyc = element_cycles(positions[None] * w, hw)
+    busy = (positions[None] > 0) & (w > 0)
+    out = np.where(busy, cyc + hw.core.kernel_call_overhead_cycles, 0)
+    return out.max(axis=1) if out.shape[1] else np.zeros((work.shape[0], positions.shape[1]))
+
+
+def engine_bound_s(loadw_bytes: np.ndarray, loadwm_bytes: np.ndarray, pipe: dict[str, np.ndarray],
+                   hw: ArrayConfig) -> float:
+    """Seconds no schedule under rules 1–6 beats for a layer given as arrays (as
+    ``layer_time_arrays``): each engine runs its iterations one at a time, and the cores never
+    compute during a LOADWM (rule 5), so the layer takes at least the busiest engine's total, COMP
+    plus LOADWM for the cores. Cheap: the compiler's search drops a candidate whose bound cannot
+    beat its best."""
+    busy = [float(stage_seconds(op, np.asarray(v, dtype=np.float64), hw).sum()) for op, v in pipe.items()
+            if op != "COMP"]
+    cores = float(transfer_s("LOADWM", np.asarray(loadwm_bytes, dtype=np.float64), hw).sum())
+    if "COMP" in pipe:
+        cores += float(comp_s(pipe["COMP"], hw).sum())
+    return max(busy + [cores, float(transfer_s("LOADW", np.asarray(loadw_bytes, dtype=np.float64), hw).sum())])
