@@ -109,7 +109,8 @@ def main() -> None:
            f"included; {cpu / max(args.jobs, 1):.0f} s per worker, i.e. the wall time on {args.jobs} idle "
            f"cores; the machine was shared with other jobs, load {os.getloadavg()[0]:.1f}). "
            f"Compile times in the table are CPU seconds of one cold compile (ResNet50: the faster of "
-           f"{COMPILE_REPEATS}, as the shared machine slows single runs by up to a third). Random weights (seed 0); sparse = 50 % of 8×8 blocks "
+           f"{COMPILE_REPEATS}, as the shared machine slows single runs by up to a third). Random weights "
+           f"(seed 0); sparse = 50 % of 8×8 blocks "
            f"(lowest L2) zeroed in every conv and linear but the first conv. Times in ms, batch 1. "
            f"'bound' = sum over layers of max(compute at peak, DDR bytes that must move, MemTile↔core bytes "
            f"that must move) on the same hardware description (docs/time-model.md); 'floor' = the same with "
@@ -119,7 +120,8 @@ def main() -> None:
            f"Weights % = packed (bitmap + kept blocks) / dense int8 bytes. Our numbers cover the whole "
            f"network; VGG16 (124 M-parameter classifier included) also shows its conv part '(conv …)', "
            f"which is what is held against the paper's VGG16 numbers (they appear to cover the "
-           f"convolutions only); the speedup/bound columns are whole-network.\n\n## Targets\n\n" + "\n".join(checks(cells, wall)) + "\n\n## Cells\n\n")
+           f"convolutions only); the speedup/bound columns are whole-network.\n\n## Targets\n\n"
+           + "\n".join(checks(cells, wall)) + "\n\n## Cells\n\n")
     for p in write_table(cells, RESULTS, stem, pre):
         print("wrote", p)
 

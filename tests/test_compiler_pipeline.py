@@ -27,8 +27,8 @@ def test_resnet_compiles_everywhere_and_sparsity_pays(resnet_graphs, arr):
     for p in (dense, sparse):
         est = estimate_program(p)
         assert est.total_s == pytest.approx(p.meta["estimate_s"], rel=1e-9)
-        assert all(pk <= cap for pk, cap in zip(p.meta["memtile_peak"], p.meta["memtile_capacity"]))
-        for (name, _, secs), b in zip(est.layers, program_bounds(p)):
+        assert all(pk <= cap for pk, cap in zip(p.meta["memtile_peak"], p.meta["memtile_capacity"], strict=True))
+        for (name, _, secs), b in zip(est.layers, program_bounds(p), strict=True):
             assert secs >= b.bound_s * (1 - 1e-9), name  # nothing beats its lower bound
     assert sparse.meta["estimate_s"] < dense.meta["estimate_s"]
     d, s = (sum(r.packed_weight_bytes for r in p.layers) for p in (dense, sparse))
@@ -71,7 +71,8 @@ def test_invalid_yaml_field_is_named(tmp_path):
 
 def test_graph_without_a_conv_is_rejected():
     t = TensorType((1, 8, 4, 4), "int8", -4)
-    g = Graph((Node("x", Op.INPUT, (), t), Node("r", Op.RELU, ("x",), t), Node("o", Op.OUTPUT, ("r",), t)), {}, "noconv")
+    nodes = (Node("x", Op.INPUT, (), t), Node("r", Op.RELU, ("x",), t), Node("o", Op.OUTPUT, ("r",), t))
+    g = Graph(nodes, {}, "noconv")
     with pytest.raises(UnsupportedOpError, match="no convolution"):
         compile_graph(g, "2x2")
 

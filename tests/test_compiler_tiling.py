@@ -57,7 +57,7 @@ def test_slab_work_and_kept_pairs_match_brute_force(ci, co, k, density, seed, n,
     width = np.minimum(8, ci - 8 * np.arange(w.n_cb))
     per_ch = spec.mask[np.arange(co) // 8] * width[None, :]
     slab_cum = w.q_tables_many(cb0, cb1, n, kd)
-    for q, (c0, c1) in enumerate(zip(cb0, cb1)):
+    for q, (c0, c1) in enumerate(zip(cb0, cb1, strict=True)):
         kept = per_ch[:, c0:c1].sum(axis=1)
         steps = [-(-int(kept[a:a + n].max()) * k * k // kd) for a in range(0, co, n)]
         assert slab_cum[:, q].tolist() == np.r_[0, np.cumsum(steps)].tolist()

@@ -14,7 +14,7 @@ from tilesparse.reports.paper import TABLE2_MS, paper_ms
 def test_estimate_at_least_the_bound(arr):
     p = compile_graph(small_graph(), arr)
     t = estimate_program(p)
-    for (name, _, secs), b in zip(t.layers, program_bounds(p)):
+    for (name, _, secs), b in zip(t.layers, program_bounds(p), strict=True):
         assert secs >= b.bound_s * (1 - 1e-9), name
         # the halting floor is tighter than the bound but still below every estimate
         assert secs >= b.floor_s * (1 - 1e-9) and b.floor_s >= b.bound_s * (1 - 1e-12), name

@@ -1,7 +1,9 @@
-"""Import boundaries: the simulator and the estimator read programs through ``tilesparse.program``
-alone, never the compiler's internals; the program package depends on none of the layers built on
-it. Checked on the source (every ``import`` / ``from`` statement, at module level or inside a
-function), so a lazy import cannot slip through."""
+"""Import boundaries: every package imports only packages below it (``LAYERS``, the one direction
+of docs/architecture.md); the simulator and the estimator read programs through
+``tilesparse.program`` alone, never the compiler's internals; the compiler times plans with
+``tilesparse.timing``, never the estimator; the program package and the timing rules depend on
+none of the layers built on them. Checked on the source (every ``import`` / ``from`` statement, at
+module level or inside a function), so a lazy import cannot slip through."""
 
 from __future__ import annotations
 
@@ -11,10 +13,26 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "tilesparse"
-# leaving the estimate package (the exploration report and the paper's table move to a report module)
-NOT_CHECKED = {"estimate/explore.py", "estimate/paper.py"}
+
+# The one direction of imports (docs/architecture.md), bottom to top. A package may import the
+# packages of lower layers only: never one above it, never another package of its own layer (so the
+# compiler, the simulator and the estimator are independent readers/writers of the Program).
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("errors",),
+    ("utils",),
+    ("hw", "ir", "patterns", "models", "data"),
+    ("timing", "program", "passes", "costmodel", "sparsify"),
+    ("quant",),
+    ("frontend", "source"),
+    ("compiler", "sim", "estimate"),
+    ("build",),
+    ("mapper", "reports", "demo"),
+    ("cli",),
+)
+LAYER_OF = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}
 PROGRAM_MAY_NOT_IMPORT = ("tilesparse.compiler", "tilesparse.sim", "tilesparse.estimate", "tilesparse.cli",
                           "tilesparse.frontend", "tilesparse.sparsify", "torch")
+TIMING_MAY_IMPORT = ("tilesparse.hw", "tilesparse.errors", "tilesparse.utils", "tilesparse.timing")
 
 
 def _package(rel: str) -> str:
@@ -45,14 +63,41 @@ def violations(source: str, forbidden: tuple[str, ...], where: str, package: str
             if any(mod == f or mod.startswith(f + ".") for f in forbidden)]
 
 
-def _scan(dirs: tuple[str, ...], forbidden: tuple[str, ...]) -> list[str]:
+def layer_violations(source: str, own: str, where: str, package: str = "tilesparse") -> list[str]:
+    """``where:line`` for every import of a tilesparse package at or above ``own``'s layer."""
     bad = []
-    for d in dirs:
-        for path in sorted((SRC / d).rglob("*.py")):
-            rel = path.relative_to(SRC).as_posix()
-            if rel not in NOT_CHECKED:
-                bad += violations(path.read_text(), forbidden, f"src/tilesparse/{rel}", _package(rel))
+    for line, mod in imported_modules(source, package):
+        parts = mod.split(".")
+        if parts[0] != "tilesparse" or len(parts) < 2 or parts[1] == own or parts[1] not in LAYER_OF:
+            continue
+        if LAYER_OF[parts[1]] >= LAYER_OF[own]:
+            bad.append(f"{where}:{line} imports {mod} ({parts[1]} is not below {own})")
     return bad
+
+
+def _modules(*dirs: str):
+    for d in dirs:
+        for path in sorted((SRC / d).rglob("*.py")) if (SRC / d).is_dir() else [SRC / f"{d}.py"]:
+            rel = path.relative_to(SRC).as_posix()
+            yield rel, path.read_text()
+
+
+def _scan(dirs: tuple[str, ...], forbidden: tuple[str, ...]) -> list[str]:
+    return [v for rel, src in _modules(*dirs)
+            for v in violations(src, forbidden, f"src/tilesparse/{rel}", _package(rel))]
+
+
+def test_every_package_is_in_a_layer():
+    pkgs = {p.stem for p in SRC.iterdir() if (p.suffix == ".py" and p.stem != "__init__")
+            or (p.is_dir() and (p / "__init__.py").is_file())}
+    assert pkgs - set(LAYER_OF) == set(), "add the new package to LAYERS (and docs/architecture.md)"
+    assert set(LAYER_OF) - pkgs == set(), "LAYERS names a package that no longer exists"
+
+
+def test_imports_point_down_the_layers():
+    bad = [v for pkg in LAYER_OF for rel, src in _modules(pkg)
+           for v in layer_violations(src, pkg, f"src/tilesparse/{rel}", _package(rel))]
+    assert not bad, "imports against the layering (docs/architecture.md):\n" + "\n".join(bad)
 
 
 def test_sim_and_estimate_do_not_import_the_compiler():
@@ -60,14 +105,27 @@ def test_sim_and_estimate_do_not_import_the_compiler():
     assert not bad, "read programs through tilesparse.program:\n" + "\n".join(bad)
 
 
+def test_compiler_does_not_import_the_estimator():
+    bad = _scan(("compiler",), ("tilesparse.estimate", "tilesparse.sim"))
+    assert not bad, "the compiler times plans with tilesparse.timing:\n" + "\n".join(bad)
+
+
 def test_program_package_imports_only_what_it_builds_on():
     bad = _scan(("program",), PROGRAM_MAY_NOT_IMPORT)
     assert not bad, "tilesparse.program may depend only on hw, errors, utils:\n" + "\n".join(bad)
 
 
+def test_timing_imports_nothing_from_tilesparse_but_hw_errors_utils():
+    bad = [f"src/tilesparse/{rel}:{line} imports {m}" for rel, src in _modules("timing")
+           for line, m in imported_modules(src, _package(rel))
+           if m.startswith("tilesparse") and not any(m == ok or m.startswith(ok + ".") for ok in TIMING_MAY_IMPORT)]
+    assert not bad, "\n".join(bad)
+
+
 def test_the_scanned_packages_exist():
     """The checks above pass vacuously on an empty directory: make sure they read real modules."""
-    for d, must in (("sim", "executor.py"), ("estimate", "timemodel.py"), ("program", "layout.py")):
+    for d, must in (("sim", "executor.py"), ("estimate", "timemodel.py"), ("program", "layout.py"),
+                    ("timing", "rules.py"), ("compiler", "pipeline.py")):
         assert (SRC / d / must).is_file()
 
 
@@ -99,3 +157,11 @@ def lazy():
 def test_checker_finds_absolute_relative_and_lazy_imports(forbidden, want):
     got = violations(SNIPPET, forbidden, "x.py", package="tilesparse.sim")
     assert sorted(got, key=lambda s: int(s.split(":")[1].split()[0])) == want
+
+
+def test_layer_checker_flags_upward_and_sideways_imports():
+    src = "from tilesparse.compiler import pack\nfrom tilesparse.program import Program\n" \
+          "import tilesparse.cli.main\nfrom ..hw import load_array\nfrom . import layout\n"
+    got = layer_violations(src, "sim", "x.py", package="tilesparse.sim")
+    assert got == ["x.py:1 imports tilesparse.compiler.pack (compiler is not below sim)",
+                   "x.py:3 imports tilesparse.cli.main (cli is not below sim)"]

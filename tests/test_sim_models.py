@@ -1,7 +1,7 @@
 """The three networks, dense and 50 % 8x8 block-sparse, on a square, a prime and a rectangular
 array: every layer bit-exact against the integer reference, and the bytes and MACs the simulator
-counted equal to what the time model charged, layer by layer (per iteration and in the listing). One test per network, so that a
-test worker builds each network's graphs once."""
+counted equal to what the time model charged, layer by layer (per iteration and in the listing).
+One test per network, so that a test worker builds each network's graphs once."""
 
 from __future__ import annotations
 

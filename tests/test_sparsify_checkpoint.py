@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from _sparsify_helpers import ToyNet
 from torch import nn
 
-from _sparsify_helpers import ToyNet
 from tilesparse.errors import CheckpointError
 from tilesparse.sparsify import BlockSparsifier, Recipe, load_checkpoint, save_checkpoint
 from tilesparse.sparsify.checkpoint import read_checkpoint

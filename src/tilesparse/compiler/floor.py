@@ -58,11 +58,11 @@ class GridFloor:
         self.call_s = hw.core.kernel_call_overhead_cycles / hw.clock_hz  # paid by every COMP iteration
         nbytes = widx.chunk_bytes_many(oc0, oc1, zero, n_cb, np.ones(len(live), bool))
         row_bytes: dict[int, dict[int, int]] = {}
-        for c, b in zip(live, nbytes):
+        for c, b in zip(live, nbytes, strict=True):
             row_bytes.setdefault(c.row, {})[c.oc_group] = int(b)
         self.stall = max(sum(d.values()) for d in row_bytes.values()) / mt_bw
         self.fm = input_pass_s(spec, hw, cores)
-        distinct = {c.oc_group: (c.oc0, c.oc1, int(b)) for c, b in zip(live, nbytes)}
+        distinct = {c.oc_group: (c.oc0, c.oc1, int(b)) for c, b in zip(live, nbytes, strict=True)}
         g = np.array(list(distinct.values()))
         self.g_oc0, self.g_oc1 = g[:, 0], g[:, 1]
         # the cores wait for the first step's weight piece 0: at least 1/pieces of its bytes
@@ -84,7 +84,7 @@ class GridFloor:
         key = (sub.oc, part.n_k, cb1, part.n_q == 1)
         if key not in self.first:  # the first step's chunks, one per oc group
             oc1 = np.array([oc_chunks(spec, int(a), int(z), sub.oc, part.n_k, self.cache)[1]
-                            for a, z in zip(self.g_oc0, self.g_oc1)])
+                            for a, z in zip(self.g_oc0, self.g_oc1, strict=True)])
             n = len(oc1)
             self.first[key] = float(self.widx.chunk_bytes_many(
                 self.g_oc0, oc1, np.zeros(n, np.int64), np.full(n, cb1), np.full(n, part.n_q == 1)).sum())

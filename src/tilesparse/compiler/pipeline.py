@@ -262,7 +262,7 @@ def _assemble(graph, hw, plans: list[LayerPlan], ins, buffers, alloc, t0, cache:
     for b in buffers:
         if alloc.in_ddr(b.name):
             ddr.add(b.name, b.nbytes)
-    for li, (plan, (rows, spans)) in enumerate(zip(plans, spans_all)):
+    for li, (plan, (rows, spans)) in enumerate(zip(plans, spans_all, strict=True)):
         sp = plan.spec
         in_bufs = ins[sp.name]["inputs"]
         code, offset = emit_layer(li, plan, spans, _where(alloc, ddr, in_bufs[0][0]),

@@ -173,7 +173,7 @@ def _chunk_work(spec, hw, widx, oc0, oc1, ci0, ci1, last_q):
     mpp = widx.kept_many(o0, o1, qb0[qi], qb1[qi]) * spec.taps
     # slabs start at the chunk: recount chunks not aligned to N at either end (the table's slabs
     # are aligned, and its last slab would take channels of the next chunk)
-    for idx in zip(*np.nonzero(((o0 % n != 0) | ((o1 % n != 0) & (o1 < spec.co))) & (o1 > o0))):
+    for idx in zip(*np.nonzero(((o0 % n != 0) | ((o1 % n != 0) & (o1 < spec.co))) & (o1 > o0)), strict=True):
         kept = widx.ch_cum[o0[idx]:o1[idx], cb1[idx]] - widx.ch_cum[o0[idx]:o1[idx], cb0[idx]]
         kept = np.concatenate([kept, np.zeros((-len(kept)) % n, kept.dtype)]).reshape(-1, n).max(axis=1)
         work[idx] = int((-(-(kept * spec.taps) // kd)).sum())

@@ -79,7 +79,7 @@ def layer_bound(rec: LayerRecord, buffers: dict, hw: ArrayConfig) -> LayerBound:
     in_one = g.ci * (g.hi * g.wi if rec.kind == "flatten" else _touched(g, 0) * _touched(g, 1))
     sizes = [in_one] * (len(rec.inputs) - bool(rec.residual)) + [out_bytes] * bool(rec.residual)
     in_bytes = sum(sizes)
-    in_io = sum(n for n, i in zip(sizes, rec.inputs) if buffers[i.buffer].get("graph_io"))
+    in_io = sum(n for n, i in zip(sizes, rec.inputs, strict=True) if buffers[i.buffer].get("graph_io"))
     out_io = out_bytes if buffers[rec.output.buffer].get("graph_io") else 0
     col_in = hw.cols * links.ddr_to_memtile_bytes_per_s
     ddr = max(weights / col_in, in_io / col_in, out_io / (hw.cols * links.memtile_to_ddr_bytes_per_s))

@@ -43,7 +43,7 @@ def layer_rows(program, ptime: ProgramTime | None = None) -> list[dict]:
     """One dict per layer: time, bound and its limiter, roofline, compute, weight bytes, partition."""
     ptime = ptime or estimate_program(program)
     out = []
-    for rec, (name, start, secs), b in zip(program.layers, ptime.layers, program_bounds(program)):
+    for rec, (name, start, secs), b in zip(program.layers, ptime.layers, program_bounds(program), strict=True):
         out.append({"layer": name, "kind": rec.kind, "start_us": start * 1e6, "time_us": secs * 1e6,
                     "bound_us": b.bound_s * 1e6, "floor_us": b.floor_s * 1e6, "limiter": b.limiter,
                     "roofline_us": b.roofline_s * 1e6,

@@ -90,7 +90,7 @@ def estimate_program(program) -> ProgramTime:
     for li, rec in enumerate(program.layers):
         keys = sorted(k for k in by_step if k[0] == li)
         lt = layer_time([_step_values(program, by_step[key]) for key in keys], program.hw)
-        for key, st in zip(keys, lt.steps):
+        for key, st in zip(keys, lt.steps, strict=True):
             out += _instr_times(program, by_step[key], st, t)
         layers.append((rec.name, t, lt.total_s))
         t += lt.total_s

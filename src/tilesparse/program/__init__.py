@@ -29,5 +29,5 @@ from tilesparse.program.records import (
 )
 
 __all__ = ["FORMAT_VERSION", "KINDS", "MAGIC", "OPS", "ChunkRow", "CoreRow", "CoreWork", "Grid", "Instr",
-           "LayerGeometry", "LayerPartition", "LayerRecord", "Lock", "Loops", "Operand", "Program", "Provenance", "SubVolume",
-           "TensorSlice", "WindowRules", "provenance_of", "set_provenance"]
+           "LayerGeometry", "LayerPartition", "LayerRecord", "Lock", "Loops", "Operand", "Program", "Provenance",
+           "SubVolume", "TensorSlice", "WindowRules", "provenance_of", "set_provenance"]

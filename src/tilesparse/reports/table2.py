@@ -85,7 +85,7 @@ def _task(network: str, mode: str, arrays: list[str], sparsity: float, repeats: 
             c.estimate_ms, c.bound_ms, c.compute_ms = s.estimate_ms, s.bound_ms, s.compute_ms
             c.floor_ms = s.floor_ms
             c.weight_pct = 100 * s.weight_fraction
-            conv = [r for r, rec in zip(rows, prog.layers)
+            conv = [r for r, rec in zip(rows, prog.layers, strict=True)
                     if not rec.attrs.get("from_linear") and rec.kind != "flatten"]
             c.conv_ms = sum(r["time_us"] for r in conv) / 1e3
             c.conv_bound_ms = sum(r["bound_us"] for r in conv) / 1e3
@@ -196,13 +196,13 @@ def _plot(cells: list[Cell], path: Path) -> Path:
 
     nets = sorted({c.network for c in cells}, key=[c.network for c in cells].index)
     fig, axes = plt.subplots(1, len(nets), figsize=(5 * len(nets), 4), squeeze=False)
-    for ax, net in zip(axes[0], nets):
+    for ax, net in zip(axes[0], nets, strict=True):
         for mode, color in (("dense", "#4c72b0"), ("sparse", "#dd8452")):
             cs = [c for c in cells if c.network == net and c.mode == mode and c.array in _SQ]
             xs = [int(c.array.split("x")[0]) for c in cs]
             ax.plot(xs, [c.estimate_ms for c in cs], "o-", color=color, label=f"ours {mode}")
             ax.plot(xs, [c.bound_ms for c in cs], ":", color=color, label=f"bound {mode}")
-            px = [(x, c.paper_ms) for x, c in zip(xs, cs) if c.paper_ms]
+            px = [(x, c.paper_ms) for x, c in zip(xs, cs, strict=True) if c.paper_ms]
             ax.plot([p[0] for p in px], [p[1] for p in px], "s--", color=color, alpha=0.5, label=f"paper {mode}")
         ax.set_yscale("log")
         ax.set_title(net)

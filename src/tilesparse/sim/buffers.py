@@ -21,7 +21,8 @@ class BufferMap:
         for name, b in program.buffers.items():
             c, h, w = b["shape"]
             if c * h * w != b["nbytes"]:
-                raise SimulationError(f"buffer {name}: shape {b['shape']} holds {c * h * w} B, table says {b['nbytes']}")
+                raise SimulationError(f"buffer {name}: shape {b['shape']} holds {c * h * w} B, "
+                                      f"table says {b['nbytes']}")
 
     def info(self, where: Where, name: str) -> dict:
         if name not in self.p.buffers:

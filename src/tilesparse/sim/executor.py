@@ -215,7 +215,7 @@ class Executor:
 
     def _fused_add(self, v: LayerView, y: np.ndarray, res: np.ndarray) -> np.ndarray:
         add = v.rec.attrs["add"]
-        s = dict(zip(add["inputs"], add["input_shifts"]))
+        s = dict(zip(add["inputs"], add["input_shifts"], strict=True))
         s_conv, s_res = s.get(v.name), s.get(v.rec.residual)
         if s_conv is None or s_res is None:
             raise SimulationError(f"layer {v.name!r}: fused add inputs {add['inputs']} do not name the conv "

@@ -66,7 +66,8 @@ class LayerView:
                 starts = [oc0] + [b for _, b in cuts]  # each chunk starts where the previous ended
                 first = cuts if first is None else first  # partial sums of chunk k add up over q
                 ok = (ks == list(range(len(ks))) and starts[-1] == oc1 and cuts == first
-                      and all(a == st and 0 < b - a <= self.part.sub.oc for (a, b), st in zip(cuts, starts)))
+                      and all(a == st and 0 < b - a <= self.part.sub.oc  # starts: one more than cuts
+                              for (a, b), st in zip(cuts, starts, strict=False)))
                 if not ok:
                     raise SimulationError(f"layer {self.name!r}: the chunk rows of oc group {g}, q={q} "
                                           f"cut its channels [{oc0}, {oc1}) as {cuts}; expected consecutive "
