@@ -26,10 +26,10 @@ from tilesparse.program.provenance import (
     package_version,
     set_provenance,
 )
-from tilesparse.source import LoadedModel, ModelSource, load_model, parse_source
+from tilesparse.source import LoadedModel, ModelSource, load_model, parse_source, require_file
 
 __all__ = ["Built", "build_graph_from", "check_request", "compile_source", "graph_from_provenance",
-           "parse_input_shape"]
+           "locate_files", "parse_input_shape"]
 
 N_CALIB = 2  # random calibration inputs of the front end (frontend.build_graph's default)
 QUANTIZATION = "int8 power-of-two, per-tensor weights"
@@ -58,7 +58,7 @@ class Built:
             quantization=QUANTIZATION if self.quantized else "none (float graph)",
             calibration=f"random normal, n={N_CALIB}, seed={self.seed}" if self.quantized else "none",
             input_shape=self.input_shape, array=array, time_model=TIME_MODEL, balance=balance,
-            version=package_version())
+            version=package_version(), source_given=s.given, weights_given=s.given_weights)
 
 
 def parse_input_shape(text: str | Sequence[int] | None, what: str = "--input-shape") -> tuple[int, ...] | None:
@@ -89,20 +89,19 @@ def _input_shape(lm: LoadedModel, src: ModelSource, given: tuple[int, ...] | Non
 def _choose(lm: LoadedModel, src: ModelSource, sparsity: float | None,
             block: str | tuple[int, int] | None) -> tuple[tuple[int, int], float, str]:
     """(block, sparsity, selection rule) of the request; a checkpoint's masks are never re-pruned."""
-    from tilesparse.patterns import parse_block_shape
     from tilesparse.patterns.selection import check_sparsity
 
-    b = parse_block_shape(block) if block is not None else None
+    b = _block(block) if block is not None else None
+    sp = check_sparsity(float(sparsity), "--sparsity") if sparsity is not None else None
     if lm.masks is None:
-        sp = check_sparsity(float(sparsity or 0.0), "--sparsity")
-        bs = (b.out, b.in_) if b else (8, 8)
-        return bs, sp, "l2-oneshot" if sp > 0 else "none"
-    if sparsity is not None and not math.isclose(sparsity, lm.sparsity or 0.0):
+        sp = sp or 0.0
+        return b or (8, 8), sp, "l2-oneshot" if sp > 0 else "none"
+    if sp is not None and not math.isclose(sp, lm.sparsity or 0.0):
         raise ConfigError("--sparsity", [f"{src.spec} carries trained masks (sparsity {lm.sparsity:g}); it is "
-                                         f"not pruned again: drop --sparsity {sparsity:g}"])
-    if b is not None and (b.out, b.in_) != lm.block:
+                                         f"not pruned again: drop --sparsity {sp:g}"])
+    if b is not None and b != lm.block:
         raise ConfigError("--block", [f"{src.spec} carries {lm.block[0]}x{lm.block[1]} block masks; drop "
-                                      f"--block {b}"])
+                                      f"--block {_show(b)}"])
     return lm.block, float(lm.sparsity or 0.0), "checkpoint-masks"
 
 
@@ -167,18 +166,50 @@ def compile_source(source: str | ModelSource, array: Any = "4x4", *, balance: bo
     return prog
 
 
-def check_files(prov: Provenance, where: str) -> None:
-    """Refuse a source / weights file that is gone or whose bytes changed since compile."""
-    for role, path, sha in (("source", _source_path(prov), prov.source_sha256),
-                            ("weights", prov.weights, prov.weights_sha256)):
-        if path is None or sha is None:
-            continue
-        if not Path(path).is_file():
-            raise ProvenanceError(f"{where} was compiled from {role} file {path}, which no longer exists; "
-                                  "restore it or recompile")
-        if file_sha256(path) != sha:
-            raise ProvenanceError(f"{role} file {path} changed since {where} was compiled (sha256 "
-                                  f"{file_sha256(path)[:12]}…, compiled from {sha[:12]}…); recompile")
+def locate_files(prov: Provenance, where: str, model: str | None = None) -> tuple[str, str | None, list[str]]:
+    """(source spec, weights path, notices) to rebuild ``prov`` from: each file at its recorded
+    absolute path, else at ``model`` (a source the user named again), else as the user wrote it at
+    compile (relative to the working directory), else under the same name next to the program file
+    ``where`` — always with the recorded sha256. A file found nowhere with that hash is a
+    ``ProvenanceError`` naming where it looked."""
+    source, weights, notes = prov.source, prov.weights, []
+    path = _source_path(prov)
+    if path is not None and prov.source_sha256 is not None:
+        named = parse_source(model).path if model is not None else None
+        found, note = _locate("source", path, [(named, "given with --model"), (prov.source_given, _AS_GIVEN)],
+                              prov.source_sha256, where)
+        factory = prov.source.rpartition(":")[2]
+        source = f"{found}:{factory}" if prov.source_kind == "file" else str(found)
+        notes += [note] * bool(note)
+    if prov.weights is not None and prov.weights_sha256 is not None:
+        found, note = _locate("weights", prov.weights, [(prov.weights_given, _AS_GIVEN)], prov.weights_sha256, where)
+        weights = str(found)
+        notes += [note] * bool(note)
+    return source, weights, notes
+
+
+_AS_GIVEN = "as given at compile, from this folder"
+
+
+def _locate(role: str, recorded: str, others: list[tuple[Any, str]], sha: str, where: str) -> tuple[Path, str]:
+    """The first of (recorded path, ``others``, same name next to ``where``) holding a file with
+    this sha256, and a notice if it is not the recorded one."""
+    places = [(Path(recorded), ""), *((Path(p), why) for p, why in others if p is not None),
+              (Path(where).parent / Path(recorded).name, f"next to {where}")]
+    existing = list({p.resolve(): (p, why) for p, why in reversed(places) if p.is_file()}.values())[::-1]
+    for place, why in existing:
+        if file_sha256(place) == sha:
+            return place.resolve(), f"{role} file {recorded} not found; using {place} ({why}, same sha256)" * bool(why)
+    if existing:
+        place = existing[0][0]
+        shas = f"(sha256 {file_sha256(place)[:12]}…, {where} was compiled from {sha[:12]}…)"
+        if place == Path(recorded):
+            raise ProvenanceError(f"{role} file {recorded} changed since {where} was compiled {shas}; recompile")
+        raise ProvenanceError(f"{role} file {recorded} is gone, and {place} in its stead has other contents "
+                              f"{shas}; restore the file or recompile")
+    looked = ", ".join(str(p) for p, _ in places[1:])
+    raise ProvenanceError(f"{where} was compiled from {role} file {recorded}, which no longer exists (nor at "
+                          f"{looked}); restore it, or put it next to {where}, or recompile")
 
 
 def _source_path(prov: Provenance) -> str | None:
@@ -187,48 +218,93 @@ def _source_path(prov: Provenance) -> str | None:
     return prov.source.rpartition(":")[0] if prov.source_kind == "file" else prov.source
 
 
-def graph_from_provenance(prov: Provenance, where: str = "program") -> Built:
-    """Rebuild the graph ``prov`` describes (same source, pruning, input shape, quantization)."""
-    check_files(prov, where)
-    return build_graph_from(prov.source, weights=prov.weights,
+def graph_from_provenance(prov: Provenance, where: str = "program", notices: list[str] | None = None,
+                          model: str | None = None) -> Built:
+    """Rebuild the graph ``prov`` describes (same source, pruning, input shape, quantization),
+    from files found by ``locate_files``; its notices are appended to ``notices``."""
+    source, weights, notes = locate_files(prov, where, model)
+    if notices is not None:
+        notices.extend(notes)
+    return build_graph_from(source, weights=weights,
                             sparsity=prov.sparsity if prov.selection == "l2-oneshot" else None,
                             block=prov.block, input_shape=prov.input_shape, quantized=prov.quantized,
                             seed=prov.seed)
 
 
 def check_request(prov: Provenance, where: str, **given: Any) -> None:
-    """Refuse any given flag (not None) that contradicts the provenance, naming both values.
-    Keys: source, weights, sparsity, block, input_shape, array."""
-    for flag, want, got, raw in _requested(prov, given):
-        if want != got:
-            raise ProvenanceError(f"{flag} {raw} contradicts the program's provenance "
-                                  f"({_FIELD.get(flag, flag[2:])} {_show(want)}, from {where}); drop the flag or "
-                                  "recompile")
+    """Refuse any given flag (not None) that contradicts the provenance, naming both values and
+    what to do instead. Keys: source, weights, sparsity, block, input_shape, array."""
+    for flag, recorded, same, raw in _requested(prov, given):
+        if not same:
+            raise ProvenanceError(f"{flag} {raw} contradicts the provenance of {where} "
+                                  f"({_FIELD.get(flag, flag[2:])} {recorded}); drop {flag} to use {where} as "
+                                  f"compiled, {_next_step(prov, flag, raw)}")
 
 
 _FIELD = {"--model": "source", "--input-shape": "input_shape"}  # flag -> provenance field, where they differ
 
 
 def _requested(prov: Provenance, given: dict[str, Any]):
-    """(flag, recorded value, requested value, as the user wrote it) for every given flag."""
-    from tilesparse.patterns import parse_block_shape
+    """(flag, recorded value as shown, whether the request agrees, value as the user wrote it) for
+    every given flag; a value that is invalid in itself is a ``ConfigError`` first."""
+    from tilesparse.patterns.selection import check_sparsity
 
     g = {k: v for k, v in given.items() if v is not None}
     if "source" in g:
-        yield "--model", prov.source, parse_source(g["source"]).spec, g["source"]
+        yield "--model", prov.source, _same_source(prov, parse_source(g["source"])), g["source"]
     if "weights" in g:
-        yield "--weights", prov.weights, str(Path(g["weights"]).resolve()), g["weights"]
+        path = require_file(Path(g["weights"]), "weights file")
+        yield "--weights", prov.weights, prov.weights_sha256 == file_sha256(path), g["weights"]
     if "sparsity" in g:
-        yield "--sparsity", prov.sparsity, float(g["sparsity"]), f"{g['sparsity']:g}"
+        sp = check_sparsity(float(g["sparsity"]), "--sparsity")
+        yield "--sparsity", _show(prov.sparsity), math.isclose(sp, prov.sparsity), f"{g['sparsity']:g}"
     if "block" in g:
-        b = parse_block_shape(g["block"])
-        yield "--block", prov.block, (b.out, b.in_), g["block"]
+        yield "--block", _show(prov.block), _block(g["block"]) == prov.block, g["block"]
     if "input_shape" in g:
-        yield "--input-shape", prov.input_shape, parse_input_shape(g["input_shape"]), g["input_shape"]
+        shape = parse_input_shape(g["input_shape"])
+        yield "--input-shape", _show(prov.input_shape), shape == prov.input_shape, g["input_shape"]
     if "array" in g:
         from tilesparse.hw import load_array
 
-        yield "--array", prov.array, load_array(g["array"]).label, g["array"]
+        yield "--array", prov.array, load_array(g["array"]).label == prov.array, g["array"]
+
+
+def _same_source(prov: Provenance, src: ModelSource) -> bool:
+    """Same zoo name, or the same file contents (and factory): a moved file is still the source."""
+    if src.kind != prov.source_kind:
+        return False
+    if src.kind == "zoo":
+        return src.spec == prov.source
+    same_factory = src.factory is None or src.factory == prov.source.rpartition(":")[2]
+    return same_factory and src.path is not None and file_sha256(src.path) == prov.source_sha256
+
+
+def _block(text: str | tuple[int, int]) -> tuple[int, int]:
+    from tilesparse.patterns import parse_block_shape
+
+    try:
+        b = parse_block_shape(text)
+    except ConfigError as e:
+        raise ConfigError("--block", e.errors) from None
+    return b.out, b.in_
+
+
+def _next_step(prov: Provenance, flag: str, raw: str) -> str:
+    """What to run instead: a compile with the requested value, or new masks for a checkpoint's."""
+    if prov.selection == "checkpoint-masks" and flag in ("--sparsity", "--block"):
+        return (f"or train masks for it first (tilesparse sparsify {prov.source} {flag} {raw} -o runs/new) "
+                "and compile that checkpoint")
+    opts: dict[str, str | None] = {
+        "--weights": prov.weights, "--sparsity": _show(prov.sparsity) if prov.selection == "l2-oneshot" else None,
+        "--block": _show(prov.block) if prov.block != (8, 8) and prov.selection == "l2-oneshot" else None,
+        "--input-shape": _show(prov.input_shape) if prov.source_kind == "file" else None, "-a": prov.array}
+    source = prov.source
+    if flag == "--model":
+        source, opts = raw, {"-a": prov.array}
+    else:
+        opts[{"--array": "-a"}.get(flag, flag)] = raw
+    args = " ".join(f"{k} {v}" for k, v in opts.items() if v is not None)
+    return f"or compile a program for it first: tilesparse compile {source} {args} -o new.tsp"
 
 
 def _show(v: Any) -> str:

@@ -17,10 +17,14 @@ from tilesparse.cli.common import (
     WEIGHTS_HELP,
     console,
     is_program_file,
+    read_program,
     write_json,
 )
+from tilesparse.errors import ConfigError
 
-__all__ = ["compile_source_with_progress", "register"]
+__all__ = ["compile_source_with_progress", "load_or_compile", "register"]
+
+_MODEL_FLAGS = {"weights": "--weights", "sparsity": "--sparsity", "block": "--block", "input_shape": "--input-shape"}
 
 BALANCE_HELP = ("Reorder the output channels of sparse convs read only by convs so that every core's channels "
                 "keep equal blocks, and again for each layer's chosen weight chunks (same outputs; "
@@ -85,13 +89,26 @@ def compile_verb(
 
 
 def load_or_compile(target: str, array: str | None, out: Path | None = None, **build_kwargs):
-    """A program file as is (refusing one compiled for another ``array``), or a model source
-    compiled on the fly (saved to ``out`` if given)."""
+    """A program file as is (refusing one compiled for another ``array`` and flags that contradict
+    its provenance), or a model source compiled on the fly (saved to ``out`` if given)."""
+    from tilesparse.build import check_request
     from tilesparse.hw import load_array
-    from tilesparse.program import Program
+    from tilesparse.program.provenance import provenance_of
 
     if is_program_file(target):
-        return Program.load(target, hw=load_array(array) if array else None)
+        if out is not None:
+            raise ConfigError("--out", [f"saves a program compiled from a model source; {target} is one already"])
+        prog = read_program(target)
+        req = {k: v for k, v in build_kwargs.items() if k in _MODEL_FLAGS and v is not None}
+        prov = provenance_of(prog, target)
+        if prov is not None:
+            check_request(prov, target, array=array, **req)
+        elif req:
+            raise ConfigError(_MODEL_FLAGS[next(iter(req))], [f"applies to a model source; {target} is a program "
+                                                               "without provenance to check it against"])
+        elif array:
+            prog = read_program(target, hw=load_array(array))
+        return prog
     prog = compile_source_with_progress(target, array or "4x4", **build_kwargs)
     if out is not None:
         prog.save(out)

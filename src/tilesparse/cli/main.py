@@ -38,6 +38,17 @@ VERB_MODULES = (
     "tilesparse.cli.sim_cmd",
 )
 
+
+
+@app.callback()
+def _streams() -> None:
+    # Progress bars and spinners (rich's global console) draw on stderr, and only on a terminal:
+    # stdout carries the verbs' results alone, so that `--json -` and `| cat` get no stray lines.
+    import rich
+
+    rich.reconfigure(stderr=True, quiet=not sys.stderr.isatty())
+
+
 for _mod in VERB_MODULES:
     importlib.import_module(_mod).register(app)
 

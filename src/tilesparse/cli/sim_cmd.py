@@ -18,6 +18,7 @@ from tilesparse.cli.common import (
     WEIGHTS_HELP,
     console,
     is_program_file,
+    read_program,
     write_json,
 )
 
@@ -107,7 +108,6 @@ def _program_and_graph(target: str, array: str | None, out: Path | None, req: di
     from tilesparse.build import build_graph_from, check_request, graph_from_provenance
     from tilesparse.compiler.pipeline import compile_graph
     from tilesparse.hw import load_array
-    from tilesparse.program import Program
     from tilesparse.program.provenance import provenance_of, set_provenance
 
     if not is_program_file(target):
@@ -118,15 +118,17 @@ def _program_and_graph(target: str, array: str | None, out: Path | None, req: di
         if out is not None:
             prog.save(out)
         return prog, built.graph, ""
-    prog = Program.load(target)
+    prog = read_program(target)
     prov = provenance_of(prog, target)
     if prov is not None:
         check_request(prov, target, array=array, **req)
         if not prov.quantized:
             return prog, None, f"{target} is a timing-only (float) program: nothing to verify bit for bit"
-        return prog, graph_from_provenance(prov, target).graph, f"verifying against {prov.source} (provenance)"
+        notes: list[str] = []
+        built = graph_from_provenance(prov, target, notes, model=req["source"])
+        return prog, built.graph, "\n".join(notes + [f"verifying against {built.source.spec} (provenance)"])
     if array:
-        prog = Program.load(target, hw=load_array(array))
+        prog = read_program(target, hw=load_array(array))
     if req["source"] is None:
         return prog, None, (f"{target} records no provenance: checking byte accounting only (give --model "
                             "SOURCE to verify bit for bit, or recompile)")

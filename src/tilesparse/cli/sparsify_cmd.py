@@ -52,12 +52,11 @@ def _device(name: str):
 
 def _model(spec: str, weights: Path | None):
     """Model source -> (model with any saved masks baked in, the name its checkpoint records: a zoo
-    name, or the canonical file.py:factory so that the checkpoint can be compiled on its own)."""
+    name, the canonical file.py:factory or .pt2 path, so that the checkpoint compiles on its own)."""
     from tilesparse.source import load_model, parse_source
 
-    src = parse_source(spec, weights)
-    lm = load_model(src)
-    return lm.model, lm.zoo_name or (src.spec if src.kind == "file" else None)
+    lm = load_model(parse_source(spec, weights))
+    return lm.model, lm.arch
 
 
 def _loaders(data: str, model_name: str | None, batch_size: int, seed: int):
@@ -177,7 +176,9 @@ def sparsify(
 
 
 def _stem(name: str | None) -> str:
-    """A folder-name stem for a model name (a file.py:factory source gives its factory)."""
+    """A folder-name stem for a model name (file.py:factory gives its factory, a .pt2 its file stem)."""
+    if name and name.endswith(".pt2"):
+        return Path(name).stem
     return (name or "model").rpartition(":")[2] or "model"
 
 
