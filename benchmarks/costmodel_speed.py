@@ -56,6 +56,13 @@ def _rate(fn, n: int, repeats: int) -> float:
     return n / best
 
 
+def _rates(p, arch, b, sparse, n: int, repeats: int) -> dict[str, float]:
+    """Evaluations per second of the batch ``b``: dense, sparse, and checked then evaluated."""
+    return {"dense_eval_per_s": _rate(lambda: evaluate_batch(p, arch, b), n, repeats),
+            "sparse_eval_per_s": _rate(lambda: evaluate_batch(p, arch, b, sparse), n, repeats),
+            "check_plus_eval_per_s": _rate(lambda: (check_batch(p, arch, b), evaluate_batch(p, arch, b)), n, repeats)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true")
@@ -69,12 +76,8 @@ def main() -> None:
             space = MapSpace(p, arch)
             rng = np.random.default_rng(0)
             b = space.decode(space.repair(space.random(batch_n, rng), rng))
-            rows.append({
-                "arch": arch.name, "layer": p.name, "batch": batch_n,
-                "dense_eval_per_s": _rate(lambda: evaluate_batch(p, arch, b), batch_n, repeats),
-                "sparse_eval_per_s": _rate(lambda: evaluate_batch(p, arch, b, sparse), batch_n, repeats),
-                "check_plus_eval_per_s": _rate(
-                    lambda: (check_batch(p, arch, b), evaluate_batch(p, arch, b)), batch_n, repeats)})
+            rows.append({"arch": arch.name, "layer": p.name, "batch": batch_n,
+                         **_rates(p, arch, b, sparse, batch_n, repeats)})
     med = {k: float(np.median([r[k] for r in rows]))
            for k in ("dense_eval_per_s", "sparse_eval_per_s", "check_plus_eval_per_s")}
     lines = ["# Cost-model speed (one core)", "",

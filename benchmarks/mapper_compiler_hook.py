@@ -67,7 +67,7 @@ def main() -> None:
              "core-level tile is imposed; the grid is still the compiler's.", "",
              "| layer | heuristic us | sub-volume | mapper us | sub-volume | limiter (h / m) |",
              "|---|---:|---|---:|---|---|"]
-    for a, b in zip(rows_h, rows_m):
+    for a, b in zip(rows_h, rows_m, strict=True):
         lines.append(f"| {a['layer']} | {a['time_us']:.1f} | {a['sub']} | {b['time_us']:.1f} | {b['sub']} "
                      f"| {a['limiter']} / {b['limiter']} |")
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -50,7 +50,7 @@ def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
 
 
 def summarize(times: dict[str, list[float]]) -> dict[str, float]:
-    paired = [m / d for m, d in zip(times["masked"], times["dense"])]
+    paired = [m / d for m, d in zip(times["masked"], times["dense"], strict=True)]
     return {"paired_median": statistics.median(paired),
             "ratio_of_medians": statistics.median(times["masked"]) / statistics.median(times["dense"]),
             "ratio_of_minimums": min(times["masked"]) / min(times["dense"])}

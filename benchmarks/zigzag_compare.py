@@ -62,8 +62,10 @@ def zigzag_accelerator() -> dict:
                       "ports": [port("r_port_1", "read", 8, ["I2, tl"]), port("w_port_1", "write", 8, ["I2, fh"])]},
             "sram": {"size": SRAM_BYTES * 8, "r_cost": PJ["sram"] * 8, "w_cost": PJ["sram"] * 8, "area": 0,
                      "latency": 1, "operands": ["I1", "I2", "O"], "served_dimensions": ["D1", "D2"],
-                     "ports": [port("r_port_1", "read", SRAM_BYTES_PER_CYCLE * 8, ["I1, tl", "I2, tl", "O, tl", "O, th"]),
-                               port("w_port_1", "write", SRAM_BYTES_PER_CYCLE * 8, ["I1, fh", "I2, fh", "O, fh", "O, fl"])]},
+                     "ports": [port("r_port_1", "read", SRAM_BYTES_PER_CYCLE * 8,
+                                    ["I1, tl", "I2, tl", "O, tl", "O, th"]),
+                               port("w_port_1", "write", SRAM_BYTES_PER_CYCLE * 8,
+                                    ["I1, fh", "I2, fh", "O, fh", "O, fl"])]},
             "dram": {"size": 10**10, "r_cost": PJ["dram"] * 8, "w_cost": PJ["dram"] * 8, "area": 0, "latency": 1,
                      "operands": ["I1", "I2", "O"], "served_dimensions": ["D1", "D2"],
                      "ports": [port("rw_port_1", "read_write", DRAM_BYTES_PER_CYCLE * 8,
@@ -114,6 +116,10 @@ def run_zigzag(p: Problem, tmp: Path, acc: dict | None = None) -> tuple[dict, fl
     return {"cme": cme, "energy_pj": float(energy), "latency": float(latency)}, dt
 
 
+def _count(moves, direction: str) -> float:
+    return float(moves.get(direction))
+
+
 def _zz_accesses(cme) -> dict:
     """Element moves per operand at the MAC side of the innermost SRAM-level and at DRAM."""
     out = {}
@@ -123,9 +129,8 @@ def _zz_accesses(cme) -> dict:
         top = levels[-1].get_attribute("data_elem_move_count")
         sram = levels[-2].get_attribute("data_elem_move_count") if name == "W" else levels[0].get_attribute(
             "data_elem_move_count")
-        g = lambda fw, d: float(fw.get(d))
-        out[name] = {"dram_read": g(top, "rd_out_to_low"), "dram_write": g(top, "wr_in_by_low"),
-                     "sram_read_low": g(sram, "rd_out_to_low"), "sram_update": g(sram, "wr_in_by_low")}
+        out[name] = {"dram_read": _count(top, "rd_out_to_low"), "dram_write": _count(top, "wr_in_by_low"),
+                     "sram_read_low": _count(sram, "rd_out_to_low"), "sram_update": _count(sram, "wr_in_by_low")}
     return out
 
 
@@ -199,8 +204,8 @@ def compare_layer(p: Problem, zz: dict) -> dict:
     rows["mac_updates_O"] = (zacc["O"]["sram_update"], ours_sram_side("O")["updates"])
     rows["compute_cycles"] = (float(zz["cme"].ideal_temporal_cycle), ours.compute_cycles)
     c = zz["cme"]
-    ports = {f"{m}.{port}": v for m, d in zip(("sram-side", "sram", "dram"), c.stall_slack_comb_collect)
-             for port, v in d.items()}
+    levels = zip(("sram-side", "sram", "dram"), c.stall_slack_comb_collect, strict=True)
+    ports = {f"{m}.{port}": v for m, d in levels for port, v in d.items()}
     return {"rows": rows, "mapping": m.describe(arch), "ours_level_cycles": ours.level_cycles,
             "zz_stall": float(c.stall_slack_comb), "zz_onload": float(c.data_onloading_cycle),
             "zz_offload": float(c.data_offloading_cycle), "zz_port_slack": ports}
@@ -225,7 +230,7 @@ def main() -> None:
         layers, counts = layers[:3], counts[:3]
     results = []
     with tempfile.TemporaryDirectory() as d:
-        for p, cnt in zip(layers, counts):
+        for p, cnt in zip(layers, counts, strict=True):
             zz, zz_s = run_zigzag(p, Path(d))
             cmp = compare_layer(p, zz)
             t = time.perf_counter()
@@ -263,7 +268,10 @@ def report(args, results, port: dict) -> str:
     lines += ["", f"Differences above {TOLERANCE:.0%}: {len(flagged)}", ""]
     for r, k, z, o in flagged:
         lines.append(f"- {r['layer']} `{k}`: ZigZag {z:,.0f}, ours {o:,.0f}. " + explain(k, r))
-    tot = lambda key: sum(r[key] * r["count"] for r in results)
+
+    def tot(key: str) -> float:
+        return sum(r[key] * r["count"] for r in results)
+
     lines += ["", "## 2. Search: best latency (cycles) each tool finds on its own, and search time", "",
               "Not a like-for-like quality comparison: each tool scores mappings with its own model (ours "
               "is the optimistic one, section 1), and ZigZag's spatial unrolling is fixed to K x C = "
@@ -273,7 +281,8 @@ def report(args, results, port: dict) -> str:
               "|---|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         lines.append(f"| {r['layer']} | {r['count']} | {r['zz_best_latency']:,.0f} | {r['our_best_latency']:,.0f} | "
-                     f"{r['our_best_latency'] / r['zz_best_latency']:.3f} | {r['zz_search_s']:.1f} | {r['our_search_s']:.1f} |")
+                     f"{r['our_best_latency'] / r['zz_best_latency']:.3f} | {r['zz_search_s']:.1f} | "
+                     f"{r['our_search_s']:.1f} |")
     lines += ["", f"Whole network ({sum(r['count'] for r in results)} conv layers; a repeated shape is "
               f"searched again by ZigZag, reused by our `map_network`): ZigZag **{tot('zz_search_s'):.0f} s**, "
               f"ours **{sum(r['our_search_s'] for r in results):.0f} s** (genetic, 10,000 evaluations per "

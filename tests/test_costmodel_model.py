@@ -107,7 +107,7 @@ def _walk_fills(p: Problem, m: Mapping) -> np.ndarray:
     for idx in itertools.product(*[range(f) for _, _, f in loops]):
         for c in range(n_lv - 1):
             for x in range(3):
-                key = tuple(i for (lvl, d, _), i in zip(loops, idx) if lvl > c and RELEVANT[x, d])
+                key = tuple(i for (lvl, d, _), i in zip(loops, idx, strict=True) if lvl > c and RELEVANT[x, d])
                 if key != last[c][x]:
                     last[c][x] = key
                     fills[c, x] += tiles[c, x]

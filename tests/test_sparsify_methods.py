@@ -4,11 +4,19 @@ import math
 
 import pytest
 import torch
-
 from _sparsify_helpers import ToyNet, toy_loaders
+
 from tilesparse.errors import CheckpointError, ConfigError
 from tilesparse.sparsify import (
-    BlockSparsifier, Incremental, OneShot, Penalty, Recipe, TrainContext, Trainer, TrainingConfig, lse_penalty,
+    BlockSparsifier,
+    Incremental,
+    OneShot,
+    Penalty,
+    Recipe,
+    TrainContext,
+    Trainer,
+    TrainingConfig,
+    lse_penalty,
 )
 from tilesparse.sparsify.methods.incremental import ranked_steps
 
@@ -145,7 +153,7 @@ def test_resume_is_exact(tmp_path, method):
     _fit(tmp_path / "b", 2, method=method)  # "interrupted" after 2 epochs
     resumed, res = _fit(tmp_path / "b", 4, resume=True, method=method)
     assert [h.epoch for h in res.history] == [0, 1, 2, 3]
-    for (n, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
+    for (n, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items(), strict=True):
         assert torch.allclose(a, b, atol=1e-6), n
 
 

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+from _sparsify_helpers import ToyNet
 from torch import nn
 from torch.nn.utils import parametrize
 
-from _sparsify_helpers import ToyNet
 from tilesparse.errors import ConfigError
 from tilesparse.patterns.block import BlockGeometry, BlockShape, expand_mask
 from tilesparse.sparsify import BlockSparsifier, Recipe

@@ -95,7 +95,7 @@ class Mapping:
                 f = self.temporal[i][DIMS.index(d)]
                 if f > 1:
                     lines.append(f"  for {d} in {f}")
-            for d, f in zip(DIMS, self.spatial[i]):
+            for d, f in zip(DIMS, self.spatial[i], strict=True):
                 if f > 1:
                     lines.append(f"  par {d} in {f}")
         return "\n".join(lines)
@@ -132,7 +132,7 @@ class MappingBatch:
             tuple(tuple(int(v) for v in r) for r in self.temporal[i]),
             tuple(tuple(int(v) for v in r) for r in self.spatial[i]),
             tuple("".join(DIMS[j] for j in r) for r in self.order[i]),
-            tuple(frozenset(t for t, k in zip(TENSORS, r) if k) for r in self.keep[i]))
+            tuple(frozenset(t for t, k in zip(TENSORS, r, strict=True) if k) for r in self.keep[i]))
 
     @staticmethod
     def concat(batches: list[MappingBatch]) -> MappingBatch:
@@ -189,7 +189,7 @@ def why_invalid(problem: Problem, arch: Architecture, mapping: Mapping) -> str |
     if code is Invalid.FACTORS:
         prod = (t * s).prod(axis=0)
         bad = [f"{d}: factors multiply to {p}, bound is {b}"
-               for d, p, b in zip(DIMS, prod, problem.bounds) if p != b]
+               for d, p, b in zip(DIMS, prod, problem.bounds, strict=True) if p != b]
         return "; ".join(bad) or "factors must be positive integers"
     if code is Invalid.ORDER:
         return f"each level's loop order must be a permutation of {''.join(DIMS)}: {mapping.order}"

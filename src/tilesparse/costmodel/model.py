@@ -48,7 +48,7 @@ __all__ = [
     "objective_values",
 ]
 
-W, I, O = 0, 1, 2
+W, I, O = 0, 1, 2  # noqa: E741  the tensors' names throughout the literature (weights, inputs, outputs)
 OBJECTIVES = ("latency", "energy", "edp")
 
 
@@ -384,8 +384,9 @@ def evaluate(problem: Problem, arch: Architecture, mapping: Mapping,
                for j, t in enumerate(TENSORS)} for i, n in enumerate(names)}
     return Breakdown(
         problem, arch, mapping, r.macs, float(r.effective_macs[0]), float(r.cycles[0]),
-        float(r.compute_cycles[0]), dict(zip(names, r.level_cycles[0].tolist())),
-        float(r.energy_pj[0]), float(r.mac_energy_pj[0]), dict(zip(names, r.level_energy_pj[0].tolist())),
+        float(r.compute_cycles[0]), dict(zip(names, r.level_cycles[0].tolist(), strict=True)),
+        float(r.energy_pj[0]), float(r.mac_energy_pj[0]),
+        dict(zip(names, r.level_energy_pj[0].tolist(), strict=True)),
         float(r.utilization[0]), acc,
         {n: {"read": float(r.read_bytes[0, i]), "write": float(r.write_bytes[0, i])}
          for i, n in enumerate(names)})

@@ -63,8 +63,9 @@ class Problem:
         errs = []
         if len(self.bounds) != len(DIMS):
             errs.append(f"bounds: expected {len(DIMS)} values ({', '.join(DIMS)}), got {len(self.bounds)}")
+        # not strict: a wrong count is reported above, and the bounds that are there still checked
         errs += [f"{d}: loop bound must be a positive integer, got {b!r}"
-                 for d, b in zip(DIMS, self.bounds) if not (isinstance(b, (int, np.integer)) and b >= 1)]
+                 for d, b in zip(DIMS, self.bounds, strict=False) if not (isinstance(b, (int, np.integer)) and b >= 1)]
         errs += [f"stride/dilation must be >= 1, got {v}" for v in (*self.stride, *self.dilation) if v < 1]
         errs += [f"bits must be >= 1, got {b}" for b in self.bits if b < 1]
         if errs:
@@ -142,7 +143,7 @@ class Problem:
         return Problem(tuple(b), self.stride, self.dilation, self.bits, self.name, self.kind)
 
     def __str__(self) -> str:
-        dims = " ".join(f"{d}{b}" for d, b in zip(DIMS, self.bounds) if b > 1)
+        dims = " ".join(f"{d}{b}" for d, b in zip(DIMS, self.bounds, strict=True) if b > 1)
         return f"{self.name} [{dims}]"
 
 

@@ -25,8 +25,12 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _int8_only() -> dict[DType, int]:
+    return {"int8": 256}
+
+
 class CoreConfig(_Strict):
-    macs_per_cycle: dict[DType, PositiveInt] = Field(default_factory=lambda: {"int8": 256})
+    macs_per_cycle: dict[DType, PositiveInt] = Field(default_factory=_int8_only)
     matmul_shape: tuple[PositiveInt, PositiveInt, PositiveInt] = (4, 8, 8)
     kernel_call_overhead_cycles: int = Field(64, ge=0)
     data_memory_bytes: PositiveInt = 65536
@@ -135,6 +139,12 @@ def load_array(spec: str | Path | ArrayConfig = "4x4") -> ArrayConfig:
     ``spec`` is an ``ArrayConfig``; a YAML file path; a shape ``"RxC"`` (rows x columns) on the
     default AIE2 description; ``"base-RxC"`` on a shipped base; or a named part (``phoenix``,
     ``strix``).
+
+    >>> load_array("8x2").label  # rows x columns of the default base
+    'aie2-8x2'
+    >>> a = load_array("strix")  # a named part: a base and its shape
+    >>> a.label, a.n_cores
+    ('aie2-4x8', 32)
     """
     if isinstance(spec, ArrayConfig):
         return spec

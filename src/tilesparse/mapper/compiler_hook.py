@@ -55,7 +55,7 @@ def mapper_chooser(graph: Graph, hw: object = "4x4", *, mapper: str = "genetic",
     results = map_network(problems, arch, mapper=mapper, budget=budget, objective=objective, seed=seed,
                           progress=progress)
     out = MapperChooser({}, {})
-    for n, r in zip(nodes, results):
+    for n, r in zip(nodes, results, strict=True):
         out.mappings[n.name] = r.mapping
         sub = _subvolume(graph, n, r.mapping, hwc)
         if sub is None:

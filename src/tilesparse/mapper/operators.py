@@ -4,6 +4,8 @@ bypass bit. All vectorized over a batch; repairs are in :class:`MapSpace`."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from tilesparse.mapper.space import Genomes, MapSpace
@@ -82,27 +84,39 @@ def _exchange_tiles(space: MapSpace, g: Genomes, hit: np.ndarray, rng: np.random
 
 
 def neighbourhood(space: MapSpace, g: Genomes) -> Genomes:
-    """Every single move from genome ``g[0]`` (unrepaired; duplicates possible):
+    """Every single move from genome ``g[0]`` (unrepaired; duplicates possible), in this order:
 
-    - a prime factor, or all factors of a loop in one slot, moves to another slot; if its loop thereby becomes a non-trivial temporal loop
-      of a level, every position of that loop in the level's order is tried (a compound move: the
-      tile size and the loop order change together);
+    - a prime factor moves to another slot; if its loop thereby becomes a non-trivial temporal
+      loop of a level, every position of that loop in the level's order is tried (a compound
+      move: the tile size and the loop order change together);
+    - all factors of a loop in one slot move to another slot together;
     - a non-trivial loop of a level moves to another position in that level's order;
     - two prime factors of different loops in different slots trade slots (keeps tile volumes);
     - a bypass bit flips (inner levels, when bypass is searched).
     Equal primes of one loop in one slot are interchangeable, so one of them stands for all."""
     s0, o0, k0 = g.slots[0], g.order[0], g.keep[0]
     t = space.decode(g).temporal[0]  # (L, D) temporal factors per level
-    slots, orders, keeps = [], [], []
+    groups = _prime_groups(space, s0)
+    moves = [(sl, od, k0) for sl, od in _factor_moves(space, groups, s0, o0, t)]
+    moves += [(sl, o0, k0) for sl in _block_moves(space, s0)]
+    moves += [(s0, od, k0) for od in _order_moves(space, o0, t)]
+    moves += [(sl, o0, k0) for sl in _trades(groups, s0)]
+    moves += [(s0, o0, kp) for kp in _bypass_flips(space, k0)]
+    return Genomes(*(np.array([m[i] for m in moves]) for i in range(3)))
 
-    def add(sl=s0, od=o0, kp=k0) -> None:
-        slots.append(sl)
-        orders.append(od)
-        keeps.append(kp)
 
+def _prime_groups(space: MapSpace, s0: np.ndarray) -> dict[tuple[int, int, int], int]:
+    """(loop, prime, slot) -> the first prime factor of that kind in that slot."""
     groups: dict[tuple[int, int, int], int] = {}
     for j in range(space.n_primes):
         groups.setdefault((int(space.prime_dim[j]), int(space.primes[j]), int(s0[j])), j)
+    return groups
+
+
+def _factor_moves(space: MapSpace, groups: dict[tuple[int, int, int], int], s0: np.ndarray, o0: np.ndarray,
+                  t: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(slots, order) with one prime factor in another slot, and the loop, if it has just become a
+    non-trivial temporal loop of its new level, at every position of that level's order."""
     for (d, _, src), j in groups.items():
         for s in space.valid_slots:
             if s == src:
@@ -112,36 +126,53 @@ def neighbourhood(space: MapSpace, g: Genomes) -> Genomes:
             lvl = s // 2
             if s % 2 == 0 and t[lvl, d] == 1:
                 for row in _insertions(o0[lvl], d, t[lvl] > 1):
-                    add(sl, _with_row(o0, lvl, row))
+                    yield sl, _with_row(o0, lvl, row)
             else:
-                add(sl)
-    for d in np.unique(space.prime_dim):  # block moves: all of a loop's factors in one slot
+                yield sl, o0
+
+
+def _block_moves(space: MapSpace, s0: np.ndarray) -> Iterator[np.ndarray]:
+    """Slots with all of a loop's factors in one slot (two or more; one is a prime move) moved
+    to another slot."""
+    for d in np.unique(space.prime_dim):
         mine = space.prime_dim == d
         for src in np.unique(s0[mine]):
             block = mine & (s0 == src)
             if block.sum() < 2:
-                continue  # a single factor: already a prime move
+                continue
             for s in space.valid_slots:
                 if s != src:
-                    add(np.where(block, s, s0))
+                    yield np.where(block, s, s0)
+
+
+def _order_moves(space: MapSpace, o0: np.ndarray, t: np.ndarray) -> Iterator[np.ndarray]:
+    """Orders with one non-trivial loop of a level at every position among that level's others."""
     for lvl in range(space.n_levels):
         nontriv = t[lvl] > 1
         for d in np.flatnonzero(nontriv):
             for row in _insertions(o0[lvl], int(d), nontriv):
-                add(od=_with_row(o0, lvl, row))
+                yield _with_row(o0, lvl, row)
+
+
+def _trades(groups: dict[tuple[int, int, int], int], s0: np.ndarray) -> Iterator[np.ndarray]:
+    """Slots with two prime factors of different loops in different slots traded."""
     items = list(groups.items())
     for a, ((d1, _, s1), j1) in enumerate(items):
         for (d2, _, s2), j2 in items[a + 1:]:
             if d1 != d2 and s1 != s2:
                 sl = s0.copy()
                 sl[j1], sl[j2] = s2, s1
-                add(sl)
-    if space.search_bypass:
-        for lvl, tt in zip(*np.nonzero(space.allowed[:-1])):
-            kp = k0.copy()
-            kp[lvl, tt] = ~kp[lvl, tt]
-            add(kp=kp)
-    return Genomes(np.array(slots), np.array(orders), np.array(keeps))
+                yield sl
+
+
+def _bypass_flips(space: MapSpace, k0: np.ndarray) -> Iterator[np.ndarray]:
+    """Bypass bits with one allowed bit of an inner level flipped (none unless bypass is searched)."""
+    if not space.search_bypass:
+        return
+    for lvl, tt in zip(*np.nonzero(space.allowed[:-1]), strict=True):
+        kp = k0.copy()
+        kp[lvl, tt] = ~kp[lvl, tt]
+        yield kp
 
 
 def _insertions(row: np.ndarray, d: int, nontriv: np.ndarray) -> list[np.ndarray]:

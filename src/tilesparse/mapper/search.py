@@ -55,7 +55,7 @@ class LocalSearch:
     def evaluate(self, g: Genomes) -> np.ndarray:
         """``ev(g)``, remembering the values."""
         f = self.ev(g)
-        self.known.update(zip(self.space.keys(g), f.tolist()))
+        self.known.update(zip(self.space.keys(g), f.tolist(), strict=True))
         return f
 
     def run(self, g: Genomes, value: float) -> tuple[Genomes, float]:
@@ -223,7 +223,7 @@ def _dim_options(space: MapSpace) -> list[list[tuple[int, ...]]]:
         opts = []
         for f in _factorizations(b, len(slots)):
             full = [1] * (2 * space.n_levels)
-            for s, v in zip(slots, f):
+            for s, v in zip(slots, f, strict=True):
                 full[s] = v
             opts.append(tuple(full))
         out.append(opts)
@@ -240,7 +240,7 @@ def _keep_options(space: MapSpace) -> list[np.ndarray]:
     for bits in itertools.product([False, True], repeat=len(free)):
         k = np.zeros_like(space.allowed)
         k[-1] = True
-        for (i, t), v in zip(free, bits):
+        for (i, t), v in zip(free, bits, strict=True):
             k[i, t] = v
         opts.append(k)
     return opts
@@ -301,6 +301,6 @@ def exhaustive(space: MapSpace, ev: Evaluator, seed: int = 0, *,
 
 
 def _to_batch(items: list) -> MappingBatch:
-    t, s, o, k = zip(*items)
+    t, s, o, k = zip(*items, strict=True)
     return MappingBatch(np.array(t, dtype=np.int64), np.array(s, dtype=np.int64),
                         np.array(o, dtype=np.int64), np.array(k, dtype=bool))

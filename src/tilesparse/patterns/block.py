@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -53,7 +54,17 @@ class BlockShape:
 
 
 def parse_block_shape(spec: str | tuple[int, int] | list[int] | BlockShape) -> BlockShape:
-    """``"8x8"``, ``(4, 16)`` or a BlockShape -> BlockShape (ConfigError on anything else)."""
+    """``"8x8"``, ``(4, 16)`` or a BlockShape -> BlockShape (ConfigError on anything else).
+
+    >>> parse_block_shape("8x4")  # output channels first
+    BlockShape(out=8, in_=4)
+    >>> parse_block_shape([4, 16]) == parse_block_shape("4X16")
+    True
+    >>> parse_block_shape("8")
+    Traceback (most recent call last):
+    tilesparse.errors.ConfigError: invalid configuration in block shape:
+      - expected 'OUTxIN' such as '8x8', got '8'
+    """
     if isinstance(spec, BlockShape):
         return spec
     if isinstance(spec, str):
@@ -91,7 +102,7 @@ class BlockGeometry:
     @classmethod
     def of_module(cls, module: nn.Module, block: BlockShape) -> BlockGeometry:
         groups = getattr(module, "groups", 1)
-        return cls.of_weight(module.weight.shape, block, groups)
+        return cls.of_weight(cast(Tensor, module.weight).shape, block, groups)
 
     @property
     def out_per_group(self) -> int:

@@ -81,7 +81,7 @@ def hutchinson_diag(
     for s in range(n_samples):
         zs = [torch.randint(0, 2, p.shape, generator=generator, device="cpu").to(p) * 2 - 1 for p in params]
         hz = torch.autograd.grad(grads, params, grad_outputs=zs, retain_graph=s < n_samples - 1)
-        for e, z, h in zip(est, zs, hz):
+        for e, z, h in zip(est, zs, hz, strict=True):
             e.add_(z * h)
     return [e / n_samples for e in est]
 
@@ -103,6 +103,7 @@ def block_scores(name: str, weight: Tensor, geom: BlockGeometry, stat: Tensor | 
         return l2_scores(weight, geom)
     if name == "variance":
         return variance_scores(weight, geom)
+    assert stat is not None  # checked above: the gradient scores need it
     if name == "taylor":
         return taylor_scores(weight, stat, geom)
     if name == "fisher":

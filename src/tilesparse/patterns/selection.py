@@ -132,7 +132,7 @@ def select_global(
     n_zero = max(zero_count(flat.numel(), sparsity), int((flat == -math.inf).sum()))
     keep_flat = _zero_lowest(flat, min(n_zero, flat.numel() - protected))
     out, start = {}, 0
-    for n, s in zip(names, prepared):
+    for n, s in zip(names, prepared, strict=True):
         out[n] = keep_flat[start:start + s.numel()].reshape(s.shape)
         start += s.numel()
     return out

@@ -41,7 +41,13 @@ T = TypeVar("T", int, np.ndarray)
 
 
 def pow2_exponent(maxabs: float, qmax: int = INT8_MAX) -> int:
-    """Smallest integer e with ``maxabs / 2**e <= qmax`` (``ZERO_TENSOR_EXP`` if maxabs is 0)."""
+    """Smallest integer e with ``maxabs / 2**e <= qmax`` (``ZERO_TENSOR_EXP`` if maxabs is 0).
+
+    >>> pow2_exponent(1.0)  # 1 / 2**-6 = 64 fits in 127, 1 / 2**-7 = 128 does not
+    -6
+    >>> pow2_exponent(127.0), pow2_exponent(128.0)
+    (0, 1)
+    """
     if not math.isfinite(maxabs):
         raise ValueError(f"max-abs {maxabs} is not finite")
     if maxabs <= 0:
@@ -73,7 +79,15 @@ def quantize_real(
 
 def shift_round(x: T, s: int | np.ndarray) -> T:
     """Shift ``x`` right by ``s`` rounding half up (s > 0), or left by −s (s ≤ 0); ``s`` may be an
-    array broadcasting against ``x`` (per-channel shifts)."""
+    array broadcasting against ``x`` (per-channel shifts).
+
+    >>> shift_round(5, 1), shift_round(-5, 1), shift_round(6, 2)  # 2.5, -2.5 and 1.5: half up
+    (3, -2, 2)
+    >>> shift_round(3, -2)  # a left shift
+    12
+    >>> shift_round(np.array([5, -5, 7]), np.array([1, 1, 2])).tolist()  # per-element shifts
+    [3, -2, 2]
+    """
     if isinstance(s, (int, np.integer)) and isinstance(x, (int, np.integer)):
         s = int(s)
         return (x + (1 << (s - 1))) >> s if s > 0 else x << -s
@@ -108,8 +122,12 @@ def requantize(acc: T, s: int | np.ndarray, clamp: tuple[int, int] = (INT8_MIN, 
 
 
 def avg_round(total: T, divisor: T) -> T:
-    """Round half up of ``total / divisor`` for positive integer divisors: floor((2t + d) / (2d))."""
-    return (2 * total + divisor) // (2 * divisor)  # type: ignore[no-any-return]
+    """Round half up of ``total / divisor`` for positive integer divisors: floor((2t + d) / (2d)).
+
+    >>> avg_round(7, 2), avg_round(-7, 2), avg_round(5, 4)  # 3.5, -3.5 and 1.25
+    (4, -3, 1)
+    """
+    return (2 * total + divisor) // (2 * divisor)
 
 
 def _axis_counts(size: int, out: int, k: int, s: int, p: int, include_pad: bool) -> np.ndarray:

@@ -36,7 +36,7 @@ def recalibrate_batchnorm(model: nn.Module, loader: Iterable, device: torch.devi
         if n_batches is not None and i >= n_batches:
             break
         model(x.to(device))
-    for m, mom in zip(bns, saved):
+    for m, mom in zip(bns, saved, strict=True):
         m.momentum = mom
     model.train(was_training)
     return len(bns)

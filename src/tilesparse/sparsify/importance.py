@@ -56,10 +56,10 @@ def gradient_stats(
         else:
             grads = torch.autograd.grad(loss, params)
             est = [g.square() if kind == "grad_sq" else g for g in grads]
-        for a, e in zip(acc, est):
+        for a, e in zip(acc, est, strict=True):
             a.add_(e.detach())
     model.train(was_training)
-    return {n: a / len(batches) for n, a in zip(names, acc)}
+    return {n: a / len(batches) for n, a in zip(names, acc, strict=True)}
 
 
 def hessian_traces(

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import IO, Any
 
 
-def _atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
+def _atomic(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path:  # what write returns is unused
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
