@@ -12,8 +12,8 @@ import torch
 from typer.testing import CliRunner
 
 from tilesparse.cli.main import app
-from tilesparse.program import Program
 from tilesparse.errors import ConfigError, ProvenanceError
+from tilesparse.program import Program
 from tilesparse.program.provenance import provenance_of
 
 runner = CliRunner()

@@ -285,7 +285,7 @@ def _block(text: str | tuple[int, int]) -> tuple[int, int]:
     try:
         b = parse_block_shape(text)
     except ConfigError as e:
-        raise ConfigError("--block", e.errors) from None
+        raise ConfigError(f"--block {text}", e.errors) from None
     return b.out, b.in_
 
 

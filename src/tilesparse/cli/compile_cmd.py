@@ -15,6 +15,7 @@ from tilesparse.cli.common import (
     SOURCE_HELP,
     SPARSITY_HELP,
     WEIGHTS_HELP,
+    array_arg,
     console,
     is_program_file,
     read_program,
@@ -67,9 +68,17 @@ def compile_verb(
     balance: Annotated[bool, typer.Option(help=BALANCE_HELP)] = True,
 ) -> None:
     """Compile a model to an AIE2 Program (instructions + packed weights + provenance), saved atomically.
-    `tilesparse simulate PROGRAM` then verifies it with no other argument."""
+    `tilesparse simulate PROGRAM` then verifies it with no other argument.
+
+    Examples:
+
+    * `tilesparse compile resnet50 -a 7x7 --sparsity 0.5 -o r50.tsp --listing r50.txt`
+    * `tilesparse compile runs/d/sparse.pt -a 4x4 -o d.tsp` (a sparsify checkpoint: its trained masks)
+    * `tilesparse compile my_net.py:make_model --input-shape 1,3,64,64 --sparsity 0.5 -o mine.tsp`
+    """
     from tilesparse.estimate.report import summarize
 
+    array_arg(array)
     prog = compile_source_with_progress(source, array, balance=balance, weights=weights, sparsity=sparsity,
                                         block=block, input_shape=input_shape, quantized=quantized)
     prog.save(out)
@@ -92,9 +101,9 @@ def load_or_compile(target: str, array: str | None, out: Path | None = None, **b
     """A program file as is (refusing one compiled for another ``array`` and flags that contradict
     its provenance), or a model source compiled on the fly (saved to ``out`` if given)."""
     from tilesparse.build import check_request
-    from tilesparse.hw import load_array
     from tilesparse.program.provenance import provenance_of
 
+    hw = array_arg(array)
     if is_program_file(target):
         if out is not None:
             raise ConfigError("--out", [f"saves a program compiled from a model source; {target} is one already"])
@@ -107,7 +116,7 @@ def load_or_compile(target: str, array: str | None, out: Path | None = None, **b
             raise ConfigError(_MODEL_FLAGS[next(iter(req))], [f"applies to a model source; {target} is a program "
                                                                "without provenance to check it against"])
         elif array:
-            prog = read_program(target, hw=load_array(array))
+            prog = read_program(target, hw=hw)
         return prog
     prog = compile_source_with_progress(target, array or "4x4", **build_kwargs)
     if out is not None:
@@ -131,12 +140,18 @@ def estimate_verb(
     top: Annotated[int, typer.Option(help="Rows of the per-layer table (slowest first; 0 = all).")] = 25,
 ) -> None:
     """Per-layer and total latency of a program (or a model compiled on the fly, timing only), with
-    the lower bound and roofline beside every layer."""
+    the lower bound and roofline beside every layer.
+
+    Examples:
+
+    * `tilesparse estimate d.tsp --top 0` (every layer; flags must agree with the program's provenance)
+    * `tilesparse estimate r50.tsp --timeline r50.html --json -`
+    * `tilesparse estimate resnet50 -a 8x8 --sparsity 0.5`
+    """
     from rich.table import Table
 
     from tilesparse.estimate.report import layer_rows, summarize
     from tilesparse.estimate.timemodel import estimate_program
-    from tilesparse.program import Program
 
     prog = load_or_compile(target, array, out, weights=weights, sparsity=sparsity, block=block,
                            input_shape=input_shape, quantized=False)
@@ -175,11 +190,20 @@ def explore_verb(
     jobs: Annotated[int, typer.Option(help="Worker processes.")] = 2,
 ) -> None:
     """Networks x arrays x dense/sparse: the Table II analog (CSV + Markdown + plot) with the
-    paper's numbers side by side."""
+    paper's numbers side by side.
+
+    Example: `tilesparse explore --networks resnet50,vgg16 --arrays 2x2,4x4,8x8 --rect 4x2 -o table2/`
+    """
     from dataclasses import asdict
 
+    from tilesparse.patterns.selection import check_sparsity
     from tilesparse.reports.table2 import run_table, write_table
 
+    check_sparsity(sparsity, "--sparsity")  # usage errors before any worker starts
+    for a in [a for a in arrays.split(",") if a]:
+        array_arg(a, "--arrays")
+    for a in [a for a in rect.split(",") if a]:
+        array_arg(a, "--rect")
     rows = run_table([n for n in networks.split(",") if n], [a for a in arrays.split(",") if a],
                      [a for a in rect.split(",") if a], sparsity, jobs=jobs, progress=True)
     paths = write_table(rows, out_dir or out)

@@ -11,6 +11,7 @@ from tilesparse.cli.common import (
     JSON_HELP,
     SOURCE_HELP,
     WEIGHTS_HELP,
+    block_arg,
     console,
     write_json,
 )
@@ -34,6 +35,15 @@ def _recipe(recipe_path: Path | None, overrides: dict[str, Any]):
             training[key] = overrides.pop(key)
     data.update({k: v for k, v in overrides.items() if v is not None}, training=training)
     return Recipe.from_dict(data, source=f"{recipe_path} + command line" if recipe_path else "command line")
+
+
+def _check_flags(sparsity: float | None, block: str | None) -> None:
+    """--sparsity and --block named in their own errors (the recipe would say 'command line')."""
+    from tilesparse.patterns.selection import check_sparsity
+
+    if sparsity is not None:
+        check_sparsity(sparsity, "--sparsity")
+    block_arg(block)
 
 
 def _device(name: str):
@@ -143,7 +153,14 @@ def sparsify(
 
     Writes OUT/sparse.pt (weights + masks + recipe), OUT/report.txt and report.json (per-layer blocks
     kept, sparsity, weight bytes dense vs compressed), OUT/recipe.yaml, and OUT/last.pt after every
-    epoch (for --resume).
+    epoch (for --resume). The checkpoint names its model source, so `tilesparse compile OUT/sparse.pt`
+    compiles its trained masks.
+
+    Examples:
+
+    * `tilesparse sparsify digits_cnn --sparsity 0.5 --epochs 5 -o runs/d` (trains on the built-in digits)
+    * `tilesparse sparsify resnet50 --sparsity 0.5 --block 8x8 -o runs/r50` (masks only: no data given)
+    * `tilesparse sparsify my_net.py:make --data data.pt --recipe src/tilesparse/recipes/penalty_lse.yaml`
     """
     from tilesparse.sparsify.run import sparsify_model
 
@@ -151,6 +168,7 @@ def sparsify(
         import torch
 
         torch.set_num_threads(threads)
+    _check_flags(sparsity, block)
     rec = _recipe(recipe, {"method": method, "sparsity": sparsity, "block": block, "selection": selection,
                            "score": score, "epochs": epochs, "lr": lr, "seed": seed})
     dev = _device(device)
