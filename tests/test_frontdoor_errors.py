@@ -87,7 +87,8 @@ CASES = [
      "not a state dict of digits_cnn: 1 shape mismatch(es): features.0.weight is (5, 5) in the file, "
      "(32, 1, 3, 3) in the model"),
     (["compile", "digits_cnn", "--weights", "other.pth"],
-     "26 missing key(s) (features.0.weight, features.1.weight, features.1.bias, ...); 1 unexpected key(s) (conv.weight)"),
+     "26 missing key(s) (features.0.weight, features.1.weight, features.1.bias, ...); "
+     "1 unexpected key(s) (conv.weight)"),
     (["compile", "digits_cnn", "--weights", "notes.json"], "not a readable PyTorch state dict (not a torch.save file)"),
     (["compile", "digits_cnn", "--weights", "gone.pth"], "gone.pth: no such weights file"),
     (["compile", "net.py:make", "--weights", "shape.pth"], "only a zoo name takes --weights"),
