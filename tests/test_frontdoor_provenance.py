@@ -3,6 +3,7 @@ every verb that reads programs (simulate and estimate)."""
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 
 import numpy as np
@@ -181,3 +182,22 @@ def test_a_torch_export_source_sparsified_compiles_from_its_checkpoint(tmp_path,
     assert head.shape == (10, 8) and 0 < head.sum() < head.size
     np.testing.assert_array_equal(kept_blocks(prog, "head"), head)  # decoded from the packed bitmaps
     assert "all 11 layers bit-exact" in _ok(["simulate", "c.tsp"])
+
+
+def test_a_checkpoint_of_a_user_file_moves_with_its_project(project, tmp_path, monkeypatch):
+    """sparsify records the model file's sha256 and the path as given: a project moved as a whole
+    compiles and verifies its checkpoint from the same folder; an edited model file is refused."""
+    _ok(["sparsify", "models/net.py:make", "--sparsity", "0.5", "--data", "none", "-o", "runs/u"])
+    extra = torch.load(project / "runs" / "u" / "sparse.pt", weights_only=True)["extra"]
+    assert extra["model_given"] == "models/net.py"
+    assert extra["model_sha256"] == hashlib.sha256(NET.encode()).hexdigest()
+    _ok(["compile", "runs/u/sparse.pt", "--input-shape", "1,3,16,16", "-a", "2x2", "-o", "c.tsp"])
+    moved = tmp_path / "moved"
+    shutil.move(project, moved)
+    monkeypatch.chdir(moved)
+    out = _ok(["simulate", "c.tsp"])
+    assert f"model file {project / 'models' / 'net.py'} not found; using models/net.py (as given at sparsify" in out
+    assert "all 11 layers bit-exact" in out
+    (moved / "models" / "net.py").write_text(NET + "\n# edited\n")
+    msg = _refused(["compile", "runs/u/sparse.pt", "--input-shape", "1,3,16,16", "-o", "d.tsp"])
+    assert "models/net.py in its stead has other contents" in msg and "sparsify again" in msg

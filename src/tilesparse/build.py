@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from tilesparse.program.provenance import (
     package_version,
     set_provenance,
 )
-from tilesparse.source import LoadedModel, ModelSource, load_model, parse_source, require_file
+from tilesparse.source import LoadedModel, ModelSource, load_model, locate_file, parse_source, require_file
 
 __all__ = ["Built", "build_graph_from", "check_request", "compile_source", "graph_from_provenance",
            "locate_files", "parse_input_shape"]
@@ -47,6 +47,7 @@ class Built:
     seed: int
     quantized: bool
     input_shape: tuple[int, ...]
+    notices: list[str] = field(default_factory=list)  # one line each: a file found elsewhere than recorded
 
     def provenance(self, array: str, balance: bool) -> Provenance:
         s = self.source
@@ -129,7 +130,7 @@ def build_graph_from(source: str | ModelSource, *, weights: str | Path | None = 
         from tilesparse.quant import quantize
 
         g = quantize(g, random_calibration(shape, N_CALIB, seed))
-    return Built(g, src, bs, sp, rule, seed, quantized, shape)
+    return Built(g, src, bs, sp, rule, seed, quantized, shape, list(lm.notices))
 
 
 def _with_masks(g, masks: dict[str, Any], where: str):
@@ -154,13 +155,16 @@ def _with_masks(g, masks: dict[str, Any], where: str):
 
 
 def compile_source(source: str | ModelSource, array: Any = "4x4", *, balance: bool = True, chooser=None,
-                   **build_kwargs: Any):
-    """``build_graph_from`` then ``compile_graph``; the Program carries its provenance."""
+                   notices: list[str] | None = None, **build_kwargs: Any):
+    """``build_graph_from`` then ``compile_graph``; the Program carries its provenance. The
+    build's notices (a file found elsewhere than recorded) are appended to ``notices``."""
     from tilesparse.compiler.pipeline import compile_graph
     from tilesparse.hw import load_array
 
     hw = load_array(array)
     built = build_graph_from(source, **build_kwargs)
+    if notices is not None:
+        notices.extend(built.notices)
     prog = compile_graph(built.graph, hw, chooser=chooser, balance=balance)
     set_provenance(prog, built.provenance(hw.label, balance))
     return prog
@@ -176,40 +180,20 @@ def locate_files(prov: Provenance, where: str, model: str | None = None) -> tupl
     path = _source_path(prov)
     if path is not None and prov.source_sha256 is not None:
         named = parse_source(model).path if model is not None else None
-        found, note = _locate("source", path, [(named, "given with --model"), (prov.source_given, _AS_GIVEN)],
+        found, note = locate_file("source", path, [(named, "given with --model"), (prov.source_given, _AS_GIVEN)],
                               prov.source_sha256, where)
         factory = prov.source.rpartition(":")[2]
         source = f"{found}:{factory}" if prov.source_kind == "file" else str(found)
         notes += [note] * bool(note)
     if prov.weights is not None and prov.weights_sha256 is not None:
-        found, note = _locate("weights", prov.weights, [(prov.weights_given, _AS_GIVEN)], prov.weights_sha256, where)
+        found, note = locate_file("weights", prov.weights, [(prov.weights_given, _AS_GIVEN)], prov.weights_sha256,
+                                  where)
         weights = str(found)
         notes += [note] * bool(note)
     return source, weights, notes
 
 
 _AS_GIVEN = "as given at compile, from this folder"
-
-
-def _locate(role: str, recorded: str, others: list[tuple[Any, str]], sha: str, where: str) -> tuple[Path, str]:
-    """The first of (recorded path, ``others``, same name next to ``where``) holding a file with
-    this sha256, and a notice if it is not the recorded one."""
-    places = [(Path(recorded), ""), *((Path(p), why) for p, why in others if p is not None),
-              (Path(where).parent / Path(recorded).name, f"next to {where}")]
-    existing = list({p.resolve(): (p, why) for p, why in reversed(places) if p.is_file()}.values())[::-1]
-    for place, why in existing:
-        if file_sha256(place) == sha:
-            return place.resolve(), f"{role} file {recorded} not found; using {place} ({why}, same sha256)" * bool(why)
-    if existing:
-        place = existing[0][0]
-        shas = f"(sha256 {file_sha256(place)[:12]}…, {where} was compiled from {sha[:12]}…)"
-        if place == Path(recorded):
-            raise ProvenanceError(f"{role} file {recorded} changed since {where} was compiled {shas}; recompile")
-        raise ProvenanceError(f"{role} file {recorded} is gone, and {place} in its stead has other contents "
-                              f"{shas}; restore the file or recompile")
-    looked = ", ".join(str(p) for p, _ in places[1:])
-    raise ProvenanceError(f"{where} was compiled from {role} file {recorded}, which no longer exists (nor at "
-                          f"{looked}); restore it, or put it next to {where}, or recompile")
 
 
 def _source_path(prov: Provenance) -> str | None:
@@ -223,12 +207,13 @@ def graph_from_provenance(prov: Provenance, where: str = "program", notices: lis
     """Rebuild the graph ``prov`` describes (same source, pruning, input shape, quantization),
     from files found by ``locate_files``; its notices are appended to ``notices``."""
     source, weights, notes = locate_files(prov, where, model)
+    built = build_graph_from(source, weights=weights,
+                             sparsity=prov.sparsity if prov.selection == "l2-oneshot" else None,
+                             block=prov.block, input_shape=prov.input_shape, quantized=prov.quantized,
+                             seed=prov.seed)
     if notices is not None:
-        notices.extend(notes)
-    return build_graph_from(source, weights=weights,
-                            sparsity=prov.sparsity if prov.selection == "l2-oneshot" else None,
-                            block=prov.block, input_shape=prov.input_shape, quantized=prov.quantized,
-                            seed=prov.seed)
+        notices.extend(notes + built.notices)
+    return built
 
 
 def check_request(prov: Provenance, where: str, **given: Any) -> None:

@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tilesparse.errors import CheckpointError, ConfigError
+from tilesparse.errors import CheckpointError, ConfigError, ProvenanceError
 
-__all__ = ["SOURCE_FORMS", "LoadedModel", "ModelSource", "load_model", "parse_source", "require_file"]
+__all__ = ["SOURCE_FORMS", "LoadedModel", "ModelSource", "load_model", "locate_file", "parse_source",
+           "require_file"]
 
 SOURCE_FORMS = ("a zoo name (resnet50, digits_cnn, any torchvision classifier; with --weights FILE for a state "
                 "dict or checkpoint of it), a `tilesparse sparsify` checkpoint (runs/x/sparse.pt: its "
@@ -64,6 +65,7 @@ class LoadedModel:
     sparsity: float | None = None  # the checkpoint recipe's target
     example_shape: tuple[int, ...] | None = None  # a .pt2's example input
     arch: str | None = None  # what a checkpoint of it records: zoo name, canonical file.py:factory or .pt2
+    notices: list[str] = field(default_factory=list)  # e.g. a checkpoint's model file found next to it
 
 
 def require_file(path: Path, what: str) -> Path:
@@ -124,6 +126,32 @@ def _file_source(spec: str) -> ModelSource:
     return ModelSource(str(path), "checkpoint", path, given=spec)
 
 
+def locate_file(role: str, recorded: str, others: list[tuple[Any, str]], sha: str | None, where: str,
+                made: str = "was compiled", remedy: str = "recompile") -> tuple[Path, str]:
+    """The first of (``recorded`` path, ``others`` as (path or None, why), the same name next to
+    ``where``) holding a file with this sha256 (any file, for None), and a notice if it is not the
+    recorded one; ``ProvenanceError`` naming what was found instead, or where it looked."""
+    from tilesparse.program.provenance import file_sha256
+
+    places = [(Path(recorded), ""), *((Path(p), why) for p, why in others if p is not None),
+              (Path(where).parent / Path(recorded).name, f"next to {where}")]
+    existing = list({p.resolve(): (p, why) for p, why in reversed(places) if p.is_file()}.values())[::-1]
+    for place, why in existing:
+        if sha is None or file_sha256(place) == sha:
+            same = "same sha256" if sha else "no sha256 recorded"
+            return place.resolve(), f"{role} file {recorded} not found; using {place} ({why}, {same})" * bool(why)
+    if existing:
+        place = existing[0][0]
+        shas = f"(sha256 {file_sha256(place)[:12]}…, {where} {made} from {(sha or '')[:12]}…)"
+        if place == Path(recorded):
+            raise ProvenanceError(f"{role} file {recorded} changed since {where} {made} {shas}; {remedy}")
+        raise ProvenanceError(f"{role} file {recorded} is gone, and {place} in its stead has other contents "
+                              f"{shas}; restore the file or {remedy}")
+    looked = ", ".join(str(p) for p, _ in places[1:])
+    raise ProvenanceError(f"{where} {made} from {role} file {recorded}, which no longer exists (nor at "
+                          f"{looked}); restore it, or put it next to {where}, or {remedy}")
+
+
 def load_model(src: ModelSource, seed: int = 0) -> LoadedModel:
     """Build the source's ``nn.Module`` (eval mode) and whatever the source says about its masks."""
     if src.kind == "checkpoint":
@@ -175,11 +203,11 @@ def _from_checkpoint(path: Path, zoo_name: str | None) -> LoadedModel:
     if not name and zoo_name is None:
         raise CheckpointError(f"{path}: checkpoint names no model architecture; pass the zoo name and "
                               "--weights with this file")
-    arch = name or zoo_name
-    shape = None
+    arch, notices, shape = name or zoo_name, [], None
     if ".py:" in arch or arch.endswith(".pt2"):  # sparsified from a file / .pt2 source: the checkpoint names it
+        arch, note = _checkpoint_model_file(arch, data.get("extra") or {}, path)
         inner = load_model(parse_source(arch))
-        model, zoo, shape = inner.model, None, inner.example_shape
+        model, zoo, shape, notices = inner.model, None, inner.example_shape, [note] * bool(note)
     else:
         from tilesparse.models.zoo import get_model
 
@@ -191,7 +219,17 @@ def _from_checkpoint(path: Path, zoo_name: str | None) -> LoadedModel:
         b = ck.recipe.block_shape
         block, sparsity = (b.out, b.in_), float(ck.recipe.sparsity)
         ck.sparsifier.squash_mask()
-    return LoadedModel(ck.model.eval(), path.stem, zoo, masks, block, sparsity, shape, arch)
+    return LoadedModel(ck.model.eval(), path.stem, zoo, masks, block, sparsity, shape, arch, notices)
+
+
+def _checkpoint_model_file(arch: str, extra: dict, ckpt: Path) -> tuple[str, str]:
+    """(the model source a checkpoint names, a notice or ""): its recorded file, else as given at
+    sparsify (relative to the working directory), else of that name next to the checkpoint; with
+    the sha256 recorded at sparsify (checkpoints written before it: any file)."""
+    head, sep, factory = arch.rpartition(":") if ".py:" in arch else (arch, "", "")
+    found, note = locate_file("model", head, [(extra.get("model_given"), "as given at sparsify, from this folder")],
+                              extra.get("model_sha256"), str(ckpt), "was written", "sparsify again")
+    return f"{found}{sep}{factory}", note
 
 
 def _from_file(path: Path, factory: str, seed: int) -> LoadedModel:

@@ -33,14 +33,20 @@ BALANCE_HELP = ("Reorder the output channels of sparse convs read only by convs 
 
 
 def compile_source_with_progress(source: str, array: str, *, balance: bool = True, **build_kwargs):
-    """The front door (``tilesparse.build.compile_source``) behind a spinner."""
+    """The front door (``tilesparse.build.compile_source``) behind a spinner; its notices (a
+    checkpoint's model file found next to it) on stderr."""
+    from rich.markup import escape
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from tilesparse.build import compile_source
 
+    notices: list[str] = []
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), transient=True) as bar:
         bar.add_task(f"front end + compile: {source} for {array}", total=1)
-        return compile_source(source, array, balance=balance, **build_kwargs)
+        prog = compile_source(source, array, balance=balance, notices=notices, **build_kwargs)
+    for note in notices:
+        console("-").print(escape(note), soft_wrap=True)
+    return prog
 
 
 def _summary_json(prog, s, out: Path | None) -> dict:

@@ -126,7 +126,7 @@ def _program_and_graph(target: str, array: str | None, out: Path | None, req: di
         set_provenance(prog, built.provenance(hw.label, True))
         if out is not None:
             prog.save(out)
-        return prog, built.graph, ""
+        return prog, built.graph, "\n".join(built.notices)
     prog = read_program(target)
     prov = provenance_of(prog, target)
     if prov is not None:

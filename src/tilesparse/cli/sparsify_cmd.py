@@ -62,11 +62,19 @@ def _device(name: str):
 
 def _model(spec: str, weights: Path | None):
     """Model source -> (model with any saved masks baked in, the name its checkpoint records: a zoo
-    name, the canonical file.py:factory or .pt2 path, so that the checkpoint compiles on its own)."""
+    name, the canonical file.py:factory or .pt2 path, so that the checkpoint compiles on its own;
+    for a user's file, its sha256 and the path as given, so that compile finds it moved and unchanged)."""
+    from tilesparse.program.provenance import file_sha256
     from tilesparse.source import load_model, parse_source
 
-    lm = load_model(parse_source(spec, weights))
-    return lm.model, lm.arch
+    src = parse_source(spec, weights)
+    lm = load_model(src)
+    arch = lm.arch or ""
+    model_file = arch.rpartition(":")[0] if ".py:" in arch else arch
+    if not model_file.endswith((".py", ".pt2")):
+        return lm.model, lm.arch, {}
+    given = src.given if src.kind in ("file", "pt2") else None
+    return lm.model, lm.arch, {"model_sha256": file_sha256(model_file), "model_given": given}
 
 
 def _loaders(data: str, model_name: str | None, batch_size: int, seed: int):
@@ -112,13 +120,13 @@ def _train_dense(net, train, test, rec, epochs: int, lr: float, device, con) -> 
         con.print(f"dense training: {epochs} epochs, accuracy {fit.final_accuracy:.2f} %")
 
 
-def _write_outputs(out: Path, result, recipe, model_name: str | None) -> None:
+def _write_outputs(out: Path, result, recipe, model_name: str | None, model_file: dict) -> None:
     from tilesparse.sparsify.checkpoint import save_checkpoint
     from tilesparse.utils.atomic import atomic_write_text
 
     save_checkpoint(out / "sparse.pt", result.model, result.sparsifier, model_name=model_name,
                     extra={"history": [h.__dict__ for h in result.fit.history],
-                           "final_accuracy": result.fit.final_accuracy})
+                           "final_accuracy": result.fit.final_accuracy, **model_file})
     atomic_write_text(out / "report.txt", result.report.to_text() + "\n")
     atomic_write_text(out / "report.json", result.report.to_json() + "\n")
     atomic_write_text(out / "recipe.yaml", recipe.to_yaml())
@@ -172,7 +180,7 @@ def sparsify(
     rec = _recipe(recipe, {"method": method, "sparsity": sparsity, "block": block, "selection": selection,
                            "score": score, "epochs": epochs, "lr": lr, "seed": seed})
     dev = _device(device)
-    net, name = _model(model, weights)
+    net, name, model_file = _model(model, weights)
     train, test = _loaders(data, name, rec.training.batch_size, rec.training.seed)
     out = out or DEFAULT_OUT / f"{_stem(name)}-{rec.method}-{rec.sparsity:g}"
     con = console(json_out)
@@ -180,7 +188,7 @@ def sparsify(
         _train_dense(net, train, test, rec, dense_epochs, dense_lr, dev, con)
     result = sparsify_model(net, rec, train, test, device=dev, checkpoint_dir=out, resume=resume, model_name=name,
                             bytes_per_weight=bytes_per_weight)
-    _write_outputs(out, result, rec, name)
+    _write_outputs(out, result, rec, name, model_file)
     con.print(result.report.to_text(), highlight=False, soft_wrap=True)
     if result.accuracy_before is not None:
         con.print(f"accuracy before: {result.accuracy_before:.2f} %")
