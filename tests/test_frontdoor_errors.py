@@ -103,6 +103,8 @@ CASES = [
     (["sparsify", "digits_cnn", "--block", "8", "--epochs", "0"], "--block 8: expected 'OUTxIN'"),
     (["demo", "--block", "0x8"], "--block 0x8: block sizes must be positive integers"),
     (["compile", "resnet18", "--input-shape", "1,3,abc"], "--input-shape: expected N,C,H,W such as 1,3,224,224"),
+    (["compile", "digits_cnn", "--input-shape", "1,3,8,8"],  # fx's ShapeProp printed a traceback first
+     "input shape (1, 3, 8, 8) does not fit the model: Given groups=1, weight of size [32, 1, 3, 3]"),
     (["estimate", "p.tsp", "-o", "x.tsp"], "--out: saves a program compiled from a model source"),
     (["map", "--layer", "conv:k=8,c=8,p=4,q=4,r=3,s=3", "--sparsity", "0.5"], "--sparsity: applies to a model"),
     (["map", "digits_cnn", "-a", "0x4"], "--array 0x4: array shape must be at least 1x1"),

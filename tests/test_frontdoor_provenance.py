@@ -201,3 +201,23 @@ def test_a_checkpoint_of_a_user_file_moves_with_its_project(project, tmp_path, m
     (moved / "models" / "net.py").write_text(NET + "\n# edited\n")
     msg = _refused(["compile", "runs/u/sparse.pt", "--input-shape", "1,3,16,16", "-o", "d.tsp"])
     assert "models/net.py in its stead has other contents" in msg and "sparsify again" in msg
+
+
+def test_a_weights_file_moved_is_found_as_given_or_named_again(tmp_path, monkeypatch):
+    from tilesparse.models import get_model
+
+    (tmp_path / "a").mkdir()
+    torch.save(get_model("digits_cnn", seed=3).state_dict(), tmp_path / "a" / "sd.pth")
+    monkeypatch.chdir(tmp_path / "a")
+    _ok(["compile", "digits_cnn", "--weights", "sd.pth", "--sparsity", "0.5", "-a", "2x2", "-o", "w.tsp"])
+    assert provenance_of(Program.load(tmp_path / "a" / "w.tsp")).weights_given == "sd.pth"
+    shutil.move(tmp_path / "a", tmp_path / "b")
+    monkeypatch.chdir(tmp_path / "b")
+    out = _ok(["simulate", "w.tsp"])
+    assert f"weights file {tmp_path / 'a' / 'sd.pth'} not found; using sd.pth (as given at compile" in out
+    assert "all 8 layers bit-exact" in out
+    shutil.move(tmp_path / "b" / "sd.pth", tmp_path / "kept.pth")
+    msg = _refused(["simulate", "w.tsp"])
+    assert "which no longer exists (nor at sd.pth); restore it, or put it next to w.tsp, or recompile" in msg
+    out = _ok(["simulate", "w.tsp", "--weights", str(tmp_path / "kept.pth")])
+    assert "given with --weights, same sha256" in out and "all 8 layers bit-exact" in out

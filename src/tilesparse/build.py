@@ -170,13 +170,14 @@ def compile_source(source: str | ModelSource, array: Any = "4x4", *, balance: bo
     return prog
 
 
-def locate_files(prov: Provenance, where: str, model: str | None = None) -> tuple[str, str | None, list[str]]:
+def locate_files(prov: Provenance, where: str, model: str | None = None,
+                 weights: str | Path | None = None) -> tuple[str, str | None, list[str]]:
     """(source spec, weights path, notices) to rebuild ``prov`` from: each file at its recorded
-    absolute path, else at ``model`` (a source the user named again), else as the user wrote it at
+    absolute path, else at ``model`` / ``weights`` (named again by the user), else as written at
     compile (relative to the working directory), else under the same name next to the program file
     ``where`` — always with the recorded sha256. A file found nowhere with that hash is a
     ``ProvenanceError`` naming where it looked."""
-    source, weights, notes = prov.source, prov.weights, []
+    named_weights, source, weights, notes = weights, prov.source, prov.weights, []
     path = _source_path(prov)
     if path is not None and prov.source_sha256 is not None:
         named = parse_source(model).path if model is not None else None
@@ -186,8 +187,8 @@ def locate_files(prov: Provenance, where: str, model: str | None = None) -> tupl
         source = f"{found}:{factory}" if prov.source_kind == "file" else str(found)
         notes += [note] * bool(note)
     if prov.weights is not None and prov.weights_sha256 is not None:
-        found, note = locate_file("weights", prov.weights, [(prov.weights_given, _AS_GIVEN)], prov.weights_sha256,
-                                  where)
+        others = [(named_weights, "given with --weights"), (prov.weights_given, _AS_GIVEN)]
+        found, note = locate_file("weights", prov.weights, others, prov.weights_sha256, where)
         weights = str(found)
         notes += [note] * bool(note)
     return source, weights, notes
@@ -203,10 +204,10 @@ def _source_path(prov: Provenance) -> str | None:
 
 
 def graph_from_provenance(prov: Provenance, where: str = "program", notices: list[str] | None = None,
-                          model: str | None = None) -> Built:
+                          model: str | None = None, weights: str | Path | None = None) -> Built:
     """Rebuild the graph ``prov`` describes (same source, pruning, input shape, quantization),
     from files found by ``locate_files``; its notices are appended to ``notices``."""
-    source, weights, notes = locate_files(prov, where, model)
+    source, weights, notes = locate_files(prov, where, model, weights)
     built = build_graph_from(source, weights=weights,
                              sparsity=prov.sparsity if prov.selection == "l2-oneshot" else None,
                              block=prov.block, input_shape=prov.input_shape, quantized=prov.quantized,

@@ -147,7 +147,7 @@ def locate_file(role: str, recorded: str, others: list[tuple[Any, str]], sha: st
             raise ProvenanceError(f"{role} file {recorded} changed since {where} {made} {shas}; {remedy}")
         raise ProvenanceError(f"{role} file {recorded} is gone, and {place} in its stead has other contents "
                               f"{shas}; restore the file or {remedy}")
-    looked = ", ".join(str(p) for p, _ in places[1:])
+    looked = ", ".join(dict.fromkeys(str(p) for p, _ in places[1:] if p.resolve() != Path(recorded).resolve()))
     raise ProvenanceError(f"{where} {made} from {role} file {recorded}, which no longer exists (nor at "
                           f"{looked}); restore it, or put it next to {where}, or {remedy}")
 

@@ -134,7 +134,7 @@ def _program_and_graph(target: str, array: str | None, out: Path | None, req: di
         if not prov.quantized:
             return prog, None, f"{target} is a timing-only (float) program: nothing to verify bit for bit"
         notes: list[str] = []
-        built = graph_from_provenance(prov, target, notes, model=req["source"])
+        built = graph_from_provenance(prov, target, notes, model=req["source"], weights=req["weights"])
         return prog, built.graph, "\n".join(notes + [f"verifying against {built.source.spec} (provenance)"])
     if array:
         prog = read_program(target, hw=array_arg(array))
