@@ -221,3 +221,22 @@ def test_a_weights_file_moved_is_found_as_given_or_named_again(tmp_path, monkeyp
     assert "which no longer exists (nor at sd.pth); restore it, or put it next to w.tsp, or recompile" in msg
     out = _ok(["simulate", "w.tsp", "--weights", str(tmp_path / "kept.pth")])
     assert "given with --weights, same sha256" in out and "all 8 layers bit-exact" in out
+
+
+def test_artifacts_get_the_permissions_of_any_new_file(tmp_path):
+    """A program or checkpoint is meant to be shared and moved: written atomically, it used to be
+    owner-only (mkstemp's 0600) whatever the umask."""
+    import os
+
+    from tilesparse.utils.atomic import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        assert (atomic_write_text(tmp_path / "a.txt", "x").stat().st_mode & 0o777) == 0o644
+        os.umask(0o077)
+        assert (atomic_write_text(tmp_path / "b.txt", "x").stat().st_mode & 0o777) == 0o600
+        (tmp_path / "c.txt").write_text("old")
+        (tmp_path / "c.txt").chmod(0o640)  # replacing a file keeps its permissions
+        assert (atomic_write_text(tmp_path / "c.txt", "new").stat().st_mode & 0o777) == 0o640
+    finally:
+        os.umask(old)
