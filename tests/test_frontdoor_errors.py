@@ -106,6 +106,8 @@ CASES = [
     (["compile", "digits_cnn", "--input-shape", "1,3,8,8"],  # fx's ShapeProp printed a traceback first
      "input shape (1, 3, 8, 8) does not fit the model: Given groups=1, weight of size [32, 1, 3, 3]"),
     (["estimate", "p.tsp", "-o", "x.tsp"], "--out: saves a program compiled from a model source"),
+    (["estimate", "p.tsp", "--timeline", "t.txt"], "--timeline t.txt: expected a .html or .png file name"),
+    (["sparsify", "digits_cnn", "--method", "bogus"], "command line: --method: Input should be 'oneshot'"),
     (["map", "--layer", "conv:k=8,c=8,p=4,q=4,r=3,s=3", "--sparsity", "0.5"], "--sparsity: applies to a model"),
     (["map", "digits_cnn", "-a", "0x4"], "--array 0x4: array shape must be at least 1x1"),
 ]

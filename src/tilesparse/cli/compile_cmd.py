@@ -159,6 +159,8 @@ def estimate_verb(
     from tilesparse.estimate.report import layer_rows, summarize
     from tilesparse.estimate.timemodel import estimate_program
 
+    if timeline is not None and timeline.suffix not in (".html", ".png"):  # before the work, not after
+        raise ConfigError(f"--timeline {timeline}", ["expected a .html or .png file name"])
     prog = load_or_compile(target, array, out, weights=weights, sparsity=sparsity, block=block,
                            input_shape=input_shape, quantized=False)
     pt = estimate_program(prog)

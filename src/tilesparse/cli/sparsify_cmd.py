@@ -15,6 +15,7 @@ from tilesparse.cli.common import (
     console,
     write_json,
 )
+from tilesparse.errors import ConfigError
 
 __all__ = ["register"]
 
@@ -34,7 +35,14 @@ def _recipe(recipe_path: Path | None, overrides: dict[str, Any]):
         if overrides.get(key) is not None:
             training[key] = overrides.pop(key)
     data.update({k: v for k, v in overrides.items() if v is not None}, training=training)
-    return Recipe.from_dict(data, source=f"{recipe_path} + command line" if recipe_path else "command line")
+    if recipe_path is not None:
+        return Recipe.from_dict(data, source=f"{recipe_path} + command line")
+    try:
+        return Recipe.from_dict(data, source="command line")
+    except ConfigError as e:  # its fields are the flags: "training.batch_size: ..." -> "--batch-size: ..."
+        flags = [f"--{field.rpartition('.')[2].replace('_', '-')}:{rest}" for field, _, rest in
+                 (err.partition(":") for err in e.errors)]
+        raise ConfigError("command line", flags) from None
 
 
 def _check_flags(sparsity: float | None, block: str | None) -> None:
