@@ -162,14 +162,19 @@ def register(app: typer.Typer) -> None:
             specs = [_sparse_spec(density, fmt, action)] * len(problems)
         results = map_network(problems, a, warm_start=warm_start, mapper=mapper, budget=budget,
                               objective=objective, sparse_specs=specs, seed=seed, progress=progress)
-        con = console(json_out or output)
-        con.print(_table(problems, results, a))
-        if explain:
-            for p, r in zip(problems, results, strict=True):
-                con.print(r.breakdown.explain().replace(str(r.breakdown.problem), str(p), 1))
-                con.print(r.mapping.describe(a))
-        rows = [_row(p, r) for p, r in zip(problems, results, strict=True)]
-        write_json(json_out or output, {"arch": a.name, "mapper": mapper, "objective": objective, "layers": rows})
+        _report(problems, results, a, explain, json_out or output, {"mapper": mapper, "objective": objective})
+
+
+def _report(problems, results, arch, explain: bool, json_out: Path | None, search: dict) -> None:
+    """The table (and each layer's breakdown with --explain), and the JSON record."""
+    con = console(json_out)
+    con.print(_table(problems, results, arch))
+    if explain:
+        for p, r in zip(problems, results, strict=True):
+            con.print(r.breakdown.explain().replace(str(r.breakdown.problem), str(p), 1))
+            con.print(r.mapping.describe(arch))
+    rows = [_row(p, r) for p, r in zip(problems, results, strict=True)]
+    write_json(json_out, {"arch": arch.name, **search, "layers": rows})
 
 
 def _row(p, r) -> dict:

@@ -197,6 +197,12 @@ def sparsify(
     result = sparsify_model(net, rec, train, test, device=dev, checkpoint_dir=out, resume=resume, model_name=name,
                             bytes_per_weight=bytes_per_weight)
     _write_outputs(out, result, rec, name, model_file)
+    _print_results(con, result, out, json_out)
+
+
+def _print_results(con, result, out: Path, json_out: Path | None) -> None:
+    import json
+
     con.print(result.report.to_text(), highlight=False, soft_wrap=True)
     if result.accuracy_before is not None:
         con.print(f"accuracy before: {result.accuracy_before:.2f} %")
@@ -204,8 +210,6 @@ def sparsify(
         con.print(f"accuracy after:  {result.fit.final_accuracy:.2f} %")
     con.print(f"wrote {out}/sparse.pt, report.txt, report.json, recipe.yaml", soft_wrap=True)
     if json_out is not None:
-        import json
-
         write_json(json_out, json.loads(result.report.to_json()))
 
 
