@@ -240,3 +240,22 @@ def test_artifacts_get_the_permissions_of_any_new_file(tmp_path):
         assert (atomic_write_text(tmp_path / "c.txt", "new").stat().st_mode & 0o777) == 0o640
     finally:
         os.umask(old)
+
+
+def test_sparsify_takes_its_own_checkpoint_of_a_user_file(project):
+    """Sparsifying a checkpoint again (a file.py:factory model): the new checkpoint names the model
+    file too (it named nothing, so it could not be compiled alone), and keeps the first masks' zeros."""
+    _ok(["sparsify", "models/net.py:make", "--sparsity", "0.5", "--block", "4x4", "--data", "none", "-o", "r1"])
+    _ok(["sparsify", "r1/sparse.pt", "--sparsity", "0.75", "--block", "4x4", "--data", "none", "-o", "r2"])
+    first = torch.load(project / "r1" / "sparse.pt", weights_only=True)
+    second = torch.load(project / "r2" / "sparse.pt", weights_only=True)
+    assert second["model_name"] == first["model_name"] == f"{project / 'models' / 'net.py'}:make"
+    assert second["extra"]["model_sha256"] == first["extra"]["model_sha256"]
+    kept = [0, 0]
+    for name, m1 in first["sparsifier"]["masks"].items():
+        m2 = second["sparsifier"]["masks"][name]
+        assert not (m2 & ~m1).any(), name  # 75 % keeps a subset of the 50 % blocks (zeros have the lowest L2)
+        kept = [kept[0] + int(m1.sum()), kept[1] + int(m2.sum())]
+    assert kept[1] < kept[0]
+    _ok(["compile", "r2/sparse.pt", "--input-shape", "1,3,16,16", "-a", "2x2", "-o", "c.tsp"])
+    assert "all 11 layers bit-exact" in _ok(["simulate", "c.tsp"])
