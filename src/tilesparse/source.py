@@ -139,7 +139,8 @@ def locate_file(role: str, recorded: str, others: list[tuple[Any, str]], sha: st
     for place, why in existing:
         if sha is None or file_sha256(place) == sha:
             same = "same sha256" if sha else "no sha256 recorded"
-            return place.resolve(), f"{role} file {recorded} not found; using {place} ({why}, {same})" * bool(why)
+            state = "changed" if Path(recorded).is_file() else "not found"
+            return place.resolve(), f"{role} file {recorded} {state}; using {place} ({why}, {same})" * bool(why)
     if existing:
         place = existing[0][0]
         shas = f"(sha256 {file_sha256(place)[:12]}…, {where} {made} from {(sha or '')[:12]}…)"
