@@ -73,3 +73,10 @@ def test_map_takes_an_array_as_compile_does():
     for spec, cost_spec in (("4x4", "aie2:4x4"), ("5x7", "aie2:5x7"), ("phoenix", "aie2:phoenix")):
         assert _architecture(spec) == load_arch(cost_spec), spec
     assert _architecture("eyeriss") == load_arch("eyeriss")
+
+
+def test_version():
+    from importlib.metadata import version
+
+    r = runner.invoke(app, ["--version"])
+    assert r.exit_code == 0 and r.output == f"tilesparse {version('tilesparse')}\n"

@@ -39,9 +39,19 @@ VERB_MODULES = (
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        from tilesparse.program.provenance import package_version
+
+        typer.echo(f"tilesparse {package_version()}")
+        raise typer.Exit()
+
 
 @app.callback()
-def _streams() -> None:
+def _streams(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the tilesparse version (the one programs record) and exit."),
+) -> None:
     # Progress bars and spinners (rich's global console) draw on stderr, and only on a terminal:
     # stdout carries the verbs' results alone, so that `--json -` and `| cat` get no stray lines.
     import rich
