@@ -55,6 +55,7 @@ def files(tmp_path_factory):
     (d / "net.py").write_text(USER)
     (d / "fake.pt2").write_text("not an archive")
     (d / "notes.json").write_text("{}")
+    (d / "bad.yaml").write_text("foo: [\n")
     (d / "run").mkdir()
     (d / "run" / "sparse.pt").write_bytes(b"")  # only its name matters: the folder hint
     sd = get_model("digits_cnn").state_dict()
@@ -108,6 +109,8 @@ CASES = [
     (["estimate", "p.tsp", "-o", "x.tsp"], "--out: saves a program compiled from a model source"),
     (["estimate", "p.tsp", "--timeline", "t.txt"], "--timeline t.txt: expected a .html or .png file name"),
     (["sparsify", "digits_cnn", "--method", "bogus"], "command line: --method: Input should be 'oneshot'"),
+    (["sparsify", "digits_cnn", "--recipe", "bad.yaml"], "bad.yaml: not valid YAML at line 2, column 1: expected"),
+    (["compile", "digits_cnn", "--listing", "-", "--json", "-"], "--listing -: --json - writes to stdout already"),
     (["map", "--layer", "conv:k=8,c=8,p=4,q=4,r=3,s=3", "--sparsity", "0.5"], "--sparsity: applies to a model"),
     (["map", "digits_cnn", "-a", "0x4"], "--array 0x4: array shape must be at least 1x1"),
 ]

@@ -259,3 +259,17 @@ def test_sparsify_takes_its_own_checkpoint_of_a_user_file(project):
     assert kept[1] < kept[0]
     _ok(["compile", "r2/sparse.pt", "--input-shape", "1,3,16,16", "-a", "2x2", "-o", "c.tsp"])
     assert "all 11 layers bit-exact" in _ok(["simulate", "c.tsp"])
+
+
+def test_a_program_from_another_tilesparse_version_says_so(tmp_path):
+    from dataclasses import replace
+    from importlib.metadata import version
+
+    from tilesparse.build import compile_source
+
+    prog = compile_source("digits_cnn", "2x2", sparsity=0.5)
+    prog.provenance = replace(prog.provenance, version="0.0.1")
+    prog.save(tmp_path / "old.tsp")
+    out = _ok(["simulate", str(tmp_path / "old.tsp")])
+    assert f"was compiled by tilesparse 0.0.1, this is {version('tilesparse')}" in out
+    assert "all 8 layers bit-exact" in out

@@ -85,6 +85,8 @@ def compile_verb(
     from tilesparse.estimate.report import summarize
 
     array_arg(array)
+    if str(listing) == "-" and str(json_out) == "-":
+        raise ConfigError("--listing -", ["--json - writes to stdout already; give the listing a file name"])
     prog = compile_source_with_progress(source, array, balance=balance, weights=weights, sparsity=sparsity,
                                         block=block, input_shape=input_shape, quantized=quantized)
     prog.save(out)

@@ -116,7 +116,7 @@ def _program_and_graph(target: str, array: str | None, out: Path | None, req: di
     """(program, graph to verify against or None, a notice or "")."""
     from tilesparse.build import build_graph_from, check_request, graph_from_provenance
     from tilesparse.compiler.pipeline import compile_graph
-    from tilesparse.program.provenance import provenance_of, set_provenance
+    from tilesparse.program.provenance import package_version, provenance_of, set_provenance
 
     array_arg(array)  # a bad --array named before anything is built
     if not is_program_file(target):
@@ -133,7 +133,8 @@ def _program_and_graph(target: str, array: str | None, out: Path | None, req: di
         check_request(prov, target, array=array, **req)
         if not prov.quantized:
             return prog, None, f"{target} is a timing-only (float) program: nothing to verify bit for bit"
-        notes: list[str] = []
+        notes = [f"{target} was compiled by tilesparse {prov.version}, this is {package_version()}: a "
+                 "difference may be the tools', not the program's"] * (prov.version != package_version())
         built = graph_from_provenance(prov, target, notes, model=req["source"], weights=req["weights"])
         return prog, built.graph, "\n".join(notes + [f"verifying against {built.source.spec} (provenance)"])
     if array:
