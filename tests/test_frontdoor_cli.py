@@ -122,7 +122,7 @@ def test_user_file_with_odd_channels_and_groups(tmp_path):
 @pytest.mark.parametrize("source,needle", [
     ("{f}:nowhere", "defines no function 'nowhere'"),
     ("{f}:not_a_model", "returned int, expected a torch.nn.Module"),
-    ("{d}/missing.py:make", "model file not found"),
+    ("{d}/missing.py:make", "missing.py: no such Python file"),
     ("{f}:make", "give the input shape"),
 ])
 def test_user_file_errors(tmp_path, source, needle):

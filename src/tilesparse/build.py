@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +26,10 @@ from tilesparse.program.provenance import (
     package_version,
     set_provenance,
 )
-from tilesparse.source import LoadedModel, ModelSource, load_model, parse_source
+from tilesparse.source import LoadedModel, ModelSource, load_model, locate_file, parse_source, require_file
 
 __all__ = ["Built", "build_graph_from", "check_request", "compile_source", "graph_from_provenance",
-           "parse_input_shape"]
+           "locate_files", "parse_input_shape"]
 
 N_CALIB = 2  # random calibration inputs of the front end (frontend.build_graph's default)
 QUANTIZATION = "int8 power-of-two, per-tensor weights"
@@ -47,6 +47,7 @@ class Built:
     seed: int
     quantized: bool
     input_shape: tuple[int, ...]
+    notices: list[str] = field(default_factory=list)  # one line each: a file found elsewhere than recorded
 
     def provenance(self, array: str, balance: bool) -> Provenance:
         s = self.source
@@ -58,7 +59,7 @@ class Built:
             quantization=QUANTIZATION if self.quantized else "none (float graph)",
             calibration=f"random normal, n={N_CALIB}, seed={self.seed}" if self.quantized else "none",
             input_shape=self.input_shape, array=array, time_model=TIME_MODEL, balance=balance,
-            version=package_version())
+            version=package_version(), source_given=s.given, weights_given=s.given_weights)
 
 
 def parse_input_shape(text: str | Sequence[int] | None, what: str = "--input-shape") -> tuple[int, ...] | None:
@@ -89,20 +90,19 @@ def _input_shape(lm: LoadedModel, src: ModelSource, given: tuple[int, ...] | Non
 def _choose(lm: LoadedModel, src: ModelSource, sparsity: float | None,
             block: str | tuple[int, int] | None) -> tuple[tuple[int, int], float, str]:
     """(block, sparsity, selection rule) of the request; a checkpoint's masks are never re-pruned."""
-    from tilesparse.patterns import parse_block_shape
     from tilesparse.patterns.selection import check_sparsity
 
-    b = parse_block_shape(block) if block is not None else None
+    b = _block(block) if block is not None else None
+    sp = check_sparsity(float(sparsity), "--sparsity") if sparsity is not None else None
     if lm.masks is None:
-        sp = check_sparsity(float(sparsity or 0.0), "--sparsity")
-        bs = (b.out, b.in_) if b else (8, 8)
-        return bs, sp, "l2-oneshot" if sp > 0 else "none"
-    if sparsity is not None and not math.isclose(sparsity, lm.sparsity or 0.0):
+        sp = sp or 0.0
+        return b or (8, 8), sp, "l2-oneshot" if sp > 0 else "none"
+    if sp is not None and not math.isclose(sp, lm.sparsity or 0.0):
         raise ConfigError("--sparsity", [f"{src.spec} carries trained masks (sparsity {lm.sparsity:g}); it is "
-                                         f"not pruned again: drop --sparsity {sparsity:g}"])
-    if b is not None and (b.out, b.in_) != lm.block:
+                                         f"not pruned again: drop --sparsity {sp:g}"])
+    if b is not None and b != lm.block:
         raise ConfigError("--block", [f"{src.spec} carries {lm.block[0]}x{lm.block[1]} block masks; drop "
-                                      f"--block {b}"])
+                                      f"--block {_show(b)}"])
     return lm.block, float(lm.sparsity or 0.0), "checkpoint-masks"
 
 
@@ -130,7 +130,7 @@ def build_graph_from(source: str | ModelSource, *, weights: str | Path | None = 
         from tilesparse.quant import quantize
 
         g = quantize(g, random_calibration(shape, N_CALIB, seed))
-    return Built(g, src, bs, sp, rule, seed, quantized, shape)
+    return Built(g, src, bs, sp, rule, seed, quantized, shape, list(lm.notices))
 
 
 def _with_masks(g, masks: dict[str, Any], where: str):
@@ -155,30 +155,46 @@ def _with_masks(g, masks: dict[str, Any], where: str):
 
 
 def compile_source(source: str | ModelSource, array: Any = "4x4", *, balance: bool = True, chooser=None,
-                   **build_kwargs: Any):
-    """``build_graph_from`` then ``compile_graph``; the Program carries its provenance."""
+                   notices: list[str] | None = None, **build_kwargs: Any):
+    """``build_graph_from`` then ``compile_graph``; the Program carries its provenance. The
+    build's notices (a file found elsewhere than recorded) are appended to ``notices``."""
     from tilesparse.compiler.pipeline import compile_graph
     from tilesparse.hw import load_array
 
     hw = load_array(array)
     built = build_graph_from(source, **build_kwargs)
+    if notices is not None:
+        notices.extend(built.notices)
     prog = compile_graph(built.graph, hw, chooser=chooser, balance=balance)
     set_provenance(prog, built.provenance(hw.label, balance))
     return prog
 
 
-def check_files(prov: Provenance, where: str) -> None:
-    """Refuse a source / weights file that is gone or whose bytes changed since compile."""
-    for role, path, sha in (("source", _source_path(prov), prov.source_sha256),
-                            ("weights", prov.weights, prov.weights_sha256)):
-        if path is None or sha is None:
-            continue
-        if not Path(path).is_file():
-            raise ProvenanceError(f"{where} was compiled from {role} file {path}, which no longer exists; "
-                                  "restore it or recompile")
-        if file_sha256(path) != sha:
-            raise ProvenanceError(f"{role} file {path} changed since {where} was compiled (sha256 "
-                                  f"{file_sha256(path)[:12]}…, compiled from {sha[:12]}…); recompile")
+def locate_files(prov: Provenance, where: str, model: str | None = None,
+                 weights: str | Path | None = None) -> tuple[str, str | None, list[str]]:
+    """(source spec, weights path, notices) to rebuild ``prov`` from: each file at its recorded
+    absolute path, else at ``model`` / ``weights`` (named again by the user), else as written at
+    compile (relative to the working directory), else under the same name next to the program file
+    ``where`` — always with the recorded sha256. A file found nowhere with that hash is a
+    ``ProvenanceError`` naming where it looked."""
+    named_weights, source, weights, notes = weights, prov.source, prov.weights, []
+    path = _source_path(prov)
+    if path is not None and prov.source_sha256 is not None:
+        named = parse_source(model).path if model is not None else None
+        found, note = locate_file("source", path, [(named, "given with --model"), (prov.source_given, _AS_GIVEN)],
+                              prov.source_sha256, where)
+        factory = prov.source.rpartition(":")[2]
+        source = f"{found}:{factory}" if prov.source_kind == "file" else str(found)
+        notes += [note] * bool(note)
+    if prov.weights is not None and prov.weights_sha256 is not None:
+        others = [(named_weights, "given with --weights"), (prov.weights_given, _AS_GIVEN)]
+        found, note = locate_file("weights", prov.weights, others, prov.weights_sha256, where)
+        weights = str(found)
+        notes += [note] * bool(note)
+    return source, weights, notes
+
+
+_AS_GIVEN = "as given at compile, from this folder"
 
 
 def _source_path(prov: Provenance) -> str | None:
@@ -187,48 +203,94 @@ def _source_path(prov: Provenance) -> str | None:
     return prov.source.rpartition(":")[0] if prov.source_kind == "file" else prov.source
 
 
-def graph_from_provenance(prov: Provenance, where: str = "program") -> Built:
-    """Rebuild the graph ``prov`` describes (same source, pruning, input shape, quantization)."""
-    check_files(prov, where)
-    return build_graph_from(prov.source, weights=prov.weights,
-                            sparsity=prov.sparsity if prov.selection == "l2-oneshot" else None,
-                            block=prov.block, input_shape=prov.input_shape, quantized=prov.quantized,
-                            seed=prov.seed)
+def graph_from_provenance(prov: Provenance, where: str = "program", notices: list[str] | None = None,
+                          model: str | None = None, weights: str | Path | None = None) -> Built:
+    """Rebuild the graph ``prov`` describes (same source, pruning, input shape, quantization),
+    from files found by ``locate_files``; its notices are appended to ``notices``."""
+    source, weights, notes = locate_files(prov, where, model, weights)
+    built = build_graph_from(source, weights=weights,
+                             sparsity=prov.sparsity if prov.selection == "l2-oneshot" else None,
+                             block=prov.block, input_shape=prov.input_shape, quantized=prov.quantized,
+                             seed=prov.seed)
+    if notices is not None:
+        notices.extend(notes + built.notices)
+    return built
 
 
 def check_request(prov: Provenance, where: str, **given: Any) -> None:
-    """Refuse any given flag (not None) that contradicts the provenance, naming both values.
-    Keys: source, weights, sparsity, block, input_shape, array."""
-    for flag, want, got, raw in _requested(prov, given):
-        if want != got:
-            raise ProvenanceError(f"{flag} {raw} contradicts the program's provenance "
-                                  f"({_FIELD.get(flag, flag[2:])} {_show(want)}, from {where}); drop the flag or "
-                                  "recompile")
+    """Refuse any given flag (not None) that contradicts the provenance, naming both values and
+    what to do instead. Keys: source, weights, sparsity, block, input_shape, array."""
+    for flag, recorded, same, raw in _requested(prov, given):
+        if not same:
+            raise ProvenanceError(f"{flag} {raw} contradicts the provenance of {where} "
+                                  f"({_FIELD.get(flag, flag[2:])} {recorded}); drop {flag} to use {where} as "
+                                  f"compiled, {_next_step(prov, flag, raw)}")
 
 
 _FIELD = {"--model": "source", "--input-shape": "input_shape"}  # flag -> provenance field, where they differ
 
 
 def _requested(prov: Provenance, given: dict[str, Any]):
-    """(flag, recorded value, requested value, as the user wrote it) for every given flag."""
-    from tilesparse.patterns import parse_block_shape
+    """(flag, recorded value as shown, whether the request agrees, value as the user wrote it) for
+    every given flag; a value that is invalid in itself is a ``ConfigError`` first."""
+    from tilesparse.patterns.selection import check_sparsity
 
     g = {k: v for k, v in given.items() if v is not None}
     if "source" in g:
-        yield "--model", prov.source, parse_source(g["source"]).spec, g["source"]
+        yield "--model", prov.source, _same_source(prov, parse_source(g["source"])), g["source"]
     if "weights" in g:
-        yield "--weights", prov.weights, str(Path(g["weights"]).resolve()), g["weights"]
+        path = require_file(Path(g["weights"]), "weights file")
+        yield "--weights", prov.weights, prov.weights_sha256 == file_sha256(path), g["weights"]
     if "sparsity" in g:
-        yield "--sparsity", prov.sparsity, float(g["sparsity"]), f"{g['sparsity']:g}"
+        sp = check_sparsity(float(g["sparsity"]), "--sparsity")
+        yield "--sparsity", _show(prov.sparsity), math.isclose(sp, prov.sparsity), f"{g['sparsity']:g}"
     if "block" in g:
-        b = parse_block_shape(g["block"])
-        yield "--block", prov.block, (b.out, b.in_), g["block"]
+        yield "--block", _show(prov.block), _block(g["block"]) == prov.block, g["block"]
     if "input_shape" in g:
-        yield "--input-shape", prov.input_shape, parse_input_shape(g["input_shape"]), g["input_shape"]
+        shape = parse_input_shape(g["input_shape"])
+        yield "--input-shape", _show(prov.input_shape), shape == prov.input_shape, g["input_shape"]
     if "array" in g:
         from tilesparse.hw import load_array
 
-        yield "--array", prov.array, load_array(g["array"]).label, g["array"]
+        yield "--array", prov.array, load_array(g["array"]).label == prov.array, g["array"]
+
+
+def _same_source(prov: Provenance, src: ModelSource) -> bool:
+    """Same zoo name, or the same file contents (and factory): a moved file is still the source."""
+    if src.kind != prov.source_kind:
+        return False
+    if src.kind == "zoo":
+        return src.spec == prov.source
+    same_factory = src.factory is None or src.factory == prov.source.rpartition(":")[2]
+    return same_factory and src.path is not None and file_sha256(src.path) == prov.source_sha256
+
+
+def _block(text: str | tuple[int, int]) -> tuple[int, int]:
+    from tilesparse.patterns import parse_block_shape
+
+    try:
+        b = parse_block_shape(text)
+    except ConfigError as e:
+        raise ConfigError(f"--block {text}", e.errors) from None
+    return b.out, b.in_
+
+
+def _next_step(prov: Provenance, flag: str, raw: str) -> str:
+    """What to run instead: a compile with the requested value, or new masks for a checkpoint's."""
+    if prov.selection == "checkpoint-masks" and flag in ("--sparsity", "--block"):
+        return (f"or train masks for it first (tilesparse sparsify {prov.source} {flag} {raw} -o runs/new) "
+                "and compile that checkpoint")
+    opts: dict[str, str | None] = {
+        "--weights": prov.weights, "--sparsity": _show(prov.sparsity) if prov.selection == "l2-oneshot" else None,
+        "--block": _show(prov.block) if prov.block != (8, 8) and prov.selection == "l2-oneshot" else None,
+        "--input-shape": _show(prov.input_shape) if prov.source_kind == "file" else None, "-a": prov.array}
+    source = prov.source
+    if flag == "--model":
+        source, opts = raw, {"-a": prov.array}
+    else:
+        opts[{"--array": "-a"}.get(flag, flag)] = raw
+    args = " ".join(f"{k} {v}" for k, v in opts.items() if v is not None)
+    return f"or compile a program for it first: tilesparse compile {source} {args} -o new.tsp"
 
 
 def _show(v: Any) -> str:

@@ -28,8 +28,15 @@ class ConfigError(TilesparseError, ValueError):
     def __init__(self, source: str | Path | None, errors: Iterable[str]):
         self.source = str(source) if source is not None else "<config>"
         self.errors = list(errors)
-        lines = "\n".join(f"  - {e}" for e in self.errors)
-        super().__init__(f"invalid configuration in {self.source}:\n{lines}")
+        if len(self.errors) == 1:  # the usual case: one line, "where: what was expected"
+            super().__init__(f"{self.source}: {self.errors[0]}")
+        else:
+            lines = "\n".join(f"  - {e}" for e in self.errors)
+            super().__init__(f"invalid configuration in {self.source}:\n{lines}")
+
+    def __reduce__(self) -> tuple[type, tuple[str, list[str]]]:
+        """Rebuilt from (source, errors): worker processes (explore) send it back intact."""
+        return type(self), (self.source, self.errors)
 
 
 class UnsupportedOpError(TilesparseError):

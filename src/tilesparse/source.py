@@ -17,14 +17,17 @@ Forms (``SOURCE_FORMS``):
 from __future__ import annotations
 
 import importlib.util
+import logging
 import sys
-from dataclasses import dataclass
+import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tilesparse.errors import CheckpointError, ConfigError
+from tilesparse.errors import CheckpointError, ConfigError, ProvenanceError
 
-__all__ = ["SOURCE_FORMS", "LoadedModel", "ModelSource", "load_model", "parse_source"]
+__all__ = ["SOURCE_FORMS", "LoadedModel", "ModelSource", "load_model", "locate_file", "parse_source",
+           "require_file"]
 
 SOURCE_FORMS = ("a zoo name (resnet50, digits_cnn, any torchvision classifier; with --weights FILE for a state "
                 "dict or checkpoint of it), a `tilesparse sparsify` checkpoint (runs/x/sparse.pt: its "
@@ -43,6 +46,8 @@ class ModelSource:
     path: Path | None = None  # the checkpoint / .py / .pt2 file
     factory: str | None = None
     weights: Path | None = None  # state dict (or checkpoint) for a zoo name
+    given: str | None = field(default=None, compare=False)  # the file's path as the user wrote it
+    given_weights: str | None = field(default=None, compare=False)
 
     @property
     def files(self) -> list[tuple[str, Path]]:
@@ -59,11 +64,18 @@ class LoadedModel:
     block: tuple[int, int] | None = None  # the checkpoint recipe's block shape
     sparsity: float | None = None  # the checkpoint recipe's target
     example_shape: tuple[int, ...] | None = None  # a .pt2's example input
+    arch: str | None = None  # what a checkpoint of it records: zoo name, canonical file.py:factory or .pt2
+    notices: list[str] = field(default_factory=list)  # e.g. a checkpoint's model file found next to it
 
 
-def _must_exist(path: Path, what: str) -> Path:
+def require_file(path: Path, what: str) -> Path:
+    """``path`` resolved; a one-line ``ConfigError`` naming it if it is missing or a folder."""
+    if path.is_dir():
+        hint = f"; did you mean {path / 'sparse.pt'}?" if (path / "sparse.pt").is_file() else ""
+        raise ConfigError(str(path), [f"is a folder, expected a {what}{hint}"])
     if not path.is_file():
-        raise ConfigError(str(path), [f"{what} not found (expected {SOURCE_FORMS})"])
+        where = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
+        raise ConfigError(str(path), [f"no such {what}{where}"])
     return path.resolve()
 
 
@@ -76,27 +88,69 @@ def parse_source(spec: str, weights: str | Path | None = None) -> ModelSource:
     if sep and head.endswith(".py"):
         if not attr.isidentifier():
             raise ConfigError(spec, [f"expected path/to/file.py:factory with a Python name after ':', got {attr!r}"])
-        src = ModelSource(f"{_must_exist(Path(head), 'model file')}:{attr}", "file",
-                          _must_exist(Path(head), "model file"), attr)
-    elif spec.endswith(".py"):
-        raise ConfigError(spec, ["name the function that builds the model: path/to/file.py:factory"])
-    elif Path(spec).suffix in _PROGRAM_SUFFIXES:
-        raise ConfigError(spec, ["is a compiled program, not a model; `tilesparse simulate` / `estimate` read "
-                                 "programs, `compile` needs " + SOURCE_FORMS])
-    elif Path(spec).suffix == ".pt2":
-        path = _must_exist(Path(spec), "exported program")
-        src = ModelSource(str(path), "pt2", path)
-    elif Path(spec).suffix in _CHECKPOINT_SUFFIXES or Path(spec).is_file():
-        path = _must_exist(Path(spec), "checkpoint")
-        src = ModelSource(str(path), "checkpoint", path)
+        path = require_file(Path(head), "Python file")
+        src = ModelSource(f"{path}:{attr}", "file", path, attr, given=head)
+    elif _looks_like_a_path(spec):
+        src = _file_source(spec)
     else:
         src = ModelSource(spec, "zoo")
     if weights is not None:
         if src.kind != "zoo":
             raise ConfigError("--weights", [f"only a zoo name takes --weights; {spec} ({src.kind}) carries its "
                                             "own weights"])
-        src = ModelSource(src.spec, "zoo", weights=_must_exist(Path(weights), "weights file"))
+        src = ModelSource(src.spec, "zoo", weights=require_file(Path(weights), "weights file"),
+                          given_weights=str(weights))
     return src
+
+
+def _looks_like_a_path(spec: str) -> bool:
+    """Zoo names have no folder separator and no suffix; anything else names a file (a bare name
+    that is also a folder stays a zoo name: ``resnet50`` may be a run folder too)."""
+    return "/" in spec or "\\" in spec or bool(Path(spec).suffix) or Path(spec).is_file()
+
+
+def _file_source(spec: str) -> ModelSource:
+    """A source that names a file: by its suffix (or, for an unknown suffix, a torch zip archive)."""
+    suffix = Path(spec).suffix
+    if suffix == ".py":
+        raise ConfigError(spec, ["name the function that builds the model: path/to/file.py:factory"])
+    if suffix in _PROGRAM_SUFFIXES:
+        raise ConfigError(spec, ["is a compiled program, not a model; `tilesparse simulate` / `estimate` read "
+                                 "programs, the other verbs need a model source"])
+    if suffix == ".pt2":
+        path = require_file(Path(spec), "torch.export .pt2 file")
+        return ModelSource(str(path), "pt2", path, given=spec)
+    path = require_file(Path(spec), "checkpoint (.pt, .pth, .ckpt)")
+    if suffix not in _CHECKPOINT_SUFFIXES and not zipfile.is_zipfile(path):
+        raise ConfigError(spec, [f"not a model source: expected {SOURCE_FORMS}"])
+    return ModelSource(str(path), "checkpoint", path, given=spec)
+
+
+def locate_file(role: str, recorded: str, others: list[tuple[Any, str]], sha: str | None, where: str,
+                made: str = "was compiled", remedy: str = "recompile") -> tuple[Path, str]:
+    """The first of (``recorded`` path, ``others`` as (path or None, why), the same name next to
+    ``where``) holding a file with this sha256 (any file, for None), and a notice if it is not the
+    recorded one; ``ProvenanceError`` naming what was found instead, or where it looked."""
+    from tilesparse.program.provenance import file_sha256
+
+    places = [(Path(recorded), ""), *((Path(p), why) for p, why in others if p is not None),
+              (Path(where).parent / Path(recorded).name, f"next to {where}")]
+    existing = list({p.resolve(): (p, why) for p, why in reversed(places) if p.is_file()}.values())[::-1]
+    for place, why in existing:
+        if sha is None or file_sha256(place) == sha:
+            same = "same sha256" if sha else "no sha256 recorded"
+            state = "changed" if Path(recorded).is_file() else "not found"
+            return place.resolve(), f"{role} file {recorded} {state}; using {place} ({why}, {same})" * bool(why)
+    if existing:
+        place = existing[0][0]
+        shas = f"(sha256 {file_sha256(place)[:12]}…, {where} {made} from {(sha or '')[:12]}…)"
+        if place == Path(recorded):
+            raise ProvenanceError(f"{role} file {recorded} changed since {where} {made} {shas}; {remedy}")
+        raise ProvenanceError(f"{role} file {recorded} is gone, and {place} in its stead has other contents "
+                              f"{shas}; restore the file or {remedy}")
+    looked = ", ".join(dict.fromkeys(str(p) for p, _ in places[1:] if p.resolve() != Path(recorded).resolve()))
+    raise ProvenanceError(f"{where} {made} from {role} file {recorded}, which no longer exists (nor at "
+                          f"{looked}); restore it, or put it next to {where}, or {remedy}")
 
 
 def load_model(src: ModelSource, seed: int = 0) -> LoadedModel:
@@ -111,7 +165,13 @@ def load_model(src: ModelSource, seed: int = 0) -> LoadedModel:
 
     if src.weights is not None and _is_checkpoint(src.weights):
         return _from_checkpoint(src.weights, src.spec)
-    return LoadedModel(get_model(src.spec, weights=src.weights, seed=seed), src.spec, src.spec)
+    try:
+        model = get_model(src.spec, weights=src.weights, seed=seed)
+    except ConfigError:
+        if Path(src.spec).is_dir():  # `compile runs` for `compile runs/sparse.pt`
+            require_file(Path(src.spec), "model source file")
+        raise
+    return LoadedModel(model, src.spec, src.spec, arch=src.spec)
 
 
 def _is_checkpoint(path: Path) -> bool:
@@ -144,13 +204,15 @@ def _from_checkpoint(path: Path, zoo_name: str | None) -> LoadedModel:
     if not name and zoo_name is None:
         raise CheckpointError(f"{path}: checkpoint names no model architecture; pass the zoo name and "
                               "--weights with this file")
-    arch = name or zoo_name
-    if ".py:" in arch:  # sparsified from a file.py:factory source: the checkpoint records it
-        model, arch = load_model(parse_source(arch)).model, None
+    arch, notices, shape = name or zoo_name, [], None
+    if ".py:" in arch or arch.endswith(".pt2"):  # sparsified from a file / .pt2 source: the checkpoint names it
+        arch, note = _checkpoint_model_file(arch, data.get("extra") or {}, path)
+        inner = load_model(parse_source(arch))
+        model, zoo, shape, notices = inner.model, None, inner.example_shape, [note] * bool(note)
     else:
         from tilesparse.models.zoo import get_model
 
-        model = get_model(arch)
+        model, zoo = get_model(arch), arch
     ck = load_checkpoint(path, model)
     masks = block = sparsity = None
     if ck.sparsifier is not None:
@@ -158,7 +220,17 @@ def _from_checkpoint(path: Path, zoo_name: str | None) -> LoadedModel:
         b = ck.recipe.block_shape
         block, sparsity = (b.out, b.in_), float(ck.recipe.sparsity)
         ck.sparsifier.squash_mask()
-    return LoadedModel(ck.model.eval(), path.stem, arch, masks, block, sparsity)
+    return LoadedModel(ck.model.eval(), path.stem, zoo, masks, block, sparsity, shape, arch, notices)
+
+
+def _checkpoint_model_file(arch: str, extra: dict, ckpt: Path) -> tuple[str, str]:
+    """(the model source a checkpoint names, a notice or ""): its recorded file, else as given at
+    sparsify (relative to the working directory), else of that name next to the checkpoint; with
+    the sha256 recorded at sparsify (checkpoints written before it: any file)."""
+    head, sep, factory = arch.rpartition(":") if ".py:" in arch else (arch, "", "")
+    found, note = locate_file("model", head, [(extra.get("model_given"), "as given at sparsify, from this folder")],
+                              extra.get("model_sha256"), str(ckpt), "was written", "sparsify again")
+    return f"{found}{sep}{factory}", note
 
 
 def _from_file(path: Path, factory: str, seed: int) -> LoadedModel:
@@ -189,20 +261,31 @@ def _from_file(path: Path, factory: str, seed: int) -> LoadedModel:
     if not isinstance(model, nn.Module):
         raise ConfigError(f"{path}:{factory}", [f"{factory}() returned {type(model).__name__}, expected a "
                                                 "torch.nn.Module"])
-    return LoadedModel(model.eval(), factory, None)
+    return LoadedModel(model.eval(), factory, None, arch=f"{path}:{factory}")
 
 
 def _from_pt2(path: Path) -> LoadedModel:
     import torch
 
+    if not zipfile.is_zipfile(path):
+        raise ConfigError(str(path), ["not a torch.export program (a .pt2 file is a zip archive written by "
+                                      "torch.export.save)"])
+    quiet = logging.getLogger("torch.export")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # torch logs its own traceback before raising; ours is one line
     try:
         ep = torch.export.load(str(path))
     except Exception as e:  # torch raises many kinds; the message names the file
-        raise ConfigError(str(path), [f"not a readable torch.export program ({type(e).__name__}: {e})"]) from None
+        raise ConfigError(str(path), [f"not a readable torch.export program ({type(e).__name__} in "
+                                      "torch.export.load); write one with torch.export.save(torch.export."
+                                      "export(model, (x,)), path)"]) from None
+    finally:
+        quiet.setLevel(level)
     shape = None
     args = (ep.example_inputs or ((), {}))[0]
     if args and isinstance(args[0], torch.Tensor):
         shape = tuple(int(d) for d in args[0].shape)
     from tilesparse.ir.exported import lift_exported
 
-    return LoadedModel(lift_exported(ep.module(), path.stem).eval(), path.stem, None, example_shape=shape)
+    return LoadedModel(lift_exported(ep.module(), path.stem).eval(), path.stem, None, example_shape=shape,
+                       arch=str(path))

@@ -12,7 +12,7 @@ from typing import Any
 from tilesparse.source import SOURCE_FORMS
 
 __all__ = ["ARRAY_HELP", "BLOCK_HELP", "INPUT_SHAPE_HELP", "JSON_HELP", "SOURCE_HELP", "SPARSITY_HELP",
-           "WEIGHTS_HELP", "console", "is_program_file", "write_json"]
+           "WEIGHTS_HELP", "array_arg", "block_arg", "console", "is_program_file", "read_program", "write_json"]
 
 SOURCE_HELP = f"Model source: {SOURCE_FORMS}."  # the one list of the forms (tilesparse.source)
 ARRAY_HELP = "Array: RxC (rows x columns, e.g. 4x4, 5x7, 8x2), base-RxC, phoenix, strix, or a YAML file."
@@ -59,3 +59,42 @@ def is_program_file(target: str) -> bool:
         return False
     with zipfile.ZipFile(p) as z:
         return "header.npy" in z.namelist()
+
+
+def read_program(target: str, hw: Any = None):
+    """``Program.load`` of a program file named on the command line (a folder is named as one)."""
+    from tilesparse.errors import ProgramError
+    from tilesparse.program import Program
+
+    if Path(target).is_dir():
+        raise ProgramError(f"{target}: is a folder, expected a program file from `tilesparse compile`")
+    return Program.load(target, hw=hw)
+
+
+def array_arg(spec: str | None, flag: str = "--array"):
+    """The ``ArrayConfig`` of an ``--array`` value (None stays None); its error names the flag."""
+    if spec is None:
+        return None
+    from tilesparse.errors import ConfigError
+    from tilesparse.hw import load_array
+
+    try:
+        return load_array(spec)
+    except ConfigError as e:
+        if e.source != str(spec):  # a YAML file: its own name says where
+            raise
+        raise ConfigError(f"{flag} {spec}", e.errors) from None
+
+
+def block_arg(spec: str | None, flag: str = "--block") -> tuple[int, int] | None:
+    """(out, in) of a ``--block`` value such as ``8x8`` (None stays None); its error names the flag."""
+    if spec is None:
+        return None
+    from tilesparse.errors import ConfigError
+    from tilesparse.patterns import parse_block_shape
+
+    try:
+        b = parse_block_shape(spec)
+    except ConfigError as e:
+        raise ConfigError(f"{flag} {spec}", e.errors) from None
+    return b.out, b.in_

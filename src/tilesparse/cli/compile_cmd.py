@@ -15,12 +15,17 @@ from tilesparse.cli.common import (
     SOURCE_HELP,
     SPARSITY_HELP,
     WEIGHTS_HELP,
+    array_arg,
     console,
     is_program_file,
+    read_program,
     write_json,
 )
+from tilesparse.errors import ConfigError
 
-__all__ = ["compile_source_with_progress", "register"]
+__all__ = ["compile_source_with_progress", "load_or_compile", "register"]
+
+_MODEL_FLAGS = {"weights": "--weights", "sparsity": "--sparsity", "block": "--block", "input_shape": "--input-shape"}
 
 BALANCE_HELP = ("Reorder the output channels of sparse convs read only by convs so that every core's channels "
                 "keep equal blocks, and again for each layer's chosen weight chunks (same outputs; "
@@ -28,14 +33,20 @@ BALANCE_HELP = ("Reorder the output channels of sparse convs read only by convs 
 
 
 def compile_source_with_progress(source: str, array: str, *, balance: bool = True, **build_kwargs):
-    """The front door (``tilesparse.build.compile_source``) behind a spinner."""
+    """The front door (``tilesparse.build.compile_source``) behind a spinner; its notices (a
+    checkpoint's model file found next to it) on stderr."""
+    from rich.markup import escape
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from tilesparse.build import compile_source
 
+    notices: list[str] = []
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), transient=True) as bar:
         bar.add_task(f"front end + compile: {source} for {array}", total=1)
-        return compile_source(source, array, balance=balance, **build_kwargs)
+        prog = compile_source(source, array, balance=balance, notices=notices, **build_kwargs)
+    for note in notices:
+        console("-").print(escape(note), soft_wrap=True)
+    return prog
 
 
 def _summary_json(prog, s, out: Path | None) -> dict:
@@ -63,9 +74,19 @@ def compile_verb(
     balance: Annotated[bool, typer.Option(help=BALANCE_HELP)] = True,
 ) -> None:
     """Compile a model to an AIE2 Program (instructions + packed weights + provenance), saved atomically.
-    `tilesparse simulate PROGRAM` then verifies it with no other argument."""
+    `tilesparse simulate PROGRAM` then verifies it with no other argument.
+
+    Examples:
+
+    * `tilesparse compile resnet50 -a 7x7 --sparsity 0.5 -o r50.tsp --listing r50.txt`
+    * `tilesparse compile runs/d/sparse.pt -a 4x4 -o d.tsp` (a sparsify checkpoint: its trained masks)
+    * `tilesparse compile my_net.py:make_model --input-shape 1,3,64,64 --sparsity 0.5 -o mine.tsp`
+    """
     from tilesparse.estimate.report import summarize
 
+    array_arg(array)
+    if str(listing) == "-" and str(json_out) == "-":
+        raise ConfigError("--listing -", ["--json - writes to stdout already; give the listing a file name"])
     prog = compile_source_with_progress(source, array, balance=balance, weights=weights, sparsity=sparsity,
                                         block=block, input_shape=input_shape, quantized=quantized)
     prog.save(out)
@@ -85,13 +106,26 @@ def compile_verb(
 
 
 def load_or_compile(target: str, array: str | None, out: Path | None = None, **build_kwargs):
-    """A program file as is (refusing one compiled for another ``array``), or a model source
-    compiled on the fly (saved to ``out`` if given)."""
-    from tilesparse.hw import load_array
-    from tilesparse.program import Program
+    """A program file as is (refusing one compiled for another ``array`` and flags that contradict
+    its provenance), or a model source compiled on the fly (saved to ``out`` if given)."""
+    from tilesparse.build import check_request
+    from tilesparse.program.provenance import provenance_of
 
+    hw = array_arg(array)
     if is_program_file(target):
-        return Program.load(target, hw=load_array(array) if array else None)
+        if out is not None:
+            raise ConfigError("--out", [f"saves a program compiled from a model source; {target} is one already"])
+        prog = read_program(target)
+        req = {k: v for k, v in build_kwargs.items() if k in _MODEL_FLAGS and v is not None}
+        prov = provenance_of(prog, target)
+        if prov is not None:
+            check_request(prov, target, array=array, **req)
+        elif req:
+            raise ConfigError(_MODEL_FLAGS[next(iter(req))], [f"applies to a model source; {target} is a program "
+                                                               "without provenance to check it against"])
+        elif array:
+            prog = read_program(target, hw=hw)
+        return prog
     prog = compile_source_with_progress(target, array or "4x4", **build_kwargs)
     if out is not None:
         prog.save(out)
@@ -114,13 +148,21 @@ def estimate_verb(
     top: Annotated[int, typer.Option(help="Rows of the per-layer table (slowest first; 0 = all).")] = 25,
 ) -> None:
     """Per-layer and total latency of a program (or a model compiled on the fly, timing only), with
-    the lower bound and roofline beside every layer."""
+    the lower bound and roofline beside every layer.
+
+    Examples:
+
+    * `tilesparse estimate d.tsp --top 0` (every layer; flags must agree with the program's provenance)
+    * `tilesparse estimate r50.tsp --timeline r50.html --json -`
+    * `tilesparse estimate resnet50 -a 8x8 --sparsity 0.5`
+    """
     from rich.table import Table
 
     from tilesparse.estimate.report import layer_rows, summarize
     from tilesparse.estimate.timemodel import estimate_program
-    from tilesparse.program import Program
 
+    if timeline is not None and timeline.suffix not in (".html", ".png"):  # before the work, not after
+        raise ConfigError(f"--timeline {timeline}", ["expected a .html or .png file name"])
     prog = load_or_compile(target, array, out, weights=weights, sparsity=sparsity, block=block,
                            input_shape=input_shape, quantized=False)
     pt = estimate_program(prog)
@@ -158,11 +200,20 @@ def explore_verb(
     jobs: Annotated[int, typer.Option(help="Worker processes.")] = 2,
 ) -> None:
     """Networks x arrays x dense/sparse: the Table II analog (CSV + Markdown + plot) with the
-    paper's numbers side by side."""
+    paper's numbers side by side.
+
+    Example: `tilesparse explore --networks resnet50,vgg16 --arrays 2x2,4x4,8x8 --rect 4x2 -o table2/`
+    """
     from dataclasses import asdict
 
+    from tilesparse.patterns.selection import check_sparsity
     from tilesparse.reports.table2 import run_table, write_table
 
+    check_sparsity(sparsity, "--sparsity")  # usage errors before any worker starts
+    for a in [a for a in arrays.split(",") if a]:
+        array_arg(a, "--arrays")
+    for a in [a for a in rect.split(",") if a]:
+        array_arg(a, "--rect")
     rows = run_table([n for n in networks.split(",") if n], [a for a in arrays.split(",") if a],
                      [a for a in rect.split(",") if a], sparsity, jobs=jobs, progress=True)
     paths = write_table(rows, out_dir or out)

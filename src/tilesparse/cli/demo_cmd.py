@@ -7,15 +7,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from tilesparse.cli.common import JSON_HELP, console, write_json
+from tilesparse.cli.common import ARRAY_HELP, JSON_HELP, array_arg, block_arg, console, write_json
 
 
 def demo(
     seed: Annotated[int, typer.Option(help="Seed for the data split, initialisation and data order.")] = 0,
     sparsity: Annotated[float, typer.Option(help="Target block sparsity in [0, 1).")] = 0.5,
     block: Annotated[str, typer.Option(help="Block shape OUTxIN.")] = "8x8",
-    array: Annotated[str, typer.Option("--array", "-a", help="AIE2 array: RxC (e.g. 4x4, 5x7, 8x2), "
-                                       "phoenix, strix, or a YAML file.")] = "4x4",
+    array: Annotated[str, typer.Option("--array", "-a", help=ARRAY_HELP)] = "4x4",
     images: Annotated[int, typer.Option(min=1, help="Test images to simulate and verify.")] = 16,
     networks: Annotated[str, typer.Option(help="Comma-separated torchvision networks to compile dense "
                                           "and sparse for the latency comparison ('' to skip).")] = "resnet50",
@@ -26,26 +25,27 @@ def demo(
 ) -> None:
     """Run the whole pipeline once on built-in data: nothing is downloaded.
 
-    1. train a small CNN on scikit-learn's digits, then prune it to 50 % 8x8 blocks (one-shot L2) and
-    fine-tune; 2. quantize it to int8 and compile it for an AIE2 array; 3. run the program in the
-    simulator on test images and verify every layer bit for bit against the PyTorch integer reference;
-    4. compile ResNet50 dense and sparse for the same array and compare latency estimates with their
-    lower bounds. About a minute on two CPU cores.
+    1. Train a small CNN on scikit-learn's digits, prune it to 50 % 8x8 blocks (one-shot L2), fine-tune it.
+    2. Quantize it to int8 and compile it for an AIE2 array.
+    3. Simulate the program on test images; verify every layer bit for bit against the PyTorch integer reference.
+    4. Compile ResNet50 dense and sparse for the same array; compare the latency estimates with their lower bounds.
+
+    About a minute on two CPU cores. Example: `tilesparse demo -a 2x2 --networks '' -o runs/demo`
     """
     import json
 
     from rich.table import Table
 
     from tilesparse.demo import run_pipeline_demo
-    from tilesparse.patterns.block import parse_block_shape
     from tilesparse.patterns.selection import check_sparsity
     from tilesparse.utils.atomic import atomic_write_text
 
-    b = parse_block_shape(block)
+    b = block_arg(block)
     check_sparsity(sparsity, "--sparsity")
+    array_arg(array)
     con = console(json_out)
     nets = tuple(n.strip() for n in networks.split(",") if n.strip())
-    r = run_pipeline_demo(seed=seed, sparsity=sparsity, block=(b.out, b.in_), array=array, device=device,
+    r = run_pipeline_demo(seed=seed, sparsity=sparsity, block=b, array=array, device=device,
                           sim_images=images, networks=nets, log=lambda m: con.print(f"[bold cyan]{m}[/]"))
     t = r.training
     con.print(t.report.to_text(), highlight=False, soft_wrap=True)

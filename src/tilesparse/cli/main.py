@@ -38,6 +38,27 @@ VERB_MODULES = (
     "tilesparse.cli.sim_cmd",
 )
 
+
+def _version(value: bool) -> None:
+    if value:
+        from tilesparse.program.provenance import package_version
+
+        typer.echo(f"tilesparse {package_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _streams(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the tilesparse version (the one programs record) and exit."),
+) -> None:
+    # Progress bars and spinners (rich's global console) draw on stderr, and only on a terminal:
+    # stdout carries the verbs' results alone, so that `--json -` and `| cat` get no stray lines.
+    import rich
+
+    rich.reconfigure(stderr=True, quiet=not sys.stderr.isatty())
+
+
 for _mod in VERB_MODULES:
     importlib.import_module(_mod).register(app)
 

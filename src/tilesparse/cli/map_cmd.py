@@ -8,11 +8,13 @@ from pathlib import Path
 import typer
 
 from tilesparse.cli.common import (
+    BLOCK_HELP,
     INPUT_SHAPE_HELP,
     JSON_HELP,
     SOURCE_HELP,
     SPARSITY_HELP,
     WEIGHTS_HELP,
+    array_arg,
     console,
     write_json,
 )
@@ -50,11 +52,39 @@ def _sparse_spec(density: float | None, fmt: str | None, action: str):
                       formats={"W": make_format(fmt)} if fmt else {}, action=action)
 
 
-ARCH_HELP = ("Architecture of the cost model: aie2, aie2:RxC (an AIE2 array, any `--array` spec of compile), "
-             "eyeriss, or a YAML file.")
+ARCH_HELP = ("Architecture of the cost model: an AIE2 array as compile takes it (4x4, 5x7, phoenix, strix, an "
+             "array YAML; also aie2:RxC), aie2 (4x4), eyeriss, or a cost-model YAML file.")
 
 
-def _problems(source: str, sparsity: float | None, weights, input_shape, action: str):
+def _architecture(spec: str):
+    """A cost-model architecture; an ``--array`` spec of the other verbs (``4x4``) is that AIE2 array."""
+    import re
+
+    from tilesparse.costmodel import load_arch
+    from tilesparse.costmodel.arch import aie2_arch
+
+    try:
+        return load_arch(spec)
+    except ConfigError as first:
+        try:
+            return aie2_arch(spec)
+        except ConfigError:
+            if re.search(r"\d+x\d+$", spec):  # meant as an array: its own error says what is wrong
+                array_arg(spec)
+            raise first from None
+
+
+def _check_target(layer: str | None, source: str | None, **model_flags) -> None:
+    """One of --layer / SOURCE; the model's own flags only with a SOURCE (never silently unused)."""
+    if (layer is None) == (source is None):
+        raise ConfigError("tilesparse map", ["give exactly one of --layer or a model SOURCE"])
+    given = [k for k, v in model_flags.items() if v is not None]
+    if layer is not None and given:
+        flag = "--" + given[0].replace("_", "-")
+        raise ConfigError(flag, ["applies to a model SOURCE; for --layer give --density (and --format)"])
+
+
+def _problems(source: str, sparsity: float | None, weights, input_shape, action: str, block: str | None = None):
     """(problems, sparse specs from the graph's masks or None) of a model source."""
     from tilesparse.build import parse_input_shape
     from tilesparse.mapper.network import (
@@ -64,7 +94,7 @@ def _problems(source: str, sparsity: float | None, weights, input_shape, action:
         network_problems,
     )
 
-    graph = network_graph(source, parse_input_shape(input_shape), sparsity=sparsity, weights=weights)
+    graph = network_graph(source, parse_input_shape(input_shape), sparsity=sparsity, weights=weights, block=block)
     if graph is None:
         if sparsity is not None:
             raise ConfigError("--sparsity", ["needs the tilesparse front end (IR graph with masks)"])
@@ -100,6 +130,7 @@ def register(app: typer.Typer) -> None:
         sparsity: float = typer.Option(None, help=SPARSITY_HELP + " Each layer is modelled with its actual mask "
                                        "(block-index format). A checkpoint's masks are used without it."),
         prune: float = typer.Option(None, hidden=True, help="Old name of --sparsity."),
+        block: str = typer.Option(None, help=BLOCK_HELP),
         warm_start: bool = typer.Option(True, help="Seed each layer's search with earlier layers' best mappings."),
         seed: int = typer.Option(0, help="Random seed."),
         progress: bool = typer.Option(True, help="Show a progress bar."),
@@ -108,32 +139,42 @@ def register(app: typer.Typer) -> None:
         explain: bool = typer.Option(False, help="Print each layer's breakdown and loop nest."),
     ) -> None:
         """Search mappings of one layer (--layer) or a network (SOURCE) on an architecture and
-        report latency, energy, EDP and utilization per layer (analytical, Sparseloop-style model)."""
-        from tilesparse.costmodel import load_arch
+        report latency, energy, EDP and utilization per layer (analytical, Sparseloop-style model).
+
+        Examples:
+
+        * `tilesparse map resnet50 -a 4x4 --sparsity 0.5 --mapper genetic --budget 10000`
+        * `tilesparse map runs/d/sparse.pt -a 2x2` (each layer with its trained mask)
+        * `tilesparse map --layer conv:k=64,c=64,p=56,q=56,r=3,s=3 --density 0.5 --format bitmask --explain`
+        """
         from tilesparse.mapper import map_network
 
         source = source or model
         sparsity = sparsity if sparsity is not None else prune
-        if (layer is None) == (source is None):
-            raise ConfigError("tilesparse map", ["give exactly one of --layer or a model SOURCE"])
-        a = load_arch(array or arch or "aie2")
+        _check_target(layer, source, sparsity=sparsity, block=block, weights=weights, input_shape=input_shape)
+        a = _architecture(array or arch or "aie2")
         specs = None
         if layer:
             problems = [parse_layer(layer)]
         else:
-            problems, specs = _problems(source, sparsity, weights, input_shape, action)
+            problems, specs = _problems(source, sparsity, weights, input_shape, action, block)
         if specs is None:
             specs = [_sparse_spec(density, fmt, action)] * len(problems)
         results = map_network(problems, a, warm_start=warm_start, mapper=mapper, budget=budget,
                               objective=objective, sparse_specs=specs, seed=seed, progress=progress)
-        con = console(json_out or output)
-        con.print(_table(problems, results, a))
-        if explain:
-            for p, r in zip(problems, results):
-                con.print(r.breakdown.explain().replace(str(r.breakdown.problem), str(p), 1))
-                con.print(r.mapping.describe(a))
-        rows = [_row(p, r) for p, r in zip(problems, results)]
-        write_json(json_out or output, {"arch": a.name, "mapper": mapper, "objective": objective, "layers": rows})
+        _report(problems, results, a, explain, json_out or output, {"mapper": mapper, "objective": objective})
+
+
+def _report(problems, results, arch, explain: bool, json_out: Path | None, search: dict) -> None:
+    """The table (and each layer's breakdown with --explain), and the JSON record."""
+    con = console(json_out)
+    con.print(_table(problems, results, arch))
+    if explain:
+        for p, r in zip(problems, results, strict=True):
+            con.print(r.breakdown.explain().replace(str(r.breakdown.problem), str(p), 1))
+            con.print(r.mapping.describe(arch))
+    rows = [_row(p, r) for p, r in zip(problems, results, strict=True)]
+    write_json(json_out, {"arch": arch.name, **search, "layers": rows})
 
 
 def _row(p, r) -> dict:
@@ -151,7 +192,7 @@ def _table(problems, results, arch):
     for col in ("layer", "MACs", "cycles", "latency us", "energy uJ", "util", "bound by"):
         t.add_column(col, justify="right" if col != "layer" else "left")
     tot_c = tot_e = 0.0
-    for p, r in zip(problems, results):
+    for p, r in zip(problems, results, strict=True):
         b = r.breakdown
         tot_c, tot_e = tot_c + b.cycles, tot_e + b.energy_pj
         t.add_row(p.name, f"{p.macs:,}", f"{b.cycles:,.0f}", f"{b.seconds() * 1e6:,.1f}",

@@ -16,8 +16,10 @@ from tilesparse.cli.common import (
     SOURCE_HELP,
     SPARSITY_HELP,
     WEIGHTS_HELP,
+    array_arg,
     console,
     is_program_file,
+    read_program,
     write_json,
 )
 
@@ -77,7 +79,15 @@ def simulate_verb(
     """Execute a program instruction by instruction over DDR, MemTiles and core memories; compare
     every layer with the PyTorch integer reference bit for bit and the bytes / MACs with the time
     model. A program file is verified against the model its provenance names, rebuilt; flags that
-    contradict the provenance are refused. Exit code 1 on any mismatch."""
+    contradict the provenance are refused. Exit code 1 on any mismatch.
+
+    Examples:
+
+    * `tilesparse simulate d.tsp` (rebuild the model from d.tsp's provenance, verify bit for bit)
+    * `tilesparse simulate d.tsp --input x.npy --json -`
+    * `tilesparse simulate digits_cnn -a 2x2 --sparsity 0.5` (compile on the fly, then verify)
+    * `tilesparse simulate old.tsp --model resnet50 --sparsity 0.5` (a program without provenance)
+    """
     from rich.markup import escape
 
     from tilesparse.sim import simulate, verify
@@ -106,27 +116,29 @@ def _program_and_graph(target: str, array: str | None, out: Path | None, req: di
     """(program, graph to verify against or None, a notice or "")."""
     from tilesparse.build import build_graph_from, check_request, graph_from_provenance
     from tilesparse.compiler.pipeline import compile_graph
-    from tilesparse.hw import load_array
-    from tilesparse.program import Program
-    from tilesparse.program.provenance import provenance_of, set_provenance
+    from tilesparse.program.provenance import package_version, provenance_of, set_provenance
 
+    array_arg(array)  # a bad --array named before anything is built
     if not is_program_file(target):
         built = build_graph_from(target, **{k: v for k, v in req.items() if k != "source"})
-        hw = load_array(array or "4x4")
+        hw = array_arg(array or "4x4")
         prog = compile_graph(built.graph, hw)
         set_provenance(prog, built.provenance(hw.label, True))
         if out is not None:
             prog.save(out)
-        return prog, built.graph, ""
-    prog = Program.load(target)
+        return prog, built.graph, "\n".join(built.notices)
+    prog = read_program(target)
     prov = provenance_of(prog, target)
     if prov is not None:
         check_request(prov, target, array=array, **req)
         if not prov.quantized:
             return prog, None, f"{target} is a timing-only (float) program: nothing to verify bit for bit"
-        return prog, graph_from_provenance(prov, target).graph, f"verifying against {prov.source} (provenance)"
+        notes = [f"{target} was compiled by tilesparse {prov.version}, this is {package_version()}: a "
+                 "difference may be the tools', not the program's"] * (prov.version != package_version())
+        built = graph_from_provenance(prov, target, notes, model=req["source"], weights=req["weights"])
+        return prog, built.graph, "\n".join(notes + [f"verifying against {built.source.spec} (provenance)"])
     if array:
-        prog = Program.load(target, hw=load_array(array))
+        prog = read_program(target, hw=array_arg(array))
     if req["source"] is None:
         return prog, None, (f"{target} records no provenance: checking byte accounting only (give --model "
                             "SOURCE to verify bit for bit, or recompile)")
@@ -145,7 +157,8 @@ def _table(prog, sim, checks):
     for col in ("layer", "kind", "vs reference", "bytes (busiest ch.)", "charged", "MACs", "charged", "ok"):
         t.add_column(col, justify="left" if col in ("layer", "kind", "vs reference") else "right")
     ref = {c.layer: c for c in checks or []}
-    for rec, a in zip(prog.layers, sim.accounts):
+    # accounts cover the layers that ran (every one in a whole-program run)
+    for rec, a in zip(prog.layers, sim.accounts, strict=False):
         c = ref.get(rec.name)
         agree = "-" if c is None else ("bit-exact" if c.ok else f"{c.n_diff} differ at {c.first}")
         t.add_row(rec.name, rec.kind, agree, f"{sum(a.sim_bytes.values()):,}", f"{sum(a.model_bytes.values()):,}",
@@ -166,7 +179,8 @@ def _summary(prog, sim, rep) -> str:
 def _json(prog, sim, checks, rep) -> dict:
     ref = {c.layer: c for c in checks or []}
     layers = []
-    for rec, a in zip(prog.layers, sim.accounts):
+    # accounts cover the layers that ran (every one in a whole-program run)
+    for rec, a in zip(prog.layers, sim.accounts, strict=False):
         c = ref.get(rec.name)
         layers.append({"layer": rec.name, "kind": rec.kind, "bit_exact": None if c is None else c.ok,
                        "first_diff": None if c is None or c.ok else {"at": c.first, "got": c.got, "want": c.want},

@@ -11,9 +11,11 @@ from tilesparse.cli.common import (
     JSON_HELP,
     SOURCE_HELP,
     WEIGHTS_HELP,
+    block_arg,
     console,
     write_json,
 )
+from tilesparse.errors import ConfigError
 
 __all__ = ["register"]
 
@@ -33,7 +35,23 @@ def _recipe(recipe_path: Path | None, overrides: dict[str, Any]):
         if overrides.get(key) is not None:
             training[key] = overrides.pop(key)
     data.update({k: v for k, v in overrides.items() if v is not None}, training=training)
-    return Recipe.from_dict(data, source=f"{recipe_path} + command line" if recipe_path else "command line")
+    if recipe_path is not None:
+        return Recipe.from_dict(data, source=f"{recipe_path} + command line")
+    try:
+        return Recipe.from_dict(data, source="command line")
+    except ConfigError as e:  # its fields are the flags: "training.batch_size: ..." -> "--batch-size: ..."
+        flags = [f"--{field.rpartition('.')[2].replace('_', '-')}:{rest}" for field, _, rest in
+                 (err.partition(":") for err in e.errors)]
+        raise ConfigError("command line", flags) from None
+
+
+def _check_flags(sparsity: float | None, block: str | None) -> None:
+    """--sparsity and --block named in their own errors (the recipe would say 'command line')."""
+    from tilesparse.patterns.selection import check_sparsity
+
+    if sparsity is not None:
+        check_sparsity(sparsity, "--sparsity")
+    block_arg(block)
 
 
 def _device(name: str):
@@ -52,12 +70,19 @@ def _device(name: str):
 
 def _model(spec: str, weights: Path | None):
     """Model source -> (model with any saved masks baked in, the name its checkpoint records: a zoo
-    name, or the canonical file.py:factory so that the checkpoint can be compiled on its own)."""
+    name, the canonical file.py:factory or .pt2 path, so that the checkpoint compiles on its own;
+    for a user's file, its sha256 and the path as given, so that compile finds it moved and unchanged)."""
+    from tilesparse.program.provenance import file_sha256
     from tilesparse.source import load_model, parse_source
 
     src = parse_source(spec, weights)
     lm = load_model(src)
-    return lm.model, lm.zoo_name or (src.spec if src.kind == "file" else None)
+    arch = lm.arch or ""
+    model_file = arch.rpartition(":")[0] if ".py:" in arch else arch
+    if not model_file.endswith((".py", ".pt2")):
+        return lm.model, lm.arch, {}
+    given = src.given if src.kind in ("file", "pt2") else None
+    return lm.model, lm.arch, {"model_sha256": file_sha256(model_file), "model_given": given}
 
 
 def _loaders(data: str, model_name: str | None, batch_size: int, seed: int):
@@ -103,13 +128,13 @@ def _train_dense(net, train, test, rec, epochs: int, lr: float, device, con) -> 
         con.print(f"dense training: {epochs} epochs, accuracy {fit.final_accuracy:.2f} %")
 
 
-def _write_outputs(out: Path, result, recipe, model_name: str | None) -> None:
+def _write_outputs(out: Path, result, recipe, model_name: str | None, model_file: dict) -> None:
     from tilesparse.sparsify.checkpoint import save_checkpoint
     from tilesparse.utils.atomic import atomic_write_text
 
     save_checkpoint(out / "sparse.pt", result.model, result.sparsifier, model_name=model_name,
                     extra={"history": [h.__dict__ for h in result.fit.history],
-                           "final_accuracy": result.fit.final_accuracy})
+                           "final_accuracy": result.fit.final_accuracy, **model_file})
     atomic_write_text(out / "report.txt", result.report.to_text() + "\n")
     atomic_write_text(out / "report.json", result.report.to_json() + "\n")
     atomic_write_text(out / "recipe.yaml", recipe.to_yaml())
@@ -144,7 +169,14 @@ def sparsify(
 
     Writes OUT/sparse.pt (weights + masks + recipe), OUT/report.txt and report.json (per-layer blocks
     kept, sparsity, weight bytes dense vs compressed), OUT/recipe.yaml, and OUT/last.pt after every
-    epoch (for --resume).
+    epoch (for --resume). The checkpoint names its model source, so `tilesparse compile OUT/sparse.pt`
+    compiles its trained masks.
+
+    Examples:
+
+    * `tilesparse sparsify digits_cnn --sparsity 0.5 --epochs 5 -o runs/d` (trains on the built-in digits)
+    * `tilesparse sparsify resnet50 --sparsity 0.5 --block 8x8 -o runs/r50` (masks only: no data given)
+    * `tilesparse sparsify my_net.py:make --data data.pt --recipe src/tilesparse/recipes/penalty_lse.yaml`
     """
     from tilesparse.sparsify.run import sparsify_model
 
@@ -152,10 +184,11 @@ def sparsify(
         import torch
 
         torch.set_num_threads(threads)
+    _check_flags(sparsity, block)
     rec = _recipe(recipe, {"method": method, "sparsity": sparsity, "block": block, "selection": selection,
                            "score": score, "epochs": epochs, "lr": lr, "seed": seed})
     dev = _device(device)
-    net, name = _model(model, weights)
+    net, name, model_file = _model(model, weights)
     train, test = _loaders(data, name, rec.training.batch_size, rec.training.seed)
     out = out or DEFAULT_OUT / f"{_stem(name)}-{rec.method}-{rec.sparsity:g}"
     con = console(json_out)
@@ -163,7 +196,13 @@ def sparsify(
         _train_dense(net, train, test, rec, dense_epochs, dense_lr, dev, con)
     result = sparsify_model(net, rec, train, test, device=dev, checkpoint_dir=out, resume=resume, model_name=name,
                             bytes_per_weight=bytes_per_weight)
-    _write_outputs(out, result, rec, name)
+    _write_outputs(out, result, rec, name, model_file)
+    _print_results(con, result, out, json_out)
+
+
+def _print_results(con, result, out: Path, json_out: Path | None) -> None:
+    import json
+
     con.print(result.report.to_text(), highlight=False, soft_wrap=True)
     if result.accuracy_before is not None:
         con.print(f"accuracy before: {result.accuracy_before:.2f} %")
@@ -171,13 +210,13 @@ def sparsify(
         con.print(f"accuracy after:  {result.fit.final_accuracy:.2f} %")
     con.print(f"wrote {out}/sparse.pt, report.txt, report.json, recipe.yaml", soft_wrap=True)
     if json_out is not None:
-        import json
-
         write_json(json_out, json.loads(result.report.to_json()))
 
 
 def _stem(name: str | None) -> str:
-    """A folder-name stem for a model name (a file.py:factory source gives its factory)."""
+    """A folder-name stem for a model name (file.py:factory gives its factory, a .pt2 its file stem)."""
+    if name and name.endswith(".pt2"):
+        return Path(name).stem
     return (name or "model").rpartition(":")[2] or "model"
 
 

@@ -11,6 +11,8 @@ which is what ``weights=...`` turns on) — build it with ``tilesparse.models.ge
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -52,8 +54,8 @@ def capture(
             f"{gname}: torch.fx cannot trace this model ({type(e).__name__}: {e}); the IR needs a "
             f"static graph of conv/linear/bn/relu/pool/add/cat/flatten ops"
         ) from None
-    try:
-        with torch.no_grad():
+    try:  # ShapeProp prints the model's traceback before raising: the user gets our one line
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
             ShapeProp(gm).propagate(torch.zeros(tuple(input_shape)))
     except RuntimeError as e:  # the model itself fails on this input (wrong size or channels)
         cause = str(e.__cause__ or e).splitlines()[0]

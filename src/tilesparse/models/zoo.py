@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -71,10 +72,30 @@ def load_weights(model: nn.Module, path: str | Path, name: str = "model") -> Non
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many kinds here; the message names the file
-        raise CheckpointError(f"{path}: not a readable PyTorch weights file ({e})") from None
+        what = f"torch.load: {type(e).__name__}" if zipfile.is_zipfile(path) else "not a torch.save file"
+        raise CheckpointError(f"{path}: not a readable PyTorch state dict ({what}); expected "
+                              "torch.save(model.state_dict(), path)") from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not match model {name}: {e}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a state dict (name -> tensor), got {type(state).__name__}")
+    problems = _state_mismatch(model, state)
+    if problems:
+        raise CheckpointError(f"{path}: not a state dict of {name}: {'; '.join(problems)}")
+    model.load_state_dict(state)
+
+
+def _state_mismatch(model: nn.Module, state: dict) -> list[str]:
+    """Missing / unexpected keys and shape differences, each list cut to three names (one line)."""
+    own = model.state_dict()
+
+    def few(keys: list[str]) -> str:
+        return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} is {tuple(v.shape)} in the file, {tuple(own[k].shape)} in the model" for k, v in state.items()
+              if k in own and isinstance(v, torch.Tensor) and v.shape != own[k].shape]
+    out = [f"{len(missing)} missing key(s) ({few(missing)})"] * bool(missing)
+    out += [f"{len(unexpected)} unexpected key(s) ({few(unexpected)})"] * bool(unexpected)
+    return out + [f"{len(shapes)} shape mismatch(es): {few(shapes)}"] * bool(shapes)

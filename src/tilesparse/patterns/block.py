@@ -62,8 +62,7 @@ def parse_block_shape(spec: str | tuple[int, int] | list[int] | BlockShape) -> B
     True
     >>> parse_block_shape("8")
     Traceback (most recent call last):
-    tilesparse.errors.ConfigError: invalid configuration in block shape:
-      - expected 'OUTxIN' such as '8x8', got '8'
+    tilesparse.errors.ConfigError: block shape: expected 'OUTxIN' such as '8x8', got '8'
     """
     if isinstance(spec, BlockShape):
         return spec

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,10 @@ class Provenance:
     time_model: str
     balance: bool
     version: str  # tilesparse version that compiled the program
+    # the source / weights file as the user wrote it (a relative path stays relative), so that a
+    # folder moved as a whole still finds it from the same working directory; None for a zoo name
+    source_given: str | None = None
+    weights_given: str | None = None
 
     def __post_init__(self) -> None:
         errs = _check(self)
@@ -92,7 +96,8 @@ class Provenance:
         if not isinstance(data, dict):
             raise ProgramError(f"{where}: malformed provenance (expected a mapping, got {type(data).__name__})")
         names = [f.name for f in fields(cls)]
-        missing = [n for n in names if n not in data]
+        optional = {f.name for f in fields(cls) if f.default is not MISSING}  # added later: older records lack them
+        missing = [n for n in names if n not in data and n not in optional]
         unknown = sorted(set(data) - set(names))
         if missing or unknown:
             raise ProgramError(f"{where}: malformed provenance: " + "; ".join(
@@ -112,7 +117,7 @@ class Provenance:
 
 
 _STR = ("source", "pattern", "selection", "quantization", "calibration", "array", "time_model", "version")
-_OPT_STR = ("source_sha256", "weights", "weights_sha256")
+_OPT_STR = ("source_sha256", "weights", "weights_sha256", "source_given", "weights_given")
 
 
 def _check(p: Provenance) -> list[str]:

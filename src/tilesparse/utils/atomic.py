@@ -15,6 +15,7 @@ def _atomic(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path:  # 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, _mode(path))  # mkstemp makes it owner-only (0600); an artifact is shared as any file
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -24,6 +25,15 @@ def _atomic(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path:  # 
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _mode(path: Path) -> int:
+    """The permissions a plain ``open(path, "w")`` would give: the replaced file's, or 0666 less the umask."""
+    if path.exists():
+        return path.stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:

@@ -46,6 +46,9 @@ def load_yaml_model(model: type[M], path: str | Path) -> M:
         raise ConfigError(path, [f"file not found: {path}"])
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise ConfigError(path, [f"not valid YAML: {e}"]) from None
+    except yaml.YAMLError as e:  # PyYAML's message spans lines (with a caret drawing): keep one
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(path, [f"not valid YAML{at}: {what}"]) from None
     return validate_model(model, data, source=path)
