@@ -11,7 +11,7 @@ from tilesparse.compiler.pack import (
     pack_chunk,
     unpack_chunk,
 )
-from tilesparse.compiler.stages import WeightIndex
+from tilesparse.compiler.steps import WeightIndex
 
 
 def _layer(co, ci, k, density, seed, block=(8, 8)):

@@ -23,8 +23,8 @@ from tilesparse.compiler.partition import (
     tile_grid,
 )
 from tilesparse.compiler.pipeline import compile_graph
+from tilesparse.compiler.planning import plan_layer
 from tilesparse.compiler.splits import balanced_split, capped_split, split_even
-from tilesparse.compiler.tiling import plan_layer
 from tilesparse.errors import CapacityError, ConfigError
 from tilesparse.hw import load_array
 

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from tilesparse.compiler.layers import LayerSpec
 from tilesparse.compiler.partition import SubVolume
-from tilesparse.compiler.tiling import plan_layer
+from tilesparse.compiler.planning import plan_layer
 from tilesparse.hw import load_array
 from tilesparse.timing import (
     engine_bound_s,

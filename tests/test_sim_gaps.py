@@ -23,7 +23,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from tilesparse.cli.main import app
-from tilesparse.compiler import tiling
+from tilesparse.compiler import planning
 from tilesparse.compiler.layers import LayerSpec
 from tilesparse.compiler.partition import (
     Grid,
@@ -35,7 +35,7 @@ from tilesparse.compiler.partition import (
     residual_capacity,
 )
 from tilesparse.compiler.pipeline import compile_graph, lower_layers
-from tilesparse.compiler.stages import WeightIndex, layer_steps
+from tilesparse.compiler.steps import WeightIndex, layer_steps
 from tilesparse.frontend import build_graph
 from tilesparse.hw import load_array
 from tilesparse.ir.graph import Op
@@ -498,7 +498,7 @@ def test_empty_chunks_cost_no_comp():
     cores = assign_cores(spec, hw, grid)
     assert {(c.oc0, c.oc1) for c in cores if not c.empty} == {(0, 10), (10, 12)}
     widx = WeightIndex(spec)
-    part = tiling._partition(spec, hw, grid, cores, SubVolume(oc=4, ci=6, h=7, w=4), widx)
+    part = planning._partition(spec, hw, grid, cores, SubVolume(oc=4, ci=6, h=7, w=4), widx)
     # step k = 1: channels 4-7 keep nothing, and channels 10-11 have one chunk only (k = 0)
     comp = layer_steps(spec, hw, part, (False,), False, widx).pipe()["COMP"]
     assert part.n_k == 3 and not comp[1].any()

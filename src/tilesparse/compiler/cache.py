@@ -2,14 +2,14 @@
 
 The search evaluates a layer's candidates over and over from the same pieces: a core's
 output-channel chunks (``partition.oc_chunks``), a layer's channel ranges per grid
-(``partition.assign_cores``), a partition's tile layout and chunk work (``stages.layer_steps``),
-tile shapes per layer geometry, the choice of a repeated layer (``tiling.plan_layer``), a float
+(``partition.assign_cores``), a partition's tile layout and chunk work (``steps.layer_steps``),
+tile shapes per layer geometry, the choice of a repeated layer (``planning.plan_layer``), a float
 weight's int8 image (``pack.int8_weights``). A ``CompileCache`` holds them for as long as the
 compile that created it (``compile_graph`` makes one per call unless the caller passes one in),
 so nothing leaks from one compile into the next and a compile is reproducible on its own.
 
 Every entry is what computing it again would give: the tables change the compile time, never a
-result (a repeated layer's replayed choice equals a fresh search's, tests/test_compiler_tiling.py).
+result (a repeated layer's replayed choice equals a fresh search's, tests/test_compiler_planning.py).
 Keys are values, or hold the ``id`` of objects the entry itself keeps alive (``memo``'s
 ``owners``), so an id is never reused by another object while its entry exists. Each table is
 bounded (``LIMITS``): when full it starts over, which costs time, never a result.

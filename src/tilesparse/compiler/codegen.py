@@ -1,6 +1,6 @@
 """Code generation: packed weight chunks in DDR and the instruction stream of each layer.
 
-Per step (s, k, q) of a layer (see ``stages``), in this order:
+Per step (s, k, q) of a layer (see ``steps``), in this order:
 
 * ``LOADW``  DDR → MemTile weight slot ``j mod 2``: the step's chunks of every oc group,
   contiguous in DDR (skipped if the layer has no weights or the chunk is resident), one
@@ -22,8 +22,8 @@ import math
 import numpy as np
 
 from tilesparse.compiler.layers import LayerSpec
-from tilesparse.compiler.stages import Step, core_chunk
-from tilesparse.compiler.tiling import LayerPlan
+from tilesparse.compiler.planning import LayerPlan
+from tilesparse.compiler.steps import Step, core_chunk
 from tilesparse.program import ChunkRow, CoreWork, Instr, Lock, Operand
 from tilesparse.program.layout import moved_positions, tile_grid
 from tilesparse.program.packing import chunk_geometry, pack_chunk

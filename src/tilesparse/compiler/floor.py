@@ -1,9 +1,9 @@
 """Floors of the sub-volume search: seconds no partition of a grid beats under the time model.
 
-The search (``tiling._search``) enumerates grids in the order of their floor and stops at the
+The search (``planning._search``) enumerates grids in the order of their floor and stops at the
 first that cannot beat the best plan so far; within a grid, a partition's own floor (``GridFloor.of``)
 orders its timings and skips the ones that cannot win. A floor must never exceed the time model's
-time of any partition it covers (tests/test_compiler_tiling.py: the branch and bound returns the
+time of any partition it covers (tests/test_compiler_planning.py: the branch and bound returns the
 exhaustive optimum).
 """
 
@@ -14,7 +14,7 @@ import numpy as np
 from tilesparse.compiler.cache import CompileCache
 from tilesparse.compiler.layers import LayerSpec
 from tilesparse.compiler.partition import LayerPartition, oc_chunks
-from tilesparse.compiler.stages import WeightIndex
+from tilesparse.compiler.steps import WeightIndex
 from tilesparse.hw import ArrayConfig
 
 __all__ = ["GridFloor", "input_pass_s"]

@@ -29,8 +29,8 @@ from tilesparse.compiler.memory import (
 )
 from tilesparse.compiler.pack import dense_weight_bytes, int8_weights
 from tilesparse.compiler.partition import Chooser, check_coverage
+from tilesparse.compiler.planning import LayerPlan, plan_layer, replan
 from tilesparse.compiler.rebalance import rebalance
-from tilesparse.compiler.tiling import LayerPlan, plan_layer, replan
 from tilesparse.errors import UnsupportedOpError
 from tilesparse.hw import ArrayConfig, load_array
 from tilesparse.ir.graph import Graph, Op
@@ -182,7 +182,7 @@ PLAN_PASSES: tuple[tuple[str, Callable[[_Job, int, LayerPlan], LayerPlan]], ...]
 
 
 def _plan_layers(job: _Job, forced: set[str]) -> list[LayerPlan]:
-    """Every layer's plan in schedule order (``tiling.plan_layer``, activations in DDR only where
+    """Every layer's plan in schedule order (``planning.plan_layer``, activations in DDR only where
     ``forced``), each followed by ``PLAN_PASSES``."""
     plans = []
     for i in range(len(job.specs)):

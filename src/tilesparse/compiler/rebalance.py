@@ -11,7 +11,7 @@ lowers
     Σ_k Σ_q max_g kept(g, k, q)
 
 by swapping block rows between chunks, and ``rebalance`` keeps the new order only if the same
-grid and sub-volume, planned again with it (``tiling.plan_with``: the chunks are re-cut from the
+grid and sub-volume, planned again with it (``planning.plan_with``: the chunks are re-cut from the
 new order and must still fit), are faster under the time model. The prefix order is a good
 start, but a run of two block rows over one input-channel chunk is too short for prefix sums to
 even out (VGG16's 256- and 512-channel convs on 2 × 2: 6–12 % above the mean per step; 1–4 %
@@ -27,7 +27,7 @@ import numpy as np
 
 from tilesparse.compiler.cache import CompileCache
 from tilesparse.compiler.partition import oc_chunks
-from tilesparse.compiler.tiling import LayerPlan, chunk_blocks, plan_with
+from tilesparse.compiler.planning import LayerPlan, chunk_blocks, plan_with
 from tilesparse.hw import ArrayConfig
 
 __all__ = ["MAX_ROWS", "chunk_slots", "rebalance", "swap_rows"]

@@ -64,7 +64,7 @@ def _task(network: str, mode: str, arrays: list[str], sparsity: float, repeats: 
 
     torch.set_num_threads(1)
     from tilesparse.compiler.pipeline import compile_graph
-    from tilesparse.compiler.tiling import clear_caches
+    from tilesparse.compiler.planning import clear_caches
     from tilesparse.errors import TilesparseError
     from tilesparse.estimate.report import layer_rows, summarize
 

@@ -12,7 +12,7 @@
    is paid, and no core ever exceeds ``M·K·N`` MACs per cycle. Pools, adds and copies run one
    element operation per MAC slot (``macs_per_cycle`` per cycle) (``comp_cycles``).
 
-The compiler counts the bytes and the matmul steps (``compiler.stages``); this module turns them
+The compiler counts the bytes and the matmul steps (``compiler.steps``); this module turns them
 into cycles and seconds, for the compiler's search and the estimator alike.
 """
 

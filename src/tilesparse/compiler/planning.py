@@ -34,7 +34,7 @@ from tilesparse.compiler.partition import (
     oc_chunks,
     oc_units,
 )
-from tilesparse.compiler.stages import StepTable, WeightIndex, layer_steps
+from tilesparse.compiler.steps import StepTable, WeightIndex, layer_steps
 from tilesparse.errors import CapacityError, ConfigError
 from tilesparse.hw import ArrayConfig
 from tilesparse.timing import WEIGHT_SLOTS, engine_bound_s, layer_time_arrays

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tilesparse.compiler import tiling
+from tilesparse.compiler import planning
 from tilesparse.compiler.cache import CompileCache
 from tilesparse.compiler.layers import LayerSpec
-from tilesparse.compiler.stages import WeightIndex
+from tilesparse.compiler.steps import WeightIndex
 from tilesparse.hw import load_array
 
 
@@ -29,18 +29,18 @@ def test_repeated_layer_gets_the_plan_a_fresh_search_finds(arr):
     a = _spec(256, 512, 14, 1, 1.0, 0, "a")
     b = dataclasses.replace(a, name="b", inputs=("y",), out_tensor="b")  # same shape and mask
     cache = CompileCache()
-    pa = tiling.plan_layer(a, hw, (False,), False, cache=cache)
+    pa = planning.plan_layer(a, hw, (False,), False, cache=cache)
     assert len(cache.tables["plans"]) == 1
-    pb = tiling.plan_layer(b, hw, (False,), False, cache=cache)  # from the memo
+    pb = planning.plan_layer(b, hw, (False,), False, cache=cache)  # from the memo
     assert len(cache.tables["plans"]) == 1
-    fresh = tiling._search(b, hw, (False,), False, None, WeightIndex(b), CompileCache())
+    fresh = planning._search(b, hw, (False,), False, None, WeightIndex(b), CompileCache())
     assert pb.spec.name == "b" and pb.part.layer == "b"
     assert (pb.part.grid, pb.part.sub) == (pa.part.grid, pa.part.sub) == (fresh.part.grid, fresh.part.sub)
     assert pb.time_s == pytest.approx(fresh.time_s)
     # a different mask is a different key
     c = dataclasses.replace(a, name="c", mask=~a.mask | (np.arange(a.mask.shape[1]) % 2 == 0))
-    assert tiling._plan_key(c, hw, (False,), False) != tiling._plan_key(a, hw, (False,), False)
-    assert tiling._plan_key(a, hw, (True,), False) != tiling._plan_key(a, hw, (False,), False)
+    assert planning._plan_key(c, hw, (False,), False) != planning._plan_key(a, hw, (False,), False)
+    assert planning._plan_key(a, hw, (True,), False) != planning._plan_key(a, hw, (False,), False)
 
 
 @settings(max_examples=30, deadline=None)
@@ -69,15 +69,15 @@ def test_slab_work_and_kept_pairs_match_brute_force(ci, co, k, density, seed, n,
 def _check_search_is_exhaustive_optimum(spec, hw, monkeypatch):
     """Without the evaluation budget, the search's plan is as fast as the fastest over every
     grid × sub-volume, each timed: its floors never skip a winner."""
-    monkeypatch.setattr(tiling, "MAX_EVALS", 10**9)
-    monkeypatch.setattr(tiling, "MAX_WORK", 10**9)
+    monkeypatch.setattr(planning, "MAX_EVALS", 10**9)
+    monkeypatch.setattr(planning, "MAX_WORK", 10**9)
     widx = WeightIndex(spec) if spec.kind == "conv" else None
-    got = tiling._search(spec, hw, (False,), False, None, widx, CompileCache())
+    got = planning._search(spec, hw, (False,), False, None, widx, CompileCache())
     best = None
-    for grid in tiling._grids(spec, hw):
-        cores = tiling.assign_cores(spec, hw, grid)
-        for sub in tiling._subvolumes(spec, hw, tiling._Live.of(cores), widx, CompileCache()):
-            plan = tiling._try(spec, hw, grid, cores, sub, (False,), False, widx, CompileCache())
+    for grid in planning._grids(spec, hw):
+        cores = planning.assign_cores(spec, hw, grid)
+        for sub in planning._subvolumes(spec, hw, planning._Live.of(cores), widx, CompileCache()):
+            plan = planning._try(spec, hw, grid, cores, sub, (False,), False, widx, CompileCache())
             if plan is not None and (best is None or plan.time_s < best.time_s):
                 best = plan
     assert got.time_s <= best.time_s * (1 + 1e-9), (got.part.grid, got.part.sub, best.part.grid, best.part.sub)
