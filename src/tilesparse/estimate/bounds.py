@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tilesparse.hw import ArrayConfig
-from tilesparse.program import LayerGeometry, LayerRecord
+from tilesparse.program import LayerGeometry, LayerRecord, Program
 
 __all__ = ["LayerBound", "layer_bound", "program_bounds"]
 
@@ -89,5 +89,5 @@ def layer_bound(rec: LayerRecord, buffers: dict, hw: ArrayConfig) -> LayerBound:
     return LayerBound(rec.name, rec.kept_macs / hw.peak_macs_per_s, ddr, memtile, stall)
 
 
-def program_bounds(program) -> list[LayerBound]:
+def program_bounds(program: Program) -> list[LayerBound]:
     return [layer_bound(r, program.buffers, program.hw) for r in program.layers]

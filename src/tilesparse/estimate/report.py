@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from tilesparse.estimate.bounds import program_bounds
 from tilesparse.estimate.timemodel import ProgramTime, estimate_program
+from tilesparse.program import Program
 
 __all__ = ["Summary", "layer_rows", "summarize"]
 
@@ -29,7 +30,7 @@ class Summary:
         return self.packed_weight_bytes / self.dense_weight_bytes if self.dense_weight_bytes else float("nan")
 
 
-def summarize(program, ptime: ProgramTime | None = None) -> Summary:
+def summarize(program: Program, ptime: ProgramTime | None = None) -> Summary:
     ptime = ptime or estimate_program(program)
     bounds = program_bounds(program)
     return Summary(ptime.total_s * 1e3, sum(b.bound_s for b in bounds) * 1e3,
@@ -39,7 +40,7 @@ def summarize(program, ptime: ProgramTime | None = None) -> Summary:
                    sum(r.bias_bytes for r in program.layers))
 
 
-def layer_rows(program, ptime: ProgramTime | None = None) -> list[dict]:
+def layer_rows(program: Program, ptime: ProgramTime | None = None) -> list[dict]:
     """One dict per layer: time, bound and its limiter, roofline, compute, weight bytes, partition."""
     ptime = ptime or estimate_program(program)
     out = []

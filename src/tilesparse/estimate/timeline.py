@@ -11,7 +11,7 @@ import html
 from pathlib import Path
 
 from tilesparse.estimate.timemodel import ProgramTime
-from tilesparse.program import OPS
+from tilesparse.program import OPS, Program
 from tilesparse.utils.atomic import atomic_write_bytes, atomic_write_text
 
 __all__ = ["write_timeline"]
@@ -22,7 +22,7 @@ SVG_WIDTH = 1400  # px of the time axis
 LANE_PX = 28
 
 
-def write_timeline(program, ptime: ProgramTime, path: str | Path) -> Path:
+def write_timeline(program: Program, ptime: ProgramTime, path: str | Path) -> Path:
     path = Path(path)
     if path.suffix.lower() == ".png":
         return _png(program, ptime, path)
@@ -31,7 +31,7 @@ def write_timeline(program, ptime: ProgramTime, path: str | Path) -> Path:
     raise ValueError(f"timeline {path}: expected a .png or .html file name")
 
 
-def _png(program, ptime: ProgramTime, path: Path) -> Path:
+def _png(program: Program, ptime: ProgramTime, path: Path) -> Path:
     import io
 
     import matplotlib
@@ -56,7 +56,7 @@ def _png(program, ptime: ProgramTime, path: Path) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def _html(program, ptime: ProgramTime, path: Path) -> Path:
+def _html(program: Program, ptime: ProgramTime, path: Path) -> Path:
     total = max(ptime.total_s, 1e-12)
     sx = SVG_WIDTH / total
     left = 80

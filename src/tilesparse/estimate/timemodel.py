@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tilesparse.hw import ArrayConfig
+from tilesparse.program import Program
 from tilesparse.timing import StepTime, bandwidth, layer_time
 
 __all__ = ["InstrTime", "ProgramTime", "estimate_program"]
@@ -31,7 +32,7 @@ class ProgramTime:
     layers: tuple[tuple[str, float, float], ...]  # (layer, start_s, seconds)
     instrs: tuple[InstrTime, ...]
 
-    def busy_by_op(self, program) -> dict[str, float]:
+    def busy_by_op(self, program: Program) -> dict[str, float]:
         out: dict[str, float] = {}
         for it in self.instrs:
             op = program.instrs[it.index].op
@@ -47,7 +48,7 @@ def _why(op: str, vals: np.ndarray, hw: ArrayConfig) -> str:
             f"{bandwidth(op, hw) / 1e9:g} GB/s")
 
 
-def _step_values(program, idx: list[int]) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+def _step_values(program: Program, idx: list[int]) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """A step's (LOADW bytes per weight piece, LOADWM bytes per piece, {op: per-iteration values})
     from its instructions ``idx``: what ``timing.layer_time`` takes."""
     lw = lwm = np.zeros(1)
@@ -64,10 +65,10 @@ def _step_values(program, idx: list[int]) -> tuple[np.ndarray, np.ndarray, dict[
     return lw, lwm, pipe
 
 
-def _instr_times(program, idx: list[int], st: StepTime, t: float) -> list[InstrTime]:
+def _instr_times(program: Program, idx: list[int], st: StepTime, t: float) -> list[InstrTime]:
     """When each instruction ``idx`` of a step timed ``st`` starts (the layer starting at ``t``),
     how long it is busy, and why."""
-    out = []
+    out: list[InstrTime] = []
     for i in idx:
         ins = program.instrs[i]
         if ins.op == "LOADW":
@@ -80,7 +81,7 @@ def _instr_times(program, idx: list[int], st: StepTime, t: float) -> list[InstrT
     return out
 
 
-def estimate_program(program) -> ProgramTime:
+def estimate_program(program: Program) -> ProgramTime:
     """Rules 1–6 applied to a compiled ``Program``: per-instruction start and busy time with its
     explanation, per-layer and total latency (layers run one after another)."""
     by_step: dict[tuple[int, int], list[int]] = {}

@@ -25,7 +25,7 @@ def first_conv_name(model: nn.Module) -> str | None:
     return next((n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
 
 
-def oneshot_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+def oneshot_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d | nn.Linear]]:
     """Every Conv2d and Linear except the first conv, in module order."""
     first = first_conv_name(model)
     return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and n != first]
@@ -43,7 +43,7 @@ def prune_oneshot(model: nn.Module, sparsity: float, block: str | tuple[int, int
         raise ConfigError(name, [f"model {name} has no sparsifiable layer (a conv or linear after "
                                  f"the first conv); nothing to make block-sparse"])
     shape = parse_block_shape(block)
-    masks = {}
+    masks: dict[str, Tensor] = {}
     for n, m in layers:
         w = m.weight
         geom = BlockGeometry.of_module(m, shape)

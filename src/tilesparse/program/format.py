@@ -12,9 +12,10 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -34,7 +35,12 @@ from tilesparse.program.records import (
 )
 from tilesparse.utils.config import validate_model
 
+if TYPE_CHECKING:  # the Program imports this module
+    from tilesparse.program.artifact import Program
+
 __all__ = ["FORMAT_VERSION", "MAGIC", "decode_header", "encode", "read_arrays"]
+
+_R = TypeVar("_R")  # the record a decoder builds
 
 MAGIC = "tilesparse-program"
 FORMAT_VERSION = 6
@@ -45,7 +51,7 @@ FORMAT_VERSION = 6
 # the layer kind lives in its geometry, and the header carries "provenance"
 
 
-def encode(program) -> bytes:
+def encode(program: Program) -> bytes:
     """The ``.npz`` bytes of ``program``."""
     header = {"magic": MAGIC, "version": FORMAT_VERSION, "hw": program.hw.model_dump(mode="json"),
               "graph": program.graph, "quantized": program.quantized,
@@ -56,7 +62,8 @@ def encode(program) -> bytes:
     arrays = {"header": np.frombuffer(json.dumps(header, default=_json).encode(), np.uint8),
               "weights": program.weights, "per_iter": program.per_iter}
     arrays.update({f"param/{k}": v for k, v in program.params.items()})
-    np.savez(buf, **arrays)  # type: ignore[arg-type]  # int8 weights do not compress
+    # not savez_compressed: int8 weights do not compress; no pickled arrays, as read_arrays loads
+    np.savez(buf, allow_pickle=False, **arrays)
     return buf.getvalue()
 
 
@@ -114,7 +121,7 @@ def _field(h: dict, key: str, src: str) -> Any:
     return h[key]
 
 
-def _decode(fn, d: Any, where: str):
+def _decode(fn: Callable[[Any], _R], d: Any, where: str) -> _R:
     try:
         return fn(d)
     except (KeyError, TypeError, ValueError, AttributeError) as e:

@@ -8,7 +8,9 @@ the very rules the simulator and the estimator read a program by.
 from __future__ import annotations
 
 import operator
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import SupportsIndex
 
 __all__ = ["KINDS", "LayerGeometry", "WindowRules"]
 
@@ -16,9 +18,10 @@ KINDS = ("conv", "maxpool", "avgpool", "add", "relu", "relu6", "copy", "flatten"
 
 
 class WindowRules:
-    """Rules of a window op over attributes ``kind``, ``ci``, ``hi``, ``wi``, ``co``, ``kernel``,
-    ``stride``, ``dilation``, ``groups``, ``block`` and ``n_in`` (input tensors read per output
-    element)."""
+    """Rules of a window op over attributes ``kind``, ``ci``, ``hi``, ``wi``, ``co``, ``ho``,
+    ``wo``, ``kernel``, ``stride``, ``padding``, ``dilation``, ``groups``, ``block``, ``n_in``
+    (input tensors read per output element) and ``residual`` (true when a fused add reads a
+    residual tile: a flag in ``LayerGeometry``, the operand's name in the compiler's ``LayerSpec``)."""
 
     __slots__ = ()
     kind: str
@@ -26,12 +29,16 @@ class WindowRules:
     hi: int
     wi: int
     co: int
+    ho: int
+    wo: int
     kernel: tuple[int, int]
     stride: tuple[int, int]
+    padding: tuple[int, int]
     dilation: tuple[int, int]
     groups: int
     block: tuple[int, int]
     n_in: int
+    residual: bool | str
 
     @property
     def taps(self) -> int:
@@ -79,11 +86,11 @@ class WindowRules:
         return oc0, oc1  # channel-wise ops
 
 
-def _pair(v, field: str) -> tuple[int, int]:
+def _pair(v: Iterable[SupportsIndex], field: str) -> tuple[int, int]:
     t = tuple(operator.index(x) for x in v)
     if len(t) != 2:
         raise ValueError(f"geometry {field} {v!r}: expected two values (rows, columns)")
-    return t  # type: ignore[return-value]
+    return t
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +131,7 @@ class LayerGeometry(WindowRules):
             raise ValueError(f"geometry groups {self.groups} do not divide ci {self.ci} and co {self.co}")
 
     @classmethod
-    def of(cls, spec, n_in: int | None = None) -> LayerGeometry:
+    def of(cls, spec: WindowRules, n_in: int | None = None) -> LayerGeometry:
         """The geometry of any object with the same attributes (the compiler's ``LayerSpec``)."""
         return cls(spec.kind, spec.ci, spec.hi, spec.wi, spec.co, spec.ho, spec.wo, spec.kernel, spec.stride,
                    spec.padding, spec.dilation, spec.groups, spec.block,

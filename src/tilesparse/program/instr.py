@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass
+from typing import SupportsIndex
 
 __all__ = ["CORE_BUFFERS", "LOCK_NAMES", "MEMORIES", "OPS", "STAGING_BUFFERS", "Instr", "Lock", "Operand"]
 
@@ -20,7 +21,7 @@ CORE_BUFFERS = ("in", "w", "out", "res")
 LOCK_NAMES = ("wslot0", "wslot1", "stage_in", "stage_out", "core.in", "core.out")
 
 
-def _count(v, what: str) -> int:
+def _count(v: SupportsIndex, what: str) -> int:
     """``v`` as a Python int >= 0 (NumPy integers accepted; floats and bools are not)."""
     try:
         n = operator.index(v)

@@ -73,7 +73,7 @@ def ring_columns(spec: WindowRules, sub: SubVolume) -> int:
     return 2 * spec.window_extent(sub.w, 1)
 
 
-def acc_slot(spec, hw: ArrayConfig, sub: SubVolume, n_q: int, i: int) -> tuple[str, int] | None:
+def acc_slot(spec: WindowRules, hw: ArrayConfig, sub: SubVolume, n_q: int, i: int) -> tuple[str, int] | None:
     """Where the int32 accumulators of iteration ``i``'s tile live: (core region, byte offset), or
     None if they do not fit (docs/program.md).
 
@@ -92,7 +92,7 @@ def acc_slot(spec, hw: ArrayConfig, sub: SubVolume, n_q: int, i: int) -> tuple[s
     return ("res", (i - in_out) * tile) if i - in_out < in_res else None
 
 
-def acc_tiles(spec, hw: ArrayConfig, sub: SubVolume, n_q: int) -> int:
+def acc_tiles(spec: WindowRules, hw: ArrayConfig, sub: SubVolume, n_q: int) -> int:
     """How many tiles' int32 accumulators can be resident at once (``acc_slot``): 1 or 0 with
     one input-channel chunk, the spatial group's largest size with several."""
     if n_q == 1:
@@ -100,7 +100,7 @@ def acc_tiles(spec, hw: ArrayConfig, sub: SubVolume, n_q: int) -> int:
     return sum(_resident_tiles(spec, hw, sub))
 
 
-def _resident_tiles(spec, hw: ArrayConfig, sub: SubVolume) -> tuple[int, int]:
+def _resident_tiles(spec: WindowRules, hw: ArrayConfig, sub: SubVolume) -> tuple[int, int]:
     """Accumulator tiles that stay resident with several input-channel chunks: (in ``core.out``
     below its two int8 tiles, in ``core.res`` unless a fused add's residual tiles use it)."""
     tile = sub.h * sub.w * sub.oc * ACC_BYTES
@@ -149,7 +149,7 @@ class Window:
         return len(self.rows) * len(self.cols)
 
 
-def _axis_index(spec, a: int, b: int, axis: int) -> tuple[np.ndarray, int]:
+def _axis_index(spec: WindowRules, a: int, b: int, axis: int) -> tuple[np.ndarray, int]:
     """Input indices along ``axis`` of the window of outputs [a, b), and its stored stride."""
     s, p, d, k = spec.stride[axis], spec.padding[axis], spec.dilation[axis], spec.kernel[axis]
     ext = (k - 1) * d + 1
@@ -159,7 +159,7 @@ def _axis_index(spec, a: int, b: int, axis: int) -> tuple[np.ndarray, int]:
     return np.arange(a * s - p, (b - 1) * s - p + ext), s
 
 
-def tile_window(spec, tile: tuple[int, int, int, int]) -> Window:
+def tile_window(spec: WindowRules, tile: tuple[int, int, int, int]) -> Window:
     """The input window of output tile (h0, h1, w0, w1): the rows and columns LOADFM brings
     (docs/program.md, "Input window"); a flatten reads the whole plane."""
     a, b, c, d = tile

@@ -4,15 +4,21 @@ instructions in the notation of docs/program.md (``ddr@ADDR``, ``core.in[i%2].fu
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import TYPE_CHECKING
+
+from tilesparse.program.instr import Instr
+
+if TYPE_CHECKING:  # the Program imports this module
+    from tilesparse.program.artifact import Program
 
 __all__ = ["listing"]
 
 
-def listing(program, max_instrs_per_layer: int | None = None) -> str:
+def listing(program: Program, max_instrs_per_layer: int | None = None) -> str:
     p = program
     lines = [(f"; program for {p.graph} on {p.hw.label} ({p.hw.rows}x{p.hw.cols}), {len(p.layers)} layers, "
               f"{len(p.instrs)} instructions, weights {p.weights.nbytes} B")]
-    by_layer: dict[int, list] = {}
+    by_layer: dict[int, list[Instr]] = {}
     for ins in p.instrs:
         by_layer.setdefault(ins.layer, []).append(ins)
     for li, rec in enumerate(p.layers):

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 from tilesparse.program.geometry import WindowRules
 
-__all__ = ["BITS_PER_BYTE", "PIECE_ALIGN", "ChunkGeometry", "chunk_geometry", "pack_chunk", "piece_bounds",
-           "unpack_chunk"]
+__all__ = ["BITS_PER_BYTE", "PIECE_ALIGN", "ChunkGeometry", "MaskedLayer", "chunk_geometry", "pack_chunk",
+           "piece_bounds", "unpack_chunk"]
 
 BITS_PER_BYTE = 8
 PIECE_ALIGN = 4  # weight pieces start on 32-bit words (the DMA's unit)
@@ -73,7 +74,18 @@ def chunk_geometry(spec: WindowRules, oc0: int, oc1: int, cb0: int, cb1: int) ->
     return ChunkGeometry(oc0, oc1, cb0, cb1, ridx[starts] if len(o) else ridx, row_ch, col_w)
 
 
-def pack_chunk(spec, w8: np.ndarray, bias: np.ndarray | None, geo: ChunkGeometry) -> bytes:
+class MaskedLayer(Protocol):
+    """What ``pack_chunk`` reads of a layer: its block shape and kept-block mask (the compiler's
+    ``LayerSpec``; a program's ``LayerGeometry`` keeps no mask, the packed bitmap holds it)."""
+
+    @property
+    def block(self) -> tuple[int, int]: ...
+
+    @property
+    def mask(self) -> np.ndarray | None: ...
+
+
+def pack_chunk(spec: MaskedLayer, w8: np.ndarray, bias: np.ndarray | None, geo: ChunkGeometry) -> bytes:
     """Packed bytes of one chunk (module doc). ``w8``: int8 weight O × I_g × kh × kw; ``spec``:
     the layer with its kept-block ``mask`` (the compiler's ``LayerSpec``)."""
     assert spec.mask is not None

@@ -165,7 +165,7 @@ def _run(lw: np.ndarray, lwm: np.ndarray, d: np.ndarray, ops: Sequence[str], ite
         if weighted[j]:
             start, lw0, ready = _weights_in(e, weights, j)
         first = _iterate(e, stages, iters[j], writes[j], staged_in, staged_out, want)
-        if want:
+        if record is not None:
             record.append((start, lw0, ready, first or {}))
     return max(e.load, e.fm, e.comp, e.wfm, e.wr, e.lwm_ends[1])
 
