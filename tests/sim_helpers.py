@@ -8,9 +8,9 @@ import functools
 import numpy as np
 from torch import nn
 
+from tilesparse.build import build_graph_from
 from tilesparse.compiler.pipeline import compile_graph
-from tilesparse.frontend import build_graph
-from tilesparse.ir.graph import Graph, Op
+from tilesparse.ir.graph import Graph
 from tilesparse.models import get_model
 from tilesparse.sim import verify
 
@@ -31,34 +31,15 @@ def _model(name: str) -> nn.Module:
     return m
 
 
-def block_sparse(graph: Graph, sparsity: float = SPARSITY) -> Graph:
-    """The same int8 network with the ``sparsity`` fraction of lowest-L2 8x8 blocks of every conv
-    but the first zeroed and masked (the paper's setting), without a second capture and
-    calibration: the integer reference and the program both run exactly these int8 weights."""
-    params = dict(graph.params)
-    for n in graph.of(Op.CONV2D)[1:]:
-        w = params[f"{n.name}.weight"]
-        o, i = w.shape[:2]
-        bo, bi = n.attrs.get("block", BLOCK)
-        rows, cols = -(-o // bo), -(-i // bi)
-        sq = np.zeros((rows * bo, cols * bi))
-        sq[:o, :i] = (w.astype(np.float64) ** 2).sum(axis=(2, 3))
-        score = sq.reshape(rows, bo, cols, bi).sum(axis=(1, 3))
-        keep = np.zeros(score.size, bool)
-        keep[np.argsort(score, axis=None, kind="stable")[round(sparsity * score.size):]] = True
-        keep = keep.reshape(rows, cols)
-        full = np.repeat(np.repeat(keep, bo, 0), bi, 1)[:o, :i]
-        params[f"{n.name}.weight"] = (w * full[:, :, None, None]).astype(np.int8)
-        params[f"{n.name}.mask"] = keep
-    return Graph(graph.nodes, params, graph.name)
-
-
 @functools.cache
 def zoo_graphs(name: str) -> tuple[Graph, Graph]:
-    """(dense, 50 % 8x8 block-sparse) quantized graphs of a zoo network, random weights."""
+    """(dense, 50 % 8x8 block-sparse) quantized graphs of a zoo network, random weights, both
+    through the front door (its one-shot pruning before quantization, on a copy of the model)."""
     px = RESOLUTION[name]
-    dense = build_graph(_model(name), input_shape=(1, 3, px, px), block=BLOCK)
-    return dense, block_sparse(dense)
+    model = _model(name)
+    dense, sparse = (build_graph_from(model, sparsity=sp, block=BLOCK, input_shape=(1, 3, px, px)).graph
+                     for sp in (None, SPARSITY))
+    return dense, sparse
 
 
 @functools.cache

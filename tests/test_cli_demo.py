@@ -22,6 +22,14 @@ def test_demo_end_to_end(tmp_path):
         assert n["estimate_ms"] >= n["bound_ms"] > 0
     assert sparse["packed_weight_fraction"] <= 0.52
     assert (tmp_path / "sparse.pt").is_file()
+    # The digits program went through the front door as an in-memory module, not pruned again
+    # (its trained zero blocks masked) and calibrated on the 16 training images it was given.
+    prov = summary["provenance"]
+    assert (prov["source_kind"], prov["source"], prov["selection"]) == ("module", "DigitsCNN", "module-weights")
+    assert prov["calibration"] == "given: n=16" and prov["source_sha256"] is None
+    # masked: half of the three trained convs' 8x8 blocks (8 of 16, 16 of 32, 32 of 64); the
+    # classifier's 2x8 blocks are not in the recipe and stay dense -> 56 of 128
+    assert prov["sparsity"] == 56 / 128
 
 
 def test_demo_rejects_bad_sparsity():

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from sim_helpers import block_sparse, check_bit_exact
+from sim_helpers import check_bit_exact
 from torch import nn
 from torchvision.models.resnet import Bottleneck
 
+from tilesparse.build import build_graph_from
 from tilesparse.compiler import pipeline
 from tilesparse.compiler.fusion import _first, input_pass_bytes
 from tilesparse.compiler.pipeline import compile_graph
-from tilesparse.frontend import build_graph
 from tilesparse.ir.graph import Graph
 
 
@@ -21,7 +21,7 @@ def _bottleneck(cin: int, planes: int, stride: int, px: int) -> Graph:
     torch.manual_seed(0)
     down = nn.Sequential(nn.Conv2d(cin, planes * 4, 1, stride, bias=False), nn.BatchNorm2d(planes * 4))
     m = nn.Sequential(Bottleneck(cin, planes, stride, downsample=down)).eval()
-    return block_sparse(build_graph(m, input_shape=(1, cin, px, px), block=(8, 8)))
+    return build_graph_from(m, sparsity=0.5, block=(8, 8), input_shape=(1, cin, px, px)).graph
 
 
 def _in_graph_order(g: Graph, arr: str, monkeypatch):

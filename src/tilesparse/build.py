@@ -1,10 +1,14 @@
 """The front door: model source → (pruned) model → graph → Program, with provenance.
 
-Every verb and the Table II report go through ``build_graph_from`` / ``compile_source``:
+Every verb, the Table II report, the demo and the test helpers go through ``build_graph_from`` /
+``compile_source``:
 
     >>> prog = compile_source("resnet18", "4x4", sparsity=0.5, input_shape=(1, 3, 64, 64))  # doctest: +SKIP
     >>> provenance_of(prog).selection                                                        # doctest: +SKIP
     'l2-oneshot'
+
+From Python an in-memory ``nn.Module`` is a source too (``source_kind`` "module"); such a program
+records no file to rebuild it from, so it is verified in Python (``tilesparse.sim.verify``).
 
 ``graph_from_provenance`` rebuilds the graph a program was compiled from (refusing source files
 whose hash changed), and ``check_request`` refuses flags that contradict a program's provenance.
@@ -29,10 +33,11 @@ from tilesparse.program.provenance import (
 from tilesparse.source import LoadedModel, ModelSource, load_model, locate_file, parse_source, require_file
 
 __all__ = ["Built", "build_graph_from", "check_request", "compile_source", "graph_from_provenance",
-           "locate_files", "parse_input_shape"]
+           "locate_files", "not_rebuildable", "parse_input_shape"]
 
 N_CALIB = 2  # random calibration inputs of the front end (frontend.build_graph's default)
 QUANTIZATION = "int8 power-of-two, per-tensor weights"
+MODULE_WEIGHTS = "module-weights"  # selection of an unpruned module: its all-zero blocks are masked
 
 
 @dataclass
@@ -48,6 +53,7 @@ class Built:
     quantized: bool
     input_shape: tuple[int, ...]
     notices: list[str] = field(default_factory=list)  # one line each: a file found elsewhere than recorded
+    calibration: str | None = None  # how the activation exponents were calibrated; None: random inputs
 
     def provenance(self, array: str, balance: bool) -> Provenance:
         s = self.source
@@ -57,7 +63,8 @@ class Built:
             weights_sha256=file_sha256(s.weights) if s.weights else None, pattern="block", block=self.block,
             sparsity=self.sparsity, selection=self.selection, seed=self.seed,
             quantization=QUANTIZATION if self.quantized else "none (float graph)",
-            calibration=f"random normal, n={N_CALIB}, seed={self.seed}" if self.quantized else "none",
+            calibration=(self.calibration or f"random normal, n={N_CALIB}, seed={self.seed}") if self.quantized
+            else "none",
             input_shape=self.input_shape, array=array, time_model=TIME_MODEL, balance=balance,
             version=package_version(), source_given=s.given, weights_given=s.given_weights)
 
@@ -96,7 +103,8 @@ def _choose(lm: LoadedModel, src: ModelSource, sparsity: float | None,
     sp = check_sparsity(float(sparsity), "--sparsity") if sparsity is not None else None
     if lm.masks is None:
         sp = sp or 0.0
-        return b or (8, 8), sp, "l2-oneshot" if sp > 0 else "none"
+        unpruned = MODULE_WEIGHTS if src.kind == "module" else "none"
+        return b or (8, 8), sp, "l2-oneshot" if sp > 0 else unpruned
     if sp is not None and not math.isclose(sp, lm.sparsity or 0.0):
         raise ConfigError("--sparsity", [f"{src.spec} carries trained masks (sparsity {lm.sparsity:g}); it is "
                                          f"not pruned again: drop --sparsity {sp:g}"])
@@ -106,18 +114,23 @@ def _choose(lm: LoadedModel, src: ModelSource, sparsity: float | None,
     return lm.block, float(lm.sparsity or 0.0), "checkpoint-masks"
 
 
-def build_graph_from(source: str | ModelSource, *, weights: str | Path | None = None,
+def build_graph_from(source: str | ModelSource | Any, *, weights: str | Path | None = None,
                      sparsity: float | None = None, block: str | tuple[int, int] | None = None,
                      input_shape: str | Sequence[int] | None = None, quantized: bool = True,
-                     seed: int = 0) -> Built:
+                     seed: int = 0, calibration: Sequence[Any] | None = None) -> Built:
     """Source → model → one-shot pruning (``patterns.prune_oneshot``, unless the source carries
     masks) → front end. ``sparsity``/``block`` None: the source's own (dense, 8x8 for a model
-    without masks)."""
+    without masks).
+
+    ``source`` may be an in-memory ``nn.Module`` (Python only; ``input_shape`` required): a deep
+    copy of it is pruned and captured, so the caller's module is never modified; unpruned, its
+    all-zero blocks are masked (``selection`` "module-weights", the masked fraction recorded).
+    ``calibration`` (input arrays, module sources only: a program from a file must be rebuildable
+    from its provenance) replaces the random calibration inputs."""
     from tilesparse.frontend import build_graph
     from tilesparse.patterns import prune_oneshot
 
-    src = source if isinstance(source, ModelSource) else parse_source(source, weights)
-    lm = load_model(src, seed)
+    src, lm = _load(source, weights, seed, input_shape, calibration)
     bs, sp, rule = _choose(lm, src, sparsity, block)
     if rule == "l2-oneshot":
         prune_oneshot(lm.model, sp, bs, name=lm.name)
@@ -125,12 +138,47 @@ def build_graph_from(source: str | ModelSource, *, weights: str | Path | None = 
     g = build_graph(lm.model, input_shape=shape, block=bs, quantized=False, seed=seed)
     if lm.masks:
         g = _with_masks(g, lm.masks, src.spec)
+    if rule == MODULE_WEIGHTS:
+        sp = _masked_fraction(g)
     if quantized:
         from tilesparse.frontend import random_calibration
         from tilesparse.quant import quantize
 
-        g = quantize(g, random_calibration(shape, N_CALIB, seed))
-    return Built(g, src, bs, sp, rule, seed, quantized, shape, list(lm.notices))
+        g = quantize(g, list(calibration) if calibration is not None else random_calibration(shape, N_CALIB, seed))
+    given = f"given: n={len(calibration)}" if calibration is not None else None
+    return Built(g, src, bs, sp, rule, seed, quantized, shape, list(lm.notices), given)
+
+
+def _load(source: Any, weights: str | Path | None, seed: int, input_shape: Any,
+          calibration: Sequence[Any] | None) -> tuple[ModelSource, LoadedModel]:
+    """(source, loaded model): a parsed spec loaded, or a deep copy of an in-memory module."""
+    import copy
+
+    from torch import nn
+
+    if not isinstance(source, nn.Module):
+        src = source if isinstance(source, ModelSource) else parse_source(source, weights)
+        if calibration is not None:
+            raise ConfigError("calibration", [f"{src.spec}: calibration inputs are taken with an in-memory model "
+                                              "only (a program compiled from a file is rebuilt from its provenance)"])
+        return src, load_model(src, seed)
+    name = type(source).__name__
+    if weights is not None:
+        raise ConfigError("weights", [f"an in-memory model ({name}) carries its own weights; drop weights="])
+    if input_shape is None:
+        raise ConfigError("input_shape", [f"an in-memory model ({name}): give input_shape=(N, C, H, W)"])
+    if calibration is not None and not len(calibration):
+        raise ConfigError("calibration", [f"{name}: an empty list of calibration inputs; give at least one"])
+    return ModelSource(name, "module"), LoadedModel(copy.deepcopy(source).to("cpu").eval(), name, None)
+
+
+def _masked_fraction(g) -> float:
+    """Fraction of masked blocks over the sparsifiable layers (what an unpruned module brings)."""
+    from tilesparse.passes import sparsifiable_layers
+
+    masks = [g.params[f"{n}.mask"] for n in sparsifiable_layers(g)]
+    total = sum(m.size for m in masks)
+    return math.floor(1e4 * float(sum((~m).sum() for m in masks)) / total) / 1e4 if total else 0.0
 
 
 def _with_masks(g, masks: dict[str, Any], where: str):
@@ -154,10 +202,11 @@ def _with_masks(g, masks: dict[str, Any], where: str):
     return Graph(g.nodes, params, g.name)
 
 
-def compile_source(source: str | ModelSource, array: Any = "4x4", *, balance: bool = True, chooser=None,
+def compile_source(source: str | ModelSource | Any, array: Any = "4x4", *, balance: bool = True, chooser=None,
                    notices: list[str] | None = None, **build_kwargs: Any):
     """``build_graph_from`` then ``compile_graph``; the Program carries its provenance. The
-    build's notices (a file found elsewhere than recorded) are appended to ``notices``."""
+    build's notices (a file found elsewhere than recorded) are appended to ``notices``.
+    ``source`` may be an in-memory ``nn.Module`` (give ``input_shape``; it is not modified)."""
     from tilesparse.compiler.pipeline import compile_graph
     from tilesparse.hw import load_array
 
@@ -206,7 +255,10 @@ def _source_path(prov: Provenance) -> str | None:
 def graph_from_provenance(prov: Provenance, where: str = "program", notices: list[str] | None = None,
                           model: str | None = None, weights: str | Path | None = None) -> Built:
     """Rebuild the graph ``prov`` describes (same source, pruning, input shape, quantization),
-    from files found by ``locate_files``; its notices are appended to ``notices``."""
+    from files found by ``locate_files``; its notices are appended to ``notices``. A program
+    compiled from an in-memory model is a ``ProvenanceError`` (``not_rebuildable``)."""
+    if prov.source_kind == "module":
+        raise ProvenanceError(f"{where}: {not_rebuildable(prov)}")
     source, weights, notes = locate_files(prov, where, model, weights)
     built = build_graph_from(source, weights=weights,
                              sparsity=prov.sparsity if prov.selection == "l2-oneshot" else None,
@@ -215,6 +267,12 @@ def graph_from_provenance(prov: Provenance, where: str = "program", notices: lis
     if notices is not None:
         notices.extend(notes + built.notices)
     return built
+
+
+def not_rebuildable(prov: Provenance) -> str:
+    """Why a program compiled from an in-memory model cannot be verified from its provenance."""
+    return (f"compiled from an in-memory model ({prov.source}): nothing to rebuild it from; verify it in Python "
+            "with tilesparse.sim.verify(program, graph, x)")
 
 
 def check_request(prov: Provenance, where: str, **given: Any) -> None:
@@ -284,6 +342,8 @@ def _next_step(prov: Provenance, flag: str, raw: str) -> str:
         "--weights": prov.weights, "--sparsity": _show(prov.sparsity) if prov.selection == "l2-oneshot" else None,
         "--block": _show(prov.block) if prov.block != (8, 8) and prov.selection == "l2-oneshot" else None,
         "--input-shape": _show(prov.input_shape) if prov.source_kind == "file" else None, "-a": prov.array}
+    if prov.source_kind == "module" and flag != "--model":
+        return f"or compile the model again in Python (tilesparse.build.compile_source) with {flag} {raw}"
     source = prov.source
     if flag == "--model":
         source, opts = raw, {"-a": prov.array}

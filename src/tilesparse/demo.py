@@ -1,19 +1,24 @@
 """The main job on a built-in default: train → sparsify → quantize → compile → simulate → estimate.
 
 ``run_pipeline_demo`` trains the digits CNN dense, prunes it to 50 % 8×8 block sparsity and
-fine-tunes it (``tilesparse.sparsify.demo``), quantizes and compiles it for an AIE2 array, runs the
-program in the simulator on real test images — every layer bit-exact against the PyTorch integer
-reference — and finally compiles ResNet50 dense and sparse on the same array to show what sparsity
+fine-tunes it (``tilesparse.sparsify.demo``), quantizes and compiles it for an AIE2 array through the
+front door (an in-memory module source calibrated on training images; its program's provenance says
+so), runs the program in the simulator on real test images — every layer bit-exact against the
+PyTorch integer reference — and finally compiles ResNet50 dense and sparse on the same array to show what sparsity
 buys at scale (estimate, lower bound, packed weight bytes).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tilesparse.hw import ArrayConfig, load_array
+
+if TYPE_CHECKING:
+    from tilesparse.program.provenance import Provenance
 
 __all__ = ["PipelineDemo", "NetworkEstimate", "run_pipeline_demo", "estimate_network"]
 
@@ -46,6 +51,8 @@ class PipelineDemo:
     int8_correct: int
     first_mismatch: str | None
     networks: list[NetworkEstimate] = field(default_factory=list)
+    provenance: Provenance | None = None  # of the digits program: an in-memory module source
+
 
     @property
     def ok(self) -> bool:
@@ -75,10 +82,11 @@ def run_pipeline_demo(*, seed: int = 0, sparsity: float = 0.5, block: tuple[int,
     """Run the whole pipeline once; ``log`` receives one line per stage."""
     import torch
 
+    from tilesparse.build import build_graph_from
     from tilesparse.compiler.pipeline import compile_graph
     from tilesparse.data.digits import load_digits_tensors
     from tilesparse.estimate.report import summarize
-    from tilesparse.frontend import build_graph
+    from tilesparse.program.provenance import set_provenance
     from tilesparse.sim.oracle import verify
     from tilesparse.sparsify.demo import run_demo
 
@@ -89,9 +97,12 @@ def run_pipeline_demo(*, seed: int = 0, sparsity: float = 0.5, block: tuple[int,
     data = load_digits_tensors(seed)
 
     log(f"2/4 quantize to int8 and compile for {hw.label} ({hw.rows}x{hw.cols} tiles)")
-    calib = [data.x_train[i:i + 1] for i in range(CALIB_IMAGES)]
-    graph = build_graph(model, input_shape=(1, *data.x_test.shape[1:]), calib_inputs=calib, block=block)
+    calib = [data.x_train[i:i + 1].numpy() for i in range(CALIB_IMAGES)]
+    built = build_graph_from(model, block=block, input_shape=(1, *data.x_test.shape[1:]), calibration=calib)
+    graph = built.graph
     program = compile_graph(graph, hw)
+    prov = built.provenance(hw.label, True)
+    set_provenance(program, prov)
     digits = summarize(program)
 
     log(f"3/4 simulate {sim_images} test images instruction by instruction, verify every layer")
@@ -111,4 +122,4 @@ def run_pipeline_demo(*, seed: int = 0, sparsity: float = 0.5, block: tuple[int,
     log(f"4/4 estimate {', '.join(networks)} dense vs {sparsity:.0%} sparse on {hw.label}")
     nets = [estimate_network(n, hw, s, seed) for n in networks for s in (0.0, sparsity)]
     return PipelineDemo(hw, trained, len(program.instrs), digits.estimate_ms * 1e3, digits.bound_ms * 1e3,
-                        min(sim_images, len(data.y_test)), exact, float_ok, int8_ok, mismatch, nets)
+                        min(sim_images, len(data.y_test)), exact, float_ok, int8_ok, mismatch, nets, prov)

@@ -12,6 +12,9 @@ Forms (``SOURCE_FORMS``):
   ``nn.Module`` (called after seeding torch, so random initialisation is reproducible);
 * a ``torch.export`` ``.pt2`` file: ``torch.export.load(path).module()``; its example input gives
   the default input shape.
+
+From Python (not the CLI, so not in ``SOURCE_FORMS``) ``tilesparse.build.build_graph_from`` also
+takes an in-memory ``nn.Module``: a ``ModelSource`` of kind "module" named by its class.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ class ModelSource:
     """A parsed source. ``spec`` is canonical (absolute paths), so two spellings of one file agree."""
 
     spec: str
-    kind: str  # zoo | checkpoint | file | pt2
+    kind: str  # zoo | checkpoint | file | pt2 | module (an in-memory nn.Module, Python only)
     path: Path | None = None  # the checkpoint / .py / .pt2 file
     factory: str | None = None
     weights: Path | None = None  # state dict (or checkpoint) for a zoo name

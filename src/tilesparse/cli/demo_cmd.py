@@ -73,7 +73,7 @@ def demo(
 
 def _summary(r) -> dict:
     return {"array": r.hw.label, "bit_exact": r.images_bit_exact, "images": r.images_verified,
-            "networks": [vars(n) for n in r.networks]}
+            "networks": [vars(n) for n in r.networks], "provenance": r.provenance.to_dict()}
 
 
 def _network_table(r, Table):

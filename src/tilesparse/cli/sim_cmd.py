@@ -114,7 +114,7 @@ def simulate_verb(
 
 def _program_and_graph(target: str, array: str | None, out: Path | None, req: dict):
     """(program, graph to verify against or None, a notice or "")."""
-    from tilesparse.build import build_graph_from, check_request, graph_from_provenance
+    from tilesparse.build import build_graph_from, check_request, graph_from_provenance, not_rebuildable
     from tilesparse.compiler.pipeline import compile_graph
     from tilesparse.program.provenance import package_version, provenance_of, set_provenance
 
@@ -133,6 +133,8 @@ def _program_and_graph(target: str, array: str | None, out: Path | None, req: di
         check_request(prov, target, array=array, **req)
         if not prov.quantized:
             return prog, None, f"{target} is a timing-only (float) program: nothing to verify bit for bit"
+        if prov.source_kind == "module":
+            return prog, None, f"{target} was {not_rebuildable(prov)}; checking byte accounting only"
         notes = [f"{target} was compiled by tilesparse {prov.version}, this is {package_version()}: a "
                  "difference may be the tools', not the program's"] * (prov.version != package_version())
         built = graph_from_provenance(prov, target, notes, model=req["source"], weights=req["weights"])

@@ -26,7 +26,7 @@ __all__ = [
     "set_provenance",
 ]
 
-SOURCE_KINDS = ("zoo", "checkpoint", "file", "pt2")
+SOURCE_KINDS = ("zoo", "checkpoint", "file", "pt2", "module")  # module: an in-memory nn.Module (Python only)
 TIME_MODEL = "tilesparse-v1"  # the time model's rules (docs/time-model.md); bump when they change
 
 
@@ -54,7 +54,7 @@ class Provenance:
     """Everything needed to rebuild the graph a Program was compiled from (and to tell whether a
     later request contradicts it). Paths are absolute; hashes are hex SHA-256."""
 
-    source: str  # what the user passed: a zoo name, a checkpoint / .pt2 path, or file.py:factory
+    source: str  # what the user passed: a zoo name, a checkpoint / .pt2 path, file.py:factory, or a module's class
     source_kind: str  # one of SOURCE_KINDS
     source_sha256: str | None  # of the file behind the source (None for a zoo name)
     weights: str | None  # a state-dict file loaded into a zoo architecture
@@ -62,10 +62,10 @@ class Provenance:
     pattern: str  # "block"
     block: tuple[int, int]
     sparsity: float  # the fraction of blocks asked for (0 = dense); a checkpoint's recipe target
-    selection: str  # "none" (dense), "l2-oneshot" or "checkpoint-masks"
+    selection: str  # "none" (dense), "l2-oneshot", "checkpoint-masks" or "module-weights" (its zero blocks)
     seed: int  # random zoo weights and calibration inputs
     quantization: str  # e.g. "int8 power-of-two, per-tensor weights" or "none (float graph)"
-    calibration: str  # e.g. "random normal, n=2, seed=0"
+    calibration: str  # e.g. "random normal, n=2, seed=0", or "given: n=16" (inputs passed in, module sources)
     input_shape: tuple[int, ...]
     array: str  # the array's label (hw.label)
     time_model: str
@@ -126,6 +126,8 @@ def _check(p: Provenance) -> list[str]:
              if getattr(p, n) is not None and not isinstance(getattr(p, n), str)]
     if p.source_kind not in SOURCE_KINDS:
         errs.append(f"source_kind must be one of {', '.join(SOURCE_KINDS)}, got {p.source_kind!r}")
+    elif p.source_kind == "module" and (p.source_sha256 is not None or p.weights is not None):
+        errs.append("an in-memory model (source_kind module) has no source or weights file to hash")
     if len(p.block) != 2 or min(p.block) < 1:
         errs.append(f"block must be two positive integers, got {p.block!r}")
     if not p.input_shape or min(p.input_shape) < 1:
