@@ -1,20 +1,9 @@
 """Compressed weights: packing a conv's kept blocks into chunks and counting their bytes.
 
-The chunk format and its packer/unpacker are the program's (``tilesparse.program.packing``,
-re-exported here). A *chunk* is the weight slice one core holds at a time: output channels [oc0, oc1) × input-channel
-blocks [cb0, cb1) of its group × the whole kernel. Its packed form (docs/program.md, "weight
-chunk") is, little-endian, with no padding between fields:
-
-1. **bitmap** — one bit per (block row, block column) of the chunk, block rows in channel order,
-   row-major, least significant bit first (``np.packbits(..., bitorder="little")``), padded to a
-   whole byte. A block row is a mask block row clipped to [oc0, oc1).
-2. **blocks** — for each set bit in bitmap order: the int8 block as ``[o][ky][kx][i]`` (C order),
-   ``o`` over the block row's channels, ``i`` over the block column's channels (a ragged last
-   block column is narrower, never zero-padded).
-3. **bias** — only in the last input-channel chunk: int32 per output channel of [oc0, oc1).
-
-At 50 % sparsity the bitmap costs one bit per 64·taps dense bytes, so a 1×1 conv packs to
-50.2 % of its dense bytes.
+The chunk format (bitmap, kept int8 blocks, bias in the last input-channel chunk) and its
+packer/unpacker are the program's: ``tilesparse.program.packing`` describes them and is
+re-exported here. At 50 % sparsity the bitmap costs one bit per 64·taps dense bytes, so a 1×1
+conv packs to 50.2 % of its dense bytes.
 """
 
 from __future__ import annotations
