@@ -1,5 +1,6 @@
 """Shared set-up of the simulator tests: zoo graphs at reduced resolutions (built once per worker),
-compiled programs, and the differential check against the integer reference."""
+compiled programs, and the differential checks against the integer reference and, where the
+module is at hand, against PyTorch in float."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import functools
 import numpy as np
 from torch import nn
 
-from tilesparse.build import build_graph_from
+from tilesparse.build import Built, build_graph_from
 from tilesparse.compiler.pipeline import compile_graph
 from tilesparse.ir.graph import Graph
 from tilesparse.models import get_model
@@ -32,14 +33,21 @@ def _model(name: str) -> nn.Module:
 
 
 @functools.cache
-def zoo_graphs(name: str) -> tuple[Graph, Graph]:
-    """(dense, 50 % 8x8 block-sparse) quantized graphs of a zoo network, random weights, both
-    through the front door (its one-shot pruning before quantization, on a copy of the model)."""
+def zoo_builds(name: str) -> tuple[Built, Built]:
+    """(dense, 50 % 8x8 block-sparse) builds of a zoo network, random weights, both through the
+    front door (its one-shot pruning before quantization, on a copy of the model): each holds
+    the quantized graph and the float module it was captured from."""
     px = RESOLUTION[name]
     model = _model(name)
-    dense, sparse = (build_graph_from(model, sparsity=sp, block=BLOCK, input_shape=(1, 3, px, px)).graph
+    dense, sparse = (build_graph_from(model, sparsity=sp, block=BLOCK, input_shape=(1, 3, px, px))
                      for sp in (None, SPARSITY))
     return dense, sparse
+
+
+def zoo_graphs(name: str) -> tuple[Graph, Graph]:
+    """(dense, sparse) quantized graphs of ``zoo_builds``."""
+    dense, sparse = zoo_builds(name)
+    return dense.graph, sparse.graph
 
 
 @functools.cache
@@ -48,9 +56,11 @@ def zoo_program(name: str, sparse: bool, array: str):
     return g, compile_graph(g, array)
 
 
-def check_bit_exact(graph: Graph, program, seed: int = 1):
-    """Verify on a seeded input; every layer must be bit-exact. Returns the report."""
+def check_bit_exact(graph: Graph, program, seed: int = 1, module: nn.Module | None = None):
+    """Verify on a seeded input; every layer must be bit-exact and, given the ``module`` the graph
+    was captured from, within tolerance of it in float (tilesparse.sim.torch_oracle). Returns the
+    report."""
     x = np.random.default_rng(seed).standard_normal(graph.inputs[0].out.shape).astype(np.float32)
-    rep = verify(program, graph, x, progress=False)
+    rep = verify(program, graph, x, module=module, progress=False)
     assert rep.ok, rep.summary()
     return rep

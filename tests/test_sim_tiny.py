@@ -25,21 +25,26 @@ from tilesparse.sim.compute import decode_chunk, geometry
 NETS = {"resnet": (TinyResNet, 32), "inception": (TinyInception, 16), "vgg": (TinyVGG, 12)}
 
 
-def _graph(net: str, sparse: bool, per_channel: bool = False):
+def _built(net: str, sparse: bool, per_channel: bool = False):
+    """(quantized graph, the float module it was captured from)."""
     cls, px = NETS[net]
     torch.manual_seed(0)
     m = randomize_bn(cls())
     if sparse:
         prune_oneshot(m, 0.5, (8, 8))
-    return build_graph(m, input_shape=(1, 3, px, px), per_channel=per_channel)
+    return build_graph(m, input_shape=(1, 3, px, px), per_channel=per_channel), m
+
+
+def _graph(net: str, sparse: bool, per_channel: bool = False):
+    return _built(net, sparse, per_channel)[0]
 
 
 @pytest.mark.parametrize("net", sorted(NETS))
 @pytest.mark.parametrize("array", ["1x1", "2x3", "4x2", "5x5", "7x7"])
 def test_tiny_nets_bit_exact(net, array):
-    g = _graph(net, sparse=array in ("2x3", "5x5"), per_channel=array == "7x7")
+    g, module = _built(net, sparse=array in ("2x3", "5x5"), per_channel=array == "7x7")
     prog = compile_graph(g, array)
-    rep = check_bit_exact(g, prog)
+    rep = check_bit_exact(g, prog, module=module)  # and within tolerance of the module in float
     assert rep.sim.accounting_ok, [a.notes for a in rep.sim.accounts if not a.ok]
     assert all(a.totals_ok for a in rep.sim.accounts), [(a.name, a.sim_total, a.listed_total)
                                                         for a in rep.sim.accounts if not a.totals_ok]

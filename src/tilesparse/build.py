@@ -54,6 +54,10 @@ class Built:
     input_shape: tuple[int, ...]
     notices: list[str] = field(default_factory=list)  # one line each: a file found elsewhere than recorded
     calibration: str | None = None  # how the activation exponents were calibrated; None: random inputs
+    # the float nn.Module the graph was captured from, as captured (pruned or checkpoint-masked
+    # weights, eval mode) — for a .pt2 the module lifted from the exported program — the second
+    # oracle of ``tilesparse.sim.verify(..., module=)``; every source kind has one
+    module: Any = None
 
     def provenance(self, array: str, balance: bool) -> Provenance:
         s = self.source
@@ -146,7 +150,7 @@ def build_graph_from(source: str | ModelSource | Any, *, weights: str | Path | N
 
         g = quantize(g, list(calibration) if calibration is not None else random_calibration(shape, N_CALIB, seed))
     given = f"given: n={len(calibration)}" if calibration is not None else None
-    return Built(g, src, bs, sp, rule, seed, quantized, shape, list(lm.notices), given)
+    return Built(g, src, bs, sp, rule, seed, quantized, shape, list(lm.notices), given, lm.model)
 
 
 def _load(source: Any, weights: str | Path | None, seed: int, input_shape: Any,

@@ -77,9 +77,10 @@ def simulate_verb(
     json_out: Annotated[Path | None, typer.Option("--json", help=JSON_HELP + " Per-layer results.")] = None,
 ) -> None:
     """Execute a program instruction by instruction over DDR, MemTiles and core memories; compare
-    every layer with the PyTorch integer reference bit for bit and the bytes / MACs with the time
-    model. A program file is verified against the model its provenance names, rebuilt; flags that
-    contradict the provenance are refused. Exit code 1 on any mismatch.
+    every layer with the PyTorch integer reference bit for bit, the output and layers with the model
+    itself run in float (within a tolerance derived from the quantization steps), and the bytes /
+    MACs with the time model. A program file is verified against the model its provenance names,
+    rebuilt; flags that contradict the provenance are refused. Exit code 1 on any mismatch.
 
     Examples:
 
@@ -94,17 +95,17 @@ def simulate_verb(
 
     con = console(json_out)
     req = {"source": model, "weights": weights, "sparsity": sparsity, "block": block, "input_shape": input_shape}
-    prog, graph, note = _program_and_graph(target, array, out, req)
+    prog, graph, module, note = _program_and_graph(target, array, out, req)
     if note:
         con.print(escape(note))
     shape = tuple(prog.buffers[_input_buffer(prog)]["shape"])
     x, is_int8 = _input(input_npy, (1, *shape), seed, graph, prog.meta.get("input_scale_exp"))
     if graph is not None:
-        rep = verify(prog, graph, x, check=check, progress=True, is_int8=is_int8)
+        rep = verify(prog, graph, x, module=module, check=check, progress=True, is_int8=is_int8)
         sim, checks = rep.sim, rep.checks
     else:
         sim, checks, rep = simulate(prog, x.reshape(shape), check=check, progress=True), None, None
-    con.print(_table(prog, sim, checks))
+    con.print(_table(prog, sim, checks, rep))
     ok = sim.accounting_ok and (rep is None or rep.ok)
     con.print(escape(_summary(prog, sim, rep)))
     write_json(json_out, _json(prog, sim, checks, rep))
@@ -113,7 +114,7 @@ def simulate_verb(
 
 
 def _program_and_graph(target: str, array: str | None, out: Path | None, req: dict):
-    """(program, graph to verify against or None, a notice or "")."""
+    """(program, graph to verify against or None, its float module or None, a notice or "")."""
     from tilesparse.build import build_graph_from, check_request, graph_from_provenance, not_rebuildable
     from tilesparse.compiler.pipeline import compile_graph
     from tilesparse.program.provenance import package_version, provenance_of, set_provenance
@@ -126,25 +127,27 @@ def _program_and_graph(target: str, array: str | None, out: Path | None, req: di
         set_provenance(prog, built.provenance(hw.label, True))
         if out is not None:
             prog.save(out)
-        return prog, built.graph, "\n".join(built.notices)
+        return prog, built.graph, built.module, "\n".join(built.notices)
     prog = read_program(target)
     prov = provenance_of(prog, target)
     if prov is not None:
         check_request(prov, target, array=array, **req)
         if not prov.quantized:
-            return prog, None, f"{target} is a timing-only (float) program: nothing to verify bit for bit"
+            return prog, None, None, f"{target} is a timing-only (float) program: nothing to verify bit for bit"
         if prov.source_kind == "module":
-            return prog, None, f"{target} was {not_rebuildable(prov)}; checking byte accounting only"
+            return prog, None, None, f"{target} was {not_rebuildable(prov)}; checking byte accounting only"
         notes = [f"{target} was compiled by tilesparse {prov.version}, this is {package_version()}: a "
                  "difference may be the tools', not the program's"] * (prov.version != package_version())
         built = graph_from_provenance(prov, target, notes, model=req["source"], weights=req["weights"])
-        return prog, built.graph, "\n".join(notes + [f"verifying against {built.source.spec} (provenance)"])
+        return prog, built.graph, built.module, "\n".join(notes + [f"verifying against {built.source.spec} "
+                                                                   "(provenance)"])
     if array:
         prog = read_program(target, hw=array_arg(array))
     if req["source"] is None:
-        return prog, None, (f"{target} records no provenance: checking byte accounting only (give --model "
-                            "SOURCE to verify bit for bit, or recompile)")
-    return prog, build_graph_from(req.pop("source"), **req).graph, ""
+        return prog, None, None, (f"{target} records no provenance: checking byte accounting only (give --model "
+                                  "SOURCE to verify bit for bit, or recompile)")
+    built = build_graph_from(req.pop("source"), **req)
+    return prog, built.graph, built.module, ""
 
 
 def _input_buffer(prog) -> str:
@@ -152,19 +155,35 @@ def _input_buffer(prog) -> str:
     return next(n for n, b in prog.buffers.items() if b.get("graph_io") and n not in written)
 
 
-def _table(prog, sim, checks):
+def _float_layers(rep) -> dict:
+    """Float comparison per graph node (empty without a module)."""
+    fc = None if rep is None else rep.float_check
+    return {} if fc is None else {c.layer: c for c in fc.layers}
+
+
+def _float_of(rec, floats: dict):
+    """The float comparison standing for a program layer: its fused add's, else its own node's."""
+    return floats.get(rec.fused_add) or floats.get(rec.name)
+
+
+def _table(prog, sim, checks, rep=None):
     from rich.table import Table
 
     t = Table(title=f"{prog.graph} on {prog.hw.label}: simulated")
-    for col in ("layer", "kind", "vs reference", "bytes (busiest ch.)", "charged", "MACs", "charged", "ok"):
-        t.add_column(col, justify="left" if col in ("layer", "kind", "vs reference") else "right")
-    ref = {c.layer: c for c in checks or []}
+    cols = ("layer", "kind", "vs reference", "vs PyTorch (float)", "bytes (busiest ch.)", "charged", "MACs",
+            "charged", "ok")
+    for col in cols:
+        t.add_column(col, justify="left" if col in cols[:4] else "right")
+    ref, floats = {c.layer: c for c in checks or []}, _float_layers(rep)
     # accounts cover the layers that ran (every one in a whole-program run)
     for rec, a in zip(prog.layers, sim.accounts, strict=False):
-        c = ref.get(rec.name)
+        c, f = ref.get(rec.name), _float_of(rec, floats)
         agree = "-" if c is None else ("bit-exact" if c.ok else f"{c.n_diff} differ at {c.first}")
-        t.add_row(rec.name, rec.kind, agree, f"{sum(a.sim_bytes.values()):,}", f"{sum(a.model_bytes.values()):,}",
-                  f"{a.sim_macs:,}", f"{a.model_macs:,}", "yes" if a.ok and (c is None or c.ok) else "NO")
+        near = "-" if f is None else (f"cos {f.cosine:.4f}, err {f.max_err:.2g} " + ("≤" if f.ok else "OUTSIDE")
+                                      + f" {f.tolerance:.2g}")
+        good = a.ok and (c is None or c.ok) and (f is None or f.ok)
+        t.add_row(rec.name, rec.kind, agree, near, f"{sum(a.sim_bytes.values()):,}",
+                  f"{sum(a.model_bytes.values()):,}", f"{a.sim_macs:,}", f"{a.model_macs:,}", "yes" if good else "NO")
     return t
 
 
@@ -174,24 +193,37 @@ def _summary(prog, sim, rep) -> str:
     lines.append("accounting: every layer's bytes and MACs equal the time model's" if sim.accounting_ok
                  else "accounting: MISMATCH — " + "; ".join(n for a in sim.accounts for n in a.notes[:1])[:400])
     if rep is not None:
-        lines.append(f"reference: {rep.summary()}")
+        lines.append(f"reference: {rep.bit_summary()}")
+    if rep is not None and rep.float_check is not None:
+        lines.append(rep.float_check.summary())
     return "\n".join(lines)
 
 
+def _float_json(f) -> dict | None:
+    if f is None:
+        return None
+    return {"torch_node": f.torch_node, "ok": f.ok, "cosine": f.cosine, "max_err": f.max_err,
+            "tolerance": f.tolerance, "rms_err": f.rms_err, "rms_tolerance": f.rms_tolerance}
+
+
 def _json(prog, sim, checks, rep) -> dict:
-    ref = {c.layer: c for c in checks or []}
+    ref, floats = {c.layer: c for c in checks or []}, _float_layers(rep)
     layers = []
     # accounts cover the layers that ran (every one in a whole-program run)
     for rec, a in zip(prog.layers, sim.accounts, strict=False):
         c = ref.get(rec.name)
         layers.append({"layer": rec.name, "kind": rec.kind, "bit_exact": None if c is None else c.ok,
                        "first_diff": None if c is None or c.ok else {"at": c.first, "got": c.got, "want": c.want},
+                       "float": _float_json(_float_of(rec, floats)),
                        "bytes": a.sim_bytes, "charged_bytes": a.model_bytes, "macs": a.sim_macs,
                        "charged_macs": a.model_macs, "cycles": a.sim_cycles, "charged_cycles": a.model_cycles,
                        "notes": a.notes})
+    fc = None if rep is None else rep.float_check
     return {"graph": prog.graph, "array": prog.hw.label, "seconds": sim.seconds, "by_level": sim.by_level,
-            "accounting_ok": sim.accounting_ok, "bit_exact": None if rep is None else rep.ok,
-            "layers": layers}
+            "accounting_ok": sim.accounting_ok, "bit_exact": None if rep is None else all(c.ok for c in rep.checks),
+            "float_check": None if fc is None else {**_float_json(fc.output), "layers_ok": all(c.ok for c in fc.layers),
+                                                     "not_compared": fc.not_compared},
+            "ok": sim.accounting_ok and (rep is None or rep.ok), "layers": layers}
 
 
 def register(app: typer.Typer) -> None:

@@ -1,9 +1,11 @@
 """Capture an ``nn.Module`` into the tilesparse IR through ``torch.fx``.
 
-``capture`` traces the module symbolically, propagates shapes with one zero input, and maps every fx
-node to an IR node (``tilesparse.ir.graph``). Identity-like nodes (``nn.Dropout`` in eval,
-``nn.Identity``, ``x.size(0)`` / ``x.shape`` feeding a flatten) disappear; anything outside the IR is
-an :class:`UnsupportedOpError` naming the op, the fx node and the module path.
+``capture`` traces the module symbolically and propagates shapes with one zero input (``trace``:
+in-place ops functionalised or refused by ``tilesparse.ir.inplace``, nodes that do not feed the
+output dropped), and maps every fx node to an IR node (``tilesparse.ir.graph``) of the same name.
+Identity-like nodes (``nn.Dropout`` in eval, ``nn.Identity``, ``x.size(0)`` / ``x.shape`` feeding a
+flatten) disappear; anything outside the IR is an :class:`UnsupportedOpError` naming the op, the fx
+node and the module path.
 
 Not handled: torchvision inception_v3 with ``transform_input=True`` (per-channel affine on constants,
 which is what ``weights=...`` turns on) — build it with ``tilesparse.models.get_model`` instead.
@@ -24,8 +26,9 @@ from torch.fx.passes.shape_prop import ShapeProp
 from tilesparse.errors import ConfigError, UnsupportedOpError
 from tilesparse.ir.capture_ops import FUNCTION_OPS, METHOD_OPS, MODULE_OPS, Emit, Lowered
 from tilesparse.ir.graph import Graph, Node, Op, TensorType
+from tilesparse.ir.inplace import InplaceTracer, functionalize
 
-__all__ = ["capture"]
+__all__ = ["capture", "trace"]
 
 DEFAULT_INPUT_SHAPE = (1, 3, 224, 224)
 
@@ -43,12 +46,24 @@ def capture(
         >>> [n.op.value for n in g.nodes[:3]]
         ['input', 'conv2d', 'batchnorm']
     """
+    gname = name or type(model).__name__
+    return _Converter(trace(model, input_shape, gname), gname).run()
+
+
+def trace(model: nn.Module, input_shape: Sequence[int] = DEFAULT_INPUT_SHAPE,
+          name: str | None = None) -> fx.GraphModule:
+    """The fx graph ``capture`` converts: traced (``model`` put in eval mode), shapes propagated
+    (``node.meta["tensor_meta"]``), in-place ops functionalised, dead nodes dropped. Its node names
+    are the IR's; the float oracle (``tilesparse.sim.torch_oracle``) runs it to read the module's
+    intermediate values."""
     model = model.eval()
     gname = name or type(model).__name__
     if isinstance(model, tuple(MODULE_OPS)):  # a bare nn.Conv2d etc.: fx would trace inside it
         model = nn.Sequential(model)
     try:
-        gm = fx.symbolic_trace(model)
+        tracer = InplaceTracer()
+        graph = tracer.trace(model)
+        gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     except Exception as e:  # fx raises TraceError, TypeError, ... for data-dependent control flow
         raise UnsupportedOpError(
             f"{gname}: torch.fx cannot trace this model ({type(e).__name__}: {e}); the IR needs a "
@@ -61,7 +76,8 @@ def capture(
         cause = str(e.__cause__ or e).splitlines()[0]
         msg = f"input shape {tuple(input_shape)} does not fit the model: {cause}"
         raise ConfigError(gname, [msg]) from None
-    return _Converter(gm, gname).run()
+    functionalize(gm, gname, _where)
+    return gm
 
 
 class _Converter:

@@ -269,11 +269,19 @@ def _add(e: Emit) -> Lowered:
     return Lowered(Op.ADD, (x, y), {"activation": None})
 
 
+_AXIS_NAMES = ("batch", "channel", "height", "width")
+CHANNEL_AXIS = 1  # the back end writes concat operands into channel slices of one buffer
+
+
 def _cat(e: Emit) -> Lowered:
     a = e.bind(("tensors", "dim"), dim=0)
     tensors = tuple(a["tensors"])
     rank = len(e.shape())
-    return Lowered(Op.CONCAT, tensors, {"axis": int(a["dim"]) % rank})
+    axis = int(a["dim"]) % rank
+    if axis != CHANNEL_AXIS:
+        what = _AXIS_NAMES[axis] if rank == 4 else f"axis {axis} of a rank-{rank} tensor"
+        raise e.error(f"torch.cat along dim {a['dim']} ({what}); only channel concatenation (dim=1) is supported")
+    return Lowered(Op.CONCAT, tensors, {"axis": axis})
 
 
 def _flatten_fn(e: Emit) -> Lowered:
@@ -288,12 +296,18 @@ def _non_tensor(e: Emit) -> Lowered | None:
 
 
 def _dropout_fn(e: Emit) -> Lowered:
-    return Lowered(None, (e.fn.args[0] if e.fn.args else e.fn.kwargs["input"],))
+    """Identity, when it does not drop: ``training=False`` (``training=self.training`` traced in
+    eval mode) or p = 0. Its default, training=True, drops at random even in eval mode."""
+    a = e.bind(("input", "p", "training", "inplace"), p=0.5, training=True, inplace=False)
+    if a["training"] is not False and a["p"] != 0:
+        raise e.error(f"{getattr(e.fn.target, '__name__', 'dropout')} with training={a['training']!r} drops at "
+                      "random even in eval mode; pass training=self.training")
+    return Lowered(None, (a["input"],))
 
 
 FUNCTION_OPS: dict[Any, Callable[[Emit], Lowered | None]] = {
     F.relu: _relu_fn, torch.relu: _relu_fn, torch.relu_: _relu_fn, F.relu_: _relu_fn,
-    F.relu6: _relu6_fn, F.hardtanh: _hardtanh_fn,
+    F.relu6: _relu6_fn, F.hardtanh: _hardtanh_fn, F.hardtanh_: _hardtanh_fn,
     F.max_pool2d: _maxpool_fn, torch.max_pool2d: _maxpool_fn,
     F.avg_pool2d: _avgpool_fn, torch._C._nn.avg_pool2d: _avgpool_fn,
     F.adaptive_avg_pool2d: _adaptive_fn,

@@ -1,9 +1,11 @@
-"""``simulate`` a program and ``verify`` it bit for bit against the integer reference."""
+"""``simulate`` a program and ``verify`` it bit for bit against the integer reference — and, given
+the module, in float against PyTorch (``tilesparse.sim.torch_oracle``)."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -44,21 +46,28 @@ class LayerCheck:
 
 @dataclass
 class Report:
-    """Result of ``verify``: per-layer agreement with the integer reference and the simulation."""
+    """Result of ``verify``: per-layer agreement with the integer reference, the simulation, and
+    (given the module) the float comparison with PyTorch (``torch_oracle.FloatCheck``)."""
 
     checks: list[LayerCheck]
     sim: SimResult
     reference_s: float = 0.0
+    float_check: Any = None  # tilesparse.sim.torch_oracle.FloatCheck, or None without a module
 
     @property
     def ok(self) -> bool:
-        return all(c.ok for c in self.checks)
+        return all(c.ok for c in self.checks) and (self.float_check is None or self.float_check.ok)
 
     @property
     def first_mismatch(self) -> LayerCheck | None:
         return next((c for c in self.checks if not c.ok), None)
 
     def summary(self) -> str:
+        bits = self.bit_summary()
+        return bits if self.float_check is None else f"{bits}; {self.float_check.summary()}"
+
+    def bit_summary(self) -> str:
+        """The integer-reference half of ``summary``."""
         bad = self.first_mismatch
         if bad is None:
             return f"all {len(self.checks)} layers bit-exact"
@@ -192,15 +201,41 @@ def compare(sim: SimResult, want: dict[str, tuple[str, np.ndarray]]) -> list[Lay
     return checks
 
 
-def verify(program, graph, x, *, check: bool = True, progress: bool = True, is_int8: bool = False) -> Report:
+def verify(program, graph, x, *, module=None, check: bool = True, progress: bool = True,
+           is_int8: bool = False) -> Report:
     """Simulate ``program`` and compare every layer's output with
     ``tilesparse.quant.IntegerReference(graph)`` on the same input (real-valued ``x`` is quantized
-    with the graph's input exponent; pass ``is_int8`` for an int8 tensor)."""
+    with the graph's input exponent; pass ``is_int8`` for an int8 tensor).
+
+    With ``module`` (the ``nn.Module`` the graph was captured from, e.g. ``Built.module``) the
+    simulated output and every layer that stands for a module value are also compared with the
+    module run in float on the real input (an int8 ``x`` is dequantized), within a tolerance
+    derived from the quantization steps: ``Report.float_check``, and ``Report.ok`` is False when
+    it fails. Example::
+
+        >>> built = build_graph_from("digits_cnn", sparsity=0.5)                        # doctest: +SKIP
+        >>> rep = verify(compile_graph(built.graph, "2x2"), built.graph, x, module=built.module)  # doctest: +SKIP
+        >>> rep.float_check.cosine > 0.99, rep.float_check.max_err <= rep.float_check.tolerance   # doctest: +SKIP
+        (True, True)
+    """
     from tilesparse.quant import IntegerReference, quantize_input
 
     q = np.asarray(x, np.int8) if is_int8 else quantize_input(graph, x).astype(np.int8)
     t0 = time.perf_counter()
-    ref = IntegerReference(graph).run(q.astype(np.int64), is_int8=True)
+    ref = IntegerReference(graph).run(q.astype(np.int64), is_int8=True, keep_accumulators=module is not None)
     t_ref = time.perf_counter() - t0
     sim = simulate(program, q.reshape(q.shape[-3:]), check=check, progress=progress)
-    return Report(compare(sim, expected_outputs(program, ref, graph)), sim, t_ref)
+    rep = Report(compare(sim, expected_outputs(program, ref, graph)), sim, t_ref)
+    if module is not None:
+        from tilesparse.sim.torch_oracle import float_check, simulated_output
+
+        real = _real_input(graph, x, q, is_int8)
+        rep.float_check = float_check(graph, module, real, ref, simulated_output(program, graph, sim.final))
+    return rep
+
+
+def _real_input(graph, x, q: np.ndarray, is_int8: bool) -> np.ndarray:
+    """What the float module reads: ``x`` itself, or an int8 ``x`` at the graph's input exponent."""
+    from tilesparse.quant import rounding as R
+
+    return R.dequantize(q, graph.inputs[0].out.scale_exp) if is_int8 else np.asarray(x, np.float32)
