@@ -31,6 +31,8 @@ from tilesparse.program.provenance import (
     set_provenance,
 )
 from tilesparse.source import LoadedModel, ModelSource, load_model, locate_file, parse_source, require_file
+from tilesparse.utils.config import short_repr
+from tilesparse.utils.limits import MAX_INPUT_ELEMENTS, above
 
 __all__ = ["Built", "build_graph_from", "check_request", "compile_source", "graph_from_provenance",
            "locate_files", "not_rebuildable", "parse_input_shape"]
@@ -79,10 +81,12 @@ def parse_input_shape(text: str | Sequence[int] | None, what: str = "--input-sha
         return None
     try:
         shape = tuple(int(x) for x in (text.replace("x", ",").split(",") if isinstance(text, str) else text))
-    except ValueError:
+    except (ValueError, TypeError):  # not numbers, or a number of thousands of digits
         shape = ()
     if len(shape) != 4 or min(shape) < 1:
-        raise ConfigError(what, [f"expected N,C,H,W such as 1,3,224,224, got {text!r}"])
+        raise ConfigError(what, [f"expected N,C,H,W such as 1,3,224,224, got {short_repr(text, 60)}"])
+    if math.prod(shape) > MAX_INPUT_ELEMENTS:
+        raise ConfigError(what, [above("N x C x H x W", f"{math.prod(shape):,}", f"{MAX_INPUT_ELEMENTS:,}")])
     return shape
 
 
@@ -101,10 +105,7 @@ def _input_shape(lm: LoadedModel, src: ModelSource, given: tuple[int, ...] | Non
 def _choose(lm: LoadedModel, src: ModelSource, sparsity: float | None,
             block: str | tuple[int, int] | None) -> tuple[tuple[int, int], float, str]:
     """(block, sparsity, selection rule) of the request; a checkpoint's masks are never re-pruned."""
-    from tilesparse.patterns.selection import check_sparsity
-
-    b = _block(block) if block is not None else None
-    sp = check_sparsity(float(sparsity), "--sparsity") if sparsity is not None else None
+    b, sp = _request(sparsity, block)
     if lm.masks is None:
         sp = sp or 0.0
         unpruned = MODULE_WEIGHTS if src.kind == "module" else "none"
@@ -116,6 +117,14 @@ def _choose(lm: LoadedModel, src: ModelSource, sparsity: float | None,
         raise ConfigError("--block", [f"{src.spec} carries {lm.block[0]}x{lm.block[1]} block masks; drop "
                                       f"--block {_show(b)}"])
     return lm.block, float(lm.sparsity or 0.0), "checkpoint-masks"
+
+
+def _request(sparsity: Any, block: Any) -> tuple[tuple[int, int] | None, float | None]:
+    """(block, sparsity) as asked, each checked by the one rule every verb uses (None: not asked)."""
+    from tilesparse.patterns import check_block, check_sparsity
+
+    return (None if block is None else check_block(block),
+            None if sparsity is None else check_sparsity(sparsity, "--sparsity"))
 
 
 def build_graph_from(source: str | ModelSource | Any, *, weights: str | Path | None = None,
@@ -134,6 +143,7 @@ def build_graph_from(source: str | ModelSource | Any, *, weights: str | Path | N
     from tilesparse.frontend import build_graph
     from tilesparse.patterns import prune_oneshot
 
+    _request(sparsity, block)  # a bad value refused before the model is loaded
     src, lm = _load(source, weights, seed, input_shape, calibration)
     bs, sp, rule = _choose(lm, src, sparsity, block)
     if rule == "l2-oneshot":
@@ -295,7 +305,7 @@ _FIELD = {"--model": "source", "--input-shape": "input_shape"}  # flag -> proven
 def _requested(prov: Provenance, given: dict[str, Any]):
     """(flag, recorded value as shown, whether the request agrees, value as the user wrote it) for
     every given flag; a value that is invalid in itself is a ``ConfigError`` first."""
-    from tilesparse.patterns.selection import check_sparsity
+    from tilesparse.patterns import check_block, check_sparsity
 
     g = {k: v for k, v in given.items() if v is not None}
     if "source" in g:
@@ -304,10 +314,10 @@ def _requested(prov: Provenance, given: dict[str, Any]):
         path = require_file(Path(g["weights"]), "weights file")
         yield "--weights", prov.weights, prov.weights_sha256 == file_sha256(path), g["weights"]
     if "sparsity" in g:
-        sp = check_sparsity(float(g["sparsity"]), "--sparsity")
+        sp = check_sparsity(g["sparsity"], "--sparsity")
         yield "--sparsity", _show(prov.sparsity), math.isclose(sp, prov.sparsity), f"{g['sparsity']:g}"
     if "block" in g:
-        yield "--block", _show(prov.block), _block(g["block"]) == prov.block, g["block"]
+        yield "--block", _show(prov.block), check_block(g["block"], "--block") == prov.block, g["block"]
     if "input_shape" in g:
         shape = parse_input_shape(g["input_shape"])
         yield "--input-shape", _show(prov.input_shape), shape == prov.input_shape, g["input_shape"]
@@ -325,16 +335,6 @@ def _same_source(prov: Provenance, src: ModelSource) -> bool:
         return src.spec == prov.source
     same_factory = src.factory is None or src.factory == prov.source.rpartition(":")[2]
     return same_factory and src.path is not None and file_sha256(src.path) == prov.source_sha256
-
-
-def _block(text: str | tuple[int, int]) -> tuple[int, int]:
-    from tilesparse.patterns import parse_block_shape
-
-    try:
-        b = parse_block_shape(text)
-    except ConfigError as e:
-        raise ConfigError(f"--block {text}", e.errors) from None
-    return b.out, b.in_
 
 
 def _next_step(prov: Provenance, flag: str, raw: str) -> str:

@@ -12,7 +12,8 @@ from typing import Any
 from tilesparse.source import SOURCE_FORMS
 
 __all__ = ["ARRAY_HELP", "BLOCK_HELP", "INPUT_SHAPE_HELP", "JSON_HELP", "SOURCE_HELP", "SPARSITY_HELP",
-           "WEIGHTS_HELP", "array_arg", "block_arg", "console", "is_program_file", "read_program", "write_json"]
+           "WEIGHTS_HELP", "array_arg", "block_arg", "console", "is_program_file", "read_program", "sparsity_arg",
+           "write_json"]
 
 SOURCE_HELP = f"Model source: {SOURCE_FORMS}."  # the one list of the forms (tilesparse.source)
 ARRAY_HELP = "Array: RxC (rows x columns, e.g. 4x4, 5x7, 8x2), base-RxC, phoenix, strix, or a YAML file."
@@ -52,10 +53,12 @@ def write_json(path: str | Path | None, data: Any) -> None:
 def is_program_file(target: str) -> bool:
     """A Program (``tilesparse compile``'s .tsp), not a model source: by suffix, or an .npz archive
     holding a program header (a torch checkpoint is a zip file too, without one)."""
+    from tilesparse.utils.config import is_file
+
     p = Path(target)
     if p.suffix in (".tsp", ".npz"):
         return True
-    if not p.is_file() or not zipfile.is_zipfile(p):
+    if not is_file(p) or not zipfile.is_zipfile(p):
         return False
     with zipfile.ZipFile(p) as z:
         return "header.npy" in z.namelist()
@@ -65,8 +68,14 @@ def read_program(target: str, hw: Any = None):
     """``Program.load`` of a program file named on the command line (a folder is named as one)."""
     from tilesparse.errors import ProgramError
     from tilesparse.program import Program
+    from tilesparse.utils.config import clip
 
-    if Path(target).is_dir():
+    try:
+        folder = Path(target).is_dir()
+    except (OSError, ValueError) as e:  # a name the OS refuses (too long, a NUL byte): never echoed whole
+        raise ProgramError(f"{clip(target, 60)}: not a usable file name ({getattr(e, 'strerror', None) or e})"
+                           ) from None
+    if folder:
         raise ProgramError(f"{target}: is a folder, expected a program file from `tilesparse compile`")
     return Program.load(target, hw=hw)
 
@@ -77,24 +86,32 @@ def array_arg(spec: str | None, flag: str = "--array"):
         return None
     from tilesparse.errors import ConfigError
     from tilesparse.hw import load_array
+    from tilesparse.hw.array import SHOWN_CHARS
+    from tilesparse.utils.config import clip
 
     try:
         return load_array(spec)
     except ConfigError as e:
-        if e.source != str(spec):  # a YAML file: its own name says where
+        if e.source != clip(str(spec), SHOWN_CHARS):  # a YAML file: its own name says where
             raise
-        raise ConfigError(f"{flag} {spec}", e.errors) from None
+        raise ConfigError(f"{flag} {e.source}", e.errors) from None
 
 
 def block_arg(spec: str | None, flag: str = "--block") -> tuple[int, int] | None:
-    """(out, in) of a ``--block`` value such as ``8x8`` (None stays None); its error names the flag."""
+    """(out, in) of a ``--block`` value such as ``8x8`` (None stays None); its error names the flag
+    (``patterns.check_block``, the one check of every verb)."""
     if spec is None:
         return None
-    from tilesparse.errors import ConfigError
-    from tilesparse.patterns import parse_block_shape
+    from tilesparse.patterns import check_block
 
-    try:
-        b = parse_block_shape(spec)
-    except ConfigError as e:
-        raise ConfigError(f"{flag} {spec}", e.errors) from None
-    return b.out, b.in_
+    return check_block(spec, flag)
+
+
+def sparsity_arg(value: float | None, flag: str = "--sparsity") -> float | None:
+    """A ``--sparsity`` value checked (``patterns.check_sparsity``, the one rule of every verb:
+    a number in [0, 1), never nan); None stays None."""
+    if value is None:
+        return None
+    from tilesparse.patterns import check_sparsity
+
+    return check_sparsity(value, flag)

@@ -16,9 +16,11 @@ from tilesparse.cli.common import (
     SPARSITY_HELP,
     WEIGHTS_HELP,
     array_arg,
+    block_arg,
     console,
     is_program_file,
     read_program,
+    sparsity_arg,
     write_json,
 )
 from tilesparse.errors import ConfigError
@@ -84,7 +86,7 @@ def compile_verb(
     """
     from tilesparse.estimate.report import summarize
 
-    array_arg(array)
+    sparsity_arg(sparsity), block_arg(block), array_arg(array)  # usage errors before any work
     if str(listing) == "-" and str(json_out) == "-":
         raise ConfigError("--listing -", ["--json - writes to stdout already; give the listing a file name"])
     prog = compile_source_with_progress(source, array, balance=balance, weights=weights, sparsity=sparsity,
@@ -161,6 +163,7 @@ def estimate_verb(
     from tilesparse.estimate.report import layer_rows, summarize
     from tilesparse.estimate.timemodel import estimate_program
 
+    sparsity_arg(sparsity), block_arg(block)  # usage errors before any work (a program file too)
     if timeline is not None and timeline.suffix not in (".html", ".png"):  # before the work, not after
         raise ConfigError(f"--timeline {timeline}", ["expected a .html or .png file name"])
     prog = load_or_compile(target, array, out, weights=weights, sparsity=sparsity, block=block,
@@ -206,10 +209,9 @@ def explore_verb(
     """
     from dataclasses import asdict
 
-    from tilesparse.patterns.selection import check_sparsity
     from tilesparse.reports.table2 import run_table, write_table
 
-    check_sparsity(sparsity, "--sparsity")  # usage errors before any worker starts
+    sparsity_arg(sparsity)  # usage errors before any worker starts
     for a in [a for a in arrays.split(",") if a]:
         array_arg(a, "--arrays")
     for a in [a for a in rect.split(",") if a]:

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from tilesparse.cli.common import ARRAY_HELP, JSON_HELP, array_arg, block_arg, console, write_json
+from tilesparse.cli.common import ARRAY_HELP, JSON_HELP, array_arg, block_arg, console, sparsity_arg, write_json
 
 
 def demo(
@@ -37,11 +37,10 @@ def demo(
     from rich.table import Table
 
     from tilesparse.demo import run_pipeline_demo
-    from tilesparse.patterns.selection import check_sparsity
     from tilesparse.utils.atomic import atomic_write_text
 
     b = block_arg(block)
-    check_sparsity(sparsity, "--sparsity")
+    sparsity_arg(sparsity)
     array_arg(array)
     con = console(json_out)
     nets = tuple(n.strip() for n in networks.split(",") if n.strip())

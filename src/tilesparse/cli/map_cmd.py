@@ -15,7 +15,9 @@ from tilesparse.cli.common import (
     SPARSITY_HELP,
     WEIGHTS_HELP,
     array_arg,
+    block_arg,
     console,
+    sparsity_arg,
     write_json,
 )
 from tilesparse.errors import ConfigError
@@ -150,7 +152,8 @@ def register(app: typer.Typer) -> None:
         from tilesparse.mapper import map_network
 
         source = source or model
-        sparsity = sparsity if sparsity is not None else prune
+        sparsity = sparsity_arg(sparsity if sparsity is not None else prune)
+        block_arg(block)
         _check_target(layer, source, sparsity=sparsity, block=block, weights=weights, input_shape=input_shape)
         a = _architecture(array or arch or "aie2")
         specs = None

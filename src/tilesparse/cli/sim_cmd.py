@@ -17,9 +17,11 @@ from tilesparse.cli.common import (
     SPARSITY_HELP,
     WEIGHTS_HELP,
     array_arg,
+    block_arg,
     console,
     is_program_file,
     read_program,
+    sparsity_arg,
     write_json,
 )
 
@@ -44,10 +46,7 @@ def _input(path: Path | None, shape, seed: int, graph, prog_exp: int | None = No
         if graph is None:
             return rng.integers(-128, 128, size=shape, dtype=np.int64).astype(np.int8), True
         return rng.standard_normal(shape).astype(np.float32), False
-    try:
-        x = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise ConfigError(path, [f"not a readable .npy array ({e})"]) from None
+    x = _read_npy(path)
     if int(np.prod(x.shape)) != int(np.prod(shape)):
         raise ConfigError(path, [f"input has shape {x.shape}, the program reads {tuple(shape)}"])
     if x.dtype == np.int8:
@@ -59,6 +58,30 @@ def _input(path: Path | None, shape, seed: int, graph, prog_exp: int | None = No
                "give --model, or an int8 array")
         raise ConfigError(path, [why])
     return x.astype(np.float32), False
+
+
+def _read_npy(path: Path):
+    """The array of an ``--input`` file: a real .npy within ``MAX_INPUT_NPY_BYTES`` (checked before
+    reading), not an .npz archive or a pickle."""
+    import numpy as np
+
+    from tilesparse.errors import ConfigError
+    from tilesparse.utils.limits import MAX_INPUT_NPY_BYTES, above
+
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise ConfigError(path, [f"not a readable .npy array ({e.strerror})"]) from None
+    if size > MAX_INPUT_NPY_BYTES:
+        raise ConfigError(path, [above("file size", f"{size:,}", f"{MAX_INPUT_NPY_BYTES:,}", " B")])
+    try:
+        x = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise ConfigError(path, [f"not a readable .npy array ({str(e)[:200]})"]) from None
+    if not isinstance(x, np.ndarray):  # an .npz archive
+        x.close()
+        raise ConfigError(path, ["an .npz archive: expected one array saved with numpy.save (.npy)"])
+    return x
 
 
 def simulate_verb(
@@ -93,6 +116,7 @@ def simulate_verb(
 
     from tilesparse.sim import simulate, verify
 
+    sparsity_arg(sparsity), block_arg(block)  # usage errors before any work (a program file too)
     con = console(json_out)
     req = {"source": model, "weights": weights, "sparsity": sparsity, "block": block, "input_shape": input_shape}
     prog, graph, module, note = _program_and_graph(target, array, out, req)

@@ -13,6 +13,7 @@ from tilesparse.cli.common import (
     WEIGHTS_HELP,
     block_arg,
     console,
+    sparsity_arg,
     write_json,
 )
 from tilesparse.errors import ConfigError
@@ -47,11 +48,7 @@ def _recipe(recipe_path: Path | None, overrides: dict[str, Any]):
 
 def _check_flags(sparsity: float | None, block: str | None) -> None:
     """--sparsity and --block named in their own errors (the recipe would say 'command line')."""
-    from tilesparse.patterns.selection import check_sparsity
-
-    if sparsity is not None:
-        check_sparsity(sparsity, "--sparsity")
-    block_arg(block)
+    sparsity_arg(sparsity), block_arg(block)
 
 
 def _device(name: str):

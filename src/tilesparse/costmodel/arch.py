@@ -16,26 +16,25 @@ from math import prod
 from pathlib import Path
 from typing import Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
+from pydantic import Field, model_validator
+
+from tilesparse.errors import ConfigError
+from tilesparse.utils.config import (
     NonNegativeFloat,
     PositiveFloat,
     PositiveInt,
-    model_validator,
+    StrictModel,
+    is_file,
+    load_yaml_model,
+    validate_model,
 )
-
-from tilesparse.errors import ConfigError
-from tilesparse.utils.config import load_yaml_model, validate_model
 
 __all__ = ["Architecture", "Compute", "Level", "aie2_arch", "list_arch_presets", "load_arch"]
 
 TensorName = Literal["W", "I", "O"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+_Strict = StrictModel  # unknown fields refused, finite floats, no booleans for numbers
 
 
 class Level(_Strict):
@@ -180,13 +179,13 @@ def load_arch(spec: str | Path | Architecture = "aie2") -> Architecture:
         return spec
     text = str(spec)
     path = Path(text)
-    if path.suffix in {".yaml", ".yml"} or path.is_file():
+    if path.suffix in {".yaml", ".yml"} or is_file(path):
         return load_yaml_model(Architecture, path)
     base, _, hw = text.partition(":")
     if base.lower() == "aie2":
         return aie2_arch(hw or "4x4")
     preset = _preset_dir() / f"{base.lower()}.yaml"
-    if preset.is_file():
+    if is_file(preset):
         return load_yaml_model(Architecture, preset)
     raise ConfigError(text, [f"unknown architecture {text!r}: expected a YAML file or one of "
                              f"{', '.join(list_arch_presets())} (aie2 accepts aie2:RxC)"])

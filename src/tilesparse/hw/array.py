@@ -1,7 +1,9 @@
 """The AIE2 array description: schema, semantic checks, presets.
 
 Units are in the field names (bytes, bytes_per_s, cycles, hz). Nothing else in tilesparse holds a
-machine number: passes and models read them from an ``ArrayConfig``.
+machine number: passes and models read them from an ``ArrayConfig``. Every field is bounded
+(``tilesparse.utils.limits``, docs/limits.md: at most 64 x 64 tiles, memories that the simulator can
+hold, a finite clock), so a description that validates can be compiled and simulated.
 """
 
 from __future__ import annotations
@@ -10,19 +12,29 @@ import re
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from tilesparse.errors import ConfigError
-from tilesparse.utils.config import load_yaml_model, validate_model
+from tilesparse.utils import limits as L
+from tilesparse.utils.config import (
+    Int,
+    PositiveFloat,
+    PositiveInt,
+    StrictModel,
+    at_most,
+    clip,
+    is_file,
+    load_yaml,
+    load_yaml_model,
+    validate_model,
+)
 
 DType = Literal["int8", "int16", "int32"]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+_Strict = StrictModel
+CoreBytes = Annotated[PositiveInt, at_most(L.MAX_CORE_MEMORY_BYTES, " B")]
 
 
 def _int8_only() -> dict[DType, int]:
@@ -32,12 +44,12 @@ def _int8_only() -> dict[DType, int]:
 class CoreConfig(_Strict):
     macs_per_cycle: dict[DType, PositiveInt] = Field(default_factory=_int8_only)
     matmul_shape: tuple[PositiveInt, PositiveInt, PositiveInt] = (4, 8, 8)
-    kernel_call_overhead_cycles: int = Field(64, ge=0)
-    data_memory_bytes: PositiveInt = 65536
-    bank_bytes: PositiveInt = 8192
-    input_buffer_bytes: PositiveInt = 16384
-    output_buffer_bytes: PositiveInt = 16384
-    weight_buffer_bytes: PositiveInt = 16384
+    kernel_call_overhead_cycles: Int = Field(64, ge=0)
+    data_memory_bytes: CoreBytes = 65536
+    bank_bytes: CoreBytes = 8192
+    input_buffer_bytes: CoreBytes = 16384
+    output_buffer_bytes: CoreBytes = 16384
+    weight_buffer_bytes: CoreBytes = 16384
 
     @model_validator(mode="after")
     def _fits(self) -> CoreConfig:
@@ -57,15 +69,15 @@ class CoreConfig(_Strict):
 
 
 class MemTileConfig(_Strict):
-    bytes: PositiveInt = 524288
+    bytes: Annotated[PositiveInt, at_most(L.MAX_MEMTILE_BYTES, " B")] = 524288
     # Each weight slot is split into this many pieces, each with its own lock pair, so LOADWM
     # copies piece i into the cores while LOADW still fills the later ones (weight cut-through).
     # 2 slots x pieces x 2 locks must fit the MemTile's 64 locks, beside the activation locks.
-    weight_slot_pieces: int = Field(4, ge=1, le=8)
+    weight_slot_pieces: Int = Field(4, ge=1, le=8)
 
 
 class DdrConfig(_Strict):
-    bytes: PositiveInt = 8 * 1024**3
+    bytes: Annotated[PositiveInt, at_most(L.MAX_DDR_BYTES, " B")] = 8 * 1024**3
 
 
 class LinkConfig(_Strict):
@@ -77,14 +89,33 @@ class LinkConfig(_Strict):
 class ArrayConfig(_Strict):
     """An AIE2 array: ``rows`` compute tiles in each of ``cols`` columns, one MemTile per column."""
 
-    name: str = "aie2"
-    rows: PositiveInt = 4
-    cols: PositiveInt = 4
-    clock_hz: PositiveFloat = 1.0e9
+    name: str = Field("aie2", min_length=1, max_length=L.MAX_NAME_CHARS)
+    rows: Annotated[PositiveInt, at_most(L.MAX_ROWS)] = 4
+    cols: Annotated[PositiveInt, at_most(L.MAX_COLS)] = 4
+    clock_hz: Annotated[PositiveFloat, at_most(L.MAX_CLOCK_HZ, " Hz")] = 1.0e9
     core: CoreConfig = CoreConfig()
     memtile: MemTileConfig = MemTileConfig()
     ddr: DdrConfig = DdrConfig()
     links: LinkConfig = LinkConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shape_first(cls, data: Any) -> Any:
+        """An array above the shape limits is one error naming both numbers, not one per field."""
+        rows, cols = (data.get("rows"), data.get("cols")) if isinstance(data, dict) else (None, None)
+        if type(rows) is int and type(cols) is int and (rows > L.MAX_ROWS or cols > L.MAX_COLS):
+            msg = L.above("rows x cols", f"{rows}x{cols}", f"{L.MAX_ROWS}x{L.MAX_COLS}")
+            raise PydanticCustomError("limit", "{msg}", {"msg": msg})
+        return data
+
+    @model_validator(mode="after")
+    def _simulable(self) -> ArrayConfig:
+        """Every on-chip byte must fit the simulator's memory (``limits.MAX_ONCHIP_BYTES``)."""
+        onchip = self.rows * self.cols * self.core.data_memory_bytes + self.cols * self.memtile.bytes
+        if onchip > L.MAX_ONCHIP_BYTES:
+            raise ValueError(L.above("rows x cols x core.data_memory_bytes + cols x memtile.bytes =",
+                                     f"{onchip:,}", f"{L.MAX_ONCHIP_BYTES:,}", " B"))
+        return self
 
     @property
     def n_cores(self) -> int:
@@ -108,13 +139,16 @@ class ArrayConfig(_Strict):
     def cycles_to_s(self, cycles: float) -> float:
         return cycles / self.clock_hz
 
-    def with_shape(self, rows: int, cols: int) -> ArrayConfig:
+    def with_shape(self, rows: int, cols: int, source: str | None = None) -> ArrayConfig:
+        """This description with ``rows`` x ``cols``; an error names ``source`` (default: the label)."""
         return validate_model(
-            ArrayConfig, {**self.model_dump(), "rows": rows, "cols": cols}, source=self.label
+            ArrayConfig, {**self.model_dump(), "rows": rows, "cols": cols}, source=source or self.label
         )
 
 
 _SHAPE = re.compile(r"^(?:(?P<base>[a-z][a-z0-9_]*)-)?(?P<rows>\d+)x(?P<cols>\d+)$")
+_MAX_DIGITS = 9
+SHOWN_CHARS = 200  # an --array value longer than this is cut in messages (array_arg knows)
 _NAMED = {
     # Real parts, usable compute tiles as rows x cols (wbs-paper.md, "Real parts").
     "phoenix": ("aie2", 4, 4),
@@ -150,32 +184,29 @@ def load_array(spec: str | Path | ArrayConfig = "4x4") -> ArrayConfig:
         return spec
     text = str(spec)
     path = Path(text)
-    if path.suffix in {".yaml", ".yml"} or path.is_file():
+    if path.suffix in {".yaml", ".yml"} or is_file(path):
         return load_yaml_model(ArrayConfig, path)
-    key = text.strip().lower()
+    key, shown = text.strip().lower(), clip(text, SHOWN_CHARS)  # a name echoed is never a huge line
     if key in _NAMED:
         base, rows, cols = _NAMED[key]
-        return _load_base(base, text).with_shape(rows, cols)
+        return _load_base(base, shown).with_shape(rows, cols, shown)
     m = _SHAPE.match(key)
     if m is None:
-        if _preset_file(key).is_file():
-            return _load_base(key, text)
-        raise ConfigError(
-            text,
-            [
-                f"unknown array {text!r}: expected 'RxC' (e.g. 4x4, 5x7), 'base-RxC' "
-                f"(e.g. aie2-8x2), a YAML file, or one of {', '.join(list_presets())}"
-            ],
-        )
+        if is_file(_preset_file(key)):
+            return _load_base(key, shown)
+        raise ConfigError(shown, [f"unknown array {shown!r}: expected 'RxC' (e.g. 4x4, 5x7), 'base-RxC' "
+                                  f"(e.g. aie2-8x2), a YAML file, or one of {', '.join(list_presets())}"])
+    if max(len(m["rows"]), len(m["cols"])) > _MAX_DIGITS:  # no Python int from thousands of digits
+        raise ConfigError(shown, [L.above("rows x cols", f"of more than {_MAX_DIGITS} digits",
+                                          f"{L.MAX_ROWS}x{L.MAX_COLS}")])
     rows, cols = int(m["rows"]), int(m["cols"])
     if rows < 1 or cols < 1:
-        raise ConfigError(text, [f"array shape must be at least 1x1, got {rows}x{cols}"])
-    return _load_base(m["base"] or "aie2", text).with_shape(rows, cols)
+        raise ConfigError(shown, [f"array shape must be at least 1x1, got {rows}x{cols}"])
+    return _load_base(m["base"] or "aie2", shown).with_shape(rows, cols, shown)
 
 
 def _load_base(base: str, asked: str) -> ArrayConfig:
     path = _preset_file(base)
-    if not path.is_file():
+    if not is_file(path):
         raise ConfigError(asked, [f"unknown base description {base!r}; shipped: {list_presets()}"])
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    return validate_model(ArrayConfig, data, source=path.name)
+    return validate_model(ArrayConfig, load_yaml(path), source=path.name)

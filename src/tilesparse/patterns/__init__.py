@@ -11,6 +11,7 @@ from tilesparse.patterns.block import (
     BlockShape,
     block_counts,
     block_reduce,
+    check_block,
     expand_mask,
     parse_block_shape,
 )
@@ -27,12 +28,20 @@ from tilesparse.patterns.scores import (
     taylor_scores,
     variance_scores,
 )
-from tilesparse.patterns.selection import MODES, check_sparsity, select_global, select_layer, select_masks, zero_count
+from tilesparse.patterns.selection import (
+    MODES,
+    check_sparsity,
+    select_layer,
+    select_masks,
+    sparsity_problem,
+    zero_count,
+)
 
 __all__ = [
-    "BlockGeometry", "BlockShape", "block_counts", "block_reduce", "expand_mask", "parse_block_shape",
+    "BlockGeometry", "BlockShape", "block_counts", "block_reduce", "check_block", "expand_mask",
+    "parse_block_shape",
     "GRADIENT_SCORES", "SCORES", "block_scores", "fisher_scores", "hessian_scores", "hutchinson_diag",
     "l1_scores", "l2_scores", "taylor_scores", "variance_scores",
     "first_conv_name", "oneshot_layers", "prune_oneshot",
-    "MODES", "check_sparsity", "select_global", "select_layer", "select_masks", "zero_count",
+    "MODES", "check_sparsity", "select_global", "select_layer", "select_masks", "sparsity_problem", "zero_count",
 ]

@@ -14,6 +14,8 @@ compressed bytes (the hardware packs whole blocks, so a ragged block is padded w
 from __future__ import annotations
 
 import math
+import numbers
+import re
 from dataclasses import dataclass
 from typing import cast
 
@@ -21,12 +23,15 @@ import torch
 from torch import Tensor, nn
 
 from tilesparse.errors import ConfigError
+from tilesparse.utils.config import short_repr
+from tilesparse.utils.limits import MAX_BLOCK, above
 
 __all__ = [
     "BlockShape",
     "BlockGeometry",
     "block_counts",
     "block_reduce",
+    "check_block",
     "expand_mask",
     "parse_block_shape",
 ]
@@ -40,10 +45,13 @@ class BlockShape:
     in_: int = 8
 
     def __post_init__(self) -> None:
-        bad = [f"{n}={v!r}" for n, v in (("b_o", self.out), ("b_i", self.in_))
-               if not isinstance(v, int) or isinstance(v, bool) or v <= 0]
+        sizes = (("b_o", self.out), ("b_i", self.in_))
+        bad = [f"{n}={short_repr(v, 30)}" for n, v in sizes if not isinstance(v, int) or isinstance(v, bool) or v <= 0]
         if bad:
             raise ConfigError("block shape", [f"block sizes must be positive integers, got {', '.join(bad)}"])
+        big = [(n, v) for n, v in sizes if v > MAX_BLOCK]
+        if big:
+            raise ConfigError("block shape", [above(f"block {big[0][0]}", big[0][1], MAX_BLOCK)])
 
     def __str__(self) -> str:
         return f"{self.out}x{self.in_}"
@@ -67,17 +75,43 @@ def parse_block_shape(spec: str | tuple[int, int] | list[int] | BlockShape) -> B
     if isinstance(spec, BlockShape):
         return spec
     if isinstance(spec, str):
-        parts = spec.lower().split("x")
-        try:
-            vals = [int(p) for p in parts]
-        except ValueError:
-            vals = []
-        if len(vals) != 2:
-            raise ConfigError("block shape", [f"expected 'OUTxIN' such as '8x8', got {spec!r}"])
-        return BlockShape(vals[0], vals[1])
+        m = _OUT_X_IN.fullmatch(spec.strip().lower())
+        if m is None:
+            raise ConfigError("block shape", [f"expected 'OUTxIN' such as '8x8', got {short_repr(spec, 40)}"])
+        if max(len(d) for d in m.groups()) > _DIGITS:  # no int made from thousands of digits
+            raise ConfigError("block shape", [above("block size", f"of more than {_DIGITS} digits", MAX_BLOCK)])
+        return BlockShape(int(m[1]), int(m[2]))
     if isinstance(spec, (tuple, list)) and len(spec) == 2:
-        return BlockShape(int(spec[0]), int(spec[1]))
-    raise ConfigError("block shape", [f"expected 'OUTxIN' or a pair of ints, got {spec!r}"])
+        return BlockShape(_index(spec[0]), _index(spec[1]))  # type: ignore[arg-type]  # checked in there
+    raise ConfigError("block shape", [f"expected 'OUTxIN' or a pair of ints, got {short_repr(spec, 40)}"])
+
+
+def check_block(spec: object, what: str = "--block") -> tuple[int, int]:
+    """(out, in) of a block argument (``"8x8"``, a pair); ``ConfigError`` naming ``what`` and the
+    value: the one check of ``--block`` for every verb and the Python API.
+
+    >>> check_block("8x0")
+    Traceback (most recent call last):
+    tilesparse.errors.ConfigError: --block 8x0: block sizes must be positive integers, got b_i=0
+    """
+    try:
+        b = parse_block_shape(spec)  # type: ignore[arg-type]  # anything else is refused in there
+    except ConfigError as e:
+        shown = spec if isinstance(spec, str) and len(spec) <= 40 else short_repr(spec, 40)
+        raise ConfigError(f"{what} {shown}", e.errors) from None
+    return b.out, b.in_
+
+
+_OUT_X_IN = re.compile(r"(\d+)x(\d+)")
+_DIGITS = 9
+
+
+def _index(v: object) -> object:
+    """An integer of any kind (NumPy's too) as a Python int; anything else as is, for BlockShape
+    to refuse (a float is not truncated into a block size)."""
+    if isinstance(v, numbers.Integral) and not isinstance(v, bool):
+        return int(v)
+    return v
 
 
 @dataclass(frozen=True)

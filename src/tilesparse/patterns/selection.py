@@ -16,23 +16,38 @@ blocks already zeroed stay zeroed and count towards the target (incremental prun
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 
 import torch
 from torch import Tensor
 
 from tilesparse.errors import ConfigError
+from tilesparse.utils.config import short_repr
 
-__all__ = ["MODES", "check_sparsity", "zero_count", "select_layer", "select_global", "select_masks"]
+__all__ = ["MODES", "check_sparsity", "sparsity_problem", "zero_count", "select_layer", "select_global", "select_masks"]
 
 MODES = ("layer", "global", "balanced_rows", "balanced_cols")
 
 
-def check_sparsity(sparsity: float, what: str = "sparsity") -> float:
-    if not isinstance(sparsity, (int, float)) or isinstance(sparsity, bool) or not 0.0 <= sparsity < 1.0 \
-            or math.isnan(sparsity):
-        raise ConfigError(what, [f"sparsity must be in [0, 1), got {sparsity!r}"])
-    return float(sparsity)
+def sparsity_problem(sparsity: object) -> str | None:
+    """What is wrong with a sparsity (a real number in [0, 1), not a boolean), or None: the one
+    rule and wording for every verb, the Python API and the recipes."""
+    ok = isinstance(sparsity, numbers.Real) and not isinstance(sparsity, bool) and 0.0 <= float(sparsity) < 1.0
+    return None if ok else f"expected a number in [0, 1), got {short_repr(sparsity, 40)}"
+
+
+def check_sparsity(sparsity: object, what: str = "sparsity") -> float:
+    """``sparsity`` as a float; ``ConfigError`` naming ``what`` (e.g. ``--sparsity``) otherwise.
+
+    >>> check_sparsity(float("nan"), "--sparsity")
+    Traceback (most recent call last):
+    tilesparse.errors.ConfigError: --sparsity: expected a number in [0, 1), got nan
+    """
+    problem = sparsity_problem(sparsity)
+    if problem is not None:
+        raise ConfigError(what, [problem])
+    return float(sparsity)  # type: ignore[arg-type]  # a Real, checked above
 
 
 def zero_count(n: int, sparsity: float) -> int:

@@ -11,6 +11,7 @@ import numpy as np
 
 from tilesparse.hw import ArrayConfig
 from tilesparse.program import format as fmt
+from tilesparse.program.checks import check_limits, check_tables
 from tilesparse.program.instr import Instr
 from tilesparse.program.listing import listing
 from tilesparse.program.provenance import Provenance
@@ -50,7 +51,10 @@ class Program:
         return fmt.encode(self)
 
     def save(self, path: str | Path) -> Path:
-        """Write the program to ``path`` atomically (never a half-written file)."""
+        """Write the program to ``path`` atomically (never a half-written file). A program beyond
+        the limits of a program file (docs/limits.md) is refused first: every file written loads."""
+        check_tables(self.buffers, self.ddr, str(path))
+        check_limits(self.hw, self.layers, self.instrs, self.per_iter.size, str(path))
         return atomic_write_bytes(path, self.to_bytes())
 
     @classmethod

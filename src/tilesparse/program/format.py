@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from tilesparse.errors import ProgramError
+from tilesparse.errors import ConfigError, ProgramError
 from tilesparse.hw import ArrayConfig
+from tilesparse.program.checks import check_limits, check_tables
 from tilesparse.program.geometry import LayerGeometry
 from tilesparse.program.instr import Instr, Lock, Operand
 from tilesparse.program.provenance import Provenance
@@ -33,7 +34,8 @@ from tilesparse.program.records import (
     SubVolume,
     TensorSlice,
 )
-from tilesparse.utils.config import validate_model
+from tilesparse.utils import limits as L
+from tilesparse.utils.config import clip, is_file, short_repr, validate_model
 
 if TYPE_CHECKING:  # the Program imports this module
     from tilesparse.program.artifact import Program
@@ -68,10 +70,12 @@ def encode(program: Program) -> bytes:
 
 
 def read_arrays(path: Path) -> dict[str, np.ndarray]:
-    """Every array of a program file; ``ProgramError`` if missing, truncated or corrupt (the zip
-    CRC of each member is checked on read)."""
-    if not path.is_file():
-        raise ProgramError(f"{path}: no such program file")
+    """Every array of a program file; ``ProgramError`` if missing, not an archive, above the size
+    limit (file or unpacked members, checked before reading), truncated or corrupt (the zip CRC of
+    each member is checked on read)."""
+    if not is_file(path):
+        raise ProgramError(f"{clip(str(path), 200)}: no such program file")
+    _check_archive(path)
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
@@ -79,35 +83,87 @@ def read_arrays(path: Path) -> dict[str, np.ndarray]:
         raise ProgramError(f"{path}: not a readable tilesparse program (truncated or corrupt: {e})") from None
 
 
-def decode_header(raw: dict[str, np.ndarray], src: str, hw: ArrayConfig | None) -> dict[str, Any]:
-    """The header as constructor arguments of ``Program`` (records built and validated)."""
-    if "header" not in raw:
-        raise ProgramError(f"{src}: no header; not a tilesparse program")
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _check_archive(path: Path) -> None:
+    """A zip archive (what ``np.savez`` writes) within ``MAX_PROGRAM_FILE_BYTES``, on disk and
+    unpacked (a small file of compressed members cannot unpack to more)."""
+    size = path.stat().st_size
+    if size > L.MAX_PROGRAM_FILE_BYTES:
+        raise ProgramError(f"{path}: " + L.above("file size", f"{size:,}", f"{L.MAX_PROGRAM_FILE_BYTES:,}", " B"))
+    if not zipfile.is_zipfile(path):
+        with path.open("rb") as f:
+            start = f.read(len(_NPY_MAGIC))
+        if start.startswith(_ZIP_MAGIC):  # a zip archive cut before its directory
+            raise ProgramError(f"{path}: not a readable tilesparse program (truncated or corrupt: no zip directory)")
+        what = "a NumPy .npy array" if start == _NPY_MAGIC else "not a zip archive"
+        raise ProgramError(f"{path}: not a tilesparse program ({what}; programs are written by `tilesparse compile`)")
     try:
-        h = json.loads(raw["header"].tobytes().decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ProgramError(f"{src}: corrupt header ({e})") from None
-    if not isinstance(h, dict) or h.get("magic") != MAGIC:
-        raise ProgramError(f"{src}: not a tilesparse program (magic {h.get('magic') if isinstance(h, dict) else h!r})")
-    if h.get("version") != FORMAT_VERSION:
-        raise ProgramError(f"{src}: program format version {h.get('version')}, this tilesparse "
-                           f"reads version {FORMAT_VERSION}; recompile it")
-    phw = validate_model(ArrayConfig, h.get("hw"), source=f"{src} (array)")
+        with zipfile.ZipFile(path) as z:
+            unpacked = sum(i.file_size for i in z.infolist())
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise ProgramError(f"{path}: not a readable tilesparse program (truncated or corrupt: {e})") from None
+    if unpacked > L.MAX_PROGRAM_FILE_BYTES:
+        raise ProgramError(f"{path}: " + L.above("unpacked size", f"{unpacked:,}", f"{L.MAX_PROGRAM_FILE_BYTES:,}",
+                                                 " B"))
+
+
+def decode_header(raw: dict[str, np.ndarray], src: str, hw: ArrayConfig | None) -> dict[str, Any]:
+    """The header as constructor arguments of ``Program`` (records built and validated, every
+    size within ``tilesparse.utils.limits`` before anything is allocated from it)."""
+    h = _header(raw, src)
+    phw = _array(h, src)
     if hw is not None and phw != hw:
         raise ProgramError(f"{src}: compiled for array {phw.label} ({phw.rows}x{phw.cols}), "
                            f"not for {hw.label} ({hw.rows}x{hw.cols}); recompile for this array")
     for key in ("per_iter", "weights"):
         if key not in raw:
             raise ProgramError(f"{src}: no {key!r} array; not a complete tilesparse program")
-    out = {"hw": phw, "graph": _field(h, "graph", src), "quantized": _field(h, "quantized", src)}
-    layers = _field(h, "layers", src)
+    out = {"hw": phw, "graph": _field(h, "graph", src, str), "quantized": _field(h, "quantized", src, bool)}
+    layers = _field(h, "layers", src, list)
     out["layers"] = tuple(_decode(_layer, d, f"{src}: layer {i}") for i, d in enumerate(layers))
-    instrs = _field(h, "instrs", src)
+    instrs = _field(h, "instrs", src, list)
     out["instrs"] = tuple(_decode(_instr, d, f"{src}: instruction #{i}") for i, d in enumerate(instrs))
-    out.update(buffers=_field(h, "buffers", src), ddr=_field(h, "ddr", src), meta=_field(h, "meta", src),
+    buffers, ddr = _field(h, "buffers", src, dict), _field(h, "ddr", src, dict)
+    check_tables(buffers, ddr, src)
+    check_limits(phw, out["layers"], out["instrs"], raw["per_iter"].size, src)
+    out.update(buffers=buffers, ddr=ddr, meta=_field(h, "meta", src, dict),
                provenance=_provenance(h.get("provenance"), src), per_iter=raw["per_iter"], weights=raw["weights"],
                params={k[len("param/"):]: v for k, v in raw.items() if k.startswith("param/")})
     return out
+
+
+def _header(raw: dict[str, np.ndarray], src: str) -> dict[str, Any]:
+    """The header's JSON object, with this tilesparse's magic and format version."""
+    if "header" not in raw:
+        raise ProgramError(f"{src}: no header; not a tilesparse program")
+    try:
+        h = json.loads(raw["header"].tobytes().decode())
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # ValueError: JSON, or a 5000-digit int
+        raise ProgramError(f"{src}: corrupt header ({short_repr(str(e), 100)})") from None
+    if not isinstance(h, dict) or h.get("magic") != MAGIC:
+        got = h.get("magic") if isinstance(h, dict) else h
+        raise ProgramError(f"{src}: not a tilesparse program (magic {short_repr(got, 40)})")
+    version = h.get("version")
+    if type(version) is not int:
+        raise ProgramError(f"{src}: header field 'version' is {short_repr(version, 40)} "
+                           f"({type(version).__name__}): expected the integer {FORMAT_VERSION}")
+    if version != FORMAT_VERSION:
+        raise ProgramError(f"{src}: program format version {version}, this tilesparse "
+                           f"reads version {FORMAT_VERSION}; recompile it")
+    return h
+
+
+def _array(h: dict[str, Any], src: str) -> ArrayConfig:
+    """The header's array description, validated (and within the array limits) like any other."""
+    data = _field(h, "hw", src, dict)
+    try:
+        return validate_model(ArrayConfig, data, source=src)
+    except ConfigError as e:
+        raise ProgramError(f"{src}: header field hw: " + "; ".join(f"hw.{err}" if ":" in err else err
+                                                                     for err in e.errors)) from None
 
 
 def _provenance(data: Any, src: str) -> Provenance | None:
@@ -115,10 +171,17 @@ def _provenance(data: Any, src: str) -> Provenance | None:
     return Provenance.from_dict(data, src) if data else None
 
 
-def _field(h: dict, key: str, src: str) -> Any:
+def _field(h: dict, key: str, src: str, kind: type) -> Any:
+    """Header field ``key``, of JSON type ``kind`` (a missing or mistyped field named)."""
     if key not in h:
         raise ProgramError(f"{src}: corrupt header (no {key!r})")
+    if not isinstance(h[key], kind):
+        raise ProgramError(f"{src}: header field {key!r} is {short_repr(h[key], 40)}: expected a "
+                           f"{_JSON_KIND[kind]}; recompile it")
     return h[key]
+
+
+_JSON_KIND = {str: "string", bool: "boolean", list: "list", dict: "mapping"}
 
 
 def _decode(fn: Callable[[Any], _R], d: Any, where: str) -> _R:
@@ -126,7 +189,7 @@ def _decode(fn: Callable[[Any], _R], d: Any, where: str) -> _R:
         return fn(d)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         what = f"no field {e}" if isinstance(e, KeyError) else str(e)
-        raise ProgramError(f"{where}: corrupt record ({what}); recompile it") from None
+        raise ProgramError(f"{where}: corrupt record ({clip(what, 200)}); recompile it") from None
 
 
 def _layer(d: dict) -> LayerRecord:

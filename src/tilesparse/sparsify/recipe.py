@@ -9,10 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
+from tilesparse.errors import ConfigError
 from tilesparse.patterns.block import BlockShape, parse_block_shape
-from tilesparse.utils.config import load_yaml_model, validate_model
+from tilesparse.patterns.selection import sparsity_problem
+from tilesparse.utils.config import Float, Int, StrictModel, load_yaml_model, validate_model
 
 __all__ = ["Recipe", "TrainingConfig", "IncrementalConfig", "PenaltyConfig", "Method", "Score", "Selection"]
 
@@ -25,31 +27,30 @@ LayerType = Literal["conv", "linear"]
 PAPER_RANKED_STEPS = (0.12, 0.08, 0.05)
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+_Strict = StrictModel  # unknown fields refused, finite floats, no booleans for numbers
 
 
 class TrainingConfig(_Strict):
     """Fine-tuning loop settings (used by ``tilesparse sparsify`` and ``Trainer``)."""
 
-    epochs: int = Field(10, ge=0)
-    lr: float = Field(0.01, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0)
-    batch_size: int = Field(64, ge=1)
+    epochs: Int = Field(10, ge=0)
+    lr: Float = Field(0.01, gt=0)
+    momentum: Float = Field(0.9, ge=0, lt=1)
+    weight_decay: Float = Field(5e-4, ge=0)
+    batch_size: Int = Field(64, ge=1)
     optimizer: Literal["sgd", "adam"] = "sgd"
-    seed: int = 0
+    seed: Int = 0
 
 
 class IncrementalConfig(_Strict):
     """Gradual pruning: every ``every_epochs`` epochs each layer's sparsity rises by its step
     (a fraction of all its blocks, at least one block) until the target."""
 
-    every_epochs: int = Field(1, ge=1)
-    step: float = Field(0.1, gt=0, le=1)
-    layer_steps: dict[str, float] = Field(default_factory=dict)
+    every_epochs: Int = Field(1, ge=1)
+    step: Float = Field(0.1, gt=0, le=1)
+    layer_steps: dict[str, Float] = Field(default_factory=dict)
     hessian_ranked_steps: bool = False
-    ranked_steps: tuple[float, float, float] = PAPER_RANKED_STEPS
+    ranked_steps: tuple[Float, Float, Float] = PAPER_RANKED_STEPS
 
     @field_validator("layer_steps")
     @classmethod
@@ -64,21 +65,21 @@ class PenaltyConfig(_Strict):
     """Trainable soft mask Gamma with the paper's log-sum-exp penalty
     lambda = -(LSE_max(Gamma) - LSE_min(Gamma)) + beta * ||Gamma - T||_2 + iota * ||Gamma||_1."""
 
-    alpha: float = Field(100.0, gt=0)
-    beta: float = Field(1e-3, ge=0)
-    iota: float = Field(1e-3, ge=0)
-    weight: float = Field(1.0, ge=0)
-    target_density: float | None = Field(None, gt=0, le=1)
-    epochs: int | None = Field(None, ge=1)
-    gate_lr: float = Field(0.01, gt=0)
+    alpha: Float = Field(100.0, gt=0)
+    beta: Float = Field(1e-3, ge=0)
+    iota: Float = Field(1e-3, ge=0)
+    weight: Float = Field(1.0, ge=0)
+    target_density: Float | None = Field(None, gt=0, le=1)
+    epochs: Int | None = Field(None, ge=1)
+    gate_lr: Float = Field(0.01, gt=0)
 
 
 class Recipe(_Strict):
     """What to sparsify, how, and how to train it."""
 
     method: Method = "oneshot"
-    sparsity: float = Field(0.5, ge=0, lt=1)
-    block: tuple[int, int] = (8, 8)
+    sparsity: Float = 0.5
+    block: tuple[Int, Int] = (8, 8)
     score: Score = "l2"
     selection: Selection = "balanced_rows"
     allow_empty_rows: bool = False
@@ -86,10 +87,10 @@ class Recipe(_Strict):
     include_first_conv: bool = False
     include_narrow: bool = False
     exclude: tuple[str, ...] = ()
-    layer_sparsity: dict[str, float] = Field(default_factory=dict)
-    score_batches: int = Field(8, ge=1)
-    bn_recalibration_batches: int = Field(16, ge=0)  # after each pruning step; 0 = off
-    hutchinson_samples: int = Field(4, ge=1)
+    layer_sparsity: dict[str, Float] = Field(default_factory=dict)
+    score_batches: Int = Field(8, ge=1)
+    bn_recalibration_batches: Int = Field(16, ge=0)  # after each pruning step; 0 = off
+    hutchinson_samples: Int = Field(4, ge=1)
     incremental: IncrementalConfig = Field(default_factory=IncrementalConfig)
     penalty: PenaltyConfig = Field(default_factory=PenaltyConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
@@ -101,16 +102,24 @@ class Recipe(_Strict):
             raise ValueError(f"expected 'OUTxIN' or [out, in], got {v!r}")
         try:
             b = parse_block_shape(v)
-        except Exception as e:  # ConfigError -> pydantic error with the same text
-            raise ValueError(str(e).splitlines()[-1].strip(" -")) from None
+        except ConfigError as e:  # -> pydantic error with the same text
+            raise ValueError("; ".join(e.errors)) from None
         return (b.out, b.in_)
+
+    @field_validator("sparsity")
+    @classmethod
+    def _target(cls, v: float) -> float:
+        problem = sparsity_problem(v)  # the one rule and wording of every verb's --sparsity
+        if problem is not None:
+            raise ValueError(problem)
+        return v
 
     @field_validator("layer_sparsity")
     @classmethod
     def _layer_targets(cls, v: dict[str, float]) -> dict[str, float]:
-        bad = [f"{k}={s}" for k, s in v.items() if not 0 <= s < 1]
+        bad = [f"{k}: {p}" for k, p in ((k, sparsity_problem(s)) for k, s in v.items()) if p is not None]
         if bad:
-            raise ValueError(f"sparsity must be in [0, 1), got {', '.join(bad)}")
+            raise ValueError("; ".join(bad))
         return v
 
     @property
