@@ -133,7 +133,8 @@ def test_penalty_gates_move_and_stay_in_unit_interval():
     assert gates.min() >= 0 and gates.max() <= 1 and gates.min() < 1
 
 
-def _fit(tmp_path, epochs, resume=False, method="incremental"):
+def _fit(tmp_path, epochs, resume=False, method="incremental", stop_at=None):
+    """Train ToyNet; ``stop_at``: interrupted (KeyboardInterrupt) as that epoch starts."""
     torch.manual_seed(0)
     model = ToyNet()
     train, test = toy_loaders()
@@ -142,7 +143,16 @@ def _fit(tmp_path, epochs, resume=False, method="incremental"):
     sp = BlockSparsifier(recipe).prepare(model)
     from tilesparse.sparsify import make_method
 
-    res = Trainer(model, sp, make_method(method), train, test, recipe.training, checkpoint_dir=tmp_path,
+    m = make_method(method)
+    start = m.on_epoch_start
+
+    def interrupt(epoch, ctx):
+        if epoch == stop_at:
+            raise KeyboardInterrupt
+        return start(epoch, ctx)
+
+    m.on_epoch_start = interrupt
+    res = Trainer(model, sp, m, train, test, recipe.training, checkpoint_dir=tmp_path,
                   progress=False).fit(resume=resume)
     return model, res
 
@@ -150,7 +160,8 @@ def _fit(tmp_path, epochs, resume=False, method="incremental"):
 @pytest.mark.parametrize("method", ["incremental", "penalty"])
 def test_resume_is_exact(tmp_path, method):
     full, full_res = _fit(tmp_path / "a", 4, method=method)
-    _fit(tmp_path / "b", 2, method=method)  # "interrupted" after 2 epochs
+    with pytest.raises(KeyboardInterrupt):
+        _fit(tmp_path / "b", 4, method=method, stop_at=2)  # interrupted after 2 epochs
     resumed, res = _fit(tmp_path / "b", 4, resume=True, method=method)
     assert [h.epoch for h in res.history] == [0, 1, 2, 3]
     for (n, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items(), strict=True):

@@ -178,13 +178,12 @@ def load_model(src: ModelSource, seed: int = 0) -> LoadedModel:
 
 
 def _is_checkpoint(path: Path) -> bool:
-    import torch
-
     from tilesparse.sparsify.checkpoint import FORMAT
+    from tilesparse.utils.torchfile import TorchFileError, load_torch_file
 
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # unreadable: get_model's own loader reports it, naming the file
+        data = load_torch_file(path)
+    except TorchFileError:  # unreadable: get_model's own loader reports it, naming the file
         return False
     return isinstance(data, dict) and data.get("format") == FORMAT
 

@@ -24,12 +24,19 @@ DEFAULT_OUT = Path("runs")
 RECIPE_HELP = "Recipe YAML (examples in src/tilesparse/recipes/). Flags below override it."
 DATA_HELP = ("auto | digits | none | FILE.pt holding x_train, y_train, x_test, y_test tensors. "
              "auto = digits for digits_cnn, else none (choose masks only, no training).")
+RESUME_HELP = ("Continue from OUT/last.pt after an interruption, with its recipe (a flag or --recipe that "
+               "differs from it is refused, naming the field).")
+OVERRIDE_HELP = ("With --resume: continue with the flags' / recipe's new values (e.g. more --epochs), recorded in "
+                 "the checkpoints and recipe.yaml. The block, method, layers and optimizer cannot change.")
+_DATA_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
-def _recipe(recipe_path: Path | None, overrides: dict[str, Any]):
+def _recipe(recipe_path: Path | None, overrides: dict[str, Any], resumed=None):
+    """The run's recipe: ``--recipe`` (else, on ``--resume``, the checkpoint's ``resumed``, else the
+    defaults) with the flags over it."""
     from tilesparse.sparsify.recipe import Recipe
 
-    base = Recipe.from_yaml(recipe_path) if recipe_path is not None else Recipe()
+    base = Recipe.from_yaml(recipe_path) if recipe_path is not None else resumed or Recipe()
     data = base.model_dump()
     training = dict(data["training"])
     for key in ("epochs", "lr", "seed", "batch_size"):
@@ -82,9 +89,20 @@ def _model(spec: str, weights: Path | None):
     return lm.model, lm.arch, {"model_sha256": file_sha256(model_file), "model_given": given}
 
 
-def _loaders(data: str, model_name: str | None, batch_size: int, seed: int):
+def _data_kind(data: str, model_name: str | None) -> str:
     if data == "auto":
-        data = "digits" if model_name == "digits_cnn" else "none"
+        return "digits" if model_name == "digits_cnn" else "none"
+    return data
+
+
+def _data_identity(data: str) -> str | dict[str, str]:
+    """What the checkpoint records of the data (--resume compares it): a data file by its sha256."""
+    from tilesparse.program.provenance import file_sha256
+
+    return data if data in ("digits", "none") else {"name": data, "sha256": file_sha256(data)}
+
+
+def _loaders(data: str, batch_size: int, seed: int):
     if data == "none":
         return None, None
     if data == "digits":
@@ -94,20 +112,40 @@ def _loaders(data: str, model_name: str | None, batch_size: int, seed: int):
     return _tensor_file_loaders(Path(data), batch_size, seed)
 
 
+def _read_tensor_file(path: Path) -> dict:
+    """A --data file's dict of tensors; ConfigError (one line, naming the file and what was expected)."""
+    import torch
+
+    from tilesparse.errors import ConfigError
+    from tilesparse.utils.torchfile import TorchFileError, load_torch_file
+
+    expected = f"a torch.save file of a dict with tensors {', '.join(_DATA_KEYS)}"
+    if not path.is_file():
+        raise ConfigError("--data", [f"expected 'digits', 'none' or {expected}; {path} does not exist"])
+    try:
+        d = load_torch_file(path)
+    except TorchFileError as e:
+        raise ConfigError("--data", [f"{path}: {e.reason}; expected {expected}"]) from None
+    if not isinstance(d, dict):
+        raise ConfigError("--data", [f"{path} holds a {type(d).__name__}; expected {expected}"])
+    problems = [f"missing tensor {k!r}" if k not in d else f"{k!r} is a {type(d[k]).__name__}, not a tensor"
+                for k in _DATA_KEYS if not isinstance(d.get(k), torch.Tensor)]
+    if problems:
+        raise ConfigError("--data", [f"{path}: {'; '.join(problems)}; expected {expected}"])
+    sizes = {k: len(v) if v.dim() else 0 for k, v in d.items() if k in _DATA_KEYS}
+    problems = [f"{x!r} has {sizes[x]} samples and {y!r} {sizes[y]}"
+                for x, y in (_DATA_KEYS[:2], _DATA_KEYS[2:]) if sizes[x] != sizes[y] or not sizes[x]]
+    if problems:
+        raise ConfigError("--data", [f"{path}: {'; '.join(problems)}; expected the same number in each pair, at "
+                                     "least 1"])
+    return d
+
+
 def _tensor_file_loaders(path: Path, batch_size: int, seed: int):
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
-    from tilesparse.errors import ConfigError
-
-    keys = ("x_train", "y_train", "x_test", "y_test")
-    if not path.is_file():
-        raise ConfigError("--data", [f"expected 'digits', 'none' or a .pt file with {', '.join(keys)}; "
-                                     f"{path} does not exist"])
-    d = torch.load(path, map_location="cpu", weights_only=True)
-    missing = [k for k in keys if not isinstance(d, dict) or k not in d]
-    if missing:
-        raise ConfigError(path, [f"missing tensor {k!r}" for k in missing])
+    d = _read_tensor_file(path)
     gen = torch.Generator().manual_seed(seed)
     train = DataLoader(TensorDataset(d["x_train"], d["y_train"]), batch_size=batch_size, shuffle=True, generator=gen)
     return train, DataLoader(TensorDataset(d["x_test"], d["y_test"]), batch_size=batch_size)
@@ -125,16 +163,41 @@ def _train_dense(net, train, test, rec, epochs: int, lr: float, device, con) -> 
         con.print(f"dense training: {epochs} epochs, accuracy {fit.final_accuracy:.2f} %")
 
 
-def _write_outputs(out: Path, result, recipe, model_name: str | None, model_file: dict) -> None:
+def _resumed_recipe(out: Path):
+    """The recipe OUT/last.pt was trained with (None without one: the trainer says it cannot resume)."""
+    from tilesparse.sparsify.checkpoint import read_checkpoint
+    from tilesparse.sparsify.recipe import Recipe
+    from tilesparse.sparsify.trainer import LAST_CHECKPOINT
+
+    path = out / LAST_CHECKPOINT
+    if not path.is_file():
+        return None
+    sp = read_checkpoint(path).get("sparsifier")
+    return Recipe.from_dict(sp["recipe"], f"{path} (recipe)") if sp else None
+
+
+def _run_settings(data: str, name: str | None, model_file: dict) -> dict[str, Any]:
+    """What the checkpoints record besides the recipe, for --resume to compare: the data, and a
+    model file by its sha256."""
+    run: dict[str, Any] = {"data": _data_identity(data)}
+    if model_file:
+        run["model"] = {"name": name, "sha256": model_file["model_sha256"]}
+    return run
+
+
+def _write_outputs(out: Path, result, recipe, model_name: str | None, model_file: dict, run: dict) -> None:
     from tilesparse.sparsify.checkpoint import save_checkpoint
+    from tilesparse.sparsify.resume import describe_overrides
     from tilesparse.utils.atomic import atomic_write_text
 
     save_checkpoint(out / "sparse.pt", result.model, result.sparsifier, model_name=model_name,
                     extra={"history": [h.__dict__ for h in result.fit.history],
-                           "final_accuracy": result.fit.final_accuracy, **model_file})
+                           "final_accuracy": result.fit.final_accuracy, "run": run,
+                           "overrides": result.fit.overrides, **model_file})
     atomic_write_text(out / "report.txt", result.report.to_text() + "\n")
     atomic_write_text(out / "report.json", result.report.to_json() + "\n")
-    atomic_write_text(out / "recipe.yaml", recipe.to_yaml())
+    notes = "".join(f"# {line}\n" for line in describe_overrides(result.fit.overrides))
+    atomic_write_text(out / "recipe.yaml", notes + recipe.to_yaml())
 
 
 def sparsify(
@@ -151,7 +214,8 @@ def sparsify(
     seed: Annotated[Optional[int], typer.Option(help="Seed for data order and initialisation.")] = None,
     data: Annotated[str, typer.Option(help=DATA_HELP)] = "auto",
     device: Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1, mps ...")] = "cpu",
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/last.pt after an interruption.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help=RESUME_HELP)] = False,
+    override: Annotated[bool, typer.Option("--override", help=OVERRIDE_HELP)] = False,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default "
                                                 "runs/MODEL-METHOD-SPARSITY).")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help=JSON_HELP + " The sparsity report.")] = None,
@@ -182,25 +246,36 @@ def sparsify(
 
         torch.set_num_threads(threads)
     _check_flags(sparsity, block)
-    rec = _recipe(recipe, {"method": method, "sparsity": sparsity, "block": block, "selection": selection,
-                           "score": score, "epochs": epochs, "lr": lr, "seed": seed})
+    if override and not resume:
+        raise ConfigError("--override", ["only with --resume: it continues a run with changed settings"])
+    flags = {"method": method, "sparsity": sparsity, "block": block, "selection": selection, "score": score,
+             "epochs": epochs, "lr": lr, "seed": seed}
+    rec = _recipe(recipe, dict(flags))
     dev = _device(device)
     net, name, model_file = _model(model, weights)
-    train, test = _loaders(data, name, rec.training.batch_size, rec.training.seed)
     out = out or DEFAULT_OUT / f"{_stem(name)}-{rec.method}-{rec.sparsity:g}"
+    if resume and recipe is None:  # the flags given change the checkpoint's recipe, not the defaults
+        rec = _recipe(None, dict(flags), _resumed_recipe(out))
+    data = _data_kind(data, name)
+    train, test = _loaders(data, rec.training.batch_size, rec.training.seed)
+    run = _run_settings(data, name, model_file)
     con = console(json_out)
     if dense_epochs and not resume:
         _train_dense(net, train, test, rec, dense_epochs, dense_lr, dev, con)
     result = sparsify_model(net, rec, train, test, device=dev, checkpoint_dir=out, resume=resume, model_name=name,
-                            bytes_per_weight=bytes_per_weight)
-    _write_outputs(out, result, rec, name, model_file)
+                            bytes_per_weight=bytes_per_weight, override=override, run=run)
+    _write_outputs(out, result, rec, name, model_file, run)
     _print_results(con, result, out, json_out)
 
 
 def _print_results(con, result, out: Path, json_out: Path | None) -> None:
     import json
 
+    from tilesparse.sparsify.resume import describe_overrides
+
     con.print(result.report.to_text(), highlight=False, soft_wrap=True)
+    for line in describe_overrides(result.fit.overrides):
+        con.print(line, highlight=False, soft_wrap=True)
     if result.accuracy_before is not None:
         con.print(f"accuracy before: {result.accuracy_before:.2f} %")
     if result.fit.final_accuracy is not None:

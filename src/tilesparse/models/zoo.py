@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import torch
 from torch import nn
 
 from tilesparse.errors import CheckpointError, ConfigError
+from tilesparse.utils.torchfile import TorchFileError, load_torch_file
 
 # Models tilesparse defines itself (registered by their modules on import).
 _LOCAL: dict[str, Callable[..., nn.Module]] = {}
@@ -70,10 +70,9 @@ def load_weights(model: nn.Module, path: str | Path, name: str = "model") -> Non
     if not path.is_file():
         raise CheckpointError(f"weights file not found: {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many kinds here; the message names the file
-        what = f"torch.load: {type(e).__name__}" if zipfile.is_zipfile(path) else "not a torch.save file"
-        raise CheckpointError(f"{path}: not a readable PyTorch state dict ({what}); expected "
+        state = load_torch_file(path)
+    except TorchFileError as e:
+        raise CheckpointError(f"{path}: not a readable PyTorch state dict ({e.reason}); expected "
                               "torch.save(model.state_dict(), path)") from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]

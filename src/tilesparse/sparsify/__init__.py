@@ -13,7 +13,13 @@ Or from your own loop, torch.ao.pruning style: ``sparsifier.step()`` re-selects 
 """
 
 from tilesparse.sparsify.calibration import recalibrate_batchnorm
-from tilesparse.sparsify.checkpoint import Checkpoint, load_checkpoint, plain_state_dict, save_checkpoint
+from tilesparse.sparsify.checkpoint import (
+    Checkpoint,
+    load_checkpoint,
+    plain_state_dict,
+    save_checkpoint,
+    upgrade_checkpoint,
+)
 from tilesparse.sparsify.importance import gradient_stats, hessian_traces
 from tilesparse.sparsify.methods import (
     METHODS,
@@ -37,7 +43,7 @@ __all__ = [
     "SparsityMethod", "TrainContext", "OneShot", "Incremental", "Penalty", "METHODS", "make_method", "lse_penalty",
     "gradient_stats", "hessian_traces",
     "Trainer", "FitResult", "EpochRecord", "evaluate",
-    "Checkpoint", "save_checkpoint", "load_checkpoint", "plain_state_dict",
+    "Checkpoint", "save_checkpoint", "load_checkpoint", "plain_state_dict", "upgrade_checkpoint",
     "SparsityReport", "LayerReport", "build_report",
     "sparsify_model", "SparsifyResult", "recalibrate_batchnorm",
 ]

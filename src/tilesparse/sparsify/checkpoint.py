@@ -2,13 +2,16 @@
 
 File layout (a dict saved with ``torch.save``, written atomically)::
 
-    format: "tilesparse-checkpoint", version: 1, model_name: str | None,
+    format: "tilesparse-checkpoint", version: 2, model_name: str | None,
     model_state: plain state dict (keys as in the un-sparsified model; masked weights are zero),
-    sparsifier: {"recipe", "masks", "gates"} | None, extra: {...}   # e.g. optimizer, epoch
+    sparsifier: {"recipe", "masks", "gates"} | None, extra: {...},  # e.g. optimizer, epoch
+    checksum: {"algorithm": "crc32", "tensors": {path: crc}, "fields": crc}   # see checksum.py
 
 Because ``model_state`` uses plain keys, a hard-masked checkpoint also loads into a vanilla model with
 ``model.load_state_dict(ckpt["model_state"])``. Loading into the wrong model raises ``CheckpointError``
-naming the missing / unexpected / mis-shaped tensors.
+naming the missing / unexpected / mis-shaped tensors; reading a damaged one raises it naming the
+tensors whose checksum fails. Version 1 files (no checksum) are refused; ``upgrade_checkpoint``
+re-saves one with checksums if you trust its contents.
 """
 
 from __future__ import annotations
@@ -21,15 +24,18 @@ import torch
 from torch import nn
 
 from tilesparse.errors import CheckpointError, ConfigError
+from tilesparse.sparsify.checksum import checksum, mismatches
 from tilesparse.sparsify.recipe import Recipe
 from tilesparse.sparsify.sparsifier import BlockSparsifier
 from tilesparse.utils.atomic import atomic_torch_save
+from tilesparse.utils.torchfile import TorchFileError, load_torch_file
 
 __all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "read_checkpoint", "plain_state_dict",
-           "load_plain_state"]
+           "load_plain_state", "upgrade_checkpoint"]
 
 FORMAT = "tilesparse-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: a checksum over every tensor and field
+_UNCHECKED_VERSION = 1  # the same layout without a checksum (upgrade_checkpoint adds one)
 _ORIG = ".parametrizations.weight.original"
 _PARAM = ".parametrizations.weight.0."
 _MAX_LISTED = 5  # mismatching keys shown in an error message
@@ -93,23 +99,61 @@ def save_checkpoint(path: str | Path, model: nn.Module, sparsifier: BlockSparsif
         "sparsifier": sparsifier.state_dict() if sparsifier is not None and sparsifier.model is not None else None,
         "extra": extra or {},
     }
+    payload["checksum"] = checksum(payload)
     return atomic_torch_save(payload, path)
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read and check the envelope of a checkpoint file (no model needed)."""
-    path = Path(path)
+def _read_envelope(path: Path) -> dict[str, Any]:
+    """The file's payload, with its format checked (not its version or checksum)."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many kinds; the message names the file
-        raise CheckpointError(f"{path}: not a readable checkpoint ({e})") from None
+        data = load_torch_file(path)
+    except TorchFileError as e:
+        raise CheckpointError(f"{path}: not a readable checkpoint: {e.reason}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a tilesparse checkpoint (no '{FORMAT}' header)")
-    if data.get("version") != VERSION:
-        raise CheckpointError(f"{path}: checkpoint version {data.get('version')!r}, this tilesparse reads {VERSION}")
     return data
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint file and check its envelope and checksum (no model needed)."""
+    path = Path(path)
+    data = _read_envelope(path)
+    version = data.get("version")
+    if version == _UNCHECKED_VERSION:
+        raise CheckpointError(f"{path}: checkpoint version 1 has no checksum, this tilesparse reads version "
+                              f"{VERSION}; if you trust the file, re-save it with tilesparse.sparsify."
+                              f"upgrade_checkpoint('{path}'), else sparsify again")
+    if version != VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {version!r}, this tilesparse reads {VERSION}")
+    bad = mismatches(data)
+    if bad:
+        raise CheckpointError(f"{path}: checksum mismatch in {_damaged(bad)}: the file changed after it was "
+                              "written (damaged on disk or in a copy); use an intact copy, or sparsify again "
+                              "(--resume needs an intact last.pt)")
+    return data
+
+
+def _damaged(bad: list[str]) -> str:
+    if bad == ["checksum"]:
+        return "the checksum record itself"
+    tensors = [p for p in bad if p != "fields"]
+    parts = [f"tensor{'s' * (len(tensors) > 1)} {_describe(tensors)}"] * bool(tensors)
+    return " and ".join(parts + ["the non-tensor fields (recipe, settings, history)"] * ("fields" in bad))
+
+
+def upgrade_checkpoint(path: str | Path) -> Path:
+    """Re-save a version-1 checkpoint (no checksum) as version 2, in place. Use it only on a file you
+    trust: the checksum then vouches for whatever it holds now."""
+    path = Path(path)
+    data = _read_envelope(path)
+    if data.get("version") != _UNCHECKED_VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {data.get('version')!r}; only version "
+                              f"{_UNCHECKED_VERSION} files need upgrading")
+    data["version"] = VERSION
+    data["checksum"] = checksum(data)
+    return atomic_torch_save(data, path)
 
 
 def load_checkpoint(path: str | Path, model: nn.Module | None = None) -> Checkpoint:

@@ -31,9 +31,12 @@ def sparsify_model(model: nn.Module, recipe: Recipe, train_loader: Iterable | No
                    test_loader: Iterable | None = None, *, device: torch.device | str = "cpu",
                    checkpoint_dir: str | Path | None = None, resume: bool = False,
                    model_name: str | None = None, progress: bool = True,
-                   sparsifier: BlockSparsifier | None = None, bytes_per_weight: int = 1) -> SparsifyResult:
+                   sparsifier: BlockSparsifier | None = None, bytes_per_weight: int = 1,
+                   override: bool = False, run: dict | None = None) -> SparsifyResult:
     """Apply ``recipe`` to ``model``. Without a train loader, only the masks are chosen (no training;
-    the penalty method then needs data and is rejected)."""
+    the penalty method then needs data and is rejected). ``resume`` continues from
+    ``checkpoint_dir/last.pt`` if the settings (recipe, model, ``run``: e.g. the data) are the same,
+    or with ``override`` from the new ones (``Trainer.fit``)."""
     from tilesparse.errors import ConfigError
 
     model.to(device)
@@ -49,8 +52,8 @@ def sparsify_model(model: nn.Module, recipe: Recipe, train_loader: Iterable | No
     else:
         training = recipe.training
     trainer = Trainer(model, sparsifier, method, train_loader, test_loader, training, device=device,
-                      checkpoint_dir=checkpoint_dir, model_name=model_name, progress=progress)
+                      checkpoint_dir=checkpoint_dir, model_name=model_name, progress=progress, run=run)
     if not has_data:
         trainer.ctx.loader = None  # gradient scores must fail clearly, not on an empty loader
-    fit = trainer.fit(resume=resume)
+    fit = trainer.fit(resume=resume, override=override)
     return SparsifyResult(model, sparsifier, fit, build_report(model, sparsifier, bytes_per_weight), before)

@@ -3,6 +3,10 @@ a checkpoint after every epoch (``<checkpoint_dir>/last.pt``, atomic) and exact 
 
     trainer = Trainer(model, sparsifier, OneShot(), train_loader, test_loader, recipe.training)
     result = trainer.fit()            # or fit(resume=True) after an interruption
+
+Resuming compares the run's settings (recipe, training, model, data: ``sparsify.resume``) with the
+checkpoint's and refuses a difference unless ``fit(resume=True, override=True)``, which continues
+with the new settings and records the override in every later checkpoint.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from tilesparse.errors import CheckpointError
 from tilesparse.sparsify.checkpoint import load_plain_state, read_checkpoint, save_checkpoint
 from tilesparse.sparsify.methods.base import SparsityMethod, TrainContext
 from tilesparse.sparsify.recipe import TrainingConfig
+from tilesparse.sparsify.resume import TARGETS, check_targets, compare, override_record, run_settings, saved_settings
 from tilesparse.sparsify.sparsifier import BlockSparsifier
 
 __all__ = ["Trainer", "FitResult", "EpochRecord", "evaluate", "LAST_CHECKPOINT"]
@@ -39,6 +44,7 @@ class EpochRecord:
 class FitResult:
     history: list[EpochRecord] = field(default_factory=list)
     final_accuracy: float | None = None
+    overrides: list[dict[str, Any]] = field(default_factory=list)  # resume.override_record, oldest first
 
 
 @torch.no_grad()
@@ -63,14 +69,18 @@ def _mean_sparsity(sp: BlockSparsifier | None) -> float:
 
 
 class Trainer:
-    """Fine-tune a prepared model with a sparsity method (``sparsifier=None``: plain dense training)."""
+    """Fine-tune a prepared model with a sparsity method (``sparsifier=None``: plain dense training).
+
+    ``run``: settings besides the recipe that change the result (e.g. ``{"data": "digits"}``), saved
+    in the checkpoint and compared on resume.
+    """
 
     def __init__(self, model: nn.Module, sparsifier: BlockSparsifier | None, method: SparsityMethod | None,
                  train_loader: Iterable, test_loader: Iterable | None = None,
                  training: TrainingConfig | None = None, *, device: torch.device | str = "cpu",
                  checkpoint_dir: str | Path | None = None, model_name: str | None = None,
                  loss_fn: Callable[[Tensor, Tensor], Tensor] = nn.functional.cross_entropy,
-                 progress: bool = True):
+                 progress: bool = True, run: dict[str, Any] | None = None):
         self.model, self.sparsifier = model, sparsifier
         self.method = method if method is not None else SparsityMethod()  # no-op: dense training
         self.train_loader, self.test_loader = train_loader, test_loader
@@ -78,6 +88,7 @@ class Trainer:
         self.device = torch.device(device)
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.model_name, self.loss_fn, self.progress = model_name, loss_fn, progress
+        self.run = dict(run or {})
         self.ctx = TrainContext(sparsifier, train_loader, loss_fn, self.device, self.cfg.epochs)
 
     def _optimizer(self) -> torch.optim.Optimizer:
@@ -113,25 +124,44 @@ class Trainer:
             return
         extra = {"epoch": epoch, "optimizer": opt.state_dict(), "method": self.method.state_dict(),
                  "method_name": self.method.name, "history": [asdict(h) for h in result.history],
-                 "training": self.cfg.model_dump()}
+                 "training": self.cfg.model_dump(), "run": self.run, "overrides": result.overrides}
         save_checkpoint(self.checkpoint_dir / LAST_CHECKPOINT, self.model, self.sparsifier,
                         model_name=self.model_name, extra=extra)
 
-    def _resume(self, result: FitResult) -> tuple[int, dict[str, Any]]:
+    @property
+    def settings(self) -> dict[str, Any]:
+        """This run's settings as ``--resume`` compares them."""
+        recipe = self.sparsifier.recipe if self.sparsifier is not None else None
+        return run_settings(recipe, self.cfg, {"model": self.model_name, **self.run})
+
+    def _resume(self, result: FitResult, override: bool) -> tuple[int, dict[str, Any], bool]:
+        """(first epoch to run, optimizer state, whether settings were overridden)."""
         path = self.checkpoint_dir / LAST_CHECKPOINT if self.checkpoint_dir else None
         if path is None or not path.is_file():
             raise CheckpointError(f"cannot resume: no checkpoint at {path or '<no checkpoint_dir>'}")
         data = read_checkpoint(path)
         extra = data.get("extra", {})
+        saved = saved_settings(data, str(path))
+        changes = compare(saved, self.settings, str(path), override)
         if extra.get("method_name") != self.method.name:
             raise CheckpointError(f"{path}: saved by method {extra.get('method_name')!r}, "
                                   f"resuming with {self.method.name!r}")
+        sp = self.sparsifier
+        retarget = sp is not None and any(c.field in TARGETS for c in changes)
+        if sp is not None and retarget:
+            check_targets(saved, {n: layer.target for n, layer in sp.layers.items()}, str(path))
         load_plain_state(self.model, data["model_state"], str(path))
         if self.sparsifier is not None:
             self.sparsifier.load_state_dict(data["sparsifier"])
         self.method.load_state_dict(extra.get("method", {}))
         result.history = [EpochRecord(**h) for h in extra.get("history", [])]
-        return int(extra["epoch"]) + 1, extra["optimizer"]
+        result.overrides = list(extra.get("overrides", []))
+        start = int(extra["epoch"]) + 1
+        if changes:
+            result.overrides.append(override_record(changes, start))
+        if retarget:
+            self.method.retarget(self.ctx)  # the masks follow the new targets from this epoch on
+        return start, extra["optimizer"], bool(changes)
 
     def _seed_epoch(self, epoch: int) -> None:
         """Seed shuffling and dropout from (seed, epoch) so a resumed run repeats the same epochs."""
@@ -141,19 +171,34 @@ class Trainer:
         if isinstance(gen, torch.Generator):
             gen.manual_seed(seed)
 
-    def fit(self, resume: bool = False) -> FitResult:
-        """Run the epochs (from the last checkpoint if ``resume``); returns the history."""
+    def _restored_optimizer(self, state: dict[str, Any] | None, new_settings: bool) -> torch.optim.Optimizer:
+        """The optimizer, with its saved state; with ``new_settings``, this run's lr, momentum and
+        weight decay replace the saved ones (which loading the state brings back)."""
+        opt = self._optimizer()
+        if state is not None:
+            fresh = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+            opt.load_state_dict(state)
+            if new_settings:
+                for group, settings in zip(opt.param_groups, fresh, strict=True):
+                    group.update(settings)
+        return opt
+
+    def fit(self, resume: bool = False, override: bool = False) -> FitResult:
+        """Run the epochs (from the last checkpoint if ``resume``); returns the history.
+
+        Resuming with settings other than the checkpoint's raises ``CheckpointError`` naming them, unless
+        ``override``: then the new settings apply from the first resumed epoch (lowered sparsity targets
+        and fixed fields such as the block are refused even so), recorded in ``FitResult.overrides``.
+        """
         from rich.progress import Progress
 
         self.model.to(self.device)
-        result, start, opt_state = FitResult(), 0, None
+        result, start, opt_state, changed = FitResult(), 0, None, False
         if resume:
-            start, opt_state = self._resume(result)
+            start, opt_state, changed = self._resume(result, override)
         else:
             self.method.setup(self.ctx)
-        opt = self._optimizer()
-        if opt_state is not None:
-            opt.load_state_dict(opt_state)
+        opt = self._restored_optimizer(opt_state, changed)
         steps = len(self.train_loader) if hasattr(self.train_loader, "__len__") else None
         with Progress(disable=not self.progress, transient=True) as prog:
             for epoch in range(start, self.cfg.epochs):

@@ -5,6 +5,7 @@
     loss = task_loss + method.penalty(ctx)        # None for methods without a penalty
     optimizer.step(); method.after_optimizer_step(ctx)
     method.finish(ctx)                 # after the last epoch: the target sparsity is reached here
+    method.retarget(ctx)               # on resume with new sparsity targets (--override)
 
 A method's behaviour depends only on the epoch and the sparsifier's state, so resuming from a
 checkpoint is exact.
@@ -67,6 +68,10 @@ class SparsityMethod:
 
     def finish(self, ctx: TrainContext) -> None:
         """Called after the last epoch."""
+
+    def retarget(self, ctx: TrainContext) -> None:
+        """The layers' target sparsities changed on resume (``--override``): make the masks follow them
+        (masks already final are pruned further; schedules still running carry on to the new targets)."""
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -65,6 +65,9 @@ class Incremental(SparsityMethod):
             self.prune(ctx)
             self.reached = True
 
+    def retarget(self, ctx: TrainContext) -> None:
+        self.reached = False  # the schedule (or finish) goes on to the new targets
+
     def state_dict(self) -> dict[str, Any]:
         return {"steps": dict(self.steps), "reached": self.reached}
 

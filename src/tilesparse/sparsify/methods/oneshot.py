@@ -23,6 +23,10 @@ class OneShot(SparsityMethod):
         self.prune(ctx)
         self.pruned = True
 
+    def retarget(self, ctx: TrainContext) -> None:
+        if self.pruned:
+            self.prune(ctx)  # monotone: the zeroed blocks stay, more join them
+
     def state_dict(self) -> dict[str, Any]:
         return {"pruned": self.pruned}
 

@@ -82,6 +82,11 @@ class Penalty(SparsityMethod):
         if not self.hardened:
             self.harden(ctx)
 
+    def retarget(self, ctx: TrainContext) -> None:
+        if self.hardened:  # before hardening, the penalty and the hardening read the new targets anyway
+            ctx.sparsifier.step(scores=ctx.sparsifier.scores(score="l2"))
+            self.after_prune(ctx)
+
     def state_dict(self) -> dict[str, Any]:
         return {"hardened": self.hardened}
 
