@@ -28,6 +28,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("build",),
     ("mapper", "reports", "demo"),
     ("cli",),
+    ("__main__",),  # python -m tilesparse: the command's entry point
 )
 LAYER_OF = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}
 PROGRAM_MAY_NOT_IMPORT = ("tilesparse.compiler", "tilesparse.sim", "tilesparse.estimate", "tilesparse.cli",

@@ -123,7 +123,8 @@ def _file_source(spec: str) -> ModelSource:
     if suffix == ".pt2":
         path = require_file(Path(spec), "torch.export .pt2 file")
         return ModelSource(str(path), "pt2", path, given=spec)
-    path = require_file(Path(spec), "checkpoint (.pt, .pth, .ckpt)")
+    what = "checkpoint (.pt, .pth, .ckpt)" if suffix in _CHECKPOINT_SUFFIXES else "file"  # foo.onnx: not ours
+    path = require_file(Path(spec), what)
     if suffix not in _CHECKPOINT_SUFFIXES and not zipfile.is_zipfile(path):
         raise ConfigError(spec, [f"not a model source: expected {SOURCE_FORMS}"])
     return ModelSource(str(path), "checkpoint", path, given=spec)
@@ -247,9 +248,9 @@ def _from_file(path: Path, factory: str, seed: int) -> LoadedModel:
     sys.modules[mod_name] = module
     try:
         spec.loader.exec_module(module)
-    except Exception as e:  # the user's code: report it, naming the file
+    except (Exception, SystemExit) as e:  # the user's code (sys.exit() too): report it, naming the file
         sys.modules.pop(mod_name, None)
-        raise ConfigError(str(path), [f"importing it failed: {type(e).__name__}: {e}"]) from None
+        raise ConfigError(str(path), [f"importing it failed: {_raised(e)}"]) from None
     fn = getattr(module, factory, None)
     if not callable(fn):
         have = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
@@ -258,12 +259,18 @@ def _from_file(path: Path, factory: str, seed: int) -> LoadedModel:
     torch.manual_seed(seed)
     try:
         model = fn()
-    except Exception as e:
-        raise ConfigError(f"{path}:{factory}", [f"{factory}() failed: {type(e).__name__}: {e}"]) from None
+    except (Exception, SystemExit) as e:
+        raise ConfigError(f"{path}:{factory}", [f"{factory}() failed: {_raised(e)}"]) from None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"{path}:{factory}", [f"{factory}() returned {type(model).__name__}, expected a "
                                                 "torch.nn.Module"])
     return LoadedModel(model.eval(), factory, None, arch=f"{path}:{factory}")
+
+
+def _raised(e: BaseException) -> str:
+    """``Type: first line of the message`` of what the user's code raised (one line of ours)."""
+    first = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
 def _from_pt2(path: Path) -> LoadedModel:

@@ -4,15 +4,20 @@ telling a program file from a model source. Kept free of torch so ``tilesparse -
 from __future__ import annotations
 
 import json
+import os
+import stat
 import sys
+import tempfile
 import zipfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from tilesparse.source import SOURCE_FORMS
 
-__all__ = ["ARRAY_HELP", "BLOCK_HELP", "INPUT_SHAPE_HELP", "JSON_HELP", "SOURCE_HELP", "SPARSITY_HELP",
-           "WEIGHTS_HELP", "array_arg", "block_arg", "console", "is_program_file", "read_program", "sparsity_arg",
+__all__ = ["ARRAY_HELP", "BLOCK_HELP", "INPUT_SHAPE_HELP", "JSON_HELP", "SEED_MAX", "SOURCE_HELP", "SPARSITY_HELP",
+           "WEIGHTS_HELP", "array_arg", "block_arg", "check_outputs", "console", "is_program_file", "read_program",
+           "sparsity_arg",
            "write_json"]
 
 SOURCE_HELP = f"Model source: {SOURCE_FORMS}."  # the one list of the forms (tilesparse.source)
@@ -23,6 +28,7 @@ BLOCK_HELP = "Block shape OUTxIN (default 8x8, or the checkpoint's)."
 INPUT_SHAPE_HELP = "N,C,H,W (default: the zoo model's, or a .pt2's example input)."
 WEIGHTS_HELP = "State-dict file (or tilesparse checkpoint) for a zoo name (else random weights, seed 0)."
 JSON_HELP = "Write machine-readable results as JSON to this path ('-' = stdout)."
+SEED_MAX = 2**32 - 1  # numpy's legacy generators and scikit-learn take seeds in [0, 2**32)
 
 _WIDE = 1000  # columns of a console that is not a terminal: tables never cut a layer name
 
@@ -115,3 +121,60 @@ def sparsity_arg(value: float | None, flag: str = "--sparsity") -> float | None:
     from tilesparse.patterns import check_sparsity
 
     return check_sparsity(value, flag)
+
+
+STDOUT = "-"  # --json / --listing: write to stdout
+
+
+def check_outputs(files: Mapping[str, str | Path | None],
+                  folder: tuple[str, str | Path | None, Iterable[str]] | None = None) -> None:
+    """Refuse, before any work, outputs that could not be written: a folder where a file is meant,
+    a file where a folder is meant (on the path, or as a ``folder`` output), a device, a place the
+    system will not let us write, or two outputs naming one file. ``files`` maps each writing
+    option to its path (None and '-' skipped); ``folder`` is (option, folder, the file names written
+    in it). Every output is checked before any is written, so a refusal leaves nothing behind."""
+    from tilesparse.errors import ConfigError
+
+    targets = []
+    if folder is not None and folder[1] is not None:
+        flag, where, names = folder[0], Path(folder[1]), tuple(folder[2])
+        is_file = where.exists() and not where.is_dir()
+        if problem := "is a file, expected a folder" if is_file else _folder_problem(where):
+            raise ConfigError(f"{flag} {folder[1]}", [problem])
+        targets += [(flag, str(folder[1]), where / name) for name in names]
+    targets += [(flag, str(p), Path(p)) for flag, p in files.items() if p is not None and str(p) != STDOUT]
+    seen: dict[str, str] = {}
+    for flag, given, path in targets:
+        if problem := _file_problem(path, flag):
+            raise ConfigError(f"{flag} {given}", [problem if str(path) == given else f"{path}: {problem}"])
+        key = os.path.realpath(path)
+        if key in seen and seen[key] != flag:
+            raise ConfigError(f"{flag} {given}", [f"the same file as {seen[key]}; give each output its own name"])
+        seen.setdefault(key, flag)
+
+
+def _file_problem(path: Path, flag: str) -> str | None:
+    """Why ``path`` cannot be written as a file (atomically: a new file renamed over it), or None."""
+    if path.is_dir():
+        return "is a folder, expected a file name"
+    if path.exists() and not stat.S_ISREG(path.stat().st_mode):
+        to_stdout = " (or '-' for stdout)" if flag in ("--json", "--listing") else ""
+        return f"is a device or pipe, not a regular file; give a file name{to_stdout}"
+    return _folder_problem(path.parent)
+
+
+def _folder_problem(folder: Path) -> str | None:
+    """Why files cannot be written in ``folder`` (made with its parents if missing), or None."""
+    here = folder
+    while not here.exists():  # the nearest existing ancestor decides: the rest are made there
+        if here.is_symlink():
+            return f"{here} is a broken symbolic link"
+        here = here.parent
+    if not here.is_dir():
+        return f"{here} is a file, not a folder"
+    try:  # ask the system itself: permissions, read-only file systems, root's exceptions alike
+        with tempfile.TemporaryFile(dir=here):
+            pass
+    except OSError as e:
+        return f"cannot write in {here} ({(e.strerror or str(e)).lower()})"
+    return None

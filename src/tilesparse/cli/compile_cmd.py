@@ -17,6 +17,7 @@ from tilesparse.cli.common import (
     WEIGHTS_HELP,
     array_arg,
     block_arg,
+    check_outputs,
     console,
     is_program_file,
     read_program,
@@ -89,6 +90,7 @@ def compile_verb(
     sparsity_arg(sparsity), block_arg(block), array_arg(array)  # usage errors before any work
     if str(listing) == "-" and str(json_out) == "-":
         raise ConfigError("--listing -", ["--json - writes to stdout already; give the listing a file name"])
+    check_outputs({"--out": out, "--listing": listing, "--json": json_out})
     prog = compile_source_with_progress(source, array, balance=balance, weights=weights, sparsity=sparsity,
                                         block=block, input_shape=input_shape, quantized=quantized)
     prog.save(out)
@@ -147,7 +149,7 @@ def estimate_verb(
                                              "source here.")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help=JSON_HELP + " Per-layer numbers.")] = None,
     timeline: Annotated[Path | None, typer.Option(help="Write a timeline chart (.html or .png).")] = None,
-    top: Annotated[int, typer.Option(help="Rows of the per-layer table (slowest first; 0 = all).")] = 25,
+    top: Annotated[int, typer.Option(help="Rows of the per-layer table (slowest first; 0 = all).", min=0)] = 25,
 ) -> None:
     """Per-layer and total latency of a program (or a model compiled on the fly, timing only), with
     the lower bound and roofline beside every layer.
@@ -166,6 +168,7 @@ def estimate_verb(
     sparsity_arg(sparsity), block_arg(block)  # usage errors before any work (a program file too)
     if timeline is not None and timeline.suffix not in (".html", ".png"):  # before the work, not after
         raise ConfigError(f"--timeline {timeline}", ["expected a .html or .png file name"])
+    check_outputs({"--out": out, "--json": json_out, "--timeline": timeline})
     prog = load_or_compile(target, array, out, weights=weights, sparsity=sparsity, block=block,
                            input_shape=input_shape, quantized=False)
     pt = estimate_program(prog)
@@ -200,7 +203,7 @@ def explore_verb(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for table2.md / .csv / .png.")] = Path("explore"),
     out_dir: Annotated[Path | None, typer.Option("--out-dir", hidden=True, help="Old name of --out.")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help=JSON_HELP + " One record per cell.")] = None,
-    jobs: Annotated[int, typer.Option(help="Worker processes.")] = 2,
+    jobs: Annotated[int, typer.Option(help="Worker processes.", min=1)] = 2,
 ) -> None:
     """Networks x arrays x dense/sparse: the Table II analog (CSV + Markdown + plot) with the
     paper's numbers side by side.
@@ -212,6 +215,7 @@ def explore_verb(
     from tilesparse.reports.table2 import run_table, write_table
 
     sparsity_arg(sparsity)  # usage errors before any worker starts
+    check_outputs({"--json": json_out}, ("--out", out_dir or out, [f"table2.{ext}" for ext in ("csv", "md", "png")]))
     for a in [a for a in arrays.split(",") if a]:
         array_arg(a, "--arrays")
     for a in [a for a in rect.split(",") if a]:

@@ -7,11 +7,24 @@ from typing import Annotated, Optional
 
 import typer
 
-from tilesparse.cli.common import ARRAY_HELP, JSON_HELP, array_arg, block_arg, console, sparsity_arg, write_json
+from tilesparse.cli.common import (
+    ARRAY_HELP,
+    JSON_HELP,
+    SEED_MAX,
+    array_arg,
+    block_arg,
+    check_outputs,
+    console,
+    sparsity_arg,
+    write_json,
+)
+
+OUT_FILES = ("sparse.pt", "report.txt", "report.json", "demo.json")  # what --out receives
 
 
 def demo(
-    seed: Annotated[int, typer.Option(help="Seed for the data split, initialisation and data order.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed for the data split, initialisation and data order.",
+                                                min=0, max=SEED_MAX)] = 0,
     sparsity: Annotated[float, typer.Option(help="Target block sparsity in [0, 1).")] = 0.5,
     block: Annotated[str, typer.Option(help="Block shape OUTxIN.")] = "8x8",
     array: Annotated[str, typer.Option("--array", "-a", help=ARRAY_HELP)] = "4x4",
@@ -42,6 +55,7 @@ def demo(
     b = block_arg(block)
     sparsity_arg(sparsity)
     array_arg(array)
+    check_outputs({"--json": json_out}, ("--out", out, OUT_FILES))
     con = console(json_out)
     nets = tuple(n.strip() for n in networks.split(",") if n.strip())
     r = run_pipeline_demo(seed=seed, sparsity=sparsity, block=b, array=array, device=device,

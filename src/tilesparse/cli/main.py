@@ -1,20 +1,24 @@
-"""Entry point of the ``tilesparse`` command.
+"""Entry point of the ``tilesparse`` command (and of ``python -m tilesparse``).
 
 Each verb lives in its own module with a ``register(app)`` function; heavy imports (torch,
-torchvision) happen inside the verbs so that ``tilesparse --help`` stays fast. Errors that
-tilesparse raises on purpose (``TilesparseError``) are printed without a traceback, exit code 2.
+torchvision) happen inside the verbs so that ``tilesparse --help`` stays fast. No input reaches a
+traceback: whatever ends a verb is printed as one ``error: ...`` line with an exit code
+(``tilesparse.cli.failures``: 2 refused, 3 internal error); ``tilesparse --debug VERB`` (or
+``TILESPARSE_DEBUG=1``) prints the traceback too.
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
+import traceback
+from collections.abc import Sequence
 
 import typer
 from rich.console import Console
 from rich.text import Text
 
-from tilesparse.errors import TilesparseError
+from tilesparse.cli.failures import DEBUG_ENV, EXIT_INTERRUPTED, debug_requested, describe, guarded
 
 app = typer.Typer(
     name="tilesparse",
@@ -51,7 +55,10 @@ def _version(value: bool) -> None:
 def _streams(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                  help="Print the tilesparse version (the one programs record) and exit."),
+    debug: bool = typer.Option(False, "--debug", help=f"On an error, print the full traceback too (also "
+                               f"{DEBUG_ENV}=1); for reporting bugs. Before the verb: tilesparse --debug compile ..."),
 ) -> None:
+    # --debug is read by main() from the arguments themselves: it must know it whatever the verb does.
     # Progress bars and spinners (rich's global console) draw on stderr, and only on a terminal:
     # stdout carries the verbs' results alone, so that `--json -` and `| cat` get no stray lines.
     import rich
@@ -61,18 +68,32 @@ def _streams(
 
 for _mod in VERB_MODULES:
     importlib.import_module(_mod).register(app)
+for _verb in app.registered_commands:  # an EOFError is a failure like any other, not "Aborted."
+    _verb.callback = guarded(_verb.callback) if _verb.callback else None
 
 
-def main() -> None:
-    err = Console(stderr=True)
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run ``tilesparse ARGS`` (``sys.argv[1:]`` by default); every failure ends in one line on
+    stderr and its exit code (tilesparse.cli.failures), the traceback only with --debug."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = debug_requested(args)
     try:
-        app()
-    except TilesparseError as e:
-        err.print(Text.assemble(("error: ", "bold red"), str(e)), soft_wrap=True)
-        sys.exit(2)
+        app(args=args, prog_name="tilesparse")  # `python -m tilesparse` too: usage lines name the command
     except KeyboardInterrupt:
-        err.print("interrupted")
-        sys.exit(130)
+        _print_error(None, "interrupted", debug)
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as e:  # the one place that catches everything: a bug shows as one line too
+        code, line = describe(e)
+        _print_error(e, line, debug)
+        sys.exit(code)
+
+
+def _print_error(e: BaseException | None, line: str, debug: bool) -> None:
+    err = Console(stderr=True)
+    if debug and e is not None:
+        traceback.print_exception(e, file=sys.stderr)
+        sys.stderr.flush()
+    err.print(Text.assemble(("error: ", "bold red"), line), soft_wrap=True, highlight=False)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,13 @@ from tilesparse.cli.common import (
     BLOCK_HELP,
     INPUT_SHAPE_HELP,
     JSON_HELP,
+    SEED_MAX,
     SOURCE_HELP,
     SPARSITY_HELP,
     WEIGHTS_HELP,
     array_arg,
     block_arg,
+    check_outputs,
     console,
     sparsity_arg,
     write_json,
@@ -134,7 +136,7 @@ def register(app: typer.Typer) -> None:
         prune: float = typer.Option(None, hidden=True, help="Old name of --sparsity."),
         block: str = typer.Option(None, help=BLOCK_HELP),
         warm_start: bool = typer.Option(True, help="Seed each layer's search with earlier layers' best mappings."),
-        seed: int = typer.Option(0, help="Random seed."),
+        seed: int = typer.Option(0, help="Random seed.", min=0, max=SEED_MAX),
         progress: bool = typer.Option(True, help="Show a progress bar."),
         json_out: Path = typer.Option(None, "--json", help=JSON_HELP + " Per-layer results."),
         output: Path = typer.Option(None, "--output", "-o", hidden=True, help="Old name of --json."),
@@ -155,6 +157,7 @@ def register(app: typer.Typer) -> None:
         sparsity = sparsity_arg(sparsity if sparsity is not None else prune)
         block_arg(block)
         _check_target(layer, source, sparsity=sparsity, block=block, weights=weights, input_shape=input_shape)
+        check_outputs({"--json": json_out or output})
         a = _architecture(array or arch or "aie2")
         specs = None
         if layer:

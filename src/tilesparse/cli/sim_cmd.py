@@ -13,11 +13,13 @@ from tilesparse.cli.common import (
     BLOCK_HELP,
     INPUT_SHAPE_HELP,
     JSON_HELP,
+    SEED_MAX,
     SOURCE_HELP,
     SPARSITY_HELP,
     WEIGHTS_HELP,
     array_arg,
     block_arg,
+    check_outputs,
     console,
     is_program_file,
     read_program,
@@ -53,6 +55,8 @@ def _input(path: Path | None, shape, seed: int, graph, prog_exp: int | None = No
         return x, True
     if x.dtype.kind not in "fiu":
         raise ConfigError(path, [f"input dtype {x.dtype}: expected int8 or real values"])
+    if x.dtype.kind == "f" and not np.isfinite(x).all():  # NaN would quantize to an arbitrary int8
+        raise ConfigError(path, [f"input holds {int((~np.isfinite(x)).sum())} NaN or infinite value(s)"])
     if graph is None and prog_exp is None:
         why = ("a float input needs the input scale: this program has none (meta['input_scale_exp']); "
                "give --model, or an int8 array")
@@ -93,7 +97,7 @@ def simulate_verb(
     block: Annotated[str | None, typer.Option(help=BLOCK_HELP)] = None,
     input_shape: Annotated[str | None, typer.Option(help=INPUT_SHAPE_HELP)] = None,
     input_npy: Annotated[Path | None, typer.Option("--input", help=INPUT_HELP)] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the random input.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the random input.", min=0, max=SEED_MAX)] = 0,
     check: Annotated[bool, typer.Option(help="Run the ordering (hazard) check first.")] = True,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Save the program compiled from a model "
                                              "source here.")] = None,
@@ -117,6 +121,7 @@ def simulate_verb(
     from tilesparse.sim import simulate, verify
 
     sparsity_arg(sparsity), block_arg(block)  # usage errors before any work (a program file too)
+    check_outputs({"--out": out, "--json": json_out})
     con = console(json_out)
     req = {"source": model, "weights": weights, "sparsity": sparsity, "block": block, "input_shape": input_shape}
     prog, graph, module, note = _program_and_graph(target, array, out, req)
@@ -170,8 +175,27 @@ def _program_and_graph(target: str, array: str | None, out: Path | None, req: di
     if req["source"] is None:
         return prog, None, None, (f"{target} records no provenance: checking byte accounting only (give --model "
                                   "SOURCE to verify bit for bit, or recompile)")
-    built = build_graph_from(req.pop("source"), **req)
+    built = _built_for(prog, target, req)
     return prog, built.graph, built.module, ""
+
+
+def _built_for(prog, target: str, req: dict):
+    """The --model graph to verify a program without provenance against, built for the input the
+    program reads (--input-shape defaults to it; another one is refused: the model's own default,
+    224x224 for a zoo name, would not fit a program compiled for 32x32)."""
+    from tilesparse.build import build_graph_from, parse_input_shape
+    from tilesparse.errors import ConfigError
+
+    reads = (1, *prog.buffers[_input_buffer(prog)]["shape"])
+    given = parse_input_shape(req["input_shape"])
+    if given is not None and given != reads:
+        raise ConfigError(f"--input-shape {req['input_shape']}", [f"{target} reads an input of {_shape(reads)}"])
+    return build_graph_from(req["source"], **{**{k: v for k, v in req.items() if k != "source"},
+                                               "input_shape": reads})
+
+
+def _shape(shape) -> str:
+    return ",".join(str(n) for n in shape)
 
 
 def _input_buffer(prog) -> str:

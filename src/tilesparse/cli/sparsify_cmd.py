@@ -9,9 +9,11 @@ import typer
 
 from tilesparse.cli.common import (
     JSON_HELP,
+    SEED_MAX,
     SOURCE_HELP,
     WEIGHTS_HELP,
     block_arg,
+    check_outputs,
     console,
     sparsity_arg,
     write_json,
@@ -21,6 +23,7 @@ from tilesparse.errors import ConfigError
 __all__ = ["register"]
 
 DEFAULT_OUT = Path("runs")
+OUT_FILES = ("sparse.pt", "last.pt", "report.txt", "report.json", "recipe.yaml")  # what OUT receives
 RECIPE_HELP = "Recipe YAML (examples in src/tilesparse/recipes/). Flags below override it."
 DATA_HELP = ("auto | digits | none | FILE.pt holding x_train, y_train, x_test, y_test tensors. "
              "auto = digits for digits_cnn, else none (choose masks only, no training).")
@@ -211,7 +214,8 @@ def sparsify(
     score: Annotated[Optional[str], typer.Option(help="l1 | l2 | variance | taylor | fisher | hessian.")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Fine-tuning epochs (0: choose masks only).")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Fine-tuning learning rate.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed for data order and initialisation.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for data order and initialisation.",
+                                                              min=0, max=SEED_MAX)] = None,
     data: Annotated[str, typer.Option(help=DATA_HELP)] = "auto",
     device: Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1, mps ...")] = "cpu",
     resume: Annotated[bool, typer.Option("--resume", help=RESUME_HELP)] = False,
@@ -246,6 +250,8 @@ def sparsify(
 
         torch.set_num_threads(threads)
     _check_flags(sparsity, block)
+    if out is not None:  # refused before the model is loaded; the default folder is checked once named
+        check_outputs({"--json": json_out}, ("--out", out, OUT_FILES))
     if override and not resume:
         raise ConfigError("--override", ["only with --resume: it continues a run with changed settings"])
     flags = {"method": method, "sparsity": sparsity, "block": block, "selection": selection, "score": score,
@@ -253,7 +259,9 @@ def sparsify(
     rec = _recipe(recipe, dict(flags))
     dev = _device(device)
     net, name, model_file = _model(model, weights)
-    out = out or DEFAULT_OUT / f"{_stem(name)}-{rec.method}-{rec.sparsity:g}"
+    if out is None:
+        out = DEFAULT_OUT / f"{_stem(name)}-{rec.method}-{rec.sparsity:g}"
+        check_outputs({"--json": json_out}, ("--out", out, OUT_FILES))
     if resume and recipe is None:  # the flags given change the checkpoint's recipe, not the defaults
         rec = _recipe(None, dict(flags), _resumed_recipe(out))
     data = _data_kind(data, name)
