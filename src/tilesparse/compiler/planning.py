@@ -121,10 +121,13 @@ def _max_chunk(widx: WeightIndex, bounds: list[tuple[int, int]], nb: int) -> int
 
 def _ci_blocks(spec, hw, widx, bounds, oc_t) -> int | None:
     """Largest number of input-channel blocks per chunk whose chunks all fit the weight buffer
-    (the same byte count as ``WeightIndex.chunk_bytes``, for every chunk at once)."""
-    if widx is None or spec.groups > 1:
-        return widx.n_cb if widx is not None else 1
+    (the same byte count as ``WeightIndex.chunk_bytes``, for every chunk at once). A grouped
+    conv's chunk holds all of its groups' input blocks: None if one of those does not fit."""
+    if widx is None:
+        return 1
     cap = hw.core.weight_buffer_bytes
+    if spec.groups > 1:
+        return widx.n_cb if not bounds or _max_chunk(widx, bounds, widx.n_cb) <= cap else None
     ob = np.array(bounds)
     vcum = (widx.cum[ob[:, 1]] - widx.cum[ob[:, 0]]) * spec.taps  # kept bytes up to each block col
     rows = (widx.row_starts[ob[:, 1]] - widx.row_starts[np.minimum(ob[:, 0] + 1, spec.co)] + 1)[:, None]

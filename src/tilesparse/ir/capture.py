@@ -2,8 +2,9 @@
 
 ``capture`` traces the module symbolically, propagates shapes with one zero input, and maps every fx
 node to an IR node (``tilesparse.ir.graph``). Identity-like nodes (``nn.Dropout`` in eval,
-``nn.Identity``, ``x.size(0)`` / ``x.shape`` feeding a flatten) disappear; anything outside the IR is
-an :class:`UnsupportedOpError` naming the op, the fx node and the module path.
+``nn.Identity``, ``x.size(0)`` / ``x.shape`` feeding a flatten) disappear, and so do computations
+the output does not depend on (an unused branch: dead code, as PyTorch's result shows); anything
+outside the IR is an :class:`UnsupportedOpError` naming the op, the fx node and the module path.
 
 Not handled: torchvision inception_v3 with ``transform_input=True`` (per-channel affine on constants,
 which is what ``weights=...`` turns on) — build it with ``tilesparse.models.get_model`` instead.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -73,11 +75,14 @@ class _Converter:
         self.nodes: list[Node] = []
         self.params: dict[str, np.ndarray] = {}
         self.alias: dict[str, str | None] = {}  # fx node -> IR node it stands for (None: not a tensor)
+        self.inplace: set[str] = set()  # IR nodes of in-place ops: never dropped as dead code
 
     def run(self) -> Graph:
         for fn in self.gm.graph.nodes:
             self._convert(fn)
-        return Graph(tuple(self.nodes), self.params, self.name)
+        live = _live(self.nodes, self.inplace)
+        params = {k: v for k, v in self.params.items() if k.rpartition(".")[0] in live}
+        return Graph(tuple(n for n in self.nodes if n.name in live), params, self.name)
 
     def _convert(self, fn: fx.Node) -> None:
         if fn.op == "placeholder":
@@ -150,8 +155,37 @@ class _Converter:
         out = TensorType(tuple(int(d) for d in meta.shape), _dtype_name(meta.dtype))
         self.nodes.append(Node(fn.name, op, inputs, out, attrs, _source(fn)))
         self.alias[fn.name] = fn.name
+        if self._is_inplace(fn):
+            self.inplace.add(fn.name)
         for key, arr in (params or {}).items():
             self.params[f"{fn.name}.{key}"] = arr
+
+
+    def _is_inplace(self, fn: fx.Node) -> bool:
+        """Whether ``fn`` may change its operand in place (conservatively: any ``True`` flag)."""
+        if fn.op == "call_module":
+            return bool(getattr(self.gm.get_submodule(str(fn.target)), "inplace", False))
+        name = str(fn.target) if fn.op == "call_method" else getattr(fn.target, "__name__", "")
+        flags = [*fn.args[1:], *fn.kwargs.values()]
+        return (name.endswith("_") and not name.endswith("__")) or fn.target in (operator.iadd, "__iadd__") or any(
+            a is True for a in flags)
+
+
+def _live(nodes: list[Node], inplace: set[str]) -> set[str]:
+    """Names of the nodes the output depends on and the inputs, plus every in-place op on one of
+    them (with what it reads; what it changed may be read later): a node outside is dead code
+    (PyTorch computes it for nothing)."""
+    by_name = {n.name: n for n in nodes}
+    live: set[str] = set()
+    todo = [n.name for n in nodes if n.op in (Op.OUTPUT, Op.INPUT)]
+    while todo:
+        while todo:
+            name = todo.pop()
+            if name not in live:
+                live.add(name)
+                todo.extend(by_name[name].inputs)
+        todo = [n for n in inplace if n not in live and by_name[n].inputs[0] in live]
+    return live
 
 
 def _dtype_name(dt: torch.dtype) -> str:

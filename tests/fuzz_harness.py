@@ -1,0 +1,173 @@
+"""Run one fuzz ``Case`` through the front door, the compiler, the simulator and the time model, and
+judge it against both oracles (tests/test_fuzz.py, benchmarks/fuzz_graphs.py).
+
+Outcomes: ``pass``; ``refused`` — a ``TilesparseError`` with a one-line message while building or
+compiling (an op or size outside what tilesparse supports: allowed, counted by kind); ``fail`` —
+anything else: another exception anywhere, any exception once a program exists (a compiled program
+must simulate, save, load and estimate), a layer that is not bit-exact with the integer reference,
+an accounting mismatch, an output far from the PyTorch module's, or an estimate below its bound.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from fuzz_nets import Case, build_module
+
+from tilesparse.errors import TilesparseError
+
+MIN_COSINE = 0.9  # dequantized program output vs the float module (int8, power-of-two scales)
+BOUND_SLACK = 1e-9  # relative: an estimate may equal its lower bound, not undercut it
+
+
+@dataclass
+class Outcome:
+    status: str  # "pass" | "refused" | "fail"
+    kind: str = ""  # refusal / failure class: stage, exception type, where, message shape
+    detail: str = ""  # the full message, or the first mismatch
+    seconds: float = 0.0
+    cosine: float | None = None
+    features: dict[str, int] = field(default_factory=dict)
+
+
+class Failure(Exception):
+    """A check that does not hold (``kind`` groups equal bugs, ``detail`` says what differed)."""
+
+    def __init__(self, kind: str, detail: str):
+        super().__init__(detail)
+        self.kind, self.detail = kind, detail
+
+
+def shape_of(msg: str) -> str:
+    """A message with its particulars (names, numbers) blanked, to group equal causes."""
+    s = re.sub(r"'[^']*'|\"[^\"]*\"", "'…'", msg.splitlines()[0] if msg else "")
+    s = re.sub(r"-?\d+(\.\d+)?(e-?\d+)?", "N", s)
+    return s[:160]
+
+
+def where(exc: BaseException) -> str:
+    """``file:function`` of the innermost tilesparse frame of ``exc``'s traceback."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "tilesparse" in f.filename]
+    f = frames[-1] if frames else traceback.extract_tb(exc.__traceback__)[-1]
+    path = f.filename.split("tilesparse/")[-1] if "tilesparse/" in f.filename else Path(f.filename).name
+    return f"{path}:{f.name}"
+
+
+def run_case(case: Case, *, estimate: bool = True) -> Outcome:
+    """Build, compile, simulate (from a saved and reloaded program), verify, estimate one case."""
+    t0 = time.perf_counter()
+    out = _judge(case, estimate)
+    out.seconds, out.features = time.perf_counter() - t0, dict(case.features)
+    return out
+
+
+def _judge(case: Case, estimate: bool) -> Outcome:
+    stage = "build"
+    try:
+        module = build_module(case)
+        built, prog = _compile(case, module)
+        stage = "check"
+        cos = _check(case, module, built, prog, estimate)
+        return Outcome("pass", cosine=cos)
+    except Failure as f:
+        return Outcome("fail", f.kind, f.detail)
+    except TilesparseError as e:
+        msg = str(e)
+        if stage == "build" and "\n" not in msg:
+            return Outcome("refused", f"{type(e).__name__}: {shape_of(msg)}", msg)
+        why = "multi-line refusal" if stage == "build" else "error on a compiled program"
+        return Outcome("fail", f"{why}: {type(e).__name__} at {where(e)}: {shape_of(msg)}", msg)
+    except Exception as e:  # noqa: BLE001 - every other exception is a finding
+        return Outcome("fail", f"{stage}: {type(e).__name__} at {where(e)}: {shape_of(str(e))}",
+                       f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=-6)}")
+
+
+def _compile(case: Case, module):
+    from tilesparse.build import build_graph_from
+    from tilesparse.compiler.pipeline import compile_graph
+
+    built = build_graph_from(module, sparsity=case.sparsity, block=case.block, input_shape=case.input_shape,
+                             seed=case.seed % 1000)
+    return built, compile_graph(built.graph, case.hw(), balance=case.balance)
+
+
+def _check(case: Case, module, built, prog, estimate: bool) -> float:
+    from tilesparse.program import Program
+    from tilesparse.sim import verify
+
+    with tempfile.TemporaryDirectory() as tmp:  # what a user runs is a program file
+        prog = Program.load(prog.save(Path(tmp) / "fuzz.tsp"))
+    x = np.random.default_rng(case.seed).standard_normal(case.input_shape).astype(np.float32)
+    rep = verify(prog, built.graph, x, progress=False)
+    if not rep.ok:
+        bad = rep.first_mismatch
+        layer = bad.layer if bad else "?"
+        raise Failure(f"not bit-exact: layer kind {_layer_kind(prog, layer)}", rep.summary())
+    if not rep.sim.accounting_ok:
+        notes = [f"{a.name}: {a.notes}" for a in rep.sim.accounts if not a.ok]
+        raise Failure("accounting mismatch", "; ".join(map(str, notes))[:2000])
+    cos = _float_check(case, module, built, rep, x)
+    if estimate:
+        _estimate(prog)
+    return cos
+
+
+def _layer_kind(prog, name: str) -> str:
+    return next((r.kind for r in prog.layers if r.name == name), "?")
+
+
+# -- PyTorch as the float oracle -------------------------------------------------------------------
+# Interim, until ``verify(..., module=...)`` reports ``rep.float_check`` (the second oracle in
+# tilesparse.sim): the program's dequantized output against the pruned module run in float.
+
+
+def _float_check(case: Case, module, built, rep, x: np.ndarray) -> float:
+    from tilesparse.patterns import prune_oneshot
+    from tilesparse.quant import rounding as R
+
+    pruned = copy.deepcopy(module)
+    if built.selection == "l2-oneshot":
+        prune_oneshot(pruned, built.sparsity, built.block)
+    with torch.no_grad():
+        want = pruned(torch.from_numpy(x.copy())).double().numpy().ravel()
+    node = built.graph.outputs[0]
+    src = built.graph.node(node.inputs[0]) if node.inputs else node
+    (q,) = rep.sim.final.values() if len(rep.sim.final) == 1 else (rep.sim.final[src.name],)
+    got = R.dequantize(np.asarray(q), int(node.out.scale_exp)).ravel()
+    if got.shape != want.shape:
+        raise Failure("float oracle: output shape", f"program output {got.shape}, module {want.shape}")
+    return _agree(got, want, 2.0 ** int(node.out.scale_exp))
+
+
+def _agree(got: np.ndarray, want: np.ndarray, lsb: float) -> float:
+    """Cosine of ``got`` and ``want``; a failure below MIN_COSINE unless both are within a few
+    output steps of each other (an output that is nearly zero has no meaningful direction)."""
+    err = float(np.abs(got - want).max())
+    norm = float(np.linalg.norm(got) * np.linalg.norm(want))
+    cos = float(got @ want / norm) if norm > 0 else (1.0 if err <= 2 * lsb else 0.0)
+    if cos < MIN_COSINE and err > 4 * lsb:
+        raise Failure("float oracle: output differs from PyTorch",
+                      f"cosine {cos:.3f}, max error {err:.4g} (output step {lsb:g}, range "
+                      f"{float(np.abs(want).max()):.4g})")
+    return cos
+
+
+def _estimate(prog) -> None:
+    from tilesparse.estimate.report import layer_rows, summarize
+
+    s = summarize(prog)
+    rows = layer_rows(prog)
+    if not (math.isfinite(s.estimate_ms) and s.estimate_ms > 0 and math.isfinite(s.bound_ms)):
+        raise Failure("estimate not finite", f"estimate {s.estimate_ms} ms, bound {s.bound_ms} ms")
+    low = [r["layer"] for r in rows if r["time_us"] < r["bound_us"] * (1 - BOUND_SLACK)]
+    if low:
+        raise Failure("estimate below its lower bound", f"layers {low}")
