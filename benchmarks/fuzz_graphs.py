@@ -96,7 +96,14 @@ def _done(log: Path, seed: int) -> dict[int, dict]:
 
 
 def run_all(a: argparse.Namespace, log: Path) -> list[dict]:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     done = _done(log, a.seed) if a.resume else {}
     if not a.resume:
@@ -148,7 +155,8 @@ def _failures(recs: list[dict]) -> list[str]:
     for kind, rs in sorted(groups.items(), key=lambda kv: -len(kv[1])):
         small = min(rs, key=lambda r: len(r.get("case", "")))
         out += [f"### `{kind}` ({len(rs)} examples; smallest: #{small['index']})", "", "```text",
-                small.get("detail", "").strip()[:1500], "```", "", "```python", small.get("case", "").strip(), "```", ""]
+                small.get("detail", "").strip()[:1500], "```", "", "```python", small.get("case", "").strip(),
+                "```", ""]
     return out
 
 

@@ -32,8 +32,9 @@ from torch import nn
 
 T = TypeVar("T")
 
-MAX_C = 16  # channels a conv produces; concats may reach MAX_CAT
-MAX_CAT = 48
+MAX_C = 16  # channels a conv produces (MAX_WIDE now and then); concats may reach MAX_CAT
+MAX_WIDE = 48
+MAX_CAT = 64
 MAX_HW = 24
 MAX_FLAT = 1024  # flatten + linear only below this many features
 BLOCK_SIZES = (1, 2, 3, 4, 8, 16)
@@ -174,6 +175,19 @@ class _Net:
     # -- ops -------------------------------------------------------------------------------------
 
     def conv(self, src: Value, co: int | None = None, keep_hw: bool = False) -> Value:
+        args, shape = self._conv_args(src, co, keep_hw)
+        return self.new(f"{self.module(f'nn.Conv2d({args})')}({src.name})", shape, src)
+
+    def conv_block(self, src: Value) -> Value:
+        """torchvision's idiom: ``nn.Sequential(conv, batch-norm, ReLU(inplace=True))`` as one module."""
+        args, shape = self._conv_args(src, None, False)
+        act = self.d.choice(("nn.ReLU(inplace=True)", "nn.ReLU6(inplace=True)", "nn.ReLU()"))
+        self.feat["batchnorm"] += 1
+        self.feat["sequential conv-bn-act"] += 1
+        m = self.module(f"nn.Sequential(nn.Conv2d({args}), nn.BatchNorm2d({shape[0]}), {act})")
+        return self.new(f"{m}({src.name})", shape, src)
+
+    def _conv_args(self, src: Value, co: int | None, keep_hw: bool) -> tuple[str, tuple[int, ...]]:
         d, (c, h, w) = self.d, src.shape
         k = (d.int(1, 5), d.int(1, 5)) if d.chance(0.2) else (d.choice((1, 1, 2, 3, 3, 5)),) * 2
         dil = (d.int(2, 3),) * 2 if d.chance(0.15) else (1, 1)
@@ -193,17 +207,16 @@ class _Net:
             "'same'" if same else f"{pad if pad[0] != pad[1] else pad[0]}")
         args += f", dilation={dil[0]}" * (dil != (1, 1)) + f", groups={groups}" * (groups > 1) + ", bias=False" * (
             not bias)
-        shape = _conv_shape(src.shape, co, k, stride, pad, dil, groups)
         self._conv_features(k, stride, dil, groups, c, co, pad, same)
-        return self.new(f"{self.module(f'nn.Conv2d({args})')}({src.name})", shape, src)
+        return args, _conv_shape(src.shape, co, k, stride, pad, dil, groups)
 
     def _groups(self, c: int, co: int | None) -> tuple[int, int]:
         d = self.d
         if d.chance(0.15):  # depthwise (channel multiplier 1 or 2)
             return c, co if co is not None and co % c == 0 else c * (2 if d.chance(0.25) and c <= MAX_C // 2 else 1)
         g = d.choice([x for x in range(1, c + 1) if c % x == 0]) if d.chance(0.2) else 1
-        if co is None:
-            co = g * d.int(1, max(1, MAX_C // g))
+        if co is None:  # now and then a wide layer (input-channel chunks, several oc chunks)
+            co = g * d.int(1, max(1, (MAX_WIDE if d.chance(0.1) else MAX_C) // g))
         if co % g:
             g = math.gcd(g, co)
         return g, co
@@ -212,6 +225,7 @@ class _Net:
         f = self.feat
         f["conv"] += 1
         f[f"conv k={k[0]}x{k[1]}"] += 1
+        f["conv > 16 channels"] += max(c, co) > MAX_C
         f["conv stride>1"] += stride != (1, 1)
         f["conv dilation>1"] += dil != (1, 1)
         f["conv groups>1 (not depthwise)"] += 1 < groups < c
@@ -331,7 +345,7 @@ class _Net:
     # -- composite steps -------------------------------------------------------------------------
 
     def step(self) -> None:
-        kind = self.d.weighted((("conv", 5), ("bn", 2), ("act", 3), ("maxpool", 1.5), ("avgpool", 1),
+        kind = self.d.weighted((("conv", 4), ("block", 1), ("bn", 2), ("act", 3), ("maxpool", 1.5), ("avgpool", 1),
                                 ("adaptive", 0.5), ("add", 2), ("cat", 1.5), ("identity", 0.3), ("dead", 0.2)))
         src = self.pick(self.live4())
         if kind == "dead":  # computed, never read: the output does not depend on it
@@ -346,8 +360,9 @@ class _Net:
         elif kind == "adaptive" and src.shape[1] * src.shape[2] > 1:
             self.adaptive(src)
         else:
-            dict(conv=self.conv, bn=self.batchnorm, act=self.act, maxpool=self.maxpool, avgpool=self.avgpool,
-                 identity=self.identity, adaptive=self.conv)[kind](src)
+            ops = dict(conv=self.conv, block=self.conv_block, bn=self.batchnorm, act=self.act, maxpool=self.maxpool,
+                       avgpool=self.avgpool, identity=self.identity, adaptive=self.conv)
+            ops[kind](src)
 
     def residual(self, src: Value) -> None:
         """``src + other`` for a live value of the same shape, else ``src + branch(src)``."""
@@ -449,14 +464,20 @@ def draw_case(d: Draw, *, inplace_reuse: bool = False, cat_height: bool = False)
         net.feat["conv" if len(out.shape) == 3 else "linear"] += 1
     array = (d.int(1, 4), d.int(1, 4))
     block = (d.choice(BLOCK_SIZES), d.choice(BLOCK_SIZES))
-    sparsity = 0.0 if d.chance(0.3) else round(0.25 + d.int(0, 65) / 100, 2)
+    # one-shot pruning needs a conv or linear after the first: with none, mostly draw it dense
+    # (sparse, it is a clean refusal, "no sparsifiable layer", which a few examples keep)
+    prunable = net.feat["conv"] + net.feat["linear"] > 1
+    sparse = not d.chance(0.3) and (prunable or d.chance(0.1))
+    sparsity = round(0.25 + d.int(0, 65) / 100, 2) if sparse else 0.0
     memory, balance = _memory(d), not d.chance(0.2)
     case = Case(net.source(out), (1, c, h, w), array, block, sparsity, d.int(0, 2**31 - 1), memory, balance,
                 Counter({k: int(v) for k, v in net.feat.items() if v}))
     case.features.update({f"array {case.array_spec}": 1, f"block {block[0]}x{block[1]}": 1,
                           "sparsity 0" if sparsity == 0 else "sparsity 0.25-0.9": 1,
                           f"ops {len(net.fwd) // 4 * 4}-{len(net.fwd) // 4 * 4 + 3}": 1,
-                          **{f"memory {k}": 1 for k in memory}, "compile balance=False": int(not balance)})
+                          **{f"memory {k}": 1 for k in memory}})
+    if not balance:
+        case.features["compile balance=False"] = 1
     return case
 
 
@@ -530,5 +551,6 @@ def _conv_shape(shape, co, k, stride, pad, dil, groups) -> tuple[int, int, int]:
     _, h, w = shape
     if isinstance(pad, str):
         return co, h, w
-    oh, ow = ((n + 2 * p - d * (kk - 1) - 1) // s + 1 for n, p, d, kk, s in zip((h, w), pad, dil, k, stride, strict=True))
+    oh, ow = ((n + 2 * p - d * (kk - 1) - 1) // s + 1
+              for n, p, d, kk, s in zip((h, w), pad, dil, k, stride, strict=True))
     return co, oh, ow
