@@ -241,3 +241,27 @@ def test_dead_branch_is_dropped():
     assert [n.source for n in built.graph.of(Op.CONV2D)] == ["c1", "c2"]
     assert [r.name for r in prog.layers] == ["c1", "c2"]
     assert _cosine(got, want) > 0.999
+
+
+class _WideLinear(nn.Module):
+    """Bug 8: the planner tried input-channel chunks smaller than the largest that fits (for larger
+    tiles) without checking them: a smaller chunk moves the boundaries, and the last chunk — with
+    the bias — can hold more kept blocks than before. 672 inputs in chunks of 48 blocks: the last
+    chunk 1072 B in a 1 KiB weight buffer ("core.w bytes [536, 1072) exceed its 1024 B")."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(672, 13)
+        self.fc2 = nn.Linear(13, 12, bias=False)
+
+    def forward(self, x):
+        return self.fc2(self.fc1(torch.flatten(x, 1)))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_every_input_channel_chunk_fits_the_weight_buffer(seed):
+    torch.manual_seed(seed)
+    hw = _small_weight_buffer("1x3")
+    _, prog, _, want, got = _run(_WideLinear(), (1, 4, 24, 7), hw, sparsity=0.3, block=(16, 2))
+    assert max(c.nbytes for r in prog.layers for c in r.chunks) <= hw.core.weight_buffer_bytes
+    assert _cosine(got, want) > 0.999

@@ -240,14 +240,17 @@ def _subvolumes(spec, hw, live: _Live, widx, cache: CompileCache) -> list[SubVol
                  | {unit * -(-oc_max // (n * unit)) for n in range(1, MAX_OC_CHUNKS + 1)})
     subs = []
     for oc_t in ocs:
-        nb = _ci_blocks(spec, hw, widx, _chunk_bounds(spec, live.cores, oc_t, cache), oc_t)
+        bounds = _chunk_bounds(spec, live.cores, oc_t, cache)
+        nb = _ci_blocks(spec, hw, widx, bounds, oc_t)
         if nb is None:
             continue
         full_ci = spec.kind == "conv" and spec.groups == 1
-        # fewer input channels per chunk buy larger tiles (more positions per weight load)
+        # fewer input channels per chunk buy larger tiles (more positions per weight load); a
+        # smaller chunk need not fit where nb does (its boundaries, and so the last chunk's kept
+        # blocks beside the bias, move), so each is checked
         n_q = -(-widx.n_cb // nb) if full_ci else 1
-        nbs = sorted({max(1, nb // d) for d in CI_DIVISORS}
-                     | {-(-widx.n_cb // q) for q in (n_q, n_q + 1)}) if full_ci else [nb]
+        nbs = sorted(n for n in {max(1, nb // d) for d in CI_DIVISORS} | {-(-widx.n_cb // q) for q in (n_q, n_q + 1)}
+                     if n == nb or _max_chunk(widx, bounds, n) <= hw.core.weight_buffer_bytes) if full_ci else [nb]
         for n in nbs:
             ci_t = min(spec.ci, n * spec.block[1]) if full_ci else spec.chunk_ci(oc_t)
             if misfits(spec, hw, SubVolume(oc_t, ci_t, 1, 1), 0, 1):
