@@ -77,5 +77,7 @@ def test_float_check_and_message_shapes():
     assert _agree(want * 1.01, want, 0.0) > 0.99
     with pytest.raises(Failure, match="cosine -1.000"):
         _agree(-want, want, 0.1)
-    assert _agree(np.zeros(3), np.full(3, 1e-3), 4e-3) == 1.0  # nearly zero: within the tolerance
+    _agree(np.zeros(3), np.full(3, 1e-3), 4e-3)  # no direction to compare, but within the tolerance
+    with pytest.raises(Failure, match="max error 0.001 > tolerance 0.0001"):
+        _agree(np.zeros(3), np.full(3, 1e-3), 1e-4)
     assert shape_of("layer 'conv3' (conv, 16->32 ch): 1234 B > 1024 B\nmore") == "layer '…' (conv, N->N ch): N B > N B"
