@@ -265,3 +265,32 @@ def test_every_input_channel_chunk_fits_the_weight_buffer(seed):
     _, prog, _, want, got = _run(_WideLinear(), (1, 4, 24, 7), hw, sparsity=0.3, block=(16, 2))
     assert max(c.nbytes for r in prog.layers for c in r.chunks) <= hw.core.weight_buffer_bytes
     assert _cosine(got, want) > 0.999
+
+
+class _GroupedDilated(nn.Module):
+    """Bug 9: the input channels an output-channel chunk of a grouped conv needs were over-counted
+    by a whole group (``oc // (co / groups) + 2`` groups: 2 for one output channel, which reads one
+    group): with a 1 KiB input buffer a conv with groups=5 (17 input channels each, a 7 × 4 dilated
+    window) was refused as "input tile 952 B > half the input buffer (512 B)" where one group's
+    476 B fit. Spurious refusal; the same bound for a flatten's chunks."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(4, 85, 1)
+        self.conv2 = nn.Conv2d(85, 20, (3, 2), padding=(2, 1), dilation=3, groups=5, bias=False)
+
+    def forward(self, x):
+        return self.conv2(self.conv1(x))
+
+
+def test_grouped_conv_chunk_needs_only_the_groups_it_touches():
+    from tilesparse.compiler.layers import _runs_touched
+
+    assert [_runs_touched(n, 4) for n in (1, 2, 4, 5, 8, 9)] == [1, 2, 2, 2, 3, 3]  # by hand: from a run's last item
+    assert [_runs_touched(n, 1) for n in (1, 3)] == [1, 3]
+    torch.manual_seed(0)
+    d = load_array("1x4").model_dump()
+    d["core"].update(input_buffer_bytes=1024, output_buffer_bytes=4096, weight_buffer_bytes=4096)
+    _, _, _, want, got = _run(_GroupedDilated(), (1, 4, 8, 9), ArrayConfig.model_validate(d), sparsity=0.36,
+                              block=(1, 4))
+    assert _cosine(got, want) > 0.999
