@@ -218,10 +218,17 @@ def _agree(got: np.ndarray, want: np.ndarray, tol: float) -> float:
 
 
 def _estimate(prog) -> None:
+    """What ``tilesparse estimate`` and ``compile --listing`` print and write, on this program."""
     from tilesparse.estimate.report import layer_rows, summarize
+    from tilesparse.estimate.timeline import write_timeline
+    from tilesparse.estimate.timemodel import estimate_program
 
-    s = summarize(prog)
-    rows = layer_rows(prog)
+    pt = estimate_program(prog)
+    s = summarize(prog, pt)
+    rows = layer_rows(prog, pt)
+    prog.listing()
+    with tempfile.TemporaryDirectory() as tmp:
+        write_timeline(prog, pt, Path(tmp) / "timeline.html")
     if not (math.isfinite(s.estimate_ms) and s.estimate_ms > 0 and math.isfinite(s.bound_ms)):
         raise Failure("estimate not finite", f"estimate {s.estimate_ms} ms, bound {s.bound_ms} ms")
     low = [r["layer"] for r in rows if r["time_us"] < r["bound_us"] * (1 - BOUND_SLACK)]
