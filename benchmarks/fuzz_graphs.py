@@ -177,6 +177,19 @@ def _feature_order(k: str) -> tuple[int, str]:
     return next((i for i, g in enumerate(groups) if k.startswith(g)), len(groups)), k
 
 
+def _fixed() -> list[str]:
+    """The bugs found so far, one line each: every "Bug N:" docstring of
+    tests/test_fuzz_regressions.py (one class per bug, its module written out)."""
+    import ast
+
+    src = Path(__file__).resolve().parent.parent / "tests" / "test_fuzz_regressions.py"
+    docs = [ast.get_docstring(n) or "" for n in ast.parse(src.read_text()).body if isinstance(n, ast.ClassDef)]
+    bugs = [" ".join(d.split()) for d in docs if d.startswith("Bug ")]
+    out = ["## Bugs the fuzzer found, all fixed", "",
+           f"{len(bugs)} distinct, each a regression test in tests/test_fuzz_regressions.py (cause, symptom):", ""]
+    return out + [f"{i}. {b.split(': ', 1)[1]}" for i, b in enumerate(bugs, 1)]
+
+
 def report(recs: list[dict], a: argparse.Namespace, wall: float) -> str:
     secs = sorted(r["seconds"] for r in recs) or [0.0]
     cos = [r["cosine"] for r in recs if r.get("cosine") is not None]
@@ -190,7 +203,7 @@ def report(recs: list[dict], a: argparse.Namespace, wall: float) -> str:
             f"{secs[-1]:.2f} s max.  ",
             f"Float oracle: cosine of the dequantized output with PyTorch's, min {min(cos, default=1):.4f}, "
             f"median {statistics.median(cos) if cos else 1:.4f} over the passing examples.", ""]
-    return "\n".join(head + _outcomes(recs) + [""] + _failures(recs) + _coverage(recs)) + "\n"
+    return "\n".join(head + _outcomes(recs) + [""] + _failures(recs) + _fixed() + [""] + _coverage(recs)) + "\n"
 
 
 def main() -> None:
