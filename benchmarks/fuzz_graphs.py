@@ -201,7 +201,8 @@ def report(recs: list[dict], a: argparse.Namespace, wall: float) -> str:
             f"Examples: **{len(recs)}**; per example {statistics.mean(secs):.2f} s mean, "
             f"{statistics.median(secs):.2f} s median, {secs[int(0.99 * (len(secs) - 1))]:.2f} s p99, "
             f"{secs[-1]:.2f} s max.  ",
-            f"Float oracle: cosine of the dequantized output with PyTorch's, min {min(cos, default=1):.4f}, "
+            "Float oracle: cosine of the dequantized output (on a calibration input) with PyTorch's, "
+            f"min {min(cos, default=1):.4f}, "
             f"median {statistics.median(cos) if cos else 1:.4f} over the passing examples with 4 or more output "
             "values (a low one: an output that is a tiny, cancelling sum, within the propagated tolerance).", ""]
     return "\n".join(head + _outcomes(recs) + [""] + _failures(recs) + _fixed() + [""] + _coverage(recs)) + "\n"

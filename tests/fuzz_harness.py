@@ -131,14 +131,17 @@ def _layer_kind(prog, name: str) -> str:
 # tilesparse.sim). Two checks against the pruned module run in float:
 # 1. capture: the float graph the front door builds (quantized=False) computes the module's function
 #    (to float rounding): a capture that changes the function fails here, free of quantization noise;
-# 2. quantization: the program's dequantized output is near the module's: cosine >= MIN_COSINE, or
-#    an error within a first-order bound propagated up the output's chain of single-input layers.
+# 2. the program's output is the integer reference's (dequantized, bit for bit), and on a calibration
+#    input (where nothing saturates) near the module's: cosine >= MIN_COSINE, or an error within a
+#    first-order bound propagated up the output's chain of single-input layers.
 
 
 def _float_check(case: Case, module, built, rep, x: np.ndarray) -> float | None:
-    from tilesparse.build import build_graph_from
+    from tilesparse.build import N_CALIB, build_graph_from
+    from tilesparse.frontend import random_calibration
     from tilesparse.ir.interpret import run_float
     from tilesparse.patterns import prune_oneshot
+    from tilesparse.quant import IntegerReference
     from tilesparse.quant import rounding as R
 
     pruned = copy.deepcopy(module)
@@ -159,8 +162,17 @@ def _float_check(case: Case, module, built, rep, x: np.ndarray) -> float | None:
     node = built.graph.outputs[0]
     (q,) = rep.sim.final.values() if len(rep.sim.final) == 1 else (rep.sim.final[node.inputs[0]],)
     got = R.dequantize(np.asarray(q), int(node.out.scale_exp)).ravel()
-    if got.shape != want.shape:
-        raise Failure("float oracle: output shape", f"program output {got.shape}, module {want.shape}")
+    ref = IntegerReference(built.graph)
+    if got.shape != want.shape or not np.array_equal(got, ref.dequantized_output(x).ravel()):
+        raise Failure("program output differs from the reference output",
+                      f"program output {got.shape}, module {want.shape}, or other values than the reference's")
+    # the quantization on a calibration input (nothing saturates by construction: the program's
+    # bits are the reference's, checked above on x, which may saturate)
+    xc = random_calibration(case.input_shape, N_CALIB, built.seed)[0]
+    with torch.no_grad():
+        want = pruned(torch.from_numpy(xc.copy())).double().numpy().ravel()
+    got = ref.dequantized_output(xc).ravel()
+    vals = {k: np.asarray(v, np.float64) for k, v in run_float(fg, xc).items()}
     lsb = 2.0 ** int(node.out.scale_exp)
     cos = _agree(got, want, 4 * lsb + _tail_noise(fg, vals, out.inputs[0]))
     return cos if got.size >= MIN_COSINE_SIZE else None
