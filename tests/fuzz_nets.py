@@ -38,6 +38,7 @@ MAX_CAT = 64
 MAX_HW = 24
 MAX_FLAT = 1024  # flatten + linear only below this many features
 BLOCK_SIZES = (1, 2, 3, 4, 8, 16)
+MAX_ARRAY = 4  # rows and columns: 1x1 ... 4x4
 MAX_OPS = 10
 
 
@@ -462,7 +463,7 @@ def draw_case(d: Draw, *, inplace_reuse: bool = False, cat_height: bool = False)
         m = net.module(f"nn.Conv2d({out.shape[0]}, 4, 1)" if len(out.shape) == 3 else f"nn.Linear({out.shape[0]}, 4)")
         out = net.new(f"{m}({out.name})", (4, *out.shape[1:]), out)
         net.feat["conv" if len(out.shape) == 3 else "linear"] += 1
-    array = (d.int(1, 4), d.int(1, 4))
+    array = (d.int(1, MAX_ARRAY), d.int(1, MAX_ARRAY))
     block = (d.choice(BLOCK_SIZES), d.choice(BLOCK_SIZES))
     # one-shot pruning needs a conv or linear after the first: with none, mostly draw it dense
     # (sparse, it is a clean refusal, "no sparsifiable layer", which a few examples keep)
