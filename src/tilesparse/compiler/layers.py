@@ -90,11 +90,12 @@ class LayerSpec(WindowRules):
 
     def chunk_ci(self, oc_t: int) -> int:
         """Input channels an output-channel chunk of ``oc_t`` reads, for ops without a separate
-        input-channel loop (channel-wise ops, grouped convs, flatten)."""
+        input-channel loop (channel-wise ops, grouped convs, flatten): the most any ``oc_t``
+        consecutive output channels can need, whatever their offset."""
         if self.kind == "flatten":
-            return min(self.ci, oc_t // (self.hi * self.wi) + 2)
+            return min(self.ci, _runs_touched(oc_t, self.hi * self.wi))
         if self.kind == "conv":
-            return min(self.ci, (oc_t // (self.co // self.groups) + 2) * (self.ci // self.groups))
+            return min(self.ci, _runs_touched(oc_t, self.co // self.groups) * (self.ci // self.groups))
         return oc_t
 
     @property
@@ -128,6 +129,12 @@ class LayerSpec(WindowRules):
         out = per_row[g * math.ceil(og / bo) + r // bo]
         out.flags.writeable = False
         return out
+
+
+def _runs_touched(n: int, per: int) -> int:
+    """The most runs of ``per`` consecutive items that ``n`` consecutive items can overlap (at the
+    worst offset: one item short of a run's end, then the rest)."""
+    return (n + per - 2) // per + 1 if n > 0 else 0
 
 
 def kept_block_mask(node: Node, graph: Graph, co: int, ci_g: int, groups: int) -> np.ndarray:

@@ -121,10 +121,13 @@ def _max_chunk(widx: WeightIndex, bounds: list[tuple[int, int]], nb: int) -> int
 
 def _ci_blocks(spec, hw, widx, bounds, oc_t) -> int | None:
     """Largest number of input-channel blocks per chunk whose chunks all fit the weight buffer
-    (the same byte count as ``WeightIndex.chunk_bytes``, for every chunk at once)."""
-    if widx is None or spec.groups > 1:
-        return widx.n_cb if widx is not None else 1
+    (the same byte count as ``WeightIndex.chunk_bytes``, for every chunk at once). A grouped
+    conv's chunk holds all of its groups' input blocks: None if one of those does not fit."""
+    if widx is None:
+        return 1
     cap = hw.core.weight_buffer_bytes
+    if spec.groups > 1:
+        return widx.n_cb if not bounds or _max_chunk(widx, bounds, widx.n_cb) <= cap else None
     ob = np.array(bounds)
     vcum = (widx.cum[ob[:, 1]] - widx.cum[ob[:, 0]]) * spec.taps  # kept bytes up to each block col
     rows = (widx.row_starts[ob[:, 1]] - widx.row_starts[np.minimum(ob[:, 0] + 1, spec.co)] + 1)[:, None]
@@ -237,14 +240,17 @@ def _subvolumes(spec, hw, live: _Live, widx, cache: CompileCache) -> list[SubVol
                  | {unit * -(-oc_max // (n * unit)) for n in range(1, MAX_OC_CHUNKS + 1)})
     subs = []
     for oc_t in ocs:
-        nb = _ci_blocks(spec, hw, widx, _chunk_bounds(spec, live.cores, oc_t, cache), oc_t)
+        bounds = _chunk_bounds(spec, live.cores, oc_t, cache)
+        nb = _ci_blocks(spec, hw, widx, bounds, oc_t)
         if nb is None:
             continue
         full_ci = spec.kind == "conv" and spec.groups == 1
-        # fewer input channels per chunk buy larger tiles (more positions per weight load)
+        # fewer input channels per chunk buy larger tiles (more positions per weight load); a
+        # smaller chunk need not fit where nb does (its boundaries, and so the last chunk's kept
+        # blocks beside the bias, move), so each is checked
         n_q = -(-widx.n_cb // nb) if full_ci else 1
-        nbs = sorted({max(1, nb // d) for d in CI_DIVISORS}
-                     | {-(-widx.n_cb // q) for q in (n_q, n_q + 1)}) if full_ci else [nb]
+        nbs = sorted(n for n in {max(1, nb // d) for d in CI_DIVISORS} | {-(-widx.n_cb // q) for q in (n_q, n_q + 1)}
+                     if n == nb or _max_chunk(widx, bounds, n) <= hw.core.weight_buffer_bytes) if full_ci else [nb]
         for n in nbs:
             ci_t = min(spec.ci, n * spec.block[1]) if full_ci else spec.chunk_ci(oc_t)
             if misfits(spec, hw, SubVolume(oc_t, ci_t, 1, 1), 0, 1):

@@ -247,6 +247,20 @@ class _Layout:
         return memo(cache, "layout", (spec, part.cores, hw), key, lambda: _Layout(spec, hw, part))
 
 
+def _first_readers(lay: _Layout, ci0: np.ndarray, ci1: np.ndarray, cilen: np.ndarray) -> np.ndarray:
+    """(j, column, region, group) 1 where the group's input window is charged in step j: the group
+    has cores there and no earlier group of that column and region reads the same channel range
+    (broadcast down a column, it moves once: a grouped conv's oc groups can share their inputs,
+    e.g. the two output channels of a depthwise channel multiplier 2 on two rows)."""
+    n_k, n_g = ci0.shape[0], cilen.shape[1]
+    lo, hi = (np.broadcast_to(a, (n_k, cilen.shape[0] // n_k, n_g)).reshape(cilen.shape) for a in (ci0, ci1))
+    same = (lo[:, :, None] == lo[:, None, :]) & (hi[:, :, None] == hi[:, None, :]) & (cilen[:, None, :] > 0)
+    same &= np.tri(n_g, k=-1, dtype=bool)[None]  # same[j, g, h]: an earlier group h reads g's range
+    present = lay.col_rg > 0  # (column, region, group)
+    dup = np.einsum("jgh,crh->jcrg", same.astype(np.int64), present.astype(np.int64)) > 0
+    return (present[None] & ~dup).astype(float)
+
+
 class StepTable:
     """Every step of a layer as arrays (step j = (s, k, q) in loop order): LOADW bytes on the
     busiest column channel (steps × pieces) and in total, LOADWM bytes on the busiest row channel
@@ -333,8 +347,8 @@ def layer_steps(spec: LayerSpec, hw: ArrayConfig, part: LayerPartition, in_ddr: 
     if spec.kind == "conv" and spec.groups == 1:  # all groups read the same channels: one window
         cr = (np.matmul(lay.col_rg, active.T).transpose(2, 0, 1) > 0).astype(float)  # (j, c, r)
         fm = np.matmul(cr, win) * cilen.max(axis=1)[:, None, None]
-    else:  # each group reads its own channels
-        fm = np.einsum("crg,jg,rt->jct", (lay.col_rg > 0).astype(float), cilen, win)
+    else:  # each group reads its own channels (once per column and region for equal ranges)
+        fm = np.einsum("jcrg,jg,rt->jct", _first_readers(lay, ci0, ci1, cilen), cilen, win)
     fm = fm * spec.n_in
     win_ddr = fm * (in_ddr[0] if spec.n_in == 1 else n_in_ddr / spec.n_in)  # per column
     last = last_q[np.arange(kq) % n_q][:, None]

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from tilesparse.hw import ArrayConfig
 from tilesparse.program import LayerGeometry, LayerRecord, Program
 
@@ -61,12 +63,14 @@ class LayerBound:
 
 
 def _touched(g: LayerGeometry, axis: int) -> int:
-    """Input rows (axis 0) / columns (1) the layer reads at all: with a stride at least the kernel
-    extent the windows skip the rest (a strided 1×1 conv reads a quarter of its input)."""
-    size = (g.hi, g.wi)[axis]
-    n_out = (g.ho, g.wo)[axis]
-    ext = (g.kernel[axis] - 1) * g.dilation[axis] + 1
-    return min(size, n_out * ext) if g.stride[axis] >= ext else size
+    """Input rows (axis 0) / columns (1) some window tap reads: with a stride at least the kernel
+    extent the windows skip the rest (a strided 1×1 conv reads a quarter of its input), and the
+    rows past the last window (a 5-row kernel giving one output row of a 6-row input), padding-only
+    and dilation-skipped positions are never read either."""
+    size, n_out = (g.hi, g.wi)[axis], (g.ho, g.wo)[axis]
+    taps = (np.arange(n_out)[:, None] * g.stride[axis] - g.padding[axis]
+            + g.dilation[axis] * np.arange(g.kernel[axis])[None, :]).ravel()
+    return int(np.unique(taps[(taps >= 0) & (taps < size)]).size)
 
 
 def layer_bound(rec: LayerRecord, buffers: dict, hw: ArrayConfig) -> LayerBound:

@@ -33,8 +33,11 @@ def fold_batchnorm(g: Graph) -> Graph:
         s, t = _scale_shift(g, bn)
         prod = nodes[bn.inputs[0]]
         if prod.op is Op.CONV2D and len(readers[prod.name]) == 1 and prod.attrs["activation"] is None:
-            w = g.param(prod.name, "weight").astype(np.float64)
-            b = g.params.get(f"{prod.name}.bias", np.zeros(w.shape[0])).astype(np.float64)
+            # the producer's current weights: a batch-norm turned into a conv above (BN -> BN) has
+            # them in new_params, while g.params still holds its batch-norm γ / β under those names
+            cur = {**g.params, **new_params}
+            w = cur[f"{prod.name}.weight"].astype(np.float64)
+            b = cur.get(f"{prod.name}.bias", np.zeros(w.shape[0])).astype(np.float64)
             new_params[f"{prod.name}.weight"] = (w * s[:, None, None, None]).astype(np.float32)
             new_params[f"{prod.name}.bias"] = (b * s + t).astype(np.float32)
             removed[bn.name] = prod.name

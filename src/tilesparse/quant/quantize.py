@@ -69,16 +69,19 @@ def plan_exponents(g: Graph, stats: Mapping[str, float]) -> dict[str, int]:
     """One power-of-two exponent per node output.
 
     Inputs, convs and adds take their own calibrated exponent; pools, flatten, relu and the output
-    keep their input's; a concat takes the largest operand exponent (nothing saturates), and each
-    operand that can requantize and is read only by the concat is moved to that exponent so it can
-    write straight into its slice (outer concats first, so nested concats agree).
+    keep their input's; a concat takes the largest exponent of its operands that are not all zero
+    on calibration (nothing saturates; an all-zero operand's exponent, ``ZERO_TENSOR_EXP``, says
+    nothing about the range, and taking it would round every other operand to that coarse step),
+    and each operand that can requantize and is read only by the concat is moved to that exponent
+    so it can write straight into its slice (outer concats first, so nested concats agree).
     """
     exps: dict[str, int] = {}
     for n in g:
         if n.op in (Op.INPUT, Op.CONV2D, Op.ADD, Op.LINEAR):
             exps[n.name] = R.pow2_exponent(stats[n.name])
         elif n.op is Op.CONCAT:
-            exps[n.name] = max(exps[i] for i in n.inputs)
+            live = [exps[i] for i in n.inputs if stats.get(i, 1.0) > 0]
+            exps[n.name] = max(live or [exps[i] for i in n.inputs])
         else:
             exps[n.name] = exps[n.inputs[0]]
     readers: dict[str, int] = {}
@@ -124,7 +127,7 @@ def _quantize_conv(
     w = g.param(n.name, "weight")
     b = g.params.get(f"{n.name}.bias")
     b = np.zeros(w.shape[0]) if b is None else b.astype(np.float64)
-    e_w = _weight_exponents(w, b, e_in, per_channel)
+    e_w = _weight_exponents(w, b, e_in, per_channel, e_out)
     e_acc = e_in + e_w  # the accumulator's exponent, per output channel
     params[f"{n.name}.weight"] = R.quantize_real(w, e_w.reshape(-1, 1, 1, 1)).astype(np.int8)
     params[f"{n.name}.bias"] = R.quantize_real(b, e_acc, R.INT32_MIN, R.INT32_MAX).astype(np.int32)
@@ -139,15 +142,19 @@ def _quantize_conv(
     return attrs
 
 
-def _weight_exponents(w: np.ndarray, b: np.ndarray, e_in: int, per_channel: bool) -> np.ndarray:
+def _weight_exponents(w: np.ndarray, b: np.ndarray, e_in: int, per_channel: bool, e_out: int) -> np.ndarray:
     """Weight exponent of each output channel (int64, length O).
 
     Per tensor: exponent(max|W|) repeated; per channel: each channel's own (an all-zero channel
-    takes the tensor's, so its bias keeps a sensible resolution). Either is then raised where the
-    bias would not fit int32 at e_in + e_w (only in degenerate nets whose activations vanish, e.g.
-    random-init GoogLeNet: there the bias dominates the sum and the weights' last bits do not matter).
+    takes the tensor's, so its bias keeps a sensible resolution). An all-zero weight (every block
+    pruned) takes ``e_out - e_in``: the accumulator then has the output's step, so the bias (all
+    that is left) keeps the output's resolution instead of ``ZERO_TENSOR_EXP``'s. Either is then
+    raised where the bias would not fit int32 at e_in + e_w (only in degenerate nets whose
+    activations vanish, e.g. random-init GoogLeNet: there the bias dominates the sum and the
+    weights' last bits do not matter).
     """
-    tensor_exp = R.pow2_exponent(float(np.abs(w).max(initial=0.0)))
+    w_max = float(np.abs(w).max(initial=0.0))
+    tensor_exp = R.pow2_exponent(w_max) if w_max > 0 else e_out - e_in
     if per_channel:
         ch_max = np.abs(w.reshape(w.shape[0], -1)).max(axis=1, initial=0.0)
         e_w = np.array([R.pow2_exponent(float(m)) if m > 0 else tensor_exp for m in ch_max], np.int64)
