@@ -216,9 +216,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS / "fuzz.md")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per example before it counts as a hang")
     ap.add_argument("--resume", action="store_true", help="skip the examples already in the log (same seed)")
-    ap.add_argument("--inplace-reuse", action=argparse.BooleanOptionalAction, default=False,
+    ap.add_argument("--inplace-reuse", action=argparse.BooleanOptionalAction, default=True,
                     help="values changed in place may be read again")
-    ap.add_argument("--cat-height", action=argparse.BooleanOptionalAction, default=False,
+    ap.add_argument("--cat-height", action=argparse.BooleanOptionalAction, default=True,
                     help="concats along the height axis too")
     a = ap.parse_args()
     log = a.out.with_suffix(".jsonl")

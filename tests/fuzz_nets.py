@@ -447,7 +447,7 @@ class _Net:
                 f"    def forward(self, x):\n{fwd}\n        return {out.name}\n")
 
 
-def draw_case(d: Draw, *, inplace_reuse: bool = False, cat_height: bool = False) -> Case:
+def draw_case(d: Draw, *, inplace_reuse: bool = True, cat_height: bool = True) -> Case:
     """One example. ``inplace_reuse``: values changed in place may be read again; ``cat_height``:
     concats along the height axis too (both off until the capture handles them)."""
     c, h, w = d.int(1, 8), d.int(1, MAX_HW), d.int(1, MAX_HW)
