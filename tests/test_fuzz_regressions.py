@@ -294,3 +294,24 @@ def test_grouped_conv_chunk_needs_only_the_groups_it_touches():
     _, _, _, want, got = _run(_GroupedDilated(), (1, 4, 8, 9), ArrayConfig.model_validate(d), sparsity=0.36,
                               block=(1, 4))
     assert _cosine(got, want) > 0.999
+
+
+def test_ceil_mode_pool_window_past_the_input_survives_save_and_load(tmp_path):
+    """Bug 10: a ceil-mode pool whose only window reaches past its 1-row input (kernel 2, stride 2,
+    1x1 -> 1x1) compiled and simulated, but the program-file checks refused the saved file
+    ("a window of kernel 2 ... cannot give 1 output rows from 1 padded input rows"): a window may
+    end past the padded input, it must only start inside it."""
+    from tilesparse.program import Program
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(2, 8, 1, stride=2)
+
+        def forward(self, x):
+            return F.avg_pool2d(self.conv(x), 2, ceil_mode=True)
+
+    built, prog, rep, want, got = _run(Net(), (1, 2, 2, 2), "2x2")
+    assert np.allclose(got, want, atol=4 * 2.0 ** built.graph.outputs[0].out.scale_exp)
+    again = Program.load(prog.save(tmp_path / "p.tsp"))
+    assert [r.name for r in again.layers] == [r.name for r in prog.layers]

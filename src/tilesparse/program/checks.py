@@ -110,7 +110,8 @@ def _layer_problem(rec: LayerRecord, hw: ArrayConfig) -> str | None:
         return L.above("dense weights co x ci/groups x kernel", f"{weights:,}", f"{L.MAX_LAYER_WEIGHT_BYTES:,}", " B")
     for axis, (name, n_in, n_out) in enumerate((("rows", g.hi, g.ho), ("columns", g.wi, g.wo))):
         padded = n_in + 2 * g.padding[axis]
-        if (g.kernel[axis] - 1) * g.dilation[axis] + 1 > padded or g.stride[axis] * (n_out - 1) >= padded:
+        # each window starts inside the padded input; it may end past it (ceil-mode pools' partial windows)
+        if g.stride[axis] * (n_out - 1) >= padded:
             return (f"geometry: a window of kernel {g.kernel[axis]}, dilation {g.dilation[axis]}, stride "
                     f"{g.stride[axis]} cannot give {n_out} output {name} from {padded} padded input {name}")
     if max(g.block) > L.MAX_BLOCK:
