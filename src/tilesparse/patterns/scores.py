@@ -1,13 +1,14 @@
-"""Block importance scores: one number per block, higher = more important (kept first).
+"""Importance scores: one number per unit (a block, a channel, a single weight), higher = kept first.
 
 Magnitude scores need only the weight; Taylor needs a gradient, Fisher an accumulated squared
 gradient (empirical Fisher diagonal), Hessian a diagonal-Hessian estimate (see ``hutchinson_diag``).
-All return a float tensor of the layer's block-grid shape (rows, cols).
+``unit_scores`` computes any of them over any units, given how to sum a weight-shaped tensor over a
+unit (``reduce``); ``block_scores`` is the b_o x b_i block case and returns the block-grid shape.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -26,6 +27,7 @@ __all__ = [
     "hessian_scores",
     "hutchinson_diag",
     "block_scores",
+    "unit_scores",
 ]
 
 
@@ -109,3 +111,29 @@ def block_scores(name: str, weight: Tensor, geom: BlockGeometry, stat: Tensor | 
     if name == "fisher":
         return fisher_scores(weight, stat, geom)
     return hessian_scores(weight, stat, geom)
+
+
+Reduce = Callable[[Tensor], Tensor]
+
+
+def unit_scores(name: str, weight: Tensor, reduce: Reduce, stat: Tensor | None = None) -> Tensor:
+    """Score ``name`` of every unit, where ``reduce`` sums a weight-shaped tensor over each unit
+    (identity for single weights). Same formulas as the block scores above."""
+    if name not in SCORES:
+        raise ConfigError("score", [f"unknown score {name!r}; expected one of {', '.join(SCORES)}"])
+    if SCORES[name] is not None and stat is None:
+        raise ConfigError("score", [f"score {name!r} needs {SCORES[name]} statistics (a data loader)"])
+    w = weight.detach()
+    if name == "l1":
+        return reduce(w.abs())
+    if name == "l2":
+        return reduce(w.square()).sqrt()
+    if name == "variance":
+        n = reduce(torch.ones_like(w))
+        return (reduce(w.square()) / n - (reduce(w) / n).square()).clamp_min(0.0)
+    assert stat is not None  # checked above
+    if name == "taylor":
+        return reduce(w * stat).abs()
+    if name == "fisher":
+        return 0.5 * reduce(stat * w.square())
+    return 0.5 * reduce(stat * w.square())  # hessian: signed OBD saliency
