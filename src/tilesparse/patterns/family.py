@@ -167,7 +167,7 @@ class Pattern(ABC):
         (incremental pruning): the lowest-scoring weights the full pattern would zero, zeroed first.
         ``keep``: the current native mask; what it zeroes stays zeroed."""
         self._require_fixed()
-        mode = mode or self.default_selection
+        mode = mode or self.selection_default()
         full = self._full_mask(scorer, shape, groups, keep, mode=mode, allow_empty_rows=allow_empty_rows)
         total = self.nominal_sparsity()
         if sparsity is None or total is None or sparsity >= total - 1e-12:
@@ -175,6 +175,10 @@ class Pattern(ABC):
         return self._ramp(full, scorer, shape, groups, sparsity, keep)
 
     default_selection: ClassVar[str] = "layer"
+
+    def selection_default(self) -> str:
+        """The selection mode used when none is asked for (blocks: balanced rows, as the paper)."""
+        return self.default_selection
 
     def _ramp(self, full: Tensor, scorer: Scorer, shape: Shape, groups: int, sparsity: float,
               keep: Tensor | None) -> Tensor:
@@ -275,7 +279,7 @@ class GridPattern(Pattern):
         s = sparsity if sparsity is not None else self.sparsity
         if s is None:
             self._require_fixed()
-        return replace(self, sparsity=s)._full_mask(scorer, shape, groups, keep, mode=mode or self.default_selection,
+        return replace(self, sparsity=s)._full_mask(scorer, shape, groups, keep, mode=mode or self.selection_default(),
                                                    allow_empty_rows=allow_empty_rows)
 
     def _check(self, mask: Tensor, shape: Shape, groups: int, whole: bool = True) -> list[str]:
@@ -530,6 +534,9 @@ class Hierarchical(Pattern):
 
     def levels(self) -> tuple[Pattern, ...]:
         return self.patterns
+
+    def selection_default(self) -> str:
+        return self.patterns[0].selection_default()
 
     def level_sparsity(self) -> float | None:
         return self.nominal_sparsity()
