@@ -189,3 +189,9 @@ def test_zoo_models_reach_exact_density_in_every_eligible_layer(name):
                 assert achieved >= 0.5 - 1e-9, f"{name}.{lname} {spec}"
             assert p.check(mask, shape, groups) == [], f"{name}.{lname} {spec}"
         assert n_eligible > 10
+
+
+def test_every_exported_name_exists():
+    import tilesparse.patterns as patterns
+
+    assert [n for n in patterns.__all__ if not hasattr(patterns, n)] == []

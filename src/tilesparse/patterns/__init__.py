@@ -47,6 +47,7 @@ from tilesparse.patterns.scores import (
 from tilesparse.patterns.selection import (
     MODES,
     check_sparsity,
+    select_global,
     select_layer,
     select_masks,
     sparsity_problem,

@@ -246,6 +246,16 @@ class GridPattern(Pattern):
     def _suffix(self) -> str:
         return "" if self.sparsity is None else f"@{_fmt(self.sparsity)}"
 
+    # the named grid patterns (channel, filter, unstructured) are their kind plus "@s"; Block overrides
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sparsity", _level_sparsity(self.sparsity, self.kind))
+
+    def spec(self) -> str:
+        return f"{self.kind}{self._suffix()}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "sparsity": self.sparsity}
+
     @abstractmethod
     def grid(self, shape: Shape, groups: int) -> tuple[BlockGeometry, Callable[[Tensor], Tensor]]:
         """The unit geometry and the view of a weight-shaped tensor it applies to."""
@@ -346,15 +356,6 @@ class Channel(GridPattern):
     kind: ClassVar[str] = "channel"
     unit_name: ClassVar[str] = "input channels"
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "sparsity", _level_sparsity(self.sparsity, "channel"))
-
-    def spec(self) -> str:
-        return f"channel{self._suffix()}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": "channel", "sparsity": self.sparsity}
-
     def grid(self, shape: Shape, groups: int) -> tuple[BlockGeometry, Callable[[Tensor], Tensor]]:
         out, in_g, k = _weight_geometry(shape, groups)
         return BlockGeometry(out, in_g, groups, k, _unchecked_shape(out // groups, 1)), lambda x: x
@@ -366,15 +367,6 @@ class Filter(GridPattern):
 
     kind: ClassVar[str] = "filter"
     unit_name: ClassVar[str] = "filters"
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "sparsity", _level_sparsity(self.sparsity, "filter"))
-
-    def spec(self) -> str:
-        return f"filter{self._suffix()}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": "filter", "sparsity": self.sparsity}
 
     def grid(self, shape: Shape, groups: int) -> tuple[BlockGeometry, Callable[[Tensor], Tensor]]:
         out, in_g, k = _weight_geometry(shape, groups)
@@ -395,15 +387,6 @@ class Unstructured(GridPattern):
 
     kind: ClassVar[str] = "unstructured"
     unit_name: ClassVar[str] = "weights"
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "sparsity", _level_sparsity(self.sparsity, "unstructured"))
-
-    def spec(self) -> str:
-        return f"unstructured{self._suffix()}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": "unstructured", "sparsity": self.sparsity}
 
     def grid(self, shape: Shape, groups: int) -> tuple[BlockGeometry, Callable[[Tensor], Tensor]]:
         out, in_g, k = _weight_geometry(shape, groups)
