@@ -165,9 +165,9 @@ def test_resume_refuses_other_data_and_a_fixed_field(tiny, monkeypatch, capsys):
     code, cap = _main(monkeypatch, capsys, "sparsify", "net.py:make", "--data", "data.pt", "-o", "run", "--resume",
                       "--override", "--block", "4x4")
     assert code == 2
-    assert cap.err.startswith(f"error: --resume: run/last.pt was trained with block 2x2, data data.pt (sha256 "
-                              f"{old}); this command asks block 4x4, data data.pt (sha256 {new}); block cannot change "
-                              "on resume")
+    assert cap.err.startswith(f"error: --resume: run/last.pt was trained with pattern 2x2, data data.pt (sha256 "
+                              f"{old}); this command asks pattern 4x4, data data.pt (sha256 {new}); pattern cannot "
+                              "change on resume")
 
 
 def test_resume_with_the_same_flags_continues_exactly(tiny, monkeypatch, capsys):

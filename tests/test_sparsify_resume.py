@@ -63,8 +63,8 @@ def test_a_changed_setting_is_refused_naming_both_values(interrupted, changes, r
 def test_the_block_cannot_change_even_with_override(interrupted):
     with pytest.raises(CheckpointError) as e:
         _fit(interrupted, _recipe(block=(8, 8)), resume=True, override=True, run={"data": "toy"})
-    assert str(e.value) == (f"--resume: {interrupted / 'last.pt'} was trained with block 4x4; this command asks "
-                            "block 8x8; block cannot change on resume (the saved masks, method state and optimizer "
+    assert str(e.value) == (f"--resume: {interrupted / 'last.pt'} was trained with pattern 4x4; this command asks "
+                            "pattern 8x8; pattern cannot change on resume (the saved masks, method state and optimizer "
                             "state depend on it): give the same values, or sparsify into another --out")
 
 
@@ -98,7 +98,7 @@ def test_override_cannot_lower_a_target(interrupted):
     with pytest.raises(CheckpointError) as e:
         _fit(interrupted, _recipe(sparsity=0.25), resume=True, override=True, run={"data": "toy"})
     assert str(e.value) == (f"--override: {interrupted / 'last.pt'}: the new recipe lowers the target sparsity of "
-                            "layer conv 0.5 -> 0.25, grouped 0.5 -> 0.25, and pruned blocks stay pruned; keep or "
+                            "layer conv 0.5 -> 0.25, grouped 0.5 -> 0.25, and pruned units stay pruned; keep or "
                             "raise the targets, or sparsify into another --out")
 
 

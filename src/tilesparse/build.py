@@ -40,6 +40,7 @@ __all__ = ["Built", "build_graph_from", "check_request", "compile_source", "grap
 N_CALIB = 2  # random calibration inputs of the front end (frontend.build_graph's default)
 QUANTIZATION = "int8 power-of-two, per-tensor weights"
 MODULE_WEIGHTS = "module-weights"  # selection of an unpruned module: its all-zero blocks are masked
+CHECKPOINT_WEIGHTS = "checkpoint-weights"  # a checkpoint of another pattern (2:4, ...): its all-zero blocks
 
 
 @dataclass
@@ -106,6 +107,11 @@ def _choose(lm: LoadedModel, src: ModelSource, sparsity: float | None,
             block: str | tuple[int, int] | None) -> tuple[tuple[int, int], float, str]:
     """(block, sparsity, selection rule) of the request; a checkpoint's masks are never re-pruned."""
     b, sp = _request(sparsity, block)
+    if lm.masks is None and lm.pattern is not None:  # trained to a pattern the compiler does not take natively
+        if sp is not None:
+            raise ConfigError("--sparsity", [f"{src.spec} carries trained {lm.pattern} weights; it is not pruned "
+                                             f"again: drop --sparsity {sp:g}"])
+        return b or (8, 8), 0.0, CHECKPOINT_WEIGHTS
     if lm.masks is None:
         sp = sp or 0.0
         unpruned = MODULE_WEIGHTS if src.kind == "module" else "none"
@@ -152,7 +158,7 @@ def build_graph_from(source: str | ModelSource | Any, *, weights: str | Path | N
     g = build_graph(lm.model, input_shape=shape, block=bs, quantized=False, seed=seed)
     if lm.masks:
         g = _with_masks(g, lm.masks, src.spec)
-    if rule == MODULE_WEIGHTS:
+    if rule in (MODULE_WEIGHTS, CHECKPOINT_WEIGHTS):
         sp = _masked_fraction(g)
     if quantized:
         from tilesparse.frontend import random_calibration

@@ -69,6 +69,7 @@ class LoadedModel:
     example_shape: tuple[int, ...] | None = None  # a .pt2's example input
     arch: str | None = None  # what a checkpoint of it records: zoo name, canonical file.py:factory or .pt2
     notices: list[str] = field(default_factory=list)  # e.g. a checkpoint's model file found next to it
+    pattern: str | None = None  # the checkpoint recipe's pattern (masks/block: only for block patterns)
 
 
 def require_file(path: Path, what: str) -> Path:
@@ -217,13 +218,18 @@ def _from_checkpoint(path: Path, zoo_name: str | None) -> LoadedModel:
 
         model, zoo = get_model(arch), arch
     ck = load_checkpoint(path, model)
-    masks = block = sparsity = None
+    masks = block = sparsity = pattern = None
     if ck.sparsifier is not None:
-        masks = {n: m.clone() for n, m in ck.sparsifier.masks.items()}
-        b = ck.recipe.block_shape
-        block, sparsity = (b.out, b.in_), float(ck.recipe.sparsity)
+        pattern, sparsity = ck.recipe.pattern, float(ck.recipe.sparsity)
+        if ck.recipe.block is not None:
+            masks = {n: m.clone() for n, m in ck.sparsifier.masks.items()}
+            block = tuple(ck.recipe.block)
+        else:
+            notices.append(f"{path.name}: pattern {pattern} is compiled by the all-zero blocks of its trained "
+                           "weights; the zeros inside kept blocks are computed (native N:M / hierarchical "
+                           "execution is not modelled yet)")
         ck.sparsifier.squash_mask()
-    return LoadedModel(ck.model.eval(), path.stem, zoo, masks, block, sparsity, shape, arch, notices)
+    return LoadedModel(ck.model.eval(), path.stem, zoo, masks, block, sparsity, shape, arch, notices, pattern=pattern)
 
 
 def _checkpoint_model_file(arch: str, extra: dict, ckpt: Path) -> tuple[str, str]:

@@ -113,6 +113,21 @@ def block_arg(spec: str | None, flag: str = "--block") -> tuple[int, int] | None
     return check_block(spec, flag)
 
 
+PATTERN_HELP = ("Sparsity pattern: 8x8 (blocks OUTxIN), 2:4 (N kept of every M input channels; 2:4:out along "
+                "outputs), channel, filter, unstructured, a hierarchy of levels joined by '/' outermost first "
+                "(8x8@0.5/2:4: half the 8x8 blocks, 2:4 inside each; 75 % sparse), or a YAML file. '@s' fixes "
+                "a level's sparsity; a level without it takes --sparsity.")
+
+
+def pattern_arg(spec: str | None, flag: str = "--pattern"):
+    """The Pattern of a ``--pattern`` value (None stays None); its error names the flag."""
+    if spec is None:
+        return None
+    from tilesparse.patterns import parse_pattern
+
+    return parse_pattern(spec, flag)
+
+
 def sparsity_arg(value: float | None, flag: str = "--sparsity") -> float | None:
     """A ``--sparsity`` value checked (``patterns.check_sparsity``, the one rule of every verb:
     a number in [0, 1), never nan); None stays None."""

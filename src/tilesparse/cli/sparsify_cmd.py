@@ -9,12 +9,14 @@ import typer
 
 from tilesparse.cli.common import (
     JSON_HELP,
+    PATTERN_HELP,
     SEED_MAX,
     SOURCE_HELP,
     WEIGHTS_HELP,
     block_arg,
     check_outputs,
     console,
+    pattern_arg,
     sparsity_arg,
     write_json,
 )
@@ -30,7 +32,7 @@ DATA_HELP = ("auto | digits | none | FILE.pt holding x_train, y_train, x_test, y
 RESUME_HELP = ("Continue from OUT/last.pt after an interruption, with its recipe (a flag or --recipe that "
                "differs from it is refused, naming the field).")
 OVERRIDE_HELP = ("With --resume: continue with the flags' / recipe's new values (e.g. more --epochs), recorded in "
-                 "the checkpoints and recipe.yaml. The block, method, layers and optimizer cannot change.")
+                 "the checkpoints and recipe.yaml. The pattern, method, layers and optimizer cannot change.")
 _DATA_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
@@ -40,8 +42,10 @@ def _recipe(recipe_path: Path | None, overrides: dict[str, Any], resumed=None):
     from tilesparse.sparsify.recipe import Recipe
 
     base = Recipe.from_yaml(recipe_path) if recipe_path is not None else resumed or Recipe()
-    data = base.model_dump()
-    training = dict(data["training"])
+    data = base.model_dump(exclude_unset=True)  # what the recipe derived (sparsity, selection) follows the flags
+    if overrides.get("pattern") is not None or overrides.get("block") is not None:
+        data = {k: v for k, v in data.items() if k not in ("pattern", "block")}  # one spelling replaces the other
+    training = dict(data.get("training") or {})
     for key in ("epochs", "lr", "seed", "batch_size"):
         if overrides.get(key) is not None:
             training[key] = overrides.pop(key)
@@ -56,9 +60,11 @@ def _recipe(recipe_path: Path | None, overrides: dict[str, Any], resumed=None):
         raise ConfigError("command line", flags) from None
 
 
-def _check_flags(sparsity: float | None, block: str | None) -> None:
-    """--sparsity and --block named in their own errors (the recipe would say 'command line')."""
-    sparsity_arg(sparsity), block_arg(block)
+def _check_flags(sparsity: float | None, block: str | None, pattern: str | None) -> None:
+    """--sparsity, --block and --pattern named in their own errors (the recipe would say 'command line')."""
+    sparsity_arg(sparsity), block_arg(block), pattern_arg(pattern)
+    if block is not None and pattern is not None:
+        raise ConfigError("--block", [f"give --pattern {pattern} alone (--block is its older spelling for blocks)"])
 
 
 def _device(name: str):
@@ -208,8 +214,11 @@ def sparsify(
     weights: Annotated[Optional[Path], typer.Option(help=WEIGHTS_HELP)] = None,
     recipe: Annotated[Optional[Path], typer.Option(help=RECIPE_HELP)] = None,
     method: Annotated[Optional[str], typer.Option(help="oneshot | incremental | penalty.")] = None,
-    sparsity: Annotated[Optional[float], typer.Option(help="Target block sparsity in [0, 1).")] = None,
-    block: Annotated[Optional[str], typer.Option(help="Block shape OUTxIN, e.g. 8x8, 4x16, 16x4.")] = None,
+    sparsity: Annotated[Optional[float], typer.Option(help="Target sparsity in [0, 1) (default: the pattern's "
+                                                           "own, e.g. 0.5 for 2:4; 0.5 for blocks).")] = None,
+    pattern: Annotated[Optional[str], typer.Option(help=PATTERN_HELP)] = None,
+    block: Annotated[Optional[str], typer.Option(help="Block shape OUTxIN, e.g. 8x8 (same as --pattern 8x8).")
+                     ] = None,
     selection: Annotated[Optional[str], typer.Option(help="layer | global | balanced_rows | balanced_cols.")] = None,
     score: Annotated[Optional[str], typer.Option(help="l1 | l2 | variance | taylor | fisher | hessian.")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Fine-tuning epochs (0: choose masks only).")] = None,
@@ -230,9 +239,9 @@ def sparsify(
     threads: Annotated[Optional[int], typer.Option(help="torch CPU threads (small models run faster on 1).",
                                                    min=1)] = None,
 ) -> None:
-    """Sparsify a model to weight block sparsity and fine-tune it.
+    """Sparsify a model to structured sparsity (8x8 blocks, 2:4, hierarchies ...) and fine-tune it.
 
-    Writes OUT/sparse.pt (weights + masks + recipe), OUT/report.txt and report.json (per-layer blocks
+    Writes OUT/sparse.pt (weights + masks + recipe), OUT/report.txt and report.json (per-layer units
     kept, sparsity, weight bytes dense vs compressed), OUT/recipe.yaml, and OUT/last.pt after every
     epoch (for --resume). The checkpoint names its model source, so `tilesparse compile OUT/sparse.pt`
     compiles its trained masks.
@@ -240,7 +249,9 @@ def sparsify(
     Examples:
 
     * `tilesparse sparsify digits_cnn --sparsity 0.5 --epochs 5 -o runs/d` (trains on the built-in digits)
-    * `tilesparse sparsify resnet50 --sparsity 0.5 --block 8x8 -o runs/r50` (masks only: no data given)
+    * `tilesparse sparsify resnet50 --sparsity 0.5 --pattern 8x8 -o runs/r50` (masks only: no data given)
+    * `tilesparse sparsify digits_cnn --pattern 2:4 --method incremental --epochs 6` (2:4 on the reduction axis)
+    * `tilesparse sparsify digits_cnn --pattern 8x8@0.5/2:4 --epochs 5` (HSS: 75 % sparse)
     * `tilesparse sparsify my_net.py:make --data data.pt --recipe src/tilesparse/recipes/penalty_lse.yaml`
     """
     from tilesparse.sparsify.run import sparsify_model
@@ -249,13 +260,13 @@ def sparsify(
         import torch
 
         torch.set_num_threads(threads)
-    _check_flags(sparsity, block)
+    _check_flags(sparsity, block, pattern)
     if out is not None:  # refused before the model is loaded; the default folder is checked once named
         check_outputs({"--json": json_out}, ("--out", out, OUT_FILES))
     if override and not resume:
         raise ConfigError("--override", ["only with --resume: it continues a run with changed settings"])
-    flags = {"method": method, "sparsity": sparsity, "block": block, "selection": selection, "score": score,
-             "epochs": epochs, "lr": lr, "seed": seed}
+    flags = {"method": method, "sparsity": sparsity, "block": block, "pattern": pattern, "selection": selection,
+             "score": score, "epochs": epochs, "lr": lr, "seed": seed}
     rec = _recipe(recipe, dict(flags))
     dev = _device(device)
     net, name, model_file = _model(model, weights)

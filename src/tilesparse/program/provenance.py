@@ -62,7 +62,9 @@ class Provenance:
     pattern: str  # "block"
     block: tuple[int, int]
     sparsity: float  # the fraction of blocks asked for (0 = dense); a checkpoint's recipe target
-    selection: str  # "none" (dense), "l2-oneshot", "checkpoint-masks" or "module-weights" (its zero blocks)
+    # "none" (dense), "l2-oneshot", "checkpoint-masks", "module-weights" (its zero blocks) or
+    # "checkpoint-weights" (a checkpoint of a non-block pattern: the zero blocks of its trained weights)
+    selection: str
     seed: int  # random zoo weights and calibration inputs
     quantization: str  # e.g. "int8 power-of-two, per-tensor weights" or "none (float graph)"
     calibration: str  # e.g. "random normal, n=2, seed=0", or "given: n=16" (inputs passed in, module sources)

@@ -1,9 +1,9 @@
-"""Block-sparse training: attach masks, choose blocks, train, save.
+"""Structured-sparse training: attach masks, choose units, train, save.
 
-    from tilesparse.sparsify import BlockSparsifier, Recipe, OneShot, Trainer, build_report
+    from tilesparse.sparsify import Sparsifier, Recipe, OneShot, Trainer, build_report
 
-    recipe = Recipe(method="oneshot", sparsity=0.5, block=(8, 8))
-    sparsifier = BlockSparsifier(recipe).prepare(model)
+    recipe = Recipe(method="oneshot", pattern="8x8", sparsity=0.5)   # or pattern="2:4", "8x8@0.5/2:4"
+    sparsifier = Sparsifier(recipe).prepare(model)
     Trainer(model, sparsifier, OneShot(), train_loader, test_loader).fit()
     print(build_report(model, sparsifier).to_text())
     save_checkpoint("sparse.pt", model, sparsifier, model_name="resnet50")
@@ -34,11 +34,11 @@ from tilesparse.sparsify.methods import (
 from tilesparse.sparsify.recipe import IncrementalConfig, PenaltyConfig, Recipe, TrainingConfig
 from tilesparse.sparsify.report import LayerReport, SparsityReport, build_report
 from tilesparse.sparsify.run import SparsifyResult, sparsify_model
-from tilesparse.sparsify.sparsifier import BlockSparsifier, SparseLayer, find_layers
+from tilesparse.sparsify.sparsifier import BlockSparsifier, SparseLayer, Sparsifier, find_layers
 from tilesparse.sparsify.trainer import EpochRecord, FitResult, Trainer, evaluate
 
 __all__ = [
-    "BlockSparsifier", "SparseLayer", "find_layers",
+    "Sparsifier", "BlockSparsifier", "SparseLayer", "find_layers",
     "Recipe", "TrainingConfig", "IncrementalConfig", "PenaltyConfig",
     "SparsityMethod", "TrainContext", "OneShot", "Incremental", "Penalty", "METHODS", "make_method", "lse_penalty",
     "gradient_stats", "hessian_traces",

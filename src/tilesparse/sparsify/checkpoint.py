@@ -26,7 +26,7 @@ from torch import nn
 from tilesparse.errors import CheckpointError, ConfigError
 from tilesparse.sparsify.checksum import checksum, mismatches
 from tilesparse.sparsify.recipe import Recipe
-from tilesparse.sparsify.sparsifier import BlockSparsifier
+from tilesparse.sparsify.sparsifier import Sparsifier
 from tilesparse.utils.atomic import atomic_torch_save
 from tilesparse.utils.torchfile import TorchFileError, load_torch_file
 
@@ -44,7 +44,7 @@ _MAX_LISTED = 5  # mismatching keys shown in an error message
 @dataclass
 class Checkpoint:
     model: nn.Module
-    sparsifier: BlockSparsifier | None
+    sparsifier: Sparsifier | None
     recipe: Recipe | None
     model_name: str | None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -90,7 +90,7 @@ def load_plain_state(model: nn.Module, state: dict[str, torch.Tensor], source: s
     model.load_state_dict({actual[p]: v for p, v in state.items()}, strict=False)
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, sparsifier: BlockSparsifier | None = None, *,
+def save_checkpoint(path: str | Path, model: nn.Module, sparsifier: Sparsifier | None = None, *,
                     model_name: str | None = None, extra: dict[str, Any] | None = None) -> Path:
     """Write weights + masks + recipe atomically (an interrupted save leaves the old file intact)."""
     payload = {
@@ -177,7 +177,7 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None) -> Checkpo
         except ConfigError as e:
             raise CheckpointError(str(e)) from None
         try:
-            sparsifier = BlockSparsifier(recipe).prepare(model)
+            sparsifier = Sparsifier(recipe).prepare(model)
         except ConfigError as e:
             raise CheckpointError(f"{path}: recipe does not fit the model: {e}") from None
     load_plain_state(model, data["model_state"], str(path))

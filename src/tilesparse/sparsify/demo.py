@@ -15,7 +15,7 @@ from torch import nn
 from tilesparse.sparsify.methods import OneShot, TrainContext
 from tilesparse.sparsify.recipe import Recipe, TrainingConfig
 from tilesparse.sparsify.report import SparsityReport, build_report
-from tilesparse.sparsify.sparsifier import BlockSparsifier
+from tilesparse.sparsify.sparsifier import Sparsifier
 from tilesparse.sparsify.trainer import Trainer, evaluate
 
 __all__ = ["DemoResult", "run_demo", "train_dense_digits", "DENSE_TRAINING", "FINETUNE_TRAINING",
@@ -46,7 +46,7 @@ def torch_threads(n: int | None):
 @dataclass
 class DemoResult:
     model: nn.Module
-    sparsifier: BlockSparsifier
+    sparsifier: Sparsifier
     dense_accuracy: float
     pruned_accuracy: float  # right after one-shot pruning (+ BatchNorm re-estimation), before fine-tuning
     sparse_accuracy: float
@@ -82,7 +82,7 @@ def _run_demo(seed: int, sparsity: float, block: tuple[int, int], device: str, d
     model, dense_acc = train_dense_digits(seed, dense, device, progress)
     recipe = Recipe(method="oneshot", sparsity=sparsity, block=block,
                     training=finetune.model_copy(update={"seed": seed}))
-    sparsifier = BlockSparsifier(recipe).prepare(model)
+    sparsifier = Sparsifier(recipe).prepare(model)
     train, test = digits_loaders(recipe.training.batch_size, seed)
     method = OneShot()
     method.setup(TrainContext(sparsifier, train, device=device, epochs=recipe.training.epochs))

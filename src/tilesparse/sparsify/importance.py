@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from tilesparse.errors import ConfigError
 from tilesparse.patterns.scores import SCORES, hutchinson_diag
-from tilesparse.sparsify.sparsifier import BlockSparsifier
+from tilesparse.sparsify.sparsifier import Sparsifier
 
 __all__ = ["gradient_stats", "hessian_traces"]
 
@@ -34,7 +34,7 @@ def _batches(loader: Iterable, n: int, device: torch.device | str) -> list[tuple
 
 
 def gradient_stats(
-    sparsifier: BlockSparsifier, loader: Iterable, score: str, loss_fn: LossFn = nn.functional.cross_entropy,
+    sparsifier: Sparsifier, loader: Iterable, score: str, loss_fn: LossFn = nn.functional.cross_entropy,
     n_batches: int = 8, hutchinson_samples: int = 4, device: torch.device | str = "cpu", seed: int = 0,
 ) -> dict[str, Tensor] | None:
     """Per-layer statistic that ``score`` needs, or None for weight-only scores."""
@@ -63,7 +63,7 @@ def gradient_stats(
 
 
 def hessian_traces(
-    sparsifier: BlockSparsifier, loader: Iterable, loss_fn: LossFn = nn.functional.cross_entropy,
+    sparsifier: Sparsifier, loader: Iterable, loss_fn: LossFn = nn.functional.cross_entropy,
     n_batches: int = 4, hutchinson_samples: int = 4, device: torch.device | str = "cpu", seed: int = 0,
 ) -> dict[str, float]:
     """Hutchinson estimate of tr(H) per layer, normalised by the layer's weight count."""

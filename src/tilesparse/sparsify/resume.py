@@ -1,6 +1,6 @@
 """What ``--resume`` compares: every setting that changes the result of a run.
 
-A run's settings are its recipe (method, sparsity, block, selection, score, schedules...), its
+A run's settings are its recipe (method, sparsity, pattern, selection, score, schedules...), its
 training settings (epochs, lr, seed, batch size...) and what the caller adds (the model, the data).
 Resuming with other settings would train the saved masks and weights under a recipe they were not
 made by, so a difference is refused, naming each field with both values, unless overridden; an
@@ -21,8 +21,8 @@ from tilesparse.sparsify.recipe import Recipe, TrainingConfig
 __all__ = ["Change", "FIXED", "TARGETS", "run_settings", "saved_settings", "compare", "check_targets",
            "override_record", "describe_overrides"]
 
-# the saved masks (their layers and block grid), method state and optimizer state are made for these
-FIXED = ("method", "block", "layer_types", "include_first_conv", "include_narrow", "exclude", "training.optimizer")
+# the saved masks (their layers and pattern), method state and optimizer state are made for these
+FIXED = ("method", "pattern", "layer_types", "include_first_conv", "include_narrow", "exclude", "training.optimizer")
 TARGETS = ("sparsity", "layer_sparsity")  # a change re-targets the masks (SparsityMethod.retarget)
 _NESTED = ("incremental", "penalty")  # sub-configs compared field by field
 _TRAINING = "training."  # prefix left out of the names shown (seed, epochs, lr ... as the flags say)
@@ -47,7 +47,7 @@ def run_settings(recipe: Recipe | None, training: TrainingConfig, extra: Mapping
         for key, value in recipe.model_dump(mode="json").items():
             if key in _NESTED:
                 out.update({f"{key}.{k}": v for k, v in value.items()})
-            elif key != "training":
+            elif key not in ("training", "block"):  # block: the pattern's older spelling
                 out[key] = value
     out.update({f"{_TRAINING}{k}": v for k, v in training.model_dump(mode="json").items()})
     out.update({k: v for k, v in (extra or {}).items() if v is not None})
@@ -110,13 +110,13 @@ def compare(saved: Mapping[str, Any], now: Mapping[str, Any], path: str, overrid
 
 def check_targets(saved: Mapping[str, Any], targets: Mapping[str, float], path: str) -> None:
     """Refuse an override that lowers a layer's target sparsity (``targets``: the new ones, by layer):
-    pruned blocks stay pruned."""
+    pruned units stay pruned."""
     per_layer, default = saved.get("layer_sparsity") or {}, saved.get("sparsity", 0.0)
     lower = [(n, per_layer.get(n, default), t) for n, t in targets.items() if t < per_layer.get(n, default)]
     if lower:
         shown = ", ".join(f"{n} {a:g} -> {b:g}" for n, a, b in lower[:3]) + (" ..." * (len(lower) > 3))
         raise CheckpointError(f"--override: {path}: the new recipe lowers the target sparsity of layer {shown}, "
-                              "and pruned blocks stay pruned; keep or raise the targets, or sparsify into another "
+                              "and pruned units stay pruned; keep or raise the targets, or sparsify into another "
                               "--out")
 
 

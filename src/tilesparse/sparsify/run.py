@@ -12,7 +12,7 @@ from torch import nn
 from tilesparse.sparsify.methods import make_method
 from tilesparse.sparsify.recipe import Recipe
 from tilesparse.sparsify.report import SparsityReport, build_report
-from tilesparse.sparsify.sparsifier import BlockSparsifier
+from tilesparse.sparsify.sparsifier import Sparsifier
 from tilesparse.sparsify.trainer import FitResult, Trainer, evaluate
 
 __all__ = ["SparsifyResult", "sparsify_model"]
@@ -21,7 +21,7 @@ __all__ = ["SparsifyResult", "sparsify_model"]
 @dataclass
 class SparsifyResult:
     model: nn.Module
-    sparsifier: BlockSparsifier
+    sparsifier: Sparsifier
     fit: FitResult
     report: SparsityReport
     accuracy_before: float | None
@@ -31,7 +31,7 @@ def sparsify_model(model: nn.Module, recipe: Recipe, train_loader: Iterable | No
                    test_loader: Iterable | None = None, *, device: torch.device | str = "cpu",
                    checkpoint_dir: str | Path | None = None, resume: bool = False,
                    model_name: str | None = None, progress: bool = True,
-                   sparsifier: BlockSparsifier | None = None, bytes_per_weight: int = 1,
+                   sparsifier: Sparsifier | None = None, bytes_per_weight: int = 1,
                    override: bool = False, run: dict | None = None) -> SparsifyResult:
     """Apply ``recipe`` to ``model``. Without a train loader, only the masks are chosen (no training;
     the penalty method then needs data and is rejected). ``resume`` continues from
@@ -41,7 +41,7 @@ def sparsify_model(model: nn.Module, recipe: Recipe, train_loader: Iterable | No
 
     model.to(device)
     before = evaluate(model, test_loader, device) if test_loader is not None and not resume else None
-    sparsifier = sparsifier or BlockSparsifier(recipe).prepare(model)
+    sparsifier = sparsifier or Sparsifier(recipe).prepare(model)
     method = make_method(recipe.method)
     has_data = train_loader is not None
     if not has_data:

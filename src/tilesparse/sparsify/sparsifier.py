@@ -1,18 +1,22 @@
-"""BlockSparsifier: attach block masks to a model and update them, torch.ao.pruning style.
+"""Sparsifier: attach pattern masks to a model and update them, torch.ao.pruning style.
 
-    sparsifier = BlockSparsifier(Recipe(sparsity=0.5)).prepare(model)
-    sparsifier.step()            # score blocks, select, mask (weights stay zero under any optimizer step)
+    sparsifier = Sparsifier(Recipe(pattern="2:4")).prepare(model)   # or "8x8", "8x8@0.5/2:4", ...
+    sparsifier.step()            # score, select, mask (weights stay zero under any optimizer step)
     ...train...
     sparsifier.squash_mask()     # bake the zeros in, remove the machinery
 
-Masked weights are exactly zero in the forward pass (W * mask) and get zero gradient; the stored
-weight is zeroed too, so plain SGD/Adam/weight decay keep it at zero.
+Every layer gets the recipe's pattern at its target sparsity (``patterns.family``); the mask the
+sparsifier stores is the pattern's native mask: the unit grid for grid patterns (blocks, channels,
+filters, single weights) and the element mask for N:M and hierarchies. Masked weights are exactly
+zero in the forward pass (W * mask) and get zero gradient; the stored weight is zeroed too, so plain
+SGD/Adam/weight decay keep it at zero. ``BlockSparsifier`` is the same class under its older name.
 """
 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,29 +26,50 @@ from torch.nn.utils import parametrize
 
 from tilesparse.errors import ConfigError
 from tilesparse.patterns.block import BlockGeometry
+from tilesparse.patterns.family import Filter, GridPattern, Pattern, Scorer
 from tilesparse.patterns.oneshot import first_conv_name
-from tilesparse.patterns.scores import SCORES, block_scores
+from tilesparse.patterns.scores import SCORES, unit_scores
 from tilesparse.patterns.selection import check_sparsity, select_masks
-from tilesparse.sparsify.parametrization import BlockMaskParametrization
+from tilesparse.sparsify.parametrization import MaskParametrization
 from tilesparse.sparsify.recipe import Recipe
 
-__all__ = ["BlockSparsifier", "SparseLayer", "find_layers"]
+__all__ = ["Sparsifier", "BlockSparsifier", "SparseLayer", "find_layers"]
 
 _KINDS = {"conv": nn.Conv2d, "linear": nn.Linear}
 
 
 @dataclass
 class SparseLayer:
-    """One sparsified weight: its module, block geometry and target sparsity."""
+    """One sparsified weight: its module, pattern (every level fixed) and target sparsity."""
 
     name: str
     module: nn.Module
-    geom: BlockGeometry
+    pattern: Pattern
     target: float
 
     @property
-    def param(self) -> BlockMaskParametrization:
+    def param(self) -> MaskParametrization:
         return self.module.parametrizations.weight[0]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.param.shape
+
+    @property
+    def groups(self) -> int:
+        return self.param.groups
+
+    @property
+    def geom(self) -> BlockGeometry:
+        """The unit grid of a grid pattern (blocks: the block geometry)."""
+        if not isinstance(self.pattern, GridPattern):
+            raise ConfigError(self.name, [f"pattern {self.pattern.spec()} has no unit grid"])
+        return self.pattern.grid(self.shape, self.groups)[0]
+
+    @property
+    def units(self) -> int:
+        """How many units the pattern chooses among: grid units, else single weights."""
+        return self.geom.n_blocks if isinstance(self.pattern, GridPattern) else math.prod(self.shape)
 
     @property
     def raw_weight(self) -> nn.Parameter:
@@ -53,7 +78,14 @@ class SparseLayer:
 
     @property
     def mask(self) -> Tensor:
-        return self.param.block_mask
+        """The native mask (block grid for blocks, element mask for N:M and hierarchies)."""
+        return self.param.mask
+
+    def scorer(self, score: str, stat: Tensor | None) -> Scorer:
+        """Score ``score`` of any unit the pattern asks about, on the effective (masked) weight:
+        zeroed units score lowest."""
+        w = self.module.weight.detach()
+        return lambda reduce: unit_scores(score, w, reduce, stat)
 
 
 def _kind(module: nn.Module) -> str | None:
@@ -64,7 +96,7 @@ def find_layers(model: nn.Module, recipe: Recipe) -> tuple[dict[str, nn.Module],
     """Layers the recipe sparsifies, and the skipped ones with the reason (name -> reason)."""
     chosen: dict[str, nn.Module] = {}
     skipped: dict[str, str] = {}
-    b = recipe.block_shape
+    pattern = recipe.layer_pattern()
     first_conv = first_conv_name(model)
     for name, m in model.named_modules():
         kind = _kind(m)
@@ -73,15 +105,13 @@ def find_layers(model: nn.Module, recipe: Recipe) -> tuple[dict[str, nn.Module],
         if kind not in recipe.layer_types:
             skipped[name] = f"{kind} layers are not in the recipe's layer_types"
             continue
-        geom = BlockGeometry.of_module(m, b)
+        too_small = pattern.eligible(tuple(m.weight.shape), getattr(m, "groups", 1))
         if name == first_conv and not recipe.include_first_conv:
             skipped[name] = "first convolution (excluded by default; include_first_conv to keep it)"
         elif any(fnmatch.fnmatchcase(name, p) for p in recipe.exclude):
             skipped[name] = "excluded by the recipe"
-        elif geom.in_per_group < b.in_ and not recipe.include_narrow:
-            what = "depthwise" if geom.groups > 1 and geom.in_per_group == 1 else "narrow"
-            skipped[name] = (f"{what}: {geom.in_per_group} input channels per group < block width {b.in_} "
-                             "(include_narrow to sparsify anyway)")
+        elif too_small is not None and not recipe.include_narrow:
+            skipped[name] = f"{too_small} (include_narrow to sparsify anyway)"
         else:
             chosen[name] = m
     _check_names(model, recipe, chosen)
@@ -101,62 +131,99 @@ def _check_names(model: nn.Module, recipe: Recipe, chosen: Mapping[str, nn.Modul
         raise ConfigError("recipe", errs)
 
 
-class BlockSparsifier:
-    """Block-sparse masks over a model's Conv2d / Linear weights, driven by a ``Recipe``."""
+class Sparsifier:
+    """Pattern masks over a model's Conv2d / Linear weights, driven by a ``Recipe``."""
 
     def __init__(self, recipe: Recipe | None = None, **overrides: Any):
-        base = (recipe or Recipe()).model_dump()
-        self.recipe = Recipe.from_dict({**base, **overrides}, "BlockSparsifier") if overrides else (recipe or Recipe())
+        base = recipe or Recipe()
+        if overrides:  # fields the recipe derived (sparsity, selection) follow an overridden pattern
+            given = base.model_dump(exclude_unset=True)
+            if {"pattern", "block"} & set(overrides):  # a new pattern replaces the old in both spellings
+                given = {k: v for k, v in given.items() if k not in ("pattern", "block")}
+            base = Recipe.from_dict({**given, **overrides}, "Sparsifier")
+        self.recipe = base
         self.layers: dict[str, SparseLayer] = {}
         self.skipped: dict[str, str] = {}
         self.model: nn.Module | None = None
 
+    @property
+    def pattern(self) -> Pattern:
+        """The recipe's pattern at the recipe's sparsity."""
+        return self.recipe.layer_pattern()
+
     # ---- lifecycle -------------------------------------------------------------------------
-    def prepare(self, model: nn.Module) -> BlockSparsifier:
+    def prepare(self, model: nn.Module) -> Sparsifier:
         """Attach an all-ones mask parametrization to every layer the recipe selects."""
         if self.model is not None:
-            raise ConfigError("BlockSparsifier", ["already prepared; call squash_mask() first"])
+            raise ConfigError("Sparsifier", ["already prepared; call squash_mask() first"])
         chosen, self.skipped = find_layers(model, self.recipe)
+        patterns = {}
+        for name in chosen:  # every layer's pattern first: a bad per-layer target changes nothing
+            target = self.recipe.layer_sparsity.get(name, self.recipe.sparsity)
+            try:
+                patterns[name] = (self.recipe.layer_pattern(target), target)
+            except ConfigError as e:
+                raise ConfigError(f"layer_sparsity: {name}", e.errors) from None
         for name, m in chosen.items():
             if parametrize.is_parametrized(m, "weight"):
                 raise ConfigError(name, ["weight is already parametrized (prepared twice?)"])
-            geom = BlockGeometry.of_module(m, self.recipe.block_shape)
-            p = BlockMaskParametrization(geom, m.weight.dim(), m.weight.dtype, m.weight.device)
+            pattern, target = patterns[name]
+            p = MaskParametrization(pattern, tuple(m.weight.shape), getattr(m, "groups", 1), m.weight.dtype,
+                                    m.weight.device)
             parametrize.register_parametrization(m, "weight", p)
-            target = self.recipe.layer_sparsity.get(name, self.recipe.sparsity)
-            self.layers[name] = SparseLayer(name, m, geom, target)
+            self.layers[name] = SparseLayer(name, m, pattern, target)
         self.model = model
         return self
 
     def _require_prepared(self) -> None:
         if self.model is None:
-            raise ConfigError("BlockSparsifier", ["not prepared: call prepare(model) first"])
+            raise ConfigError("Sparsifier", ["not prepared: call prepare(model) first"])
+
+    def _stat(self, name: str, score: str, stats: Mapping[str, Tensor] | None) -> Tensor | None:
+        stat = None if stats is None else stats.get(name)
+        if SCORES.get(score) and stat is None:
+            raise ConfigError("score", [f"score {score!r} needs gradient statistics for layer {name!r}"])
+        return stat
 
     def scores(self, stats: Mapping[str, Tensor] | None = None, score: str | None = None) -> dict[str, Tensor]:
-        """Block scores of every layer (``stats``: gradient statistics for taylor/fisher/hessian)."""
+        """Scores of every layer's units (``stats``: gradient statistics for taylor/fisher/hessian):
+        the unit grid of a grid pattern, one score per weight for N:M and hierarchies."""
         self._require_prepared()
         score = score or self.recipe.score
         out = {}
         for name, layer in self.layers.items():
-            w = layer.module.weight.detach()  # effective (masked) weight: zeroed blocks score lowest
-            stat = None if stats is None else stats.get(name)
-            if SCORES.get(score) and stat is None:
-                raise ConfigError("score", [f"score {score!r} needs gradient statistics for layer {name!r}"])
-            out[name] = block_scores(score, w, layer.geom, stat)
+            reduce = _grid_reduce(layer) if isinstance(layer.pattern, GridPattern) else _identity
+            out[name] = layer.scorer(score, self._stat(name, score, stats))(reduce)
         return out
 
     def step(self, stats: Mapping[str, Tensor] | None = None, sparsity: float | Mapping[str, float] | None = None,
-             monotone: bool = True, scores: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
-        """Recompute masks from scores at ``sparsity`` (default: each layer's target) and apply them.
-
-        ``monotone``: blocks zeroed before stay zeroed. Returns the new block masks.
-        """
+             monotone: bool = True, scores: Mapping[str, Tensor] | None = None,
+             score: str | None = None) -> dict[str, Tensor]:
+        """Recompute masks at ``sparsity`` (default: each layer's target; lower: a step on the way)
+        and apply them. Scores: ``scores`` as ``scores()`` returns them, else the recipe's (or
+        ``score``) from the weights and ``stats``. For a hierarchy given ``scores`` are summed over
+        each level's units. ``monotone``: units zeroed before stay zeroed. Returns the new masks."""
         self._require_prepared()
-        scores = scores if scores is not None else self.scores(stats)
+        score = score or self.recipe.score
         targets = self._targets(sparsity)
         keep = {n: layer.mask.clone() for n, layer in self.layers.items()} if monotone else None
-        masks = select_masks(scores, targets, self.recipe.selection, self.recipe.allow_empty_rows, keep)
-        self.set_masks(masks)
+        masks: dict[str, Tensor] = {}
+        if self.recipe.selection == "global":  # one threshold across the layers (grid patterns only)
+            given = scores if scores is not None else self.scores(stats, score)
+            filters = any(isinstance(la.pattern, Filter) for la in self.layers.values())  # a row is one unit
+            empty_ok = self.recipe.allow_empty_rows or filters
+            masks = select_masks(given, targets, "global", empty_ok, keep)
+        for name, layer in self.layers.items():
+            if name in masks:
+                continue
+            if scores is None:
+                scorer = layer.scorer(score, self._stat(name, score, stats))
+            else:
+                scorer = _given(scores[name], isinstance(layer.pattern, GridPattern))
+            masks[name] = layer.pattern.select(
+                scorer, layer.shape, layer.groups, sparsity=targets[name], keep=None if keep is None else keep[name],
+                mode=self.recipe.selection, allow_empty_rows=self.recipe.allow_empty_rows)
+        self.set_masks(masks, check=False)  # below the target, N:M runs are not all pruned yet
         return masks
 
     def _targets(self, sparsity: float | Mapping[str, float] | None) -> dict[str, float]:
@@ -171,15 +238,28 @@ class BlockSparsifier:
         return {n: check_sparsity(sparsity) for n in self.layers}
 
     @torch.no_grad()
-    def set_masks(self, masks: Mapping[str, Tensor]) -> None:
-        """Apply given block masks (predetermined masks); zeroes the stored weights under them."""
+    def set_masks(self, masks: Mapping[str, Tensor], check: bool = True) -> None:
+        """Apply given native masks (predetermined, or another tool's); zeroes the stored weights under
+        them. A mask that breaks the layer's pattern is refused, naming the layer and the rule
+        (``check=False``: a step on the way to the pattern, as incremental pruning makes)."""
         self._require_prepared()
+        errs = []
         for name, mask in masks.items():
             if name not in self.layers:
-                raise ConfigError("masks", [f"unknown layer {name!r}; sparsified layers: {', '.join(self.layers)}"])
+                errs.append(f"unknown layer {name!r}; sparsified layers: {', '.join(self.layers)}")
+                continue
             layer = self.layers[name]
-            if tuple(mask.shape) != layer.geom.grid:
-                raise ConfigError("masks", [f"{name}: expected block mask {layer.geom.grid}, got {tuple(mask.shape)}"])
+            want = layer.pattern.native_shape(layer.shape, layer.groups)
+            if tuple(mask.shape) != tuple(want):
+                kind = "block" if isinstance(layer.pattern, GridPattern) else "element"
+                errs.append(f"{name}: expected a {kind} mask of shape {tuple(want)} for pattern "
+                            f"{layer.pattern.spec()}, got {tuple(mask.shape)}")
+            elif check and not isinstance(layer.pattern, GridPattern):
+                errs += [f"{name}: {p}" for p in layer.pattern.check(mask.bool().cpu(), layer.shape, layer.groups)]
+        if errs:
+            raise ConfigError("masks", errs)
+        for name, mask in masks.items():
+            layer = self.layers[name]
             layer.param.set_mask(mask)
             layer.raw_weight.mul_(layer.param.element_mask)
 
@@ -202,7 +282,8 @@ class BlockSparsifier:
         return {n: layer.mask.clone() for n, layer in self.layers.items()}
 
     def sparsity(self) -> dict[str, float]:
-        """Achieved block sparsity per layer (zero blocks / all blocks)."""
+        """Achieved sparsity per layer: zero units / all units (blocks for blocks, weights for N:M
+        and hierarchies)."""
         return {n: 1.0 - layer.mask.float().mean().item() for n, layer in self.layers.items()}
 
     def squash_mask(self) -> nn.Module:
@@ -216,6 +297,10 @@ class BlockSparsifier:
     # ---- soft gates (penalty method) -------------------------------------------------------
     def attach_gates(self, init: float = 1.0) -> list[nn.Parameter]:
         self._require_prepared()
+        no_grid = [f"{n}: pattern {la.pattern.spec()}" for n, la in self.layers.items()
+                   if not isinstance(la.pattern, GridPattern)]
+        if no_grid:
+            raise ConfigError("gates", ["soft gates need a grid pattern (one gate per unit)"] + no_grid)
         return [layer.param.attach_gate(init) for layer in self.layers.values()]
 
     @property
@@ -225,17 +310,16 @@ class BlockSparsifier:
     @torch.no_grad()
     def fold_gates(self) -> None:
         """W <- W * gate, then drop the gates (the forward pass is unchanged)."""
-        from tilesparse.patterns.block import expand_mask
-
         for layer in self.layers.values():
             if layer.param.gate is not None:
-                layer.raw_weight.mul_(expand_mask(layer.param.gate, layer.geom, layer.param.ndim))
+                layer.raw_weight.mul_(layer.param._expand(layer.param.gate))
                 layer.param.detach_gate()
 
     # ---- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {
             "recipe": self.recipe.model_dump(mode="json"),
+            "patterns": {n: layer.pattern.spec() for n, layer in self.layers.items()},
             "masks": {n: layer.mask.cpu().clone() for n, layer in self.layers.items()},
             "gates": {n: g.detach().cpu().clone() for n, g in self.gates.items()},
         }
@@ -249,9 +333,29 @@ class BlockSparsifier:
         if missing or extra:
             raise ConfigError("sparsifier state", [f"layers missing from state: {missing}"] * bool(missing)
                               + [f"state has unknown layers: {extra}"] * bool(extra))
-        self.set_masks(masks)
+        self.set_masks(masks, check=False)  # a run saved mid-schedule holds masks on the way
         for name, g in state.get("gates", {}).items():
             param = self.layers[name].param
             gate = param.gate if param.gate is not None else param.attach_gate()
             with torch.no_grad():
                 gate.copy_(g)
+
+
+BlockSparsifier = Sparsifier  # the name before patterns
+
+
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
+def _grid_reduce(layer: SparseLayer) -> Callable[[Tensor], Tensor]:
+    pattern = layer.pattern
+    assert isinstance(pattern, GridPattern)
+    return lambda x: pattern.reduce(x, layer.shape, layer.groups)
+
+
+def _given(scores: Tensor, grid: bool) -> Scorer:
+    """A scorer from given scores: a grid pattern's unit scores as they are; per-weight scores
+    summed over each unit a level asks about."""
+    s = scores.detach().double()
+    return (lambda reduce: s) if grid else (lambda reduce: reduce(s))

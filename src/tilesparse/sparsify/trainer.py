@@ -24,7 +24,7 @@ from tilesparse.sparsify.checkpoint import load_plain_state, read_checkpoint, sa
 from tilesparse.sparsify.methods.base import SparsityMethod, TrainContext
 from tilesparse.sparsify.recipe import TrainingConfig
 from tilesparse.sparsify.resume import TARGETS, check_targets, compare, override_record, run_settings, saved_settings
-from tilesparse.sparsify.sparsifier import BlockSparsifier
+from tilesparse.sparsify.sparsifier import Sparsifier
 
 __all__ = ["Trainer", "FitResult", "EpochRecord", "evaluate", "LAST_CHECKPOINT"]
 
@@ -61,7 +61,7 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str = "c
     return 100.0 * correct / max(total, 1)
 
 
-def _mean_sparsity(sp: BlockSparsifier | None) -> float:
+def _mean_sparsity(sp: Sparsifier | None) -> float:
     if sp is None:
         return 0.0
     vals = list(sp.sparsity().values())
@@ -75,7 +75,7 @@ class Trainer:
     in the checkpoint and compared on resume.
     """
 
-    def __init__(self, model: nn.Module, sparsifier: BlockSparsifier | None, method: SparsityMethod | None,
+    def __init__(self, model: nn.Module, sparsifier: Sparsifier | None, method: SparsityMethod | None,
                  train_loader: Iterable, test_loader: Iterable | None = None,
                  training: TrainingConfig | None = None, *, device: torch.device | str = "cpu",
                  checkpoint_dir: str | Path | None = None, model_name: str | None = None,

@@ -1,4 +1,4 @@
-"""Training methods for block sparsity: one-shot, incremental (gradual), penalty (soft LSE mask).
+"""Training methods for every sparsity pattern: one-shot, incremental (gradual), penalty (soft LSE mask).
 Second-order importance (Fisher, Hessian) is a recipe ``score`` usable by one-shot and incremental."""
 
 from tilesparse.errors import ConfigError

@@ -25,7 +25,7 @@ from tilesparse.patterns.scores import GRADIENT_SCORES
 from tilesparse.sparsify.calibration import recalibrate_batchnorm
 from tilesparse.sparsify.importance import gradient_stats
 from tilesparse.sparsify.recipe import Recipe
-from tilesparse.sparsify.sparsifier import BlockSparsifier
+from tilesparse.sparsify.sparsifier import Sparsifier
 
 __all__ = ["TrainContext", "SparsityMethod"]
 
@@ -34,7 +34,7 @@ __all__ = ["TrainContext", "SparsityMethod"]
 class TrainContext:
     """What a method may use: the prepared sparsifier, training data, loss and device."""
 
-    sparsifier: BlockSparsifier | None
+    sparsifier: Sparsifier | None
     loader: Iterable | None = None
     loss_fn: Callable[[Tensor, Tensor], Tensor] = nn.functional.cross_entropy
     device: torch.device | str = "cpu"
@@ -81,7 +81,7 @@ class SparsityMethod:
 
     @staticmethod
     def prune(ctx: TrainContext, sparsity: float | dict[str, float] | None = None, score: str | None = None) -> None:
-        """Score blocks (gathering gradient statistics if the score needs them) and apply masks."""
+        """Score units (gathering gradient statistics if the score needs them) and apply masks."""
         r = ctx.recipe
         score = score or r.score
         stats = None
@@ -91,8 +91,7 @@ class SparsityMethod:
                                             "pass a data loader or use l1 / l2 / variance"])
             stats = gradient_stats(ctx.sparsifier, ctx.loader, score, ctx.loss_fn, r.score_batches,
                                    r.hutchinson_samples, ctx.device, r.training.seed)
-        scores = ctx.sparsifier.scores(stats, score)
-        ctx.sparsifier.step(sparsity=sparsity, scores=scores)
+        ctx.sparsifier.step(stats, sparsity=sparsity, score=score)
         SparsityMethod.after_prune(ctx)
 
     @staticmethod

@@ -1,7 +1,11 @@
-"""Incremental (gradual) pruning: every k epochs each layer's sparsity rises by its step until the target.
+"""Incremental (gradual) pruning: every k epochs each layer's sparsity rises until the target.
 
-Layer l at pruning step j (j = 1, 2, ...) has sparsity ``min(target_l, j * max(step_l, 1 / n_blocks_l))``
-— at least one more block per step. Blocks zeroed earlier stay zeroed. Steps are per layer
+Linear schedule: layer l at pruning step j (j = 1, 2, ...) has sparsity
+``min(target_l, j * max(step_l, 1 / units_l))`` — at least one more unit (block, or weight for N:M
+and hierarchies) per step. Cubic schedule (Zhu & Gupta 2017): ``n_l = ceil(target_l / step_l)``
+steps along ``target_l * (1 - (1 - j / n_l)^3)``. Units zeroed earlier stay zeroed; for a pattern
+with a fixed sparsity (2:4) the steps below it zero the lowest-scoring weights the full pattern
+would zero, so the last step lands on the pattern exactly. Steps are per layer
 (``layer_steps``) or, with ``hessian_ranked_steps``, by Hessian-trace tertile as in the paper's code:
 the least sensitive third of the layers gets the largest step (12 %), the most sensitive the smallest (5 %).
 If the schedule has not reached the target when training ends, ``finish`` prunes to it.
@@ -9,6 +13,7 @@ If the schedule has not reached the target when training ends, ``finish`` prunes
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from tilesparse.sparsify.importance import hessian_traces
@@ -48,8 +53,16 @@ class Incremental(SparsityMethod):
 
     def levels(self, j: int, ctx: TrainContext) -> dict[str, float]:
         """Sparsity of every layer after pruning step ``j``."""
-        return {n: min(layer.target, j * max(self.steps[n], 1.0 / layer.geom.n_blocks))
-                for n, layer in ctx.sparsifier.layers.items()}
+        cubic = ctx.recipe.incremental.schedule == "cubic"
+        out = {}
+        for n, layer in ctx.sparsifier.layers.items():
+            step = max(self.steps[n], 1.0 / layer.units)
+            if cubic:
+                n_steps = max(1, math.ceil(layer.target / step - 1e-9))
+                out[n] = layer.target * (1.0 - (1.0 - min(j, n_steps) / n_steps) ** 3)
+            else:
+                out[n] = min(layer.target, j * step)
+        return out
 
     def on_epoch_start(self, epoch: int, ctx: TrainContext) -> bool:
         every = ctx.recipe.incremental.every_epochs

@@ -73,8 +73,7 @@ class Penalty(SparsityMethod):
     def harden(self, ctx: TrainContext) -> None:
         """Fold the gates into the weights and keep the strongest blocks of W * Gamma."""
         ctx.sparsifier.fold_gates()
-        scores = ctx.sparsifier.scores(score="l2")
-        ctx.sparsifier.step(scores=scores)
+        ctx.sparsifier.step(score="l2")
         self.after_prune(ctx)
         self.hardened = True
 
@@ -84,7 +83,7 @@ class Penalty(SparsityMethod):
 
     def retarget(self, ctx: TrainContext) -> None:
         if self.hardened:  # before hardening, the penalty and the hardening read the new targets anyway
-            ctx.sparsifier.step(scores=ctx.sparsifier.scores(score="l2"))
+            ctx.sparsifier.step(score="l2")
             self.after_prune(ctx)
 
     def state_dict(self) -> dict[str, Any]:
