@@ -13,12 +13,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from tilesparse.errors import ConfigError
 from tilesparse.source import SOURCE_FORMS
 
-__all__ = ["ARRAY_HELP", "BLOCK_HELP", "INPUT_SHAPE_HELP", "JSON_HELP", "SEED_MAX", "SOURCE_HELP", "SPARSITY_HELP",
-           "WEIGHTS_HELP", "array_arg", "block_arg", "check_outputs", "console", "is_program_file", "read_program",
-           "sparsity_arg",
-           "write_json"]
+__all__ = ["ARRAY_HELP", "BLOCK_HELP", "COMPILE_PATTERN_HELP", "INPUT_SHAPE_HELP", "JSON_HELP", "PATTERN_HELP",
+           "SEED_MAX", "SOURCE_HELP", "SPARSITY_HELP", "WEIGHTS_HELP", "array_arg", "block_arg", "block_pattern_args",
+           "check_outputs", "console", "is_program_file", "pattern_arg", "read_program", "sparsity_arg", "write_json"]
 
 SOURCE_HELP = f"Model source: {SOURCE_FORMS}."  # the one list of the forms (tilesparse.source)
 ARRAY_HELP = "Array: RxC (rows x columns, e.g. 4x4, 5x7, 8x2), base-RxC, phoenix, strix, or a YAML file."
@@ -125,7 +125,38 @@ def pattern_arg(spec: str | None, flag: str = "--pattern"):
         return None
     from tilesparse.patterns import parse_pattern
 
-    return parse_pattern(spec, flag)
+    try:
+        return parse_pattern(spec, flag)
+    except ConfigError as e:
+        if e.source == flag:
+            raise
+        raise ConfigError(flag, [f"{e.source}: {err}" for err in e.errors]) from None
+
+
+COMPILE_PATTERN_HELP = ("Sparsity pattern; compiling takes block patterns: 8x8, 4x16, 8x8@0.5 ('@s' = --sparsity). "
+                        "Other patterns (2:4, 8x8@0.5/2:4, ...): train them with `tilesparse sparsify --pattern` "
+                        "and compile the checkpoint.")
+
+
+def block_pattern_args(pattern: str | None, block: str | None, sparsity: float | None
+                       ) -> tuple[str | None, float | None]:
+    """(--block, --sparsity) of a verb that compiles, from its ``--pattern`` (None: as given)."""
+    if pattern is None:
+        return block, sparsity
+    from tilesparse.patterns import Block
+
+    if block is not None:
+        raise ConfigError("--block", [f"give --pattern {pattern} alone (--block is its older spelling for blocks)"])
+    p = pattern_arg(pattern)
+    if not isinstance(p, Block):
+        raise ConfigError("--pattern", [
+            f"{p.spec()}: the compiler takes block patterns (8x8, 8x8@0.5); train {p.spec()} with `tilesparse "
+            f"sparsify SOURCE --pattern {p.spec()} -o runs/x` and compile runs/x/sparse.pt (its all-zero blocks are "
+            "skipped; native N:M and hierarchical execution is not built yet)"])
+    if p.sparsity is not None and sparsity is not None and abs(p.sparsity - sparsity) > 1e-12:
+        raise ConfigError("--pattern", [f"{p.spec()} says sparsity {p.sparsity:g}, --sparsity says {sparsity:g}; "
+                                        "give one"])
+    return f"{p.out}x{p.in_}", p.sparsity if p.sparsity is not None else sparsity
 
 
 def sparsity_arg(value: float | None, flag: str = "--sparsity") -> float | None:

@@ -10,6 +10,7 @@ import typer
 from tilesparse.cli.common import (
     ARRAY_HELP,
     BLOCK_HELP,
+    COMPILE_PATTERN_HELP,
     INPUT_SHAPE_HELP,
     JSON_HELP,
     SOURCE_HELP,
@@ -17,6 +18,7 @@ from tilesparse.cli.common import (
     WEIGHTS_HELP,
     array_arg,
     block_arg,
+    block_pattern_args,
     check_outputs,
     console,
     is_program_file,
@@ -67,6 +69,7 @@ def compile_verb(
     array: Annotated[str, typer.Option("--array", "-a", help=ARRAY_HELP)] = "4x4",
     sparsity: Annotated[float | None, typer.Option(help=SPARSITY_HELP)] = None,
     block: Annotated[str | None, typer.Option(help=BLOCK_HELP)] = None,
+    pattern: Annotated[str | None, typer.Option(help=COMPILE_PATTERN_HELP)] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Program file to write.")] = Path("program.tsp"),
     json_out: Annotated[Path | None, typer.Option("--json", help=JSON_HELP)] = None,
     listing: Annotated[Path | None, typer.Option(help="Also write a readable listing here ('-' = stdout).")] = None,
@@ -88,6 +91,7 @@ def compile_verb(
     from tilesparse.estimate.report import summarize
 
     sparsity_arg(sparsity), block_arg(block), array_arg(array)  # usage errors before any work
+    block, sparsity = block_pattern_args(pattern, block, sparsity)
     if str(listing) == "-" and str(json_out) == "-":
         raise ConfigError("--listing -", ["--json - writes to stdout already; give the listing a file name"])
     check_outputs({"--out": out, "--listing": listing, "--json": json_out})
@@ -143,6 +147,7 @@ def estimate_verb(
                                               "file: refuse one compiled for another array.")] = None,
     sparsity: Annotated[float | None, typer.Option(help=SPARSITY_HELP + " (model sources)")] = None,
     block: Annotated[str | None, typer.Option(help=BLOCK_HELP)] = None,
+    pattern: Annotated[str | None, typer.Option(help=COMPILE_PATTERN_HELP)] = None,
     input_shape: Annotated[str | None, typer.Option(help=INPUT_SHAPE_HELP)] = None,
     weights: Annotated[Path | None, typer.Option(help=WEIGHTS_HELP)] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Save the program compiled from a model "
@@ -166,6 +171,7 @@ def estimate_verb(
     from tilesparse.estimate.timemodel import estimate_program
 
     sparsity_arg(sparsity), block_arg(block)  # usage errors before any work (a program file too)
+    block, sparsity = block_pattern_args(pattern, block, sparsity)
     if timeline is not None and timeline.suffix not in (".html", ".png"):  # before the work, not after
         raise ConfigError(f"--timeline {timeline}", ["expected a .html or .png file name"])
     check_outputs({"--out": out, "--json": json_out, "--timeline": timeline})

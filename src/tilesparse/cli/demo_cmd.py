@@ -9,10 +9,12 @@ import typer
 
 from tilesparse.cli.common import (
     ARRAY_HELP,
+    COMPILE_PATTERN_HELP,
     JSON_HELP,
     SEED_MAX,
     array_arg,
     block_arg,
+    block_pattern_args,
     check_outputs,
     console,
     sparsity_arg,
@@ -25,8 +27,10 @@ OUT_FILES = ("sparse.pt", "report.txt", "report.json", "demo.json")  # what --ou
 def demo(
     seed: Annotated[int, typer.Option(help="Seed for the data split, initialisation and data order.",
                                                 min=0, max=SEED_MAX)] = 0,
-    sparsity: Annotated[float, typer.Option(help="Target block sparsity in [0, 1).")] = 0.5,
-    block: Annotated[str, typer.Option(help="Block shape OUTxIN.")] = "8x8",
+    sparsity: Annotated[Optional[float], typer.Option(help="Target block sparsity in [0, 1) (default 0.5).")
+                        ] = None,
+    block: Annotated[Optional[str], typer.Option(help="Block shape OUTxIN (default 8x8).")] = None,
+    pattern: Annotated[Optional[str], typer.Option(help=COMPILE_PATTERN_HELP)] = None,
     array: Annotated[str, typer.Option("--array", "-a", help=ARRAY_HELP)] = "4x4",
     images: Annotated[int, typer.Option(min=1, help="Test images to simulate and verify.")] = 16,
     networks: Annotated[str, typer.Option(help="Comma-separated torchvision networks to compile dense "
@@ -52,8 +56,10 @@ def demo(
     from tilesparse.demo import run_pipeline_demo
     from tilesparse.utils.atomic import atomic_write_text
 
-    b = block_arg(block)
-    sparsity_arg(sparsity)
+    sparsity_arg(sparsity), block_arg(block)
+    block, sparsity = block_pattern_args(pattern, block, sparsity)
+    b = block_arg(block or "8x8")
+    sparsity = 0.5 if sparsity is None else sparsity
     array_arg(array)
     check_outputs({"--json": json_out}, ("--out", out, OUT_FILES))
     con = console(json_out)

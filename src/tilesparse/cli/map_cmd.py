@@ -9,6 +9,7 @@ import typer
 
 from tilesparse.cli.common import (
     BLOCK_HELP,
+    COMPILE_PATTERN_HELP,
     INPUT_SHAPE_HELP,
     JSON_HELP,
     SEED_MAX,
@@ -17,6 +18,7 @@ from tilesparse.cli.common import (
     WEIGHTS_HELP,
     array_arg,
     block_arg,
+    block_pattern_args,
     check_outputs,
     console,
     sparsity_arg,
@@ -135,6 +137,7 @@ def register(app: typer.Typer) -> None:
                                        "(block-index format). A checkpoint's masks are used without it."),
         prune: float = typer.Option(None, hidden=True, help="Old name of --sparsity."),
         block: str = typer.Option(None, help=BLOCK_HELP),
+        pattern: str = typer.Option(None, help=COMPILE_PATTERN_HELP),
         warm_start: bool = typer.Option(True, help="Seed each layer's search with earlier layers' best mappings."),
         seed: int = typer.Option(0, help="Random seed.", min=0, max=SEED_MAX),
         progress: bool = typer.Option(True, help="Show a progress bar."),
@@ -156,6 +159,7 @@ def register(app: typer.Typer) -> None:
         source = source or model
         sparsity = sparsity_arg(sparsity if sparsity is not None else prune)
         block_arg(block)
+        block, sparsity = block_pattern_args(pattern, block, sparsity)
         _check_target(layer, source, sparsity=sparsity, block=block, weights=weights, input_shape=input_shape)
         check_outputs({"--json": json_out or output})
         a = _architecture(array or arch or "aie2")

@@ -11,6 +11,7 @@ import typer
 from tilesparse.cli.common import (
     ARRAY_HELP,
     BLOCK_HELP,
+    COMPILE_PATTERN_HELP,
     INPUT_SHAPE_HELP,
     JSON_HELP,
     SEED_MAX,
@@ -19,6 +20,7 @@ from tilesparse.cli.common import (
     WEIGHTS_HELP,
     array_arg,
     block_arg,
+    block_pattern_args,
     check_outputs,
     console,
     is_program_file,
@@ -95,6 +97,7 @@ def simulate_verb(
     weights: Annotated[Path | None, typer.Option(help=WEIGHTS_HELP)] = None,
     sparsity: Annotated[float | None, typer.Option(help=SPARSITY_HELP)] = None,
     block: Annotated[str | None, typer.Option(help=BLOCK_HELP)] = None,
+    pattern: Annotated[str | None, typer.Option(help=COMPILE_PATTERN_HELP)] = None,
     input_shape: Annotated[str | None, typer.Option(help=INPUT_SHAPE_HELP)] = None,
     input_npy: Annotated[Path | None, typer.Option("--input", help=INPUT_HELP)] = None,
     seed: Annotated[int, typer.Option(help="Seed of the random input.", min=0, max=SEED_MAX)] = 0,
@@ -121,6 +124,7 @@ def simulate_verb(
     from tilesparse.sim import simulate, verify
 
     sparsity_arg(sparsity), block_arg(block)  # usage errors before any work (a program file too)
+    block, sparsity = block_pattern_args(pattern, block, sparsity)
     check_outputs({"--out": out, "--json": json_out})
     con = console(json_out)
     req = {"source": model, "weights": weights, "sparsity": sparsity, "block": block, "input_shape": input_shape}

@@ -55,8 +55,8 @@ def _recipe(recipe_path: Path | None, overrides: dict[str, Any], resumed=None):
     try:
         return Recipe.from_dict(data, source="command line")
     except ConfigError as e:  # its fields are the flags: "training.batch_size: ..." -> "--batch-size: ..."
-        flags = [f"--{field.rpartition('.')[2].replace('_', '-')}:{rest}" for field, _, rest in
-                 (err.partition(":") for err in e.errors)]
+        flags = [f"--{field.rpartition('.')[2].replace('_', '-')}:{rest}" if rest and " " not in field else err
+                 for err, (field, _, rest) in ((err, err.partition(":")) for err in e.errors)]
         raise ConfigError("command line", flags) from None
 
 

@@ -163,7 +163,7 @@ class Recipe(_Strict):
         try:
             pattern.with_sparsity(self.sparsity)
         except ConfigError as e:
-            raise ValueError("; ".join(e.errors)) from None
+            raise ValueError(f"sparsity: {e.source} " + "; ".join(e.errors)) from None
         object.__setattr__(self, "pattern", pattern.spec())
         object.__setattr__(self, "block", (pattern.out, pattern.in_) if isinstance(pattern, Block) else None)
         if self.selection is None:
@@ -179,7 +179,7 @@ class Recipe(_Strict):
         pattern = as_pattern(self.pattern)
         if "block" in self.model_fields_set and self.block is not None and (
                 not isinstance(pattern, Block) or (pattern.out, pattern.in_) != tuple(self.block)):
-            raise ValueError(f"block {self.block[0]}x{self.block[1]} and pattern {pattern.spec()} disagree; "
+            raise ValueError(f"block: {self.block[0]}x{self.block[1]} and pattern {pattern.spec()} disagree; "
                              "give only pattern (block is its older spelling)")
         return pattern
 
@@ -223,15 +223,16 @@ def _method_problems(recipe: Recipe, pattern: Pattern) -> list[str]:
     """Combinations of pattern, score, selection and method that have no meaning."""
     problems = []
     if recipe.score == "variance" and _element_wise(pattern):
-        problems.append(f"score variance: the variance of a single weight is 0; pattern {pattern.spec()} "
+        problems.append(f"score: variance of a single weight is 0; pattern {pattern.spec()} "
                         "selects single weights or N:M runs (use l1, l2 or a gradient score)")
     if not isinstance(pattern, GridPattern):
         if recipe.method == "penalty":
-            problems.append(f"method penalty: its soft gates are one per unit of a grid pattern; pattern "
+            problems.append(f"method: penalty trains soft gates, one per unit of a grid pattern; pattern "
                             f"{pattern.spec()} has none (use oneshot or incremental)")
         if recipe.selection in ("global", "balanced_rows", "balanced_cols") and isinstance(pattern, NM):
-            problems.append(f"selection {recipe.selection}: N:M keeps N of every M everywhere, there is no "
-                            "choice to balance (leave selection out)")
+            problems.append(f"selection: {recipe.selection} has nothing to choose under N:M, which keeps N of "
+                            "every M everywhere (leave selection out)")
         if recipe.selection == "global" and isinstance(pattern, Hierarchical):
-            problems.append("selection global: a hierarchy is selected layer by layer (use layer or balanced_rows)")
+            problems.append("selection: global does not apply to a hierarchy, selected layer by layer (use layer or "
+                            "balanced_rows)")
     return problems
