@@ -4,6 +4,7 @@ capture → lower → attach block masks → quantize."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -12,6 +13,9 @@ from torch import nn
 from tilesparse.ir.capture import DEFAULT_INPUT_SHAPE, capture
 from tilesparse.ir.graph import Graph
 from tilesparse.passes import attach_block_masks, lower
+
+if TYPE_CHECKING:
+    from tilesparse.quant.sdq_graph import SDQConfig
 
 __all__ = ["build_graph", "default_input_shape", "random_calibration"]
 
@@ -40,6 +44,7 @@ def build_graph(
     per_channel: bool = False,
     quantized: bool = True,
     seed: int = 0,
+    sdq: SDQConfig | Sequence[SDQConfig] | None = None,
 ) -> Graph:
     """Capture, lower, mask and (optionally) quantize ``model``.
 
@@ -51,6 +56,7 @@ def build_graph(
         per_channel: per-output-channel weight exponents instead of per-tensor.
         quantized: False stops after masks (a float graph).
         seed: for the zoo model's random weights and the random calibration inputs.
+        sdq: layers to quantize as SDQ parts (``quant.SDQConfig``; integer reference only).
 
     Example:
         >>> g = build_graph("resnet18", input_shape=(1, 3, 64, 64), quantized=False)
@@ -70,4 +76,4 @@ def build_graph(
     from tilesparse.quant import quantize
 
     calib = list(calib_inputs) if calib_inputs is not None else random_calibration(shape, n_calib, seed)
-    return quantize(g, calib, per_channel=per_channel)
+    return quantize(g, calib, per_channel=per_channel, sdq=sdq)

@@ -31,7 +31,7 @@ from tilesparse.compiler.pack import dense_weight_bytes, int8_weights
 from tilesparse.compiler.partition import Chooser, check_coverage
 from tilesparse.compiler.planning import LayerPlan, plan_layer, replan
 from tilesparse.compiler.rebalance import rebalance
-from tilesparse.errors import UnsupportedOpError
+from tilesparse.errors import ConfigError, UnsupportedOpError
 from tilesparse.hw import ArrayConfig, load_array
 from tilesparse.ir.graph import Graph, Op
 from tilesparse.passes.balance import balance_channels, reorder_channels, reorderable
@@ -46,6 +46,7 @@ from tilesparse.program import (
     TensorSlice,
 )
 from tilesparse.quant.rounding import INT8_MAX, INT8_MIN
+from tilesparse.quant.sdq_graph import sdq_layers
 
 __all__ = ["GRAPH_PASSES", "PLAN_PASSES", "compile_graph", "lower_layers"]
 
@@ -223,9 +224,11 @@ def compile_graph(graph: Graph, hw: ArrayConfig | str, *, chooser: Chooser | Non
     its plan (``rebalance``); the program's ``meta["channel_orders"]`` records the orders, the
     network's output is unchanged. An add of two convs' outputs runs inside the one that reads less
     input (``fusion.order_add_branches``). ``cache``: what the compile memoizes (``compiler.cache``;
-    a fresh one if None, so no compile depends on an earlier one).
+    a fresh one if None, so no compile depends on an earlier one). A graph with SDQ layers
+    (``quantize(..., sdq=...)``) is refused with a ``ConfigError`` naming them.
     """
     t0 = time.perf_counter()
+    _refuse_sdq(graph)
     job = _Job(graph, load_array(hw), chooser, balance, CompileCache() if cache is None else cache)
     for name, rewrite in GRAPH_PASSES:  # 1. graph rewrites
         job.graph = verify(rewrite(job.graph, job), after=name)
@@ -237,6 +240,15 @@ def compile_graph(graph: Graph, hw: ArrayConfig | str, *, chooser: Chooser | Non
     prog = _assemble(job.graph, job.hw, plans, job.ins, buffers, alloc, t0, job.cache)  # 6. pack, code
     prog.meta["channel_orders"] = {k: v.tolist() for k, v in job.orders.items()}
     return prog
+
+
+def _refuse_sdq(graph: Graph) -> None:
+    """SDQ layers hold two weight parts the packer and the time model do not know yet."""
+    names = sdq_layers(graph)
+    if names:
+        raise ConfigError(f"graph {graph.name}", [
+            f"layer {name!r} is an SDQ layer: SDQ layers are computed by the integer reference only; "
+            "compiling them is issue part 2" for name in names])
 
 
 def _assemble(graph, hw, plans: list[LayerPlan], ins, buffers, alloc, t0, cache: CompileCache) -> Program:

@@ -30,7 +30,8 @@ in attr ``block``), batch-norm ``running_mean``, ``running_var``, ``weight``, ``
 After quantization tensors carry ``dtype="int8"`` and a power-of-two ``scale_exp`` (real value =
 integer × 2**scale_exp); weights are int8 with their own exponent in attr ``weight_exp`` (or a
 per-channel array param ``weight_exps``), bias is int32, and ``shift`` says how requantization
-rounds back to int8 (see ``tilesparse.quant``).
+rounds back to int8 (see ``tilesparse.quant``). A conv quantized as SDQ holds ``sdq_sparse``,
+``sdq_mask`` and ``sdq_dense`` in place of ``weight``, and attr ``sdq`` (``quant.sdq_graph``).
 
 The passes add more attrs (``write_into``, ``reuse_input``, ``clamp``, ``input_shifts``,
 ``from_linear``, ``from_batchnorm``): their table is in docs/passes.md, the integer meaning of each

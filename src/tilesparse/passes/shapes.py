@@ -32,7 +32,9 @@ def _spatial(n: Node, shape: Sequence[int], channels: int) -> tuple[int, ...]:
 
 
 def _conv(n: Node, ins: Sequence[tuple[int, ...]], params: Mapping[str, np.ndarray]) -> tuple[int, ...]:
-    w, x, g = params[f"{n.name}.weight"], ins[0], n.attrs["groups"]
+    # an SDQ layer (quant.sdq_graph) holds its weight as parts of the weight's shape
+    key = f"{n.name}.weight" if n.attrs.get("sdq") is None else f"{n.name}.sdq_dense"
+    w, x, g = params[key], ins[0], n.attrs["groups"]
     if x[1] != w.shape[1] * g or tuple(w.shape[2:]) != tuple(n.attrs["kernel"]):
         raise ValueError(f"weight {w.shape} (groups {g}) does not fit input {x}")
     return _spatial(n, x, w.shape[0])

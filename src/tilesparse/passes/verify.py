@@ -10,6 +10,7 @@ __all__ = ["GraphVerifyError", "verify"]
 
 ACTIVATIONS = (None, "relu", "relu6")
 _WEIGHTED = (Op.CONV2D, Op.LINEAR, Op.BATCHNORM)
+_SDQ_PARAMS = ("sdq_sparse", "sdq_mask", "sdq_dense", "bias")  # quant.sdq_graph's layout, in place of weight
 
 
 class GraphVerifyError(TilesparseError):
@@ -57,5 +58,7 @@ def _param_errors(g: Graph) -> list[str]:
     names = {n.name for n in g}
     errs = [f"parameter {k!r} belongs to no node" for k in g.params if k.rsplit(".", 1)[0] not in names]
     errs += [f"node {n.name!r} ({n.op.value}) has no weight" for n in g
-             if n.op in _WEIGHTED and f"{n.name}.weight" not in g.params]
+             if n.op in _WEIGHTED and n.attrs.get("sdq") is None and f"{n.name}.weight" not in g.params]
+    errs += [f"node {n.name!r} ({n.op.value}) is an SDQ layer without its parameter {p!r}" for n in g
+             if n.attrs.get("sdq") is not None for p in _SDQ_PARAMS if f"{n.name}.{p}" not in g.params]
     return errs

@@ -8,8 +8,9 @@ from tilesparse.quant.quantize import (
     requant_shifts,
 )
 from tilesparse.quant.reference import IntegerReference, quantize_input
+from tilesparse.quant.sdq_graph import SDQConfig, sdq_layers
 
 __all__ = [
     "QuantizationError", "calibrate", "plan_exponents", "quantize", "requant_shifts",
-    "IntegerReference", "quantize_input",
+    "IntegerReference", "quantize_input", "SDQConfig", "sdq_layers",
 ]

@@ -21,6 +21,9 @@ concat             attr ``input_shifts``: one per operand, 0 where the producer 
 relu, relu6        attr ``clamp``
 pools, flatten     nothing new: the output keeps the input's exponent
 =================  ===========================================================================
+
+With ``sdq=SDQConfig(...)`` the chosen convs store SDQ parts instead of an int8 ``weight``
+(:mod:`tilesparse.quant.sdq_graph`); every other node is exactly what it is without the option.
 """
 
 from __future__ import annotations
@@ -31,11 +34,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from tilesparse.errors import TilesparseError
+from tilesparse.errors import ConfigError, TilesparseError
 from tilesparse.ir.graph import Graph, Node, Op, TensorType
 from tilesparse.ir.interpret import run_float
 from tilesparse.passes.reuse import drop_shifted_slices
 from tilesparse.quant import rounding as R
+from tilesparse.quant.sdq import sdq as sdq_split
+from tilesparse.quant.sdq_graph import SDQConfig, sdq_attr, select_sdq_layers
 
 __all__ = ["QuantizationError", "calibrate", "plan_exponents", "quantize", "requant_shifts"]
 
@@ -96,19 +101,27 @@ def plan_exponents(g: Graph, stats: Mapping[str, float]) -> dict[str, int]:
 
 
 def quantize(
-    g: Graph, calib_inputs: Sequence[np.ndarray | torch.Tensor], per_channel: bool = False
+    g: Graph, calib_inputs: Sequence[np.ndarray | torch.Tensor], per_channel: bool = False,
+    sdq: SDQConfig | Sequence[SDQConfig] | None = None,
 ) -> Graph:
-    """Quantize a lowered graph (no batch-norm or linear left) to int8; see the module doc."""
+    """Quantize a lowered graph (no batch-norm or linear left) to int8; see the module doc.
+
+    ``sdq``: the layers to store as SDQ parts (a structured-sparse int8 part plus a dense int4
+    part by default), computed exactly by ``IntegerReference``; None: none.
+    """
     left = [n.name for n in g.of(Op.BATCHNORM, Op.LINEAR)]
     if left:
         raise QuantizationError(f"graph {g.name}: run passes.lower first; still has {left[:3]}")
+    chosen = select_sdq_layers(g, sdq)
     exps = plan_exponents(g, calibrate(g, calib_inputs))
     params = dict(g.params)
     nodes = []
     for n in g:
         attrs = dict(n.attrs)
         ins = [exps[i] for i in n.inputs]
-        if n.op is Op.CONV2D:
+        if n.op is Op.CONV2D and n.name in chosen:
+            attrs.update(_quantize_sdq_conv(g, n, ins[0], exps[n.name], chosen[n.name], params))
+        elif n.op is Op.CONV2D:
             attrs.update(_quantize_conv(g, n, ins[0], exps[n.name], per_channel, params))
         elif n.op is Op.ADD:
             attrs["input_shifts"] = tuple(exps[n.name] - e for e in ins)
@@ -140,6 +153,35 @@ def _quantize_conv(
     else:
         attrs.update(weight_exp=int(e_w[0]), shift=int(shifts[0]))
     return attrs
+
+
+def _quantize_sdq_conv(
+    g: Graph, n: Node, e_in: int, e_out: int, cfg: SDQConfig, params: dict[str, np.ndarray]
+) -> dict[str, Any]:
+    """SDQ parts in place of the int8 weight (layout in :mod:`tilesparse.quant.sdq_graph`)."""
+    try:
+        d = sdq_split(g.param(n.name, "weight"), cfg.pattern, cfg.sparse_bits, cfg.dense_bits, n.attrs["groups"])
+    except ConfigError as e:
+        raise ConfigError(f"sdq layer {n.name!r}", e.errors) from None
+    # an all-zero part may take any exponent: the other part's, so both align by left shifts
+    e_s = d.sparse_exp if d.sparse.any() or not d.dense.any() else d.dense_exp
+    e_d = d.dense_exp if d.dense.any() or not d.sparse.any() else d.sparse_exp
+    if not (d.sparse.any() or d.dense.any()):
+        e_s = e_d = e_out - e_in  # every weight zero: the bias keeps the output's resolution
+    e_w = min(e_s, e_d)
+    b = g.params.get(f"{n.name}.bias")
+    b = np.zeros(d.dense.shape[0]) if b is None else b.astype(np.float64)
+    b_max = float(np.abs(b).max(initial=0.0))
+    if b_max > 0 and R.pow2_exponent(b_max, R.INT32_MAX) > e_in + e_w:
+        raise QuantizationError(f"sdq layer {n.name!r}: bias {b_max:g} does not fit int32 at the parts' "
+                                f"exponent {e_in + e_w}; leave this layer out of SDQ")
+    del params[f"{n.name}.weight"]
+    params[f"{n.name}.sdq_sparse"] = d.sparse.astype(np.int8)
+    params[f"{n.name}.sdq_mask"] = d.mask
+    params[f"{n.name}.sdq_dense"] = d.dense.astype(np.int8)
+    params[f"{n.name}.bias"] = R.quantize_real(b, e_in + e_w, R.INT32_MIN, R.INT32_MAX).astype(np.int32)
+    return {"clamp": R.activation_clamp(n.attrs.get("activation"), e_out), "weight_exp": e_w,
+            "shift": e_out - e_in - e_w, "sdq": sdq_attr(cfg, e_s, e_d)}
 
 
 def _weight_exponents(w: np.ndarray, b: np.ndarray, e_in: int, per_channel: bool, e_out: int) -> np.ndarray:

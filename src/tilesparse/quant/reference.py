@@ -3,7 +3,8 @@
 Convolutions run in float64 on integer values, which is exact while every partial sum stays below
 2**53 (checked per layer from its fan-in before running it); everything else is int64 numpy using
 the rules of :mod:`tilesparse.quant.rounding`. Accumulators must fit int32 (the AIE2 accumulator
-the simulator models): the reference raises if one does not.
+the simulator models): the reference raises if one does not. An SDQ layer (``quant.sdq_graph``)
+sums its two parts' exact accumulations, each shifted left to the common exponent.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ __all__ = ["IntegerReference", "quantize_input"]
 
 FLOAT64_EXACT = 2**53  # integers up to this are exact in float64
 _INT8_PRODUCT_MAX = 128 * 128  # |int8 × int8|
+_INT64_SAFE = 2**62  # a shifted SDQ part below this cannot wrap int64 when the two are added
 
 
 def _exp(node: Node) -> int:
@@ -86,17 +88,36 @@ class IntegerReference:
         return R.dequantize(self.run(x)[node.name], _exp(node))
 
     def _accumulate(self, n: Node, x: np.ndarray) -> np.ndarray:
+        acc = self._sdq_sum(n, x) if n.attrs.get("sdq") is not None else self._conv(n, x, "weight")
+        acc = acc + self.g.param(n.name, "bias").astype(np.int64).reshape(1, -1, 1, 1)
+        if acc.size and (acc.max() > R.INT32_MAX or acc.min() < R.INT32_MIN):
+            raise QuantizationError(f"node {n.name!r}: accumulator {int(np.abs(acc).max())} overflows int32")
+        return acc
+
+    def _conv(self, n: Node, x: np.ndarray, param: str) -> np.ndarray:
+        """Σ x · w over each window for the int8 weight ``param``, exact (int64)."""
         a = n.attrs
-        w = self.g.param(n.name, "weight")
+        w = self.g.param(n.name, param)
         fan_in = int(np.prod(w.shape[1:]))
         if fan_in * _INT8_PRODUCT_MAX >= FLOAT64_EXACT:
             raise QuantizationError(f"node {n.name!r}: fan-in {fan_in} too large for exact float64")
         y = F.conv2d(torch.from_numpy(x.astype(np.float64)), torch.from_numpy(w.astype(np.float64)),
                      None, a["stride"], a["padding"], a["dilation"], a["groups"])
-        bias = self.g.param(n.name, "bias").astype(np.int64).reshape(1, -1, 1, 1)
-        acc: np.ndarray = np.rint(y.numpy()).astype(np.int64) + bias
-        if acc.size and (acc.max() > R.INT32_MAX or acc.min() < R.INT32_MIN):
-            raise QuantizationError(f"node {n.name!r}: accumulator {int(np.abs(acc).max())} overflows int32")
+        return np.rint(y.numpy()).astype(np.int64)
+
+    def _sdq_sum(self, n: Node, x: np.ndarray) -> np.ndarray:
+        """An SDQ layer: each part's exact sum, left-shifted from its exponent to ``weight_exp``."""
+        parts = n.attrs["sdq"]
+        acc = np.zeros((), np.int64)
+        for param, exp in (("sdq_sparse", parts["sparse_exp"]), ("sdq_dense", parts["dense_exp"])):
+            s = int(exp) - int(n.attrs["weight_exp"])
+            if s < 0:
+                raise QuantizationError(f"node {n.name!r}: {param} exponent {exp} is below weight_exp "
+                                        f"{n.attrs['weight_exp']}; the parts cannot align exactly")
+            part = self._conv(n, x, param)
+            if part.size and int(np.abs(part).max()) << s >= _INT64_SAFE:
+                raise QuantizationError(f"node {n.name!r}: {param} accumulator shifted left by {s} leaves int64")
+            acc = acc + (part << s)
         return acc
 
 

@@ -7,6 +7,9 @@ the sparse part's rounding error — quantized to ``dense_bits``. With the outli
 range shrinks, so the low-precision grid is finer. The parts sum exactly to the dequantized weight,
 and a layer made of them is computed exactly in integers (``sdq_linear_int`` / ``sdq_conv2d_int``):
 one accumulation per part, aligned by a left shift to the smaller exponent.
+
+Inside a graph: ``quantize(graph, calib, sdq=SDQConfig(...))`` (:mod:`tilesparse.quant.sdq_graph`)
+stores chosen layers as such parts and ``IntegerReference`` computes them the same way.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ class SDQ:
     dense_exp: int
     sparse_bits: int
     dense_bits: int
+    mask: np.ndarray  # bool, weight-shaped: the pattern's keep mask (a kept weight may still round to 0)
 
     def sparse_real(self) -> np.ndarray:
         return dequantize(self.sparse, self.sparse_exp)
@@ -81,7 +85,8 @@ def sdq(weight: torch.Tensor | np.ndarray, sparse: Pattern, sparse_bits: int = 8
     rest = wn - dequantize(q_s, s_exp)
     d_exp = pow2_exponent(float(np.abs(rest).max(initial=0.0)), d_hi)
     q_d = quantize_real(rest, d_exp, d_lo, d_hi)
-    return SDQ(sparse, q_s.astype(np.int64), s_exp, q_d.astype(np.int64), d_exp, sparse_bits, dense_bits)
+    return SDQ(sparse, q_s.astype(np.int64), s_exp, q_d.astype(np.int64), d_exp, sparse_bits, dense_bits,
+               mask.astype(bool))
 
 
 def _combine(acc_s: np.ndarray, acc_d: np.ndarray, d: SDQ, x_exp: int) -> tuple[np.ndarray, int]:
