@@ -9,7 +9,8 @@
     save_checkpoint("sparse.pt", model, sparsifier, model_name="resnet50")
 
 Or from your own loop, torch.ao.pruning style: ``sparsifier.step()`` re-selects masks,
-``sparsifier.squash_mask()`` bakes them in.
+``sparsifier.squash_mask()`` bakes them in. Masks pruned by another tool (NVIDIA ASP, torch.ao, zeroed
+weights): ``import_masks(model, state)`` (``sparsify.importing``).
 """
 
 from tilesparse.sparsify.calibration import recalibrate_batchnorm
@@ -21,6 +22,7 @@ from tilesparse.sparsify.checkpoint import (
     upgrade_checkpoint,
 )
 from tilesparse.sparsify.importance import gradient_stats, hessian_traces
+from tilesparse.sparsify.importing import ImportedMasks, import_masks
 from tilesparse.sparsify.methods import (
     METHODS,
     Incremental,
@@ -46,4 +48,5 @@ __all__ = [
     "Checkpoint", "save_checkpoint", "load_checkpoint", "plain_state_dict", "upgrade_checkpoint",
     "SparsityReport", "LayerReport", "build_report",
     "sparsify_model", "SparsifyResult", "recalibrate_batchnorm",
+    "import_masks", "ImportedMasks",
 ]
