@@ -26,11 +26,14 @@ DEFAULT_TERMS: tuple[Pattern, ...] = (NM(2, 4), NM(1, 4), NM(1, 8), NM(2, 8), NM
 
 @dataclass(frozen=True)
 class Decomposition:
-    """Terms (each weight-shaped, zero where its pattern zeroes) and how well they sum to the weight."""
+    """Terms (each weight-shaped, zero where its pattern zeroes) and how well they sum to the weight.
+    ``masks``: each term's keep-mask (bool, weight-shaped), the slots its pattern lets it use; a term
+    may hold a zero inside its mask (a weight that was zero), which fine-tuning can move."""
 
     patterns: tuple[Pattern, ...]
     terms: tuple[Tensor, ...]
     weight_norm: float
+    masks: tuple[Tensor, ...] = ()
 
     @property
     def approximation(self) -> Tensor:
@@ -68,12 +71,14 @@ def decompose(weight: Tensor, terms: Sequence[Pattern], groups: int = 1) -> Deco
         why = p.eligible(tuple(w.shape), groups)
         if why is not None:
             raise ConfigError("decompose", [f"term {p.spec()} does not fit weight {tuple(w.shape)}: {why}"])
-    residual, out = w.clone(), []
+    residual, out, masks = w.clone(), [], []
     for p in terms:
-        term = torch.where(prune_mask(p, residual, groups).expand(w.shape), residual, torch.zeros_like(residual))
+        mask = prune_mask(p, residual, groups).expand(w.shape)
+        term = torch.where(mask, residual, torch.zeros_like(residual))
         out.append(term)
+        masks.append(mask.clone())
         residual = residual - term
-    return Decomposition(tuple(terms), tuple(out), float(w.norm()))
+    return Decomposition(tuple(terms), tuple(out), float(w.norm()), tuple(masks))
 
 
 def search_terms(weight: Tensor, max_density: float, candidates: Sequence[Pattern] = DEFAULT_TERMS,

@@ -37,6 +37,7 @@ from tilesparse.sparsify.recipe import IncrementalConfig, PenaltyConfig, Recipe,
 from tilesparse.sparsify.report import LayerReport, SparsityReport, build_report
 from tilesparse.sparsify.run import SparsifyResult, sparsify_model
 from tilesparse.sparsify.sparsifier import BlockSparsifier, SparseLayer, Sparsifier, find_layers
+from tilesparse.sparsify.tasd import TASDReport, export_terms, finetune_terms, squash_terms, tasd_model
 from tilesparse.sparsify.trainer import EpochRecord, FitResult, Trainer, evaluate
 
 __all__ = [
@@ -49,4 +50,5 @@ __all__ = [
     "SparsityReport", "LayerReport", "build_report",
     "sparsify_model", "SparsifyResult", "recalibrate_batchnorm",
     "import_masks", "ImportedMasks",
+    "tasd_model", "finetune_terms", "export_terms", "squash_terms", "TASDReport",
 ]
