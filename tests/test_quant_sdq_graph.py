@@ -139,6 +139,9 @@ def test_compiler_refuses_sdq_layers_by_name(setup):
     _, g, calib = setup
     with pytest.raises(ConfigError, match=r"'features_2'.*integer reference only.*issue part 2"):
         compile_graph(quantize(g, calib, sdq=SDQ_SETTINGS), "2x2")
+    q = quantize(g, calib, sdq=SDQ_SETTINGS)  # any other step asking for its one int8 weight: named, not a KeyError
+    with pytest.raises(ConfigError, match=r"'features_2' is an SDQ layer"):
+        q.param("features_2", "weight")
 
 
 def test_every_fitting_layer_with_a_glob(setup):

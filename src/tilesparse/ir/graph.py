@@ -127,6 +127,12 @@ class Graph:
     def param(self, node: str, name: str) -> np.ndarray:
         key = f"{node}.{name}"
         if key not in self.params:
+            if name == "weight" and any(n.name == node and n.attrs.get("sdq") is not None for n in self.nodes):
+                from tilesparse.errors import ConfigError
+
+                raise ConfigError(f"graph {self.name}", [
+                    f"layer {node!r} is an SDQ layer (a sparse and a dense weight part): only the integer "
+                    "reference computes it; this step needs one int8 weight (SDQ elsewhere is issue 18's part 2)"])
             raise KeyError(f"graph {self.name}: node {node!r} has no parameter {name!r}")
         return self.params[key]
 
