@@ -166,29 +166,32 @@ def test_metadata_bits_by_hand():
 
 @pytest.mark.parametrize("name", ["resnet50", "vgg16", "inception_v3"])
 def test_zoo_models_reach_exact_density_in_every_eligible_layer(name):
+    """Through the Sparsifier, as a user sparsifies: every Conv2d / Linear the pattern fits, first conv
+    included; densities read off the weights' zeros (random init: no weight is zero by chance)."""
     tv = pytest.importorskip("torchvision")
-    torch.manual_seed(0)
-    model = getattr(tv.models, name)(weights=None, **({"aux_logits": False, "init_weights": False}
-                                                     if name == "inception_v3" else {}))
+    from tilesparse.sparsify import Recipe, Sparsifier
+
     for spec, sparsity in [("2:4", 0.5), ("8x8@0.5/2:4", 0.75)]:
+        torch.manual_seed(0)
+        model = getattr(tv.models, name)(weights=None, **({"aux_logits": False, "init_weights": False}
+                                                         if name == "inception_v3" else {}))
+        recipe = Recipe(pattern=spec, layer_types=("conv", "linear"), include_first_conv=True)
+        sp = Sparsifier(recipe).prepare(model)
+        sp.step()
         p = parse_pattern(spec)
-        n_eligible = 0
-        for lname, mod in model.named_modules():
-            if not isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear)):
-                continue
-            groups = getattr(mod, "groups", 1)
-            shape = tuple(mod.weight.shape)
-            if p.eligible(shape, groups) is not None:
-                continue
-            n_eligible += 1
-            mask = prune_mask(p, mod.weight, groups).expand(shape)
+        for lname, layer in sp.layers.items():
+            shape, groups = layer.shape, layer.groups
+            mask = layer.module.weight.detach() != 0
             achieved = 1 - mask.float().mean().item()
             if shape[1] % 8 == 0 and (shape[0] // groups) % 8 == 0 and (shape[1] // 8) % 2 == 0:
                 assert achieved == pytest.approx(sparsity, abs=1e-9), f"{name}.{lname} {spec}"
             else:  # ragged edges: at least the N:M level, never denser than the last level allows
                 assert achieved >= 0.5 - 1e-9, f"{name}.{lname} {spec}"
             assert p.check(mask, shape, groups) == [], f"{name}.{lname} {spec}"
-        assert n_eligible > 10
+        skipped = {n: why for n, why in sp.skipped.items() if "layer_types" not in why}
+        assert all("channels" in why for why in skipped.values()), skipped  # only what the pattern cannot fit
+        assert len(sp.layers) > 10
+        sp.squash_mask()
 
 
 def test_every_exported_name_exists():

@@ -5,6 +5,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from _sparsify_helpers import ToyNet, toy_loaders
 
 from tilesparse.errors import ConfigError
@@ -206,3 +208,32 @@ def test_sparsifier_overrides_rederive_from_a_new_pattern():
     with pytest.raises(ConfigError, match="0.875 sparse by construction"):
         Sparsifier(Recipe(sparsity=0.5), pattern="1:8")  # given: a conflict, not silently replaced
     assert math.isclose(Sparsifier(Recipe(pattern="2:4"), block=(4, 16)).recipe.sparsity, 0.5)
+
+
+class _One(torch.nn.Module):
+    def __init__(self, out, in_, k, groups):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(in_, out, k, groups=groups)
+
+
+@given(st.sampled_from(["2:4", "1:8", "2:4:out", "8x8@0.5/2:4", "unstructured"]),
+       st.integers(1, 3), st.sampled_from([2, 4]), st.sampled_from([1, 3]), st.sampled_from([1, 2]),
+       st.lists(st.floats(0.05, 0.95), min_size=1, max_size=4), st.integers(0, 2**16))
+@settings(max_examples=25)
+def test_incremental_steps_are_monotone_and_end_on_the_pattern(spec, o8, i8, k, groups, levels, seed):
+    torch.manual_seed(seed)
+    model = _One(8 * o8 * groups, 8 * i8 * groups, k, groups)
+    sp = Sparsifier(Recipe(pattern=spec, sparsity=None if ":" in spec.split("/")[-1] else 0.75,
+                           include_first_conv=True)).prepare(model)
+    layer = sp.layers["conv"]
+    target = layer.target
+    prev = _effective(layer).clone()
+    for s in sorted(min(v, target) for v in levels) + [target]:
+        sp.step(sparsity=s)
+        mask = _effective(layer)
+        assert not (mask & ~prev).any()  # what was zero stays zero
+        assert 1 - mask.float().mean().item() >= s - 1 / mask.numel() - 1e-9  # a step rounds to whole weights
+        prev = mask.clone()
+    assert layer.pattern.check(prev, layer.shape, layer.groups) == []
+    assert sp.sparsity()["conv"] == pytest.approx(target)  # channels divide every unit; an even count of blocks
+    assert (layer.module.weight[~prev] == 0).all()
