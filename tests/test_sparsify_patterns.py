@@ -5,9 +5,9 @@ import math
 
 import pytest
 import torch
+from _sparsify_helpers import ToyNet, toy_loaders
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from _sparsify_helpers import ToyNet, toy_loaders
 
 from tilesparse.errors import ConfigError
 from tilesparse.patterns import NM, parse_pattern
