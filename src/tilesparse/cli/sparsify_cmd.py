@@ -34,6 +34,11 @@ RESUME_HELP = ("Continue from OUT/last.pt after an interruption, with its recipe
 OVERRIDE_HELP = ("With --resume: continue with the flags' / recipe's new values (e.g. more --epochs), recorded in "
                  "the checkpoints and recipe.yaml. The pattern, method, layers and optimizer cannot change.")
 _DATA_KEYS = ("x_train", "y_train", "x_test", "y_test")
+NPROC_HELP = ("Train with N processes on this machine (DistributedDataParallel: gloo on CPU, nccl on CUDA; "
+              "launches torchrun with the same arguments). Several machines: run `torchrun ... -m tilesparse "
+              "sparsify ...` on each (docs/sparsify.md).")
+AMP_HELP = "Mixed precision of the forward pass: none | bf16 (CPU or GPU) | fp16 (with loss scaling)."
+ACCUMULATE_HELP = "Sum the gradients of K batches before each optimizer step (effective batch: K x batch size)."
 
 
 def _recipe(recipe_path: Path | None, overrides: dict[str, Any], resumed=None):
@@ -46,7 +51,7 @@ def _recipe(recipe_path: Path | None, overrides: dict[str, Any], resumed=None):
     if overrides.get("pattern") is not None or overrides.get("block") is not None:
         data = {k: v for k, v in data.items() if k not in ("pattern", "block")}  # one spelling replaces the other
     training = dict(data.get("training") or {})
-    for key in ("epochs", "lr", "seed", "batch_size"):
+    for key in ("epochs", "lr", "seed", "batch_size", "amp", "accumulate"):
         if overrides.get(key) is not None:
             training[key] = overrides.pop(key)
     data.update({k: v for k, v in overrides.items() if v is not None}, training=training)
@@ -160,29 +165,58 @@ def _tensor_file_loaders(path: Path, batch_size: int, seed: int):
     return train, DataLoader(TensorDataset(d["x_test"], d["y_test"]), batch_size=batch_size)
 
 
-def _train_dense(net, train, test, rec, epochs: int, lr: float, device, con) -> None:
+def _train_dense(net, train, test, rec, epochs: int, lr: float, device, con, dist=None) -> None:
     from tilesparse.errors import ConfigError
     from tilesparse.sparsify.trainer import Trainer
 
     if train is None:
         raise ConfigError("--dense-epochs", ["dense training needs data (--data digits or a .pt file)"])
     cfg = rec.training.model_copy(update={"epochs": epochs, "lr": lr})
-    fit = Trainer(net, None, None, train, test, cfg, device=device).fit()
-    if fit.final_accuracy is not None:
+    fit = Trainer(net, None, None, train, test, cfg, device=device, dist=dist).fit()
+    if fit.final_accuracy is not None and (dist is None or dist.main):
         con.print(f"dense training: {epochs} epochs, accuracy {fit.final_accuracy:.2f} %")
 
 
-def _resumed_recipe(out: Path):
-    """The recipe OUT/last.pt was trained with (None without one: the trainer says it cannot resume)."""
+def _resumed_recipe(out: Path, dist=None):
+    """The recipe OUT/last.pt was trained with (None without one: the trainer says it cannot resume);
+    across processes, as rank 0 reads it."""
     from tilesparse.sparsify.checkpoint import read_checkpoint
     from tilesparse.sparsify.recipe import Recipe
     from tilesparse.sparsify.trainer import LAST_CHECKPOINT
 
-    path = out / LAST_CHECKPOINT
-    if not path.is_file():
-        return None
-    sp = read_checkpoint(path).get("sparsifier")
-    return Recipe.from_dict(sp["recipe"], f"{path} (recipe)") if sp else None
+    def read():
+        path = out / LAST_CHECKPOINT
+        if not path.is_file():
+            return None
+        sp = read_checkpoint(path).get("sparsifier")
+        return Recipe.from_dict(sp["recipe"], f"{path} (recipe)") if sp else None
+
+    return read() if dist is None else dist.from_main(read)
+
+
+def _launch(nproc: int) -> None:
+    """Run this command in ``nproc`` processes through torchrun (single machine); exits with their code."""
+    import sys
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    from tilesparse.sparsify.ddp import strip_nproc
+
+    argv, _ = strip_nproc(sys.argv[1:])
+    try:
+        run(parse_args(["--standalone", "--nproc-per-node", str(nproc), "-m", "tilesparse", *argv]))
+    except ChildFailedError as e:  # the processes printed their own error lines
+        codes = [f.exitcode for f in e.failures.values()]
+        raise typer.Exit(min((c for c in codes if c > 0), default=1)) from None
+
+
+def _join(dev):
+    """(this process's place in a torchrun job or None, its device)."""
+    from tilesparse.sparsify.ddp import init_from_env
+
+    dist = init_from_env(dev)
+    return dist, (dist.device if dist is not None else dev)
 
 
 def _run_settings(data: str, name: str | None, model_file: dict) -> dict[str, Any]:
@@ -238,6 +272,9 @@ def sparsify(
     dense_lr: Annotated[float, typer.Option(help="Learning rate of the dense training.")] = 0.05,
     threads: Annotated[Optional[int], typer.Option(help="torch CPU threads (small models run faster on 1).",
                                                    min=1)] = None,
+    amp: Annotated[Optional[str], typer.Option(help=AMP_HELP)] = None,
+    accumulate: Annotated[Optional[int], typer.Option(help=ACCUMULATE_HELP, min=1)] = None,
+    nproc: Annotated[Optional[int], typer.Option(help=NPROC_HELP, min=1)] = None,
 ) -> None:
     """Sparsify a model to structured sparsity (8x8 blocks, 2:4, hierarchies ...) and fine-tune it.
 
@@ -253,9 +290,13 @@ def sparsify(
     * `tilesparse sparsify digits_cnn --pattern 2:4 --method incremental --epochs 6` (2:4 on the reduction axis)
     * `tilesparse sparsify digits_cnn --pattern 8x8@0.5/2:4 --epochs 5` (HSS: 75 % sparse)
     * `tilesparse sparsify my_net.py:make --data data.pt --recipe src/tilesparse/recipes/penalty_lse.yaml`
+    * `tilesparse sparsify digits_cnn --epochs 5 --nproc 2 -o runs/d2` (two processes, DistributedDataParallel)
     """
-    from tilesparse.sparsify.run import sparsify_model
+    import os
 
+    if nproc is not None and nproc > 1 and "LOCAL_RANK" not in os.environ:
+        _launch(nproc)
+        return
     if threads is not None:
         import torch
 
@@ -266,25 +307,41 @@ def sparsify(
     if override and not resume:
         raise ConfigError("--override", ["only with --resume: it continues a run with changed settings"])
     flags = {"method": method, "sparsity": sparsity, "block": block, "pattern": pattern, "selection": selection,
-             "score": score, "epochs": epochs, "lr": lr, "seed": seed}
+             "score": score, "epochs": epochs, "lr": lr, "seed": seed, "amp": amp, "accumulate": accumulate}
     rec = _recipe(recipe, dict(flags))
-    dev = _device(device)
-    net, name, model_file = _model(model, weights)
-    if out is None:
-        out = DEFAULT_OUT / f"{_stem(name)}-{rec.method}-{rec.sparsity:g}"
-        check_outputs({"--json": json_out}, ("--out", out, OUT_FILES))
-    if resume and recipe is None:  # the flags given change the checkpoint's recipe, not the defaults
-        rec = _recipe(None, dict(flags), _resumed_recipe(out))
+    dist, dev = _join(_device(device))
+    try:
+        net, name, model_file = _model(model, weights)
+        if out is None:
+            out = DEFAULT_OUT / f"{_stem(name)}-{rec.method}-{rec.sparsity:g}"
+            check_outputs({"--json": json_out}, ("--out", out, OUT_FILES))
+        if resume and recipe is None:  # the flags given change the checkpoint's recipe, not the defaults
+            rec = _recipe(None, dict(flags), _resumed_recipe(out, dist))
+        _train_and_write(net, name, model_file, rec, data, dev, dist, out, json_out, resume, override,
+                         (dense_epochs, dense_lr), bytes_per_weight)
+    finally:
+        if dist is not None:
+            dist.close()
+
+
+def _train_and_write(net, name, model_file, rec, data: str, dev, dist, out: Path, json_out: Path | None,
+                     resume: bool, override: bool, dense: tuple[int, float], bytes_per_weight: int) -> None:
+    """Train (every process), then write OUT and print the results (rank 0 alone)."""
+    from tilesparse.sparsify.run import sparsify_model
+
+    main = dist is None or dist.main
     data = _data_kind(data, name)
     train, test = _loaders(data, rec.training.batch_size, rec.training.seed)
     run = _run_settings(data, name, model_file)
     con = console(json_out)
-    if dense_epochs and not resume:
-        _train_dense(net, train, test, rec, dense_epochs, dense_lr, dev, con)
+    if dense[0] and not resume:
+        _train_dense(net, train, test, rec, dense[0], dense[1], dev, con, dist)
     result = sparsify_model(net, rec, train, test, device=dev, checkpoint_dir=out, resume=resume, model_name=name,
-                            bytes_per_weight=bytes_per_weight, override=override, run=run)
-    _write_outputs(out, result, rec, name, model_file, run)
-    _print_results(con, result, out, json_out)
+                            bytes_per_weight=bytes_per_weight, override=override, run=run, dist=dist,
+                            progress=main)
+    if main:
+        _write_outputs(out, result, rec, name, model_file, run)
+        _print_results(con, result, out, json_out)
 
 
 def _print_results(con, result, out: Path, json_out: Path | None) -> None:

@@ -51,6 +51,8 @@ class TrainingConfig(_Strict):
     batch_size: Int = Field(64, ge=1)
     optimizer: Literal["sgd", "adam"] = "sgd"
     seed: Int = 0
+    amp: Literal["none", "bf16", "fp16"] = "none"  # mixed precision of the forward pass (sparsify.precision)
+    accumulate: Int = Field(1, ge=1)  # micro-batches summed per optimizer step (effective batch: batch_size * this)
 
 
 class IncrementalConfig(_Strict):

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tilesparse.sparsify.ddp import Distributed
 from tilesparse.sparsify.methods import make_method
 from tilesparse.sparsify.recipe import Recipe
 from tilesparse.sparsify.report import SparsityReport, build_report
@@ -32,15 +33,18 @@ def sparsify_model(model: nn.Module, recipe: Recipe, train_loader: Iterable | No
                    checkpoint_dir: str | Path | None = None, resume: bool = False,
                    model_name: str | None = None, progress: bool = True,
                    sparsifier: Sparsifier | None = None, bytes_per_weight: int = 1,
-                   override: bool = False, run: dict | None = None) -> SparsifyResult:
+                   override: bool = False, run: dict | None = None,
+                   dist: Distributed | None = None) -> SparsifyResult:
     """Apply ``recipe`` to ``model``. Without a train loader, only the masks are chosen (no training;
     the penalty method then needs data and is rejected). ``resume`` continues from
     ``checkpoint_dir/last.pt`` if the settings (recipe, model, ``run``: e.g. the data) are the same,
-    or with ``override`` from the new ones (``Trainer.fit``)."""
+    or with ``override`` from the new ones (``Trainer.fit``). ``dist``: one rank of a torchrun job
+    (``sparsify.ddp.init_from_env``)."""
     from tilesparse.errors import ConfigError
 
     model.to(device)
-    before = evaluate(model, test_loader, device) if test_loader is not None and not resume else None
+    test = dist.shard_eval(test_loader) if dist is not None else test_loader
+    before = evaluate(model, test, device, dist) if test is not None and not resume else None
     sparsifier = sparsifier or Sparsifier(recipe).prepare(model)
     method = make_method(recipe.method)
     has_data = train_loader is not None
@@ -52,7 +56,8 @@ def sparsify_model(model: nn.Module, recipe: Recipe, train_loader: Iterable | No
     else:
         training = recipe.training
     trainer = Trainer(model, sparsifier, method, train_loader, test_loader, training, device=device,
-                      checkpoint_dir=checkpoint_dir, model_name=model_name, progress=progress, run=run)
+                      checkpoint_dir=checkpoint_dir, model_name=model_name, progress=progress, run=run,
+                      dist=dist)
     if not has_data:
         trainer.ctx.loader = None  # gradient scores must fail clearly, not on an empty loader
     fit = trainer.fit(resume=resume, override=override)

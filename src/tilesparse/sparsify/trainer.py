@@ -7,11 +7,17 @@ a checkpoint after every epoch (``<checkpoint_dir>/last.pt``, atomic) and exact 
 Resuming compares the run's settings (recipe, training, model, data: ``sparsify.resume``) with the
 checkpoint's and refuses a difference unless ``fit(resume=True, override=True)``, which continues
 with the new settings and records the override in every later checkpoint.
+
+``training.amp`` runs the forward pass under autocast (``sparsify.precision``); ``training.accumulate``
+sums the gradients of that many batches before each optimizer step. Given ``dist`` (one rank of a
+torchrun job, ``sparsify.ddp``), the model trains in DistributedDataParallel on this rank's shard of
+every batch and rank 0 alone writes checkpoints.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +27,9 @@ from torch import Tensor, nn
 
 from tilesparse.errors import CheckpointError
 from tilesparse.sparsify.checkpoint import load_plain_state, read_checkpoint, save_checkpoint
+from tilesparse.sparsify.ddp import Distributed
 from tilesparse.sparsify.methods.base import SparsityMethod, TrainContext
+from tilesparse.sparsify.precision import Precision
 from tilesparse.sparsify.recipe import TrainingConfig
 from tilesparse.sparsify.resume import TARGETS, check_targets, compare, override_record, run_settings, saved_settings
 from tilesparse.sparsify.sparsifier import Sparsifier
@@ -30,6 +38,7 @@ __all__ = ["Trainer", "FitResult", "EpochRecord", "evaluate", "LAST_CHECKPOINT"]
 
 LAST_CHECKPOINT = "last.pt"
 EPOCH_SEED_STRIDE = 100_003  # distinct (seed, epoch) pairs never share an RNG seed
+RANK_SEED_SHIFT = 40  # rank r adds r << 40 to its dropout seed: ranks draw different dropout masks
 
 
 @dataclass(frozen=True)
@@ -48,8 +57,9 @@ class FitResult:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str = "cpu") -> float:
-    """Top-1 accuracy in percent."""
+def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str = "cpu",
+             dist: Distributed | None = None) -> float:
+    """Top-1 accuracy in percent (``dist``: over every rank's shard of the data)."""
     was = model.training
     model.eval()
     correct = total = 0
@@ -58,6 +68,8 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str = "c
         correct += int((pred == y.to(device)).sum())
         total += len(y)
     model.train(was)
+    if dist is not None:
+        correct, total = dist.sum(correct, total)
     return 100.0 * correct / max(total, 1)
 
 
@@ -80,16 +92,24 @@ class Trainer:
                  training: TrainingConfig | None = None, *, device: torch.device | str = "cpu",
                  checkpoint_dir: str | Path | None = None, model_name: str | None = None,
                  loss_fn: Callable[[Tensor, Tensor], Tensor] = nn.functional.cross_entropy,
-                 progress: bool = True, run: dict[str, Any] | None = None):
-        self.model, self.sparsifier = model, sparsifier
+                 progress: bool = True, run: dict[str, Any] | None = None, dist: Distributed | None = None):
+        self.model, self.sparsifier, self.net = model, sparsifier, model  # net: what trains (DDP-wrapped)
         self.method = method if method is not None else SparsityMethod()  # no-op: dense training
-        self.train_loader, self.test_loader = train_loader, test_loader
         self.cfg = training or (sparsifier.recipe.training if sparsifier is not None else TrainingConfig())
+        self.dist, self.full_loader = dist, train_loader  # pruning reads the full data on every rank
+        if dist is not None:
+            train_loader = dist.shard_train(train_loader, self.cfg.seed * EPOCH_SEED_STRIDE) if self.cfg.epochs \
+                else train_loader
+            test_loader = dist.shard_eval(test_loader)
+        self.train_loader, self.test_loader = train_loader, test_loader
         self.device = torch.device(device)
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-        self.model_name, self.loss_fn, self.progress = model_name, loss_fn, progress
+        self.model_name, self.loss_fn = model_name, loss_fn
+        self.progress = progress and (dist is None or dist.main)
         self.run = dict(run or {})
-        self.ctx = TrainContext(sparsifier, train_loader, loss_fn, self.device, self.cfg.epochs)
+        self.precision = Precision(self.cfg.amp, self.device)
+        self.ctx = TrainContext(sparsifier, train_loader if dist is None else self.full_loader, loss_fn,
+                                self.device, self.cfg.epochs)
 
     def _optimizer(self) -> torch.optim.Optimizer:
         c = self.cfg
@@ -101,30 +121,56 @@ class Trainer:
             return torch.optim.Adam(groups, lr=c.lr, weight_decay=c.weight_decay)
         return torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
 
-    def _train_epoch(self, opt: torch.optim.Optimizer, epoch: int, bar: Any) -> float:
-        self.model.train()
-        total = n = 0.0
-        for x, y in self.train_loader:
-            x, y = x.to(self.device), y.to(self.device)
-            loss = self.loss_fn(self.model(x), y)
+    def _micro_batch(self, x: Tensor, y: Tensor, group: int, sync: bool) -> float:
+        """Forward and backward of one batch, its loss (and penalty) divided by the ``group`` of batches
+        summed into the next optimizer step; DDP averages gradients over the ranks only when ``sync``."""
+        x, y = x.to(self.device), y.to(self.device)
+        quiet = not sync and isinstance(self.net, nn.parallel.DistributedDataParallel)
+        with self.net.no_sync() if quiet else nullcontext():  # type: ignore[operator]
+            with self.precision.autocast():
+                loss = self.loss_fn(self.net(x), y)
             pen = self.method.penalty(self.ctx)
             full = loss if pen is None else loss + pen
-            opt.zero_grad(set_to_none=True)
-            full.backward()
-            opt.step()
-            self.method.after_optimizer_step(self.ctx)
-            value = float(loss.detach())
+            self.precision.backward(full / group)
+        return float(loss.detach())
+
+    def _step(self, opt: torch.optim.Optimizer) -> None:
+        self.precision.step(opt)
+        self.method.after_optimizer_step(self.ctx)
+        opt.zero_grad(set_to_none=True)
+
+    def _train_epoch(self, opt: torch.optim.Optimizer, epoch: int, bar: Any) -> float:
+        self.net.train()
+        k = self.cfg.accumulate
+        steps = len(self.train_loader) if hasattr(self.train_loader, "__len__") else None
+        total = n = 0.0
+        pending = 0  # batches whose gradients wait for an optimizer step
+        opt.zero_grad(set_to_none=True)
+        for i, (x, y) in enumerate(self.train_loader):
+            last = (i + 1) % k == 0 or i + 1 == steps
+            group = k if steps is None else min(k, steps - i // k * k)  # the epoch's last group may be short
+            value = self._micro_batch(x, y, group, sync=last)
+            pending += 1
+            if last:
+                self._step(opt)
+                pending = 0
             total, n = total + value * len(y), n + len(y)
             if bar is not None:
                 bar[0].update(bar[1], advance=1, description=f"epoch {epoch + 1}/{self.cfg.epochs} loss {value:.3f}")
+        if pending:  # a loader without len() ended inside a group
+            self._step(opt)
+        if self.dist is not None:
+            total, n = self.dist.sum(total, n)
         return total / max(n, 1)
 
     def _save(self, epoch: int, opt: torch.optim.Optimizer, result: FitResult) -> None:
-        if self.checkpoint_dir is None:
+        if self.checkpoint_dir is None or (self.dist is not None and not self.dist.main):
             return
         extra = {"epoch": epoch, "optimizer": opt.state_dict(), "method": self.method.state_dict(),
                  "method_name": self.method.name, "history": [asdict(h) for h in result.history],
-                 "training": self.cfg.model_dump(), "run": self.run, "overrides": result.overrides}
+                 "training": self.cfg.model_dump(), "run": self.run, "overrides": result.overrides,
+                 "amp_scaler": self.precision.state_dict(),
+                 "processes": self.dist.world_size if self.dist is not None else 1}
         save_checkpoint(self.checkpoint_dir / LAST_CHECKPOINT, self.model, self.sparsifier,
                         model_name=self.model_name, extra=extra)
 
@@ -134,12 +180,22 @@ class Trainer:
         recipe = self.sparsifier.recipe if self.sparsifier is not None else None
         return run_settings(recipe, self.cfg, {"model": self.model_name, **self.run})
 
+    def _read_last(self) -> tuple[dict[str, Any], Path]:
+        """The checkpoint to resume from, as rank 0 reads it (every rank gets rank 0's copy)."""
+        path = self.checkpoint_dir / LAST_CHECKPOINT if self.checkpoint_dir else None
+
+        def read() -> dict[str, Any]:
+            if path is None or not path.is_file():
+                raise CheckpointError(f"cannot resume: no checkpoint at {path or '<no checkpoint_dir>'}")
+            return read_checkpoint(path)
+
+        data = read() if self.dist is None else self.dist.from_main(read)
+        assert path is not None
+        return data, path
+
     def _resume(self, result: FitResult, override: bool) -> tuple[int, dict[str, Any], bool]:
         """(first epoch to run, optimizer state, whether settings were overridden)."""
-        path = self.checkpoint_dir / LAST_CHECKPOINT if self.checkpoint_dir else None
-        if path is None or not path.is_file():
-            raise CheckpointError(f"cannot resume: no checkpoint at {path or '<no checkpoint_dir>'}")
-        data = read_checkpoint(path)
+        data, path = self._read_last()
         extra = data.get("extra", {})
         saved = saved_settings(data, str(path))
         changes = compare(saved, self.settings, str(path), override)
@@ -154,6 +210,7 @@ class Trainer:
         if self.sparsifier is not None:
             self.sparsifier.load_state_dict(data["sparsifier"])
         self.method.load_state_dict(extra.get("method", {}))
+        self.precision.load_state_dict(extra.get("amp_scaler", {}))
         result.history = [EpochRecord(**h) for h in extra.get("history", [])]
         result.overrides = list(extra.get("overrides", []))
         start = int(extra["epoch"]) + 1
@@ -164,12 +221,40 @@ class Trainer:
         return start, extra["optimizer"], bool(changes)
 
     def _seed_epoch(self, epoch: int) -> None:
-        """Seed shuffling and dropout from (seed, epoch) so a resumed run repeats the same epochs."""
+        """Seed shuffling and dropout from (seed, epoch) so a resumed run repeats the same epochs
+        (across processes: the same shuffle on every rank, each rank its own dropout)."""
         seed = self.cfg.seed * EPOCH_SEED_STRIDE + epoch
-        torch.manual_seed(seed)
-        gen = getattr(self.train_loader, "generator", None)
-        if isinstance(gen, torch.Generator):
-            gen.manual_seed(seed)
+        torch.manual_seed(seed + ((self.dist.rank if self.dist is not None else 0) << RANK_SEED_SHIFT))
+        for loader in (self.train_loader, self.full_loader):
+            gen = getattr(loader, "generator", None)
+            if isinstance(gen, torch.Generator):
+                gen.manual_seed(seed)
+        set_epoch = getattr(getattr(self.train_loader, "sampler", None), "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(epoch)  # a DistributedSampler draws its permutation from its seed + epoch
+
+    def _sync(self, what: str, rewrap: bool = True) -> None:
+        """Across processes: rank 0's masks, weights and buffers on every rank (pruning may have
+        changed them), checked, and the model (re)wrapped in DDP if its parameters changed."""
+        if self.dist is None:
+            return
+        self.dist.broadcast_state(self.model)
+        self.dist.check(self.model, what)
+        if rewrap:
+            self.net = self.dist.wrap(self.model)
+
+    def _end_epoch(self, epoch: int) -> float | None:
+        """Across processes, reconcile the BatchNorm statistics and check that every rank holds the
+        same state; then the test accuracy."""
+        if self.dist is not None:
+            self.dist.average_buffers(self.model)
+            self.dist.check(self.model, f"end of epoch {epoch + 1}")
+        return self._evaluate()
+
+    def _evaluate(self) -> float | None:
+        if self.test_loader is None:
+            return None
+        return evaluate(self.model, self.test_loader, self.device, self.dist)
 
     def _restored_optimizer(self, state: dict[str, Any] | None, new_settings: bool) -> torch.optim.Optimizer:
         """The optimizer, with its saved state; with ``new_settings``, this run's lr, momentum and
@@ -198,22 +283,25 @@ class Trainer:
             start, opt_state, changed = self._resume(result, override)
         else:
             self.method.setup(self.ctx)
+        self._sync("masks after the method's setup")
         opt = self._restored_optimizer(opt_state, changed)
         steps = len(self.train_loader) if hasattr(self.train_loader, "__len__") else None
         with Progress(disable=not self.progress, transient=True) as prog:
             for epoch in range(start, self.cfg.epochs):
                 self._seed_epoch(epoch)
-                if self.method.on_epoch_start(epoch, self.ctx):
+                rebuild = self.method.on_epoch_start(epoch, self.ctx)
+                self._sync(f"masks at the start of epoch {epoch + 1}", rewrap=rebuild)
+                if rebuild:
                     opt = self._optimizer()
                 if self.sparsifier is not None:
                     self.sparsifier.mask_optimizer_state(opt)  # pruned blocks lose their momentum
                 task = prog.add_task(f"epoch {epoch + 1}/{self.cfg.epochs}", total=steps)
                 loss = self._train_epoch(opt, epoch, (prog, task) if self.progress else None)
                 prog.remove_task(task)
-                acc = evaluate(self.model, self.test_loader, self.device) if self.test_loader is not None else None
+                acc = self._end_epoch(epoch)
                 result.history.append(EpochRecord(epoch, loss, acc, _mean_sparsity(self.sparsifier)))
                 self._save(epoch, opt, result)
         self.method.finish(self.ctx)
-        if self.test_loader is not None:
-            result.final_accuracy = evaluate(self.model, self.test_loader, self.device)
+        self._sync("the final masks", rewrap=False)
+        result.final_accuracy = self._evaluate()
         return result
