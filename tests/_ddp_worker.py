@@ -1,12 +1,14 @@
 """One rank of the DDP tests' training runs (launched by torchrun; see test_sparsify_ddp.py).
 
-    python -m torch.distributed.run --nproc-per-node 2 tests/_ddp_worker.py OUT MODEL EPOCHS [--kill-at STEP] [--resume]
+    python -m torch.distributed.run --nproc-per-node 2 tests/_ddp_worker.py OUT MODEL EPOCHS \
+        [--kill-at STEP] [--resume] [--accumulate K]
 
-Trains MODEL (``plain``: a BatchNorm-free CNN; ``digits_cnn``) on the first ``N_TRAIN`` digits with the
+Trains MODEL (``plain``: a BatchNorm-free CNN; ``digits_cnn``) on the first ``N_TRAIN[MODEL]`` digits with the
 Trainer (``dist`` from torchrun's environment), then rank 0 saves the final plain state to OUT/final.pt.
 Every rank logs the files it writes through ``save_checkpoint`` to OUT/writes-rank<R>.txt and the
 digests of its masks to OUT/masks-rank<R>.json. ``--kill-at STEP``: every rank ends abruptly
-(``os._exit``) after its STEP-th optimizer step, as a killed job would.
+(``os._exit``) after its STEP-th optimizer step, as a killed job would. ``--accumulate K``: batches of
+``BATCH / K``, K of them per optimizer step (the same effective batch).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from tilesparse.sparsify.methods import make_method
 from tilesparse.sparsify.recipe import TrainingConfig
 from tilesparse.sparsify.trainer import Trainer
 
-N_TRAIN = 1344  # 42 global batches of 32: every batch splits evenly over 2 processes
+N_TRAIN = {"plain": 1344, "digits_cnn": 512}  # 42 / 16 global batches of 32: each splits evenly over 2 processes
 BATCH = 32
 KILLED = 17
 
@@ -41,16 +43,19 @@ def plain_net() -> nn.Module:
                          nn.MaxPool2d(2), nn.Flatten(), nn.Linear(32 * 4 * 4, 10))
 
 
-def build(model: str, epochs: int, method: str):
+def build(model: str, epochs: int, method: str, accumulate: int = 1):
     """(model, sparsifier, method, train loader, test loader, training config): the same in every process."""
     d = load_digits_tensors(0)
     torch.manual_seed(0)
     net = plain_net() if model == "plain" else digits_cnn()
     recipe = Recipe(pattern="8x8", sparsity=0.5, method=method, score="l1",
-                    training=TrainingConfig(epochs=epochs, lr=0.05, batch_size=BATCH, seed=3))
+                    training=TrainingConfig(epochs=epochs, lr=0.05, batch_size=BATCH // accumulate, seed=3,
+                                            accumulate=accumulate))
     sp = Sparsifier(recipe).prepare(net)
     gen = torch.Generator().manual_seed(3)
-    train = DataLoader(TensorDataset(d.x_train[:N_TRAIN], d.y_train[:N_TRAIN]), batch_size=BATCH, shuffle=True,
+    n = N_TRAIN[model]
+    train = DataLoader(TensorDataset(d.x_train[:n], d.y_train[:n]), batch_size=BATCH // accumulate,
+                       shuffle=True,
                        generator=gen)
     test = DataLoader(TensorDataset(d.x_test, d.y_test), batch_size=100)
     return net, sp, make_method(method), train, test, recipe.training
@@ -88,7 +93,8 @@ def main(argv: list[str]) -> None:
     rank = dist.rank if dist is not None else 0
     out.mkdir(parents=True, exist_ok=True)
     _log_writes(out, rank)
-    net, sp, meth, train, test, cfg = build(model, epochs, method)
+    k = int(argv[argv.index("--accumulate") + 1]) if "--accumulate" in argv else 1
+    net, sp, meth, train, test, cfg = build(model, epochs, method, k)
     if "--kill-at" in argv:
         _kill_at(meth, int(argv[argv.index("--kill-at") + 1]))
     trainer = Trainer(net, sp, meth, train, test, cfg, checkpoint_dir=out, progress=False, dist=dist)

@@ -28,8 +28,8 @@ import _ddp_worker as worker  # noqa: E402
 pytestmark = pytest.mark.ddp
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(worker.__file__)
-STEPS_PER_EPOCH = worker.N_TRAIN // worker.BATCH
-TOLERANCE = 1e-5  # max |w_ddp - w_single| after 84 SGD steps: the two gradient halves are summed in another order
+CNN_STEPS_PER_EPOCH = worker.N_TRAIN["digits_cnn"] // worker.BATCH
+TOLERANCE = 1e-5  # max |w_ddp - w_single| after 84 SGD steps (measured ~4e-7): the same sums in another order
 
 
 def _env() -> dict[str, str]:
@@ -50,7 +50,7 @@ def _ok(proc: subprocess.CompletedProcess) -> None:
 @pytest.fixture(scope="module")
 def plain_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ddp") / "plain"
-    _ok(torchrun(str(out), "plain", "2"))
+    _ok(torchrun(str(out), "plain", "2", "--accumulate", "2"))
     return out
 
 
@@ -66,8 +66,9 @@ def _final(out: Path) -> dict:
 
 
 def test_two_processes_match_one_with_the_same_global_batch(plain_run):
-    """One process fed the same global batches (a one-replica DistributedSampler with the Trainer's
-    seed) reaches the 2-process weights within TOLERANCE after 2 epochs of 42 steps."""
+    """The 2-process run steps on 2 accumulated global batches of 16 (8 per process, gradients synced
+    on the 2nd); one process fed the same 32 samples per step (a one-replica DistributedSampler with
+    the Trainer's seed) in one batch reaches its weights within TOLERANCE after 2 epochs of 42 steps."""
     torch.set_num_threads(1)
     net, sp, meth, train, test, cfg = worker.build("plain", 2, "oneshot")
     sampler = DistributedSampler(train.dataset, num_replicas=1, rank=0, shuffle=True,
@@ -84,10 +85,10 @@ def test_two_processes_match_one_with_the_same_global_batch(plain_run):
 
 
 def test_killed_run_resumes_to_the_uninterrupted_result(cnn_run, tmp_path):
-    """Both ranks end abruptly 10 steps into the 2nd epoch; --resume from last.pt (epoch 1) ends on the
+    """Both ranks end abruptly 5 steps into the 2nd epoch; --resume from last.pt (epoch 1) ends on the
     uninterrupted run's weights, BatchNorm statistics and masks, bit for bit."""
     out = tmp_path / "killed"
-    killed = torchrun(str(out), "digits_cnn", "2", "--kill-at", str(STEPS_PER_EPOCH + 10))
+    killed = torchrun(str(out), "digits_cnn", "2", "--kill-at", str(CNN_STEPS_PER_EPOCH + 5))
     assert killed.returncode != 0
     assert not (out / "final.pt").exists()
     assert read_checkpoint(out / "last.pt")["extra"]["epoch"] == 0
@@ -129,7 +130,8 @@ def _check_worker(rank: int, store: str, out: str) -> None:
     if rank == 1:
         w[3] += 1e-6  # one weight off by one ulp-ish step
     results = []
-    for name, tensors in (("same", {"w": torch.arange(6.0)}), ("different", {"w": w, "m": torch.ones(2, dtype=torch.bool)})):
+    cases = (("same", {"w": torch.arange(6.0)}), ("different", {"w": w, "m": torch.ones(2, dtype=torch.bool)}))
+    for name, tensors in cases:
         try:
             check_same(digests(tensors), name, dist)
             results.append("ok")
