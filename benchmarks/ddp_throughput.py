@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
           f"torch {meta['torch']}, {meta['machine']}, {meta['cpus']} CPU cores shared with other jobs while it ran "
           f"(1-minute load average {meta['load_average'][0]:g} at the start, {meta['load_average'][1]:g} at the end: "
           "the figures are noisy, and with the cores busy, a second thread or process has no free core to run on; "
-          "read the ratios, not the third digit). {args.steps} timed steps after "
+          f"read the ratios, not the third digit). {args.steps} timed steps after "
           f"{WARMUP} warm-up steps, {args.rounds} rounds; 50 % 8x8 block masks attached; 2 processes = "
           "DistributedDataParallel over gloo, each with half the global batch.\n\n" + _table(rows) + "\n")
     atomic_write_text(RESULTS / "ddp_throughput.md", md)

@@ -76,3 +76,20 @@ def test_fp16_loss_scaler_state_is_checkpointed_and_resumed(tmp_path):
     assert trainer.precision.scaler is not None
     ref, got = plain_state_dict(whole), plain_state_dict(resumed)
     assert all(torch.equal(ref[k], got[k]) for k in ref)
+
+
+def test_cli_flags_reach_the_recipe_and_are_named_when_wrong(tmp_path):
+    from typer.testing import CliRunner
+
+    from tilesparse.cli.main import app
+
+    runner = CliRunner()
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["sparsify", "digits_cnn", "--epochs", "0", "--amp", "bf16", "--accumulate", "2",
+                            "--threads", "1", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    text = (out / "recipe.yaml").read_text()
+    assert "amp: bf16" in text and "accumulate: 2" in text
+    r = runner.invoke(app, ["sparsify", "digits_cnn", "--epochs", "0", "--amp", "fp32", "-o", str(tmp_path / "x")])
+    assert r.exit_code != 0
+    assert "--amp" in str(r.exception) + r.output

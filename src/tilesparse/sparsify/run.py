@@ -43,6 +43,8 @@ def sparsify_model(model: nn.Module, recipe: Recipe, train_loader: Iterable | No
     from tilesparse.errors import ConfigError
 
     model.to(device)
+    if dist is not None:
+        dist.broadcast_state(model)  # every rank starts from rank 0's weights, however each built its model
     test = dist.shard_eval(test_loader) if dist is not None else test_loader
     before = evaluate(model, test, device, dist) if test is not None and not resume else None
     sparsifier = sparsifier or Sparsifier(recipe).prepare(model)
