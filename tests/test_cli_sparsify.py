@@ -30,7 +30,8 @@ def test_sparsify_digits_and_resume(tmp_path):
             "--dense-epochs", "1"]
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
-    assert {p.name for p in out.iterdir()} == {"sparse.pt", "last.pt", "report.txt", "report.json", "recipe.yaml"}
+    assert {p.name for p in out.iterdir()} == {"sparse.pt", "last.pt", "report.txt", "report.json", "recipe.yaml",
+                                               "metrics.csv", "metrics.jsonl"}
     rep = json.loads((out / "report.json").read_text())
     assert rep["block_sparsity"] == 0.5 and rep["layers"][1]["block"] == "4x16"
     assert "accuracy after" in r.output and "dense training: 1 epochs" in r.output

@@ -37,6 +37,7 @@ app = typer.Typer(
 VERB_MODULES = (
     "tilesparse.cli.demo_cmd",
     "tilesparse.cli.sparsify_cmd",
+    "tilesparse.cli.report_cmd",
     "tilesparse.cli.import_cmd",
     "tilesparse.cli.map_cmd",
     "tilesparse.cli.compile_cmd",

@@ -25,7 +25,8 @@ from tilesparse.errors import ConfigError
 __all__ = ["register"]
 
 DEFAULT_OUT = Path("runs")
-OUT_FILES = ("sparse.pt", "last.pt", "report.txt", "report.json", "recipe.yaml")  # what OUT receives
+OUT_FILES = ("sparse.pt", "last.pt", "report.txt", "report.json", "recipe.yaml", "metrics.csv",
+             "metrics.jsonl")  # what OUT receives
 RECIPE_HELP = "Recipe YAML (examples in src/tilesparse/recipes/). Flags below override it."
 DATA_HELP = ("auto | digits | none | FILE.pt holding x_train, y_train, x_test, y_test tensors. "
              "auto = digits for digits_cnn, else none (choose masks only, no training).")
@@ -243,8 +244,9 @@ def sparsify(
 
     Writes OUT/sparse.pt (weights + masks + recipe), OUT/report.txt and report.json (per-layer units
     kept, sparsity, weight bytes dense vs compressed), OUT/recipe.yaml, and OUT/last.pt after every
-    epoch (for --resume). The checkpoint names its model source, so `tilesparse compile OUT/sparse.pt`
-    compiles its trained masks.
+    epoch (for --resume) with OUT/metrics.csv and metrics.jsonl (per-epoch loss, top-1/top-5, sparsity,
+    learning rate, images/s: `tilesparse report OUT`). The checkpoint names its model source, so
+    `tilesparse compile OUT/sparse.pt` compiles its trained masks.
 
     Examples:
 
@@ -300,6 +302,8 @@ def _print_results(con, result, out: Path, json_out: Path | None) -> None:
     if result.fit.final_accuracy is not None:
         con.print(f"accuracy after:  {result.fit.final_accuracy:.2f} %")
     con.print(f"wrote {out}/sparse.pt, report.txt, report.json, recipe.yaml", soft_wrap=True)
+    if result.fit.history:
+        con.print(f"per-epoch records: {out}/metrics.csv, metrics.jsonl (tilesparse report {out})", soft_wrap=True)
     if json_out is not None:
         write_json(json_out, json.loads(result.report.to_json()))
 

@@ -1,5 +1,7 @@
-"""A fine-tuning loop for users who don't bring their own: progress bar, evaluation every epoch,
-a checkpoint after every epoch (``<checkpoint_dir>/last.pt``, atomic) and exact resume.
+"""A fine-tuning loop for users who don't bring their own: progress bar, evaluation every epoch
+(top-1, top-5), the recipe's learning-rate schedule, a checkpoint after every epoch
+(``<checkpoint_dir>/last.pt``, atomic) with the per-epoch records beside it (``metrics.csv``,
+``metrics.jsonl``: ``sparsify.runlog``) and exact resume.
 
     trainer = Trainer(model, sparsifier, OneShot(), train_loader, test_loader, recipe.training)
     result = trainer.fit()            # or fit(resume=True) after an interruption
@@ -11,8 +13,10 @@ with the new settings and records the override in every later checkpoint.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +25,12 @@ from torch import Tensor, nn
 
 from tilesparse.errors import CheckpointError
 from tilesparse.sparsify.checkpoint import load_plain_state, read_checkpoint, save_checkpoint
+from tilesparse.sparsify.evaluation import evaluate_topk
 from tilesparse.sparsify.methods.base import SparsityMethod, TrainContext
 from tilesparse.sparsify.recipe import TrainingConfig
 from tilesparse.sparsify.resume import TARGETS, check_targets, compare, override_record, run_settings, saved_settings
+from tilesparse.sparsify.runlog import write_metrics
+from tilesparse.sparsify.schedule import set_epoch_lr, tag_base_lr
 from tilesparse.sparsify.sparsifier import Sparsifier
 
 __all__ = ["Trainer", "FitResult", "EpochRecord", "evaluate", "LAST_CHECKPOINT"]
@@ -38,6 +45,10 @@ class EpochRecord:
     train_loss: float
     test_accuracy: float | None
     sparsity: float  # mean block sparsity over sparsified layers
+    test_top5: float | None = None  # the fields below: None in checkpoints from before they existed
+    lr: float | None = None  # of the model weights' parameter group
+    images_per_s: float | None = None  # training images / training time
+    epoch_seconds: float | None = None  # wall time of training and evaluation
 
 
 @dataclass
@@ -49,16 +60,8 @@ class FitResult:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str = "cpu") -> float:
-    """Top-1 accuracy in percent."""
-    was = model.training
-    model.eval()
-    correct = total = 0
-    for x, y in loader:
-        pred = model(x.to(device)).argmax(dim=1)
-        correct += int((pred == y.to(device)).sum())
-        total += len(y)
-    model.train(was)
-    return 100.0 * correct / max(total, 1)
+    """Top-1 accuracy in percent (``evaluation.evaluate_topk`` gives top-5 too)."""
+    return evaluate_topk(model, loader, device).top1
 
 
 def _mean_sparsity(sp: Sparsifier | None) -> float:
@@ -79,7 +82,7 @@ class Trainer:
                  train_loader: Iterable, test_loader: Iterable | None = None,
                  training: TrainingConfig | None = None, *, device: torch.device | str = "cpu",
                  checkpoint_dir: str | Path | None = None, model_name: str | None = None,
-                 loss_fn: Callable[[Tensor, Tensor], Tensor] = nn.functional.cross_entropy,
+                 loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
                  progress: bool = True, run: dict[str, Any] | None = None):
         self.model, self.sparsifier = model, sparsifier
         self.method = method if method is not None else SparsityMethod()  # no-op: dense training
@@ -87,8 +90,11 @@ class Trainer:
         self.cfg = training or (sparsifier.recipe.training if sparsifier is not None else TrainingConfig())
         self.device = torch.device(device)
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        if loss_fn is None:  # cross entropy, with the recipe's label smoothing
+            loss_fn = partial(nn.functional.cross_entropy, label_smoothing=self.cfg.label_smoothing)
         self.model_name, self.loss_fn, self.progress = model_name, loss_fn, progress
         self.run = dict(run or {})
+        self.images_seen = 0  # training images of the current epoch (its images/s)
         self.ctx = TrainContext(sparsifier, train_loader, loss_fn, self.device, self.cfg.epochs)
 
     def _optimizer(self) -> torch.optim.Optimizer:
@@ -98,8 +104,8 @@ class Trainer:
         base = [p for p in self.model.parameters() if p.requires_grad and id(p) not in extra_ids]
         groups = [{"params": base}, *extra]
         if c.optimizer == "adam":
-            return torch.optim.Adam(groups, lr=c.lr, weight_decay=c.weight_decay)
-        return torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+            return tag_base_lr(torch.optim.Adam(groups, lr=c.lr, weight_decay=c.weight_decay))
+        return tag_base_lr(torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay))
 
     def _train_epoch(self, opt: torch.optim.Optimizer, epoch: int, bar: Any) -> float:
         self.model.train()
@@ -115,6 +121,7 @@ class Trainer:
             self.method.after_optimizer_step(self.ctx)
             value = float(loss.detach())
             total, n = total + value * len(y), n + len(y)
+            self.images_seen = int(n)
             if bar is not None:
                 bar[0].update(bar[1], advance=1, description=f"epoch {epoch + 1}/{self.cfg.epochs} loss {value:.3f}")
         return total / max(n, 1)
@@ -127,6 +134,16 @@ class Trainer:
                  "training": self.cfg.model_dump(), "run": self.run, "overrides": result.overrides}
         save_checkpoint(self.checkpoint_dir / LAST_CHECKPOINT, self.model, self.sparsifier,
                         model_name=self.model_name, extra=extra)
+        write_metrics(self.checkpoint_dir, result.history)  # after last.pt: never an epoch it lacks
+
+    def _epoch_record(self, epoch: int, loss: float, lr: float, started: float) -> EpochRecord:
+        """The epoch's evaluation (top-1, top-5), sparsity, learning rate and throughput."""
+        trained = time.perf_counter() - started
+        acc = evaluate_topk(self.model, self.test_loader, self.device) if self.test_loader is not None else None
+        return EpochRecord(epoch, loss, acc.top1 if acc is not None else None, _mean_sparsity(self.sparsifier),
+                           test_top5=acc.top5 if acc is not None else None, lr=lr,
+                           images_per_s=self.images_seen / trained if trained > 0 else None,
+                           epoch_seconds=time.perf_counter() - started)
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -207,11 +224,11 @@ class Trainer:
                     opt = self._optimizer()
                 if self.sparsifier is not None:
                     self.sparsifier.mask_optimizer_state(opt)  # pruned blocks lose their momentum
+                lr, started, self.images_seen = set_epoch_lr(opt, self.cfg, epoch), time.perf_counter(), 0
                 task = prog.add_task(f"epoch {epoch + 1}/{self.cfg.epochs}", total=steps)
                 loss = self._train_epoch(opt, epoch, (prog, task) if self.progress else None)
                 prog.remove_task(task)
-                acc = evaluate(self.model, self.test_loader, self.device) if self.test_loader is not None else None
-                result.history.append(EpochRecord(epoch, loss, acc, _mean_sparsity(self.sparsifier)))
+                result.history.append(self._epoch_record(epoch, loss, lr, started))
                 self._save(epoch, opt, result)
         self.method.finish(self.ctx)
         if self.test_loader is not None:
