@@ -71,6 +71,16 @@ def test_corrupt_image_is_skipped_counted_and_warned_once(tmp_path):
     assert sum("unreadable" in str(w.message) for w in caught) == 1
 
 
+def test_a_split_with_no_readable_image_is_a_config_error(tmp_path):
+    root = make_tree(tmp_path / "data", corrupt=False)
+    for p in (root / "val").rglob("*.png"):
+        p.write_bytes(b"garbage")
+    _, val = folder_loaders(root, batch_size=4, image_size=16, workers=0)
+    with warnings.catch_warnings(), pytest.raises(ConfigError, match="none of its 18 images is readable"):
+        warnings.simplefilter("ignore")
+        list(val)
+
+
 def test_train_order_and_augmentation_are_seeded_and_independent_of_workers(tmp_path):
     """Epochs reseeded as the trainer does (``generator.manual_seed`` per epoch): the same batches with 0 or
     1 (persistent) worker, and from a fresh loader started at the second epoch (a resume)."""
@@ -190,6 +200,12 @@ def test_calib_flag_errors(trained, monkeypatch, capsys):
                           "-o", "x.tsp", *args)
         assert code == 2 and needle in cap.err, cap.err
     assert not (trained / "x.tsp").exists()
+
+
+def test_a_grey_model_trains_on_grey_images(trained):
+    out = _ok(["sparsify", "digits_cnn", "--data", "data", "--image-size", "8", "--workers", "0", "--epochs", "1",
+               "--sparsity", "0.5", "--block", "2x2", "-o", "grey"])  # digits_cnn reads 1x8x8
+    assert "accuracy after" in out
 
 
 def test_resume_compares_the_image_folder(trained, monkeypatch, capsys):

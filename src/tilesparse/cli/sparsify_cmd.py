@@ -122,7 +122,8 @@ def _data_identity(data: str) -> str | dict[str, str]:
     return {"name": data, "sha256": file_sha256(data)}
 
 
-def _loaders(data: str, batch_size: int, seed: int, image_size: int = 224, workers: int | None = None):
+def _loaders(data: str, batch_size: int, seed: int, image_size: int = 224, workers: int | None = None,
+             net=None):
     if data == "none":
         return None, None
     if data == "digits":
@@ -132,8 +133,17 @@ def _loaders(data: str, batch_size: int, seed: int, image_size: int = 224, worke
     if Path(data).is_dir():
         from tilesparse.data.folder import folder_loaders
 
-        return folder_loaders(data, batch_size, seed, image_size=image_size, workers=workers)
+        return folder_loaders(data, batch_size, seed, image_size=image_size, workers=workers,
+                              channels=_in_channels(net))
     return _tensor_file_loaders(Path(data), batch_size, seed)
+
+
+def _in_channels(net) -> int:
+    """The channels the model's first conv reads (1: grey images; else RGB)."""
+    from torch import nn
+
+    first = next((m for m in net.modules() if isinstance(m, nn.Conv2d)), None) if net is not None else None
+    return 1 if first is not None and first.in_channels == 1 else 3
 
 
 def _read_tensor_file(path: Path) -> dict:
@@ -298,7 +308,7 @@ def sparsify(
     if resume and recipe is None:  # the flags given change the checkpoint's recipe, not the defaults
         rec = _recipe(None, dict(flags), _resumed_recipe(out))
     data = _data_kind(data, name)
-    train, test = _loaders(data, rec.training.batch_size, rec.training.seed, image_size, workers)
+    train, test = _loaders(data, rec.training.batch_size, rec.training.seed, image_size, workers, net)
     run = _run_settings(data, name, model_file, image_size)
     con = console(json_out)
     if dense_epochs and not resume:

@@ -148,7 +148,7 @@ class _Images(Dataset):
         try:
             img = load_image(path, self.channels)
         except read_errors() as e:
-            return None, str(path), f"{type(e).__name__}: {str(e).replace(repr(str(path)), 'the file')[:200]}"
+            return None, str(path), f"{type(e).__name__}: {str(e).replace(' ' + repr(str(path)), '')[:200]}"
         if seed is None:
             return self.transform(img), label
         with torch.random.fork_rng(devices=[]):
@@ -207,6 +207,7 @@ class FolderLoader:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        good = 0
         for x, y, bad in self.loader:
             for path, err in bad:
                 if not self.skipped:
@@ -214,7 +215,12 @@ class FolderLoader:
                                   "at the end", stacklevel=2)
                 self.skipped.setdefault(path, err)
             if x is not None:
+                good += len(x)
                 yield x, y
+        if not good:  # an epoch of nothing would train on nothing (and divide by zero)
+            raise ConfigError("--data", [f"{self.where}: none of its {len(self.skipped)} images is readable (e.g. "
+                                         f"{next(iter(self.skipped.items()), ('', ''))[0]}); expected images PIL "
+                                         "can open"])
 
 
 def folder_loaders(path: str | Path, batch_size: int = 64, seed: int = 0, image_size: int = 224,
