@@ -35,7 +35,7 @@ from tilesparse.utils.config import short_repr
 from tilesparse.utils.limits import MAX_INPUT_ELEMENTS, above
 
 __all__ = ["Built", "build_graph_from", "check_request", "compile_source", "graph_from_provenance",
-           "locate_files", "not_rebuildable", "parse_input_shape"]
+           "locate_calibration", "locate_files", "not_rebuildable", "parse_input_shape"]
 
 N_CALIB = 2  # random calibration inputs of the front end (frontend.build_graph's default)
 N_CALIB_IMAGES = 16  # calibration images taken from a --calib folder by default
@@ -166,7 +166,7 @@ def build_graph_from(source: str | ModelSource | Any, *, weights: str | Path | N
         sp = _masked_fraction(g)
     given = f"given: n={len(calibration)}" if calibration is not None else None
     record = None
-    if calib is not None:
+    if calib is not None and quantized:
         calibration, record, given = _image_calibration(Path(calib), calib_images, calib_files, shape)
     if quantized:
         from tilesparse.frontend import random_calibration
