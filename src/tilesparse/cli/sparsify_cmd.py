@@ -28,8 +28,12 @@ DEFAULT_OUT = Path("runs")
 OUT_FILES = ("sparse.pt", "last.pt", "report.txt", "report.json", "recipe.yaml", "metrics.csv",
              "metrics.jsonl")  # what OUT receives
 RECIPE_HELP = "Recipe YAML (examples in src/tilesparse/recipes/). Flags below override it."
-DATA_HELP = ("auto | digits | none | FILE.pt holding x_train, y_train, x_test, y_test tensors. "
+DATA_HELP = ("auto | digits | none | FILE.pt holding x_train, y_train, x_test, y_test tensors | an image FOLDER "
+             "with train/ and val/ subfolders of class folders (torchvision ImageFolder layout; ImageNet "
+             "transforms at --image-size; unreadable images skipped and counted). "
              "auto = digits for digits_cnn, else none (choose masks only, no training).")
+IMAGE_SIZE_HELP = "With an image --data folder: the side of the crops trained and evaluated on."
+WORKERS_HELP = "With an image --data folder: DataLoader worker processes (default min(4, CPU count); 0 = none)."
 RESUME_HELP = ("Continue from OUT/last.pt after an interruption, with its recipe (a flag or --recipe that "
                "differs from it is refused, naming the field).")
 OVERRIDE_HELP = ("With --resume: continue with the flags' / recipe's new values (e.g. more --epochs), recorded in "
@@ -106,20 +110,41 @@ def _data_kind(data: str, model_name: str | None) -> str:
 
 
 def _data_identity(data: str) -> str | dict[str, str]:
-    """What the checkpoint records of the data (--resume compares it): a data file by its sha256."""
+    """What the checkpoint records of the data (--resume compares it): a data file by its sha256, an
+    image folder by that of its sorted image names and sizes (cheap, not every byte)."""
     from tilesparse.program.provenance import file_sha256
 
-    return data if data in ("digits", "none") else {"name": data, "sha256": file_sha256(data)}
+    if data in ("digits", "none"):
+        return data
+    if Path(data).is_dir():
+        from tilesparse.data.folder import tree_identity
+
+        return {"name": data, "sha256": tree_identity(data)}
+    return {"name": data, "sha256": file_sha256(data)}
 
 
-def _loaders(data: str, batch_size: int, seed: int):
+def _loaders(data: str, batch_size: int, seed: int, image_size: int = 224, workers: int | None = None,
+             net=None):
     if data == "none":
         return None, None
     if data == "digits":
         from tilesparse.data.digits import digits_loaders
 
         return digits_loaders(batch_size, seed)
+    if Path(data).is_dir():
+        from tilesparse.data.folder import folder_loaders
+
+        return folder_loaders(data, batch_size, seed, image_size=image_size, workers=workers,
+                              channels=_in_channels(net))
     return _tensor_file_loaders(Path(data), batch_size, seed)
+
+
+def _in_channels(net) -> int:
+    """The channels the model's first conv reads (1: grey images; else RGB)."""
+    from torch import nn
+
+    first = next((m for m in net.modules() if isinstance(m, nn.Conv2d)), None) if net is not None else None
+    return 1 if first is not None and first.in_channels == 1 else 3
 
 
 def _read_tensor_file(path: Path) -> dict:
@@ -131,7 +156,8 @@ def _read_tensor_file(path: Path) -> dict:
 
     expected = f"a torch.save file of a dict with tensors {', '.join(_DATA_KEYS)}"
     if not path.is_file():
-        raise ConfigError("--data", [f"expected 'digits', 'none' or {expected}; {path} does not exist"])
+        raise ConfigError("--data", [f"expected 'digits', 'none', {expected}, or an image folder with train/ and val/ "
+                                     f"subfolders; {path} does not exist"])
     try:
         d = load_torch_file(path)
     except TorchFileError as e:
@@ -166,7 +192,8 @@ def _train_dense(net, train, test, rec, epochs: int, lr: float, device, con) -> 
     from tilesparse.sparsify.trainer import Trainer
 
     if train is None:
-        raise ConfigError("--dense-epochs", ["dense training needs data (--data digits or a .pt file)"])
+        raise ConfigError("--dense-epochs", ["dense training needs data (--data digits, a .pt file or an image "
+                                             "folder)"])
     cfg = rec.training.model_copy(update={"epochs": epochs, "lr": lr})
     fit = Trainer(net, None, None, train, test, cfg, device=device).fit()
     if fit.final_accuracy is not None:
@@ -186,10 +213,12 @@ def _resumed_recipe(out: Path):
     return Recipe.from_dict(sp["recipe"], f"{path} (recipe)") if sp else None
 
 
-def _run_settings(data: str, name: str | None, model_file: dict) -> dict[str, Any]:
-    """What the checkpoints record besides the recipe, for --resume to compare: the data, and a
-    model file by its sha256."""
+def _run_settings(data: str, name: str | None, model_file: dict, image_size: int) -> dict[str, Any]:
+    """What the checkpoints record besides the recipe, for --resume to compare: the data (an image
+    folder with its crop size), and a model file by its sha256."""
     run: dict[str, Any] = {"data": _data_identity(data)}
+    if Path(data).is_dir():
+        run["image_size"] = image_size
     if model_file:
         run["model"] = {"name": name, "sha256": model_file["model_sha256"]}
     return run
@@ -239,6 +268,8 @@ def sparsify(
     dense_lr: Annotated[float, typer.Option(help="Learning rate of the dense training.")] = 0.05,
     threads: Annotated[Optional[int], typer.Option(help="torch CPU threads (small models run faster on 1).",
                                                    min=1)] = None,
+    image_size: Annotated[int, typer.Option(help=IMAGE_SIZE_HELP, min=1)] = 224,
+    workers: Annotated[Optional[int], typer.Option(help=WORKERS_HELP, min=0)] = None,
 ) -> None:
     """Sparsify a model to structured sparsity (8x8 blocks, 2:4, hierarchies ...) and fine-tune it.
 
@@ -255,6 +286,7 @@ def sparsify(
     * `tilesparse sparsify digits_cnn --pattern 2:4 --method incremental --epochs 6` (2:4 on the reduction axis)
     * `tilesparse sparsify digits_cnn --pattern 8x8@0.5/2:4 --epochs 5` (HSS: 75 % sparse)
     * `tilesparse sparsify my_net.py:make --data data.pt --recipe src/tilesparse/recipes/penalty_lse.yaml`
+    * `tilesparse sparsify resnet18 --data ~/imagenet --pattern 8x8 --epochs 10` (train/ and val/ image folders)
     """
     from tilesparse.sparsify.run import sparsify_model
 
@@ -278,8 +310,8 @@ def sparsify(
     if resume and recipe is None:  # the flags given change the checkpoint's recipe, not the defaults
         rec = _recipe(None, dict(flags), _resumed_recipe(out))
     data = _data_kind(data, name)
-    train, test = _loaders(data, rec.training.batch_size, rec.training.seed)
-    run = _run_settings(data, name, model_file)
+    train, test = _loaders(data, rec.training.batch_size, rec.training.seed, image_size, workers, net)
+    run = _run_settings(data, name, model_file, image_size)
     con = console(json_out)
     if dense_epochs and not resume:
         _train_dense(net, train, test, rec, dense_epochs, dense_lr, dev, con)
@@ -287,6 +319,19 @@ def sparsify(
                             bytes_per_weight=bytes_per_weight, override=override, run=run)
     _write_outputs(out, result, rec, name, model_file, run)
     _print_results(con, result, out, json_out)
+    _print_skipped(con, (train, test))
+
+
+def _print_skipped(con, loaders) -> None:
+    """How many unreadable images an image folder's loaders skipped (the first named)."""
+    from rich.markup import escape
+
+    for loader in loaders:
+        skipped = getattr(loader, "skipped", None)
+        if skipped:
+            path, err = next(iter(skipped.items()))
+            con.print(escape(f"skipped {len(skipped)} unreadable image(s) of {loader.where} (e.g. {path}: {err})"),
+                      soft_wrap=True)
 
 
 def _print_results(con, result, out: Path, json_out: Path | None) -> None:
