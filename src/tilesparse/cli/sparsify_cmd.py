@@ -27,8 +27,10 @@ __all__ = ["register"]
 DEFAULT_OUT = Path("runs")
 OUT_FILES = ("sparse.pt", "last.pt", "report.txt", "report.json", "recipe.yaml")  # what OUT receives
 RECIPE_HELP = "Recipe YAML (examples in src/tilesparse/recipes/). Flags below override it."
-DATA_HELP = ("auto | digits | none | FILE.pt holding x_train, y_train, x_test, y_test tensors. "
-             "auto = digits for digits_cnn, else none (choose masks only, no training).")
+DATA_HELP = ("auto | digits | shapes | none | FILE.pt holding x_train, y_train, x_test, y_test tensors. "
+             "shapes = the built-in procedural 18-class 16x16 shapes (for shapes_cnn). "
+             "auto = digits for digits_cnn, shapes for shapes_cnn, else none (choose masks only, no training).")
+_BUILT_IN_DATA = {"digits_cnn": "digits", "shapes_cnn": "shapes"}
 RESUME_HELP = ("Continue from OUT/last.pt after an interruption, with its recipe (a flag or --recipe that "
                "differs from it is refused, naming the field).")
 OVERRIDE_HELP = ("With --resume: continue with the flags' / recipe's new values (e.g. more --epochs), recorded in "
@@ -100,7 +102,7 @@ def _model(spec: str, weights: Path | None):
 
 def _data_kind(data: str, model_name: str | None) -> str:
     if data == "auto":
-        return "digits" if model_name == "digits_cnn" else "none"
+        return _BUILT_IN_DATA.get(model_name or "", "none")
     return data
 
 
@@ -108,7 +110,7 @@ def _data_identity(data: str) -> str | dict[str, str]:
     """What the checkpoint records of the data (--resume compares it): a data file by its sha256."""
     from tilesparse.program.provenance import file_sha256
 
-    return data if data in ("digits", "none") else {"name": data, "sha256": file_sha256(data)}
+    return data if data in ("digits", "shapes", "none") else {"name": data, "sha256": file_sha256(data)}
 
 
 def _loaders(data: str, batch_size: int, seed: int):
@@ -118,6 +120,10 @@ def _loaders(data: str, batch_size: int, seed: int):
         from tilesparse.data.digits import digits_loaders
 
         return digits_loaders(batch_size, seed)
+    if data == "shapes":
+        from tilesparse.data.shapes import shapes_loaders
+
+        return shapes_loaders(batch_size, seed)
     return _tensor_file_loaders(Path(data), batch_size, seed)
 
 
@@ -130,7 +136,7 @@ def _read_tensor_file(path: Path) -> dict:
 
     expected = f"a torch.save file of a dict with tensors {', '.join(_DATA_KEYS)}"
     if not path.is_file():
-        raise ConfigError("--data", [f"expected 'digits', 'none' or {expected}; {path} does not exist"])
+        raise ConfigError("--data", [f"expected 'digits', 'shapes', 'none' or {expected}; {path} does not exist"])
     try:
         d = load_torch_file(path)
     except TorchFileError as e:
@@ -165,7 +171,7 @@ def _train_dense(net, train, test, rec, epochs: int, lr: float, device, con) -> 
     from tilesparse.sparsify.trainer import Trainer
 
     if train is None:
-        raise ConfigError("--dense-epochs", ["dense training needs data (--data digits or a .pt file)"])
+        raise ConfigError("--dense-epochs", ["dense training needs data (--data digits, shapes or a .pt file)"])
     cfg = rec.training.model_copy(update={"epochs": epochs, "lr": lr})
     fit = Trainer(net, None, None, train, test, cfg, device=device).fit()
     if fit.final_accuracy is not None:
@@ -252,6 +258,7 @@ def sparsify(
     * `tilesparse sparsify resnet50 --sparsity 0.5 --pattern 8x8 -o runs/r50` (masks only: no data given)
     * `tilesparse sparsify digits_cnn --pattern 2:4 --method incremental --epochs 6` (2:4 on the reduction axis)
     * `tilesparse sparsify digits_cnn --pattern 8x8@0.5/2:4 --epochs 5` (HSS: 75 % sparse)
+    * `tilesparse sparsify shapes_cnn --dense-epochs 16 --pattern 2:4 --epochs 4` (the harder built-in shapes)
     * `tilesparse sparsify my_net.py:make --data data.pt --recipe src/tilesparse/recipes/penalty_lse.yaml`
     """
     from tilesparse.sparsify.run import sparsify_model
