@@ -32,10 +32,15 @@ def group(records: Records, kind: str) -> dict[tuple, list[dict[str, Any]]]:
 
 def _header(study: Any, command: str, records: Records) -> list[str]:
     seconds = sum(r["seconds"] for r in records)
+    per_run = {ds: statistics.fmean(r["seconds"] for r in records if r["dataset"] == ds and r["kind"] == "train")
+               for ds in _datasets(records, study)
+               if any(r["dataset"] == ds and r["kind"] == "train" for r in records)}
     lines = ["# Accuracy study: pattern x density x method", "",
              f"Command: `{command}` (resumable; `--render` rewrites this file and the plot from the .jsonl). "
              f"Raw records: the .jsonl beside this file. Seeds {list(study.seeds)}; mean ± std of top-1 test "
-             f"accuracy (%) over seeds. Total compute {seconds / 60:.0f} min on one core (1 torch thread).", "",
+             f"accuracy (%) over seeds. Total compute {seconds / 60:.0f} min on one core (1 torch thread; a sparse "
+             "run takes " + ", ".join(f"{v:.1f} s on {k}" for k, v in per_run.items()) + " on average, on a shared "
+             "machine).", "",
              "Rules:", ""]
     for r in study.rules.values():
         sizes = "sklearn's 1347 train / 450 test split (seeded, stratified)" if r.n_train is None else \
