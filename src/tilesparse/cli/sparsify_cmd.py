@@ -28,12 +28,14 @@ DEFAULT_OUT = Path("runs")
 OUT_FILES = ("sparse.pt", "last.pt", "report.txt", "report.json", "recipe.yaml", "metrics.csv",
              "metrics.jsonl")  # what OUT receives
 RECIPE_HELP = "Recipe YAML (examples in src/tilesparse/recipes/). Flags below override it."
-DATA_HELP = ("auto | digits | none | FILE.pt holding x_train, y_train, x_test, y_test tensors | an image FOLDER "
-             "with train/ and val/ subfolders of class folders (torchvision ImageFolder layout; ImageNet "
-             "transforms at --image-size; unreadable images skipped and counted). "
-             "auto = digits for digits_cnn, else none (choose masks only, no training).")
+DATA_HELP = ("auto | digits | shapes | none | FILE.pt holding x_train, y_train, x_test, y_test tensors | an image "
+             "FOLDER with train/ and val/ subfolders of class folders (torchvision ImageFolder layout; ImageNet "
+             "transforms at --image-size; unreadable images skipped and counted). shapes = the built-in "
+             "procedural 18-class 16x16 shapes (for shapes_cnn). auto = digits for digits_cnn, shapes for "
+             "shapes_cnn, else none (choose masks only, no training).")
 IMAGE_SIZE_HELP = "With an image --data folder: the side of the crops trained and evaluated on."
 WORKERS_HELP = "With an image --data folder: DataLoader worker processes (default min(4, CPU count); 0 = none)."
+_BUILT_IN_DATA = {"digits_cnn": "digits", "shapes_cnn": "shapes"}
 RESUME_HELP = ("Continue from OUT/last.pt after an interruption, with its recipe (a flag or --recipe that "
                "differs from it is refused, naming the field).")
 OVERRIDE_HELP = ("With --resume: continue with the flags' / recipe's new values (e.g. more --epochs), recorded in "
@@ -105,7 +107,7 @@ def _model(spec: str, weights: Path | None):
 
 def _data_kind(data: str, model_name: str | None) -> str:
     if data == "auto":
-        return "digits" if model_name == "digits_cnn" else "none"
+        return _BUILT_IN_DATA.get(model_name or "", "none")
     return data
 
 
@@ -114,7 +116,7 @@ def _data_identity(data: str) -> str | dict[str, str]:
     image folder by that of its sorted image names and sizes (cheap, not every byte)."""
     from tilesparse.program.provenance import file_sha256
 
-    if data in ("digits", "none"):
+    if data in ("digits", "shapes", "none"):
         return data
     if Path(data).is_dir():
         from tilesparse.data.folder import tree_identity
@@ -131,6 +133,10 @@ def _loaders(data: str, batch_size: int, seed: int, image_size: int = 224, worke
         from tilesparse.data.digits import digits_loaders
 
         return digits_loaders(batch_size, seed)
+    if data == "shapes":
+        from tilesparse.data.shapes import shapes_loaders
+
+        return shapes_loaders(batch_size, seed)
     if Path(data).is_dir():
         from tilesparse.data.folder import folder_loaders
 
@@ -156,7 +162,7 @@ def _read_tensor_file(path: Path) -> dict:
 
     expected = f"a torch.save file of a dict with tensors {', '.join(_DATA_KEYS)}"
     if not path.is_file():
-        raise ConfigError("--data", [f"expected 'digits', 'none', {expected}, or an image folder with train/ and val/ "
+        raise ConfigError("--data", [f"expected 'digits', 'shapes', 'none', {expected}, or an image folder with train/ and val/ "
                                      f"subfolders; {path} does not exist"])
     try:
         d = load_torch_file(path)
@@ -192,7 +198,7 @@ def _train_dense(net, train, test, rec, epochs: int, lr: float, device, con) -> 
     from tilesparse.sparsify.trainer import Trainer
 
     if train is None:
-        raise ConfigError("--dense-epochs", ["dense training needs data (--data digits, a .pt file or an image "
+        raise ConfigError("--dense-epochs", ["dense training needs data (--data digits, shapes, a .pt file or an image "
                                              "folder)"])
     cfg = rec.training.model_copy(update={"epochs": epochs, "lr": lr})
     fit = Trainer(net, None, None, train, test, cfg, device=device).fit()
@@ -285,6 +291,7 @@ def sparsify(
     * `tilesparse sparsify resnet50 --sparsity 0.5 --pattern 8x8 -o runs/r50` (masks only: no data given)
     * `tilesparse sparsify digits_cnn --pattern 2:4 --method incremental --epochs 6` (2:4 on the reduction axis)
     * `tilesparse sparsify digits_cnn --pattern 8x8@0.5/2:4 --epochs 5` (HSS: 75 % sparse)
+    * `tilesparse sparsify shapes_cnn --dense-epochs 16 --pattern 2:4 --epochs 4` (the harder built-in shapes)
     * `tilesparse sparsify my_net.py:make --data data.pt --recipe src/tilesparse/recipes/penalty_lse.yaml`
     * `tilesparse sparsify resnet18 --data ~/imagenet --pattern 8x8 --epochs 10` (train/ and val/ image folders)
     """
