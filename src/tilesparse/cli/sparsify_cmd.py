@@ -162,8 +162,8 @@ def _read_tensor_file(path: Path) -> dict:
 
     expected = f"a torch.save file of a dict with tensors {', '.join(_DATA_KEYS)}"
     if not path.is_file():
-        raise ConfigError("--data", [f"expected 'digits', 'shapes', 'none', {expected}, or an image folder with train/ and val/ "
-                                     f"subfolders; {path} does not exist"])
+        raise ConfigError("--data", [f"expected 'digits', 'shapes', 'none', {expected}, or an image folder with "
+                                     f"train/ and val/ subfolders; {path} does not exist"])
     try:
         d = load_torch_file(path)
     except TorchFileError as e:
