@@ -30,7 +30,8 @@ def test_sparsify_digits_and_resume(tmp_path):
             "--dense-epochs", "1"]
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
-    assert {p.name for p in out.iterdir()} == {"sparse.pt", "last.pt", "report.txt", "report.json", "recipe.yaml"}
+    assert {p.name for p in out.iterdir()} == {"sparse.pt", "last.pt", "report.txt", "report.json", "recipe.yaml",
+                                               "metrics.csv", "metrics.jsonl"}
     rep = json.loads((out / "report.json").read_text())
     assert rep["block_sparsity"] == 0.5 and rep["layers"][1]["block"] == "4x16"
     assert "accuracy after" in r.output and "dense training: 1 epochs" in r.output
@@ -260,3 +261,13 @@ def test_truncated_weights_file_is_one_line(tmp_path, monkeypatch, capsys):
     assert (code, cap.err) == (2, f"error: {tmp_path / 'w.pt'}: not a readable PyTorch state dict (truncated "
                                   "torch.save file (the zip archive has no end; was the write cut short?)); expected "
                                   "torch.save(model.state_dict(), path)\n")
+
+
+def test_sparsify_shapes_cnn_uses_the_built_in_shapes(tmp_path):
+    out = tmp_path / "shapes"
+    r = runner.invoke(app, ["sparsify", "shapes_cnn", "--pattern", "2:4", "--epochs", "0", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((out / "report.json").read_text())
+    assert [la["sparsity"] for la in rep["layers"]] == [0.0, 0.5, 0.5, 0.5, 0.0]  # first conv, classifier dense
+    assert "accuracy after" in r.output  # auto picked data: shapes_cnn trains and evaluates on shapes
+    assert "shapes" in runner.invoke(app, ["sparsify", "--help"]).output

@@ -21,7 +21,8 @@ def _options(verb: str) -> dict[str, object]:
 
 
 def test_every_verb_is_listed_and_has_examples():
-    assert set(VERBS) == {"demo", "sparsify", "import-masks", "map", "compile", "estimate", "explore", "simulate"}
+    assert set(VERBS) == {"demo", "sparsify", "report", "import-masks", "map", "compile", "estimate", "explore",
+                          "simulate"}
     for verb, cmd in VERBS.items():
         assert "Example" in (cmd.help or ""), verb
 
@@ -40,7 +41,8 @@ def test_a_short_flag_means_one_option_in_every_verb():
     ("--array", ("compile", "estimate", "simulate", "demo", "map")),
     ("--out", ("compile", "estimate", "simulate", "demo", "sparsify", "explore")),
     ("--json", tuple(VERBS)),
-    ("--sparsity", tuple(v for v in VERBS if v != "import-masks")),  # imported masks bring their own
+    # imported masks bring their own sparsity; a report reads a finished run
+    ("--sparsity", tuple(v for v in VERBS if v not in ("import-masks", "report"))),
     ("--block", ("compile", "estimate", "simulate", "demo", "sparsify", "map")),
     ("--weights", MODEL_VERBS),
     ("--input-shape", ("compile", "estimate", "simulate", "map")),

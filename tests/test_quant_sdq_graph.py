@@ -137,7 +137,7 @@ def test_degenerate_layers(setup):
 
 def test_compiler_refuses_sdq_layers_by_name(setup):
     _, g, calib = setup
-    with pytest.raises(ConfigError, match=r"'features_2'.*integer reference only.*issue part 2"):
+    with pytest.raises(ConfigError, match=r"'features_2'.*integer reference only.*issue 19"):
         compile_graph(quantize(g, calib, sdq=SDQ_SETTINGS), "2x2")
     q = quantize(g, calib, sdq=SDQ_SETTINGS)  # any other step asking for its one int8 weight: named, not a KeyError
     with pytest.raises(ConfigError, match=r"'features_2' is an SDQ layer"):

@@ -15,12 +15,20 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, SequentialSampler
 
 from tilesparse.errors import CheckpointError
 from tilesparse.sparsify.checkpoint import plain_state_dict, read_checkpoint
-from tilesparse.sparsify.ddp import Distributed, DistributedError, check_same, digests, mismatches, strip_nproc
-from tilesparse.sparsify.trainer import EPOCH_SEED_STRIDE, Trainer
+from tilesparse.sparsify.ddp import (
+    Distributed,
+    DistributedError,
+    ShardSampler,
+    check_same,
+    digests,
+    mismatches,
+    strip_nproc,
+)
+from tilesparse.sparsify.trainer import Trainer
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _ddp_worker as worker  # noqa: E402
@@ -67,14 +75,11 @@ def _final(out: Path) -> dict:
 
 def test_two_processes_match_one_with_the_same_global_batch(plain_run):
     """The 2-process run steps on 2 accumulated global batches of 16 (8 per process, gradients synced
-    on the 2nd); one process fed the same 32 samples per step (a one-replica DistributedSampler with
-    the Trainer's seed) in one batch reaches its weights within TOLERANCE after 2 epochs of 42 steps."""
+    on the 2nd); one process with the same seeded, shuffled loader in batches of 32 takes the same 32
+    samples per step and reaches its weights within TOLERANCE after 2 epochs of 42 steps."""
     torch.set_num_threads(1)
     net, sp, meth, train, test, cfg = worker.build("plain", 2, "oneshot")
-    sampler = DistributedSampler(train.dataset, num_replicas=1, rank=0, shuffle=True,
-                                 seed=cfg.seed * EPOCH_SEED_STRIDE)
-    single = DataLoader(train.dataset, batch_size=worker.BATCH, sampler=sampler)
-    result = Trainer(net, sp, meth, single, test, cfg, progress=False).fit()
+    result = Trainer(net, sp, meth, train, test, cfg, progress=False).fit()
     ddp = _final(plain_run)
     ref = plain_state_dict(net)
     assert ddp["state"].keys() == ref.keys()
@@ -189,3 +194,13 @@ def test_resume_refuses_another_amp(tmp_path):
 
 def _few(loader: DataLoader, n: int = 128) -> DataLoader:
     return DataLoader(torch.utils.data.Subset(loader.dataset, range(n)), batch_size=loader.batch_size)
+
+
+def test_shard_sampler_splits_one_order_over_the_ranks():
+    base = SequentialSampler(range(7))
+    shards = [list(ShardSampler(base, r, 3)) for r in range(3)]
+    assert shards == [[0, 3, 6], [1, 4, 0], [2, 5, 1]]  # padded with the order's first items
+    assert [len(ShardSampler(base, r, 3)) for r in range(3)] == [3, 3, 3]
+    exact = [list(ShardSampler(base, r, 3, pad=False)) for r in range(3)]
+    assert exact == [[0, 3, 6], [1, 4], [2, 5]]
+    assert [len(ShardSampler(base, r, 3, pad=False)) for r in range(3)] == [3, 2, 2]

@@ -1,4 +1,4 @@
-"""tilesparse: weight block sparsity from PyTorch training to AIE2 tile programs.
+"""tilesparse: structured sparsity from PyTorch training to AIE2 tile programs.
 
 Pipeline (see docs/architecture.md): patterns -> sparsify -> quant -> ir/passes -> compiler
 -> sim / estimate -> report; beside it hw, costmodel and mapper.

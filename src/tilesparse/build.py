@@ -35,9 +35,10 @@ from tilesparse.utils.config import short_repr
 from tilesparse.utils.limits import MAX_INPUT_ELEMENTS, above
 
 __all__ = ["Built", "build_graph_from", "check_request", "compile_source", "graph_from_provenance",
-           "locate_files", "not_rebuildable", "parse_input_shape"]
+           "locate_calibration", "locate_files", "not_rebuildable", "parse_input_shape"]
 
 N_CALIB = 2  # random calibration inputs of the front end (frontend.build_graph's default)
+N_CALIB_IMAGES = 16  # calibration images taken from a --calib folder by default
 QUANTIZATION = "int8 power-of-two, per-tensor weights"
 MODULE_WEIGHTS = "module-weights"  # selection of an unpruned module: its all-zero blocks are masked
 CHECKPOINT_WEIGHTS = "checkpoint-weights"  # a checkpoint of another pattern (2:4, ...): its all-zero blocks
@@ -57,6 +58,7 @@ class Built:
     input_shape: tuple[int, ...]
     notices: list[str] = field(default_factory=list)  # one line each: a file found elsewhere than recorded
     calibration: str | None = None  # how the activation exponents were calibrated; None: random inputs
+    calibration_images: dict[str, Any] | None = None  # the provenance's record of calibration images
     # the float nn.Module the graph was captured from, as captured (pruned or checkpoint-masked
     # weights, eval mode) — for a .pt2 the module lifted from the exported program — the second
     # oracle of ``tilesparse.sim.verify(..., module=)``; every source kind has one
@@ -73,7 +75,8 @@ class Built:
             calibration=(self.calibration or f"random normal, n={N_CALIB}, seed={self.seed}") if self.quantized
             else "none",
             input_shape=self.input_shape, array=array, time_model=TIME_MODEL, balance=balance,
-            version=package_version(), source_given=s.given, weights_given=s.given_weights)
+            version=package_version(), source_given=s.given, weights_given=s.given_weights,
+            calibration_images=self.calibration_images if self.quantized else None)
 
 
 def parse_input_shape(text: str | Sequence[int] | None, what: str = "--input-shape") -> tuple[int, ...] | None:
@@ -136,7 +139,8 @@ def _request(sparsity: Any, block: Any) -> tuple[tuple[int, int] | None, float |
 def build_graph_from(source: str | ModelSource | Any, *, weights: str | Path | None = None,
                      sparsity: float | None = None, block: str | tuple[int, int] | None = None,
                      input_shape: str | Sequence[int] | None = None, quantized: bool = True,
-                     seed: int = 0, calibration: Sequence[Any] | None = None) -> Built:
+                     seed: int = 0, calibration: Sequence[Any] | None = None, calib: str | Path | None = None,
+                     calib_images: int = N_CALIB_IMAGES, calib_files: Sequence[str] | None = None) -> Built:
     """Source → model → one-shot pruning (``patterns.prune_oneshot``, unless the source carries
     masks) → front end. ``sparsity``/``block`` None: the source's own (dense, 8x8 for a model
     without masks).
@@ -160,13 +164,32 @@ def build_graph_from(source: str | ModelSource | Any, *, weights: str | Path | N
         g = _with_masks(g, lm.masks, src.spec)
     if rule in (MODULE_WEIGHTS, CHECKPOINT_WEIGHTS):
         sp = _masked_fraction(g)
+    given = f"given: n={len(calibration)}" if calibration is not None else None
+    record = None
+    if calib is not None and quantized:
+        calibration, record, given = _image_calibration(Path(calib), calib_images, calib_files, shape)
     if quantized:
         from tilesparse.frontend import random_calibration
         from tilesparse.quant import quantize
 
         g = quantize(g, list(calibration) if calibration is not None else random_calibration(shape, N_CALIB, seed))
-    given = f"given: n={len(calibration)}" if calibration is not None else None
-    return Built(g, src, bs, sp, rule, seed, quantized, shape, list(lm.notices), given, lm.model)
+    return Built(g, src, bs, sp, rule, seed, quantized, shape, list(lm.notices), given, record, lm.model)
+
+
+def _image_calibration(folder: Path, n: int, files: Sequence[str] | None, shape: tuple[int, ...]
+                       ) -> tuple[list[Any], dict[str, Any], str]:
+    """(inputs, provenance record, description) of ``n`` images of ``folder`` (or ``files``)
+    through the eval transform at the input's height and width."""
+    from tilesparse.data.folder import calibration_images, eval_transform_name, image_tensors, images_sha256
+
+    if shape[1] not in (1, 3):
+        raise ConfigError("--calib", [f"{folder}: images give 1 (grey) or 3 (RGB) channels; the model reads "
+                                      f"{shape[1]} (input shape {_show(shape)})"])
+    chosen = list(files) if files is not None else calibration_images(folder, n)
+    inputs = [t.numpy() for t in image_tensors(folder, chosen, (shape[2], shape[3]), shape[1])]
+    record = {"path": str(folder.resolve()), "given": str(folder), "files": chosen,
+              "sha256": images_sha256(folder, chosen)}
+    return inputs, record, f"images: n={len(chosen)} from {folder}, {eval_transform_name((shape[2], shape[3]))}"
 
 
 def _load(source: Any, weights: str | Path | None, seed: int, input_shape: Any,
@@ -273,20 +296,59 @@ def _source_path(prov: Provenance) -> str | None:
 
 
 def graph_from_provenance(prov: Provenance, where: str = "program", notices: list[str] | None = None,
-                          model: str | None = None, weights: str | Path | None = None) -> Built:
-    """Rebuild the graph ``prov`` describes (same source, pruning, input shape, quantization),
-    from files found by ``locate_files``; its notices are appended to ``notices``. A program
-    compiled from an in-memory model is a ``ProvenanceError`` (``not_rebuildable``)."""
+                          model: str | None = None, weights: str | Path | None = None,
+                          calib: str | Path | None = None) -> Built:
+    """Rebuild the graph ``prov`` describes (same source, pruning, input shape, quantization,
+    calibration images), from files found by ``locate_files`` and ``locate_calibration``; its
+    notices are appended to ``notices``. A program compiled from an in-memory model is a
+    ``ProvenanceError`` (``not_rebuildable``)."""
     if prov.source_kind == "module":
         raise ProvenanceError(f"{where}: {not_rebuildable(prov)}")
     source, weights, notes = locate_files(prov, where, model, weights)
+    images = prov.calibration_images if prov.quantized else None
+    folder = None
+    if images is not None:
+        folder, note = locate_calibration(images, where, calib)
+        notes += [note] * bool(note)
+    elif calib is not None:
+        raise ConfigError("--calib", [f"{where} was calibrated on {prov.calibration}, not on images; drop --calib "
+                                      f"{calib}, or compile again with it"])
     built = build_graph_from(source, weights=weights,
                              sparsity=prov.sparsity if prov.selection == "l2-oneshot" else None,
                              block=prov.block, input_shape=prov.input_shape, quantized=prov.quantized,
-                             seed=prov.seed)
+                             seed=prov.seed, calib=folder, calib_files=images["files"] if images else None)
     if notices is not None:
         notices.extend(notes + built.notices)
     return built
+
+
+def locate_calibration(images: dict[str, Any], where: str, named: str | Path | None = None
+                       ) -> tuple[Path, str]:
+    """(folder, notice) holding a program's calibration images with their recorded sha256: the
+    folder named again (``--calib``), else the recorded absolute path, else the path as given at
+    compile (from the working directory). ``ProvenanceError`` if none has them unchanged."""
+    from tilesparse.data.folder import images_sha256
+
+    recorded, n = Path(images["path"]), len(images["files"])
+    places: dict[Path, tuple[Path, str]] = {}
+    for place, why in ((named, "given with --calib"), (recorded, ""), (images["given"], _AS_GIVEN)):
+        if place is not None and Path(place).is_dir():
+            places.setdefault(Path(place).resolve(), (Path(place), why))
+    changed = None
+    for place, why in places.values():
+        try:
+            sha = images_sha256(place, images["files"])
+        except OSError as e:
+            sha = f"{Path(e.filename or '').name or 'an image'} unreadable: {e.strerror or e}"
+        if sha == images["sha256"]:
+            return place, f"calibration images not at {recorded}; using {place} ({why}, same sha256)" * bool(why)
+        changed = changed or (place, sha if " " in sha else f"sha256 {sha[:12]}…")
+    if changed is not None:
+        raise ProvenanceError(f"the {n} calibration images of {where} changed in {changed[0]} ({changed[1]}; {where} "
+                              f"was compiled from sha256 {images['sha256'][:12]}…); restore them, or compile again "
+                              f"with --calib {changed[0]}")
+    raise ProvenanceError(f"{where} was calibrated on {n} images of {recorded}, which no longer exists; give its "
+                          "new place with --calib DIR, or compile again")
 
 
 def not_rebuildable(prov: Provenance) -> str:
@@ -297,7 +359,7 @@ def not_rebuildable(prov: Provenance) -> str:
 
 def check_request(prov: Provenance, where: str, **given: Any) -> None:
     """Refuse any given flag (not None) that contradicts the provenance, naming both values and
-    what to do instead. Keys: source, weights, sparsity, block, input_shape, array."""
+    what to do instead. Keys: source, weights, sparsity, block, input_shape, calib_images, array."""
     for flag, recorded, same, raw in _requested(prov, given):
         if not same:
             raise ProvenanceError(f"{flag} {raw} contradicts the provenance of {where} "
@@ -305,7 +367,8 @@ def check_request(prov: Provenance, where: str, **given: Any) -> None:
                                   f"compiled, {_next_step(prov, flag, raw)}")
 
 
-_FIELD = {"--model": "source", "--input-shape": "input_shape"}  # flag -> provenance field, where they differ
+# flag -> provenance field, where they differ
+_FIELD = {"--model": "source", "--input-shape": "input_shape", "--calib-images": "calibration images"}
 
 
 def _requested(prov: Provenance, given: dict[str, Any]):
@@ -327,6 +390,9 @@ def _requested(prov: Provenance, given: dict[str, Any]):
     if "input_shape" in g:
         shape = parse_input_shape(g["input_shape"])
         yield "--input-shape", _show(prov.input_shape), shape == prov.input_shape, g["input_shape"]
+    if "calib_images" in g:
+        n = len(prov.calibration_images["files"]) if prov.calibration_images else None
+        yield "--calib-images", n if n else f"none: {prov.calibration}", n == g["calib_images"], g["calib_images"]
     if "array" in g:
         from tilesparse.hw import load_array
 
@@ -351,7 +417,10 @@ def _next_step(prov: Provenance, flag: str, raw: str) -> str:
     opts: dict[str, str | None] = {
         "--weights": prov.weights, "--sparsity": _show(prov.sparsity) if prov.selection == "l2-oneshot" else None,
         "--block": _show(prov.block) if prov.block != (8, 8) and prov.selection == "l2-oneshot" else None,
-        "--input-shape": _show(prov.input_shape) if prov.source_kind == "file" else None, "-a": prov.array}
+        "--input-shape": _show(prov.input_shape) if prov.source_kind == "file" else None, "-a": prov.array,
+        "--calib": prov.calibration_images["given"] if prov.calibration_images else None}
+    if flag == "--calib-images" and not prov.calibration_images:
+        opts["--calib"] = "DIR"
     if prov.source_kind == "module" and flag != "--model":
         return f"or compile the model again in Python (tilesparse.build.compile_source) with {flag} {raw}"
     source = prov.source

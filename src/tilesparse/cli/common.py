@@ -27,6 +27,10 @@ SPARSITY_HELP = ("Zero this fraction of lowest-L2 blocks in every conv/linear bu
 BLOCK_HELP = "Block shape OUTxIN (default 8x8, or the checkpoint's)."
 INPUT_SHAPE_HELP = "N,C,H,W (default: the zoo model's, or a .pt2's example input)."
 WEIGHTS_HELP = "State-dict file (or tilesparse checkpoint) for a zoo name (else random weights, seed 0)."
+CALIB_HELP = ("Image folder for int8 calibration (its val/ subfolder if it has one, else its class folders): "
+              "--calib-images of its images, resized and center-cropped to the model's input (ImageNet "
+              "normalisation), instead of random inputs; recorded in the program's provenance.")
+CALIB_IMAGES_HELP = "How many images of --calib to calibrate on (spread evenly over its classes)."
 JSON_HELP = "Write machine-readable results as JSON to this path ('-' = stdout)."
 SEED_MAX = 2**32 - 1  # numpy's legacy generators and scikit-learn take seeds in [0, 2**32)
 

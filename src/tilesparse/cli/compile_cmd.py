@@ -10,6 +10,8 @@ import typer
 from tilesparse.cli.common import (
     ARRAY_HELP,
     BLOCK_HELP,
+    CALIB_HELP,
+    CALIB_IMAGES_HELP,
     COMPILE_PATTERN_HELP,
     INPUT_SHAPE_HELP,
     JSON_HELP,
@@ -28,7 +30,7 @@ from tilesparse.cli.common import (
 )
 from tilesparse.errors import ConfigError
 
-__all__ = ["compile_source_with_progress", "load_or_compile", "register"]
+__all__ = ["calib_args", "compile_source_with_progress", "load_or_compile", "register"]
 
 _MODEL_FLAGS = {"weights": "--weights", "sparsity": "--sparsity", "block": "--block", "input_shape": "--input-shape"}
 
@@ -52,6 +54,21 @@ def compile_source_with_progress(source: str, array: str, *, balance: bool = Tru
     for note in notices:
         console("-").print(escape(note), soft_wrap=True)
     return prog
+
+
+def calib_args(calib: Path | None, calib_images: int | None, quantized: bool = True) -> dict:
+    """``build_graph_from``'s calibration arguments for --calib / --calib-images, checked before any work."""
+    if calib is None:
+        if calib_images is not None:
+            raise ConfigError("--calib-images", ["takes its images from --calib DIR; give the folder too"])
+        return {}
+    if not quantized:
+        raise ConfigError("--calib", ["calibrates the int8 quantization; a --no-quantized program has none"])
+    from tilesparse.build import N_CALIB_IMAGES
+    from tilesparse.data.folder import calibration_root
+
+    calibration_root(calib)
+    return {"calib": calib, "calib_images": calib_images or N_CALIB_IMAGES}
 
 
 def _summary_json(prog, s, out: Path | None) -> dict:
@@ -78,6 +95,8 @@ def compile_verb(
     quantized: Annotated[bool, typer.Option(help="Quantize (int8) in the front end; --no-quantized for a "
                                                  "timing-only program.")] = True,
     balance: Annotated[bool, typer.Option(help=BALANCE_HELP)] = True,
+    calib: Annotated[Path | None, typer.Option(help=CALIB_HELP)] = None,
+    calib_images: Annotated[int | None, typer.Option(help=CALIB_IMAGES_HELP + " Default 16.", min=1)] = None,
 ) -> None:
     """Compile a model to an AIE2 Program (instructions + packed weights + provenance), saved atomically.
     `tilesparse simulate PROGRAM` then verifies it with no other argument.
@@ -87,6 +106,8 @@ def compile_verb(
     * `tilesparse compile resnet50 -a 7x7 --sparsity 0.5 -o r50.tsp --listing r50.txt`
     * `tilesparse compile runs/d/sparse.pt -a 4x4 -o d.tsp` (a sparsify checkpoint: its trained masks)
     * `tilesparse compile my_net.py:make_model --input-shape 1,3,64,64 --sparsity 0.5 -o mine.tsp`
+    * `tilesparse compile runs/r50/sparse.pt -a 7x7 --calib ~/imagenet --calib-images 64 -o r50.tsp`
+      (calibrated on 64 validation images)
     """
     from tilesparse.estimate.report import summarize
 
@@ -95,8 +116,9 @@ def compile_verb(
     if str(listing) == "-" and str(json_out) == "-":
         raise ConfigError("--listing -", ["--json - writes to stdout already; give the listing a file name"])
     check_outputs({"--out": out, "--listing": listing, "--json": json_out})
+    calib_kwargs = calib_args(calib, calib_images, quantized)
     prog = compile_source_with_progress(source, array, balance=balance, weights=weights, sparsity=sparsity,
-                                        block=block, input_shape=input_shape, quantized=quantized)
+                                        block=block, input_shape=input_shape, quantized=quantized, **calib_kwargs)
     prog.save(out)
     s = summarize(prog)
     console(json_out).print(f"wrote {out}: {len(prog.layers)} layers, {len(prog.instrs)} instructions, weights "

@@ -23,8 +23,8 @@ from tilesparse.cli.failures import DEBUG_ENV, EXIT_INTERRUPTED, debug_requested
 app = typer.Typer(
     name="tilesparse",
     help=(
-        "Weight block sparsity for deep networks: train to block sparsity, quantize, compile to an "
-        "AMD AIE2 tile array, simulate, and estimate what sparsity buys.\n\n"
+        "Structured sparsity for deep networks: train to a pattern (8x8 blocks, 2:4, hierarchies ...), "
+        "quantize, compile to an AMD AIE2 tile array, simulate, and estimate what sparsity buys.\n\n"
         "Start with `tilesparse demo`; every verb has --help."
     ),
     no_args_is_help=True,
@@ -37,6 +37,7 @@ app = typer.Typer(
 VERB_MODULES = (
     "tilesparse.cli.demo_cmd",
     "tilesparse.cli.sparsify_cmd",
+    "tilesparse.cli.report_cmd",
     "tilesparse.cli.import_cmd",
     "tilesparse.cli.map_cmd",
     "tilesparse.cli.compile_cmd",

@@ -11,6 +11,8 @@ import typer
 from tilesparse.cli.common import (
     ARRAY_HELP,
     BLOCK_HELP,
+    CALIB_HELP,
+    CALIB_IMAGES_HELP,
     COMPILE_PATTERN_HELP,
     INPUT_SHAPE_HELP,
     JSON_HELP,
@@ -36,8 +38,11 @@ TARGET_HELP = ("A program file from `tilesparse compile` (verified against the m
 ARRAY_HELP_SIM = ARRAY_HELP + " Default 4x4; for a program file: refuse one compiled for another array."
 MODEL_HELP = ("For a program file without provenance: rebuild this model source's graph (with --weights, "
               "--sparsity, --block, --input-shape) to verify against. With provenance: must agree with it.")
-INPUT_HELP = ("Input .npy (float: quantized with the program's input scale exponent; int8: used as is). "
-              "Default: seeded random.")
+INPUT_HELP = ("Input .npy (float: quantized with the program's input scale exponent; int8: used as is), or an "
+              "image file (.png, .jpg ...: resized and center-cropped to the program's input, ImageNet "
+              "normalisation). Default: seeded random.")
+SIM_CALIB_HELP = (CALIB_HELP + " For a program file: where its calibration images are now (if moved); they must "
+                  "be unchanged.")
 
 
 def _input(path: Path | None, shape, seed: int, graph, prog_exp: int | None = None):
@@ -50,7 +55,9 @@ def _input(path: Path | None, shape, seed: int, graph, prog_exp: int | None = No
         if graph is None:
             return rng.integers(-128, 128, size=shape, dtype=np.int64).astype(np.int8), True
         return rng.standard_normal(shape).astype(np.float32), False
-    x = _read_npy(path)
+    from tilesparse.data.folder import is_image_file
+
+    x = _read_image(path, shape) if is_image_file(path) else _read_npy(path)
     if int(np.prod(x.shape)) != int(np.prod(shape)):
         raise ConfigError(path, [f"input has shape {x.shape}, the program reads {tuple(shape)}"])
     if x.dtype == np.int8:
@@ -64,6 +71,20 @@ def _input(path: Path | None, shape, seed: int, graph, prog_exp: int | None = No
                "give --model, or an int8 array")
         raise ConfigError(path, [why])
     return x.astype(np.float32), False
+
+
+def _read_image(path: Path, shape):
+    """An image file through the eval transform at the program's input (N, C, H, W)."""
+    from tilesparse.data.folder import eval_transform, load_image, read_errors
+    from tilesparse.errors import ConfigError
+
+    if len(shape) != 4 or shape[1] not in (1, 3):
+        raise ConfigError(path, [f"an image gives 1 or 3 channels; the program reads {tuple(shape)}"])
+    try:
+        img = load_image(path, shape[1])
+    except read_errors() as e:
+        raise ConfigError(path, [f"not a readable image ({type(e).__name__}: {str(e)[:200]})"]) from None
+    return eval_transform((shape[2], shape[3]), shape[1])(img).unsqueeze(0).numpy()
 
 
 def _read_npy(path: Path):
@@ -105,6 +126,9 @@ def simulate_verb(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Save the program compiled from a model "
                                              "source here.")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help=JSON_HELP + " Per-layer results.")] = None,
+    calib: Annotated[Path | None, typer.Option(help=SIM_CALIB_HELP)] = None,
+    calib_images: Annotated[int | None, typer.Option(help=CALIB_IMAGES_HELP + " Default 16; for a program file: "
+                                                     "must agree with it.", min=1)] = None,
 ) -> None:
     """Execute a program instruction by instruction over DDR, MemTiles and core memories; compare
     every layer with the PyTorch integer reference bit for bit, the output and layers with the model
@@ -116,6 +140,7 @@ def simulate_verb(
 
     * `tilesparse simulate d.tsp` (rebuild the model from d.tsp's provenance, verify bit for bit)
     * `tilesparse simulate d.tsp --input x.npy --json -`
+    * `tilesparse simulate r50.tsp --input ~/imagenet/val/n01440764/img1.JPEG` (verify on a real image)
     * `tilesparse simulate digits_cnn -a 2x2 --sparsity 0.5` (compile on the fly, then verify)
     * `tilesparse simulate old.tsp --model resnet50 --sparsity 0.5` (a program without provenance)
     """
@@ -127,7 +152,8 @@ def simulate_verb(
     block, sparsity = block_pattern_args(pattern, block, sparsity)
     check_outputs({"--out": out, "--json": json_out})
     con = console(json_out)
-    req = {"source": model, "weights": weights, "sparsity": sparsity, "block": block, "input_shape": input_shape}
+    req = {"source": model, "weights": weights, "sparsity": sparsity, "block": block, "input_shape": input_shape,
+           "calib": calib, "calib_images": calib_images}
     prog, graph, module, note = _program_and_graph(target, array, out, req)
     if note:
         con.print(escape(note))
@@ -150,11 +176,16 @@ def _program_and_graph(target: str, array: str | None, out: Path | None, req: di
     """(program, graph to verify against or None, its float module or None, a notice or "")."""
     from tilesparse.build import build_graph_from, check_request, graph_from_provenance, not_rebuildable
     from tilesparse.compiler.pipeline import compile_graph
+    from tilesparse.errors import ConfigError
     from tilesparse.program.provenance import package_version, provenance_of, set_provenance
 
     array_arg(array)  # a bad --array named before anything is built
     if not is_program_file(target):
-        built = build_graph_from(target, **{k: v for k, v in req.items() if k != "source"})
+        from tilesparse.cli.compile_cmd import calib_args
+
+        calib = calib_args(req["calib"], req["calib_images"])
+        built = build_graph_from(target, **{k: v for k, v in req.items() if k not in ("source", *_CALIB_KEYS)},
+                                 **calib)
         hw = array_arg(array or "4x4")
         prog = compile_graph(built.graph, hw)
         set_provenance(prog, built.provenance(hw.label, True))
@@ -164,19 +195,22 @@ def _program_and_graph(target: str, array: str | None, out: Path | None, req: di
     prog = read_program(target)
     prov = provenance_of(prog, target)
     if prov is not None:
-        check_request(prov, target, array=array, **req)
+        check_request(prov, target, array=array, **{k: v for k, v in req.items() if k != "calib"})
         if not prov.quantized:
             return prog, None, None, f"{target} is a timing-only (float) program: nothing to verify bit for bit"
         if prov.source_kind == "module":
             return prog, None, None, f"{target} was {not_rebuildable(prov)}; checking byte accounting only"
         notes = [f"{target} was compiled by tilesparse {prov.version}, this is {package_version()}: a "
                  "difference may be the tools', not the program's"] * (prov.version != package_version())
-        built = graph_from_provenance(prov, target, notes, model=req["source"], weights=req["weights"])
+        built = graph_from_provenance(prov, target, notes, model=req["source"], weights=req["weights"],
+                                      calib=req["calib"])
         return prog, built.graph, built.module, "\n".join(notes + [f"verifying against {built.source.spec} "
                                                                    "(provenance)"])
     if array:
         prog = read_program(target, hw=array_arg(array))
     if req["source"] is None:
+        if req["calib"] is not None:
+            raise ConfigError("--calib", [f"{target} records no provenance: give --model SOURCE to verify against"])
         return prog, None, None, (f"{target} records no provenance: checking byte accounting only (give --model "
                                   "SOURCE to verify bit for bit, or recompile)")
     built = _built_for(prog, target, req)
@@ -194,8 +228,14 @@ def _built_for(prog, target: str, req: dict):
     given = parse_input_shape(req["input_shape"])
     if given is not None and given != reads:
         raise ConfigError(f"--input-shape {req['input_shape']}", [f"{target} reads an input of {_shape(reads)}"])
-    return build_graph_from(req["source"], **{**{k: v for k, v in req.items() if k != "source"},
-                                               "input_shape": reads})
+    from tilesparse.cli.compile_cmd import calib_args
+
+    kept = {k: v for k, v in req.items() if k != "source" and k not in _CALIB_KEYS}
+    return build_graph_from(req["source"], **{**kept, "input_shape": reads},
+                            **calib_args(req["calib"], req["calib_images"]))
+
+
+_CALIB_KEYS = ("calib", "calib_images")
 
 
 def _shape(shape) -> str:

@@ -25,10 +25,17 @@ from tilesparse.errors import ConfigError
 __all__ = ["register"]
 
 DEFAULT_OUT = Path("runs")
-OUT_FILES = ("sparse.pt", "last.pt", "report.txt", "report.json", "recipe.yaml")  # what OUT receives
+OUT_FILES = ("sparse.pt", "last.pt", "report.txt", "report.json", "recipe.yaml", "metrics.csv",
+             "metrics.jsonl")  # what OUT receives
 RECIPE_HELP = "Recipe YAML (examples in src/tilesparse/recipes/). Flags below override it."
-DATA_HELP = ("auto | digits | none | FILE.pt holding x_train, y_train, x_test, y_test tensors. "
-             "auto = digits for digits_cnn, else none (choose masks only, no training).")
+DATA_HELP = ("auto | digits | shapes | none | FILE.pt holding x_train, y_train, x_test, y_test tensors | an image "
+             "FOLDER with train/ and val/ subfolders of class folders (torchvision ImageFolder layout; ImageNet "
+             "transforms at --image-size; unreadable images skipped and counted). shapes = the built-in "
+             "procedural 18-class 16x16 shapes (for shapes_cnn). auto = digits for digits_cnn, shapes for "
+             "shapes_cnn, else none (choose masks only, no training).")
+IMAGE_SIZE_HELP = "With an image --data folder: the side of the crops trained and evaluated on."
+WORKERS_HELP = "With an image --data folder: DataLoader worker processes (default min(4, CPU count); 0 = none)."
+_BUILT_IN_DATA = {"digits_cnn": "digits", "shapes_cnn": "shapes"}
 RESUME_HELP = ("Continue from OUT/last.pt after an interruption, with its recipe (a flag or --recipe that "
                "differs from it is refused, naming the field).")
 OVERRIDE_HELP = ("With --resume: continue with the flags' / recipe's new values (e.g. more --epochs), recorded in "
@@ -105,25 +112,50 @@ def _model(spec: str, weights: Path | None):
 
 def _data_kind(data: str, model_name: str | None) -> str:
     if data == "auto":
-        return "digits" if model_name == "digits_cnn" else "none"
+        return _BUILT_IN_DATA.get(model_name or "", "none")
     return data
 
 
 def _data_identity(data: str) -> str | dict[str, str]:
-    """What the checkpoint records of the data (--resume compares it): a data file by its sha256."""
+    """What the checkpoint records of the data (--resume compares it): a data file by its sha256, an
+    image folder by that of its sorted image names and sizes (cheap, not every byte)."""
     from tilesparse.program.provenance import file_sha256
 
-    return data if data in ("digits", "none") else {"name": data, "sha256": file_sha256(data)}
+    if data in ("digits", "shapes", "none"):
+        return data
+    if Path(data).is_dir():
+        from tilesparse.data.folder import tree_identity
+
+        return {"name": data, "sha256": tree_identity(data)}
+    return {"name": data, "sha256": file_sha256(data)}
 
 
-def _loaders(data: str, batch_size: int, seed: int):
+def _loaders(data: str, batch_size: int, seed: int, image_size: int = 224, workers: int | None = None,
+             net=None):
     if data == "none":
         return None, None
     if data == "digits":
         from tilesparse.data.digits import digits_loaders
 
         return digits_loaders(batch_size, seed)
+    if data == "shapes":
+        from tilesparse.data.shapes import shapes_loaders
+
+        return shapes_loaders(batch_size, seed)
+    if Path(data).is_dir():
+        from tilesparse.data.folder import folder_loaders
+
+        return folder_loaders(data, batch_size, seed, image_size=image_size, workers=workers,
+                              channels=_in_channels(net))
     return _tensor_file_loaders(Path(data), batch_size, seed)
+
+
+def _in_channels(net) -> int:
+    """The channels the model's first conv reads (1: grey images; else RGB)."""
+    from torch import nn
+
+    first = next((m for m in net.modules() if isinstance(m, nn.Conv2d)), None) if net is not None else None
+    return 1 if first is not None and first.in_channels == 1 else 3
 
 
 def _read_tensor_file(path: Path) -> dict:
@@ -135,7 +167,8 @@ def _read_tensor_file(path: Path) -> dict:
 
     expected = f"a torch.save file of a dict with tensors {', '.join(_DATA_KEYS)}"
     if not path.is_file():
-        raise ConfigError("--data", [f"expected 'digits', 'none' or {expected}; {path} does not exist"])
+        raise ConfigError("--data", [f"expected 'digits', 'shapes', 'none', {expected}, or an image folder with "
+                                     f"train/ and val/ subfolders; {path} does not exist"])
     try:
         d = load_torch_file(path)
     except TorchFileError as e:
@@ -170,7 +203,8 @@ def _train_dense(net, train, test, rec, epochs: int, lr: float, device, con, dis
     from tilesparse.sparsify.trainer import Trainer
 
     if train is None:
-        raise ConfigError("--dense-epochs", ["dense training needs data (--data digits or a .pt file)"])
+        raise ConfigError("--dense-epochs", ["dense training needs data (--data digits, shapes, a .pt file or an image "
+                                             "folder)"])
     cfg = rec.training.model_copy(update={"epochs": epochs, "lr": lr})
     fit = Trainer(net, None, None, train, test, cfg, device=device, dist=dist).fit()
     if fit.final_accuracy is not None and (dist is None or dist.main):
@@ -219,10 +253,12 @@ def _join(dev):
     return dist, (dist.device if dist is not None else dev)
 
 
-def _run_settings(data: str, name: str | None, model_file: dict) -> dict[str, Any]:
-    """What the checkpoints record besides the recipe, for --resume to compare: the data, and a
-    model file by its sha256."""
+def _run_settings(data: str, name: str | None, model_file: dict, image_size: int) -> dict[str, Any]:
+    """What the checkpoints record besides the recipe, for --resume to compare: the data (an image
+    folder with its crop size), and a model file by its sha256."""
     run: dict[str, Any] = {"data": _data_identity(data)}
+    if Path(data).is_dir():
+        run["image_size"] = image_size
     if model_file:
         run["model"] = {"name": name, "sha256": model_file["model_sha256"]}
     return run
@@ -272,6 +308,8 @@ def sparsify(
     dense_lr: Annotated[float, typer.Option(help="Learning rate of the dense training.")] = 0.05,
     threads: Annotated[Optional[int], typer.Option(help="torch CPU threads (small models run faster on 1).",
                                                    min=1)] = None,
+    image_size: Annotated[int, typer.Option(help=IMAGE_SIZE_HELP, min=1)] = 224,
+    workers: Annotated[Optional[int], typer.Option(help=WORKERS_HELP, min=0)] = None,
     amp: Annotated[Optional[str], typer.Option(help=AMP_HELP)] = None,
     accumulate: Annotated[Optional[int], typer.Option(help=ACCUMULATE_HELP, min=1)] = None,
     nproc: Annotated[Optional[int], typer.Option(help=NPROC_HELP, min=1)] = None,
@@ -280,8 +318,9 @@ def sparsify(
 
     Writes OUT/sparse.pt (weights + masks + recipe), OUT/report.txt and report.json (per-layer units
     kept, sparsity, weight bytes dense vs compressed), OUT/recipe.yaml, and OUT/last.pt after every
-    epoch (for --resume). The checkpoint names its model source, so `tilesparse compile OUT/sparse.pt`
-    compiles its trained masks.
+    epoch (for --resume) with OUT/metrics.csv and metrics.jsonl (per-epoch loss, top-1/top-5, sparsity,
+    learning rate, images/s: `tilesparse report OUT`). The checkpoint names its model source, so
+    `tilesparse compile OUT/sparse.pt` compiles its trained masks.
 
     Examples:
 
@@ -289,7 +328,9 @@ def sparsify(
     * `tilesparse sparsify resnet50 --sparsity 0.5 --pattern 8x8 -o runs/r50` (masks only: no data given)
     * `tilesparse sparsify digits_cnn --pattern 2:4 --method incremental --epochs 6` (2:4 on the reduction axis)
     * `tilesparse sparsify digits_cnn --pattern 8x8@0.5/2:4 --epochs 5` (HSS: 75 % sparse)
+    * `tilesparse sparsify shapes_cnn --dense-epochs 16 --pattern 2:4 --epochs 4` (the harder built-in shapes)
     * `tilesparse sparsify my_net.py:make --data data.pt --recipe src/tilesparse/recipes/penalty_lse.yaml`
+    * `tilesparse sparsify resnet18 --data ~/imagenet --pattern 8x8 --epochs 10` (train/ and val/ image folders)
     * `tilesparse sparsify digits_cnn --epochs 5 --nproc 2 -o runs/d2` (two processes, DistributedDataParallel)
     """
     import os
@@ -317,22 +358,25 @@ def sparsify(
             check_outputs({"--json": json_out}, ("--out", out, OUT_FILES))
         if resume and recipe is None:  # the flags given change the checkpoint's recipe, not the defaults
             rec = _recipe(None, dict(flags), _resumed_recipe(out, dist))
-        _train_and_write(net, name, model_file, rec, data, dev, dist, out, json_out, resume, override,
-                         (dense_epochs, dense_lr), bytes_per_weight)
+        _train_and_write(net, name, model_file, rec, (data, image_size, workers), dev, dist, out, json_out, resume,
+                         override, (dense_epochs, dense_lr), bytes_per_weight)
     finally:
         if dist is not None:
             dist.close()
 
 
-def _train_and_write(net, name, model_file, rec, data: str, dev, dist, out: Path, json_out: Path | None,
-                     resume: bool, override: bool, dense: tuple[int, float], bytes_per_weight: int) -> None:
-    """Train (every process), then write OUT and print the results (rank 0 alone)."""
+def _train_and_write(net, name, model_file, rec, data_opts: tuple[str, int, int | None], dev, dist, out: Path,
+                     json_out: Path | None, resume: bool, override: bool, dense: tuple[int, float],
+                     bytes_per_weight: int) -> None:
+    """Train (every process), then write OUT and print the results (rank 0 alone). ``data_opts``:
+    --data, --image-size, --workers."""
     from tilesparse.sparsify.run import sparsify_model
 
     main = dist is None or dist.main
+    data, image_size, workers = data_opts
     data = _data_kind(data, name)
-    train, test = _loaders(data, rec.training.batch_size, rec.training.seed)
-    run = _run_settings(data, name, model_file)
+    train, test = _loaders(data, rec.training.batch_size, rec.training.seed, image_size, workers, net)
+    run = _run_settings(data, name, model_file, image_size)
     con = console(json_out)
     if dense[0] and not resume:
         _train_dense(net, train, test, rec, dense[0], dense[1], dev, con, dist)
@@ -342,6 +386,19 @@ def _train_and_write(net, name, model_file, rec, data: str, dev, dist, out: Path
     if main:
         _write_outputs(out, result, rec, name, model_file, run)
         _print_results(con, result, out, json_out)
+        _print_skipped(con, (train, test))
+
+
+def _print_skipped(con, loaders) -> None:
+    """How many unreadable images an image folder's loaders skipped (the first named)."""
+    from rich.markup import escape
+
+    for loader in loaders:
+        skipped = getattr(loader, "skipped", None)
+        if skipped:
+            path, err = next(iter(skipped.items()))
+            con.print(escape(f"skipped {len(skipped)} unreadable image(s) of {loader.where} (e.g. {path}: {err})"),
+                      soft_wrap=True)
 
 
 def _print_results(con, result, out: Path, json_out: Path | None) -> None:
@@ -357,6 +414,8 @@ def _print_results(con, result, out: Path, json_out: Path | None) -> None:
     if result.fit.final_accuracy is not None:
         con.print(f"accuracy after:  {result.fit.final_accuracy:.2f} %")
     con.print(f"wrote {out}/sparse.pt, report.txt, report.json, recipe.yaml", soft_wrap=True)
+    if result.fit.history:
+        con.print(f"per-epoch records: {out}/metrics.csv, metrics.jsonl (tilesparse report {out})", soft_wrap=True)
     if json_out is not None:
         write_json(json_out, json.loads(result.report.to_json()))
 

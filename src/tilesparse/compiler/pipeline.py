@@ -248,7 +248,7 @@ def _refuse_sdq(graph: Graph) -> None:
     if names:
         raise ConfigError(f"graph {graph.name}", [
             f"layer {name!r} is an SDQ layer: SDQ layers are computed by the integer reference only; "
-            "compiling them is issue part 2" for name in names])
+            "compiling them is issue 19 (the pattern family, part 2)" for name in names])
 
 
 def _assemble(graph, hw, plans: list[LayerPlan], ins, buffers, alloc, t0, cache: CompileCache) -> Program:

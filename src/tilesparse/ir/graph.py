@@ -132,7 +132,8 @@ class Graph:
 
                 raise ConfigError(f"graph {self.name}", [
                     f"layer {node!r} is an SDQ layer (a sparse and a dense weight part): only the integer "
-                    "reference computes it; this step needs one int8 weight (SDQ elsewhere is issue 18's part 2)"])
+                    "reference computes it; this step needs one int8 weight (SDQ elsewhere: issue 19, the "
+                    "pattern family's part 2)"])
             raise KeyError(f"graph {self.name}: node {node!r} has no parameter {name!r}")
         return self.params[key]
 

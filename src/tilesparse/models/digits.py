@@ -1,5 +1,6 @@
 """A small CNN for scikit-learn's 8x8 digits: four 3x3 convs (channels multiples of 8), the last
-three sparsifiable with 8x8 blocks (the first has one input channel and is excluded by default)."""
+three sparsifiable with 8x8 blocks (the first has one input channel and is excluded by default).
+``shapes_cnn`` is the same network, half as wide, for the 16x16 18-class procedural shapes."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from torch import Tensor, nn
 
 from tilesparse.models.zoo import INPUT_SHAPES, register
 
-__all__ = ["DigitsCNN", "digits_cnn"]
+__all__ = ["DigitsCNN", "digits_cnn", "shapes_cnn"]
 
 INPUT_SHAPES["digits_cnn"] = (1, 8, 8)  # so later stages (capture, compile) know the input size
+INPUT_SHAPES["shapes_cnn"] = (1, 16, 16)
 
 
 def _conv(cin: int, cout: int) -> list[nn.Module]:
@@ -35,3 +37,9 @@ class DigitsCNN(nn.Module):
 @register("digits_cnn")
 def digits_cnn(num_classes: int = 10) -> DigitsCNN:
     return DigitsCNN(num_classes=num_classes)
+
+
+@register("shapes_cnn")
+def shapes_cnn(num_classes: int = 18) -> DigitsCNN:
+    """Convs 16-16-32-32 for ``tilesparse.data.shapes`` (18 classes, 16x16)."""
+    return DigitsCNN(num_classes=num_classes, width=16)

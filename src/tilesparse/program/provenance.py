@@ -67,7 +67,9 @@ class Provenance:
     selection: str
     seed: int  # random zoo weights and calibration inputs
     quantization: str  # e.g. "int8 power-of-two, per-tensor weights" or "none (float graph)"
-    calibration: str  # e.g. "random normal, n=2, seed=0", or "given: n=16" (inputs passed in, module sources)
+    # e.g. "random normal, n=2, seed=0", "given: n=16" (inputs passed in, module sources), or images
+    # from a folder ("images: n=16 from ...", the files in ``calibration_images``)
+    calibration: str
     input_shape: tuple[int, ...]
     array: str  # the array's label (hw.label)
     time_model: str
@@ -77,6 +79,10 @@ class Provenance:
     # folder moved as a whole still finds it from the same working directory; None for a zoo name
     source_given: str | None = None
     weights_given: str | None = None
+    # calibration images from a folder (``--calib``): {"path": absolute folder, "given": as the user
+    # wrote it, "files": the images' paths relative to it, in order, "sha256": of those names and
+    # bytes}; rebuilt through the eval transform at ``input_shape``. None: no images (older programs)
+    calibration_images: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         errs = _check(self)
@@ -141,7 +147,23 @@ def _check(p: Provenance) -> list[str]:
         errs.append(f"seed must be an integer, got {p.seed!r}")
     if not isinstance(p.balance, bool):
         errs.append(f"balance must be true or false, got {p.balance!r}")
-    return errs
+    return errs + _check_images(p.calibration_images)
+
+
+_IMAGE_KEYS = ("path", "given", "files", "sha256")
+
+
+def _check_images(rec: Any) -> list[str]:
+    if rec is None:
+        return []
+    if not isinstance(rec, dict) or sorted(rec) != sorted(_IMAGE_KEYS):
+        return [f"calibration_images must be null or a mapping with keys {', '.join(_IMAGE_KEYS)}, got "
+                f"{str(rec)[:120]}"]
+    files = rec["files"]
+    if not isinstance(files, (list, tuple)) or not files or not all(isinstance(f, str) for f in files):
+        return [f"calibration_images.files must be a non-empty list of relative paths, got {str(files)[:120]}"]
+    return [f"calibration_images.{k} must be a string, got {rec[k]!r}" for k in ("path", "given", "sha256")
+            if not isinstance(rec[k], str)]
 
 
 def set_provenance(program: Any, prov: Provenance) -> None:

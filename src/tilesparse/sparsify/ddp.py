@@ -3,34 +3,36 @@
     dist = init_from_env("cpu")            # None outside torchrun (or with one process)
     Trainer(..., dist=dist).fit()
 
-``training.batch_size`` stays the *global* batch: each rank loads ``batch_size / N`` samples of it
-through a ``DistributedSampler`` whose permutation is seeded from (seed, epoch) as a single process
-seeds its shuffling, so the N shards of step k are together the samples one process would take at
-step k. Gradients are averaged by ``DistributedDataParallel``, wrapped around the prepared model
-(mask parametrizations included) after the method's setup and again whenever the parameters change
-(soft gates folded away). Every rank runs the method's pruning on the same full data; rank 0's masks,
-weights and buffers are then broadcast, and every rank checks a digest of its state against the
-others' (``check_same``) before rank 0 alone writes a checkpoint. BatchNorm running statistics,
-which each rank updates from its own shard, are averaged at the end of every epoch.
+``training.batch_size`` stays the *global* batch: each rank loads ``batch_size / N`` samples of it.
+Every rank draws the loader's own order from its generator, seeded per epoch as for one process, and
+takes every N-th sample of it (``ShardSampler``), so the N shards of step k are together the samples
+one process would take at step k. Gradients are averaged by ``DistributedDataParallel``, wrapped
+around the prepared model (mask parametrizations included) after the method's setup and again
+whenever the parameters change (soft gates folded away). Every rank runs the method's pruning on
+the same full data; rank 0's masks, weights and buffers are then broadcast, and every rank checks a
+digest of its state against the others' (``check_same``) before rank 0 alone writes a checkpoint.
+BatchNorm running statistics, which each rank updates from its own shard, are averaged at the end of
+every epoch.
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
 import os
 import zlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
 import torch.distributed as tdist
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Sampler
 
 from tilesparse.errors import ConfigError, TilesparseError
 
-__all__ = ["Distributed", "DistributedError", "init_from_env", "digests", "mismatches", "check_same",
+__all__ = ["Distributed", "DistributedError", "ShardSampler", "init_from_env", "digests", "mismatches", "check_same",
            "strip_nproc"]
 
 T = TypeVar("T")
@@ -56,27 +58,23 @@ class Distributed:
         return self.rank == 0
 
     # ---- data ------------------------------------------------------------------------------
-    def shard_train(self, loader: Iterable, seed: int) -> DataLoader:
-        """This rank's part of every global batch of ``loader`` (``set_epoch(e)`` reseeds it to ``seed + e``)."""
+    def shard_train(self, loader: Iterable) -> Any:
+        """This rank's part of every global batch of ``loader``: its sampler's order (drawn on every rank
+        from the same seeded generator, so the same order one process would take) split every N-th item."""
         dl = _dataloader(loader, "training")
         batch = dl.batch_size or 1
         if batch % self.world_size:
             raise ConfigError("training.batch_size", [f"the global batch {batch} does not split over "
                                                       f"{self.world_size} processes; give a multiple of "
                                                       f"{self.world_size}"])
-        sampler = DistributedSampler(dl.dataset, self.world_size, self.rank, shuffle=_shuffles(dl), seed=seed)
-        return DataLoader(dl.dataset, batch_size=batch // self.world_size, sampler=sampler,
-                          num_workers=dl.num_workers, collate_fn=dl.collate_fn, pin_memory=dl.pin_memory,
-                          drop_last=dl.drop_last, generator=torch.Generator().manual_seed(seed))
+        return _resampled(loader, ShardSampler(dl.sampler, self.rank, self.world_size), batch // self.world_size)
 
-    def shard_eval(self, loader: Iterable | None) -> DataLoader | None:
+    def shard_eval(self, loader: Iterable | None) -> Any:
         """Every N-th sample from this rank's index on (no padding: the all-reduced counts are exact)."""
         if loader is None:
             return None
         dl = _dataloader(loader, "evaluation")
-        part = Subset(dl.dataset, range(self.rank, len(dl.dataset), self.world_size))  # type: ignore[arg-type]
-        return DataLoader(part, batch_size=dl.batch_size, num_workers=dl.num_workers, collate_fn=dl.collate_fn,
-                          pin_memory=dl.pin_memory)
+        return _resampled(loader, ShardSampler(dl.sampler, self.rank, self.world_size, pad=False), dl.batch_size)
 
     # ---- collectives -----------------------------------------------------------------------
     def sum(self, *values: float) -> list[float]:
@@ -150,15 +148,50 @@ def _broadcast_(t: Tensor, comm: torch.device) -> None:
     t.copy_(buf)
 
 
+class ShardSampler(Sampler):
+    """Rank ``rank``'s share of ``base``'s order: every ``world``-th item from ``rank`` on. With ``pad``,
+    the order is first padded with its own first items to a multiple of ``world`` (every rank then takes
+    as many steps; a few samples are seen twice per epoch)."""
+
+    def __init__(self, base: Sampler, rank: int, world: int, pad: bool = True):
+        self.base, self.rank, self.world, self.pad = base, rank, world, pad
+
+    def __len__(self) -> int:
+        n = len(self.base)  # type: ignore[arg-type]
+        return -(-n // self.world) if self.pad else len(range(self.rank, n, self.world))
+
+    def __iter__(self) -> Iterator[Any]:
+        items = list(self.base)
+        if self.pad and len(items) % self.world:
+            items += (items * self.world)[: self.world - len(items) % self.world]
+        return iter(items[self.rank::self.world])
+
+
 def _dataloader(loader: Iterable, role: str) -> DataLoader:
-    if not isinstance(loader, DataLoader) or not hasattr(loader.dataset, "__len__"):
-        raise ConfigError("data", [f"training across processes needs the {role} data as a torch DataLoader over a "
-                                   f"map-style dataset (one with len()), got {type(loader).__name__}"])
-    return loader
+    """The DataLoader of ``loader`` (itself, or a wrapper's ``.loader``, as image folders have)."""
+    dl = loader if isinstance(loader, DataLoader) else getattr(loader, "loader", None)
+    if not isinstance(dl, DataLoader) or dl.batch_size is None:
+        raise ConfigError("data", [f"training across processes needs the {role} data as a torch DataLoader with "
+                                   f"a batch size (or a wrapper of one in .loader), got {type(loader).__name__}"])
+    return dl
 
 
-def _shuffles(dl: DataLoader) -> bool:
-    return isinstance(dl.sampler, torch.utils.data.RandomSampler)
+def _resampled(loader: Any, sampler: Sampler, batch_size: int | None) -> Any:
+    """``loader`` drawing from ``sampler`` in batches of ``batch_size``, its other settings kept (its
+    generator too: the same object, reseeded every epoch by the Trainer); a wrapper is copied around it
+    (its other fields, such as the count of skipped images, shared)."""
+    dl = _dataloader(loader, "")
+    opts: dict[str, Any] = {"num_workers": dl.num_workers, "collate_fn": dl.collate_fn, "pin_memory": dl.pin_memory,
+                            "drop_last": dl.drop_last, "worker_init_fn": dl.worker_init_fn, "timeout": dl.timeout,
+                            "generator": dl.generator}
+    if dl.num_workers > 0:
+        opts.update(persistent_workers=dl.persistent_workers, prefetch_factor=dl.prefetch_factor)
+    new = DataLoader(dl.dataset, batch_size=batch_size, sampler=sampler, **opts)
+    if loader is dl:
+        return new
+    shard = copy.copy(loader)
+    shard.loader = new
+    return shard
 
 
 def digests(tensors: Mapping[str, Tensor]) -> dict[str, int]:

@@ -31,6 +31,7 @@ Method = Literal["oneshot", "incremental", "penalty"]
 Score = Literal["l1", "l2", "variance", "taylor", "fisher", "hessian"]
 Selection = Literal["layer", "global", "balanced_rows", "balanced_cols"]
 Schedule = Literal["linear", "cubic"]
+LrSchedule = Literal["constant", "step", "cosine"]
 DEFAULT_SPARSITY = 0.5  # of a pattern with a free level when the recipe names none
 LayerType = Literal["conv", "linear"]
 
@@ -42,7 +43,11 @@ _Strict = StrictModel  # unknown fields refused, finite floats, no booleans for 
 
 
 class TrainingConfig(_Strict):
-    """Fine-tuning loop settings (used by ``tilesparse sparsify`` and ``Trainer``)."""
+    """Fine-tuning loop settings (used by ``tilesparse sparsify`` and ``Trainer``).
+
+    ``lr_schedule`` (``sparsify.schedule``), set at the start of every epoch: ``constant``; ``step``
+    (times ``lr_gamma`` every ``lr_step_epochs``); ``cosine`` (from ``lr`` to ``lr_min`` over ``epochs``).
+    ``label_smoothing``: of the training loss (cross entropy), as Inception-v3 was trained."""
 
     epochs: Int = Field(10, ge=0)
     lr: Float = Field(0.01, gt=0)
@@ -53,6 +58,18 @@ class TrainingConfig(_Strict):
     seed: Int = 0
     amp: Literal["none", "bf16", "fp16"] = "none"  # mixed precision of the forward pass (sparsify.precision)
     accumulate: Int = Field(1, ge=1)  # micro-batches summed per optimizer step (effective batch: batch_size * this)
+    lr_schedule: LrSchedule = "constant"
+    lr_step_epochs: Int = Field(30, ge=1)
+    lr_gamma: Float = Field(0.1, gt=0, le=1)
+    lr_min: Float = Field(0.0, ge=0)
+    label_smoothing: Float = Field(0.0, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _lr_min_below_lr(self) -> TrainingConfig:
+        if self.lr_min >= self.lr:
+            raise ValueError(f"lr_min: {self.lr_min:g} must be below lr {self.lr:g} (the cosine schedule falls "
+                             "from lr to lr_min)")
+        return self
 
 
 class IncrementalConfig(_Strict):

@@ -1,5 +1,7 @@
-"""A fine-tuning loop for users who don't bring their own: progress bar, evaluation every epoch,
-a checkpoint after every epoch (``<checkpoint_dir>/last.pt``, atomic) and exact resume.
+"""A fine-tuning loop for users who don't bring their own: progress bar, evaluation every epoch
+(top-1, top-5), the recipe's learning-rate schedule, a checkpoint after every epoch
+(``<checkpoint_dir>/last.pt``, atomic) with the per-epoch records beside it (``metrics.csv``,
+``metrics.jsonl``: ``sparsify.runlog``) and exact resume.
 
     trainer = Trainer(model, sparsifier, OneShot(), train_loader, test_loader, recipe.training)
     result = trainer.fit()            # or fit(resume=True) after an interruption
@@ -16,9 +18,11 @@ every batch and rank 0 alone writes checkpoints.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +32,13 @@ from torch import Tensor, nn
 from tilesparse.errors import CheckpointError
 from tilesparse.sparsify.checkpoint import load_plain_state, read_checkpoint, save_checkpoint
 from tilesparse.sparsify.ddp import Distributed
+from tilesparse.sparsify.evaluation import Accuracy, evaluate_topk
 from tilesparse.sparsify.methods.base import SparsityMethod, TrainContext
 from tilesparse.sparsify.precision import Precision
 from tilesparse.sparsify.recipe import TrainingConfig
 from tilesparse.sparsify.resume import TARGETS, check_targets, compare, override_record, run_settings, saved_settings
+from tilesparse.sparsify.runlog import write_metrics
+from tilesparse.sparsify.schedule import set_epoch_lr, tag_base_lr
 from tilesparse.sparsify.sparsifier import Sparsifier
 
 __all__ = ["Trainer", "FitResult", "EpochRecord", "evaluate", "LAST_CHECKPOINT"]
@@ -47,6 +54,10 @@ class EpochRecord:
     train_loss: float
     test_accuracy: float | None
     sparsity: float  # mean block sparsity over sparsified layers
+    test_top5: float | None = None  # the fields below: None in checkpoints from before they existed
+    lr: float | None = None  # of the model weights' parameter group
+    images_per_s: float | None = None  # training images / training time
+    epoch_seconds: float | None = None  # wall time of training and evaluation
 
 
 @dataclass
@@ -59,18 +70,20 @@ class FitResult:
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str = "cpu",
              dist: Distributed | None = None) -> float:
-    """Top-1 accuracy in percent (``dist``: over every rank's shard of the data)."""
-    was = model.training
-    model.eval()
-    correct = total = 0
-    for x, y in loader:
-        pred = model(x.to(device)).argmax(dim=1)
-        correct += int((pred == y.to(device)).sum())
-        total += len(y)
-    model.train(was)
-    if dist is not None:
-        correct, total = dist.sum(correct, total)
-    return 100.0 * correct / max(total, 1)
+    """Top-1 accuracy in percent (``evaluation.evaluate_topk`` gives top-5 too; ``dist``: over every
+    rank's shard of the data)."""
+    return accuracy(model, loader, device, dist).top1
+
+
+def accuracy(model: nn.Module, loader: Iterable, device: torch.device | str = "cpu",
+             dist: Distributed | None = None) -> Accuracy:
+    """Top-1 and top-5 accuracy; across processes, of the counts summed over the ranks' shards."""
+    acc = evaluate_topk(model, loader, device)
+    if dist is None:
+        return acc
+    hits = [round(a * acc.samples / 100.0) for a in (acc.top1, acc.top5)]
+    c1, c5, n = dist.sum(hits[0], hits[1], acc.samples)
+    return Accuracy(100.0 * c1 / max(n, 1), 100.0 * c5 / max(n, 1), int(n))
 
 
 def _mean_sparsity(sp: Sparsifier | None) -> float:
@@ -91,22 +104,24 @@ class Trainer:
                  train_loader: Iterable, test_loader: Iterable | None = None,
                  training: TrainingConfig | None = None, *, device: torch.device | str = "cpu",
                  checkpoint_dir: str | Path | None = None, model_name: str | None = None,
-                 loss_fn: Callable[[Tensor, Tensor], Tensor] = nn.functional.cross_entropy,
+                 loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
                  progress: bool = True, run: dict[str, Any] | None = None, dist: Distributed | None = None):
         self.model, self.sparsifier, self.net = model, sparsifier, model  # net: what trains (DDP-wrapped)
         self.method = method if method is not None else SparsityMethod()  # no-op: dense training
         self.cfg = training or (sparsifier.recipe.training if sparsifier is not None else TrainingConfig())
         self.dist, self.full_loader = dist, train_loader  # pruning reads the full data on every rank
         if dist is not None:
-            train_loader = dist.shard_train(train_loader, self.cfg.seed * EPOCH_SEED_STRIDE) if self.cfg.epochs \
-                else train_loader
+            train_loader = dist.shard_train(train_loader) if self.cfg.epochs else train_loader
             test_loader = dist.shard_eval(test_loader)
         self.train_loader, self.test_loader = train_loader, test_loader
         self.device = torch.device(device)
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        if loss_fn is None:  # cross entropy, with the recipe's label smoothing
+            loss_fn = partial(nn.functional.cross_entropy, label_smoothing=self.cfg.label_smoothing)
         self.model_name, self.loss_fn = model_name, loss_fn
         self.progress = progress and (dist is None or dist.main)
         self.run = dict(run or {})
+        self.images_seen = 0  # training images of the current epoch, all processes (its images/s)
         self.precision = Precision(self.cfg.amp, self.device)
         self.ctx = TrainContext(sparsifier, train_loader if dist is None else self.full_loader, loss_fn,
                                 self.device, self.cfg.epochs)
@@ -118,8 +133,8 @@ class Trainer:
         base = [p for p in self.model.parameters() if p.requires_grad and id(p) not in extra_ids]
         groups = [{"params": base}, *extra]
         if c.optimizer == "adam":
-            return torch.optim.Adam(groups, lr=c.lr, weight_decay=c.weight_decay)
-        return torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+            return tag_base_lr(torch.optim.Adam(groups, lr=c.lr, weight_decay=c.weight_decay))
+        return tag_base_lr(torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay))
 
     def _micro_batch(self, x: Tensor, y: Tensor, group: int, sync: bool) -> float:
         """Forward and backward of one batch, its loss (and penalty) divided by the ``group`` of batches
@@ -161,6 +176,7 @@ class Trainer:
             self._step(opt)
         if self.dist is not None:
             total, n = self.dist.sum(total, n)
+        self.images_seen = int(n)
         return total / max(n, 1)
 
     def _save(self, epoch: int, opt: torch.optim.Optimizer, result: FitResult) -> None:
@@ -173,6 +189,16 @@ class Trainer:
                  "processes": self.dist.world_size if self.dist is not None else 1}
         save_checkpoint(self.checkpoint_dir / LAST_CHECKPOINT, self.model, self.sparsifier,
                         model_name=self.model_name, extra=extra)
+        write_metrics(self.checkpoint_dir, result.history)  # after last.pt: never an epoch it lacks
+
+    def _epoch_record(self, epoch: int, loss: float, lr: float, started: float) -> EpochRecord:
+        """The epoch's evaluation (top-1, top-5), sparsity, learning rate and throughput."""
+        trained = time.perf_counter() - started
+        acc = accuracy(self.model, self.test_loader, self.device, self.dist) if self.test_loader is not None else None
+        return EpochRecord(epoch, loss, acc.top1 if acc is not None else None, _mean_sparsity(self.sparsifier),
+                           test_top5=acc.top5 if acc is not None else None, lr=lr,
+                           images_per_s=self.images_seen / trained if trained > 0 else None,
+                           epoch_seconds=time.perf_counter() - started)
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -225,13 +251,10 @@ class Trainer:
         (across processes: the same shuffle on every rank, each rank its own dropout)."""
         seed = self.cfg.seed * EPOCH_SEED_STRIDE + epoch
         torch.manual_seed(seed + ((self.dist.rank if self.dist is not None else 0) << RANK_SEED_SHIFT))
-        for loader in (self.train_loader, self.full_loader):
+        for loader in (self.train_loader, self.full_loader):  # across processes: one generator, both loaders
             gen = getattr(loader, "generator", None)
             if isinstance(gen, torch.Generator):
                 gen.manual_seed(seed)
-        set_epoch = getattr(getattr(self.train_loader, "sampler", None), "set_epoch", None)
-        if callable(set_epoch):
-            set_epoch(epoch)  # a DistributedSampler draws its permutation from its seed + epoch
 
     def _sync(self, what: str, rewrap: bool = True) -> None:
         """Across processes: rank 0's masks, weights and buffers on every rank (pruning may have
@@ -243,13 +266,12 @@ class Trainer:
         if rewrap:
             self.net = self.dist.wrap(self.model)
 
-    def _end_epoch(self, epoch: int) -> float | None:
-        """Across processes, reconcile the BatchNorm statistics and check that every rank holds the
-        same state; then the test accuracy."""
+    def _reconcile(self, epoch: int) -> None:
+        """Across processes, average the BatchNorm statistics and check that every rank holds the
+        same state (before the evaluation and the checkpoint)."""
         if self.dist is not None:
             self.dist.average_buffers(self.model)
             self.dist.check(self.model, f"end of epoch {epoch + 1}")
-        return self._evaluate()
 
     def _evaluate(self) -> float | None:
         if self.test_loader is None:
@@ -295,11 +317,12 @@ class Trainer:
                     opt = self._optimizer()
                 if self.sparsifier is not None:
                     self.sparsifier.mask_optimizer_state(opt)  # pruned blocks lose their momentum
+                lr, started, self.images_seen = set_epoch_lr(opt, self.cfg, epoch), time.perf_counter(), 0
                 task = prog.add_task(f"epoch {epoch + 1}/{self.cfg.epochs}", total=steps)
                 loss = self._train_epoch(opt, epoch, (prog, task) if self.progress else None)
                 prog.remove_task(task)
-                acc = self._end_epoch(epoch)
-                result.history.append(EpochRecord(epoch, loss, acc, _mean_sparsity(self.sparsifier)))
+                self._reconcile(epoch)
+                result.history.append(self._epoch_record(epoch, loss, lr, started))
                 self._save(epoch, opt, result)
         self.method.finish(self.ctx)
         self._sync("the final masks", rewrap=False)
