@@ -204,3 +204,19 @@ def test_shard_sampler_splits_one_order_over_the_ranks():
     exact = [list(ShardSampler(base, r, 3, pad=False)) for r in range(3)]
     assert exact == [[0, 3, 6], [1, 4], [2, 5]]
     assert [len(ShardSampler(base, r, 3, pad=False)) for r in range(3)] == [3, 2, 2]
+
+
+def test_an_image_folder_trains_across_two_processes(tmp_path):
+    """`--data DIR` under `--nproc 2`: the folder loader is sharded like any loader; the unreadable images
+    either process skipped are reported once, by rank 0."""
+    from test_data_folder import NET, make_tree
+
+    (tmp_path / "net.py").write_text(NET)
+    make_tree(tmp_path / "data")
+    cmd = [sys.executable, "-m", "tilesparse", "sparsify", "net.py:make", "--data", "data", "--image-size", "16",
+           "--workers", "0", "--epochs", "1", "--sparsity", "0.5", "--block", "2x2", "--nproc", "2", "-o", "run"]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("accuracy after") == 1
+    assert "skipped 1 unreadable image(s)" in proc.stdout
+    assert read_checkpoint(tmp_path / "run" / "last.pt")["extra"]["processes"] == 2

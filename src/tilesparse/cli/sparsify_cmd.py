@@ -383,6 +383,9 @@ def _train_and_write(net, name, model_file, rec, data_opts: tuple[str, int, int 
     result = sparsify_model(net, rec, train, test, device=dev, checkpoint_dir=out, resume=resume, model_name=name,
                             bytes_per_weight=bytes_per_weight, override=override, run=run, dist=dist,
                             progress=main)
+    for loader in (train, test) if dist is not None else ():  # each process skipped the images of its shard
+        if getattr(loader, "skipped", None) is not None:
+            loader.skipped.update(dist.union(loader.skipped))
     if main:
         _write_outputs(out, result, rec, name, model_file, run)
         _print_results(con, result, out, json_out)

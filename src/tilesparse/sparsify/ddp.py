@@ -100,6 +100,16 @@ class Distributed:
             raise value
         return value  # type: ignore[no-any-return]
 
+    def union(self, d: Mapping[str, Any]) -> dict[str, Any]:
+        """Every rank's ``d`` merged (rank 0's value first for a key in several)."""
+        gathered: list[Any] = [None] * self.world_size
+        tdist.all_gather_object(gathered, dict(d))
+        out: dict[str, Any] = {}
+        for part in gathered:
+            for k, v in part.items():
+                out.setdefault(k, v)
+        return out
+
     def wrap(self, model: nn.Module) -> nn.Module:
         """``model`` in DistributedDataParallel (buffers are reconciled per epoch, not per step)."""
         ids = [self.device.index] if self.device.type == "cuda" else None
