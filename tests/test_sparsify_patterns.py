@@ -237,3 +237,20 @@ def test_incremental_steps_are_monotone_and_end_on_the_pattern(spec, o8, i8, k, 
     assert layer.pattern.check(prev, layer.shape, layer.groups) == []
     assert sp.sparsity()["conv"] == pytest.approx(target)  # channels divide every unit; an even count of blocks
     assert (layer.module.weight[~prev] == 0).all()
+
+
+def test_a_target_the_masks_cannot_reach_is_said_not_passed_silently():
+    from tilesparse.models.digits import DigitsCNN
+    from tilesparse.sparsify import SparsityShortfall
+
+    torch.manual_seed(0)
+    sp = Sparsifier(Recipe(pattern="8x8", sparsity=0.9375)).prepare(DigitsCNN(10, 32))
+    with pytest.warns(SparsityShortfall, match=r"features\.3 reached 0\.75 of its target 0\.9375"):
+        sp.step()
+    # 32 input channels: 4 block columns, and balanced rows keep one in every row -> 0.75 at most
+    assert sp.sparsity()["features.3"] == 0.75 and "at least one of the 4" in sp.shortfalls["features.3"]
+    row = {r.name: r for r in build_report(sp.model, sp).layers}["features.3"]
+    assert row.note == sp.shortfalls["features.3"]
+    reach = Sparsifier(Recipe(pattern="8x8", sparsity=0.9375, selection="layer", allow_empty_rows=True))
+    reach.prepare(DigitsCNN(10, 32)).step()
+    assert reach.shortfalls == {} and reach.sparsity()["features.3"] == 0.9375

@@ -172,7 +172,7 @@ class Pattern(ABC):
         total = self.nominal_sparsity()
         if sparsity is None or total is None or sparsity >= total - 1e-12:
             return full
-        return self._ramp(full, scorer, shape, groups, sparsity, keep)
+        return self._ramp(full, self._ramp_order(scorer, full, shape, groups), shape, sparsity, keep)
 
     default_selection: ClassVar[str] = "layer"
 
@@ -180,11 +180,14 @@ class Pattern(ABC):
         """The selection mode used when none is asked for (blocks: balanced rows, as the paper)."""
         return self.default_selection
 
-    def _ramp(self, full: Tensor, scorer: Scorer, shape: Shape, groups: int, sparsity: float,
-              keep: Tensor | None) -> Tensor:
-        """Zero only the lowest-scoring of the weights ``full`` zeroes, ``round(sparsity * n)`` in
+    def _ramp_order(self, scorer: Scorer, full: Tensor, shape: Shape, groups: int) -> Tensor:
+        """Per-weight keys: a step on the way zeroes the lowest first (of the weights ``full`` zeroes)."""
+        return scorer(lambda x: x).double().reshape(shape)
+
+    def _ramp(self, full: Tensor, order: Tensor, shape: Shape, sparsity: float, keep: Tensor | None) -> Tensor:
+        """Zero only the lowest-``order`` of the weights ``full`` zeroes, ``round(sparsity * n)`` in
         all (those ``keep`` already zeroes count and stay zero). Element-mask patterns only."""
-        s = scorer(lambda x: x).double().reshape(shape).clone()
+        s = order.clone()
         cand = ~full.reshape(shape)
         if keep is not None:
             s[~_full(keep, shape)] = -math.inf
@@ -566,6 +569,20 @@ class Hierarchical(Pattern):
             mask = mask & lower
             parent = lv
         return mask
+
+    def _ramp_order(self, scorer: Scorer, full: Tensor, shape: Shape, groups: int) -> Tensor:
+        """Steps on the way zero the top level's dropped units first (lowest scores first), then the
+        lower levels' zeros: incremental HSS prunes blocks, then N:M inside the kept ones, so the
+        units a step empties are the ones the next step keeps at zero whole."""
+        order = super()._ramp_order(scorer, full, shape, groups)
+        top = self.patterns[0]
+        if not isinstance(top, GridPattern):
+            return order
+        kept_units = top.reduce(full.reshape(shape).float(), shape, groups) > 0
+        dropped = ~_full(top.expand(kept_units, shape, groups), shape)
+        finite = order[torch.isfinite(order)]
+        span = float(finite.max() - finite.min()) + 1.0 if finite.numel() else 1.0
+        return torch.where(dropped, order - 2 * span, order)  # every dropped weight below every other
 
     def _check(self, mask: Tensor, shape: Shape, groups: int) -> list[str]:
         # a kept unit may hold the zeros of the levels below it: "whole" applies to the last level only

@@ -36,12 +36,12 @@ from tilesparse.sparsify.methods import (
 from tilesparse.sparsify.recipe import IncrementalConfig, PenaltyConfig, Recipe, TrainingConfig
 from tilesparse.sparsify.report import LayerReport, SparsityReport, build_report
 from tilesparse.sparsify.run import SparsifyResult, sparsify_model
-from tilesparse.sparsify.sparsifier import BlockSparsifier, SparseLayer, Sparsifier, find_layers
+from tilesparse.sparsify.sparsifier import BlockSparsifier, SparseLayer, Sparsifier, SparsityShortfall, find_layers
 from tilesparse.sparsify.tasd import TASDReport, export_terms, finetune_terms, squash_terms, tasd_model
 from tilesparse.sparsify.trainer import EpochRecord, FitResult, Trainer, evaluate
 
 __all__ = [
-    "Sparsifier", "BlockSparsifier", "SparseLayer", "find_layers",
+    "Sparsifier", "BlockSparsifier", "SparseLayer", "SparsityShortfall", "find_layers",
     "Recipe", "TrainingConfig", "IncrementalConfig", "PenaltyConfig",
     "SparsityMethod", "TrainContext", "OneShot", "Incremental", "Penalty", "METHODS", "make_method", "lse_penalty",
     "gradient_stats", "hessian_traces",

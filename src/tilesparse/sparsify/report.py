@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from torch import nn
 
@@ -44,7 +44,7 @@ class LayerReport:
     sparsity: float             # zero units / all units
     dense_bytes: int
     compressed_bytes: int
-    note: str = ""              # why a layer was skipped
+    note: str = ""              # why a layer was skipped, or why it is below its target
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,9 @@ def build_report(model: nn.Module, sparsifier: Sparsifier | None = None,
         dense = math.prod(shape) * bytes_per_weight
         groups = getattr(m, "groups", 1)
         if name in layers:
-            rows.append(_layer_row(layers[name], kind, dense, bytes_per_weight))
+            row = _layer_row(layers[name], kind, dense, bytes_per_weight)
+            short = sparsifier.shortfalls.get(name) if sparsifier is not None else None
+            rows.append(replace(row, note=short) if short else row)
         else:
             rows.append(LayerReport(name, kind, shape, groups, "-", (0, 0), 0, 0, 0.0, dense, dense,
                                     skipped.get(name, "not selected")))

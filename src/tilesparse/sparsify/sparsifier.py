@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +34,7 @@ from tilesparse.patterns.selection import check_sparsity, select_masks
 from tilesparse.sparsify.parametrization import MaskParametrization
 from tilesparse.sparsify.recipe import Recipe
 
-__all__ = ["Sparsifier", "BlockSparsifier", "SparseLayer", "find_layers"]
+__all__ = ["Sparsifier", "BlockSparsifier", "SparseLayer", "SparsityShortfall", "find_layers"]
 
 _KINDS = {"conv": nn.Conv2d, "linear": nn.Linear}
 
@@ -145,6 +146,7 @@ class Sparsifier:
         self.layers: dict[str, SparseLayer] = {}
         self.skipped: dict[str, str] = {}
         self.model: nn.Module | None = None
+        self.shortfalls: dict[str, str] = {}  # layers the last full step left below their target, and why
 
     @property
     def pattern(self) -> Pattern:
@@ -224,7 +226,24 @@ class Sparsifier:
                 scorer, layer.shape, layer.groups, sparsity=targets[name], keep=None if keep is None else keep[name],
                 mode=self.recipe.selection, allow_empty_rows=self.recipe.allow_empty_rows)
         self.set_masks(masks, check=False)  # below the target, N:M runs are not all pruned yet
+        if sparsity is None:
+            self._note_shortfalls()
         return masks
+
+    def _note_shortfalls(self) -> None:
+        """Say which layers the masks leave below their target (rows keeping a unit, ragged edges):
+        the achieved sparsity is what the user gets, and it must not pass silently."""
+        achieved = self.sparsity()
+        self.shortfalls = {}
+        for name, layer in self.layers.items():
+            if achieved[name] < layer.target - max(1.0 / layer.units, SHORTFALL_TOLERANCE) - 1e-9:
+                self.shortfalls[name] = (f"reached {achieved[name]:.3g} of its target {layer.target:g}: "
+                                         f"{_shortfall_cause(layer, self.recipe)}")
+        if self.shortfalls:
+            shown = "; ".join(f"{n} {why}" for n, why in list(self.shortfalls.items())[:3])
+            more = f" (+{len(self.shortfalls) - 3} more layers)" if len(self.shortfalls) > 3 else ""
+            warnings.warn(f"sparsity below the target in {len(self.shortfalls)} layer(s): {shown}{more}",
+                          SparsityShortfall, stacklevel=3)
 
     def _targets(self, sparsity: float | Mapping[str, float] | None) -> dict[str, float]:
         if sparsity is None:
@@ -342,6 +361,23 @@ class Sparsifier:
 
 
 BlockSparsifier = Sparsifier  # the name before patterns
+
+SHORTFALL_TOLERANCE = 0.01  # achieved sparsity this far below the target (or one unit) is rounding
+
+
+class SparsityShortfall(UserWarning):
+    """A layer's masks are less sparse than its target (see ``Sparsifier.shortfalls``)."""
+
+
+def _shortfall_cause(layer: SparseLayer, recipe: Recipe) -> str:
+    top = layer.pattern.levels()[0]
+    if isinstance(top, GridPattern) and not isinstance(top, Filter) and not recipe.allow_empty_rows:
+        cols = top.grid(layer.shape, layer.groups)[0].grid[1]
+        if recipe.selection == "balanced_rows":
+            return (f"balanced rows keep the same number of units in every row, at least one of the {cols} "
+                    "(a wider layer, or selection layer with allow_empty_rows, goes further)")
+        return f"every row keeps at least one of its {cols} units (allow_empty_rows: true lets a row empty)"
+    return "channel counts are not multiples of the pattern's units (ragged edges keep more)"
 
 
 def _identity(x: Tensor) -> Tensor:
