@@ -22,7 +22,7 @@ def _options(verb: str) -> dict[str, object]:
 
 def test_every_verb_is_listed_and_has_examples():
     assert set(VERBS) == {"demo", "sparsify", "report", "import-masks", "map", "compile", "estimate", "explore",
-                          "simulate"}
+                          "simulate", "export-onnx"}
     for verb, cmd in VERBS.items():
         assert "Example" in (cmd.help or ""), verb
 
@@ -39,13 +39,13 @@ def test_a_short_flag_means_one_option_in_every_verb():
 
 @pytest.mark.parametrize("option,verbs", [
     ("--array", ("compile", "estimate", "simulate", "demo", "map")),
-    ("--out", ("compile", "estimate", "simulate", "demo", "sparsify", "explore")),
+    ("--out", ("compile", "estimate", "simulate", "demo", "sparsify", "explore", "export-onnx")),
     ("--json", tuple(VERBS)),
     # imported masks bring their own sparsity; a report reads a finished run
     ("--sparsity", tuple(v for v in VERBS if v not in ("import-masks", "report"))),
-    ("--block", ("compile", "estimate", "simulate", "demo", "sparsify", "map")),
-    ("--weights", MODEL_VERBS),
-    ("--input-shape", ("compile", "estimate", "simulate", "map")),
+    ("--block", ("compile", "estimate", "simulate", "demo", "sparsify", "map", "export-onnx")),
+    ("--weights", (*MODEL_VERBS, "export-onnx")),
+    ("--input-shape", ("compile", "estimate", "simulate", "map", "export-onnx")),
 ])
 def test_shared_options_exist_where_they_apply(option, verbs):
     for verb in verbs:

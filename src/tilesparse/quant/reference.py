@@ -71,16 +71,22 @@ class IntegerReference:
         for n in self.g:
             if n.op is Op.INPUT:
                 vals[n.name] = q.reshape(n.out.shape)
-            elif n.op is Op.CONV2D:
+            elif n.op is Op.CONV2D and keep_accumulators:
                 acc = self._accumulate(n, vals[n.inputs[0]])
-                if keep_accumulators:
-                    out[f"{n.name}.acc"] = acc.astype(np.int32)
-                shifts = requant_shifts(self.g, n).reshape(1, -1, 1, 1)
-                vals[n.name] = R.requantize(acc, shifts, tuple(n.attrs["clamp"]))
+                out[f"{n.name}.acc"] = acc.astype(np.int32)
+                vals[n.name] = R.requantize(acc, requant_shifts(self.g, n).reshape(1, -1, 1, 1),
+                                            tuple(n.attrs["clamp"]))
             else:
-                vals[n.name] = _OPS[n.op](n, [vals[i] for i in n.inputs])
+                vals[n.name] = self.step(n, [vals[i] for i in n.inputs])
             out[n.name] = vals[n.name].astype(np.int8)
         return out
+
+    def step(self, n: Node, inputs: list[np.ndarray]) -> np.ndarray:
+        """Node ``n`` (not the input) on the given integer operands (int64): one layer on its own."""
+        if n.op is Op.CONV2D:
+            acc = self._accumulate(n, np.asarray(inputs[0], np.int64))
+            return R.requantize(acc, requant_shifts(self.g, n).reshape(1, -1, 1, 1), tuple(n.attrs["clamp"]))
+        return _OPS[n.op](n, [np.asarray(x, np.int64) for x in inputs])
 
     def dequantized_output(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
         """The graph output as real values (int8 × 2**exp), float64."""
