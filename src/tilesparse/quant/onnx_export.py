@@ -1,7 +1,8 @@
 """Export a quantized graph as a QDQ ONNX model that onnxruntime runs.
 
 Every node's int8 output becomes ``QuantizeLinear`` (scale 2**e, zero point 0, int8) → tensor
-``"<node>:q"`` → ``DequantizeLinear`` → float tensor ``"<node>"``; the node's own op runs in float
+``"<node>:q"`` → ``DequantizeLinear`` → float tensor ``"<node>"`` (the graph input's is
+``"<input>:dq"``: the model's real-valued input takes the input node's name); the node's own op runs in float
 between the DQ of its inputs and its Q. Conv weights are int8 initializers (the pruned blocks are
 their zeros) behind a DequantizeLinear with scale 2**e_w (per tensor, or per output channel on
 axis 0); biases are int32 at scale 2**(e_in + e_w), the ONNX QDQ convention. An add or concat
@@ -94,6 +95,11 @@ class _Builder:
             raise ConfigError(f"graph {self.g.name}", [f"node {n.name!r}: op {n.op.value!r} has no ONNX export"])
         emit(self, n)
 
+    def f(self, node: str) -> str:
+        """The float tensor of node ``node``'s int8 output: its name, but for the graph input, whose name
+        the model's real-valued input takes."""
+        return f"{node}:dq" if self.g.node(node).op is Op.INPUT else node
+
     def init(self, name: str, value: np.ndarray) -> str:
         self.inits.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
         return name
@@ -103,10 +109,11 @@ class _Builder:
         return out
 
     def qdq(self, x: str, e: int, name: str, where: str) -> str:
-        """Q(x) at 2**e into ``name + ":q"`` (int8), then DQ into ``name``."""
-        s = self.init(f"{name}:q.scale", _scale(e, where))
-        z = self.init(f"{name}:q.zero", np.zeros((), np.int8))
-        q = self.op("QuantizeLinear", [x, s, z], f"{name}:q")
+        """Q(x) at 2**e into ``name + ":q"`` (int8; ``name`` without ":dq"), then DQ into ``name``."""
+        base = name.removesuffix(":dq")
+        s = self.init(f"{base}:q.scale", _scale(e, where))
+        z = self.init(f"{base}:q.zero", np.zeros((), np.int8))
+        q = self.op("QuantizeLinear", [x, s, z], f"{base}:q")
         return self.op("DequantizeLinear", [q, s, z], name)
 
     def nudge(self, x: str, offset: np.ndarray | None, name: str) -> str:
@@ -135,16 +142,16 @@ class _Builder:
         for i, s in zip(n.inputs, shifts, strict=True):
             if s > 0 or (s < 0 and n.op is Op.CONCAT):
                 e_i = int(self.g.node(i).out.scale_exp)  # type: ignore[arg-type]
-                x = self.nudge(i, np.ldexp(np.float32(1), e_i - 1) if s > 0 else None, f"{n.name}:{i}")
+                x = self.nudge(self.f(i), np.ldexp(np.float32(1), e_i - 1) if s > 0 else None, f"{n.name}:{i}")
                 out.append(self.qdq(x, int(n.out.scale_exp), f"{n.name}:{i}", f"node {n.name!r}"))  # type: ignore[arg-type]
             else:
-                out.append(i)
+                out.append(self.f(i))
         return out
 
 
 def _input(b: _Builder, n: Node) -> None:
-    b.inputs.append(helper.make_tensor_value_info(f"{n.name}:real", TensorProto.FLOAT, ["batch", *n.out.shape[1:]]))
-    b.qdq(f"{n.name}:real", int(n.out.scale_exp), n.name, f"input {n.name!r}")  # type: ignore[arg-type]
+    b.inputs.append(helper.make_tensor_value_info(n.name, TensorProto.FLOAT, ["batch", *n.out.shape[1:]]))
+    b.qdq(n.name, int(n.out.scale_exp), b.f(n.name), f"input {n.name!r}")  # type: ignore[arg-type]
 
 
 def _conv(b: _Builder, n: Node) -> None:
@@ -170,7 +177,7 @@ def _conv(b: _Builder, n: Node) -> None:
                                     b.init(f"{n.name}.bias:zero", np.zeros(zshape, np.int32))],
                f"{n.name}.bias:dq", **axis)
     (ph, pw) = a["padding"]
-    y = b.op("Conv", [n.inputs[0], wdq, bdq], f"{n.name}:conv", kernel_shape=list(w.shape[2:]),
+    y = b.op("Conv", [b.f(n.inputs[0]), wdq, bdq], f"{n.name}:conv", kernel_shape=list(w.shape[2:]),
              strides=list(a["stride"]), pads=[ph, pw, ph, pw], dilations=list(a["dilation"]), group=a["groups"])
     shifts = np.broadcast_to(requant_shifts(g, n), (w.shape[0],))
     e_acc = np.broadcast_to(e_in + e_w, (w.shape[0],))
@@ -193,7 +200,7 @@ def _pads(p: tuple[int, int]) -> list[int]:
 
 def _maxpool(b: _Builder, n: Node) -> None:
     a = n.attrs
-    b.finish(n, b.op("MaxPool", [n.inputs[0]], f"{n.name}:pool", kernel_shape=list(a["kernel"]),
+    b.finish(n, b.op("MaxPool", [b.f(n.inputs[0])], f"{n.name}:pool", kernel_shape=list(a["kernel"]),
                      strides=list(a["stride"]), pads=_pads(a["padding"]), dilations=list(a["dilation"]),
                      ceil_mode=int(a["ceil_mode"])))
 
@@ -207,7 +214,7 @@ def _avg_half(n: Node, divisors: np.ndarray) -> np.ndarray:
 
 def _avgpool(b: _Builder, n: Node) -> None:
     a = n.attrs
-    y = b.op("AveragePool", [n.inputs[0]], f"{n.name}:pool", kernel_shape=list(a["kernel"]),
+    y = b.op("AveragePool", [b.f(n.inputs[0])], f"{n.name}:pool", kernel_shape=list(a["kernel"]),
              strides=list(a["stride"]), pads=_pads(a["padding"]), ceil_mode=int(a["ceil_mode"]),
              count_include_pad=int(a["count_include_pad"]))
     (h, w), (oh, ow) = b.g.node(n.inputs[0]).out.shape[2:], n.out.shape[2:]
@@ -219,10 +226,10 @@ def _avgpool(b: _Builder, n: Node) -> None:
 def _adaptive(b: _Builder, n: Node) -> None:
     (h, w), (oh, ow) = b.g.node(n.inputs[0]).out.shape[2:], n.attrs["output_size"]
     if (oh, ow) == (1, 1):
-        y = b.op("GlobalAveragePool", [n.inputs[0]], f"{n.name}:pool")
+        y = b.op("GlobalAveragePool", [b.f(n.inputs[0])], f"{n.name}:pool")
     elif h % oh == 0 and w % ow == 0:
         k = [h // oh, w // ow]
-        y = b.op("AveragePool", [n.inputs[0]], f"{n.name}:pool", kernel_shape=k, strides=k)
+        y = b.op("AveragePool", [b.f(n.inputs[0])], f"{n.name}:pool", kernel_shape=k, strides=k)
     else:
         raise ConfigError(f"graph {b.g.name}", [f"node {n.name!r}: adaptive average pool {h}x{w} → {oh}x{ow} has "
                                                 "overlapping windows; ONNX has no such pool"])
@@ -230,16 +237,16 @@ def _adaptive(b: _Builder, n: Node) -> None:
 
 
 def _relu(b: _Builder, n: Node) -> None:
-    b.finish(n, n.inputs[0])
+    b.finish(n, b.f(n.inputs[0]))
 
 
 def _flatten(b: _Builder, n: Node) -> None:
     shape = b.init(f"{n.name}:shape", np.array([0, *n.out.shape[1:]], np.int64))  # 0: keep the batch
-    b.finish(n, b.op("Reshape", [n.inputs[0], shape], f"{n.name}:reshape"))
+    b.finish(n, b.op("Reshape", [b.f(n.inputs[0]), shape], f"{n.name}:reshape"))
 
 
 def _output(b: _Builder, n: Node) -> None:
-    b.op("Identity", [n.inputs[0]], n.name)
+    b.op("Identity", [b.f(n.inputs[0])], n.name)
 
 
 _EMIT: dict[Op, Callable[[_Builder, Node], None]] = {
