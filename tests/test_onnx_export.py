@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from frontend_nets import randomize_bn
+from frontend_nets import TinyInception, TinyVGG, randomize_bn
 from onnx import numpy_helper
 from torch import nn
 from typer.testing import CliRunner
@@ -70,6 +70,34 @@ def test_small_cnn_is_bit_exact_with_half_up(per_channel):
                                             "flatten"}
         assert all(la.end_to_end == (0, 0) and la.local == (0, 0) for la in layers), layers
         assert output_agreement(g, _inputs(), optimize=optimize)[1:] == (0, 0)
+
+
+class Pools(nn.Module):
+    """ceil_mode pools (PyTorch's divisors at the ragged edge) and adaptive pools with overlapping
+    windows (a MatMul with a 0/1 window matrix in ONNX)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 8, 3)
+        self.p = nn.AvgPool2d(3, 2, padding=1, ceil_mode=True)
+        self.m = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.q = nn.AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False)
+        self.a = nn.AdaptiveAvgPool2d((3, 5))
+        self.b = nn.AdaptiveAvgPool2d(4)
+
+    def forward(self, x):
+        return self.b(self.a(self.q(self.m(self.p(self.c(x))))))
+
+
+@pytest.mark.parametrize("net,shape", [(TinyInception, (1, 3, 16, 16)), (TinyVGG, (1, 3, 16, 16)),
+                                       (Pools, (1, 3, 21, 21))])
+def test_other_nets_are_bit_exact(net, shape):
+    torch.manual_seed(1)
+    g = build_graph(randomize_bn(net().eval()), input_shape=shape)
+    layers = onnx_agreement(g, random_calibration(shape, 2, seed=4))
+    assert all(la.end_to_end == (0, 0) for la in layers), [la for la in layers if la.end_to_end[0]]
+    plain = onnx_agreement(g, random_calibration(shape, 2, seed=4), half_up=False)
+    assert all(la.local[1] <= (2 if la.op == "add" else 1) for la in plain)
 
 
 def test_plain_qdq_differs_only_on_ties_within_the_documented_bound():

@@ -225,15 +225,30 @@ def _avgpool(b: _Builder, n: Node) -> None:
 
 def _adaptive(b: _Builder, n: Node) -> None:
     (h, w), (oh, ow) = b.g.node(n.inputs[0]).out.shape[2:], n.attrs["output_size"]
+    x = b.f(n.inputs[0])
     if (oh, ow) == (1, 1):
-        y = b.op("GlobalAveragePool", [b.f(n.inputs[0])], f"{n.name}:pool")
+        y = b.op("GlobalAveragePool", [x], f"{n.name}:pool")
     elif h % oh == 0 and w % ow == 0:
         k = [h // oh, w // ow]
-        y = b.op("AveragePool", [b.f(n.inputs[0])], f"{n.name}:pool", kernel_shape=k, strides=k)
+        y = b.op("AveragePool", [x], f"{n.name}:pool", kernel_shape=k, strides=k)
     else:
-        raise ConfigError(f"graph {b.g.name}", [f"node {n.name!r}: adaptive average pool {h}x{w} → {oh}x{ow} has "
-                                                "overlapping windows; ONNX has no such pool"])
-    b.finish(n, y, _avg_half(n, np.full((1, 1, oh, ow), (h // oh) * (w // ow), np.float64)))
+        y = _window_means(b, n, x, (h, w), (oh, ow))
+    counts = [[(h1 - h0) * (w1 - w0) for w0, w1 in R.adaptive_windows(w, ow)] for h0, h1 in R.adaptive_windows(h, oh)]
+    b.finish(n, y, _avg_half(n, np.array(counts, np.float64)[None, None]))
+
+
+def _window_means(b: _Builder, n: Node, x: str, hw: tuple[int, int], out: tuple[int, int]) -> str:
+    """Overlapping adaptive windows (no ONNX pool has them): each window's sum as a MatMul of the
+    flattened map with a 0/1 matrix (integer sums, exact in float32), divided by its size."""
+    (h, w), (oh, ow) = hw, out
+    ones = np.zeros((h, w, oh, ow), np.float32)
+    for i, (h0, h1) in enumerate(R.adaptive_windows(h, oh)):
+        for j, (w0, w1) in enumerate(R.adaptive_windows(w, ow)):
+            ones[h0:h1, w0:w1, i, j] = 1
+    flat = b.op("Reshape", [x, b.init(f"{n.name}:flat", np.array([0, 0, h * w], np.int64))], f"{n.name}:flat_in")
+    sums = b.op("MatMul", [flat, b.init(f"{n.name}:windows", ones.reshape(h * w, oh * ow))], f"{n.name}:sums")
+    div = b.op("Div", [sums, b.init(f"{n.name}:sizes", ones.sum(axis=(0, 1)).reshape(-1))], f"{n.name}:means")
+    return b.op("Reshape", [div, b.init(f"{n.name}:shape", np.array([0, 0, oh, ow], np.int64))], f"{n.name}:pool")
 
 
 def _relu(b: _Builder, n: Node) -> None:
