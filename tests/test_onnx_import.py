@@ -173,3 +173,26 @@ def test_not_an_onnx_file_and_an_old_opset_are_refused(tmp_path):
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 9)]), str(old))
     with pytest.raises(ConfigError, match="opset 9 is too old; export with opset_version >= 11"):
         build_graph_from(str(old))
+
+
+def test_the_dynamo_exporters_file_names_layers_as_the_torch_path(tmp_path):
+    """The default exporter names nodes ``node_Conv_0`` and records module scopes in metadata;
+    layers are named from those, and the module computes what onnxruntime computes."""
+    import onnxruntime as ort
+
+    from tilesparse.source import load_model, parse_source
+
+    torch.manual_seed(2)
+    m = _tiny().eval()
+    f = str(tmp_path / "dyn.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(m, (torch.randn(1, 3, 16, 16),), f, dynamo=True, verbose=False)
+    from_onnx = compile_source(f, "2x2")
+    from_torch = compile_source(m, "2x2", input_shape=(1, 3, 16, 16))
+    assert [r.name for r in from_onnx.layers] == [r.name for r in from_torch.layers]
+    x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    sess = ort.InferenceSession(f, providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        got = load_model(parse_source(f)).model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, sess.run(None, {sess.get_inputs()[0].name: x})[0], rtol=1e-4, atol=1e-4)

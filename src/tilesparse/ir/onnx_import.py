@@ -21,6 +21,7 @@ op is an ``UnsupportedOpError`` naming the op and the node. Opsets before 11 are
 
 from __future__ import annotations
 
+import ast
 import math
 import operator
 from collections.abc import Callable
@@ -94,11 +95,19 @@ def _pads(node: Any, a: dict[str, Any]) -> tuple[int, int]:
     return p[0], p[1]
 
 
-def _scope(name: str) -> str:
-    """Module path of a legacy-exporter node name: ``/layer1/layer1.0/conv1/Conv`` → ``layer1.0.conv1``
-    (each scope names a child, Sequential children as ``parent.i``)."""
+def _scope(node: Any) -> str:
+    """Module path of a node: from the dynamo exporter's ``pkg.torch.onnx.name_scopes`` (``['',
+    'layer1', '0', 'conv1', 'conv2d']``), else from a legacy-exporter node name
+    (``/layer1/layer1.0/conv1/Conv``: each scope names a child, Sequential children as ``parent.i``)."""
+    scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), None)
+    if scopes is not None:
+        try:
+            parts = ast.literal_eval(scopes)
+        except (ValueError, SyntaxError):
+            parts = []
+        return ".".join(str(x) for x in parts[1:-1] if x)
     path: list[str] = []
-    for part in name.strip("/").split("/")[:-1]:
+    for part in node.name.strip("/").split("/")[:-1]:
         if path and part.startswith(path[-1] + "."):
             path[-1] = part
         else:
@@ -121,6 +130,7 @@ class _Lifter:
         self.output = mp.graph.output[0].name
         self.nodes = list(mp.graph.node)
         self.biasless: set[str] = set()  # fx names of MatMul linears that an Add may give a bias
+        self.scopes = {_scope(n) for n in self.nodes}
 
     def run(self, input_name: str) -> fx.GraphModule:
         self.env[input_name] = self.graph.placeholder("x")
@@ -160,24 +170,26 @@ class _Lifter:
              **kwargs: Any) -> fx.Node:
         """``fn(*args, **kwargs)``; or, for a node in a leaf module's scope (``/layer1/layer1.0/relu/Relu``)
         with a ``module`` form, that module named after the scope: what tracing the network gives."""
-        scope = _scope(node.name)
-        if module is not None and scope and not any(_scope(n.name).startswith(scope + ".") for n in self.nodes):
+        scope = _scope(node)
+        if module is not None and scope and not any(s.startswith(scope + ".") for s in self.scopes):
             return self.module(node, module, "")
         return self.graph.call_function(fn, args, kwargs)
 
     def module(self, node: Any, m: nn.Module, weight: str) -> fx.Node:
         """``m`` added under the layer's name (module doc); its call reads the node's first input."""
         path = weight.removesuffix(".weight") if weight.endswith(".weight") and "::" not in weight else ""
-        path = path or _scope(node.name) or node.name or node.op_type.lower()
+        path = path or _scope(node) or node.name or node.op_type.lower()
         parts = ["".join(c if c.isalnum() or c == "_" else "_" for c in p) or "_" for p in path.split(".")]
         parent = self.root
         for part in parts[:-1]:  # nested as in the original model: the module path is the IR source
             if not hasattr(parent, part):
                 parent.add_module(part, nn.Module())
             parent = getattr(parent, part)
-        while hasattr(parent, parts[-1]):
-            parts[-1] += "_"
-        parent.add_module(parts[-1], m.eval())
+        same = getattr(parent, parts[-1], None)
+        if not (isinstance(same, nn.Module) and not any(m.parameters()) and repr(same) == repr(m)):
+            while hasattr(parent, parts[-1]):  # a weightless module called twice (resnet's relu) is one module
+                parts[-1] += "_"
+            parent.add_module(parts[-1], m.eval())
         target = ".".join(parts)
         return self.graph.call_module(target, (self.tensor(node.input[0], node),))
 
@@ -293,7 +305,8 @@ def _reduce_mean(b: _Lifter, node: Any, a: dict[str, Any]) -> fx.Node:
     if axes is None or sorted(int(x) % 4 for x in np.ravel(axes)) != [2, 3]:
         raise UnsupportedOpError(f"{b.name}: node {node.name!r} (ReduceMean) over axes "
                                  f"{None if axes is None else list(np.ravel(axes))}; only the mean over H, W (2, 3)")
-    pooled = b.call(node, F.adaptive_avg_pool2d, b.tensor(node.input[0], node), (1, 1))
+    x = b.tensor(node.input[0], node)
+    pooled = b.call(node, F.adaptive_avg_pool2d, x, (1, 1), module=nn.AdaptiveAvgPool2d((1, 1)))
     return pooled if a.get("keepdims", 1) else b.call(node, torch.flatten, pooled, 1)
 
 
