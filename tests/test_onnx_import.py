@@ -196,3 +196,68 @@ def test_the_dynamo_exporters_file_names_layers_as_the_torch_path(tmp_path):
     with torch.no_grad():
         got = load_model(parse_source(f)).model(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(got, sess.run(None, {sess.get_inputs()[0].name: x})[0], rtol=1e-4, atol=1e-4)
+
+
+def _handmade(path) -> str:
+    """Ops the torchvision exports do not use: Clip(0, 6) with bound inputs, AveragePool with pads,
+    Concat, Reshape with a 0 (copy that dimension), ReduceMean over H, W without keepdims,
+    MatMul + Add of a constant bias (a linear), Constant and Identity of a constant."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+
+    def init(name, a):
+        return numpy_helper.from_array(np.asarray(a, np.float32) if name != "shape" else np.asarray(a), name)
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], name="/conv/Conv", pads=[1, 1, 1, 1], group=2),
+        helper.make_node("Constant", [], ["six"], name="six", value=numpy_helper.from_array(np.float32(6))),
+        helper.make_node("Identity", ["zero"], ["lo"], name="id"),
+        helper.make_node("Clip", ["c", "lo", "six"], ["r"], name="/act/Clip"),
+        helper.make_node("AveragePool", ["r"], ["p"], name="/pool/AveragePool", kernel_shape=[3, 3],
+                         pads=[1, 1, 1, 1], strides=[2, 2], count_include_pad=1),
+        helper.make_node("Concat", ["p", "p"], ["cat"], name="/Concat", axis=1),
+        helper.make_node("Reshape", ["cat", "shape"], ["same"], name="/Reshape"),
+        helper.make_node("ReduceMean", ["same"], ["m"], name="/mean/ReduceMean", axes=[2, 3], keepdims=0),
+        helper.make_node("MatMul", ["m", "fc_w"], ["mm"], name="/fc/MatMul"),
+        helper.make_node("Add", ["mm", "fc_b"], ["y"], name="/fc/Add"),
+    ]
+    inits = [init("w", rng.standard_normal((8, 2, 3, 3)) * 0.3), init("b", rng.standard_normal(8)),
+             init("zero", 0.0), init("shape", [0, 16, 4, 4]), init("fc_w", rng.standard_normal((16, 5))),
+             init("fc_b", rng.standard_normal(5))]
+    g = helper.make_graph(nodes, "handmade", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 5])], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    return str(path)
+
+
+def test_handmade_ops_match_onnxruntime_and_compile(tmp_path):
+    import onnxruntime as ort
+
+    from tilesparse.source import load_model, parse_source
+
+    f = _handmade(tmp_path / "hand.onnx")
+    lm = load_model(parse_source(f))
+    x = np.random.default_rng(4).standard_normal((2, 4, 8, 8)).astype(np.float32)
+    sess = ort.InferenceSession(f, providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        got = lm.model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, sess.run(None, {"x": x})[0], rtol=1e-5, atol=1e-5)
+    assert lm.example_shape == (1, 4, 8, 8)
+    prog = compile_source(f, "2x2")
+    assert [r.kind for r in prog.layers][0] == "conv" and prog.layers[-1].name == "fc"
+
+
+def test_a_checkpoint_sparsified_from_an_onnx_file_compiles_alone(tmp_path, monkeypatch, capsys):
+    torch.manual_seed(0)
+    f = _export(_tiny(), (1, 3, 16, 16), tmp_path / "tiny.onnx")
+    code, _, err = run(monkeypatch, capsys, "sparsify", f, "--sparsity", "0.5", "--data", "none",
+                       "-o", str(tmp_path / "run"))
+    assert code == 0, err
+    p = tmp_path / "s.tsp"
+    code, _, err = run(monkeypatch, capsys, "compile", str(tmp_path / "run" / "sparse.pt"), "-a", "2x2", "-o", str(p))
+    assert code == 0, err
+    assert provenance_of(Program.load(p)).selection == "checkpoint-masks"
+    code, out, err = run(monkeypatch, capsys, "simulate", str(p))
+    assert code == 0 and "bit-exact" in out, (out, err)
