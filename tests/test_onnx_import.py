@@ -164,7 +164,7 @@ def test_not_an_onnx_file_and_an_old_opset_are_refused(tmp_path):
 
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"\xff\xfe not a protobuf at all")
-    with pytest.raises(ConfigError, match="not an ONNX model"):
+    with pytest.raises(ConfigError, match="not a readable ONNX model"):
         build_graph_from(str(junk))
     node = helper.make_node("Relu", ["x"], ["y"], name="r")
     g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],

@@ -59,7 +59,9 @@ def _read(path: Path) -> Any:
     try:
         mp = onnx.load(str(path))
     except Exception as e:  # protobuf DecodeError, a missing external-data file, ...
-        raise ConfigError(str(path), [f"not an ONNX model ({type(e).__name__} in onnx.load)"]) from None
+        first = (str(e).strip().splitlines() or [""])[0][:120]
+        raise ConfigError(str(path), [f"not a readable ONNX model ({type(e).__name__} in onnx.load{': ' * bool(first)}"
+                                      f"{first})"]) from None
     if not mp.HasField("graph") or not len(mp.graph.node):
         raise ConfigError(str(path), ["not an ONNX model (no graph nodes)"])
     opset = next((o.version for o in mp.opset_import if o.domain in ("", "ai.onnx")), 0)
@@ -137,7 +139,8 @@ class _Lifter:
         for node in self.nodes:
             handler = ONNX_OPS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
             if handler is None:
-                raise UnsupportedOpError(f"{self.name}: unsupported ONNX op {node.op_type} at node {node.name!r}; "
+                where = repr(node.name) if node.name else f"(unnamed, output {node.output[0]!r})"
+                raise UnsupportedOpError(f"{self.name}: unsupported ONNX op {node.op_type} at node {where}; "
                                          f"supported: {', '.join(sorted(ONNX_OPS))}")
             out = handler(self, node, _attrs(node))
             self.env[node.output[0]] = out
@@ -181,10 +184,12 @@ class _Lifter:
         path = path or _scope(node) or node.name or node.op_type.lower()
         parts = ["".join(c if c.isalnum() or c == "_" else "_" for c in p) or "_" for p in path.split(".")]
         parent = self.root
-        for part in parts[:-1]:  # nested as in the original model: the module path is the IR source
+        for i, part in enumerate(parts[:-1]):  # nested as in the original model: the module path is the IR source
+            while hasattr(parent, part) and not isinstance(getattr(parent, part), nn.Module):
+                part += "_"  # a scope named like an attribute of nn.Module ("training")
             if not hasattr(parent, part):
                 parent.add_module(part, nn.Module())
-            parent = getattr(parent, part)
+            parent, parts[i] = getattr(parent, part), part
         same = getattr(parent, parts[-1], None)
         if not (isinstance(same, nn.Module) and not any(m.parameters()) and repr(same) == repr(m)):
             while hasattr(parent, parts[-1]):  # a weightless module called twice (resnet's relu) is one module
@@ -216,7 +221,7 @@ def _gemm(b: _Lifter, node: Any, a: dict[str, Any]) -> fx.Node:
         raise UnsupportedOpError(f"{b.name}: node {node.name!r} (Gemm): transA / alpha / beta other than 0 / 1 / 1")
     w = w if a.get("transB", 0) else w.T
     if bias is not None:
-        bias = np.broadcast_to(bias, (w.shape[0],))
+        bias = np.broadcast_to(np.ravel(bias), (w.shape[0],))
     return b.module(node, _load(nn.Linear(w.shape[1], w.shape[0], bias=bias is not None), w, bias), node.input[1])
 
 
