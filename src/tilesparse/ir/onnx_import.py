@@ -3,15 +3,20 @@
 Route: ONNX → ``torch.fx.GraphModule`` → the torch path (``ir.capture``, the lowering passes,
 masks, quantization), not ONNX → IR directly. Every ONNX Conv / Gemm / MatMul / BatchNormalization
 becomes a real ``nn.Conv2d`` / ``nn.Linear`` / ``nn.BatchNorm2d`` holding the initializers, every
-other op the torch function ``ir.capture_ops`` already maps (``torch.relu``, ``F.max_pool2d``,
-``operator.add``, ...). So there is one mapping to the IR, not two that may drift apart: the
-graph of an exported network is the graph of the network, block masks come from the all-zero
-blocks of the initializers exactly as from zero weights (``passes.masks``), and the module is the
-float oracle of ``sim.verify`` like any other source's.
+other op the torch module or function ``ir.capture_ops`` already maps (``nn.ReLU``,
+``nn.MaxPool2d`` for a node in a leaf module's scope; ``operator.add``, ``torch.cat`` otherwise).
+So there is one mapping to the IR, not two that may drift apart (a direct importer would repeat
+every attribute rule of the capture — pads, ceil mode, ReLU6, flatten — and the batch-norm and
+mask handling after it): the graph of an exported network is the graph of the network, block
+masks come from the all-zero blocks of the initializers exactly as from zero weights
+(``passes.masks``), and the lifted module is the float oracle of ``sim.verify`` like any other
+source's.
 
-Modules are named after the layer they came from: the initializer's name (``layer1.0.conv1.weight``)
-or, when the exporter renamed it (batch norm folded into the conv: ``onnx::Conv_193``), the node's
-scope (``/layer1/layer1.0/conv1/Conv``); so layer names match the torch path's.
+Modules are named after the layer they came from: the weight initializer's name
+(``layer1.0.conv1.weight``) or, when the exporter renamed it (batch norm folded into the conv:
+``onnx::Conv_193``), the node's module scope (legacy exporter: the node name
+``/layer1/layer1.0/conv1/Conv``; dynamo exporter: ``pkg.torch.onnx.name_scopes``), nested as in
+the original model; so layer names match the torch path's.
 
 Ops: Conv (grouped too), Gemm, MatMul (constant weight, + Add of a constant bias), Relu,
 Clip(0, 6) and Clip(0, ∞), MaxPool, AveragePool, GlobalAveragePool, ReduceMean over H, W, Add,
@@ -37,7 +42,7 @@ from tilesparse.errors import ConfigError, UnsupportedOpError
 
 __all__ = ["MIN_OPSET", "ONNX_OPS", "load_onnx"]
 
-MIN_OPSET = 11  # Clip bounds and Pad/ReduceMean forms as inputs from here on
+MIN_OPSET = 11  # Clip's bounds are inputs from 11 on (attributes before); older files: convert them
 
 
 def load_onnx(path: Path) -> tuple[fx.GraphModule, tuple[int, ...] | None]:
