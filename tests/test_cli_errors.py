@@ -245,7 +245,7 @@ def test_an_atomic_write_names_the_target_not_its_temporary_file(tmp_path):
 def test_a_program_path_that_does_not_exist(place, capsys):
     assert run(capsys, "estimate", "nofile.tsp")[::2] == (2, "error: nofile.tsp: no such program file\n")
     code, out, err = run(capsys, "estimate", "nofile.onnx")
-    assert (code, err) == (2, f"error: nofile.onnx: no such file (relative to {place})\n")
+    assert (code, err) == (2, f"error: nofile.onnx: no such ONNX model file (relative to {place})\n")
 
 
 @pytest.fixture

@@ -103,6 +103,9 @@ def _input_shape(lm: LoadedModel, src: ModelSource, given: tuple[int, ...] | Non
         from tilesparse.frontend import default_input_shape
 
         return default_input_shape(lm.zoo_name)
+    if src.kind == "onnx":
+        raise ConfigError("--input-shape", [f"{src.spec}: the ONNX graph input has dynamic dimensions besides the "
+                                            "batch (or is not N,C,H,W); give the input shape N,C,H,W"])
     raise ConfigError("--input-shape", [f"{src.spec}: give the input shape (N,C,H,W) for a {src.kind} source"])
 
 

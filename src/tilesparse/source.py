@@ -11,7 +11,9 @@ Forms (``SOURCE_FORMS``):
 * ``path/to/file.py:factory``: the file is imported by path and ``factory()`` must return an
   ``nn.Module`` (called after seeding torch, so random initialisation is reproducible);
 * a ``torch.export`` ``.pt2`` file: ``torch.export.load(path).module()``; its example input gives
-  the default input shape.
+  the default input shape;
+* an ONNX ``.onnx`` file: lifted to a module by ``tilesparse.ir.onnx_import`` (then the torch path);
+  its graph input gives the default input shape (a dynamic batch dimension is 1).
 
 From Python (not the CLI, so not in ``SOURCE_FORMS``) ``tilesparse.build.build_graph_from`` also
 takes an in-memory ``nn.Module``: a ``ModelSource`` of kind "module" named by its class.
@@ -35,7 +37,7 @@ __all__ = ["SOURCE_FORMS", "LoadedModel", "ModelSource", "load_model", "locate_f
 SOURCE_FORMS = ("a zoo name (resnet50, digits_cnn, any torchvision classifier; with --weights FILE for a state "
                 "dict or checkpoint of it), a `tilesparse sparsify` checkpoint (runs/x/sparse.pt: its "
                 "architecture, weights and trained masks), path/to/file.py:factory (factory() returns an "
-                "nn.Module; give --input-shape), or a torch.export .pt2 file")
+                "nn.Module; give --input-shape), a torch.export .pt2 file, or an ONNX .onnx file")
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 _PROGRAM_SUFFIXES = (".tsp", ".npz")
 
@@ -45,8 +47,8 @@ class ModelSource:
     """A parsed source. ``spec`` is canonical (absolute paths), so two spellings of one file agree."""
 
     spec: str
-    kind: str  # zoo | checkpoint | file | pt2 | module (an in-memory nn.Module, Python only)
-    path: Path | None = None  # the checkpoint / .py / .pt2 file
+    kind: str  # zoo | checkpoint | file | pt2 | onnx | module (an in-memory nn.Module, Python only)
+    path: Path | None = None  # the checkpoint / .py / .pt2 / .onnx file
     factory: str | None = None
     weights: Path | None = None  # state dict (or checkpoint) for a zoo name
     given: str | None = field(default=None, compare=False)  # the file's path as the user wrote it
@@ -66,8 +68,8 @@ class LoadedModel:
     masks: dict[str, Any] | None = None  # module name -> bool block keep-mask, from a checkpoint
     block: tuple[int, int] | None = None  # the checkpoint recipe's block shape
     sparsity: float | None = None  # the checkpoint recipe's target
-    example_shape: tuple[int, ...] | None = None  # a .pt2's example input
-    arch: str | None = None  # what a checkpoint of it records: zoo name, canonical file.py:factory or .pt2
+    example_shape: tuple[int, ...] | None = None  # a .pt2's example input, an .onnx file's graph input
+    arch: str | None = None  # what a checkpoint of it records: zoo name, canonical file.py:factory, .pt2 or .onnx
     notices: list[str] = field(default_factory=list)  # e.g. a checkpoint's model file found next to it
     pattern: str | None = None  # the checkpoint recipe's pattern (masks/block: only for block patterns)
 
@@ -124,7 +126,10 @@ def _file_source(spec: str) -> ModelSource:
     if suffix == ".pt2":
         path = require_file(Path(spec), "torch.export .pt2 file")
         return ModelSource(str(path), "pt2", path, given=spec)
-    what = "checkpoint (.pt, .pth, .ckpt)" if suffix in _CHECKPOINT_SUFFIXES else "file"  # foo.onnx: not ours
+    if suffix == ".onnx":
+        path = require_file(Path(spec), "ONNX model file")
+        return ModelSource(str(path), "onnx", path, given=spec)
+    what = "checkpoint (.pt, .pth, .ckpt)" if suffix in _CHECKPOINT_SUFFIXES else "file"
     path = require_file(Path(spec), what)
     if suffix not in _CHECKPOINT_SUFFIXES and not zipfile.is_zipfile(path):
         raise ConfigError(spec, [f"not a model source: expected {SOURCE_FORMS}"])
@@ -166,6 +171,8 @@ def load_model(src: ModelSource, seed: int = 0) -> LoadedModel:
         return _from_file(src.path, src.factory, seed)
     if src.kind == "pt2":
         return _from_pt2(src.path)
+    if src.kind == "onnx":
+        return _from_onnx(src.path)
     from tilesparse.models.zoo import get_model
 
     if src.weights is not None and _is_checkpoint(src.weights):
@@ -209,7 +216,7 @@ def _from_checkpoint(path: Path, zoo_name: str | None) -> LoadedModel:
         raise CheckpointError(f"{path}: checkpoint names no model architecture; pass the zoo name and "
                               "--weights with this file")
     arch, notices, shape = name or zoo_name, [], None
-    if ".py:" in arch or arch.endswith(".pt2"):  # sparsified from a file / .pt2 source: the checkpoint names it
+    if ".py:" in arch or arch.endswith((".pt2", ".onnx")):  # sparsified from a file: the checkpoint names it
         arch, note = _checkpoint_model_file(arch, data.get("extra") or {}, path)
         inner = load_model(parse_source(arch))
         model, zoo, shape, notices = inner.model, None, inner.example_shape, [note] * bool(note)
@@ -304,3 +311,10 @@ def _from_pt2(path: Path) -> LoadedModel:
 
     return LoadedModel(lift_exported(ep.module(), path.stem).eval(), path.stem, None, example_shape=shape,
                        arch=str(path))
+
+
+def _from_onnx(path: Path) -> LoadedModel:
+    from tilesparse.ir.onnx_import import load_onnx
+
+    module, shape = load_onnx(path)  # shape None: dynamic dims, build asks for --input-shape
+    return LoadedModel(module.eval(), path.stem, None, example_shape=shape, arch=str(path))

@@ -25,7 +25,7 @@ ARRAY_HELP = "Array: RxC (rows x columns, e.g. 4x4, 5x7, 8x2), base-RxC, phoenix
 SPARSITY_HELP = ("Zero this fraction of lowest-L2 blocks in every conv/linear but the first (0 = dense; a "
                  "checkpoint's masks are used as trained).")
 BLOCK_HELP = "Block shape OUTxIN (default 8x8, or the checkpoint's)."
-INPUT_SHAPE_HELP = "N,C,H,W (default: the zoo model's, or a .pt2's example input)."
+INPUT_SHAPE_HELP = "N,C,H,W (default: the zoo model's, a .pt2's example input, or an .onnx file's graph input)."
 WEIGHTS_HELP = "State-dict file (or tilesparse checkpoint) for a zoo name (else random weights, seed 0)."
 CALIB_HELP = ("Image folder for int8 calibration (its val/ subfolder if it has one, else its class folders): "
               "--calib-images of its images, resized and center-cropped to the model's input (ImageNet "

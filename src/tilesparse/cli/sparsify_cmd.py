@@ -95,7 +95,7 @@ def _device(name: str):
 
 def _model(spec: str, weights: Path | None):
     """Model source -> (model with any saved masks baked in, the name its checkpoint records: a zoo
-    name, the canonical file.py:factory or .pt2 path, so that the checkpoint compiles on its own;
+    name, the canonical file.py:factory, .pt2 or .onnx path, so that the checkpoint compiles on its own;
     for a user's file, its sha256 and the path as given, so that compile finds it moved and unchanged)."""
     from tilesparse.program.provenance import file_sha256
     from tilesparse.source import load_model, parse_source
@@ -104,9 +104,9 @@ def _model(spec: str, weights: Path | None):
     lm = load_model(src)
     arch = lm.arch or ""
     model_file = arch.rpartition(":")[0] if ".py:" in arch else arch
-    if not model_file.endswith((".py", ".pt2")):
+    if not model_file.endswith((".py", ".pt2", ".onnx")):
         return lm.model, lm.arch, {}
-    given = src.given if src.kind in ("file", "pt2") else None
+    given = src.given if src.kind in ("file", "pt2", "onnx") else None
     return lm.model, lm.arch, {"model_sha256": file_sha256(model_file), "model_given": given}
 
 
@@ -424,8 +424,8 @@ def _print_results(con, result, out: Path, json_out: Path | None) -> None:
 
 
 def _stem(name: str | None) -> str:
-    """A folder-name stem for a model name (file.py:factory gives its factory, a .pt2 its file stem)."""
-    if name and name.endswith(".pt2"):
+    """A folder-name stem for a model name (file.py:factory gives its factory, a .pt2 / .onnx its file stem)."""
+    if name and name.endswith((".pt2", ".onnx")):
         return Path(name).stem
     return (name or "model").rpartition(":")[2] or "model"
 

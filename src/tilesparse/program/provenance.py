@@ -26,7 +26,7 @@ __all__ = [
     "set_provenance",
 ]
 
-SOURCE_KINDS = ("zoo", "checkpoint", "file", "pt2", "module")  # module: an in-memory nn.Module (Python only)
+SOURCE_KINDS = ("zoo", "checkpoint", "file", "pt2", "onnx", "module")  # module: an in-memory nn.Module (Python only)
 TIME_MODEL = "tilesparse-v1"  # the time model's rules (docs/time-model.md); bump when they change
 
 
@@ -54,7 +54,7 @@ class Provenance:
     """Everything needed to rebuild the graph a Program was compiled from (and to tell whether a
     later request contradicts it). Paths are absolute; hashes are hex SHA-256."""
 
-    source: str  # what the user passed: a zoo name, a checkpoint / .pt2 path, file.py:factory, or a module's class
+    source: str  # what the user passed: a zoo name, a checkpoint / .pt2 / .onnx path, file.py:factory, a module's class
     source_kind: str  # one of SOURCE_KINDS
     source_sha256: str | None  # of the file behind the source (None for a zoo name)
     weights: str | None  # a state-dict file loaded into a zoo architecture
