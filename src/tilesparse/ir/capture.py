@@ -118,7 +118,7 @@ class _Converter:
             raise UnsupportedOpError(
                 f"{self.name}: unsupported op {what} at node {fn.name!r}"
                 f"{_where(fn)}; supported: conv2d, linear, batch-norm, relu/relu6, max/avg/"
-                f"adaptive-avg pool, add, cat, flatten/view, dropout, identity"
+                f"adaptive-avg pool, mean over H×W, add, cat, flatten/view, dropout, identity"
             )
         emit = Emit(self.gm, fn, self._ctx_error)
         lowered = handler(emit)
@@ -128,7 +128,20 @@ class _Converter:
             self.alias[fn.name] = self._tensor_input(fn, lowered.inputs[0]) if lowered.inputs else None
             return
         inputs = tuple(self._tensor_input(fn, a) for a in lowered.inputs)
+        if lowered.flatten_after:
+            inputs = (self._add_pooled(fn, lowered.op, inputs, lowered.attrs),)
+            self._add(fn, Op.FLATTEN, inputs, {"start_dim": 1})
+            return
         self._add(fn, lowered.op, inputs, lowered.attrs, lowered.params)
+
+    def _add_pooled(self, fn: fx.Node, op: Op, inputs: tuple[str, ...], attrs: dict[str, Any]) -> str:
+        """The (N, C, 1, 1) node before the flatten of a reduction without keepdim (``x.mean([2, 3])``)."""
+        src = self._node_type(inputs[0])
+        name = f"{fn.name}_pool"
+        out = TensorType((*src.shape[:2], 1, 1), src.dtype)
+        self.nodes.append(Node(name, op, inputs, out, attrs, _source(fn)))
+        self.alias[name] = name
+        return name
 
     def _handler(self, fn: fx.Node) -> tuple[Callable[[Emit], Lowered | None] | None, str]:
         if fn.op == "call_module":

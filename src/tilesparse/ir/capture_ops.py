@@ -31,6 +31,7 @@ class Lowered:
     inputs: tuple[Any, ...] = ()
     attrs: dict[str, Any] = field(default_factory=dict)
     params: dict[str, np.ndarray] = field(default_factory=dict)
+    flatten_after: bool = False  # op gives (N, C, 1, 1); a FLATTEN(start_dim=1) after it gives the node's (N, C)
 
 
 class Emit:
@@ -206,6 +207,24 @@ def _identity(e: Emit) -> Lowered:
     return Lowered(None, (e.fn.args[0],))
 
 
+SPATIAL_DIMS = (2, 3)
+
+
+def _mean(e: Emit) -> Lowered:
+    """``x.mean([2, 3])`` / ``torch.mean(x, dim=(2, 3), keepdim=True)``: the global average pool the IR
+    already has (plus a flatten without keepdim), so nothing after capture needs to know about it."""
+    a = e.bind(("input", "dim", "keepdim", "dtype"), dim=None, keepdim=False, dtype=None)
+    x = a["input"]
+    rank = len(e.shape(x))
+    dims = a["dim"]
+    dims = tuple(range(rank)) if dims is None else (dims,) if isinstance(dims, int) else tuple(dims)
+    norm = tuple(sorted(int(d) % rank for d in dims)) if rank else ()
+    if rank != 4 or norm != SPATIAL_DIMS or a["dtype"] is not None:
+        raise e.error(f"mean over dim={a['dim']!r} of a rank-{rank} tensor; only the mean over H×W "
+                      "(dim=(2, 3) of an NCHW tensor) is supported")
+    return Lowered(Op.ADAPTIVE_AVGPOOL, (x,), {"output_size": (1, 1)}, flatten_after=not a["keepdim"])
+
+
 MODULE_OPS: dict[type, Callable[[Emit], Lowered | None]] = {
     nn.Conv2d: _conv,
     nn.Linear: _linear,
@@ -313,7 +332,7 @@ FUNCTION_OPS: dict[Any, Callable[[Emit], Lowered | None]] = {
     F.adaptive_avg_pool2d: _adaptive_fn,
     operator.add: _add, operator.iadd: _add, torch.add: _add,
     torch.cat: _cat, torch.concat: _cat, torch.concatenate: _cat,
-    torch.flatten: _flatten_fn, torch.reshape: _flatten_fn,
+    torch.flatten: _flatten_fn, torch.reshape: _flatten_fn, torch.mean: _mean,
     F.dropout: _dropout_fn, F.dropout2d: _dropout_fn,
     getattr: _non_tensor, operator.getitem: _non_tensor,
 }
@@ -322,5 +341,5 @@ METHOD_OPS: dict[str, Callable[[Emit], Lowered | None]] = {
     "relu": _relu_fn, "relu_": _relu_fn,
     "add": _add, "add_": _add, "__add__": _add, "__iadd__": _add,
     "flatten": _flatten_fn, "view": _flatten_fn, "reshape": _flatten_fn,
-    "contiguous": _identity, "size": _non_tensor, "dim": _non_tensor,
+    "mean": _mean, "contiguous": _identity, "size": _non_tensor, "dim": _non_tensor,
 }
