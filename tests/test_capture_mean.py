@@ -86,3 +86,14 @@ def test_mean_over_channels_is_a_one_line_error():
         capture(_net("channels"), SHAPE, "net")
     msg = str(info.value)
     assert "\n" not in msg and "dim=1" in msg and "H×W" in msg
+
+
+def test_mnasnet_compiles_and_simulates_bit_exact():
+    """torchvision's mnasnet0_5 ends in ``x.mean([2, 3])``: 64x64, 50 % 8x8 on 4x4, every layer
+    bit-exact and the output within the quantization tolerance of PyTorch in float."""
+    shape = (1, 3, 64, 64)
+    built = build_graph_from("mnasnet0_5", sparsity=0.5, input_shape=shape)
+    prog = compile_source("mnasnet0_5", "4x4", sparsity=0.5, input_shape=shape)
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    rep = verify(prog, built.graph, x, module=built.module, progress=False)
+    assert rep.ok and rep.float_check is not None and rep.float_check.ok, rep.summary()
