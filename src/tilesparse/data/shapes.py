@@ -10,13 +10,12 @@ with a seeded ``numpy.random.Generator``: the same seed gives the same bytes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
+from tilesparse.data.digits import DigitsData
 from tilesparse.errors import ConfigError
 
 __all__ = ["SHAPES", "FILLS", "NUM_CLASSES", "IMAGE_SIZE", "ShapesData", "make_shapes", "load_shapes_tensors",
@@ -39,12 +38,7 @@ OCCLUDE_PX = (3, 6)  # side of the occluding rectangle, pixels
 EDGE = 0.08  # soft edge width, in shape units
 
 
-@dataclass(frozen=True)
-class ShapesData:
-    x_train: Tensor  # (N, 1, 16, 16) float32
-    y_train: Tensor  # (N,) int64
-    x_test: Tensor
-    y_test: Tensor
+ShapesData = DigitsData  # the same train/test split of tensors; here images are (N, 1, 16, 16)
 
 
 def class_name(label: int) -> str:
