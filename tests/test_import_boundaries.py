@@ -166,3 +166,56 @@ def test_layer_checker_flags_upward_and_sideways_imports():
     got = layer_violations(src, "sim", "x.py", package="tilesparse.sim")
     assert got == ["x.py:1 imports tilesparse.compiler.pack (compiler is not below sim)",
                    "x.py:3 imports tilesparse.cli.main (cli is not below sim)"]
+
+
+REPLAY = "tilesparse.sim.replay"
+TIME_MODEL = ("tilesparse.timing", "tilesparse.estimate")
+
+
+def _source_of(mod: str) -> tuple[str, Path] | None:
+    """(module, file) of a tilesparse module, or of its longest prefix that is one (``from a import
+    name`` names ``a.name``)."""
+    parts = mod.split(".")
+    while len(parts) > 1:
+        base = SRC.joinpath(*parts[1:])
+        for path in (base.with_suffix(".py"), base / "__init__.py"):
+            if path.is_file():
+                return ".".join(parts), path
+        parts.pop()
+    return None
+
+
+def _loaded_with(mod: str) -> dict[str, list[str]]:
+    """Every tilesparse module importing ``mod`` loads (its packages' ``__init__`` files and what
+    they import, transitively), each with the chain that reached it."""
+    chains: dict[str, list[str]] = {}
+    todo = [(mod, [mod])]
+    while todo:
+        name, chain = todo.pop()
+        found = _source_of(name)
+        if found is None or found[0] in chains:
+            continue
+        name, path = found
+        chains[name] = chain
+        parents = [".".join(name.split(".")[:k]) for k in range(2, len(name.split(".")))]
+        pkg = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        deps = [m for _, m in imported_modules(path.read_text(), pkg) if m.startswith("tilesparse.")]
+        todo += [(m, [*chain, m]) for m in parents + deps]
+    return chains
+
+
+def test_replay_imports_nothing_of_the_time_model():
+    """The clocked replay is the time model's independent check: neither the replay module nor
+    anything loaded with it (directly, lazily or through a package ``__init__``) is the time model."""
+    rel = "sim/replay.py"
+    direct = violations((SRC / rel).read_text(), TIME_MODEL, f"src/tilesparse/{rel}", _package(rel))
+    assert not direct, "\n".join(direct)
+    chains = _loaded_with(REPLAY)
+    assert "tilesparse.sim.memory" in chains and "tilesparse.program.artifact" in chains  # the walk reads real imports
+    bad = [" -> ".join(c) for m, c in chains.items() if any(m == f or m.startswith(f + ".") for f in TIME_MODEL)]
+    assert not bad, "the replay must not load the time model:\n" + "\n".join(bad)
+
+
+def test_the_import_walk_finds_a_time_model_import():
+    chains = _loaded_with("tilesparse.estimate.report")
+    assert any(m.startswith("tilesparse.timing") for m in chains)
