@@ -187,3 +187,21 @@ def test_replay_equals_the_time_model_per_layer(name, module, shape, sparsity):
         assert rep.total_s == pytest.approx(model.total_s, rel=1e-9)
         for op, busy in model.busy_by_op(p).items():
             assert rep.busy_s[op] == pytest.approx(busy, rel=1e-9), op
+
+
+def test_simulate_timing_reports_both_side_by_side(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from tilesparse.cli.main import app
+
+    out = tmp_path / "r.json"
+    r = CliRunner().invoke(app, ["simulate", "digits_cnn", "-a", "2x2", "--sparsity", "0.5", "--timing",
+                                 "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    t = json.loads(out.read_text())["timing"]
+    assert t["equal"] and len(t["layers"]) == 8
+    for row in t["layers"]:  # the replay's own number, and the difference of the two
+        assert row["diff_s"] == pytest.approx(row["replay_s"] - row["model_s"], abs=1e-18)
+    assert t["replay_s"] == pytest.approx(t["model_s"], rel=1e-9)

@@ -41,6 +41,9 @@ MODEL_HELP = ("For a program file without provenance: rebuild this model source'
 INPUT_HELP = ("Input .npy (float: quantized with the program's input scale exponent; int8: used as is), or an "
               "image file (.png, .jpg ...: resized and center-cropped to the program's input, ImageNet "
               "normalisation). Default: seeded random.")
+TIMING_HELP = ("Also time the program twice, with the time model and with the clocked replay (a discrete-event "
+               "run of its engines and locks, docs/replay.md): per layer and in total, side by side, with the "
+               "difference.")
 SIM_CALIB_HELP = (CALIB_HELP + " For a program file: where its calibration images are now (if moved); they must "
                   "be unchanged.")
 
@@ -129,6 +132,7 @@ def simulate_verb(
     calib: Annotated[Path | None, typer.Option(help=SIM_CALIB_HELP)] = None,
     calib_images: Annotated[int | None, typer.Option(help=CALIB_IMAGES_HELP + " Default 16; for a program file: "
                                                      "must agree with it.", min=1)] = None,
+    timing: Annotated[bool, typer.Option("--timing", help=TIMING_HELP)] = False,
 ) -> None:
     """Execute a program instruction by instruction over DDR, MemTiles and core memories; compare
     every layer with the PyTorch integer reference bit for bit, the output and layers with the model
@@ -143,6 +147,7 @@ def simulate_verb(
     * `tilesparse simulate r50.tsp --input ~/imagenet/val/n01440764/img1.JPEG` (verify on a real image)
     * `tilesparse simulate digits_cnn -a 2x2 --sparsity 0.5` (compile on the fly, then verify)
     * `tilesparse simulate old.tsp --model resnet50 --sparsity 0.5` (a program without provenance)
+    * `tilesparse simulate resnet18 --input-shape 1,3,64,64 --timing` (also: time model vs clocked replay)
     """
     from rich.markup import escape
 
@@ -167,9 +172,24 @@ def simulate_verb(
     con.print(_table(prog, sim, checks, rep))
     ok = sim.accounting_ok and (rep is None or rep.ok)
     con.print(escape(_summary(prog, sim, rep)))
-    write_json(json_out, _json(prog, sim, checks, rep))
+    doc = _json(prog, sim, checks, rep)
+    if timing:
+        doc["timing"] = _timing(prog, con)
+    write_json(json_out, doc)
     if not ok:
         raise typer.Exit(1)
+
+
+def _timing(prog, con) -> dict:
+    """Print the time model's and the clocked replay's latency side by side; their JSON."""
+    from rich.markup import escape
+
+    from tilesparse.cli.sim_timing import timing_json, timing_rows, timing_summary, timing_table
+
+    rows, model_s, replay_s = timing_rows(prog)
+    con.print(timing_table(prog, rows, model_s, replay_s))
+    con.print(escape(timing_summary(rows, model_s, replay_s)))
+    return timing_json(rows, model_s, replay_s)
 
 
 def _program_and_graph(target: str, array: str | None, out: Path | None, req: dict):
