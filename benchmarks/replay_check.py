@@ -89,14 +89,16 @@ def markdown(rows: list[dict], cmd: str, wall_s: float) -> str:
            "The replay (`tilesparse.sim.replay`, docs/replay.md) plays each program's instructions out "
            "as a discrete-event simulation of its engines and locks, without the time model's code. "
            f"A layer is *equal* when the two times differ by at most {REL_TOL:g} of the layer's time "
-           "(float rounding: the replay adds weight pieces one by one where the time model sums them first).",
+           "(float rounding: a replayed layer's time is the difference of two absolute event times, milliseconds "
+           "into the run, where the time model adds up per-layer times; and the replay adds weight pieces one by "
+           "one where the time model sums them first).",
            "",
-           "| network | array | density | layers equal | max difference | worst layer (rel.) | time model ms "
+           "| network | array | density | layers equal | max difference s | worst layer (rel.) | time model ms "
            "| replay ms | iterations | replay s | estimate s | compile s |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         out.append(f"| {r['network']} | {r['array']} | {r['mode']} | {r['equal']}/{r['layers']} | "
-                   f"{r['max_abs_diff_s'] * 1e12:.3g} ps | {r['worst_layer']} ({r['max_rel_diff']:.1e}) | "
+                   f"{r['max_abs_diff_s']:.2g} | {r['worst_layer']} ({r['max_rel_diff']:.1e}) | "
                    f"{r['model_total_s'] * 1e3:.4f} | {r['replay_total_s'] * 1e3:.4f} | {r['iterations']:,} | "
                    f"{r['replay_s']:.2f} | {r['estimate_s']:.2f} | {r['compile_s']:.1f} |")
     bad = [(r, u) for r in rows for u in r["unequal"]]
