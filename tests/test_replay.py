@@ -205,3 +205,14 @@ def test_simulate_timing_reports_both_side_by_side(tmp_path):
     for row in t["layers"]:  # the replay's own number, and the difference of the two
         assert row["diff_s"] == pytest.approx(row["replay_s"] - row["model_s"], abs=1e-18)
     assert t["replay_s"] == pytest.approx(t["model_s"], rel=1e-9)
+    assert t["layers"][-1]["replay_end_s"] == pytest.approx(t["replay_s"], rel=1e-12)
+    assert t["replay_busy_s"]["COMP"] > 0 and t["replay_halted_s"] > 0
+    assert "cores halted by LOADWM" in r.output
+
+
+def test_an_instruction_of_no_iterations_takes_no_time(base):
+    steps = [_step(0, 2, B, C, B)]
+    steps[0].append(("WRITE", 0, (), (), False, []))  # nothing to write back
+    r = replay(_program(base, steps))
+    assert r.total_s == pytest.approx(4 * U, rel=1e-12)  # 1 + 2 x 1 + 1: LOADFM, COMP, COMP, WRITEFM
+    assert r.layers[0].seconds == pytest.approx(4 * U, rel=1e-12)

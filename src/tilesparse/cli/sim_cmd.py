@@ -184,12 +184,13 @@ def _timing(prog, con) -> dict:
     """Print the time model's and the clocked replay's latency side by side; their JSON."""
     from rich.markup import escape
 
-    from tilesparse.cli.sim_timing import timing_json, timing_rows, timing_summary, timing_table
+    from tilesparse.cli.sim_timing import engines_line, timing_json, timing_rows, timing_summary, timing_table
 
-    rows, model_s, replay_s = timing_rows(prog)
-    con.print(timing_table(prog, rows, model_s, replay_s))
-    con.print(escape(timing_summary(rows, model_s, replay_s)))
-    return timing_json(rows, model_s, replay_s)
+    rows, model_s, rep = timing_rows(prog)
+    con.print(timing_table(prog, rows, model_s, rep.total_s))
+    con.print(escape(timing_summary(rows, model_s, rep.total_s)))
+    con.print(escape(engines_line(rep)))
+    return timing_json(rows, model_s, rep)
 
 
 def _program_and_graph(target: str, array: str | None, out: Path | None, req: dict):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["REL_TOL", "TimingRow", "timing_json", "timing_rows", "timing_summary", "timing_table"]
+__all__ = ["REL_TOL", "TimingRow", "engines_line", "timing_json", "timing_rows", "timing_summary", "timing_table"]
 
 REL_TOL = 1e-9  # the two agree up to float rounding (sums taken in another order)
 
@@ -26,14 +26,21 @@ class TimingRow:
         return abs(self.diff_s) <= REL_TOL * max(abs(self.model_s), abs(self.replay_s))
 
 
-def timing_rows(prog: Any) -> tuple[list[TimingRow], float, float]:
-    """Per layer the time model's and the replay's seconds; both totals."""
+def timing_rows(prog: Any) -> tuple[list[TimingRow], float, Any]:
+    """Per layer the time model's and the replay's seconds; the time model's total; the replay
+    (``ReplayResult``: its total, layer spans, engines' busy seconds)."""
     from tilesparse.estimate.timemodel import estimate_program
     from tilesparse.sim.replay import replay
 
     model, rep = estimate_program(prog), replay(prog)
     rows = [TimingRow(name, sec, span.seconds) for (name, _, sec), span in zip(model.layers, rep.layers, strict=True)]
-    return rows, model.total_s, rep.total_s
+    return rows, model.total_s, rep
+
+
+def engines_line(rep: Any) -> str:
+    """The replay's busy seconds per engine and the cores' halt."""
+    busy = ", ".join(f"{e} {s * 1e6:.1f}" for e, s in rep.busy_s.items() if s)
+    return f"replay, µs busy per engine: {busy}; cores halted by LOADWM {rep.halted_s * 1e6:.1f}"
 
 
 def timing_table(prog: Any, rows: list[TimingRow], model_s: float, replay_s: float) -> Any:
@@ -58,7 +65,9 @@ def timing_summary(rows: list[TimingRow], model_s: float, replay_s: float) -> st
     return head + f"{len(bad)} of {len(rows)} layers DIFFER: {', '.join(bad[:5])}" + (" ..." if len(bad) > 5 else "")
 
 
-def timing_json(rows: list[TimingRow], model_s: float, replay_s: float) -> dict:
-    return {"model_s": model_s, "replay_s": replay_s, "equal": all(r.equal for r in rows),
+def timing_json(rows: list[TimingRow], model_s: float, rep: Any) -> dict:
+    return {"model_s": model_s, "replay_s": rep.total_s, "equal": all(r.equal for r in rows),
+            "replay_busy_s": dict(rep.busy_s), "replay_halted_s": rep.halted_s,
             "layers": [{"layer": r.layer, "model_s": r.model_s, "replay_s": r.replay_s, "diff_s": r.diff_s,
-                        "equal": r.equal} for r in rows]}
+                        "equal": r.equal, "replay_start_s": span.start_s, "replay_end_s": span.end_s}
+                       for r, span in zip(rows, rep.layers, strict=True)]}

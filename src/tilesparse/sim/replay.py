@@ -345,22 +345,24 @@ def replay(program: Program, rules: ReplayRules | None = None) -> ReplayResult:
     clock = _Clock(plan)
     total = clock.run()
     spans = _layer_spans(program, plan, clock.first, clock.last)
-    halted = sum(float(clock.last[i] - clock.first[i]) for i, ins in enumerate(program.instrs) if ins.halts)
+    halted = sum(float(clock.last[i] - clock.first[i]) for i, ins in enumerate(program.instrs)
+                 if ins.halts and ins.iters)
     return ReplayResult(total, spans, clock.busy_s, halted, clock.first, clock.last, rules)
 
 
 def _layer_spans(program: Program, plan: _Plan, first: np.ndarray, last: np.ndarray) -> tuple[LayerSpan, ...]:
-    """Each layer from its first start to its last end (a layer without instructions: an empty span
+    """Each layer from its first start to its last end (a layer without iterations: an empty span
     where the previous one ended)."""
     out: list[LayerSpan] = []
     bounds: Sequence[int] = [*plan.layer_first, len(program.instrs)]
     prev = 0.0
     for li, rec in enumerate(program.layers):
         a, b = bounds[li], bounds[li + 1]
-        if a == b:
+        ran = ~np.isnan(first[a:b])
+        if not ran.any():
             out.append(LayerSpan(rec.name, prev, prev))
             continue
-        s, e = float(np.min(first[a:b])), float(np.max(last[a:b]))
+        s, e = float(first[a:b][ran].min()), float(last[a:b][ran].max())
         out.append(LayerSpan(rec.name, s, e))
         prev = e
     return tuple(out)
