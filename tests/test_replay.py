@@ -216,3 +216,14 @@ def test_an_instruction_of_no_iterations_takes_no_time(base):
     r = replay(_program(base, steps))
     assert r.total_s == pytest.approx(4 * U, rel=1e-12)  # 1 + 2 x 1 + 1: LOADFM, COMP, COMP, WRITEFM
     assert r.layers[0].seconds == pytest.approx(4 * U, rel=1e-12)
+
+
+def test_the_paper_profile_serialises_the_docs_example(base):
+    # LOADW → LOADWM → LOADFM → COMP → WRITEFM one after another: (321 + 321 + 256 + 256) B + 80 cycles
+    from tilesparse.sim.replay import PROFILES
+
+    pieces = [84.0, 80.0, 80.0, 77.0]
+    p = _program(base, [_step(0, 1, 256, 80, 256, lw=pieces, lwm=pieces)])
+    want = (321 + 321 + 256 + 256) / HW.links.memtile_to_core_bytes_per_s + 80 / HW.clock_hz
+    assert replay(p, PROFILES["paper"]).total_s == pytest.approx(want, rel=1e-12)
+    assert replay(p, PROFILES["tilesparse"]).total_s == pytest.approx(245.25e-9, rel=1e-12)

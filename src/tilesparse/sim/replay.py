@@ -41,7 +41,7 @@ from tilesparse.hw import ArrayConfig
 from tilesparse.program import Instr, Program
 from tilesparse.sim.memory import SimulationError
 
-__all__ = ["ENGINES", "LayerSpan", "ReplayError", "ReplayResult", "ReplayRules", "engine_seconds", "replay"]
+__all__ = ["ENGINES", "PROFILES", "LayerSpan", "ReplayError", "ReplayResult", "ReplayRules", "engine_seconds", "replay"]
 
 # engine -> what it stands for (one engine per channel kind, the cores one engine in lockstep)
 ENGINES = {
@@ -78,6 +78,15 @@ class ReplayRules:
     def __post_init__(self) -> None:
         if self.slot_release not in ("slot", "piece"):
             raise ValueError(f"ReplayRules.slot_release {self.slot_release!r}: expected 'slot' or 'piece'")
+
+
+# The rules of the time model's profiles (issue 20) as far as they concern the replay; the paper's
+# other rules (adds and pools as layers of their own, no kernel scratch as a buffer) change the
+# compiled program, not how it is played out. ``measured`` figures change durations, not rules.
+PROFILES = {
+    "tilesparse": ReplayRules(),
+    "paper": ReplayRules(serial_single_steps=True, loadw_prefetch=False, cut_through=False),
+}
 
 
 @dataclass(frozen=True)
