@@ -400,7 +400,7 @@ def not_rebuildable(prov: Provenance) -> str:
 
 def check_request(prov: Provenance, where: str, **given: Any) -> None:
     """Refuse any given flag (not None) that contradicts the provenance, naming both values and
-    what to do instead. Keys: source, weights, sparsity, block, input_shape, calib_images, array."""
+    what to do instead. Keys: source, weights, sparsity, block, pattern, input_shape, calib_images, array."""
     for flag, recorded, same, raw in _requested(prov, given):
         if not same:
             raise ProvenanceError(f"{flag} {raw} contradicts the provenance of {where} "
@@ -428,6 +428,10 @@ def _requested(prov: Provenance, given: dict[str, Any]):
         yield "--sparsity", _show(prov.sparsity), math.isclose(sp, prov.sparsity), f"{g['sparsity']:g}"
     if "block" in g:
         yield "--block", _show(prov.block), check_block(g["block"], "--block") == prov.block, g["block"]
+    if "pattern" in g:
+        from tilesparse.patterns import as_pattern
+
+        yield "--pattern", prov.pattern, as_pattern(g["pattern"], "--pattern").spec() == prov.pattern, g["pattern"]
     if "input_shape" in g:
         shape = parse_input_shape(g["input_shape"])
         yield "--input-shape", _show(prov.input_shape), shape == prov.input_shape, g["input_shape"]
