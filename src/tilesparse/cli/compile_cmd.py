@@ -82,6 +82,14 @@ def _summary_json(prog, s, out: Path | None) -> dict:
             "dense_weight_bytes": s.dense_weight_bytes, "provenance": prov.to_dict() if prov else None}
 
 
+def _formats_note(prog) -> str:
+    """", 52 of 53 convs on the sparse multiply (masked weights)" when some conv is masked."""
+    counts = (prog.meta.get("weight_formats") or {}).get("counts") or {}
+    masked = counts.get("masked", 0)
+    return f"; {masked} of {masked + counts.get('block', 0)} convs on the sparse multiply (masked weights)" \
+        if masked else ""
+
+
 def compile_verb(
     source: Annotated[str, typer.Argument(help=SOURCE_HELP, metavar="SOURCE")],
     array: Annotated[str, typer.Option("--array", "-a", help=ARRAY_HELP)] = "4x4",
@@ -127,7 +135,8 @@ def compile_verb(
     s = summarize(prog)
     console(json_out).print(f"wrote {out}: {len(prog.layers)} layers, {len(prog.instrs)} instructions, weights "
                     f"{s.packed_weight_bytes / 1e6:.2f} MB packed of {s.dense_weight_bytes / 1e6:.2f} MB dense "
-                    f"({100 * s.weight_fraction:.1f} %), estimate {s.estimate_ms:.3f} ms (bound {s.bound_ms:.3f} ms)")
+                    f"({100 * s.weight_fraction:.1f} %), estimate {s.estimate_ms:.3f} ms (bound {s.bound_ms:.3f} ms)"
+                    + _formats_note(prog))
     if listing is not None:
         text = prog.listing()
         if str(listing) == "-":
@@ -209,10 +218,11 @@ def estimate_verb(
     s = summarize(prog, pt)
     shown = sorted(rows, key=lambda r: -r["time_us"])[: top or None]
     t = Table(title=f"{prog.graph} on {prog.hw.label}")
-    for col in ("layer", "kind", "time us", "bound us", "limit", "roofline us", "x bound", "grid", "sub", "loops"):
+    for col in ("layer", "kind", "weights", "time us", "bound us", "limit", "roofline us", "x bound", "grid", "sub",
+                "loops"):
         t.add_column(col, justify="right" if "us" in col or col == "x bound" else "left")
     for r in shown:
-        t.add_row(r["layer"], r["kind"], f"{r['time_us']:.1f}", f"{r['bound_us']:.1f}", r["limiter"],
+        t.add_row(r["layer"], r["kind"], r["weights"], f"{r['time_us']:.1f}", f"{r['bound_us']:.1f}", r["limiter"],
                   f"{r['roofline_us']:.1f}", f"{r['ratio']:.2f}", r["grid"], r["sub"], r["loops"])
     con = console(json_out)
     con.print(t)
