@@ -2,6 +2,8 @@
 networks pruned to 2:4, 1:4 and 8x8@0.5/2:4 simulated bit-exact against the integer reference
 (and within tolerance of PyTorch in float) with the estimate at or above its lower bound."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -15,6 +17,7 @@ from tilesparse.estimate.bounds import program_bounds
 from tilesparse.estimate.timemodel import estimate_program
 from tilesparse.hw import ArrayConfig, load_array
 from tilesparse.models import get_model
+from tilesparse.program import Program
 
 
 def _one_conv(weight: np.ndarray):
@@ -124,3 +127,26 @@ def test_torchvision_resnet18_at_2_4_is_bit_exact():
     prog = compile_graph(built.graph, "4x4")
     assert sum(r.geometry.weight_format == "masked" for r in prog.layers) >= 19  # every conv and fc but the stem
     check_bit_exact(built.graph, prog, module=built.module)
+
+
+def test_program_files_keep_the_format_and_older_files_load_as_block(tmp_path):
+    built = build_graph_from(_net(TinyResNet), input_shape=(1, 3, 32, 32), pattern="2:4")
+    prog = compile_graph(built.graph, "2x2")
+    prog.save(tmp_path / "p.tsp")
+    loaded = Program.load(tmp_path / "p.tsp")
+    assert [r.geometry for r in loaded.layers] == [r.geometry for r in prog.layers]
+    check_bit_exact(built.graph, loaded)  # decoded from the file's bytes alone
+    # a file written before the field existed: no weight_format key in any layer's geometry
+    dense = compile_graph(build_graph_from(_net(TinyResNet), input_shape=(1, 3, 32, 32)).graph, "2x2")
+    dense.save(tmp_path / "d.tsp")
+    with np.load(tmp_path / "d.tsp") as z:
+        arrays = {k: z[k] for k in z.files}
+    header = json.loads(arrays["header"].tobytes())
+    for layer in header["layers"]:
+        del layer["geometry"]["weight_format"]
+    arrays["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+    np.savez(tmp_path / "old.npz", **arrays)
+    (tmp_path / "old.npz").rename(tmp_path / "old.tsp")
+    old = Program.load(tmp_path / "old.tsp")
+    assert {r.geometry.weight_format for r in old.layers} == {"block"}
+    assert old.layers == dense.layers
