@@ -63,13 +63,16 @@ class Built:
     # weights, eval mode) — for a .pt2 the module lifted from the exported program — the second
     # oracle of ``tilesparse.sim.verify(..., module=)``; every source kind has one
     module: Any = None
+    # the pattern the weights follow: "block" (block masks), a pattern spec pruned one-shot
+    # ("2:4", "8x8@0.5/2:4") or the one a checkpoint was trained to
+    pattern: str = "block"
 
     def provenance(self, array: str, balance: bool) -> Provenance:
         s = self.source
         return Provenance(
             source=s.spec, source_kind=s.kind, source_sha256=file_sha256(s.path) if s.path else None,
             weights=str(s.weights) if s.weights else None,
-            weights_sha256=file_sha256(s.weights) if s.weights else None, pattern="block", block=self.block,
+            weights_sha256=file_sha256(s.weights) if s.weights else None, pattern=self.pattern, block=self.block,
             sparsity=self.sparsity, selection=self.selection, seed=self.seed,
             quantization=QUANTIZATION if self.quantized else "none (float graph)",
             calibration=(self.calibration or f"random normal, n={N_CALIB}, seed={self.seed}") if self.quantized
@@ -143,7 +146,8 @@ def build_graph_from(source: str | ModelSource | Any, *, weights: str | Path | N
                      sparsity: float | None = None, block: str | tuple[int, int] | None = None,
                      input_shape: str | Sequence[int] | None = None, quantized: bool = True,
                      seed: int = 0, calibration: Sequence[Any] | None = None, calib: str | Path | None = None,
-                     calib_images: int = N_CALIB_IMAGES, calib_files: Sequence[str] | None = None) -> Built:
+                     calib_images: int = N_CALIB_IMAGES, calib_files: Sequence[str] | None = None,
+                     pattern: Any = None) -> Built:
     """Source → model → one-shot pruning (``patterns.prune_oneshot``, unless the source carries
     masks) → front end. ``sparsity``/``block`` None: the source's own (dense, 8x8 for a model
     without masks).
@@ -152,14 +156,27 @@ def build_graph_from(source: str | ModelSource | Any, *, weights: str | Path | N
     copy of it is pruned and captured, so the caller's module is never modified; unpruned, its
     all-zero blocks are masked (``selection`` "module-weights", the masked fraction recorded).
     ``calibration`` (input arrays, module sources only: a program from a file must be rebuildable
-    from its provenance) replaces the random calibration inputs."""
+    from its provenance) replaces the random calibration inputs. ``pattern`` (a spec such as
+    ``"2:4"``, ``"8x8@0.5/2:4"``, or a ``Pattern``; not a block pattern, which is ``block`` +
+    ``sparsity``): prune every layer but the first conv one-shot to it (``sparsity`` fills a free
+    level); the compiler packs the layers that meet the sparse multiply's rule in its masked
+    format (docs/compiler.md, "Weight formats")."""
     from tilesparse.frontend import build_graph
-    from tilesparse.patterns import prune_oneshot
+    from tilesparse.patterns import prune_oneshot, prune_pattern_oneshot
 
     _request(sparsity, block)  # a bad value refused before the model is loaded
+    pat = _pattern_request(pattern, sparsity, block)
     src, lm = _load(source, weights, seed, input_shape, calibration)
-    bs, sp, rule = _choose(lm, src, sparsity, block)
-    if rule == "l2-oneshot":
+    if pat is not None:
+        if lm.masks is not None or lm.pattern is not None:
+            raise ConfigError("--pattern", [f"{src.spec} carries trained {lm.pattern or 'block'} weights; it is not "
+                                            f"pruned again: drop --pattern {pat.spec()}"])
+        bs, sp, rule = (8, 8), float(pat.nominal_sparsity() or 0.0), "l2-oneshot"
+        skipped = prune_pattern_oneshot(lm.model, pat, name=lm.name)
+        lm.notices.extend(f"layer {n} stays dense: {why}" for n, why in skipped.items())
+    else:
+        bs, sp, rule = _choose(lm, src, sparsity, block)
+    if rule == "l2-oneshot" and pat is None:
         prune_oneshot(lm.model, sp, bs, name=lm.name)
     shape = _input_shape(lm, src, parse_input_shape(input_shape))
     g = build_graph(lm.model, input_shape=shape, block=bs, quantized=False, seed=seed)
@@ -176,7 +193,25 @@ def build_graph_from(source: str | ModelSource | Any, *, weights: str | Path | N
         from tilesparse.quant import quantize
 
         g = quantize(g, list(calibration) if calibration is not None else random_calibration(shape, N_CALIB, seed))
-    return Built(g, src, bs, sp, rule, seed, quantized, shape, list(lm.notices), given, record, lm.model)
+    pattern_spec = pat.spec() if pat is not None else (str(lm.pattern) if lm.masks is None and lm.pattern else "block")
+    return Built(g, src, bs, sp, rule, seed, quantized, shape, list(lm.notices), given, record, lm.model, pattern_spec)
+
+
+def _pattern_request(pattern: Any, sparsity: float | None, block: Any):
+    """The non-block ``Pattern`` asked for, its free level filled by ``sparsity`` (None: none asked;
+    a block pattern is given as ``block`` and ``sparsity``)."""
+    if pattern is None or pattern == "block":
+        return None
+    from tilesparse.patterns import Block, as_pattern
+
+    p = as_pattern(pattern, "--pattern")
+    if isinstance(p, Block):
+        raise ConfigError("--pattern", [f"{p.spec()}: give a block pattern as block={p.out}x{p.in_} and sparsity"])
+    if block is not None:
+        raise ConfigError("--block", [f"--pattern {p.spec()} sets the weights' structure; drop --block"])
+    if p.free_levels() and sparsity is None:
+        raise ConfigError("--pattern", [f"{p.spec()} leaves a level's sparsity free; give --sparsity or '@s'"])
+    return p.with_sparsity(sparsity) if p.free_levels() or sparsity is not None else p
 
 
 def _image_calibration(folder: Path, n: int, files: Sequence[str] | None, shape: tuple[int, ...]
@@ -316,10 +351,13 @@ def graph_from_provenance(prov: Provenance, where: str = "program", notices: lis
     elif calib is not None:
         raise ConfigError("--calib", [f"{where} was calibrated on {prov.calibration}, not on images; drop --calib "
                                       f"{calib}, or compile again with it"])
+    oneshot_pattern = prov.selection == "l2-oneshot" and prov.pattern != "block"
     built = build_graph_from(source, weights=weights,
-                             sparsity=prov.sparsity if prov.selection == "l2-oneshot" else None,
-                             block=prov.block, input_shape=prov.input_shape, quantized=prov.quantized,
-                             seed=prov.seed, calib=folder, calib_files=images["files"] if images else None)
+                             sparsity=prov.sparsity if prov.selection == "l2-oneshot" and not oneshot_pattern else None,
+                             block=None if oneshot_pattern else prov.block, input_shape=prov.input_shape,
+                             quantized=prov.quantized, seed=prov.seed, calib=folder,
+                             calib_files=images["files"] if images else None,
+                             pattern=prov.pattern if oneshot_pattern else None)
     if notices is not None:
         notices.extend(notes + built.notices)
     return built
@@ -362,7 +400,7 @@ def not_rebuildable(prov: Provenance) -> str:
 
 def check_request(prov: Provenance, where: str, **given: Any) -> None:
     """Refuse any given flag (not None) that contradicts the provenance, naming both values and
-    what to do instead. Keys: source, weights, sparsity, block, input_shape, calib_images, array."""
+    what to do instead. Keys: source, weights, sparsity, block, pattern, input_shape, calib_images, array."""
     for flag, recorded, same, raw in _requested(prov, given):
         if not same:
             raise ProvenanceError(f"{flag} {raw} contradicts the provenance of {where} "
@@ -390,6 +428,10 @@ def _requested(prov: Provenance, given: dict[str, Any]):
         yield "--sparsity", _show(prov.sparsity), math.isclose(sp, prov.sparsity), f"{g['sparsity']:g}"
     if "block" in g:
         yield "--block", _show(prov.block), check_block(g["block"], "--block") == prov.block, g["block"]
+    if "pattern" in g:
+        from tilesparse.patterns import as_pattern
+
+        yield "--pattern", prov.pattern, as_pattern(g["pattern"], "--pattern").spec() == prov.pattern, g["pattern"]
     if "input_shape" in g:
         shape = parse_input_shape(g["input_shape"])
         yield "--input-shape", _show(prov.input_shape), shape == prov.input_shape, g["input_shape"]

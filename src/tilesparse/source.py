@@ -233,8 +233,8 @@ def _from_checkpoint(path: Path, zoo_name: str | None) -> LoadedModel:
             block = tuple(ck.recipe.block)
         else:
             notices.append(f"{path.name}: pattern {pattern} is compiled by the all-zero blocks of its trained "
-                           "weights; the zeros inside kept blocks are computed (native N:M / hierarchical "
-                           "execution is not modelled yet)")
+                           "weights; layers whose kept blocks meet the sparse multiply's rule (at most 2 non-zero "
+                           "of every 4 input channels) run in its masked format, the others compute their zeros")
         ck.sparsifier.squash_mask()
     return LoadedModel(ck.model.eval(), path.stem, zoo, masks, block, sparsity, shape, arch, notices, pattern=pattern)
 

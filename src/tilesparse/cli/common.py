@@ -16,8 +16,10 @@ from typing import Any
 from tilesparse.errors import ConfigError
 from tilesparse.source import SOURCE_FORMS
 
-__all__ = ["ARRAY_HELP", "BLOCK_HELP", "COMPILE_PATTERN_HELP", "INPUT_SHAPE_HELP", "JSON_HELP", "PATTERN_HELP",
+__all__ = ["ARRAY_HELP", "BLOCK_HELP", "BLOCK_PATTERN_HELP", "COMPILE_PATTERN_HELP", "INPUT_SHAPE_HELP", "JSON_HELP",
+           "PATTERN_HELP",
            "SEED_MAX", "SOURCE_HELP", "SPARSITY_HELP", "WEIGHTS_HELP", "array_arg", "block_arg", "block_pattern_args",
+           "compile_pattern_args",
            "check_outputs", "console", "is_program_file", "pattern_arg", "read_program", "sparsity_arg", "write_json"]
 
 SOURCE_HELP = f"Model source: {SOURCE_FORMS}."  # the one list of the forms (tilesparse.source)
@@ -137,9 +139,15 @@ def pattern_arg(spec: str | None, flag: str = "--pattern"):
         raise ConfigError(flag, [f"{e.source}: {err}" for err in e.errors]) from None
 
 
-COMPILE_PATTERN_HELP = ("Sparsity pattern; compiling takes block patterns: 8x8, 4x16, 8x8@0.5 ('@s' = --sparsity). "
-                        "Other patterns (2:4, 8x8@0.5/2:4, ...): train them with `tilesparse sparsify --pattern` "
-                        "and compile the checkpoint.")
+COMPILE_PATTERN_HELP = ("Sparsity pattern to prune to one-shot (lowest magnitude, every layer but the first conv): "
+                        "blocks 8x8, 4x16, 8x8@0.5 ('@s' = --sparsity); N:M 2:4, 1:4 (N kept of every M input "
+                        "channels: packed in the sparse multiply's masked format, twice the MAC rate); hierarchies "
+                        "8x8@0.5/2:4. A checkpoint compiles with the pattern it was trained to.")
+
+
+BLOCK_PATTERN_HELP = ("Sparsity pattern; this verb takes block patterns: 8x8, 4x16, 8x8@0.5 ('@s' = --sparsity). "
+                      "N:M and hierarchies (2:4, 8x8@0.5/2:4): `tilesparse compile / estimate / simulate --pattern`, "
+                      "or train them with `tilesparse sparsify --pattern` and compile the checkpoint.")
 
 
 def block_pattern_args(pattern: str | None, block: str | None, sparsity: float | None
@@ -154,13 +162,35 @@ def block_pattern_args(pattern: str | None, block: str | None, sparsity: float |
     p = pattern_arg(pattern)
     if not isinstance(p, Block):
         raise ConfigError("--pattern", [
-            f"{p.spec()}: the compiler takes block patterns (8x8, 8x8@0.5); train {p.spec()} with `tilesparse "
-            f"sparsify SOURCE --pattern {p.spec()} -o runs/x` and compile runs/x/sparse.pt (its all-zero blocks are "
-            "skipped; native N:M and hierarchical execution is not built yet)"])
+            f"{p.spec()}: this verb takes block patterns (8x8, 8x8@0.5); `tilesparse compile SOURCE --pattern "
+            f"{p.spec()}` prunes to it one-shot, `tilesparse sparsify SOURCE --pattern {p.spec()} -o runs/x` trains it "
+            "(compile runs/x/sparse.pt)"])
     if p.sparsity is not None and sparsity is not None and abs(p.sparsity - sparsity) > 1e-12:
         raise ConfigError("--pattern", [f"{p.spec()} says sparsity {p.sparsity:g}, --sparsity says {sparsity:g}; "
                                         "give one"])
     return f"{p.out}x{p.in_}", p.sparsity if p.sparsity is not None else sparsity
+
+
+def compile_pattern_args(pattern: str | None, block: str | None, sparsity: float | None
+                         ) -> tuple[str | None, float | None, str | None]:
+    """(--block, --sparsity, non-block pattern spec) of a verb that compiles: a block pattern
+    becomes --block and --sparsity (``block_pattern_args``); any other (2:4, 8x8@0.5/2:4) is
+    returned as its spec, its free level filled by --sparsity."""
+    from tilesparse.patterns import Block
+
+    p = pattern_arg(pattern)
+    if p is None or isinstance(p, Block):
+        return (*block_pattern_args(pattern, block, sparsity), None)
+    if block is not None:
+        raise ConfigError("--block", [f"--pattern {p.spec()} sets the weights' structure; drop --block"])
+    if p.free_levels() and sparsity is None:
+        raise ConfigError("--pattern", [f"{p.spec()} leaves a level's sparsity free; give --sparsity or '@s' "
+                                        f"(e.g. {p.with_sparsity(0.75).spec() if len(p.levels()) > 1 else '8x8@0.5'})"])
+    try:
+        filled = p.with_sparsity(sparsity)
+    except ConfigError as e:
+        raise ConfigError("--pattern", [f"{e.source}: {err}" for err in e.errors]) from None
+    return None, None, filled.spec()
 
 
 def sparsity_arg(value: float | None, flag: str = "--sparsity") -> float | None:

@@ -20,8 +20,8 @@ from tilesparse.cli.common import (
     WEIGHTS_HELP,
     array_arg,
     block_arg,
-    block_pattern_args,
     check_outputs,
+    compile_pattern_args,
     console,
     is_program_file,
     read_program,
@@ -32,7 +32,8 @@ from tilesparse.errors import ConfigError
 
 __all__ = ["calib_args", "compile_source_with_progress", "load_or_compile", "register"]
 
-_MODEL_FLAGS = {"weights": "--weights", "sparsity": "--sparsity", "block": "--block", "input_shape": "--input-shape"}
+_MODEL_FLAGS = {"weights": "--weights", "sparsity": "--sparsity", "block": "--block", "input_shape": "--input-shape",
+                "pattern": "--pattern"}
 
 BALANCE_HELP = ("Reorder the output channels of sparse convs read only by convs so that every core's channels "
                 "keep equal blocks, and again for each layer's chosen weight chunks (same outputs; "
@@ -81,6 +82,14 @@ def _summary_json(prog, s, out: Path | None) -> dict:
             "dense_weight_bytes": s.dense_weight_bytes, "provenance": prov.to_dict() if prov else None}
 
 
+def _formats_note(prog) -> str:
+    """", 52 of 53 convs on the sparse multiply (masked weights)" when some conv is masked."""
+    counts = (prog.meta.get("weight_formats") or {}).get("counts") or {}
+    masked = counts.get("masked", 0)
+    return f"; {masked} of {masked + counts.get('block', 0)} convs on the sparse multiply (masked weights)" \
+        if masked else ""
+
+
 def compile_verb(
     source: Annotated[str, typer.Argument(help=SOURCE_HELP, metavar="SOURCE")],
     array: Annotated[str, typer.Option("--array", "-a", help=ARRAY_HELP)] = "4x4",
@@ -104,6 +113,8 @@ def compile_verb(
     Examples:
 
     * `tilesparse compile resnet50 -a 7x7 --sparsity 0.5 -o r50.tsp --listing r50.txt`
+    * `tilesparse compile resnet50 -a 4x4 --pattern 2:4 -o r50-24.tsp` (2 of every 4 input channels kept:
+      the sparse multiply's masked format)
     * `tilesparse compile runs/d/sparse.pt -a 4x4 -o d.tsp` (a sparsify checkpoint: its trained masks)
     * `tilesparse compile my_net.py:make_model --input-shape 1,3,64,64 --sparsity 0.5 -o mine.tsp`
     * `tilesparse compile runs/r50/sparse.pt -a 7x7 --calib ~/imagenet --calib-images 64 -o r50.tsp`
@@ -112,18 +123,20 @@ def compile_verb(
     from tilesparse.estimate.report import summarize
 
     sparsity_arg(sparsity), block_arg(block), array_arg(array)  # usage errors before any work
-    block, sparsity = block_pattern_args(pattern, block, sparsity)
+    block, sparsity, nm_pattern = compile_pattern_args(pattern, block, sparsity)
     if str(listing) == "-" and str(json_out) == "-":
         raise ConfigError("--listing -", ["--json - writes to stdout already; give the listing a file name"])
     check_outputs({"--out": out, "--listing": listing, "--json": json_out})
     calib_kwargs = calib_args(calib, calib_images, quantized)
     prog = compile_source_with_progress(source, array, balance=balance, weights=weights, sparsity=sparsity,
-                                        block=block, input_shape=input_shape, quantized=quantized, **calib_kwargs)
+                                        block=block, input_shape=input_shape, quantized=quantized, pattern=nm_pattern,
+                                        **calib_kwargs)
     prog.save(out)
     s = summarize(prog)
     console(json_out).print(f"wrote {out}: {len(prog.layers)} layers, {len(prog.instrs)} instructions, weights "
                     f"{s.packed_weight_bytes / 1e6:.2f} MB packed of {s.dense_weight_bytes / 1e6:.2f} MB dense "
-                    f"({100 * s.weight_fraction:.1f} %), estimate {s.estimate_ms:.3f} ms (bound {s.bound_ms:.3f} ms)")
+                    f"({100 * s.weight_fraction:.1f} %), estimate {s.estimate_ms:.3f} ms (bound {s.bound_ms:.3f} ms)"
+                    + _formats_note(prog))
     if listing is not None:
         text = prog.listing()
         if str(listing) == "-":
@@ -186,6 +199,7 @@ def estimate_verb(
     * `tilesparse estimate d.tsp --top 0` (every layer; flags must agree with the program's provenance)
     * `tilesparse estimate r50.tsp --timeline r50.html --json -`
     * `tilesparse estimate resnet50 -a 8x8 --sparsity 0.5`
+    * `tilesparse estimate resnet50 -a 4x4 --pattern 1:4`
     """
     from rich.table import Table
 
@@ -193,21 +207,22 @@ def estimate_verb(
     from tilesparse.estimate.timemodel import estimate_program
 
     sparsity_arg(sparsity), block_arg(block)  # usage errors before any work (a program file too)
-    block, sparsity = block_pattern_args(pattern, block, sparsity)
+    block, sparsity, nm_pattern = compile_pattern_args(pattern, block, sparsity)
     if timeline is not None and timeline.suffix not in (".html", ".png"):  # before the work, not after
         raise ConfigError(f"--timeline {timeline}", ["expected a .html or .png file name"])
     check_outputs({"--out": out, "--json": json_out, "--timeline": timeline})
     prog = load_or_compile(target, array, out, weights=weights, sparsity=sparsity, block=block,
-                           input_shape=input_shape, quantized=False)
+                           input_shape=input_shape, quantized=False, pattern=nm_pattern)
     pt = estimate_program(prog)
     rows = layer_rows(prog, pt)
     s = summarize(prog, pt)
     shown = sorted(rows, key=lambda r: -r["time_us"])[: top or None]
     t = Table(title=f"{prog.graph} on {prog.hw.label}")
-    for col in ("layer", "kind", "time us", "bound us", "limit", "roofline us", "x bound", "grid", "sub", "loops"):
+    for col in ("layer", "kind", "weights", "time us", "bound us", "limit", "roofline us", "x bound", "grid", "sub",
+                "loops"):
         t.add_column(col, justify="right" if "us" in col or col == "x bound" else "left")
     for r in shown:
-        t.add_row(r["layer"], r["kind"], f"{r['time_us']:.1f}", f"{r['bound_us']:.1f}", r["limiter"],
+        t.add_row(r["layer"], r["kind"], r["weights"], f"{r['time_us']:.1f}", f"{r['bound_us']:.1f}", r["limiter"],
                   f"{r['roofline_us']:.1f}", f"{r['ratio']:.2f}", r["grid"], r["sub"], r["loops"])
     con = console(json_out)
     con.print(t)

@@ -9,7 +9,7 @@ import typer
 
 from tilesparse.cli.common import (
     ARRAY_HELP,
-    COMPILE_PATTERN_HELP,
+    BLOCK_PATTERN_HELP,
     JSON_HELP,
     SEED_MAX,
     array_arg,
@@ -30,7 +30,7 @@ def demo(
     sparsity: Annotated[Optional[float], typer.Option(help="Target block sparsity in [0, 1) (default 0.5).")
                         ] = None,
     block: Annotated[Optional[str], typer.Option(help="Block shape OUTxIN (default 8x8).")] = None,
-    pattern: Annotated[Optional[str], typer.Option(help=COMPILE_PATTERN_HELP)] = None,
+    pattern: Annotated[Optional[str], typer.Option(help=BLOCK_PATTERN_HELP)] = None,
     array: Annotated[str, typer.Option("--array", "-a", help=ARRAY_HELP)] = "4x4",
     images: Annotated[int, typer.Option(min=1, help="Test images to simulate and verify.")] = 16,
     networks: Annotated[str, typer.Option(help="Comma-separated torchvision networks to compile dense "

@@ -9,7 +9,7 @@ import typer
 
 from tilesparse.cli.common import (
     BLOCK_HELP,
-    COMPILE_PATTERN_HELP,
+    BLOCK_PATTERN_HELP,
     INPUT_SHAPE_HELP,
     JSON_HELP,
     SEED_MAX,
@@ -137,7 +137,7 @@ def register(app: typer.Typer) -> None:
                                        "(block-index format). A checkpoint's masks are used without it."),
         prune: float = typer.Option(None, hidden=True, help="Old name of --sparsity."),
         block: str = typer.Option(None, help=BLOCK_HELP),
-        pattern: str = typer.Option(None, help=COMPILE_PATTERN_HELP),
+        pattern: str = typer.Option(None, help=BLOCK_PATTERN_HELP),
         warm_start: bool = typer.Option(True, help="Seed each layer's search with earlier layers' best mappings."),
         seed: int = typer.Option(0, help="Random seed.", min=0, max=SEED_MAX),
         progress: bool = typer.Option(True, help="Show a progress bar."),

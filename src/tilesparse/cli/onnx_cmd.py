@@ -9,9 +9,9 @@ import typer
 
 from tilesparse.cli.common import (
     BLOCK_HELP,
+    BLOCK_PATTERN_HELP,
     CALIB_HELP,
     CALIB_IMAGES_HELP,
-    COMPILE_PATTERN_HELP,
     INPUT_SHAPE_HELP,
     JSON_HELP,
     SOURCE_HELP,
@@ -39,7 +39,7 @@ def export_onnx_verb(
     out: Annotated[Path, typer.Option("--out", "-o", help="ONNX file to write.")] = Path("model.onnx"),
     sparsity: Annotated[float | None, typer.Option(help=SPARSITY_HELP)] = None,
     block: Annotated[str | None, typer.Option(help=BLOCK_HELP)] = None,
-    pattern: Annotated[str | None, typer.Option(help=COMPILE_PATTERN_HELP)] = None,
+    pattern: Annotated[str | None, typer.Option(help=BLOCK_PATTERN_HELP)] = None,
     input_shape: Annotated[str | None, typer.Option(help=INPUT_SHAPE_HELP)] = None,
     weights: Annotated[Path | None, typer.Option(help=WEIGHTS_HELP)] = None,
     calib: Annotated[Path | None, typer.Option(help=CALIB_HELP)] = None,

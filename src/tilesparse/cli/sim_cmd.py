@@ -22,8 +22,8 @@ from tilesparse.cli.common import (
     WEIGHTS_HELP,
     array_arg,
     block_arg,
-    block_pattern_args,
     check_outputs,
+    compile_pattern_args,
     console,
     is_program_file,
     read_program,
@@ -154,11 +154,11 @@ def simulate_verb(
     from tilesparse.sim import simulate, verify
 
     sparsity_arg(sparsity), block_arg(block)  # usage errors before any work (a program file too)
-    block, sparsity = block_pattern_args(pattern, block, sparsity)
+    block, sparsity, nm_pattern = compile_pattern_args(pattern, block, sparsity)
     check_outputs({"--out": out, "--json": json_out})
     con = console(json_out)
     req = {"source": model, "weights": weights, "sparsity": sparsity, "block": block, "input_shape": input_shape,
-           "calib": calib, "calib_images": calib_images}
+           "calib": calib, "calib_images": calib_images, "pattern": nm_pattern}
     prog, graph, module, note = _program_and_graph(target, array, out, req)
     if note:
         con.print(escape(note))

@@ -44,6 +44,7 @@ def pack_layer(plan: LayerPlan, w8: np.ndarray, bias: np.ndarray | None, image: 
     rows: list[ChunkRow] = []
     spans = {}
     bi = spec.block[1]
+    sparse = plan.widx.sparse if plan.widx is not None else None  # the masked format's chunk description
     for k in range(part.n_k):
         for q in range(part.n_q):
             start = base + len(image)
@@ -54,7 +55,7 @@ def pack_layer(plan: LayerPlan, w8: np.ndarray, bias: np.ndarray | None, image: 
                 o0, o1, c0, c1 = ch
                 cb0, cb1 = (c0 // bi, math.ceil(c1 / bi)) if spec.groups == 1 else (0, spec.mask.shape[1])
                 last = q == part.n_q - 1
-                data = pack_chunk(spec, w8, bias if last else None, chunk_geometry(spec, o0, o1, cb0, cb1))
+                data = pack_chunk(spec, w8, bias if last else None, chunk_geometry(spec, o0, o1, cb0, cb1), sparse)
                 rows.append(ChunkRow(g, k, q, o0, o1, cb0, cb1, base + len(image), len(data), last))
                 image.extend(data)
             spans[(k, q)] = (start, base + len(image) - start)

@@ -78,6 +78,10 @@ class LayerSpec(WindowRules):
     # A copy layer's requantizing shift (the concat's ``input_shifts`` entry for its operand):
     # out = saturate(shift_round(x, copy_shift)), as the integer reference computes the concat.
     copy_shift: int = 0
+    # How a conv's weights are packed and multiplied: "block" (kept 8x8 blocks, dense MMUL) or
+    # "masked" (the same blocks in the sparse multiply's masked chunks, at its rate), chosen by
+    # ``compiler.formats.choose_weight_formats`` (program.sparse_format).
+    weight_format: str = "block"
 
     @property
     def has_weights(self) -> bool:

@@ -1,5 +1,7 @@
 """The back end in one flat pipeline: graph rewrites (``GRAPH_PASSES``) → layers → partition (each
-plan followed by ``PLAN_PASSES``) → memory → packing → code → Program (``compile_graph``).
+plan followed by ``PLAN_PASSES``) → memory → packing → code → Program (``compile_graph``). Each conv's
+weight format (block, or the sparse multiply's masked format) is chosen right after the layers
+(``compiler.formats``).
 
 From a model source (zoo name, checkpoint, file.py:factory, .pt2) use the front door,
 ``tilesparse.build.compile_source``, which also records the program's provenance.
@@ -18,6 +20,7 @@ import numpy as np
 
 from tilesparse.compiler.cache import CompileCache
 from tilesparse.compiler.codegen import emit_layer, pack_layer
+from tilesparse.compiler.formats import choose_weight_formats
 from tilesparse.compiler.fusion import buffer_of, fusable_adds, order_add_branches
 from tilesparse.compiler.layers import LayerSpec, chw, copy_spec, layer_spec
 from tilesparse.compiler.memory import (
@@ -233,12 +236,14 @@ def compile_graph(graph: Graph, hw: ArrayConfig | str, *, chooser: Chooser | Non
     for name, rewrite in GRAPH_PASSES:  # 1. graph rewrites
         job.graph = verify(rewrite(job.graph, job), after=name)
     job.specs, job.ins, rename = lower_layers(job.graph)  # 2. layers and the buffers they use
+    job.specs, formats = choose_weight_formats(job.graph, job.specs, job.hw, job.cache)  # block or masked
     buffers = _buffers(job.graph, job.specs, job.ins, rename)
     plans = _plan_layers(job, {b.name for b in buffers if b.forced_ddr})  # 3. partition, PLAN_PASSES
     alloc = _allocate(job, plans, buffers)  # 4. memory
     plans = _replan(job, plans, alloc)  # 5. the time model with the final activation homes
     prog = _assemble(job.graph, job.hw, plans, job.ins, buffers, alloc, t0, job.cache)  # 6. pack, code
     prog.meta["channel_orders"] = {k: v.tolist() for k, v in job.orders.items()}
+    prog.meta["weight_formats"] = formats
     return prog
 
 

@@ -137,9 +137,9 @@ def _ci_blocks(spec, hw, widx, bounds, oc_t) -> int | None:
         cbs = np.r_[np.arange(0, widx.n_cb, nb), widx.n_cb]
         blocks = vcum[:, cbs[1:]] - vcum[:, cbs[:-1]]
         bitmap = -(-(rows * np.diff(cbs)[None, :]) // 8)
-        total = blocks + bitmap
-        total[:, -1] += bias[:, 0]
-        return int(total.max())
+        last = np.zeros(blocks.shape, np.int64)
+        last[:, -1] = bias[:, 0]
+        return int(widx.packed(bitmap, blocks, last).max())
 
     if worst(widx.n_cb) <= cap:  # every input channel at once (most layers of a large array)
         return widx.n_cb
@@ -278,7 +278,7 @@ def plan_layer(spec: LayerSpec, hw: ArrayConfig, in_ddr: tuple[bool, ...], out_d
     mask, array and activation homes finds the choice of the first one.
     """
     cache = CompileCache() if cache is None else cache
-    widx = WeightIndex(spec) if spec.kind == "conv" else None
+    widx = WeightIndex(spec, hw) if spec.kind == "conv" else None
     forced = chooser(node, hw) if chooser is not None else None
     key = _plan_key(spec, hw, in_ddr, out_ddr) if chooser is None else None
     if key is not None and (hit := cache.get("plans", key)) is not None:  # planned already: same choice
@@ -375,7 +375,7 @@ def plan_with(spec: LayerSpec, hw: ArrayConfig, grid: Grid, sub: SubVolume, in_d
     """The plan of ``spec`` with this grid and sub-volume (its channel ranges and chunks cut from
     ``spec``'s mask), or None if a weight chunk or the MemTile staging does not fit."""
     cache = CompileCache() if cache is None else cache
-    widx = WeightIndex(spec) if spec.kind == "conv" else None
+    widx = WeightIndex(spec, hw) if spec.kind == "conv" else None
     cores = assign_cores(spec, hw, grid, cache)
     if _largest_chunk(spec, cores, sub, widx, cache) > hw.core.weight_buffer_bytes:
         return None

@@ -35,7 +35,9 @@ from tilesparse.compiler.partition import (
 )
 from tilesparse.hw import ArrayConfig
 from tilesparse.program.layout import chunk_with_inputs
-from tilesparse.timing import PIPE_OPS, comp_cycles, element_cycles
+from tilesparse.program.packing import packed_nbytes
+from tilesparse.program.sparse_format import MASKED
+from tilesparse.timing import PIPE_OPS, comp_cycles, element_cycles, matmul_shape
 
 __all__ = ["Step", "WeightIndex", "chunk_with_inputs", "core_chunk", "layer_steps"]
 
@@ -43,9 +45,13 @@ __all__ = ["Step", "WeightIndex", "chunk_with_inputs", "core_chunk", "layer_step
 class WeightIndex:
     """Prefix sums over a conv's kept-block mask, for O(1) chunk sizes and COMP work."""
 
-    def __init__(self, spec: LayerSpec):
+    def __init__(self, spec: LayerSpec, hw: ArrayConfig | None = None):
         assert spec.mask is not None
         self.spec = spec
+        # the masked format's sizes need the array's sparse multiply (``program.packing.packed_nbytes``)
+        if spec.weight_format == MASKED and hw is None:
+            raise ValueError(f"layer {spec.name}: the masked weight format needs the array description")
+        self.sparse = hw.core.sparse_matmul if spec.weight_format == MASKED and hw is not None else None
         bo, bi = spec.block
         og, ig = spec.co // spec.groups, spec.ci // spec.groups
         self.n_cb = spec.mask.shape[1]
@@ -62,7 +68,8 @@ class WeightIndex:
         self.ch_cum = np.diff(self.cum, axis=0)  # per channel: kept input channels up to block col
 
     def chunk_bytes(self, oc0: int, oc1: int, cb0: int, cb1: int, with_bias: bool) -> int:
-        """Packed bytes (bitmap + kept blocks + bias) — the same count as ``pack.chunk_nbytes``."""
+        """Packed bytes (bitmap + kept blocks + bias, in the layer's weight format) — what
+        ``program.packing.pack_chunk`` writes."""
         if oc1 <= oc0:
             return 0
         return int(self.chunk_bytes_many(np.array([oc0]), np.array([oc1]), np.array([cb0]),
@@ -74,7 +81,12 @@ class WeightIndex:
         blocks = (c[oc1, cb1] - c[oc0, cb1] - c[oc1, cb0] + c[oc0, cb0]) * self.spec.taps
         n_rows = self.row_starts[oc1] - self.row_starts[np.minimum(oc0 + 1, self.spec.co)] + 1
         bitmap = -(-(n_rows * (cb1 - cb0)) // 8)
-        return np.where(oc1 > oc0, blocks + bitmap + ACC_BYTES * (oc1 - oc0) * with_bias, 0)
+        total = self.packed(bitmap, blocks, ACC_BYTES * (oc1 - oc0) * with_bias)
+        return np.where(oc1 > oc0, total, 0)
+
+    def packed(self, bitmap, blocks, bias) -> np.ndarray:
+        """Packed bytes of chunks from their bitmap, kept-block and bias bytes (the layer's format)."""
+        return packed_nbytes(self.spec.weight_format, bitmap, blocks, bias, self.sparse)
 
     def q_tables_many(self, cb0: np.ndarray, cb1: np.ndarray, n: int, k: int) -> np.ndarray:
         """Prefix sums over slabs of ``n`` output channels of the matmul steps per ``M`` positions
@@ -161,7 +173,7 @@ def _chunk_work(spec, hw, widx, oc0, oc1, ci0, ci1, last_q):
     if spec.kind != "conv":
         ops = (o1 - o0) * spec.taps * spec.n_in
         return ops, ops, np.zeros(ops.shape, dtype=np.int64)
-    _, kd, n = hw.core.matmul_shape
+    _, kd, n = matmul_shape(hw, spec.weight_format == MASKED)  # rule 2: K doubles for masked weights
     bi = spec.block[1]
     cb0 = ci0 // bi if spec.groups == 1 else np.zeros_like(ci0)
     cb1 = -(-ci1 // bi) if spec.groups == 1 else np.full_like(ci0, widx.n_cb)

@@ -2,7 +2,8 @@
 
 Per layer, the largest of
 
-* **compute**: kept MACs (zero blocks skipped) at the whole array's peak rate;
+* **compute**: kept MACs (zero blocks skipped) at the whole array's peak rate — for a conv whose
+  weights are in the masked format, the sparse multiply's (twice the dense-equivalent MACs);
 * **DDR**: bytes that must cross DDR at least once — the packed weights (bitmap and bias
   included) on the column weight channels, the graph input on the column activation channels, the
   graph output on the write channels — each group of channels in parallel;
@@ -31,6 +32,8 @@ import numpy as np
 
 from tilesparse.hw import ArrayConfig
 from tilesparse.program import LayerGeometry, LayerRecord, Program
+from tilesparse.program.sparse_format import MASKED
+from tilesparse.timing import peak_macs_per_cycle
 
 __all__ = ["LayerBound", "layer_bound", "program_bounds"]
 
@@ -90,7 +93,8 @@ def layer_bound(rec: LayerRecord, buffers: dict, hw: ArrayConfig) -> LayerBound:
     mt = links.memtile_to_core_bytes_per_s
     stall = weights / (hw.rows * mt)
     memtile = max(stall, in_bytes / (hw.cols * mt), out_bytes / (hw.cols * mt))
-    return LayerBound(rec.name, rec.kept_macs / hw.peak_macs_per_s, ddr, memtile, stall)
+    rate = hw.n_cores * peak_macs_per_cycle(hw, g.weight_format == MASKED) * hw.clock_hz
+    return LayerBound(rec.name, rec.kept_macs / rate, ddr, memtile, stall)
 
 
 def program_bounds(program: Program) -> list[LayerBound]:

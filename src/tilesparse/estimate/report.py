@@ -51,6 +51,7 @@ def layer_rows(program: Program, ptime: ProgramTime | None = None) -> list[dict]
                     "compute_us": b.compute_s * 1e6, "ddr_us": b.ddr_s * 1e6, "memtile_us": b.memtile_s * 1e6,
                     "ratio": secs / b.bound_s if b.bound_s else float("nan"),
                     "dense_w": rec.dense_weight_bytes, "packed_w": rec.packed_weight_bytes,
+                    "weights": rec.geometry.weight_format if rec.kind == "conv" else "-",
                     "grid": f"{rec.grid.oc_groups}x{rec.grid.sp_groups}/{rec.grid.col_axis}"
                             + (f"{rec.grid.col_h}" if rec.grid.col_axis == "hw" else ""),
                     "sub": f"{rec.sub.oc}oc {rec.sub.ci}ci {rec.sub.h}x{rec.sub.w}",

@@ -10,8 +10,10 @@ from tilesparse.hw.array import (
     ArrayConfig,
     CoreConfig,
     DdrConfig,
+    DmaCompressionConfig,
     LinkConfig,
     MemTileConfig,
+    SparseMatmulConfig,
     list_presets,
     load_array,
 )
@@ -20,8 +22,10 @@ __all__ = [
     "ArrayConfig",
     "CoreConfig",
     "DdrConfig",
+    "DmaCompressionConfig",
     "LinkConfig",
     "MemTileConfig",
+    "SparseMatmulConfig",
     "list_presets",
     "load_array",
 ]

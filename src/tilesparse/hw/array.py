@@ -32,13 +32,69 @@ from tilesparse.utils.config import (
     validate_model,
 )
 
-DType = Literal["int8", "int16", "int32"]
+DType = Literal["int8", "int16", "int32", "int8xint4"]
 _Strict = StrictModel
 CoreBytes = Annotated[PositiveInt, at_most(L.MAX_CORE_MEMORY_BYTES, " B")]
 
 
 def _int8_only() -> dict[DType, int]:
     return {"int8": 256}
+
+
+class SparseMatmulConfig(_Strict):
+    """The core's sparse matrix multiply (UG1603 "Sparse Matrix Multiplication"; UG1583
+    ``mul_4x16_16x8(v64int8, v128int8_sparse)``): in C = A·B the weight operand B may be sparse,
+    with at most ``max_nonzero_per_group`` non-zero bytes in every ``group_bytes`` consecutive
+    bytes; B is stored in ``chunk_bytes`` chunks, each a ``mask_bytes`` mask (one bit per byte of
+    the chunk) followed by exactly ``chunk_bytes · max_nonzero_per_group / group_bytes`` payload
+    bytes (the sparsity must be exactly 50 %: extra zeros stay in the payload). ``shape``: the
+    dense-equivalent (M, K, N) per cycle with B sparse — twice the dense K. ``enabled: false``
+    (or no ``sparse_matmul`` entry in a description that sets ``enabled: false``) compiles every
+    conv in the block format, as before."""
+
+    enabled: bool = True
+    shape: tuple[PositiveInt, PositiveInt, PositiveInt] = (4, 16, 8)
+    group_bytes: Annotated[PositiveInt, at_most(64)] = 4
+    max_nonzero_per_group: PositiveInt = 2
+    chunk_bytes: Annotated[PositiveInt, at_most(4096, " B")] = 32
+    mask_bytes: Annotated[PositiveInt, at_most(512, " B")] = 4
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SparseMatmulConfig:
+        g, nz, c = self.group_bytes, self.max_nonzero_per_group, self.chunk_bytes
+        errs = []
+        if nz >= g:
+            errs.append(f"max_nonzero_per_group {nz} must be below group_bytes {g}")
+        if c % g or c % 4:
+            errs.append(f"chunk_bytes {c} must be a multiple of group_bytes {g} and of 4 (32-bit words)")
+        if self.mask_bytes * 8 != c:
+            errs.append(f"mask_bytes {self.mask_bytes} must hold one bit per byte of a {c}-byte chunk "
+                        f"({c // 8} B)")
+        if errs:
+            raise ValueError("; ".join(errs))
+        return self
+
+    @property
+    def payload_bytes(self) -> int:
+        """Stored weight bytes per chunk (exactly the rule's density: 16 of 32 for 2 of every 4)."""
+        return self.chunk_bytes * self.max_nonzero_per_group // self.group_bytes
+
+    @property
+    def packed_chunk_bytes(self) -> int:
+        """Bytes of one compressed chunk: mask + payload (20 for the AIE-ML's 256-bit chunks)."""
+        return self.mask_bytes + self.payload_bytes
+
+
+class DmaCompressionConfig(_Strict):
+    """Zero compression in the memory-tile and tile DMAs (AM020 "Sparsity"): zero bytes of a
+    buffer are not sent on the streams when its buffer descriptor sets the compression bit.
+    Described for the cost of its metadata; the compiler does not use it yet (``enabled``
+    false in the shipped description)."""
+
+    enabled: bool = False
+    chunk_bytes: Annotated[PositiveInt, at_most(4096, " B")] = 32
+    mask_bytes: Annotated[PositiveInt, at_most(512, " B")] = 4
+    word_bytes: Annotated[PositiveInt, at_most(64, " B")] = 4  # compressed data padded to 32-bit words
 
 
 class CoreConfig(_Strict):
@@ -50,6 +106,7 @@ class CoreConfig(_Strict):
     input_buffer_bytes: CoreBytes = 16384
     output_buffer_bytes: CoreBytes = 16384
     weight_buffer_bytes: CoreBytes = 16384
+    sparse_matmul: SparseMatmulConfig = SparseMatmulConfig()
 
     @model_validator(mode="after")
     def _fits(self) -> CoreConfig:
@@ -65,6 +122,10 @@ class CoreConfig(_Strict):
                 f"matmul_shape {m}x{k}x{n} = {m * k * n} MACs/cycle does not match "
                 f"macs_per_cycle.int8 = {self.macs_per_cycle['int8']}"
             )
+        sm = self.sparse_matmul
+        if sm.enabled and (sm.shape[0] != m or sm.shape[2] != n or sm.shape[1] < k):
+            raise ValueError(f"sparse_matmul.shape {'x'.join(map(str, sm.shape))} must keep matmul_shape's M and N "
+                             f"({m}, {n}) and a K of at least {k}")
         return self
 
 
@@ -97,6 +158,7 @@ class ArrayConfig(_Strict):
     memtile: MemTileConfig = MemTileConfig()
     ddr: DdrConfig = DdrConfig()
     links: LinkConfig = LinkConfig()
+    dma_compression: DmaCompressionConfig = DmaCompressionConfig()
 
     @model_validator(mode="before")
     @classmethod

@@ -30,7 +30,7 @@ from tilesparse.patterns.family import (
     prune_mask,
 )
 from tilesparse.patterns.grammar import GRAMMAR, as_pattern, parse_pattern, pattern_from_dict
-from tilesparse.patterns.oneshot import first_conv_name, oneshot_layers, prune_oneshot
+from tilesparse.patterns.oneshot import first_conv_name, oneshot_layers, prune_oneshot, prune_pattern_oneshot
 from tilesparse.patterns.scores import (
     GRADIENT_SCORES,
     SCORES,
@@ -61,6 +61,6 @@ __all__ = [
     "l1_scores", "l2_scores", "taylor_scores", "unit_scores", "variance_scores",
     "Pattern", "Block", "NM", "Channel", "Filter", "Unstructured", "Hierarchical", "magnitude_scorer", "prune_mask",
     "GRAMMAR", "as_pattern", "parse_pattern", "pattern_from_dict",
-    "first_conv_name", "oneshot_layers", "prune_oneshot",
+    "first_conv_name", "oneshot_layers", "prune_oneshot", "prune_pattern_oneshot",
     "MODES", "check_sparsity", "select_global", "select_layer", "select_masks", "sparsity_problem", "zero_count",
 ]

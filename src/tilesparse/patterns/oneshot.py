@@ -14,10 +14,11 @@ from torch import Tensor, nn
 
 from tilesparse.errors import ConfigError
 from tilesparse.patterns.block import BlockGeometry, BlockShape, expand_mask, parse_block_shape
+from tilesparse.patterns.family import Pattern, prune_mask
 from tilesparse.patterns.scores import l2_scores
 from tilesparse.patterns.selection import check_sparsity, select_layer
 
-__all__ = ["first_conv_name", "oneshot_layers", "prune_oneshot"]
+__all__ = ["first_conv_name", "oneshot_layers", "prune_oneshot", "prune_pattern_oneshot"]
 
 
 def first_conv_name(model: nn.Module) -> str | None:
@@ -51,3 +52,24 @@ def prune_oneshot(model: nn.Module, sparsity: float, block: str | tuple[int, int
         w.mul_(expand_mask(keep, geom, w.dim()).to(w.dtype))
         masks[n] = keep
     return masks
+
+
+@torch.no_grad()
+def prune_pattern_oneshot(model: nn.Module, pattern: Pattern, name: str = "model") -> dict[str, str]:
+    """Zero, in place, the lowest-magnitude weights of every layer of ``oneshot_layers`` that
+    ``pattern`` (its sparsity fixed: ``Pattern.with_sparsity``) would zero — 2:4, 1:4, 8x8@0.5/2:4
+    — each layer on its own (``family.prune_mask``). Returns, for each layer the pattern cannot
+    take (``Pattern.eligible``: e.g. fewer input channels than M), why it stays dense."""
+    layers = oneshot_layers(model)
+    if not layers:
+        raise ConfigError(name, [f"model {name} has no sparsifiable layer (a conv or linear after the first conv); "
+                                 f"nothing to prune to {pattern.spec()}"])
+    skipped: dict[str, str] = {}
+    for n, m in layers:
+        groups = m.groups if isinstance(m, nn.Conv2d) else 1
+        why = pattern.eligible(tuple(m.weight.shape), groups)
+        if why is not None:
+            skipped[n] = why
+            continue
+        m.weight.mul_(prune_mask(pattern, m.weight, groups).to(m.weight.dtype))
+    return skipped

@@ -12,16 +12,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import SupportsIndex
 
-__all__ = ["KINDS", "LayerGeometry", "WindowRules"]
+__all__ = ["KINDS", "LayerGeometry", "WEIGHT_FORMATS", "WindowRules"]
 
 KINDS = ("conv", "maxpool", "avgpool", "add", "relu", "relu6", "copy", "flatten")
+WEIGHT_FORMATS = ("block", "masked")  # program.sparse_format says what each one is
 
 
 class WindowRules:
     """Rules of a window op over attributes ``kind``, ``ci``, ``hi``, ``wi``, ``co``, ``ho``,
     ``wo``, ``kernel``, ``stride``, ``padding``, ``dilation``, ``groups``, ``block``, ``n_in``
-    (input tensors read per output element) and ``residual`` (true when a fused add reads a
-    residual tile: a flag in ``LayerGeometry``, the operand's name in the compiler's ``LayerSpec``)."""
+    (input tensors read per output element), ``residual`` (true when a fused add reads a
+    residual tile: a flag in ``LayerGeometry``, the operand's name in the compiler's ``LayerSpec``)
+    and ``weight_format`` (a conv's packed weights: ``block`` or ``masked``,
+    ``program.sparse_format``)."""
 
     __slots__ = ()
     kind: str
@@ -39,6 +42,7 @@ class WindowRules:
     block: tuple[int, int]
     n_in: int
     residual: bool | str
+    weight_format: str
 
     @property
     def taps(self) -> int:
@@ -97,8 +101,10 @@ def _pair(v: Iterable[SupportsIndex], field: str) -> tuple[int, int]:
 class LayerGeometry(WindowRules):
     """What a layer computes, as recorded in a program: the COMP ``kind`` (``KINDS``), input
     ``ci × hi × wi`` → output ``co × ho × wo``, the window (PyTorch's kernel, stride, padding,
-    dilation per axis), conv groups and block shape, ``n_in`` window inputs (2 for an add) and
-    whether a fused add reads a ``residual`` tile."""
+    dilation per axis), conv groups and block shape, ``n_in`` window inputs (2 for an add),
+    whether a fused add reads a ``residual`` tile and the ``weight_format`` of a conv's packed
+    weights (``block``, the default and the only format of programs written before it existed,
+    or ``masked``: docs/program.md, "Weight formats")."""
 
     kind: str
     ci: int
@@ -115,10 +121,14 @@ class LayerGeometry(WindowRules):
     block: tuple[int, int] = (8, 8)
     n_in: int = 1
     residual: bool = False
+    weight_format: str = "block"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"geometry kind {self.kind!r}: expected one of {', '.join(KINDS)}")
+        if self.weight_format not in WEIGHT_FORMATS or (self.weight_format != "block" and self.kind != "conv"):
+            raise ValueError(f"geometry weight_format {self.weight_format!r}: expected one of "
+                             f"{', '.join(WEIGHT_FORMATS)} (not block: convs only)")
         for f in ("kernel", "stride", "padding", "dilation", "block"):
             object.__setattr__(self, f, _pair(getattr(self, f), f))
         for f in ("ci", "hi", "wi", "co", "ho", "wo", "groups", "n_in"):
@@ -135,4 +145,4 @@ class LayerGeometry(WindowRules):
         """The geometry of any object with the same attributes (the compiler's ``LayerSpec``)."""
         return cls(spec.kind, spec.ci, spec.hi, spec.wi, spec.co, spec.ho, spec.wo, spec.kernel, spec.stride,
                    spec.padding, spec.dilation, spec.groups, spec.block,
-                   spec.n_in if n_in is None else n_in, bool(spec.residual))
+                   spec.n_in if n_in is None else n_in, bool(spec.residual), spec.weight_format)

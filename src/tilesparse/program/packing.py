@@ -13,8 +13,13 @@ chunk") is, little-endian, with no padding between fields:
 3. **bias** — only in the last input-channel chunk: int32 per output channel of [oc0, oc1).
 
 At 50 % sparsity the bitmap costs one bit per 64·taps dense bytes, so a 1×1 conv packs to
-50.2 % of its dense bytes. ``spec`` below is a ``LayerGeometry`` or the compiler's ``LayerSpec``
-(``pack_chunk`` needs the latter's kept-block mask).
+50.2 % of its dense bytes.
+
+A layer whose ``weight_format`` is ``masked`` (``program.sparse_format``) packs the same chunk
+with the bitmap padded to a 32-bit word and the kept-block bytes (2.) compressed in the sparse
+multiply's 256-bit masked chunks (20 bytes per 32); the bias follows as above. ``spec`` below
+is a ``LayerGeometry`` or the compiler's ``LayerSpec`` (``pack_chunk`` needs the latter's
+kept-block mask).
 """
 
 from __future__ import annotations
@@ -25,10 +30,12 @@ from typing import Protocol
 
 import numpy as np
 
+from tilesparse.hw import SparseMatmulConfig
 from tilesparse.program.geometry import WindowRules
+from tilesparse.program.sparse_format import BLOCK, MASKED, decode_masked, encode_masked, masked_nbytes, pad_words
 
-__all__ = ["BITS_PER_BYTE", "PIECE_ALIGN", "ChunkGeometry", "MaskedLayer", "chunk_geometry", "pack_chunk",
-           "piece_bounds", "unpack_chunk"]
+__all__ = ["BITS_PER_BYTE", "PIECE_ALIGN", "ChunkGeometry", "MaskedLayer", "chunk_geometry", "kept_stream_bytes",
+           "masked_to_block", "pack_chunk", "packed_nbytes", "piece_bounds", "unpack_chunk"]
 
 BITS_PER_BYTE = 8
 PIECE_ALIGN = 4  # weight pieces start on 32-bit words (the DMA's unit)
@@ -84,10 +91,78 @@ class MaskedLayer(Protocol):
     @property
     def mask(self) -> np.ndarray | None: ...
 
+    @property
+    def weight_format(self) -> str: ...
 
-def pack_chunk(spec: MaskedLayer, w8: np.ndarray, bias: np.ndarray | None, geo: ChunkGeometry) -> bytes:
+
+def packed_nbytes(weight_format: str, bitmap: np.ndarray | int, blocks: np.ndarray | int, bias: np.ndarray | int,
+                  sparse: SparseMatmulConfig | None) -> np.ndarray:
+    """Bytes of packed chunks from their bitmap, kept-block and bias bytes (arrays or ints): the
+    block format's sum, or for ``masked`` the word-padded bitmap and the compressed blocks."""
+    if weight_format == BLOCK:
+        return np.asarray(bitmap + blocks + bias)
+    assert sparse is not None, "the masked format needs the array's sparse_matmul description"
+    return np.asarray(pad_words(bitmap) + masked_nbytes(blocks, sparse) + bias)
+
+
+def _sparse_of(spec: object, sparse: SparseMatmulConfig | None) -> SparseMatmulConfig | None:
+    fmt = getattr(spec, "weight_format", BLOCK)
+    if fmt == BLOCK:
+        return None
+    if fmt != MASKED:
+        raise ValueError(f"layer {getattr(spec, 'name', '?')}: unknown weight format {fmt!r}")
+    if sparse is None or not sparse.enabled:
+        raise ValueError(f"layer {getattr(spec, 'name', '?')}: weights in the masked format need an array whose "
+                         "core.sparse_matmul is enabled")
+    return sparse
+
+
+def pack_chunk(spec: MaskedLayer, w8: np.ndarray, bias: np.ndarray | None, geo: ChunkGeometry,
+               sparse: SparseMatmulConfig | None = None) -> bytes:
     """Packed bytes of one chunk (module doc). ``w8``: int8 weight O × I_g × kh × kw; ``spec``:
-    the layer with its kept-block ``mask`` (the compiler's ``LayerSpec``)."""
+    the layer with its kept-block ``mask`` and ``weight_format`` (the compiler's ``LayerSpec``);
+    ``sparse``: the array's ``core.sparse_matmul`` (needed by the masked format)."""
+    sm = _sparse_of(spec, sparse)
+    raw = _pack_block(spec, w8, bias, geo)
+    if sm is None:
+        return raw
+    nbit = math.ceil(len(geo.row_ch) * (geo.cb1 - geo.cb0) / BITS_PER_BYTE)
+    nbias = 4 * (geo.oc1 - geo.oc0) if bias is not None else 0
+    blocks = raw[nbit:len(raw) - nbias]
+    bitmap = raw[:nbit] + bytes(int(pad_words(nbit)) - nbit)
+    return bitmap + encode_masked(blocks, sm) + raw[len(raw) - nbias:]
+
+
+def kept_stream_bytes(spec: WindowRules, keep: np.ndarray, geo: ChunkGeometry) -> int:
+    """Bytes of a chunk's kept blocks (its bitmap ``keep``, block rows × block columns)."""
+    heights = geo.row_ch[:, 1] - geo.row_ch[:, 0]
+    return int((heights[:, None] * keep * np.asarray(geo.col_w)[None, :]).sum()) * spec.taps
+
+
+def masked_to_block(spec: WindowRules, buf: bytes, geo: ChunkGeometry, with_bias: bool,
+                    sparse: SparseMatmulConfig | None) -> bytes:
+    """A chunk of the layer's format as the block format's bytes (the masked chunks decoded;
+    a block-format chunk is returned as is). ``ValueError`` when the bytes do not fit the layout."""
+    sm = _sparse_of(spec, sparse)
+    if sm is None:
+        return buf
+    nrows, ncols = len(geo.row_ch), geo.cb1 - geo.cb0
+    nbit = math.ceil(nrows * ncols / BITS_PER_BYTE)
+    if len(buf) < pad_words(nbit):
+        raise ValueError(f"{len(buf)} B cannot hold a {nrows}x{ncols} block bitmap")
+    bits = np.unpackbits(np.frombuffer(buf[:nbit], np.uint8), bitorder="little")
+    keep = bits[: nrows * ncols].reshape(nrows, ncols).astype(bool)
+    n = kept_stream_bytes(spec, keep, geo)
+    start = int(pad_words(nbit))
+    stop = start + int(masked_nbytes(n, sm))
+    nbias = 4 * (geo.oc1 - geo.oc0) if with_bias else 0
+    if len(buf) != stop + nbias:
+        raise ValueError(f"chunk of {getattr(spec, 'name', 'the layer')}: {len(buf)} bytes, masked layout "
+                         f"accounts for {stop + nbias}")
+    return buf[:nbit] + decode_masked(buf[start:stop], n, sm) + buf[stop:]
+
+
+def _pack_block(spec: MaskedLayer, w8: np.ndarray, bias: np.ndarray | None, geo: ChunkGeometry) -> bytes:
     assert spec.mask is not None
     keep = spec.mask[geo.rows][:, geo.cb0:geo.cb1]
     parts = [np.packbits(keep.ravel(), bitorder="little").tobytes()]
@@ -113,10 +188,11 @@ def pack_chunk(spec: MaskedLayer, w8: np.ndarray, bias: np.ndarray | None, geo: 
     return b"".join(parts)
 
 
-def unpack_chunk(spec: WindowRules, buf: bytes, geo: ChunkGeometry, with_bias: bool
-                 ) -> tuple[np.ndarray, np.ndarray | None]:
+def unpack_chunk(spec: WindowRules, buf: bytes, geo: ChunkGeometry, with_bias: bool,
+                 sparse: SparseMatmulConfig | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Inverse of ``pack_chunk``: the dense int8 weights of the chunk (zeros where blocks were
     skipped), shape (oc1-oc0) × (channels of [cb0, cb1)) × kh × kw, and the bias if present."""
+    buf = masked_to_block(spec, buf, geo, with_bias, sparse)
     kh, kw = spec.kernel
     nrows, ncols = len(geo.row_ch), geo.cb1 - geo.cb0
     nbit = math.ceil(nrows * ncols / BITS_PER_BYTE)

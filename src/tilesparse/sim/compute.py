@@ -16,7 +16,8 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from tilesparse.program import ChunkRow, LayerGeometry
-from tilesparse.program.packing import BITS_PER_BYTE, chunk_geometry, unpack_chunk
+from tilesparse.program.packing import BITS_PER_BYTE, chunk_geometry, masked_to_block, unpack_chunk
+from tilesparse.program.sparse_format import MASKED
 from tilesparse.quant import rounding as R
 
 __all__ = ["Chunk", "conv_cycles", "conv_tile", "decode_chunk", "geometry", "im2col", "pool_tile"]
@@ -92,12 +93,15 @@ def _ranges(bounds: np.ndarray) -> np.ndarray:
     return np.repeat(bounds[:, 0] - np.r_[0, np.cumsum(lens)[:-1]], lens) + np.arange(int(lens.sum()))
 
 
-def decode_chunk(spec: LayerGeometry, buf: bytes, row: ChunkRow, ci0: int, n_ch: int) -> Chunk:
+def decode_chunk(spec: LayerGeometry, buf: bytes, row: ChunkRow, ci0: int, n_ch: int, sparse=None) -> Chunk:
     """Decode a packed chunk (``ValueError`` if its bytes do not match its layout) into groups of
     block rows sharing the same kept block columns. ``ci0``/``n_ch``: the first input channel
-    and channel count of the window the core holds."""
+    and channel count of the window the core holds; ``sparse``: the array's
+    ``core.sparse_matmul``, whose masked chunks a layer in the masked format holds (decompressed
+    first, as the core does on load)."""
     oc0, oc1, cb0, cb1, with_bias = row.oc0, row.oc1, row.cb0, row.cb1, row.with_bias
     geo = geometry(spec, oc0, oc1, cb0, cb1)
+    buf = masked_to_block(spec, buf, geo, bool(with_bias), sparse)
     keep, nbit = _keep_bits(buf, len(geo.row_ch), cb1 - cb0)
     heights = geo.row_ch[:, 1] - geo.row_ch[:, 0]
     if len(heights) and (heights == heights[0]).all() and (geo.col_w == geo.col_w[0]).all():
@@ -174,12 +178,12 @@ def pool_tile(x: np.ndarray, valid: np.ndarray, kind: str, spec: LayerGeometry, 
     return cols.astype(np.int64).sum(axis=(1, 2))
 
 
-def conv_cycles(chunk: Chunk, p: int, taps: int, hw) -> int:
+def conv_cycles(chunk: Chunk, p: int, taps: int, hw, weight_format: str = "block") -> int:
     """Rule 2 of the time model for one core and tile, from the blocks the core really holds:
     ceil(P / M) × Σ_slabs ceil(kept channels × taps / K) + call overhead (slabs of N channels
     from the chunk's first channel, as its weights are laid out); a core with no kept block does
-    not run."""
-    m, k, n = hw.core.matmul_shape
+    not run. (M, K, N): the dense MMUL, or the sparse multiply's for weights in the masked format."""
+    m, k, n = hw.core.sparse_matmul.shape if weight_format == MASKED else hw.core.matmul_shape
     kept = chunk.kept
     slab = np.arange(len(kept)) // n
     per_slab = np.zeros(int(slab[-1]) + 1 if len(slab) else 0, np.int64)

@@ -185,7 +185,7 @@ class Executor:
         (acc_region, acc_off), _ = self._out_slots(v, i)
         acc_mem = self._core_array(where, core, acc_region, acc_off, (p, oc_t), np.int32)
         acc = part if ins.q == 0 else acc_mem.astype(np.int64) + part
-        cyc = C.conv_cycles(chunk, p, v.spec.taps, self.hw)
+        cyc = C.conv_cycles(chunk, p, v.spec.taps, self.hw, v.spec.weight_format)
         if not v.last_q(ins.q):
             acc_mem[...] = self._int32(where, acc)
             return None, macs, cyc

@@ -17,6 +17,8 @@ from tilesparse.timing.rules import (
     comp_s,
     element_cycles,
     engine_bound_s,
+    matmul_shape,
+    peak_macs_per_cycle,
     stage_seconds,
     transfer_s,
 )
@@ -34,6 +36,8 @@ __all__ = [
     "engine_bound_s",
     "layer_time",
     "layer_time_arrays",
+    "matmul_shape",
+    "peak_macs_per_cycle",
     "pipeline_s",
     "stage_seconds",
     "transfer_s",

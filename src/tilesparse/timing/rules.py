@@ -11,6 +11,10 @@
    ``hw.core.kernel_call_overhead_cycles``: skipped blocks cost nothing, padding to the matmul shape
    is paid, and no core ever exceeds ``M·K·N`` MACs per cycle. Pools, adds and copies run one
    element operation per MAC slot (``macs_per_cycle`` per cycle) (``comp_cycles``).
+   **Sparse weights** (``matmul_shape(hw, sparse=True)``): a conv whose weights are packed in the
+   sparse multiply's masked format runs at ``hw.core.sparse_matmul.shape`` instead — the same M and
+   N, K twice the dense one (UG1583 ``mul_4x16_16x8`` with a ``v128int8_sparse`` B), so the same
+   formula with K = 16 dense-equivalent input values per cycle.
 
 The compiler counts the bytes and the matmul steps (``compiler.steps``); this module turns them
 into cycles and seconds, for the compiler's search and the estimator alike.
@@ -31,6 +35,8 @@ __all__ = [
     "comp_s",
     "element_cycles",
     "engine_bound_s",
+    "matmul_shape",
+    "peak_macs_per_cycle",
     "stage_seconds",
     "transfer_s",
 ]
@@ -66,6 +72,25 @@ def comp_s(cycles: float | np.ndarray, hw: ArrayConfig) -> np.ndarray:
 def stage_seconds(op: str, per_iter: np.ndarray, hw: ArrayConfig) -> np.ndarray:
     """Seconds of pipeline stage ``op`` per iteration, from its bytes (transfers) or cycles (COMP)."""
     return comp_s(per_iter, hw) if op == "COMP" else transfer_s(op, per_iter, hw)
+
+
+def matmul_shape(hw: ArrayConfig, sparse: bool = False) -> tuple[int, int, int]:
+    """Rule 2's (M, K, N) for a conv: the dense int8 MMUL, or — for weights in the masked format
+    (``sparse``) on an array whose ``core.sparse_matmul`` is enabled — the sparse multiply's
+    dense-equivalent shape (K twice the dense one on AIE-ML)."""
+    sm = hw.core.sparse_matmul
+    if sparse:
+        if not sm.enabled:
+            raise ValueError(f"{hw.label}: weights in the masked format need core.sparse_matmul enabled")
+        return sm.shape
+    return hw.core.matmul_shape
+
+
+def peak_macs_per_cycle(hw: ArrayConfig, sparse: bool = False) -> int:
+    """Dense-equivalent MACs per cycle per core at rule 2's shape (``matmul_shape``): 256 dense,
+    512 with sparse weights on AIE-ML."""
+    m, k, n = matmul_shape(hw, sparse)
+    return m * k * n
 
 
 def element_cycles(ops: np.ndarray, hw: ArrayConfig) -> np.ndarray:
