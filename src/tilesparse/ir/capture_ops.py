@@ -207,6 +207,17 @@ def _identity(e: Emit) -> Lowered:
     return Lowered(None, (e.fn.args[0],))
 
 
+def _lut(fn: str) -> Callable[[Emit], Lowered]:
+    """An element-wise function run as an int8 lookup table (``ir.lut``): module, function or method
+    (``nn.SiLU()``, ``F.silu(x, inplace=True)``, ``x.sigmoid_()``); in-place forms are
+    functionalised before (``ir.inplace``)."""
+    def handler(e: Emit) -> Lowered:
+        if e.fn.op == "call_module":
+            return Lowered(Op.LUT, (e.fn.args[0],), {"fn": fn})
+        return Lowered(Op.LUT, (e.bind(("input", "inplace"), inplace=False)["input"],), {"fn": fn})
+    return handler
+
+
 SPATIAL_DIMS = (2, 3)
 
 
@@ -232,6 +243,10 @@ MODULE_OPS: dict[type, Callable[[Emit], Lowered | None]] = {
     nn.ReLU: lambda e: Lowered(Op.RELU, (e.fn.args[0],)),
     nn.ReLU6: lambda e: Lowered(Op.RELU6, (e.fn.args[0],)),
     nn.Hardtanh: _hardtanh_module,
+    nn.SiLU: _lut("silu"),
+    nn.Sigmoid: _lut("sigmoid"),
+    nn.Hardswish: _lut("hardswish"),
+    nn.Hardsigmoid: _lut("hardsigmoid"),
     nn.MaxPool2d: _maxpool_module,
     nn.AvgPool2d: _avgpool_module,
     nn.AdaptiveAvgPool2d: _adaptive_module,
@@ -327,6 +342,9 @@ def _dropout_fn(e: Emit) -> Lowered:
 FUNCTION_OPS: dict[Any, Callable[[Emit], Lowered | None]] = {
     F.relu: _relu_fn, torch.relu: _relu_fn, torch.relu_: _relu_fn, F.relu_: _relu_fn,
     F.relu6: _relu6_fn, F.hardtanh: _hardtanh_fn, F.hardtanh_: _hardtanh_fn,
+    F.silu: _lut("silu"), F.hardswish: _lut("hardswish"), F.hardsigmoid: _lut("hardsigmoid"),
+    torch.sigmoid: _lut("sigmoid"), torch.sigmoid_: _lut("sigmoid"), F.sigmoid: _lut("sigmoid"),
+    torch.special.expit: _lut("sigmoid"),
     F.max_pool2d: _maxpool_fn, torch.max_pool2d: _maxpool_fn,
     F.avg_pool2d: _avgpool_fn, torch._C._nn.avg_pool2d: _avgpool_fn,
     F.adaptive_avg_pool2d: _adaptive_fn,
@@ -338,7 +356,7 @@ FUNCTION_OPS: dict[Any, Callable[[Emit], Lowered | None]] = {
 }
 
 METHOD_OPS: dict[str, Callable[[Emit], Lowered | None]] = {
-    "relu": _relu_fn, "relu_": _relu_fn,
+    "relu": _relu_fn, "relu_": _relu_fn, "sigmoid": _lut("sigmoid"), "sigmoid_": _lut("sigmoid"),
     "add": _add, "add_": _add, "__add__": _add, "__iadd__": _add,
     "flatten": _flatten_fn, "view": _flatten_fn, "reshape": _flatten_fn,
     "mean": _mean, "contiguous": _identity, "size": _non_tensor, "dim": _non_tensor,
