@@ -2,7 +2,8 @@
 
 Per layer, the largest of
 
-* **compute**: kept MACs (zero blocks skipped) at the whole array's peak rate;
+* **compute**: kept MACs (zero blocks skipped) at the whole array's peak rate; for a lookup-table
+  layer its lookups (one per output) at every core's ``lut_lookups_per_cycle``;
 * **DDR**: bytes that must cross DDR at least once — the packed weights (bitmap and bias
   included) on the column weight channels, the graph input on the column activation channels, the
   graph output on the write channels — each group of channels in parallel;
@@ -90,7 +91,14 @@ def layer_bound(rec: LayerRecord, buffers: dict, hw: ArrayConfig) -> LayerBound:
     mt = links.memtile_to_core_bytes_per_s
     stall = weights / (hw.rows * mt)
     memtile = max(stall, in_bytes / (hw.cols * mt), out_bytes / (hw.cols * mt))
-    return LayerBound(rec.name, rec.kept_macs / hw.peak_macs_per_s, ddr, memtile, stall)
+    return LayerBound(rec.name, rec.kept_macs / _peak_ops_per_s(rec, hw), ddr, memtile, stall)
+
+
+def _peak_ops_per_s(rec: LayerRecord, hw: ArrayConfig) -> float:
+    """The whole array's peak rate of the layer's operations: MACs, or table lookups for a lut layer."""
+    if rec.kind == "lut":
+        return hw.n_cores * hw.core.lut_lookups_per_cycle * hw.clock_hz
+    return hw.peak_macs_per_s
 
 
 def program_bounds(program: Program) -> list[LayerBound]:

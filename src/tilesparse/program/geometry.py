@@ -14,7 +14,7 @@ from typing import SupportsIndex
 
 __all__ = ["KINDS", "LayerGeometry", "WindowRules"]
 
-KINDS = ("conv", "maxpool", "avgpool", "add", "relu", "relu6", "copy", "flatten")
+KINDS = ("conv", "maxpool", "avgpool", "add", "relu", "relu6", "lut", "copy", "flatten")
 
 
 class WindowRules:

@@ -17,6 +17,7 @@ from tilesparse.timing.rules import (
     comp_s,
     element_cycles,
     engine_bound_s,
+    lookup_cycles,
     stage_seconds,
     transfer_s,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "engine_bound_s",
     "layer_time",
     "layer_time_arrays",
+    "lookup_cycles",
     "pipeline_s",
     "stage_seconds",
     "transfer_s",
