@@ -245,3 +245,34 @@ def test_mobile_nets_get_past_their_activations(name, acts):
         assert "unsupported op function _operator.mul" in what and "block.1" in what, what
         return
     assert {n.attrs["fn"] for n in g if n.op is Op.LUT} == acts
+
+
+class CatNet(nn.Module):
+    """Two tables writing straight into their slices of a concat, a third reading the concat."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 16, 3, padding=1)
+        self.b = nn.Conv2d(3, 8, 1)
+        self.c = nn.Conv2d(24, 8, 1)
+
+    def forward(self, x):
+        y = torch.cat([F.silu(self.a(x)), torch.sigmoid(self.b(x))], 1)
+        return self.c(F.hardswish(y))
+
+
+def test_tables_write_into_a_concat_at_its_exponent():
+    """A table can produce any exponent: the concat's only readers are moved to the concat's, write
+    their slices unshifted (no copy layer), and the whole net stays bit-exact."""
+    torch.manual_seed(0)
+    built = build_graph_from(CatNet().eval(), sparsity=0.5, input_shape=SHAPE)
+    g = built.graph
+    cat = next(n for n in g if n.op is Op.CONCAT)
+    assert cat.attrs["input_shifts"] == (0, 0)
+    assert all(g.node(i).attrs.get("write_into", (None,))[0] == cat.name for i in cat.inputs)
+    assert {g.node(i).out.scale_exp for i in cat.inputs} == {cat.out.scale_exp}
+    prog = compile_graph(g, "4x2")
+    assert not any(r.kind == "copy" for r in prog.layers)
+    x = np.random.default_rng(1).standard_normal(SHAPE).astype(np.float32)
+    rep = verify(prog, g, x, module=built.module, progress=False)
+    assert rep.ok and rep.sim.accounting_ok, rep.summary()
