@@ -276,3 +276,36 @@ def test_tables_write_into_a_concat_at_its_exponent():
     x = np.random.default_rng(1).standard_normal(SHAPE).astype(np.float32)
     rep = verify(prog, g, x, module=built.module, progress=False)
     assert rep.ok and rep.sim.accounting_ok, rep.summary()
+
+
+class Residual(nn.Module):
+    """efficientnet's residual branch: torchvision's StochasticDepth around a SiLU block."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        from torchvision.ops import StochasticDepth
+
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.act = nn.SiLU()
+        self.drop = StochasticDepth(p, "row")
+
+    def forward(self, x):
+        return self.drop(self.act(self.conv(x))) + x
+
+
+def test_stochastic_depth_is_identity_in_eval_mode():
+    g = capture(Residual(0.2), (1, 3, 8, 8), "net")
+    assert [n.op for n in g] == [Op.INPUT, Op.CONV2D, Op.LUT, Op.ADD, Op.OUTPUT]
+
+
+def test_stochastic_depth_in_training_is_refused():
+    from torchvision.ops import StochasticDepth
+
+    class Stuck(StochasticDepth):
+        def train(self, mode: bool = True):  # stays in training mode through model.eval()
+            return self
+
+    net = Residual(0.2)
+    net.drop = Stuck(0.2, "row")
+    with pytest.raises(UnsupportedOpError, match="stochastic_depth with training=True"):
+        capture(net, (1, 3, 8, 8), "net")

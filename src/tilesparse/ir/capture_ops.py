@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+from torchvision.ops import stochastic_depth
 
 from tilesparse.errors import UnsupportedOpError
 from tilesparse.ir.graph import Op
@@ -339,6 +340,15 @@ def _dropout_fn(e: Emit) -> Lowered:
     return Lowered(None, (a["input"],))
 
 
+def _stochastic_depth_fn(e: Emit) -> Lowered:
+    """torchvision's ``stochastic_depth`` (efficientnet's residual branches): identity in eval mode
+    (``training=False``) or with p = 0, like dropout."""
+    a = e.bind(("input", "p", "mode", "training"), training=True)
+    if a["training"] is not False and a["p"] != 0:
+        raise e.error(f"stochastic_depth with training={a['training']!r} drops at random even in eval mode")
+    return Lowered(None, (a["input"],))
+
+
 FUNCTION_OPS: dict[Any, Callable[[Emit], Lowered | None]] = {
     F.relu: _relu_fn, torch.relu: _relu_fn, torch.relu_: _relu_fn, F.relu_: _relu_fn,
     F.relu6: _relu6_fn, F.hardtanh: _hardtanh_fn, F.hardtanh_: _hardtanh_fn,
@@ -351,7 +361,7 @@ FUNCTION_OPS: dict[Any, Callable[[Emit], Lowered | None]] = {
     operator.add: _add, operator.iadd: _add, torch.add: _add,
     torch.cat: _cat, torch.concat: _cat, torch.concatenate: _cat,
     torch.flatten: _flatten_fn, torch.reshape: _flatten_fn, torch.mean: _mean,
-    F.dropout: _dropout_fn, F.dropout2d: _dropout_fn,
+    F.dropout: _dropout_fn, F.dropout2d: _dropout_fn, stochastic_depth: _stochastic_depth_fn,
     getattr: _non_tensor, operator.getitem: _non_tensor,
 }
 
