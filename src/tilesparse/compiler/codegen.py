@@ -26,9 +26,9 @@ from tilesparse.compiler.planning import LayerPlan
 from tilesparse.compiler.steps import Step, core_chunk
 from tilesparse.program import ChunkRow, CoreWork, Instr, Lock, Operand
 from tilesparse.program.layout import moved_positions, tile_grid
-from tilesparse.program.packing import chunk_geometry, pack_chunk
+from tilesparse.program.packing import chunk_geometry, pack_chunk, pack_table
 
-__all__ = ["emit_layer", "pack_layer"]
+__all__ = ["emit_layer", "pack_layer", "pack_table_layer"]
 
 
 def pack_layer(plan: LayerPlan, w8: np.ndarray, bias: np.ndarray | None, image: bytearray,
@@ -60,6 +60,20 @@ def pack_layer(plan: LayerPlan, w8: np.ndarray, bias: np.ndarray | None, image: 
                 image.extend(data)
             spans[(k, q)] = (start, base + len(image) - start)
     return rows, spans
+
+
+def pack_table_layer(plan: LayerPlan, table: np.ndarray, image: bytearray, base: int
+                     ) -> tuple[list[ChunkRow], dict[tuple[int, int], tuple[int, int]]]:
+    """A ``lut`` layer's table, once per oc group (each row of cores loads its own copy), as chunk
+    (k, q) = (0, 0) covering the group's channels: loaded in the first step, resident after."""
+    data = pack_table(table)
+    start = base + len(image)
+    rows: list[ChunkRow] = []
+    for cw in plan.part.cores:
+        if not cw.empty and all(r.oc_group != cw.oc_group for r in rows):
+            rows.append(ChunkRow(cw.oc_group, 0, 0, cw.oc0, cw.oc1, 0, 0, base + len(image), len(data), False))
+            image.extend(data)
+    return rows, {(0, 0): (start, base + len(image) - start)}
 
 
 def emit_layer(li: int, plan: LayerPlan, spans: dict[tuple[int, int], tuple[int, int]],

@@ -25,14 +25,15 @@ __all__ = ["GridFloor", "input_pass_s"]
 class GridFloor:
     """Seconds no sub-volume of a grid beats under the time model.
 
-    A channel-wise op (no weights) moves every core's input window (its own channels) and every
-    output byte over its column's channel (LOADFM, WRITEFM). For a conv, a core's COMP runs at
-    most at its peak rate, pays the kernel-call overhead at every iteration and never runs while
-    its weights refill (rules 2, 5), so the layer takes at least the busiest core's kept MACs at
-    peak plus the LOADWM time of the busiest row — its distinct chunks, each sent at least once
-    per spatial group unless a single chunk stays resident — and one LOADFM pass over the input
-    per output-channel chunk (``input_pass_s``), after the first piece of the first step's
-    weights has arrived (all but the first tile's input, which may stream in meanwhile)."""
+    A channel-wise op (no weights) moves every core's input window (its own channels) and every output
+    byte over its column's channel (LOADFM, WRITEFM); a lookup table's busiest core also reads an entry
+    per output at ``lut_lookups_per_cycle`` (its 256-byte table is left out). For a conv, a core's COMP
+    runs at most at its peak rate, pays the kernel-call overhead at every iteration and never runs while
+    its weights refill (rules 2, 5), so the layer takes at least the busiest core's kept MACs at peak
+    plus the LOADWM time of the busiest row — its distinct chunks, each sent at least once per spatial
+    group unless a single chunk stays resident — and one LOADFM pass over the input per output-channel
+    chunk (``input_pass_s``), after the first piece of the first step's weights has arrived (all but the
+    first tile's input, which may stream in meanwhile)."""
 
     def __init__(self, spec: LayerSpec, hw: ArrayConfig, cores, widx: WeightIndex | None, cache: CompileCache):
         live = [c for c in cores if not c.empty]
@@ -51,6 +52,9 @@ class GridFloor:
                     ci0, ci1 = spec.ci_range(c.oc0, c.oc1)
                     in_col[c.col] += spec.window_positions(c.h1 - c.h0, c.w1 - c.w0) * (ci1 - ci0) * spec.n_in
             self.s = max(float(in_col.max()), float(out_col.max())) / mt_bw
+            if spec.kind == "lut":  # and the busiest core looks up each of its outputs (rule 2)
+                busiest = max(c.n_out for c in live)
+                self.s = max(self.s, busiest / (hw.core.lut_lookups_per_cycle * hw.clock_hz))
             return
         oc0, oc1 = np.array([c.oc0 for c in live]), np.array([c.oc1 for c in live])
         pos = np.array([(c.h1 - c.h0) * (c.w1 - c.w0) for c in live])

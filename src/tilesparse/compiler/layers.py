@@ -23,7 +23,7 @@ from tilesparse.program.geometry import WindowRules
 __all__ = ["LayerSpec", "chw", "copy_spec", "is_compute", "kept_block_mask", "layer_spec"]
 
 # Ops executed on the cores; everything else is a view (flatten of 1×1) or bookkeeping.
-_COMPUTE = (Op.CONV2D, Op.MAXPOOL, Op.AVGPOOL, Op.ADAPTIVE_AVGPOOL, Op.ADD, Op.RELU, Op.RELU6,
+_COMPUTE = (Op.CONV2D, Op.MAXPOOL, Op.AVGPOOL, Op.ADAPTIVE_AVGPOOL, Op.ADD, Op.RELU, Op.RELU6, Op.LUT,
             Op.CONCAT, Op.FLATTEN)
 
 
@@ -44,7 +44,8 @@ class LayerSpec(WindowRules):
     """One layer as the partitioner, packer and time model see it.
 
     ``kind`` is the COMP operation: ``conv``, ``maxpool``, ``avgpool``, ``add``, ``relu``,
-    ``relu6``, ``copy`` (a concat operand copied into its channel slice) or ``flatten``.
+    ``relu6``, ``lut`` (an int8 table lookup per element; its table travels as the layer's one
+    weight chunk), ``copy`` (a concat operand copied into its channel slice) or ``flatten``.
     Window fields follow PyTorch (kernel, stride, padding, dilation per axis); the window rules
     (``window_extent``, ``slides``, ``ci_range``, …) are the program's (``WindowRules``).
     """
@@ -85,7 +86,7 @@ class LayerSpec(WindowRules):
 
     @property
     def has_weights(self) -> bool:
-        return self.kind == "conv"
+        return self.kind in ("conv", "lut")
 
     @property
     def n_in(self) -> int:
@@ -187,7 +188,7 @@ def layer_spec(node: Node, graph: Graph) -> LayerSpec:
                 f"windows; only exact divisions are supported")
         k = (hi // ho, wi // wo)
         return LayerSpec(kind="avgpool", kernel=k, stride=k, **base)
-    if node.op in (Op.ADD, Op.RELU, Op.RELU6):
+    if node.op in (Op.ADD, Op.RELU, Op.RELU6, Op.LUT):
         return LayerSpec(kind=node.op.value, **base)
     if node.op is Op.FLATTEN:
         return LayerSpec(kind="flatten", **base)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from tilesparse.compiler.cache import CompileCache
-from tilesparse.compiler.codegen import emit_layer, pack_layer
+from tilesparse.compiler.codegen import emit_layer, pack_layer, pack_table_layer
 from tilesparse.compiler.formats import choose_weight_formats
 from tilesparse.compiler.fusion import buffer_of, fusable_adds, order_add_branches
 from tilesparse.compiler.layers import LayerSpec, chw, copy_spec, layer_spec
@@ -48,6 +48,7 @@ from tilesparse.program import (
     Program,
     TensorSlice,
 )
+from tilesparse.program.packing import LUT_TABLE_BYTES
 from tilesparse.quant.rounding import INT8_MAX, INT8_MIN
 from tilesparse.quant.sdq_graph import sdq_layers
 
@@ -274,6 +275,11 @@ def _assemble(graph, hw, plans: list[LayerPlan], ins, buffers, alloc, t0, cache:
             bias = _bias(graph, plan.spec)
             rows, spans = pack_layer(plan, w8, bias, image, wbase)
             _check_packed(plan, rows)
+        elif plan.spec.kind == "lut":
+            table = _table(graph, plan.spec)
+            quantized &= table is not None
+            rows, spans = pack_table_layer(plan, np.zeros(LUT_TABLE_BYTES, np.int8) if table is None else table,
+                                           image, wbase)
         spans_all.append((rows, spans))
     ddr.add("weights", len(image))
     for b in buffers:
@@ -310,6 +316,12 @@ def _bias(graph: Graph, sp: LayerSpec) -> np.ndarray:
         b = np.asarray(graph.params[key])
         return b.astype(np.int32) if b.dtype.kind in "iu" else np.rint(b).astype(np.int32)
     return np.zeros(sp.co, np.int32)
+
+
+def _table(graph: Graph, sp: LayerSpec) -> np.ndarray | None:
+    """A lut layer's int8 table (``quant.lut``); None in a float graph (sized, not executable)."""
+    t = graph.params.get(f"{sp.name}.table")
+    return None if t is None else np.asarray(t)
 
 
 def _check_packed(plan: LayerPlan, rows: list[ChunkRow]) -> None:
@@ -360,6 +372,6 @@ def _jsonable(v: Any) -> bool:
 def _quant_params(graph: Graph) -> dict[str, np.ndarray]:
     """Per-channel quantization arrays the simulator needs (everything but weight/bias/mask and
     batch-norm statistics)."""
-    skip = ("weight", "bias", "mask", "running_mean", "running_var")
+    skip = ("weight", "bias", "mask", "running_mean", "running_var", "table")  # a table travels as its chunk
     return {k: np.asarray(v) for k, v in graph.params.items() if k.rsplit(".", 1)[-1] not in skip}
 

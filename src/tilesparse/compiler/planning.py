@@ -278,6 +278,7 @@ def plan_layer(spec: LayerSpec, hw: ArrayConfig, in_ddr: tuple[bool, ...], out_d
     mask, array and activation homes finds the choice of the first one.
     """
     cache = CompileCache() if cache is None else cache
+    _check_table(spec, hw)
     widx = WeightIndex(spec, hw) if spec.kind == "conv" else None
     forced = chooser(node, hw) if chooser is not None else None
     key = _plan_key(spec, hw, in_ddr, out_ddr) if chooser is None else None
@@ -290,6 +291,15 @@ def plan_layer(spec: LayerSpec, hw: ArrayConfig, in_ddr: tuple[bool, ...], out_d
     if key is not None:
         cache.put("plans", key, (best.part.grid, best.part.sub))
     return best
+
+
+def _check_table(spec: LayerSpec, hw: ArrayConfig) -> None:
+    """A lut layer's table must fit the core's weight buffer as the core lays it out."""
+    c = hw.core
+    if spec.kind == "lut" and c.lut_table_bytes > c.weight_buffer_bytes:
+        raise CapacityError(f"layer {spec.name!r}: its lookup table takes core.lut_table_bytes = "
+                            f"{c.lut_table_bytes} B, the weight buffer holds {c.weight_buffer_bytes} B "
+                            f"(array {hw.label})")
 
 
 def clear_caches() -> None:
@@ -375,6 +385,7 @@ def plan_with(spec: LayerSpec, hw: ArrayConfig, grid: Grid, sub: SubVolume, in_d
     """The plan of ``spec`` with this grid and sub-volume (its channel ranges and chunks cut from
     ``spec``'s mask), or None if a weight chunk or the MemTile staging does not fit."""
     cache = CompileCache() if cache is None else cache
+    _check_table(spec, hw)
     widx = WeightIndex(spec, hw) if spec.kind == "conv" else None
     cores = assign_cores(spec, hw, grid, cache)
     if _largest_chunk(spec, cores, sub, widx, cache) > hw.core.weight_buffer_bytes:

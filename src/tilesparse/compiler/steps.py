@@ -35,7 +35,7 @@ from tilesparse.compiler.partition import (
 )
 from tilesparse.hw import ArrayConfig
 from tilesparse.program.layout import chunk_with_inputs
-from tilesparse.program.packing import packed_nbytes
+from tilesparse.program.packing import LUT_TABLE_BYTES, packed_nbytes
 from tilesparse.program.sparse_format import MASKED
 from tilesparse.timing import PIPE_OPS, comp_cycles, element_cycles, matmul_shape
 
@@ -172,7 +172,10 @@ def _chunk_work(spec, hw, widx, oc0, oc1, ci0, ci1, last_q):
     o1 = np.broadcast_to(oc1[:, None, :], ci0.shape)
     if spec.kind != "conv":
         ops = (o1 - o0) * spec.taps * spec.n_in
-        return ops, ops, np.zeros(ops.shape, dtype=np.int64)
+        nbytes = np.zeros(ops.shape, dtype=np.int64)
+        if spec.kind == "lut":  # the table: one chunk per oc group, loaded in the first step, then resident
+            nbytes[0, 0] = np.where(o1[0, 0] > o0[0, 0], LUT_TABLE_BYTES, 0)
+        return ops, ops, nbytes
     _, kd, n = matmul_shape(hw, spec.weight_format == MASKED)  # rule 2: K doubles for masked weights
     bi = spec.block[1]
     cb0 = ci0 // bi if spec.groups == 1 else np.zeros_like(ci0)
@@ -380,7 +383,8 @@ def layer_steps(spec: LayerSpec, hw: ArrayConfig, part: LayerPartition, in_ddr: 
     for s in range(part.n_s):
         sl = slice(s * g, min((s + 1) * g, part.n_tiles))
         macs = macs_per_pos @ p[:, sl].sum(axis=1)
-        resident = kq == 1 and s > 0  # the only chunk is still in the weight buffer
+        # the only chunk (a lut's table: its one chunk whatever the steps) is still in the weight buffer
+        resident = (kq == 1 or spec.kind == "lut") and s > 0
         tab.add(s, np.zeros_like(loadw_piece) if resident else loadw_piece,
                 np.zeros(kq) if resident else loadw, np.zeros_like(loadwm) if resident else loadwm,
                 {op: a[:, sl] for op, a in pipe_all.items()}, macs, sl.stop - sl.start)

@@ -4,6 +4,7 @@ Per layer, the largest of
 
 * **compute**: kept MACs (zero blocks skipped) at the whole array's peak rate — for a conv whose
   weights are in the masked format, the sparse multiply's (twice the dense-equivalent MACs);
+* for a lookup-table layer, its lookups (one per output) at every core's ``lut_lookups_per_cycle``;
 * **DDR**: bytes that must cross DDR at least once — the packed weights (bitmap and bias
   included) on the column weight channels, the graph input on the column activation channels, the
   graph output on the write channels — each group of channels in parallel;
@@ -93,8 +94,15 @@ def layer_bound(rec: LayerRecord, buffers: dict, hw: ArrayConfig) -> LayerBound:
     mt = links.memtile_to_core_bytes_per_s
     stall = weights / (hw.rows * mt)
     memtile = max(stall, in_bytes / (hw.cols * mt), out_bytes / (hw.cols * mt))
-    rate = hw.n_cores * peak_macs_per_cycle(hw, g.weight_format == MASKED) * hw.clock_hz
-    return LayerBound(rec.name, rec.kept_macs / rate, ddr, memtile, stall)
+    return LayerBound(rec.name, rec.kept_macs / _peak_ops_per_s(rec, hw), ddr, memtile, stall)
+
+
+def _peak_ops_per_s(rec: LayerRecord, hw: ArrayConfig) -> float:
+    """The whole array's peak rate of the layer's operations: MACs (twice the dense-equivalent ones for
+    a conv in the masked format), or table lookups for a lut layer."""
+    if rec.kind == "lut":
+        return hw.n_cores * hw.core.lut_lookups_per_cycle * hw.clock_hz
+    return hw.n_cores * peak_macs_per_cycle(hw, rec.geometry.weight_format == MASKED) * hw.clock_hz
 
 
 def program_bounds(program: Program) -> list[LayerBound]:

@@ -37,6 +37,9 @@ _Strict = StrictModel
 CoreBytes = Annotated[PositiveInt, at_most(L.MAX_CORE_MEMORY_BYTES, " B")]
 
 
+LUT_MIN_TABLE_BYTES = 256  # an int8 → int8 table: one byte per int8 input
+
+
 def _int8_only() -> dict[DType, int]:
     return {"int8": 256}
 
@@ -107,6 +110,11 @@ class CoreConfig(_Strict):
     output_buffer_bytes: CoreBytes = 16384
     weight_buffer_bytes: CoreBytes = 16384
     sparse_matmul: SparseMatmulConfig = SparseMatmulConfig()
+    # Element-wise lookup tables (op lut): table entries read per cycle, and the data memory one
+    # table takes in the core as laid out for those parallel reads (it lives in the weight buffer:
+    # a compile with a lut layer refuses a weight buffer smaller than this).
+    lut_lookups_per_cycle: PositiveInt = 4
+    lut_table_bytes: CoreBytes = 1024
 
     @model_validator(mode="after")
     def _fits(self) -> CoreConfig:
@@ -115,6 +123,11 @@ class CoreConfig(_Strict):
             raise ValueError(
                 f"input+output+weight buffers ({used} B) exceed data_memory_bytes "
                 f"({self.data_memory_bytes} B)"
+            )
+        if self.lut_table_bytes < LUT_MIN_TABLE_BYTES:
+            raise ValueError(
+                f"lut_table_bytes {self.lut_table_bytes} B cannot hold the {LUT_MIN_TABLE_BYTES} entries of "
+                f"an int8 table"
             )
         m, k, n = self.matmul_shape
         if "int8" in self.macs_per_cycle and m * k * n != self.macs_per_cycle["int8"]:

@@ -117,7 +117,8 @@ class _Converter:
         if handler is None:
             raise UnsupportedOpError(
                 f"{self.name}: unsupported op {what} at node {fn.name!r}"
-                f"{_where(fn)}; supported: conv2d, linear, batch-norm, relu/relu6, max/avg/"
+                f"{_where(fn)}; supported: conv2d, linear, batch-norm, relu/relu6, silu/sigmoid/"
+                f"hardswish/hardsigmoid (lookup tables), max/avg/"
                 f"adaptive-avg pool, mean over H×W, add, cat, flatten/view, dropout, identity"
             )
         emit = Emit(self.gm, fn, self._ctx_error)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+from torchvision.ops import stochastic_depth
 
 from tilesparse.errors import UnsupportedOpError
 from tilesparse.ir.graph import Op
@@ -207,6 +208,17 @@ def _identity(e: Emit) -> Lowered:
     return Lowered(None, (e.fn.args[0],))
 
 
+def _lut(fn: str) -> Callable[[Emit], Lowered]:
+    """An element-wise function run as an int8 lookup table (``ir.lut``): module, function or method
+    (``nn.SiLU()``, ``F.silu(x, inplace=True)``, ``x.sigmoid_()``); in-place forms are
+    functionalised before (``ir.inplace``)."""
+    def handler(e: Emit) -> Lowered:
+        if e.fn.op == "call_module":
+            return Lowered(Op.LUT, (e.fn.args[0],), {"fn": fn})
+        return Lowered(Op.LUT, (e.bind(("input", "inplace"), inplace=False)["input"],), {"fn": fn})
+    return handler
+
+
 SPATIAL_DIMS = (2, 3)
 
 
@@ -232,6 +244,10 @@ MODULE_OPS: dict[type, Callable[[Emit], Lowered | None]] = {
     nn.ReLU: lambda e: Lowered(Op.RELU, (e.fn.args[0],)),
     nn.ReLU6: lambda e: Lowered(Op.RELU6, (e.fn.args[0],)),
     nn.Hardtanh: _hardtanh_module,
+    nn.SiLU: _lut("silu"),
+    nn.Sigmoid: _lut("sigmoid"),
+    nn.Hardswish: _lut("hardswish"),
+    nn.Hardsigmoid: _lut("hardsigmoid"),
     nn.MaxPool2d: _maxpool_module,
     nn.AvgPool2d: _avgpool_module,
     nn.AdaptiveAvgPool2d: _adaptive_module,
@@ -324,21 +340,33 @@ def _dropout_fn(e: Emit) -> Lowered:
     return Lowered(None, (a["input"],))
 
 
+def _stochastic_depth_fn(e: Emit) -> Lowered:
+    """torchvision's ``stochastic_depth`` (efficientnet's residual branches): identity in eval mode
+    (``training=False``) or with p = 0, like dropout."""
+    a = e.bind(("input", "p", "mode", "training"), training=True)
+    if a["training"] is not False and a["p"] != 0:
+        raise e.error(f"stochastic_depth with training={a['training']!r} drops at random even in eval mode")
+    return Lowered(None, (a["input"],))
+
+
 FUNCTION_OPS: dict[Any, Callable[[Emit], Lowered | None]] = {
     F.relu: _relu_fn, torch.relu: _relu_fn, torch.relu_: _relu_fn, F.relu_: _relu_fn,
     F.relu6: _relu6_fn, F.hardtanh: _hardtanh_fn, F.hardtanh_: _hardtanh_fn,
+    F.silu: _lut("silu"), F.hardswish: _lut("hardswish"), F.hardsigmoid: _lut("hardsigmoid"),
+    torch.sigmoid: _lut("sigmoid"), torch.sigmoid_: _lut("sigmoid"), F.sigmoid: _lut("sigmoid"),
+    torch.special.expit: _lut("sigmoid"),
     F.max_pool2d: _maxpool_fn, torch.max_pool2d: _maxpool_fn,
     F.avg_pool2d: _avgpool_fn, torch._C._nn.avg_pool2d: _avgpool_fn,
     F.adaptive_avg_pool2d: _adaptive_fn,
     operator.add: _add, operator.iadd: _add, torch.add: _add,
     torch.cat: _cat, torch.concat: _cat, torch.concatenate: _cat,
     torch.flatten: _flatten_fn, torch.reshape: _flatten_fn, torch.mean: _mean,
-    F.dropout: _dropout_fn, F.dropout2d: _dropout_fn,
+    F.dropout: _dropout_fn, F.dropout2d: _dropout_fn, stochastic_depth: _stochastic_depth_fn,
     getattr: _non_tensor, operator.getitem: _non_tensor,
 }
 
 METHOD_OPS: dict[str, Callable[[Emit], Lowered | None]] = {
-    "relu": _relu_fn, "relu_": _relu_fn,
+    "relu": _relu_fn, "relu_": _relu_fn, "sigmoid": _lut("sigmoid"), "sigmoid_": _lut("sigmoid"),
     "add": _add, "add_": _add, "__add__": _add, "__iadd__": _add,
     "flatten": _flatten_fn, "view": _flatten_fn, "reshape": _flatten_fn,
     "mean": _mean, "contiguous": _identity, "size": _non_tensor, "dim": _non_tensor,

@@ -15,6 +15,8 @@ conv2d                     kernel (kh, kw), stride (sh, sw), padding (ph, pw),
 linear                     activation
 batchnorm                  eps (float)
 relu, relu6                —
+lut                        fn ("silu" | "sigmoid" | "hardswish" | "hardsigmoid"): an element-wise
+                           function run as an int8 → int8 table (``tilesparse.ir.lut``)
 maxpool                    kernel, stride, padding, dilation, ceil_mode (bool)
 avgpool                    kernel, stride, padding, ceil_mode, count_include_pad (bool)
 adaptive_avgpool           output_size (oh, ow)
@@ -57,6 +59,7 @@ class Op(StrEnum):
     BATCHNORM = "batchnorm"
     RELU = "relu"
     RELU6 = "relu6"
+    LUT = "lut"
     MAXPOOL = "maxpool"
     AVGPOOL = "avgpool"
     ADAPTIVE_AVGPOOL = "adaptive_avgpool"

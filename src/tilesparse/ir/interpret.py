@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from tilesparse.ir.graph import Graph, Node, Op
+from tilesparse.ir.lut import apply_lut
 
 __all__ = ["run_float", "apply_activation"]
 
@@ -65,6 +66,7 @@ _RUN: dict[Op, Callable[[Graph, Node, list[torch.Tensor]], torch.Tensor]] = {
     Op.BATCHNORM: _bn,
     Op.RELU: lambda g, n, xs: F.relu(xs[0]),
     Op.RELU6: lambda g, n, xs: F.relu6(xs[0]),
+    Op.LUT: lambda g, n, xs: apply_lut(n.attrs["fn"], xs[0]),
     Op.MAXPOOL: _maxpool,
     Op.AVGPOOL: _avgpool,
     Op.ADAPTIVE_AVGPOOL: lambda g, n, xs: F.adaptive_avg_pool2d(xs[0], n.attrs["output_size"]),

@@ -22,7 +22,7 @@ from tilesparse.ir.graph import Graph, Node, Op
 
 __all__ = ["balance_channels", "balance_order", "prefix_gap", "reorder_channels", "reorderable"]
 
-_PASS_THROUGH = (Op.MAXPOOL, Op.AVGPOOL, Op.ADAPTIVE_AVGPOOL, Op.RELU, Op.RELU6)
+_PASS_THROUGH = (Op.MAXPOOL, Op.AVGPOOL, Op.ADAPTIVE_AVGPOOL, Op.RELU, Op.RELU6, Op.LUT)
 
 
 def prefix_gap(mask: np.ndarray, order: np.ndarray) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tilesparse.errors import TilesparseError
 from tilesparse.ir.graph import Graph, Op
+from tilesparse.ir.lut import LUT_FUNCTIONS
 from tilesparse.passes.shapes import infer_shape
 
 __all__ = ["GraphVerifyError", "verify"]
@@ -42,6 +43,8 @@ def _shape_errors(g: Graph) -> list[str]:
         act = n.attrs.get("activation")
         if act not in ACTIVATIONS:
             errs.append(f"node {n.name!r}: activation {act!r} not one of {ACTIVATIONS}")
+        if n.op is Op.LUT and n.attrs.get("fn") not in LUT_FUNCTIONS:
+            errs.append(f"node {n.name!r} (lut): fn {n.attrs.get('fn')!r} not one of {tuple(LUT_FUNCTIONS)}")
     return errs
 
 

@@ -14,7 +14,7 @@ from typing import SupportsIndex
 
 __all__ = ["KINDS", "LayerGeometry", "WEIGHT_FORMATS", "WindowRules"]
 
-KINDS = ("conv", "maxpool", "avgpool", "add", "relu", "relu6", "copy", "flatten")
+KINDS = ("conv", "maxpool", "avgpool", "add", "relu", "relu6", "lut", "copy", "flatten")
 WEIGHT_FORMATS = ("block", "masked")  # program.sparse_format says what each one is
 
 

@@ -12,6 +12,9 @@ chunk") is, little-endian, with no padding between fields:
    block column is narrower, never zero-padded).
 3. **bias** — only in the last input-channel chunk: int32 per output channel of [oc0, oc1).
 
+A ``lut`` layer's one chunk is its table (``pack_table``): ``LUT_TABLE_BYTES`` int8 entries, entry
+``q + 128`` the output for the int8 input ``q``.
+
 At 50 % sparsity the bitmap costs one bit per 64·taps dense bytes, so a 1×1 conv packs to
 50.2 % of its dense bytes.
 
@@ -34,11 +37,29 @@ from tilesparse.hw import SparseMatmulConfig
 from tilesparse.program.geometry import WindowRules
 from tilesparse.program.sparse_format import BLOCK, MASKED, decode_masked, encode_masked, masked_nbytes, pad_words
 
-__all__ = ["BITS_PER_BYTE", "PIECE_ALIGN", "ChunkGeometry", "MaskedLayer", "chunk_geometry", "kept_stream_bytes",
-           "masked_to_block", "pack_chunk", "packed_nbytes", "piece_bounds", "unpack_chunk"]
+__all__ = ["BITS_PER_BYTE", "LUT_INDEX_BIAS", "LUT_TABLE_BYTES", "PIECE_ALIGN", "ChunkGeometry", "MaskedLayer",
+           "chunk_geometry", "kept_stream_bytes", "masked_to_block", "pack_chunk", "pack_table", "packed_nbytes",
+           "piece_bounds", "unpack_chunk", "unpack_table"]
 
 BITS_PER_BYTE = 8
 PIECE_ALIGN = 4  # weight pieces start on 32-bit words (the DMA's unit)
+LUT_TABLE_BYTES = 256  # a lut layer's table: one int8 entry per int8 input
+LUT_INDEX_BIAS = 128  # entry of input q: q + 128 (input -128 is entry 0)
+
+
+def pack_table(table: np.ndarray) -> bytes:
+    """The packed chunk of a ``lut`` layer: its ``LUT_TABLE_BYTES`` int8 entries in order."""
+    t = np.asarray(table)
+    if t.shape != (LUT_TABLE_BYTES,) or t.dtype != np.int8:
+        raise ValueError(f"lookup table is {t.dtype} {t.shape}, expected int8 ({LUT_TABLE_BYTES},)")
+    return t.tobytes()
+
+
+def unpack_table(buf: bytes) -> np.ndarray:
+    """The int8 table of a ``lut`` chunk (``pack_table``); ValueError if the bytes are not one table."""
+    if len(buf) != LUT_TABLE_BYTES:
+        raise ValueError(f"{len(buf)} bytes, a lookup table is {LUT_TABLE_BYTES}")
+    return np.frombuffer(buf, np.int8).copy()
 
 
 def piece_bounds(nbytes: np.ndarray | int, pieces: int) -> np.ndarray:

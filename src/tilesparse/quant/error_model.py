@@ -15,6 +15,9 @@ element by a mean ``m`` and a variance ``v`` (docs/quantization.md, "Error model
 * relu / relu6: the true pre-activation is taken as Gaussian around the integer value, and the
   activation's output moments computed in closed form (rectified Gaussian), so an element far in
   the flat part carries no error forward;
+* a lookup table (silu, sigmoid, hardswish, hardsigmoid): the table's own rounding, ŷ − f(x̂), is
+  known; the input's error goes through the function's slope at x̂ (mean f'·m, variance f'²·v),
+  and the envelope grows by at most the function's largest slope (``ir.lut.lipschitz``);
 * max-pool takes the error of the element the integer max picked (variance: the window's largest),
   average pools average the mean and, taking the window's errors as fully correlated, the standard
   deviation.
@@ -38,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from tilesparse.ir.graph import Graph, Node, Op
+from tilesparse.ir.lut import apply_lut, lipschitz
 from tilesparse.quant import rounding as R
 from tilesparse.quant.quantize import QuantizationError, requant_shifts
 
@@ -148,6 +152,18 @@ def _activation(g: Graph, n: Node, ins: list[Predicted], ref: Mapping[str, np.nd
     return _activate(n.op.value, x.value, _deq(ref, n), x.mean, x.var)
 
 
+def _lut(g: Graph, n: Node, ins: list[Predicted], ref: Mapping[str, np.ndarray]) -> Predicted:
+    """The table's rounding is known; the input's error goes through the slope at the integer input."""
+    x, fn = ins[0], n.attrs["fn"]
+    xt = _t(x.value).requires_grad_(True)
+    fx = apply_lut(fn, xt)
+    (slope,) = torch.autograd.grad(fx.sum(), xt)
+    s = slope.numpy()
+    y = _deq(ref, n)
+    known = y - fx.detach().numpy()
+    return Predicted(y, s * x.mean + known, s * s * x.var, lipschitz(fn) * x.envelope + np.abs(known))
+
+
 def _maxpool(g: Graph, n: Node, ins: list[Predicted], ref: Mapping[str, np.ndarray]) -> Predicted:
     """The error of the element the integer max picked; the window's largest variance and envelope."""
     x, a = ins[0], n.attrs
@@ -182,7 +198,7 @@ def _reshape(g: Graph, n: Node, ins: list[Predicted], ref: Mapping[str, np.ndarr
 
 
 _RULES: dict[Op, Callable[[Graph, Node, list[Predicted], Mapping[str, np.ndarray]], Predicted]] = {
-    Op.CONV2D: _conv, Op.ADD: _add, Op.CONCAT: _concat, Op.RELU: _activation, Op.RELU6: _activation,
+    Op.CONV2D: _conv, Op.ADD: _add, Op.CONCAT: _concat, Op.RELU: _activation, Op.RELU6: _activation, Op.LUT: _lut,
     Op.MAXPOOL: _maxpool, Op.AVGPOOL: _avgpool, Op.ADAPTIVE_AVGPOOL: _adaptive, Op.FLATTEN: _reshape,
     Op.OUTPUT: _reshape,
 }

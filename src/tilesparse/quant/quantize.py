@@ -19,6 +19,8 @@ concat             attr ``input_shifts``: one per operand, 0 where the producer 
                    ``write_into`` mark (``passes.reuse.drop_shifted_slices``): it cannot write its
                    slice unshifted, the back end copies it in with the shift
 relu, relu6        attr ``clamp``
+lut                param ``table``: 256 int8 entries, the float function at the input's and
+                   its own calibrated exponent (``quant.lut``)
 pools, flatten     nothing new: the output keeps the input's exponent
 =================  ===========================================================================
 
@@ -39,12 +41,13 @@ from tilesparse.ir.graph import Graph, Node, Op, TensorType
 from tilesparse.ir.interpret import run_float
 from tilesparse.passes.reuse import drop_shifted_slices
 from tilesparse.quant import rounding as R
+from tilesparse.quant.lut import lut_table
 from tilesparse.quant.sdq import sdq as sdq_split
 from tilesparse.quant.sdq_graph import SDQConfig, sdq_attr, select_sdq_layers
 
 __all__ = ["QuantizationError", "calibrate", "plan_exponents", "quantize", "requant_shifts"]
 
-_REQUANTIZING = (Op.CONV2D, Op.ADD, Op.CONCAT)  # can produce any output exponent
+_REQUANTIZING = (Op.CONV2D, Op.ADD, Op.CONCAT, Op.LUT)  # can produce any output exponent
 _INT8 = "int8"
 CALIB_BATCH = 4  # inputs per float forward: one batched GEMM per layer is ~1.5x faster than singles
 
@@ -73,7 +76,8 @@ def calibrate(g: Graph, calib_inputs: Sequence[np.ndarray | torch.Tensor]) -> di
 def plan_exponents(g: Graph, stats: Mapping[str, float]) -> dict[str, int]:
     """One power-of-two exponent per node output.
 
-    Inputs, convs and adds take their own calibrated exponent; pools, flatten, relu and the output
+    Inputs, convs, adds and lookup tables take their own calibrated exponent (a table maps to any
+    output scale, and a sigmoid's range is not its input's); pools, flatten, relu and the output
     keep their input's; a concat takes the largest exponent of its operands that are not all zero
     on calibration (nothing saturates; an all-zero operand's exponent, ``ZERO_TENSOR_EXP``, says
     nothing about the range, and taking it would round every other operand to that coarse step),
@@ -82,7 +86,7 @@ def plan_exponents(g: Graph, stats: Mapping[str, float]) -> dict[str, int]:
     """
     exps: dict[str, int] = {}
     for n in g:
-        if n.op in (Op.INPUT, Op.CONV2D, Op.ADD, Op.LINEAR):
+        if n.op in (Op.INPUT, Op.CONV2D, Op.ADD, Op.LINEAR, Op.LUT):
             exps[n.name] = R.pow2_exponent(stats[n.name])
         elif n.op is Op.CONCAT:
             live = [exps[i] for i in n.inputs if stats.get(i, 1.0) > 0]
@@ -130,6 +134,8 @@ def quantize(
             attrs["input_shifts"] = tuple(exps[n.name] - e for e in ins)
         elif n.op in (Op.RELU, Op.RELU6):
             attrs["clamp"] = R.activation_clamp(n.op.value, exps[n.name])
+        elif n.op is Op.LUT:
+            params[f"{n.name}.table"] = lut_table(n.attrs["fn"], ins[0], exps[n.name])
         nodes.append(n.with_(attrs=attrs, out=TensorType(n.out.shape, _INT8, exps[n.name])))
     return drop_shifted_slices(g.replace_nodes(nodes, params))
 

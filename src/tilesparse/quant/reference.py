@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from tilesparse.ir.graph import Graph, Node, Op
 from tilesparse.quant import rounding as R
+from tilesparse.quant.lut import LUT_ENTRIES
 from tilesparse.quant.quantize import QuantizationError, requant_shifts
 
 __all__ = ["IntegerReference", "quantize_input"]
@@ -86,12 +87,24 @@ class IntegerReference:
         if n.op is Op.CONV2D:
             acc = self._accumulate(n, np.asarray(inputs[0], np.int64))
             return R.requantize(acc, requant_shifts(self.g, n).reshape(1, -1, 1, 1), tuple(n.attrs["clamp"]))
+        if n.op is Op.LUT:
+            return self._lookup(n, np.asarray(inputs[0], np.int64))
         return _OPS[n.op](n, [np.asarray(x, np.int64) for x in inputs])
 
     def dequantized_output(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
         """The graph output as real values (int8 × 2**exp), float64."""
         node = self.g.outputs[0]
         return R.dequantize(self.run(x)[node.name], _exp(node))
+
+    def _lookup(self, n: Node, x: np.ndarray) -> np.ndarray:
+        """A ``lut`` node: entry ``x + 128`` of its int8 table (``quant.lut``)."""
+        table = np.asarray(self.g.param(n.name, "table"))
+        if table.shape != (LUT_ENTRIES,) or table.dtype != np.int8:
+            raise QuantizationError(f"node {n.name!r}: table is {table.dtype} {table.shape}, expected int8 "
+                                    f"({LUT_ENTRIES},)")
+        if x.size and (x.min() < R.INT8_MIN or x.max() > R.INT8_MAX):
+            raise QuantizationError(f"node {n.name!r}: input outside int8, the table has no entry for it")
+        return table.astype(np.int64)[x - R.INT8_MIN]
 
     def _accumulate(self, n: Node, x: np.ndarray) -> np.ndarray:
         acc = self._sdq_sum(n, x) if n.attrs.get("sdq") is not None else self._conv(n, x, "weight")

@@ -4,7 +4,9 @@ Convolutions are block-sparse: a weight chunk decoded from its packed bytes (``u
 split into groups of block rows that keep the same block columns; each group is one float64 matmul
 of the im2col window (only the kept input channels) by the kept weights — exact, since every partial
 sum of int8 products stays far below 2**53. Skipped blocks are never touched, so a wrong bitmap or
-block index changes the result. Everything else uses the integer rules of ``tilesparse.quant``.
+block index changes the result. A lookup-table layer reads entry ``x + 128`` of the table decoded
+from the bytes its core holds (``decode_table``). Everything else uses the integer rules of
+``tilesparse.quant``.
 """
 
 from __future__ import annotations
@@ -16,11 +18,19 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from tilesparse.program import ChunkRow, LayerGeometry
-from tilesparse.program.packing import BITS_PER_BYTE, chunk_geometry, masked_to_block, unpack_chunk
+from tilesparse.program.packing import (
+    BITS_PER_BYTE,
+    LUT_INDEX_BIAS,
+    chunk_geometry,
+    masked_to_block,
+    unpack_chunk,
+    unpack_table,
+)
 from tilesparse.program.sparse_format import MASKED
 from tilesparse.quant import rounding as R
 
-__all__ = ["Chunk", "conv_cycles", "conv_tile", "decode_chunk", "geometry", "im2col", "pool_tile"]
+__all__ = ["Chunk", "LutTable", "conv_cycles", "conv_tile", "decode_chunk", "decode_table", "geometry", "im2col",
+           "lookup_tile", "pool_tile"]
 
 MAXPOOL_PAD = np.iinfo(np.int16).min  # padding never wins a max (below every int8)
 
@@ -37,6 +47,24 @@ class Chunk:
     @property
     def oc0(self) -> int:
         return self.row.oc0
+
+
+@dataclass(frozen=True)
+class LutTable:
+    """A lookup table decoded from the bytes a core holds (a ``lut`` layer's chunk)."""
+
+    row: ChunkRow
+    table: np.ndarray  # int8, entry q + 128 for input q
+
+
+def decode_table(buf: bytes, row: ChunkRow) -> LutTable:
+    """The table of a ``lut`` chunk (``ValueError`` if the bytes are not one table)."""
+    return LutTable(row, unpack_table(buf))
+
+
+def lookup_tile(x: np.ndarray, lut: LutTable) -> np.ndarray:
+    """Each int8 element of ``x`` replaced by its table entry (int64)."""
+    return lut.table.astype(np.int64)[x.astype(np.int64) + LUT_INDEX_BIAS]
 
 
 def _keep_bits(buf: bytes, nrows: int, ncols: int) -> tuple[np.ndarray, int]:

@@ -179,7 +179,13 @@ class Staging:
                                   f"wslot{slot} moved {st['pieces']}")
         return slot, st
 
-    def _decode(self, where, core, row, ch, data, seen) -> C.Chunk:
+    def _decode(self, where, core, row, ch, data, seen) -> C.Chunk | C.LutTable:
+        if self.v.kind == "lut":
+            try:
+                return C.decode_table(data.tobytes(), row)
+            except ValueError as e:
+                raise SimulationError(f"{where}: lookup table of core {self.mem.core_name(core)} "
+                                      f"(oc group {row.oc_group}) does not decode: {e}") from None
         key = (*row.key, ch[2], ch[3])
         hit = self.ex.decoded.get((self.v.index, key))
         if hit is not None and np.array_equal(hit[0], data):  # same bytes as a chunk already decoded

@@ -54,7 +54,7 @@ class Executor:
                 last = (ins.layer, ins.step)
             self.steps[ins.layer][-1].append(idx)
         self.outputs: dict[str, np.ndarray] = {}
-        self.wchunk: dict[int, C.Chunk] = {}
+        self.wchunk: dict[int, C.Chunk | C.LutTable] = {}
         self.decoded: dict[tuple, tuple[np.ndarray, C.Chunk]] = {}  # decoded chunks, by layer and row
         self.stage: Staging = None  # type: ignore[assignment]  # set by run_layer
         self._divs: dict[int, np.ndarray] = {}
@@ -144,6 +144,8 @@ class Executor:
         win = v.window(tile)
         if v.kind == "conv":
             y, macs, cyc = self._conv(v, where, ins, i, core, tile, ch, xs[0], lay)
+        elif v.kind == "lut":
+            y, macs, cyc = self._lookup(v, where, core, xs[0])
         else:
             y, macs = self._elementwise(v, where, tile, ch, xs, win)
             cyc = (math.ceil(macs / self.hw.macs_per_cycle("int8")) + self.hw.core.kernel_call_overhead_cycles
@@ -170,6 +172,21 @@ class Executor:
             return slot, slot[1]
         t8 = sub.h * sub.w * sub.oc
         return slot, out - 2 * t8 + h * t8
+
+    def _lookup(self, v, where, core, x):
+        """A lut layer: every element through the table the core loaded (its chunk (0, 0)); the core
+        reads ``lut_lookups_per_cycle`` entries per cycle."""
+        cw = v.cores[core]
+        lut = self.wchunk.get(core)
+        want = v.chunk_rows.get((cw.oc_group, 0, 0))
+        if not isinstance(lut, C.LutTable) or want is None or lut.row != want:
+            held = None if lut is None else lut.row.key
+            raise SimulationError(f"{where}: core {self.mem.core_name(core)} holds weight chunk {held}, "
+                                  f"not the lookup table of oc group {cw.oc_group}")
+        y = C.lookup_tile(x.reshape(-1, x.shape[2]), lut)
+        n = int(y.size)
+        cyc = math.ceil(n / self.hw.core.lut_lookups_per_cycle) + self.hw.core.kernel_call_overhead_cycles if n else 0
+        return y, n, cyc
 
     def _conv(self, v, where, ins, i, core, tile, ch, x, lay):
         cw = v.cores[core]

@@ -21,7 +21,7 @@ from tilesparse.sim.memory import SimulationError
 
 __all__ = ["ELEMENTWISE", "LayerView", "Window"]
 
-ELEMENTWISE = ("add", "relu", "relu6", "copy")  # 1x1 windows, one output per input position
+ELEMENTWISE = ("add", "relu", "relu6", "lut", "copy")  # 1x1 windows, one output per input position
 
 
 class LayerView:
@@ -116,4 +116,4 @@ class LayerView:
 
     @property
     def has_weights(self) -> bool:
-        return self.kind == "conv"
+        return self.kind in ("conv", "lut")

@@ -10,7 +10,8 @@
    ``(M, K, N) = hw.core.matmul_shape`` (slabs of N output channels) and the per-call
    ``hw.core.kernel_call_overhead_cycles``: skipped blocks cost nothing, padding to the matmul shape
    is paid, and no core ever exceeds ``M·K·N`` MACs per cycle. Pools, adds and copies run one
-   element operation per MAC slot (``macs_per_cycle`` per cycle) (``comp_cycles``).
+   element operation per MAC slot (``macs_per_cycle`` per cycle); a lookup table (``lut``) reads
+   ``hw.core.lut_lookups_per_cycle`` entries per cycle (``comp_cycles``).
    **Sparse weights** (``matmul_shape(hw, sparse=True)``): a conv whose weights are packed in the
    sparse multiply's masked format runs at ``hw.core.sparse_matmul.shape`` instead — the same M and
    N, K twice the dense one (UG1583 ``mul_4x16_16x8`` with a ``v128int8_sparse`` B), so the same
@@ -34,6 +35,7 @@ __all__ = [
     "comp_cycles",
     "comp_s",
     "element_cycles",
+    "lookup_cycles",
     "engine_bound_s",
     "matmul_shape",
     "peak_macs_per_cycle",
@@ -99,17 +101,26 @@ def element_cycles(ops: np.ndarray, hw: ArrayConfig) -> np.ndarray:
     return np.ceil(ops / hw.macs_per_cycle("int8"))
 
 
+def lookup_cycles(lookups: np.ndarray, hw: ArrayConfig) -> np.ndarray:
+    """Rule 2 for a lookup-table layer: ``hw.core.lut_lookups_per_cycle`` table reads per cycle,
+    whole cycles."""
+    return np.ceil(lookups / hw.core.lut_lookups_per_cycle)
+
+
 def comp_cycles(kind: str, hw: ArrayConfig, work: np.ndarray, positions: np.ndarray) -> np.ndarray:
     """Rule 2: cycles of the slowest core in every iteration of every step, as steps × tiles.
 
-    ``work[j, r]``: the COMP work of the heaviest core of region r in step j — for a conv
-    (``kind == "conv"``) its matmul steps per ``M`` output positions (Σ over its slabs of
-    ``ceil(kept input channels × taps / K)``), for other layers its element operations per
-    position; ``positions[r, t]``: the output positions of tile t of region r. Every call a core
-    makes pays ``kernel_call_overhead_cycles``; a core with no positions or no work idles (0)."""
+    ``work[j, r]``: the COMP work of the heaviest core of region r in step j — for a conv (``kind ==
+    "conv"``) its matmul steps per ``M`` output positions (Σ over its slabs of ``ceil(kept input
+    channels × taps / K)``), for other layers its element operations per position (a lookup-table
+    layer's: its lookups, at ``lookup_cycles``); ``positions[r, t]``: the output positions of tile t of
+    region r. Every call a core makes pays ``kernel_call_overhead_cycles``; a core with no positions or
+    no work idles (0)."""
     w = work[:, :, None]
     if kind == "conv":
         cyc = np.ceil(positions / hw.core.matmul_shape[0])[None] * w
+    elif kind == "lut":
+        cyc = lookup_cycles(positions[None] * w, hw)
     else:
         cyc = element_cycles(positions[None] * w, hw)
     busy = (positions[None] > 0) & (w > 0)
