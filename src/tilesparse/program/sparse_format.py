@@ -50,7 +50,6 @@ def masked_nbytes(n: int | np.ndarray, sm: SparseMatmulConfig) -> int | np.ndarr
     """Bytes of ``n`` stream bytes in the masked format: whole chunks of mask + padded payload.
 
     >>> from tilesparse.hw import SparseMatmulConfig
-from tilesparse.program.geometry import WEIGHT_FORMATS
     >>> masked_nbytes(32, SparseMatmulConfig()), masked_nbytes(33, SparseMatmulConfig())
     (20, 40)
     """
@@ -81,7 +80,6 @@ def encode_masked(data: bytes, sm: SparseMatmulConfig) -> bytes:
     """``data`` in the masked format (module doc); ``ValueError`` if a group breaks the rule.
 
     >>> from tilesparse.hw import SparseMatmulConfig
-from tilesparse.program.geometry import WEIGHT_FORMATS
     >>> sm = SparseMatmulConfig()
     >>> out = encode_masked(bytes([0, 5, 0, 7] * 8), sm)
     >>> len(out), out[:4].hex(), out[4:8]
