@@ -8,6 +8,8 @@ Every model exposes ``density`` (expected fraction of non-zeros) and ``prob_empt
 - :class:`Uniform` -- non-zeros placed uniformly at random: tile occupancy is hypergeometric.
 - :class:`NM` -- at most N non-zeros in every M consecutive values along ``cols`` (fixed-structured).
 - :class:`Blocks` -- whole ``b_o x b_i`` blocks kept, a fixed fraction of blocks, placed at random.
+- :class:`Hierarchical` -- HSS: levels nested (blocks, then N:M inside kept blocks); density is
+  the product of the levels' densities.
 - :class:`Actual` -- a real mask (e.g. from a sparsified model), counted tile by tile.
 """
 
@@ -26,7 +28,7 @@ def expand_mask(mask, geom, ndim):
 
     return _expand(mask, geom, ndim)
 
-__all__ = ["NM", "Actual", "Blocks", "Dense", "DensityModel", "Uniform", "check_density"]
+__all__ = ["NM", "Actual", "Blocks", "Dense", "DensityModel", "Hierarchical", "Uniform", "check_density"]
 
 
 def check_density(d: float, what: str = "density") -> float:
@@ -123,6 +125,33 @@ class Blocks(DensityModel):
         nb = self.n_blocks
         kept = round(nb * self.density)
         return stats.hypergeom.pmf(0, nb, kept, np.minimum(span, nb).astype(np.int64))
+
+
+@dataclass(frozen=True)
+class Hierarchical(DensityModel):
+    """Hierarchical structured sparsity (HSS): ``levels`` outermost first, each level's rule
+    applied inside every unit the level above keeps. Density is the product of the levels'
+    densities (every level is fixed-structured or a fixed fraction). A tile is empty when any
+    level empties it; the levels are taken as independent (exact when the inner levels are N:M
+    runs that never empty a kept block, as in ``8x8@0.5/2:4``)."""
+
+    levels: tuple[DensityModel, ...]
+    density: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        if len(self.levels) < 2:
+            raise ConfigError("Hierarchical", [f"needs at least two levels, got {len(self.levels)}"])
+        object.__setattr__(self, "density", float(np.prod([lv.density for lv in self.levels])))
+
+    @property
+    def outer(self) -> DensityModel:
+        return self.levels[0]
+
+    def prob_empty(self, rows, cols, reps=1):
+        nonempty = np.ones(np.broadcast(np.asarray(rows), np.asarray(cols)).shape)
+        for lv in self.levels:
+            nonempty = nonempty * (1.0 - lv.prob_empty(rows, cols, reps))
+        return 1.0 - nonempty
 
 
 class Actual(DensityModel):

@@ -14,7 +14,16 @@ run_length        entries * r; entries = nnz + escapes, a run of z zeros needs f
                   escape entries (each stores 2**r - 1 zeros and one explicit zero word)
 block_index       block CSR over b_o x b_i blocks: (Fb+1)*ceil(log2(nb+1)) + nb*ceil(log2 Sb),
                   data = nb * b_o * b_i (blocks stored dense)
+block_bitmap      the compiler's block format: Fb*Sb bits (one per b_o x b_i block, the whole
+                  kernel rides along), kept blocks stored dense
+masked            the AIE-ML sparse multiply's format (UG1603): every chunk_bytes (32) bytes of
+                  the weight stream become a mask_bytes (4) mask + payload_bytes (16) bytes padded
+                  to 32-bit words; data = chunks * payload, metadata = chunks * (mask + padding)
+block_masked      HSS: block_bitmap over the blocks, masked inside the kept blocks' stream
 ================  =========================================================================
+
+``masked`` and ``block_masked`` read their chunk parameters from the hw description
+(``tilesparse.hw`` ``core.sparse_matmul``); their word is a byte (the rule is for 8-bit data).
 """
 
 from __future__ import annotations
@@ -23,15 +32,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tilesparse.costmodel.density import DensityModel
+from tilesparse.costmodel.density import DensityModel, Hierarchical
 from tilesparse.errors import ConfigError
+from tilesparse.hw import SparseMatmulConfig
 
 __all__ = [
     "FORMAT_NAMES",
     "Bitmask",
+    "BlockBitmap",
     "BlockIndex",
+    "BlockMasked",
     "Coordinate",
     "Format",
+    "Masked",
     "OffsetPairs",
     "RunLength",
     "Uncompressed",
@@ -169,13 +182,96 @@ class BlockIndex(Format):
         return nb * self.bo * self.bi * reps, meta * reps
 
 
-FORMAT_NAMES = ("uncompressed", "bitmask", "coordinate", "offset_pairs", "run_length", "block_index")
+def _sparse_matmul(sm: SparseMatmulConfig | None) -> SparseMatmulConfig:
+    if sm is not None:
+        return sm
+    from tilesparse.hw import load_array
+
+    return load_array("4x4").core.sparse_matmul  # the shipped AIE2 description
+
+
+def _kept_fraction(rows, cols, dm: DensityModel, bo: int, bi: int) -> np.ndarray:
+    """Expected fraction of the b_o x b_i blocks of a rows x cols tile that hold a non-zero."""
+    outer = dm.outer if isinstance(dm, Hierarchical) else dm
+    return 1.0 - outer.prob_empty(np.minimum(rows, bo), np.minimum(cols, bi), 1)
+
+
+@dataclass(frozen=True)
+class Masked(Format):
+    """The AIE-ML masked format (module table): a function of the stream length only, since the
+    hardware stores exactly ``payload_bytes`` of every chunk whatever the zeros."""
+
+    sm: SparseMatmulConfig | None = None
+    name = "masked"
+
+    def _words(self, n):
+        sm = _sparse_matmul(self.sm)
+        chunks = np.ceil(np.asarray(n, dtype=np.float64) / sm.chunk_bytes)
+        pad = -(-sm.payload_bytes // 4) * 4 - sm.payload_bytes  # payload padded to 32-bit words
+        return chunks * sm.payload_bytes, chunks * (sm.mask_bytes + pad) * 8
+
+    def exact(self, mask):
+        data, meta = self._words(_as_mask(mask).size)
+        return int(data), int(meta)
+
+    def expected(self, rows, cols, dm, reps=1):
+        return self._words(np.asarray(rows, dtype=np.float64) * cols * reps)
+
+
+@dataclass(frozen=True)
+class BlockBitmap(Format):
+    """One bit per b_o x b_i block of the tile; kept blocks dense (all ``reps`` kernel taps)."""
+
+    bo: int = 8
+    bi: int = 8
+    name = "block_bitmap"
+
+    def exact(self, mask):
+        m = _as_mask(mask)
+        fb, sb = -(-m.shape[0] // self.bo), -(-m.shape[1] // self.bi)
+        pad = np.zeros((fb * self.bo, sb * self.bi), dtype=bool)
+        pad[: m.shape[0], : m.shape[1]] = m
+        nb = int(pad.reshape(fb, self.bo, sb, self.bi).any(axis=(1, 3)).sum())
+        return nb * self.bo * self.bi, fb * sb
+
+    def expected(self, rows, cols, dm, reps=1):
+        rows = np.asarray(rows, dtype=np.float64)
+        positions = np.ceil(rows / self.bo) * np.ceil(np.asarray(cols) / self.bi)
+        nb = positions * _kept_fraction(rows, cols, dm, self.bo, self.bi)
+        return nb * self.bo * self.bi * reps, positions * np.ones_like(nb)  # one bitmap per tile
+
+
+@dataclass(frozen=True)
+class BlockMasked(Format):
+    """HSS blocks over N:M: the block bitmap, then the kept blocks' bytes in the masked format."""
+
+    bo: int = 8
+    bi: int = 8
+    sm: SparseMatmulConfig | None = None
+    name = "block_masked"
+
+    def exact(self, mask):
+        kept_words, bitmap_bits = BlockBitmap(self.bo, self.bi).exact(mask)
+        data, meta = Masked(self.sm)._words(kept_words)
+        return int(data), int(meta + bitmap_bits)
+
+    def expected(self, rows, cols, dm, reps=1):
+        kept_words, bitmap_bits = BlockBitmap(self.bo, self.bi).expected(rows, cols, dm, reps)
+        data, meta = Masked(self.sm)._words(kept_words)
+        return data, meta + bitmap_bits
+
+
+FORMAT_NAMES = ("uncompressed", "bitmask", "coordinate", "offset_pairs", "run_length", "block_index",
+                "block_bitmap", "masked", "block_masked")
 
 
 def make_format(name: str, **kw) -> Format:
-    """A format by name; ``block_index`` takes ``bo``/``bi``, ``run_length`` takes ``run_bits``."""
+    """A format by name; ``block_index``, ``block_bitmap`` and ``block_masked`` take ``bo``/``bi``,
+    ``run_length`` takes ``run_bits``, ``masked`` and ``block_masked`` take ``sm`` (the hw
+    description's ``core.sparse_matmul``; default the shipped AIE2 one)."""
     table = {"uncompressed": Uncompressed, "bitmask": Bitmask, "coordinate": Coordinate,
-             "offset_pairs": OffsetPairs, "run_length": RunLength, "block_index": BlockIndex}
+             "offset_pairs": OffsetPairs, "run_length": RunLength, "block_index": BlockIndex,
+             "block_bitmap": BlockBitmap, "masked": Masked, "block_masked": BlockMasked}
     if name not in table:
         raise ConfigError("format", [f"unknown format {name!r}; expected one of {', '.join(table)}"])
     return table[name](**kw)

@@ -57,12 +57,21 @@ class SparseSpec:
     """Sparsity of W and I, their compressed formats, and the compute action.
 
     ``action`` ``skip`` or ``gate`` is conditioned on ``leaders`` (MACs happen only where every
-    leader operand is non-zero); ``none`` computes every MAC."""
+    leader operand is non-zero); ``none`` computes every MAC.
+
+    ``mac_fraction`` (optional) is the fraction of the dense MACs the hardware actually performs,
+    when its rule differs from the leaders' density: the AIE-ML sparse multiply always works on
+    50 % of the weights (a 1:4 layer runs at the 2:4 rate). It replaces the compute fraction for
+    both cycles and MAC energy. ``mac_rate`` multiplies the MACs per cycle (int8 x int4: 2, from
+    the hw description's ``macs_per_cycle``); a MAC at rate x costs 1/x of a MAC's energy (the
+    vector unit spends the same energy per cycle)."""
 
     density: MappingT[str, DensityModel] = field(default_factory=dict)
     formats: MappingT[str, Format] = field(default_factory=dict)
     action: Literal["none", "gate", "skip"] = "none"
     leaders: tuple[str, ...] = ("W",)
+    mac_fraction: float | None = None
+    mac_rate: float = 1.0
 
     def __post_init__(self) -> None:
         errs = [f"density: tensor {t!r} is not W or I (outputs are dense)"
@@ -71,6 +80,10 @@ class SparseSpec:
         errs += [f"leaders: {t!r} is not W or I" for t in self.leaders if t not in ("W", "I")]
         if self.action not in ("none", "gate", "skip"):
             errs.append(f"action must be none, gate or skip, got {self.action!r}")
+        if self.mac_fraction is not None and not 0.0 <= self.mac_fraction <= 1.0:
+            errs.append(f"mac_fraction must be in [0, 1], got {self.mac_fraction!r}")
+        if not self.mac_rate > 0:
+            errs.append(f"mac_rate must be positive, got {self.mac_rate!r}")
         if errs:
             raise ConfigError("sparse spec", errs)
 
@@ -291,14 +304,17 @@ def evaluate_batch(problem: Problem, arch: Architecture, batch: MappingBatch,
     fc = sparse.compute_fraction
     per_unit = batch.temporal.prod(axis=(1, 2)).astype(np.float64)  # MACs per MAC unit
     skip = sparse.action == "skip"
-    comp = per_unit * (fc if skip else 1.0) / arch.compute.macs_per_cycle
+    cyc_frac = (fc if skip else 1.0) if sparse.mac_fraction is None else sparse.mac_fraction
+    if sparse.mac_fraction is not None:
+        fc = sparse.mac_fraction
+    comp = per_unit * cyc_frac / (arch.compute.macs_per_cycle * sparse.mac_rate)
     if arch.compute.overhead_cycles_per_tile:  # one kernel call per level-0 tile
         comp = comp + batch.temporal[:, 1:].prod(axis=(1, 2)) * arch.compute.overhead_cycles_per_tile
     cycles = np.maximum(comp, lvl_cyc.max(axis=1))
     eff = np.full(len(batch), problem.macs * fc)
     gmacs = np.full(len(batch), problem.macs * (1.0 - fc) if sparse.action == "gate" else 0.0)
-    e_mac = eff * arch.compute.pj_per_mac + gmacs * arch.compute.gated_pj_per_mac
-    util = eff / (cycles * arch.peak_macs_per_cycle)
+    e_mac = (eff * arch.compute.pj_per_mac + gmacs * arch.compute.gated_pj_per_mac) / sparse.mac_rate
+    util = eff / (cycles * arch.peak_macs_per_cycle * sparse.mac_rate)
     return BatchResult(problem.macs, eff, gmacs, reads, fills, updates, g_reads, rb, wb, comp,
                        lvl_cyc, cycles, e_mac, e_lvl, e_mac + e_lvl.sum(axis=1), util)
 
