@@ -3,13 +3,13 @@ model, and report latency, energy and EDP per layer."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import typer
 
 from tilesparse.cli.common import (
     BLOCK_HELP,
-    BLOCK_PATTERN_HELP,
     INPUT_SHAPE_HELP,
     JSON_HELP,
     SEED_MAX,
@@ -109,6 +109,57 @@ def _problems(source: str, sparsity: float | None, weights, input_shape, action:
     return graph_problems(graph), (mask_specs(graph, action=action) if masked else None)
 
 
+PATTERN_HELP = ("Sparsity pattern the cost model prices: 8x8[@s] (blocks: block bitmap, kept blocks computed), "
+                "2:4 / 1:4 (N:M along input channels in the AIE-ML masked format, at the sparse multiply's rate), "
+                "8x8@0.5/2:4 (HSS: bitmap + masked inside kept blocks), 2:4+1:4 (TASD: terms add), int8-2:4+int4 "
+                "(SDQ: a 2:4 int8 part + a dense int4 part at the int8xint4 rate). With a SOURCE a block pattern "
+                "(8x8 with --sparsity) prunes the model and uses each layer's actual mask, as before; other "
+                "patterns are modelled from their densities (layers whose input channels do not divide M stay "
+                "dense). Multi-term patterns show one row per term.")
+
+
+def _is_block_pattern(pattern: str | None) -> bool:
+    from tilesparse.patterns import Block
+    from tilesparse.patterns.grammar import parse_pattern
+
+    return pattern is not None and "+" not in pattern and isinstance(parse_pattern(pattern), Block)
+
+
+def _fits(problem, pattern: str) -> bool:
+    """Whether every N:M term's M divides the layer's input channels per group."""
+    import re
+
+    return all(problem.bound("C") % int(m) == 0 for m in re.findall(r"\d+:(\d+)", pattern))
+
+
+def _pattern_problems(problems, pattern: str, sparsity: float | None, hw):
+    """One (problem, spec) per term of ``pattern`` per layer (dense where the pattern does not fit)."""
+    from tilesparse.costmodel.pattern import pattern_terms
+
+    out_p, out_s = [], []
+    for p in problems:
+        if not _fits(p, pattern):
+            out_p.append(p)
+            out_s.append(None)
+            continue
+        terms = pattern_terms(p, pattern, sparsity=sparsity, hw=hw)
+        for t in terms:
+            out_p.append(t.problem if len(terms) == 1 else replace(t.problem, name=f"{p.name}/{t.label}"))
+            out_s.append(t.spec)
+    return out_p, out_s
+
+
+def _pattern_hw(spec: str):
+    """The hw description a pattern's rules come from: the array itself when --array names one."""
+    from tilesparse.hw import load_array
+
+    base = spec.partition(":")[2] if spec.lower().startswith("aie2:") else spec
+    try:
+        return load_array(base)
+    except ConfigError:
+        return None  # not an AIE2 array (eyeriss, a cost-model YAML): the shipped AIE2 rules
+
+
 def _sparsifiable(graph):
     from tilesparse.passes.masks import sparsifiable_layers
 
@@ -137,7 +188,7 @@ def register(app: typer.Typer) -> None:
                                        "(block-index format). A checkpoint's masks are used without it."),
         prune: float = typer.Option(None, hidden=True, help="Old name of --sparsity."),
         block: str = typer.Option(None, help=BLOCK_HELP),
-        pattern: str = typer.Option(None, help=BLOCK_PATTERN_HELP),
+        pattern: str = typer.Option(None, help=PATTERN_HELP),
         warm_start: bool = typer.Option(True, help="Seed each layer's search with earlier layers' best mappings."),
         seed: int = typer.Option(0, help="Random seed.", min=0, max=SEED_MAX),
         progress: bool = typer.Option(True, help="Show a progress bar."),
@@ -153,13 +204,22 @@ def register(app: typer.Typer) -> None:
         * `tilesparse map resnet50 -a 4x4 --sparsity 0.5 --mapper genetic --budget 10000`
         * `tilesparse map runs/d/sparse.pt -a 2x2` (each layer with its trained mask)
         * `tilesparse map --layer conv:k=64,c=64,p=56,q=56,r=3,s=3 --density 0.5 --format bitmask --explain`
+        * `tilesparse map --layer conv:k=64,c=64,p=56,q=56,r=3,s=3 --pattern 2:4` (masked format, sparse multiply)
+        * `tilesparse map resnet18 -a 4x4 --pattern 8x8@0.5/2:4` (HSS, every layer from its densities)
+        * `tilesparse map --layer conv:k=64,c=64,p=28,q=28,r=3,s=3 --pattern int8-2:4+int4` (SDQ: one row per term)
         """
         from tilesparse.mapper import map_network
 
         source = source or model
         sparsity = sparsity_arg(sparsity if sparsity is not None else prune)
         block_arg(block)
-        block, sparsity = block_pattern_args(pattern, block, sparsity)
+        by_terms = pattern is not None and (layer is not None or not _is_block_pattern(pattern))
+        if by_terms and (density is not None or fmt is not None or block is not None):
+            raise ConfigError("--pattern", [f"{pattern}: the pattern sets the density and format; drop "
+                                            "--density / --format / --block"])
+        if not by_terms:
+            block, sparsity = block_pattern_args(pattern, block, sparsity)
+        pattern_sparsity, sparsity = (sparsity, None) if by_terms else (None, sparsity)
         _check_target(layer, source, sparsity=sparsity, block=block, weights=weights, input_shape=input_shape)
         check_outputs({"--json": json_out or output})
         a = _architecture(array or arch or "aie2")
@@ -168,6 +228,8 @@ def register(app: typer.Typer) -> None:
             problems = [parse_layer(layer)]
         else:
             problems, specs = _problems(source, sparsity, weights, input_shape, action, block)
+        if by_terms:
+            problems, specs = _pattern_problems(problems, pattern, pattern_sparsity, _pattern_hw(array or arch or "aie2"))
         if specs is None:
             specs = [_sparse_spec(density, fmt, action)] * len(problems)
         results = map_network(problems, a, warm_start=warm_start, mapper=mapper, budget=budget,
