@@ -229,7 +229,8 @@ def register(app: typer.Typer) -> None:
         else:
             problems, specs = _problems(source, sparsity, weights, input_shape, action, block)
         if by_terms:
-            problems, specs = _pattern_problems(problems, pattern, pattern_sparsity, _pattern_hw(array or arch or "aie2"))
+            hw = _pattern_hw(array or arch or "aie2")
+            problems, specs = _pattern_problems(problems, pattern, pattern_sparsity, hw)
         if specs is None:
             specs = [_sparse_spec(density, fmt, action)] * len(problems)
         results = map_network(problems, a, warm_start=warm_start, mapper=mapper, budget=budget,
