@@ -180,8 +180,9 @@ def register(app: typer.Typer) -> None:
         budget: int = typer.Option(10_000, help="Mapping evaluations per layer."),
         objective: str = typer.Option("edp", help="latency, energy or edp."),
         density: float = typer.Option(None, help="Weight density in [0, 1] (uniform random); omit for dense."),
-        fmt: str = typer.Option(None, "--format", help="Weight format: bitmask, coordinate, offset_pairs, "
-                                "run_length, block_index."),
+        fmt: str = typer.Option(None, "--format", help="Weight format with --density: bitmask, coordinate, "
+                                "offset_pairs, run_length, block_index, block_bitmap, masked (AIE-ML sparse multiply), "
+                                "block_masked. --pattern sets its own."),
         action: str = typer.Option("skip", help="With --density or masks: skip (time + energy) or gate (energy "
                                    "only) zero MACs."),
         sparsity: float = typer.Option(None, help=SPARSITY_HELP + " Each layer is modelled with its actual mask "
