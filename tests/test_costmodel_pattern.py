@@ -138,3 +138,12 @@ def test_map_cli_pattern_for_a_layer(tmp_path):
     assert names == ["layer/int8-2:4", "layer/int4"]
     bad = runner.invoke(app, ["map", "-l", "conv:k=8,c=8,p=4,q=4", "--pattern", "2:4", "--density", "0.5"])
     assert bad.exit_code != 0 and isinstance(bad.exception, ConfigError)
+
+
+def test_source_layers_that_do_not_fit_the_pattern_stay_dense():
+    from tilesparse.cli.map_cmd import _pattern_problems
+
+    first = Problem.conv(k=16, c=3, p=8, q=8, r=3, s=3, name="conv1")
+    problems, specs = _pattern_problems([first, LAYER], "2:4+1:4", None, None)
+    assert [p.name for p in problems] == ["conv1", "layer/2:4", "layer/1:4"]
+    assert specs[0] is None and all(s is not None for s in specs[1:])
