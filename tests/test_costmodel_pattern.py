@@ -145,5 +145,5 @@ def test_source_layers_that_do_not_fit_the_pattern_stay_dense():
 
     first = Problem.conv(k=16, c=3, p=8, q=8, r=3, s=3, name="conv1")
     problems, specs = _pattern_problems([first, LAYER], "2:4+1:4", None, None)
-    assert [p.name for p in problems] == ["conv1", "layer/2:4", "layer/1:4"]
+    assert [p.name for p in problems] == ["conv1", "conv/2:4", "conv/1:4"]
     assert specs[0] is None and all(s is not None for s in specs[1:])
