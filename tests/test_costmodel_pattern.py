@@ -96,6 +96,10 @@ def test_compute_rates_from_the_hw_description():
         b = evaluate(t.problem, arch, base, t.spec)
         assert b.effective_macs == LAYER.macs * mac_frac, spec  # the multiply works on half the weights
         assert b.compute_cycles - over == pytest.approx(LAYER.macs * mac_frac / (16 * 256 * rate)), spec
+        if spec == "2:4":  # activations read dense at the MACs, one partial-sum update per performed MAC
+            core, dcore = b.accesses["core"], dense.accesses["core"]
+            assert core["I"]["reads"] == dcore["I"]["reads"]
+            assert core["O"]["updates"] == pytest.approx(dcore["O"]["updates"] / 2)
 
 
 def test_map_picks_a_valid_mapping_for_a_24_conv():

@@ -62,7 +62,9 @@ class SparseSpec:
     ``mac_fraction`` (optional) is the fraction of the dense MACs the hardware actually performs,
     when its rule differs from the leaders' density: the AIE-ML sparse multiply always works on
     50 % of the weights (a 1:4 layer runs at the 2:4 rate). It replaces the compute fraction for
-    both cycles and MAC energy. ``mac_rate`` multiplies the MACs per cycle (int8 x int4: 2, from
+    both cycles and MAC energy, and (with ``action`` none) scales the partial-sum accesses at the
+    MACs; the operands are then read dense (the sparse multiply reads the whole activation
+    operand). ``mac_rate`` multiplies the MACs per cycle (int8 x int4: 2, from
     the hw description's ``macs_per_cycle``); a MAC at rate x costs 1/x of a MAC's energy (the
     vector unit spends the same energy per cycle)."""
 
@@ -247,6 +249,8 @@ def _scales(problem, batch, sparse, cum) -> tuple[np.ndarray, np.ndarray]:
     b, n_lv, _ = batch.temporal.shape
     act, gated = np.ones((b, n_lv, 3)), np.zeros((b, n_lv, 3))
     if sparse.action == "none":
+        if sparse.mac_fraction is not None:  # one partial-sum update per performed MAC
+            act[:, 0, O] = sparse.mac_fraction
         return act, gated
     fc = sparse.compute_fraction
     followers = [t for t in range(3) if TENSORS[t] not in sparse.leaders]
