@@ -32,6 +32,7 @@ description (``core.sparse_matmul``, ``core.macs_per_cycle``); SDQ is ``int8-2:4
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Literal
 
 from tilesparse.costmodel.density import NM as NMDensity
 from tilesparse.costmodel.density import Blocks, Dense, DensityModel, Hierarchical
@@ -39,6 +40,10 @@ from tilesparse.costmodel.formats import BlockBitmap, BlockMasked, Format, Maske
 from tilesparse.costmodel.model import SparseSpec
 from tilesparse.costmodel.problem import Problem
 from tilesparse.errors import ConfigError
+
+if TYPE_CHECKING:
+    from tilesparse.hw.array import ArrayConfig, CoreConfig
+    from tilesparse.patterns import Pattern
 
 __all__ = ["PatternCost", "Term", "energy", "pattern_terms", "weight_bytes"]
 
@@ -67,24 +72,25 @@ class Term:
         return float((data * p.bits[0] + meta) / 8)
 
 
-def _hw(hw: object):
+def _hw(hw: object) -> ArrayConfig:
     from tilesparse.hw import load_array
 
     return load_array(hw if hw is not None else "4x4")  # type: ignore[arg-type]
 
 
-def _sparse_rate(core) -> float:
+def _sparse_rate(core: CoreConfig) -> float:
     """Fraction of the dense MAC cycles the sparse multiply takes (dense K / sparse K)."""
     return core.matmul_shape[1] / core.sparse_matmul.shape[1]
 
 
-def _masked_ok(n: int, m: int, core) -> bool:
+def _masked_ok(n: int, m: int, core: CoreConfig) -> bool:
     sm = core.sparse_matmul
     fits = m % sm.group_bytes == 0 and n * sm.group_bytes <= sm.max_nonzero_per_group * m
     return bool(sm.enabled and fits)
 
 
-def _single(layer: Problem, pat, sparsity: float | None, core) -> tuple[DensityModel, Format, float | None]:
+def _single(layer: Problem, pat: Pattern, sparsity: float | None,
+            core: CoreConfig) -> tuple[DensityModel, Format, float | None]:
     """(density model, format, MACs performed fraction or None for the density) of one pattern."""
     from tilesparse.patterns import NM, Block
     from tilesparse.patterns import Hierarchical as HPattern
@@ -98,7 +104,7 @@ def _single(layer: Problem, pat, sparsity: float | None, core) -> tuple[DensityM
     if isinstance(pat, NM):
         # No tile-level skipping: the sparse multiply reads the dense activation operand (4 x 16)
         # whatever the weights' zeros; the layer runs at the multiply's rate (mac fraction).
-        dm = NMDensity(pat.n, pat.m)
+        dm: DensityModel = NMDensity(pat.n, pat.m)
         if pat.axis == "in" and _masked_ok(pat.n, pat.m, core):
             return dm, Masked(core.sparse_matmul), _sparse_rate(core)
         return dm, Uncompressed(), 1.0  # stored and computed dense (the block format)
@@ -107,13 +113,13 @@ def _single(layer: Problem, pat, sparsity: float | None, core) -> tuple[DensityM
         inner = pat.patterns[1]
         if isinstance(inner, NM) and inner.axis == "in" and _masked_ok(inner.n, inner.m, core):
             blk = pat.patterns[0]
-            dm = Hierarchical((outer_dm, NMDensity(inner.n, inner.m)))
-            return dm, BlockMasked(blk.out, blk.in_, core.sparse_matmul), outer_dm.density * _sparse_rate(core)
+            hss = Hierarchical((outer_dm, NMDensity(inner.n, inner.m)))
+            return hss, BlockMasked(blk.out, blk.in_, core.sparse_matmul), outer_dm.density * _sparse_rate(core)
     raise ConfigError("--pattern", [f"{pat.spec()}: the cost model knows blocks (8x8[@s]), N:M along input "
                                     "channels, blocks over N:M (8x8@0.5/2:4), terms joined by '+' and int4"])
 
 
-def _term(layer: Problem, text: str, sparsity: float | None, core, macs_int4: float) -> Term:
+def _term(layer: Problem, text: str, sparsity: float | None, core: CoreConfig, macs_int4: float) -> Term:
     from tilesparse.patterns.grammar import parse_pattern
 
     t = text.strip().lower()
@@ -126,7 +132,7 @@ def _term(layer: Problem, text: str, sparsity: float | None, core, macs_int4: fl
     if bits == INT4_BITS and not isinstance(fmt, (BlockBitmap, Uncompressed)):
         raise ConfigError("--pattern", [f"{t}: the sparse multiply reads 8-bit weights; int4 terms are dense "
                                         "or blocks"])
-    action = "none" if isinstance(fmt, (Masked, Uncompressed)) else "skip"
+    action: Literal["none", "skip"] = "none" if isinstance(fmt, (Masked, Uncompressed)) else "skip"
     return Term(t, prob, SparseSpec(density={"W": dm}, formats={"W": fmt}, action=action, mac_fraction=frac,
                                     mac_rate=rate))
 
