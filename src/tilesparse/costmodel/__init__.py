@@ -6,6 +6,9 @@
 >>> m = Mapping.build(arch, [{}, {}, {"P": 4, "K": 4, "C": 4}])
 >>> evaluate(p, arch, m).macs
 64
+
+The sparsity patterns (8x8 blocks, 2:4, HSS, TASD, SDQ) as cost-model terms:
+:mod:`tilesparse.costmodel.pattern` (``pattern_terms``, ``weight_bytes``, ``energy``).
 """
 
 from tilesparse.costmodel.arch import (
@@ -22,6 +25,7 @@ from tilesparse.costmodel.density import (
     Blocks,
     Dense,
     DensityModel,
+    Hierarchical,
     Uniform,
 )
 from tilesparse.costmodel.formats import FORMAT_NAMES, Format, make_format
@@ -59,6 +63,7 @@ __all__ = [
     "Dense",
     "DensityModel",
     "Format",
+    "Hierarchical",
     "InvalidMappingError",
     "Level",
     "Mapping",
