@@ -20,8 +20,11 @@ the original model; so layer names match the torch path's.
 
 Ops: Conv (grouped too), Gemm, MatMul (constant weight, + Add of a constant bias), Relu,
 Clip(0, 6) and Clip(0, ∞), MaxPool, AveragePool, GlobalAveragePool, ReduceMean over H, W, Add,
-Concat, Flatten, Reshape (to a flatten), BatchNormalization, Identity, Dropout, Constant. Any other
-op is an ``UnsupportedOpError`` naming the op and the node. Opsets before 11 are refused.
+Concat, Flatten, Reshape (to a flatten), BatchNormalization, Identity, Dropout, Constant; Sigmoid,
+HardSigmoid (torch's: alpha 1/6, beta 0.5), HardSwish and Mul(x, Sigmoid(x)) (SiLU, as torch exports
+it) as the int8 lookup tables of ``ir.lut``. Mul otherwise (broadcast multiply) and Transpose (channel
+shuffle) are not in the IR yet: one line naming the op and the node, as for any other op (an
+``UnsupportedOpError``). Opsets before 11 are refused.
 """
 
 from __future__ import annotations
@@ -138,6 +141,10 @@ class _Lifter:
         self.nodes = list(mp.graph.node)
         self.biasless: set[str] = set()  # fx names of MatMul linears that an Add may give a bias
         self.scopes = {_scope(n) for n in self.nodes}
+        self.readers: dict[str, int] = {}  # ONNX value -> how many nodes read it
+        for n in self.nodes:
+            for v in n.input:
+                self.readers[v] = self.readers.get(v, 0) + 1
 
     def run(self, input_name: str) -> fx.GraphModule:
         self.env[input_name] = self.graph.placeholder("x")
@@ -353,10 +360,61 @@ def _constant(b: _Lifter, node: Any, a: dict[str, Any]) -> np.ndarray:
     return numpy_helper.to_array(a["value"])
 
 
+def _sigmoid(b: _Lifter, node: Any, a: dict[str, Any]) -> fx.Node:
+    return b.call(node, torch.sigmoid, b.tensor(node.input[0], node), module=nn.Sigmoid())
+
+
+def _hard(node: Any, a: dict[str, Any], where: str) -> None:
+    """ONNX's HardSigmoid is max(0, min(1, alpha·x + beta)) with alpha 0.2 by default; torch's (and the
+    lookup table's) is relu6(x + 3) / 6: alpha 1/6, beta 0.5, what torch.onnx.export writes."""
+    alpha, beta = float(a.get("alpha", 0.2)), float(a.get("beta", 0.5))
+    if not (math.isclose(alpha, 1 / 6, rel_tol=1e-6) and math.isclose(beta, 0.5, rel_tol=1e-6)):
+        raise UnsupportedOpError(f"{where}: node {node.name!r} (HardSigmoid) alpha={alpha:g}, beta={beta:g}; only "
+                                 "torch's hardsigmoid (alpha=1/6, beta=0.5) is a lookup table in the IR")
+
+
+def _hardsigmoid(b: _Lifter, node: Any, a: dict[str, Any]) -> fx.Node:
+    _hard(node, a, b.name)
+    return b.call(node, F.hardsigmoid, b.tensor(node.input[0], node), module=nn.Hardsigmoid())
+
+
+def _hardswish(b: _Lifter, node: Any, a: dict[str, Any]) -> fx.Node:
+    return b.call(node, F.hardswish, b.tensor(node.input[0], node), module=nn.Hardswish())
+
+
+def _is_sigmoid(b: _Lifter, n: fx.Node) -> bool:
+    if n.op == "call_module":
+        return isinstance(b.root.get_submodule(str(n.target)), nn.Sigmoid)
+    return n.op == "call_function" and n.target is torch.sigmoid
+
+
+def _mul(b: _Lifter, node: Any, a: dict[str, Any]) -> fx.Node:
+    """``x * sigmoid(x)``, how torch.onnx.export writes SiLU (ONNX has no such op before opset 24), is
+    the SiLU lookup table; any other Mul (squeeze-excitation's broadcast multiply) is not in the IR yet."""
+    x, y = (b.env.get(v) for v in node.input[:2])
+    for s, other, v in ((y, x, node.input[1]), (x, y, node.input[0])):
+        if isinstance(s, fx.Node) and isinstance(other, fx.Node) and _is_sigmoid(b, s) and s.args[0] is other \
+                and b.readers.get(v) == 1 and len(s.users) == 0:
+            target = str(s.target) if s.op == "call_module" else None
+            b.graph.erase_node(s)
+            if target is not None:  # the SiLU module takes its name
+                parent, _, leaf = target.rpartition(".")
+                delattr(b.root.get_submodule(parent), leaf)
+            return b.call(node, F.silu, other, module=nn.SiLU())
+    raise UnsupportedOpError(f"{b.name}: unsupported ONNX op Mul at node {node.name!r}: only x * Sigmoid(x) "
+                             "(SiLU); an element-wise or broadcast multiply is not in the IR yet")
+
+
+def _transpose(b: _Lifter, node: Any, a: dict[str, Any]) -> fx.Node:
+    raise UnsupportedOpError(f"{b.name}: unsupported ONNX op Transpose at node {node.name!r} (perm "
+                             f"{list(a.get('perm', []))}): a transpose or channel shuffle is not in the IR yet")
+
+
 ONNX_OPS: dict[str, Callable[[_Lifter, Any, dict[str, Any]], Any]] = {
     "Conv": _conv, "Gemm": _gemm, "MatMul": _matmul, "Add": _add, "BatchNormalization": _batchnorm,
     "Relu": lambda b, n, a: b.call(n, torch.relu, b.tensor(n.input[0], n), module=nn.ReLU()), "Clip": _clip,
     "MaxPool": _maxpool, "AveragePool": _avgpool, "GlobalAveragePool": _global_avgpool, "ReduceMean": _reduce_mean,
     "Concat": _concat, "Flatten": _flatten, "Reshape": _reshape, "Identity": _identity, "Dropout": _identity,
-    "Constant": _constant,
+    "Constant": _constant, "Sigmoid": _sigmoid, "HardSigmoid": _hardsigmoid, "HardSwish": _hardswish,
+    "Mul": _mul, "Transpose": _transpose,
 }
