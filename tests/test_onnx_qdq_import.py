@@ -52,6 +52,11 @@ def test_the_file_scales_are_used_as_given(tmp_path):
     back = build_graph_from(str(tmp_path / "moved.onnx")).graph
     assert back.node("layer1_0_conv1").out.scale_exp == g.node("layer1_0_conv1").out.scale_exp + 2
     assert back.node("layer1_0_conv2").out.scale_exp == g.node("layer1_0_conv2").out.scale_exp
+    from tilesparse.frontend import build_graph
+    from tilesparse.source import load_model, parse_source
+    lifted = load_model(parse_source(str(tmp_path / "moved.onnx"))).model  # the Python front end too
+    assert build_graph(lifted, input_shape=SHAPE).node("layer1_0_conv1").out.scale_exp == \
+        back.node("layer1_0_conv1").out.scale_exp
 
 
 def _qlinear(path, act_scale: float, w_scale) -> str:
