@@ -25,6 +25,13 @@ HardSigmoid (torch's: alpha 1/6, beta 0.5), HardSwish and Mul(x, Sigmoid(x)) (Si
 it) as the int8 lookup tables of ``ir.lut``. Mul otherwise (broadcast multiply) and Transpose (channel
 shuffle) are not in the IR yet: one line naming the op and the node, as for any other op (an
 ``UnsupportedOpError``). Opsets before 11 are refused.
+
+QDQ: DequantizeLinear of an initializer is its real values (pruned zeros stay zeros: the masks);
+a QuantizeLinear → DequantizeLinear pair on an activation is the value itself, its power-of-two
+scale 2**e kept as that value's exponent (``qdq_exponents`` on the returned module, which the build
+hands to ``quant.quantize(exponents=...)``); QLinearConv is the conv of its dequantized weight and
+bias. Other scales are re-quantized (calibrated), listed in one notice (``qdq_notices``); a
+non-zero zero point is refused. See docs/architecture.md, "ONNX models".
 """
 
 from __future__ import annotations
