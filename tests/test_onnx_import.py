@@ -261,3 +261,69 @@ def test_a_checkpoint_sparsified_from_an_onnx_file_compiles_alone(tmp_path, monk
     assert provenance_of(Program.load(p)).selection == "checkpoint-masks"
     code, out, err = run(monkeypatch, capsys, "simulate", str(p))
     assert code == 0 and "bit-exact" in out, (out, err)
+
+
+class _Acts(nn.Module):
+    """The lookup-table activations as torch.onnx.export writes them: SiLU as Sigmoid + Mul, Sigmoid,
+    HardSwish and HardSigmoid (alpha 1/6) nodes."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.a1 = nn.Conv2d(3, 8, 3, padding=1), nn.SiLU()
+        self.c2, self.a2 = nn.Conv2d(8, 8, 3, padding=1), nn.Hardswish()
+        self.c3, self.a3 = nn.Conv2d(8, 8, 1), nn.Sigmoid()
+        self.c4, self.a4 = nn.Conv2d(8, 8, 1), nn.Hardsigmoid()
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = self.a4(self.c4(self.a3(self.c3(self.a2(self.c2(self.a1(self.c1(x))))))))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def test_lookup_table_activations_import_as_the_torch_path(tmp_path):
+    torch.manual_seed(0)
+    m = _Acts().eval()
+    shape = (1, 3, 8, 8)
+    f = _export(m, shape, tmp_path / "acts.onnx")
+    import onnx
+    ops = {n.op_type for n in onnx.load(f).graph.node}
+    assert {"Sigmoid", "Mul", "HardSwish", "HardSigmoid"} <= ops
+    from tilesparse.source import load_model, parse_source
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(load_model(parse_source(f)).model(x), m(x), rtol=1e-5, atol=1e-5)
+    g = build_graph_from(f).graph
+    assert [n.attrs["fn"] for n in g if n.op.value == "lut"] == ["silu", "hardswish", "sigmoid", "hardsigmoid"]
+    from_onnx, from_torch = compile_source(f, "2x2"), compile_source(m, "2x2", input_shape=shape)
+    assert np.array_equal(from_onnx.weights, from_torch.weights)
+    listing, renamed = _canonical_listing(from_onnx, from_torch)
+    assert listing == renamed
+
+
+def _one_node(path, op: str, inputs: list[str], **attrs) -> str:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="/conv/Conv"),
+             helper.make_node(op, inputs, ["y"], name=f"/blk/{op}", **attrs)]
+    inits = [numpy_helper.from_array(np.ones((4, 4, 1, 1), np.float32), "w"),
+             numpy_helper.from_array(np.ones((1, 4, 1, 1), np.float32), "s")]
+    g = helper.make_graph(nodes, "one", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 4, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize(("op", "inputs", "attrs", "says"), [
+    ("Mul", ["c", "s"], {}, "Mul at node '/blk/Mul'"),
+    ("Mul", ["c", "c"], {}, "Mul at node '/blk/Mul'"),
+    ("Transpose", ["c"], {"perm": [0, 2, 1, 3]}, "Transpose at node '/blk/Transpose'"),
+    ("HardSigmoid", ["c"], {}, "'/blk/HardSigmoid' (HardSigmoid) alpha=0.2"),
+])
+def test_multiply_shuffle_and_onnx_default_hardsigmoid_are_refused_by_name(tmp_path, op, inputs, attrs, says):
+    from tilesparse.source import load_model, parse_source
+
+    f = _one_node(tmp_path / "one.onnx", op, inputs, **attrs)
+    with pytest.raises(UnsupportedOpError, match=re.escape(says)) as e:
+        load_model(parse_source(f))
+    assert "\n" not in str(e.value)

@@ -192,7 +192,8 @@ def build_graph_from(source: str | ModelSource | Any, *, weights: str | Path | N
         from tilesparse.frontend import random_calibration
         from tilesparse.quant import quantize
 
-        g = quantize(g, list(calibration) if calibration is not None else random_calibration(shape, N_CALIB, seed))
+        g = quantize(g, list(calibration) if calibration is not None else random_calibration(shape, N_CALIB, seed),
+                     exponents=getattr(lm.model, "qdq_exponents", None))  # an imported QDQ model's scales
     pattern_spec = pat.spec() if pat is not None else (str(lm.pattern) if lm.masks is None and lm.pattern else "block")
     return Built(g, src, bs, sp, rule, seed, quantized, shape, list(lm.notices), given, record, lm.model, pattern_spec)
 

@@ -76,4 +76,5 @@ def build_graph(
     from tilesparse.quant import quantize
 
     calib = list(calib_inputs) if calib_inputs is not None else random_calibration(shape, n_calib, seed)
-    return quantize(g, calib, per_channel=per_channel, sdq=sdq)
+    # an imported QDQ model (ir.onnx_import) fixes its power-of-two activation exponents
+    return quantize(g, calib, per_channel=per_channel, sdq=sdq, exponents=getattr(model, "qdq_exponents", None))

@@ -317,4 +317,5 @@ def _from_onnx(path: Path) -> LoadedModel:
     from tilesparse.ir.onnx_import import load_onnx
 
     module, shape = load_onnx(path)  # shape None: dynamic dims, build asks for --input-shape
-    return LoadedModel(module.eval(), path.stem, None, example_shape=shape, arch=str(path))
+    return LoadedModel(module.eval(), path.stem, None, example_shape=shape, arch=str(path),
+                       notices=list(getattr(module, "qdq_notices", [])))

@@ -20,8 +20,18 @@ the original model; so layer names match the torch path's.
 
 Ops: Conv (grouped too), Gemm, MatMul (constant weight, + Add of a constant bias), Relu,
 Clip(0, 6) and Clip(0, ∞), MaxPool, AveragePool, GlobalAveragePool, ReduceMean over H, W, Add,
-Concat, Flatten, Reshape (to a flatten), BatchNormalization, Identity, Dropout, Constant. Any other
-op is an ``UnsupportedOpError`` naming the op and the node. Opsets before 11 are refused.
+Concat, Flatten, Reshape (to a flatten), BatchNormalization, Identity, Dropout, Constant; Sigmoid,
+HardSigmoid (torch's: alpha 1/6, beta 0.5), HardSwish and Mul(x, Sigmoid(x)) (SiLU, as torch exports
+it) as the int8 lookup tables of ``ir.lut``. Mul otherwise (broadcast multiply) and Transpose (channel
+shuffle) are not in the IR yet: one line naming the op and the node, as for any other op (an
+``UnsupportedOpError``). Opsets before 11 are refused.
+
+QDQ: DequantizeLinear of an initializer is its real values (pruned zeros stay zeros: the masks);
+a QuantizeLinear → DequantizeLinear pair on an activation is the value itself, its power-of-two
+scale 2**e kept as that value's exponent (``qdq_exponents`` on the returned module, which the build
+hands to ``quant.quantize(exponents=...)``); QLinearConv is the conv of its dequantized weight and
+bias. Other scales are re-quantized (calibrated), listed in one notice (``qdq_notices``); a
+non-zero zero point is refused. See docs/architecture.md, "ONNX models".
 """
 
 from __future__ import annotations
@@ -138,6 +148,13 @@ class _Lifter:
         self.nodes = list(mp.graph.node)
         self.biasless: set[str] = set()  # fx names of MatMul linears that an Add may give a bias
         self.scopes = {_scope(n) for n in self.nodes}
+        self.exponents: dict[str, int] = {}  # fx node -> the power-of-two exponent its QDQ pair gives it
+        self.requantized: list[str] = []  # "'tensor' scale s (nearest 2**e)" for the scales that are not 2**e
+        self.weight_of: dict[str, str] = {}  # dequantized weight value -> its int8 initializer's name
+        self.readers: dict[str, int] = {}  # ONNX value -> how many nodes read it
+        for n in self.nodes:
+            for v in n.input:
+                self.readers[v] = self.readers.get(v, 0) + 1
 
     def run(self, input_name: str) -> fx.GraphModule:
         self.env[input_name] = self.graph.placeholder("x")
@@ -150,7 +167,19 @@ class _Lifter:
             out = handler(self, node, _attrs(node))
             self.env[node.output[0]] = out
         self.graph.output(self.tensor(self.output, "the graph output"))
-        return fx.GraphModule(self.root, self.graph, class_name=self.name)
+        gm = fx.GraphModule(self.root, self.graph, class_name=self.name)
+        for fn in gm.graph.nodes:  # a relu / pool / flatten keeps its input's exponent: so does the input
+            e = self.exponents.get(fn.name)
+            src = fn
+            while e is not None and _keeps_exponent(gm, src) and isinstance(src.args[0], fx.Node):
+                src = src.args[0]
+                self.exponents.setdefault(src.name, e)
+        # read by build (quantize(exponents=...)) and source (the build's notices)
+        object.__setattr__(gm, "qdq_exponents", dict(self.exponents))
+        notices = [f"{self.name}: scales that are not powers of two are re-quantized (calibrated power-of-two "
+                   f"scales instead): {'; '.join(self.requantized)}"] if self.requantized else []
+        object.__setattr__(gm, "qdq_notices", notices)
+        return gm
 
     # -- operands ------------------------------------------------------------------------------------
 
@@ -181,11 +210,16 @@ class _Lifter:
         scope = _scope(node)
         if module is not None and scope and not any(s.startswith(scope + ".") for s in self.scopes):
             return self.module(node, module, "")
+        layer, _, role = node.name.partition(":")  # tilesparse's export: "<layer>:<op>", its activation "<layer>:relu"
+        if module is not None and role and role not in ("relu", "clip") and "/" not in layer \
+                and not hasattr(self.root, layer):
+            return self.module(node, module, "", layer)
         return self.graph.call_function(fn, args, kwargs)
 
-    def module(self, node: Any, m: nn.Module, weight: str) -> fx.Node:
-        """``m`` added under the layer's name (module doc); its call reads the node's first input."""
-        path = weight.removesuffix(".weight") if weight.endswith(".weight") and "::" not in weight else ""
+    def module(self, node: Any, m: nn.Module, weight: str, path: str = "") -> fx.Node:
+        """``m`` added under the layer's name (module doc; or ``path``); its call reads the node's first input."""
+        weight = self.weight_of.get(weight, weight)
+        path = path or (weight.removesuffix(".weight") if weight.endswith(".weight") and "::" not in weight else "")
         path = path or _scope(node) or node.name or node.op_type.lower()
         parts = ["".join(c if c.isalnum() or c == "_" else "_" for c in p) or "_" for p in path.split(".")]
         parent = self.root
@@ -250,6 +284,8 @@ def _add(b: _Lifter, node: Any, a: dict[str, Any]) -> fx.Node:
             m.bias = nn.Parameter(torch.from_numpy(np.array(y, np.float32)))  # MatMul + Add = a linear
         b.biasless.discard(x.name)
         return x
+    if isinstance(x, fx.Node) and isinstance(y, np.ndarray) and node.name.endswith(":half_up"):
+        return x  # tilesparse's export: half a step added before a Q, so ONNX's rounding is the reference's
     return b.call(node, operator.add, b.tensor(node.input[0], node), b.tensor(node.input[1], node))
 
 
@@ -353,10 +389,154 @@ def _constant(b: _Lifter, node: Any, a: dict[str, Any]) -> np.ndarray:
     return numpy_helper.to_array(a["value"])
 
 
+def _keeps_exponent(gm: fx.GraphModule, fn: fx.Node) -> bool:
+    """Ops whose output keeps the input's exponent in ``quant.plan_exponents``."""
+    if fn.op == "call_module":
+        return isinstance(gm.get_submodule(str(fn.target)), (nn.ReLU, nn.ReLU6, nn.MaxPool2d, nn.Flatten))
+    return fn.op == "call_function" and fn.target in (torch.relu, F.hardtanh, F.max_pool2d, torch.flatten)
+
+
+def _pow2(b: _Lifter, node: Any, scale: np.ndarray, value: str) -> int | None:
+    """The exponent e of a scale 2**e (one per tensor); None, with a note, for any other scale."""
+    s = np.ravel(np.asarray(scale, np.float64))
+    if s.size == 0 or np.any(s <= 0) or not np.all(np.isfinite(s)):
+        raise UnsupportedOpError(f"{b.name}: node {node.name!r} ({node.op_type}): scale {s.tolist()} is not positive")
+    e = np.rint(np.log2(s)).astype(np.int64)
+    if np.array_equal(np.ldexp(1.0, e), s) and len(set(e.tolist())) == 1:
+        return int(e[0])
+    worst = int(np.argmax(np.abs(np.log2(s) - e)))
+    b.requantized.append(f"{value!r} scale {s[worst]:.6g} (nearest 2**{int(e[worst])})"
+                         + (f" and {s.size - 1} other channels" if s.size > 1 else ""))
+    return None
+
+
+def _zero_point(b: _Lifter, node: Any, i: int) -> None:
+    zp = b.const(node, i, optional=True)
+    if zp is not None and np.any(np.asarray(zp) != 0):
+        raise UnsupportedOpError(f"{b.name}: node {node.name!r} ({node.op_type}): zero point "
+                                 f"{np.ravel(zp)[:4].tolist()}; the IR's int8 is symmetric (zero point 0)")
+
+
+def _per_axis(v: np.ndarray, scale: np.ndarray, axis: int) -> np.ndarray:
+    s = np.asarray(scale, np.float64)
+    if s.ndim == 1 and s.size > 1:
+        shape = [1] * v.ndim
+        shape[axis % v.ndim] = s.size
+        s = s.reshape(shape)
+    return s
+
+
+def _quantize_linear(b: _Lifter, node: Any, a: dict[str, Any]) -> fx.Node | np.ndarray:
+    """Q of an activation: in the float module, the value itself; its exponent (a power-of-two scale)
+    is kept for the quantizer, the first Q of a value being its own (a later one re-quantizes an
+    operand). Q of a constant: the int8 codes."""
+    scale = b.const(node, 1)
+    assert scale is not None
+    _zero_point(b, node, 2)
+    v = b.env.get(node.input[0])
+    if isinstance(v, np.ndarray):
+        return np.clip(np.rint(v / _per_axis(v, scale, int(a.get("axis", 1)))), -128, 127).astype(np.int8)
+    x = b.tensor(node.input[0], node)
+    e = _pow2(b, node, scale, node.input[0])
+    if e is not None:
+        b.exponents.setdefault(x.name, e)
+    return x
+
+
+def _dequantize_linear(b: _Lifter, node: Any, a: dict[str, Any]) -> fx.Node | np.ndarray:
+    """DQ of an initializer (a weight, a bias): its real values (the pruned zeros stay zeros, so masks
+    come from them); DQ of a Q'd activation: the value itself."""
+    v = b.env.get(node.input[0])
+    if not isinstance(v, np.ndarray):
+        return b.tensor(node.input[0], node)
+    scale = b.const(node, 1)
+    assert scale is not None
+    _zero_point(b, node, 2)
+    _pow2(b, node, scale, node.input[0])
+    b.weight_of[node.output[0]] = node.input[0]
+    return (np.asarray(v, np.float64) * _per_axis(v, scale, int(a.get("axis", 1)))).astype(np.float32)
+
+
+def _qlinear_conv(b: _Lifter, node: Any, a: dict[str, Any]) -> fx.Node:
+    """QLinearConv(x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp, B): the float conv of the
+    dequantized weight and bias (B at x_scale · w_scale), its output at y_scale."""
+    xs, ws, ys, w = (b.const(node, i) for i in (1, 4, 6, 3))
+    assert xs is not None and ws is not None and ys is not None and w is not None
+    for i in (2, 5, 7):
+        _zero_point(b, node, i)
+    _pow2(b, node, ws, node.input[4])
+    wf = (np.asarray(w, np.float64) * _per_axis(w, ws, 0)).astype(np.float32)
+    q = b.const(node, 8, optional=True)
+    bias = None if q is None else (np.asarray(q, np.float64) * float(np.ravel(xs)[0]) * np.ravel(ws)).astype(np.float32)
+    if wf.ndim != 4:
+        raise UnsupportedOpError(f"{b.name}: node {node.name!r} (QLinearConv): {wf.ndim - 2}-D convolution; only 2-D")
+    groups = int(a.get("group", 1))
+    m = nn.Conv2d(wf.shape[1] * groups, wf.shape[0], tuple(wf.shape[2:]), stride=tuple(a.get("strides", (1, 1))),
+                  padding=_pads(node, a), dilation=tuple(a.get("dilations", (1, 1))), groups=groups,
+                  bias=bias is not None)
+    out = b.module(node, _load(m, wf, bias), node.input[3])
+    e = _pow2(b, node, ys, node.output[0])
+    if e is not None:
+        b.exponents.setdefault(out.name, e)
+    return out
+
+
+def _sigmoid(b: _Lifter, node: Any, a: dict[str, Any]) -> fx.Node:
+    return b.call(node, torch.sigmoid, b.tensor(node.input[0], node), module=nn.Sigmoid())
+
+
+def _hard(node: Any, a: dict[str, Any], where: str) -> None:
+    """ONNX's HardSigmoid is max(0, min(1, alpha·x + beta)) with alpha 0.2 by default; torch's (and the
+    lookup table's) is relu6(x + 3) / 6: alpha 1/6, beta 0.5, what torch.onnx.export writes."""
+    alpha, beta = float(a.get("alpha", 0.2)), float(a.get("beta", 0.5))
+    if not (math.isclose(alpha, 1 / 6, rel_tol=1e-6) and math.isclose(beta, 0.5, rel_tol=1e-6)):
+        raise UnsupportedOpError(f"{where}: node {node.name!r} (HardSigmoid) alpha={alpha:g}, beta={beta:g}; only "
+                                 "torch's hardsigmoid (alpha=1/6, beta=0.5) is a lookup table in the IR")
+
+
+def _hardsigmoid(b: _Lifter, node: Any, a: dict[str, Any]) -> fx.Node:
+    _hard(node, a, b.name)
+    return b.call(node, F.hardsigmoid, b.tensor(node.input[0], node), module=nn.Hardsigmoid())
+
+
+def _hardswish(b: _Lifter, node: Any, a: dict[str, Any]) -> fx.Node:
+    return b.call(node, F.hardswish, b.tensor(node.input[0], node), module=nn.Hardswish())
+
+
+def _is_sigmoid(b: _Lifter, n: fx.Node) -> bool:
+    if n.op == "call_module":
+        return isinstance(b.root.get_submodule(str(n.target)), nn.Sigmoid)
+    return n.op == "call_function" and n.target is torch.sigmoid
+
+
+def _mul(b: _Lifter, node: Any, a: dict[str, Any]) -> fx.Node:
+    """``x * sigmoid(x)``, how torch.onnx.export writes SiLU (ONNX has no such op before opset 24), is
+    the SiLU lookup table; any other Mul (squeeze-excitation's broadcast multiply) is not in the IR yet."""
+    x, y = (b.env.get(v) for v in node.input[:2])
+    for s, other, v in ((y, x, node.input[1]), (x, y, node.input[0])):
+        if isinstance(s, fx.Node) and isinstance(other, fx.Node) and _is_sigmoid(b, s) and s.args[0] is other \
+                and b.readers.get(v) == 1 and len(s.users) == 0:
+            target = str(s.target) if s.op == "call_module" else None
+            b.graph.erase_node(s)
+            if target is not None:  # the SiLU module takes its name
+                parent, _, leaf = target.rpartition(".")
+                delattr(b.root.get_submodule(parent), leaf)
+            return b.call(node, F.silu, other, module=nn.SiLU())
+    raise UnsupportedOpError(f"{b.name}: unsupported ONNX op Mul at node {node.name!r}: only x * Sigmoid(x) "
+                             "(SiLU); an element-wise or broadcast multiply is not in the IR yet")
+
+
+def _transpose(b: _Lifter, node: Any, a: dict[str, Any]) -> fx.Node:
+    raise UnsupportedOpError(f"{b.name}: unsupported ONNX op Transpose at node {node.name!r} (perm "
+                             f"{list(a.get('perm', []))}): a transpose or channel shuffle is not in the IR yet")
+
+
 ONNX_OPS: dict[str, Callable[[_Lifter, Any, dict[str, Any]], Any]] = {
     "Conv": _conv, "Gemm": _gemm, "MatMul": _matmul, "Add": _add, "BatchNormalization": _batchnorm,
     "Relu": lambda b, n, a: b.call(n, torch.relu, b.tensor(n.input[0], n), module=nn.ReLU()), "Clip": _clip,
     "MaxPool": _maxpool, "AveragePool": _avgpool, "GlobalAveragePool": _global_avgpool, "ReduceMean": _reduce_mean,
     "Concat": _concat, "Flatten": _flatten, "Reshape": _reshape, "Identity": _identity, "Dropout": _identity,
-    "Constant": _constant,
+    "Constant": _constant, "Sigmoid": _sigmoid, "HardSigmoid": _hardsigmoid, "HardSwish": _hardswish,
+    "Mul": _mul, "Transpose": _transpose, "QuantizeLinear": _quantize_linear,
+    "DequantizeLinear": _dequantize_linear, "QLinearConv": _qlinear_conv,
 }

@@ -73,7 +73,7 @@ def calibrate(g: Graph, calib_inputs: Sequence[np.ndarray | torch.Tensor]) -> di
     return stats
 
 
-def plan_exponents(g: Graph, stats: Mapping[str, float]) -> dict[str, int]:
+def plan_exponents(g: Graph, stats: Mapping[str, float], given: Mapping[str, int] | None = None) -> dict[str, int]:
     """One power-of-two exponent per node output.
 
     Inputs, convs, adds and lookup tables take their own calibrated exponent (a table maps to any
@@ -83,10 +83,18 @@ def plan_exponents(g: Graph, stats: Mapping[str, float]) -> dict[str, int]:
     nothing about the range, and taking it would round every other operand to that coarse step),
     and each operand that can requantize and is read only by the concat is moved to that exponent
     so it can write straight into its slice (outer concats first, so nested concats agree).
+
+    ``given``: exponents fixed in advance (an imported QDQ model's power-of-two scales), used as
+    they are for the inputs, convs, adds, tables and concats they name; other names are ignored.
     """
+    ops = {n.name: n.op for n in g}
+    given = {k: int(v) for k, v in (given or {}).items()
+             if ops.get(k) in (Op.INPUT, Op.CONV2D, Op.ADD, Op.LINEAR, Op.LUT, Op.CONCAT)}
     exps: dict[str, int] = {}
     for n in g:
-        if n.op in (Op.INPUT, Op.CONV2D, Op.ADD, Op.LINEAR, Op.LUT):
+        if n.name in given:
+            exps[n.name] = given[n.name]
+        elif n.op in (Op.INPUT, Op.CONV2D, Op.ADD, Op.LINEAR, Op.LUT):
             exps[n.name] = R.pow2_exponent(stats[n.name])
         elif n.op is Op.CONCAT:
             live = [exps[i] for i in n.inputs if stats.get(i, 1.0) > 0]
@@ -99,16 +107,18 @@ def plan_exponents(g: Graph, stats: Mapping[str, float]) -> dict[str, int]:
             readers[i] = readers.get(i, 0) + 1
     for cat in reversed(g.of(Op.CONCAT)):
         for i in cat.inputs:
-            if g.node(i).op in _REQUANTIZING and readers[i] == 1:
+            if g.node(i).op in _REQUANTIZING and readers[i] == 1 and i not in given:
                 exps[i] = exps[cat.name]
     return exps
 
 
 def quantize(
     g: Graph, calib_inputs: Sequence[np.ndarray | torch.Tensor], per_channel: bool = False,
-    sdq: SDQConfig | Sequence[SDQConfig] | None = None,
+    sdq: SDQConfig | Sequence[SDQConfig] | None = None, exponents: Mapping[str, int] | None = None,
 ) -> Graph:
     """Quantize a lowered graph (no batch-norm or linear left) to int8; see the module doc.
+
+    ``exponents``: node name -> output exponent fixed in advance (:func:`plan_exponents`' ``given``).
 
     ``sdq``: the layers to store as SDQ parts (a structured-sparse int8 part plus a dense int4
     part by default), computed exactly by ``IntegerReference``; None: none.
@@ -117,7 +127,7 @@ def quantize(
     if left:
         raise QuantizationError(f"graph {g.name}: run passes.lower first; still has {left[:3]}")
     chosen = select_sdq_layers(g, sdq)
-    exps = plan_exponents(g, calibrate(g, calib_inputs))
+    exps = plan_exponents(g, calibrate(g, calib_inputs), exponents)
     params = dict(g.params)
     nodes = []
     for n in g:
