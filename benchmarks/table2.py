@@ -45,6 +45,9 @@ def checks(cells: list[Cell], wall_s: float) -> list[str]:
           if c.paper_ms and c.compare_ms > c.paper_ms])
     line("estimate ≥ lower bound (sanity: the bound is a bound)",
          [f"{c.network} {c.array} {c.mode} {c.ratio:.3f}x" for c in ok if c.ratio < 1 - 1e-9])
+    line("estimate ≥ network bound (each resource's work summed over the network)",
+         [f"{c.network} {c.array} {c.mode} {c.net_ratio:.3f}x" for c in ok
+          if c.net_ratio is not None and c.net_ratio < 1 - 1e-9])
     line(f"estimate within {RATIO_TARGET}x of the lower bound",
          [f"{c.network} {c.array} {c.mode} {c.ratio:.2f}x (halting floor {c.floor_ms / c.bound_ms:.2f}x)"
           for c in ok if c.ratio > RATIO_TARGET])

@@ -77,3 +77,18 @@ def test_estimate_never_below_network_bound(index):
     assert s.net_bound_ms > 0
     assert s.net_bound_ms <= s.bound_ms * (1 + 1e-9), case
     assert s.estimate_ms >= s.net_bound_ms * (1 - 1e-9), case
+
+
+def test_prefetch_bound_by_hand():
+    """With DDR weights free to move to earlier layers, a layer keeps its other terms; the weight
+    channel carries all weights."""
+    from tilesparse.estimate.bounds import prefetch_bound
+
+    p = compile_graph(small_graph(), "2x2")
+    bounds = program_bounds(p)
+    want = max(sum(max(b.compute_s, b.memtile_s, b.ddr_act_s) for b in bounds),
+               sum(r.packed_weight_bytes + r.bias_bytes for r in p.layers) / (2 * 4e9))
+    assert prefetch_bound(bounds) == pytest.approx(want)
+    # the DDR term split in two: weights, graph input / output
+    assert all(b.ddr_s == pytest.approx(max(b.ddr_weight_s, b.ddr_act_s)) for b in bounds)
+    assert network_bound(p).bound_s <= prefetch_bound(bounds) <= sum(b.bound_s for b in bounds) * (1 + 1e-12)
