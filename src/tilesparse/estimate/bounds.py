@@ -157,14 +157,17 @@ class NetworkBound:
 
 def spill_lower_bytes(program: Program) -> int:
     """Activation bytes that must go to DDR under rule 7: at each boundary between layers k and k+1,
-    the buffers written at or before k and read after it (graph inputs and outputs live in DDR
+    the buffers completely written at or before k and read after it (graph inputs and outputs live in DDR
     anyway) beyond every MemTile and every core's data memory; the largest over the boundaries."""
     hw = program.hw
     on_chip = hw.cols * hw.memtile.bytes + hw.n_cores * hw.core.data_memory_bytes
+    written: dict[str, int] = {}  # a buffer's last writer (a concat's parts come from several layers)
+    for li, rec in enumerate(program.layers):
+        written[rec.output.buffer] = li
     live = np.zeros(max(len(program.layers) - 1, 0), np.int64)
-    for b in program.buffers.values():
-        start, end = b["live"]
-        if not b.get("graph_io") and end > start:
+    for name, b in program.buffers.items():
+        start, end = max(b["live"][0], written.get(name, -1)), b["live"][1]
+        if not b.get("graph_io") and end > start:  # held in full from its last writer on
             live[start:end] += int(b["nbytes"])
     return int(max(0, live.max(initial=0) - on_chip))
 
