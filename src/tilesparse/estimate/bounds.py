@@ -16,18 +16,18 @@ The per-layer bounds summed over the network give the *per-layer bound sum*: wha
 after another (time-model rule 7) can reach at best if every layer hit its own bound.
 
 **Network bound** (``network_bound``): the largest, over each resource, of the work summed over the
-whole network — compute at peak; the DDR weight channels (packed weights), the DDR activation
-read channels (graph input), the DDR write channels (graph output and spills); the MemTile→core
-row channels (weights), column channels (inputs) and core→MemTile column channels (outputs). A
-schedule that never lets one resource idle while another works would still need that long, so it
-is at most the per-layer bound sum (each term summed is at most the sum of the per-layer maxima)
-and it shows how far any layer-by-layer schedule is from the machine's limit. **MemTile
-capacity**: between two layers every activation buffer produced before and read after the
-boundary is stored in full somewhere; what exceeds all on-chip memory (every MemTile and every
-core's data memory) at the worst boundary must have been written to DDR at least once. Those
-bytes are added to the DDR write channels (only there: a reader may touch a part of a buffer,
-a strided 1×1 conv a quarter). Valid for schedules that finish a layer before the next starts
-(rule 7); a depth-first (fused) schedule would keep tiles of a live tensor only in part.
+whole network — compute at peak; the DDR weight channels (packed weights), the DDR activation read
+channels (graph input), the DDR write channels (graph output and spills); the MemTile→core row
+channels (weights), column channels (inputs) and core→MemTile column channels (outputs). A schedule
+that never lets one resource idle while another works would still need that long, so it is at most
+the per-layer bound sum (each term summed is at most the sum of the per-layer maxima) and it shows
+how far any layer-by-layer schedule is from the machine's limit. **MemTile capacity**: between two
+layers every activation buffer completely written before (by its last writer: a concat has several)
+and read after the boundary is stored in full somewhere; what exceeds all on-chip memory (every
+MemTile and every core's data memory) at the worst boundary must have been written to DDR at least
+once. Those bytes are added to the DDR write channels (only there: a reader may touch a part of a
+buffer, a strided 1×1 conv a quarter). Valid for schedules that finish a layer before the next
+starts (rule 7); a depth-first (fused) schedule would keep tiles of a live tensor only in part.
 
 The *roofline* of a layer is max(compute, DDR): how far it is from the machine's balance.
 
