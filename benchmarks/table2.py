@@ -123,7 +123,10 @@ def main() -> None:
            f"Weights % = packed (bitmap + kept blocks) / dense int8 bytes. Our numbers cover the whole "
            f"network; VGG16 (124 M-parameter classifier included) also shows its conv part '(conv …)', "
            f"which is what is held against the paper's VGG16 numbers (they appear to cover the "
-           f"convolutions only); the speedup/bound columns are whole-network.\n\n## Targets\n\n"
+           f"convolutions only); the speedup/bound columns are whole-network. 'dense / net bound', "
+           f"'sparse / net bound' = the estimate over the network bound (the largest, over each resource, "
+           f"of its work summed over the network, MemTile capacity included; docs/time-model.md)."
+           f"\n\n## Targets\n\n"
            + "\n".join(checks(cells, wall)) + "\n\n## Cells\n\n")
     for p in write_table(cells, RESULTS, stem, pre):
         print("wrote", p)
