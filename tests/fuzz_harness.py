@@ -256,3 +256,5 @@ def _estimate(prog) -> None:
     low = [r["layer"] for r in rows if r["time_us"] < r["bound_us"] * (1 - BOUND_SLACK)]
     if low:
         raise Failure("estimate below its lower bound", f"layers {low}")
+    if s.estimate_ms < s.net_bound_ms * (1 - BOUND_SLACK):
+        raise Failure("estimate below the network bound", f"{s.estimate_ms} < {s.net_bound_ms} ms ({s.net_limiter})")

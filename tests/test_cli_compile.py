@@ -37,6 +37,7 @@ def test_compile_then_estimate(tmp_path):
     assert "lower bound" in r.output and "<svg" in (tmp_path / "t.html").read_text()
     data = json.loads((tmp_path / "e.json").read_text())
     assert data["estimate_ms"] >= data["bound_ms"] > 0 and len(data["layers"]) == len(prog.layers)
+    assert data["bound_ms"] >= data["network_bound_ms"] > 0 and "network bound" in r.output
     r = runner.invoke(app, ["estimate", str(out), "--timeline", str(tmp_path / "t.png")])
     assert r.exit_code == 0 and (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -69,6 +70,8 @@ def test_explore_writes_table(tmp_path):
     md = (tmp_path / "table2.md").read_text()
     assert "| tiny_cli_cnn | 2x2 |" in md and "| tiny_cli_cnn | 2x1 |" in md
     assert (tmp_path / "table2.csv").is_file() and (tmp_path / "table2.png").is_file()
+    assert "sparse / net bound" in md
+    assert all(c["estimate_ms"] >= c["net_bound_ms"] > 0 for c in cells)
 
 
 def test_explore_times_repeated_cold_compiles():

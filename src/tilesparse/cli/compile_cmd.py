@@ -192,7 +192,8 @@ def estimate_verb(
     top: Annotated[int, typer.Option(help="Rows of the per-layer table (slowest first; 0 = all).", min=0)] = 25,
 ) -> None:
     """Per-layer and total latency of a program (or a model compiled on the fly, timing only), with
-    the lower bound and roofline beside every layer.
+    the lower bound and roofline beside every layer, and the network bound (each resource's work
+    summed over the network).
 
     Examples:
 
@@ -228,13 +229,16 @@ def estimate_verb(
     con.print(t)
     con.print(f"total {s.estimate_ms:.3f} ms, lower bound {s.bound_ms:.3f} ms ({s.ratio:.2f}x), compute at "
               f"peak {s.compute_ms:.3f} ms; weights {100 * s.weight_fraction:.1f} % of dense")
+    con.print(f"network bound {s.net_bound_ms:.3f} ms ({s.net_ratio:.2f}x; limited by {s.net_limiter}): "
+              f"each resource's work summed over the network")
     if timeline is not None:
         from tilesparse.estimate.timeline import write_timeline
 
         write_timeline(prog, pt, timeline)
         con.print(f"timeline: {timeline}")
     write_json(json_out, {"graph": prog.graph, "array": prog.hw.label, "estimate_ms": s.estimate_ms,
-                          "bound_ms": s.bound_ms, "layers": rows})
+                          "bound_ms": s.bound_ms, "network_bound_ms": s.net_bound_ms,
+                          "network_limiter": s.net_limiter, "layers": rows})
 
 
 def explore_verb(

@@ -12,7 +12,23 @@ Per layer, the largest of
   layer reads must reach a core (a strided 1×1 conv reads only the sampled positions) and every
   output byte must leave one (column channels), in parallel.
 
-The network bound is the sum over layers (layers run one after another in the time model).
+The per-layer bounds summed over the network give the *per-layer bound sum*: what layers run one
+after another (time-model rule 7) can reach at best if every layer hit its own bound.
+
+**Network bound** (``network_bound``): the largest, over each resource, of the work summed over the
+whole network — compute at peak; the DDR weight channels (packed weights), the DDR activation read
+channels (graph input), the DDR write channels (graph output and spills); the MemTile→core row
+channels (weights), column channels (inputs) and core→MemTile column channels (outputs). A schedule
+that never lets one resource idle while another works would still need that long, so it is at most
+the per-layer bound sum (each term summed is at most the sum of the per-layer maxima) and it shows
+how far any layer-by-layer schedule is from the machine's limit. **MemTile capacity**: between two
+layers every activation buffer completely written before (by its last writer: a concat has several)
+and read after the boundary is stored in full somewhere; what exceeds all on-chip memory (every
+MemTile and every core's data memory) at the worst boundary must have been written to DDR at least
+once. Those bytes are added to the DDR write channels (only there: a reader may touch a part of a
+buffer, a strided 1×1 conv a quarter). Valid for schedules that finish a layer before the next
+starts (rule 7); a depth-first (fused) schedule would keep tiles of a live tensor only in part.
+
 The *roofline* of a layer is max(compute, DDR): how far it is from the machine's balance.
 
 Beside the bound, a diagnostic **halting floor** (``floor_s``): under time-model rule 5 a core
@@ -36,7 +52,7 @@ from tilesparse.program import LayerGeometry, LayerRecord, Program
 from tilesparse.program.sparse_format import MASKED
 from tilesparse.timing import peak_macs_per_cycle
 
-__all__ = ["LayerBound", "layer_bound", "program_bounds"]
+__all__ = ["LayerBound", "NetworkBound", "layer_bound", "network_bound", "prefetch_bound", "program_bounds"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +62,13 @@ class LayerBound:
     ddr_s: float
     memtile_s: float
     weight_stall_s: float = 0.0  # the least LOADWM stall (weights over the row channels)
+    ddr_weight_s: float = 0.0  # the DDR term's weights part
+    ddr_act_s: float = 0.0  # the DDR term's graph input / output part
+
+    @property
+    def prefetched_s(self) -> float:
+        """The bound with the layer's DDR weights moved earlier (``prefetch_bound``)."""
+        return max(self.compute_s, self.ddr_act_s, self.memtile_s)
 
     @property
     def floor_s(self) -> float:
@@ -77,24 +100,31 @@ def _touched(g: LayerGeometry, axis: int) -> int:
     return int(np.unique(taps[(taps >= 0) & (taps < size)]).size)
 
 
-def layer_bound(rec: LayerRecord, buffers: dict, hw: ArrayConfig) -> LayerBound:
-    """The bound of one ``LayerRecord`` of a program (``buffers``: the program's buffer table)."""
+def _layer_bytes(rec: LayerRecord, buffers: dict) -> tuple[int, int, int, int, int]:
+    """(weight bytes, input bytes read, of them from the graph input, output bytes, of them to the
+    graph output) of one layer."""
     g = rec.geometry
-    links = hw.links
     weights = rec.packed_weight_bytes + rec.bias_bytes
     out_bytes = g.co * g.ho * g.wo
     # a fused residual add reads an output-shaped second operand
     in_one = g.ci * (g.hi * g.wi if rec.kind == "flatten" else _touched(g, 0) * _touched(g, 1))
     sizes = [in_one] * (len(rec.inputs) - bool(rec.residual)) + [out_bytes] * bool(rec.residual)
-    in_bytes = sum(sizes)
     in_io = sum(n for n, i in zip(sizes, rec.inputs, strict=True) if buffers[i.buffer].get("graph_io"))
     out_io = out_bytes if buffers[rec.output.buffer].get("graph_io") else 0
+    return weights, sum(sizes), in_io, out_bytes, out_io
+
+
+def layer_bound(rec: LayerRecord, buffers: dict, hw: ArrayConfig) -> LayerBound:
+    """The bound of one ``LayerRecord`` of a program (``buffers``: the program's buffer table)."""
+    links = hw.links
+    weights, in_bytes, in_io, out_bytes, out_io = _layer_bytes(rec, buffers)
     col_in = hw.cols * links.ddr_to_memtile_bytes_per_s
     ddr = max(weights / col_in, in_io / col_in, out_io / (hw.cols * links.memtile_to_ddr_bytes_per_s))
     mt = links.memtile_to_core_bytes_per_s
     stall = weights / (hw.rows * mt)
     memtile = max(stall, in_bytes / (hw.cols * mt), out_bytes / (hw.cols * mt))
-    return LayerBound(rec.name, rec.kept_macs / _peak_ops_per_s(rec, hw), ddr, memtile, stall)
+    act = max(in_io / col_in, out_io / (hw.cols * links.memtile_to_ddr_bytes_per_s))
+    return LayerBound(rec.name, rec.kept_macs / _peak_ops_per_s(rec, hw), ddr, memtile, stall, weights / col_in, act)
 
 
 def _peak_ops_per_s(rec: LayerRecord, hw: ArrayConfig) -> float:
@@ -107,3 +137,69 @@ def _peak_ops_per_s(rec: LayerRecord, hw: ArrayConfig) -> float:
 
 def program_bounds(program: Program) -> list[LayerBound]:
     return [layer_bound(r, program.buffers, program.hw) for r in program.layers]
+
+
+@dataclass(frozen=True)
+class NetworkBound:
+    """Seconds of work summed over the network on each resource (module doc, "Network bound")."""
+
+    resources: dict[str, float]
+    spill_bytes: int  # activation bytes that cannot stay on chip at the worst layer boundary
+
+    @property
+    def bound_s(self) -> float:
+        return max(self.resources.values(), default=0.0)
+
+    @property
+    def limiter(self) -> str:
+        return max(self.resources.items(), key=lambda kv: kv[1])[0] if self.resources else "-"
+
+
+def spill_lower_bytes(program: Program) -> int:
+    """Activation bytes that must go to DDR under rule 7: at each boundary between layers k and k+1,
+    the buffers completely written at or before k and read after it (graph inputs and outputs live in DDR
+    anyway) beyond every MemTile and every core's data memory; the largest over the boundaries."""
+    hw = program.hw
+    on_chip = hw.cols * hw.memtile.bytes + hw.n_cores * hw.core.data_memory_bytes
+    written: dict[str, int] = {}  # a buffer's last writer (a concat's parts come from several layers)
+    for li, rec in enumerate(program.layers):
+        written[rec.output.buffer] = li
+    live = np.zeros(max(len(program.layers) - 1, 0), np.int64)
+    for name, b in program.buffers.items():
+        start, end = max(b["live"][0], written.get(name, -1)), b["live"][1]
+        if not b.get("graph_io") and end > start:  # held in full from its last writer on
+            live[start:end] += int(b["nbytes"])
+    return int(max(0, live.max(initial=0) - on_chip))
+
+
+def network_bound(program: Program, bounds: list[LayerBound] | None = None) -> NetworkBound:
+    """The network bound of a compiled program (module doc): the largest per-resource sum."""
+    hw, links = program.hw, program.hw.links
+    col_in = hw.cols * links.ddr_to_memtile_bytes_per_s
+    col_out = hw.cols * links.memtile_to_ddr_bytes_per_s
+    mt = links.memtile_to_core_bytes_per_s
+    bounds = bounds if bounds is not None else program_bounds(program)
+    w = in_io = out_io = in_mt = out_mt = 0
+    for rec in program.layers:
+        weights, in_bytes, in_graph, out_bytes, out_graph = _layer_bytes(rec, program.buffers)
+        w += weights
+        in_io += in_graph
+        out_io += out_graph
+        in_mt += in_bytes
+        out_mt += out_bytes
+    spill = spill_lower_bytes(program)
+    res = {"compute": sum(b.compute_s for b in bounds),
+           "ddr weights": w / col_in, "ddr activations in": in_io / col_in,
+           "ddr write": (out_io + spill) / col_out,
+           "memtile->core weights": w / (hw.rows * mt),
+           "memtile->core activations": in_mt / (hw.cols * mt),
+           "core->memtile activations": out_mt / (hw.cols * mt)}
+    return NetworkBound(res, spill)
+
+
+def prefetch_bound(bounds: list[LayerBound]) -> float:
+    """Seconds no schedule that keeps rule 7 for everything but the DDR weight channel can beat: a
+    layer's DDR weights may arrive during earlier layers (cross-layer weight prefetch, MemTile
+    capacity ignored), so a layer is bounded by its other terms only, and the weight channel by
+    all weights: ``max(Σ max(compute, DDR activations, MemTile↔core), Σ DDR weights)``."""
+    return max(sum(b.prefetched_s for b in bounds), sum(b.ddr_weight_s for b in bounds), 0.0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tilesparse.estimate.bounds import program_bounds
+from tilesparse.estimate.bounds import network_bound, program_bounds
 from tilesparse.estimate.timemodel import ProgramTime, estimate_program
 from tilesparse.program import Program
 
@@ -20,10 +20,16 @@ class Summary:
     dense_weight_bytes: int
     packed_weight_bytes: int  # bitmap + kept blocks (bias excluded, it is the same dense or sparse)
     bias_bytes: int
+    net_bound_ms: float = 0.0  # the network bound (bounds.py): the largest per-resource sum
+    net_limiter: str = "-"  # its resource
 
     @property
     def ratio(self) -> float:
         return self.estimate_ms / self.bound_ms if self.bound_ms else float("nan")
+
+    @property
+    def net_ratio(self) -> float:
+        return self.estimate_ms / self.net_bound_ms if self.net_bound_ms else float("nan")
 
     @property
     def weight_fraction(self) -> float:
@@ -33,11 +39,12 @@ class Summary:
 def summarize(program: Program, ptime: ProgramTime | None = None) -> Summary:
     ptime = ptime or estimate_program(program)
     bounds = program_bounds(program)
+    net = network_bound(program, bounds)
     return Summary(ptime.total_s * 1e3, sum(b.bound_s for b in bounds) * 1e3,
                    sum(b.compute_s for b in bounds) * 1e3, sum(b.floor_s for b in bounds) * 1e3,
                    sum(r.dense_weight_bytes for r in program.layers),
                    sum(r.packed_weight_bytes for r in program.layers),
-                   sum(r.bias_bytes for r in program.layers))
+                   sum(r.bias_bytes for r in program.layers), net.bound_s * 1e3, net.limiter)
 
 
 def layer_rows(program: Program, ptime: ProgramTime | None = None) -> list[dict]:

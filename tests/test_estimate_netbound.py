@@ -1,0 +1,94 @@
+"""The network bound (estimate/bounds.py): each resource's work summed over the network, by hand, with
+the MemTile capacity, and never above the estimate (random small networks and arrays)."""
+
+import numpy as np
+import pytest
+import yaml
+from compiler_helpers import conv_node, small_graph
+
+from tilesparse.compiler.pipeline import compile_graph
+from tilesparse.estimate.bounds import network_bound, program_bounds, spill_lower_bytes
+from tilesparse.estimate.report import summarize
+from tilesparse.estimate.timemodel import estimate_program
+from tilesparse.ir.graph import Graph, Node, Op, TensorType
+
+
+def test_network_bound_by_hand():
+    p = compile_graph(small_graph(), "2x2")
+    nb = network_bound(p)
+    bounds = program_bounds(p)
+    w = sum(r.packed_weight_bytes + r.bias_bytes for r in p.layers)
+    assert nb.resources["ddr weights"] == pytest.approx(w / (2 * 4e9))
+    assert nb.resources["memtile->core weights"] == pytest.approx(w / (2 * 4e9))
+    assert nb.resources["compute"] == pytest.approx(sum(b.compute_s for b in bounds))
+    # the graph input (16x12x12) is read by c1 and by the residual add fused into c2; the output is fc's 10 B
+    assert nb.resources["ddr activations in"] == pytest.approx(2 * 16 * 144 / (2 * 4e9))
+    assert nb.resources["ddr write"] == pytest.approx(10 / (2 * 8e9))
+    assert nb.spill_bytes == 0
+    assert nb.bound_s == max(nb.resources.values()) and nb.limiter in nb.resources
+    # each resource summed is at most the sum of the per-layer maxima, which the estimate never beats
+    s = summarize(p)
+    assert s.net_bound_ms <= s.bound_ms * (1 + 1e-12) <= s.estimate_ms * (1 + 1e-12)
+    assert s.net_bound_ms == pytest.approx(nb.bound_s * 1e3) and s.net_ratio >= 1
+
+
+def _wide_graph() -> Graph:
+    """x (8x64x64) -> c1 (32 ch, 128 KiB) -> c2 (8 ch) -> output: c1's output must stay somewhere."""
+    rng = np.random.default_rng(1)
+    params: dict[str, np.ndarray] = {}
+    nodes = [Node("x", Op.INPUT, (), TensorType((1, 8, 64, 64), "int8", -4))]
+    n1, _ = conv_node("c1", "x", 8, 32, 64, 64, 1, rng=rng, params=params)
+    n2, _ = conv_node("c2", "c1", 32, 8, 64, 64, 1, rng=rng, params=params)
+    return Graph(tuple(nodes + [n1, n2, Node("out", Op.OUTPUT, ("c2",), n2.out)]), params, "wide")
+
+
+def test_memtile_capacity_forces_ddr_writes(tmp_path):
+    hw = tmp_path / "small.yaml"
+    hw.write_text(yaml.safe_dump({"name": "small", "rows": 2, "cols": 2, "memtile": {"bytes": 32768},
+                                  "core": {"data_memory_bytes": 8192, "input_buffer_bytes": 2048,
+                                           "output_buffer_bytes": 2048, "weight_buffer_bytes": 2048}}))
+    p = compile_graph(_wide_graph(), str(hw))
+    on_chip = 2 * 32768 + 4 * 8192
+    assert spill_lower_bytes(p) == 32 * 64 * 64 - on_chip  # c1's output, at the boundary c1 | c2
+    assert "c1" in p.meta["spilled"]  # the compiler spills it too
+    nb = network_bound(p)
+    assert nb.spill_bytes == 32 * 64 * 64 - on_chip
+    assert nb.resources["ddr write"] == pytest.approx((8 * 64 * 64 + nb.spill_bytes) / (2 * 8e9))
+    assert estimate_program(p).total_s >= nb.bound_s
+    # the preset's memories hold it: nothing is forced out
+    assert spill_lower_bytes(compile_graph(_wide_graph(), "2x2")) == 0
+
+
+@pytest.mark.parametrize("index", range(8))
+def test_estimate_never_below_network_bound(index):
+    """Random small networks (tests/fuzz_nets.py: convs, pools, adds, concats, smaller memories) on
+    random arrays: estimate >= network bound, and the network bound <= the per-layer bound sum."""
+    from fuzz_harness import _compile
+    from fuzz_nets import build_module, random_case
+
+    from tilesparse.errors import TilesparseError
+
+    case = random_case(23, index)
+    try:
+        _, p = _compile(case, build_module(case))
+    except TilesparseError:  # a network the compiler rejects (tested elsewhere) has no estimate
+        pytest.skip("not compiled")
+    s = summarize(p)
+    assert s.net_bound_ms > 0
+    assert s.net_bound_ms <= s.bound_ms * (1 + 1e-9), case
+    assert s.estimate_ms >= s.net_bound_ms * (1 - 1e-9), case
+
+
+def test_prefetch_bound_by_hand():
+    """With DDR weights free to move to earlier layers, a layer keeps its other terms; the weight
+    channel carries all weights."""
+    from tilesparse.estimate.bounds import prefetch_bound
+
+    p = compile_graph(small_graph(), "2x2")
+    bounds = program_bounds(p)
+    want = max(sum(max(b.compute_s, b.memtile_s, b.ddr_act_s) for b in bounds),
+               sum(r.packed_weight_bytes + r.bias_bytes for r in p.layers) / (2 * 4e9))
+    assert prefetch_bound(bounds) == pytest.approx(want)
+    # the DDR term split in two: weights, graph input / output
+    assert all(b.ddr_s == pytest.approx(max(b.ddr_weight_s, b.ddr_act_s)) for b in bounds)
+    assert network_bound(p).bound_s <= prefetch_bound(bounds) <= sum(b.bound_s for b in bounds) * (1 + 1e-12)
