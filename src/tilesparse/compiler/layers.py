@@ -19,6 +19,7 @@ import numpy as np
 from tilesparse.errors import UnsupportedOpError
 from tilesparse.ir.graph import Graph, Node, Op
 from tilesparse.program.geometry import WindowRules
+from tilesparse.quant import rounding as R
 
 __all__ = ["LayerSpec", "chw", "copy_spec", "is_compute", "kept_block_mask", "layer_spec"]
 
@@ -45,7 +46,9 @@ class LayerSpec(WindowRules):
 
     ``kind`` is the COMP operation: ``conv``, ``maxpool``, ``avgpool``, ``add``, ``relu``,
     ``relu6``, ``lut`` (an int8 table lookup per element; its table travels as the layer's one
-    weight chunk), ``copy`` (a concat operand copied into its channel slice) or ``flatten``.
+    weight chunk), ``copy`` (a concat operand copied into its channel slice), ``flatten`` or
+    ``adaptive_avgpool`` (an adaptive average pool whose windows are unequal: every tile reads the
+    whole input plane, ``kernel`` is the largest window).
     Window fields follow PyTorch (kernel, stride, padding, dilation per axis); the window rules
     (``window_extent``, ``slides``, ``ci_range``, …) are the program's (``WindowRules``).
     """
@@ -162,6 +165,10 @@ def _window(node: Node) -> dict:
             "padding": tuple(a["padding"]), "dilation": tuple(a.get("dilation", (1, 1)))}
 
 
+def _largest_window(size: int, out: int) -> int:
+    return max(e - s for s, e in R.adaptive_windows(size, out))
+
+
 def layer_spec(node: Node, graph: Graph) -> LayerSpec:
     """The ``LayerSpec`` of a compute node (see module doc); raises naming the node otherwise."""
     if node.op not in _COMPUTE:
@@ -182,12 +189,12 @@ def layer_spec(node: Node, graph: Graph) -> LayerSpec:
         # ceil_mode windows that hang over the edge are clipped by COMP (docs/program.md)
         return LayerSpec(kind=node.op.value, **_window(node), **base)
     if node.op is Op.ADAPTIVE_AVGPOOL:
-        if hi % ho or wi % wo:
-            raise UnsupportedOpError(
-                f"layer {node.name!r}: adaptive average pool {hi}x{wi} -> {ho}x{wo} has unequal "
-                f"windows; only exact divisions are supported")
-        k = (hi // ho, wi // wo)
-        return LayerSpec(kind="avgpool", kernel=k, stride=k, **base)
+        if hi % ho == 0 and wi % wo == 0:  # equal windows: a plain average pool
+            k = (hi // ho, wi // wo)
+            return LayerSpec(kind="avgpool", kernel=k, stride=k, **base)
+        # unequal windows: each tile reads the whole plane; kernel = the largest window (COMP's work)
+        k = (_largest_window(hi, ho), _largest_window(wi, wo))
+        return LayerSpec(kind="adaptive_avgpool", kernel=k, stride=k, **base)
     if node.op in (Op.ADD, Op.RELU, Op.RELU6, Op.LUT):
         return LayerSpec(kind=node.op.value, **base)
     if node.op is Op.FLATTEN:

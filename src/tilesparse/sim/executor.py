@@ -253,6 +253,9 @@ class Executor:
                 div = self._divisors(v)[a:b, c:d].reshape(-1, 1)
                 y = R.avg_round(y, div)
             return y, p * oc_t * v.spec.taps
+        if k == "adaptive_avgpool":  # the whole plane is in the core: each window's exact sum and size
+            y = C.adaptive_pool_tile(xs[0], (v.spec.ho, v.spec.wo), tile)
+            return y, p * oc_t * v.spec.taps
         x = [t.reshape(-1, t.shape[2]).astype(np.int64) for t in xs]
         if k == "add":
             s0, s1 = attrs["input_shifts"]
