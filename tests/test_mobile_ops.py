@@ -1,0 +1,121 @@
+"""Mobile-network ops end to end (issue 21 item 3): adaptive average pooling with unequal windows.
+
+The integer reference divides each window's sum by the window's own size, rounded half up; the
+compiler runs such a pool as COMP kind ``adaptive_avgpool`` (every tile reads the whole input
+plane) and the simulator must match it bit for bit, on 4x4 and 4x2, dense and 50 % 8x8, with the
+time model's bytes, operations and cycles; alexnet at 64x64 (adaptive pool 1x1 -> 6x6) too.
+"""
+
+from __future__ import annotations
+
+import functools
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tilesparse.build import build_graph_from
+from tilesparse.compiler.pipeline import compile_graph
+from tilesparse.models import get_model
+from tilesparse.quant import rounding as R
+from tilesparse.sim import verify
+from tilesparse.sim.compute import adaptive_pool_tile
+
+SHAPE = (1, 3, 10, 10)
+
+
+def test_adaptive_windows_follow_pytorch_rule():
+    """start = floor(i·in/out), end = ceil((i+1)·in/out), by hand for 5 -> 3 and 1 -> 6."""
+    assert R.adaptive_windows(5, 3) == [(0, 2), (1, 4), (3, 5)]
+    assert R.adaptive_windows(1, 6) == [(0, 1)] * 6
+    assert R.adaptive_windows(7, 3) == [(0, 3), (2, 5), (4, 7)]
+
+
+def test_pool_tile_is_the_rounded_exact_mean():
+    """Against PyTorch's float adaptive pool: each output is its exact mean rounded half up."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(-128, 128, (5, 7, 4)).astype(np.int8)
+    got = adaptive_pool_tile(x, (3, 4), (0, 3, 0, 4)).reshape(3, 4, 4)
+    t = torch.from_numpy(x.astype(np.float64)).permute(2, 0, 1)[None]
+    mean = F.adaptive_avg_pool2d(t, (3, 4))[0].permute(1, 2, 0).numpy()
+    assert np.array_equal(got, np.floor(mean + 0.5 + 1e-9).astype(np.int64))
+    # a tile of the grid: rows 1..3, column 2..4 of the same outputs
+    part = adaptive_pool_tile(x, (3, 4), (1, 3, 2, 4)).reshape(2, 2, 4)
+    assert np.array_equal(part, got[1:3, 2:4])
+    # one window by hand: rows [1, 4) x columns [0, 2) of channel 0, divisor 6
+    s = int(x[1:4, 0:2, 0].astype(np.int64).sum())
+    q = Fraction(s, 6) + Fraction(1, 2)
+    assert got[1, 0, 0] == q.numerator // q.denominator
+
+
+class PoolNet(nn.Module):
+    """stride-2 conv to 5x5 -> adaptive pool 5x5 -> 3x3 (windows of 2, 3, 2 rows and columns:
+    divisors 4, 6 and 9) -> conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 16, 3, stride=2, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d((3, 3))
+        self.c2 = nn.Conv2d(16, 16, 1)
+
+    def forward(self, x):
+        return self.c2(self.pool(F.relu(self.c1(x))))
+
+
+@functools.cache
+def _pool_build(sparsity):
+    torch.manual_seed(0)
+    return build_graph_from(PoolNet().eval(), sparsity=sparsity, block=(8, 8), input_shape=SHAPE)
+
+
+def _check(built, array, shape, seed=1):
+    prog = compile_graph(built.graph, array)
+    x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    rep = verify(prog, built.graph, x, module=built.module, progress=False)
+    assert rep.ok and rep.float_check.ok, rep.summary()
+    for acc in rep.sim.accounts:  # the simulator's bytes, operations and cycles are the time model's
+        assert acc.sim_bytes == acc.model_bytes, (acc.name, acc.notes)
+        assert acc.sim_macs == acc.model_macs, (acc.name, acc.notes)
+        assert acc.sim_cycles == acc.model_cycles, (acc.name, acc.notes)
+        assert acc.totals_ok, (acc.name, acc.sim_total, acc.listed_total)
+    return prog
+
+
+@pytest.mark.parametrize("array", ["4x4", "4x2"])
+@pytest.mark.parametrize("sparsity", [None, 0.5])
+def test_unequal_adaptive_pool_bit_exact(sparsity, array):
+    prog = _check(_pool_build(sparsity), array, SHAPE)
+    (rec,) = [r for r in prog.layers if r.kind == "adaptive_avgpool"]
+    g = rec.geometry
+    assert (g.hi, g.wi, g.ho, g.wo) == (5, 5, 3, 3)
+    assert g.kernel == (3, 3)  # the largest window: rows / columns [1, 4) of 5 -> 3
+    assert rec.kept_macs == 16 * 3 * 3 * 9  # channels x outputs x the largest window's taps
+
+
+def test_equal_adaptive_pool_stays_an_avgpool():
+    """Exact divisions keep the plain strided average pool (programs unchanged)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.AdaptiveAvgPool2d((5, 2)))
+    built = build_graph_from(net.eval(), input_shape=SHAPE)
+    prog = compile_graph(built.graph, "4x4")
+    assert [r.kind for r in prog.layers] == ["conv", "avgpool"]
+    assert prog.layers[1].geometry.kernel == (2, 5)
+
+
+@functools.cache
+def _alexnet(sparsity):
+    return build_graph_from(get_model("alexnet", seed=0), sparsity=sparsity, block=(8, 8),
+                            input_shape=(1, 3, 64, 64))
+
+
+# alexnet's classifier (9216 -> 4096 -> 4096) dominates the time: two of the four combinations here,
+# both arrays and both densities; the pool itself runs all four in test_unequal_adaptive_pool_bit_exact
+@pytest.mark.parametrize("sparsity,array", [(None, "4x4"), (0.5, "4x2")])
+def test_alexnet_64px_bit_exact(sparsity, array):
+    """At 64x64 alexnet's features end at 1x1; its adaptive pool to 6x6 repeats that value."""
+    prog = _check(_alexnet(sparsity), array, (1, 3, 64, 64))
+    (rec,) = [r for r in prog.layers if r.kind == "adaptive_avgpool"]
+    assert (rec.geometry.hi, rec.geometry.wi, rec.geometry.ho, rec.geometry.wo) == (1, 1, 6, 6)
