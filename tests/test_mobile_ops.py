@@ -119,3 +119,16 @@ def test_alexnet_64px_bit_exact(sparsity, array):
     prog = _check(_alexnet(sparsity), array, (1, 3, 64, 64))
     (rec,) = [r for r in prog.layers if r.kind == "adaptive_avgpool"]
     assert (rec.geometry.hi, rec.geometry.wi, rec.geometry.ho, rec.geometry.wo) == (1, 1, 6, 6)
+
+
+def test_reciprocal_division_equals_exact_rounding():
+    """The core's fixed-point reciprocal against the reference's exact floor((2s + d) / 2d), every
+    int8 window sum for divisors 1..40 and the largest window it accepts."""
+    from tilesparse.sim.compute import reciprocal_avg_round
+
+    for d in [*range(1, 41), 4096, 1 << 14]:
+        total = np.arange(-128 * d, 127 * d + 1, max(1, d // 7), dtype=np.int64)
+        total = np.concatenate([total, [-128 * d, 127 * d]])
+        assert np.array_equal(reciprocal_avg_round(total, d), R.avg_round(total, np.int64(d))), d
+    with pytest.raises(ValueError, match="not exact"):
+        reciprocal_avg_round(np.array([0]), 1 << 16)
