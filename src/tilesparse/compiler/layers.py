@@ -18,13 +18,13 @@ import numpy as np
 
 from tilesparse.errors import UnsupportedOpError
 from tilesparse.ir.graph import Graph, Node, Op
-from tilesparse.program.geometry import WindowRules
+from tilesparse.program.geometry import TWO_INPUT_KINDS, WindowRules
 from tilesparse.quant import rounding as R
 
 __all__ = ["LayerSpec", "chw", "copy_spec", "is_compute", "kept_block_mask", "layer_spec"]
 
 # Ops executed on the cores; everything else is a view (flatten of 1×1) or bookkeeping.
-_COMPUTE = (Op.CONV2D, Op.MAXPOOL, Op.AVGPOOL, Op.ADAPTIVE_AVGPOOL, Op.ADD, Op.RELU, Op.RELU6, Op.LUT,
+_COMPUTE = (Op.CONV2D, Op.MAXPOOL, Op.AVGPOOL, Op.ADAPTIVE_AVGPOOL, Op.ADD, Op.MUL, Op.RELU, Op.RELU6, Op.LUT,
             Op.CONCAT, Op.FLATTEN)
 
 
@@ -44,7 +44,8 @@ def chw(node: Node) -> tuple[int, int, int]:
 class LayerSpec(WindowRules):
     """One layer as the partitioner, packer and time model see it.
 
-    ``kind`` is the COMP operation: ``conv``, ``maxpool``, ``avgpool``, ``add``, ``relu``,
+    ``kind`` is the COMP operation: ``conv``, ``maxpool``, ``avgpool``, ``add``, ``mul`` (the
+    requantized product of two equal-shaped tensors), ``relu``,
     ``relu6``, ``lut`` (an int8 table lookup per element; its table travels as the layer's one
     weight chunk), ``copy`` (a concat operand copied into its channel slice), ``flatten`` or
     ``adaptive_avgpool`` (an adaptive average pool whose windows are unequal: every tile reads the
@@ -94,7 +95,7 @@ class LayerSpec(WindowRules):
     @property
     def n_in(self) -> int:
         """Input tensors read per output element (2 for an add)."""
-        return len(self.inputs) if self.kind == "add" else 1
+        return len(self.inputs) if self.kind in TWO_INPUT_KINDS else 1
 
     def chunk_ci(self, oc_t: int) -> int:
         """Input channels an output-channel chunk of ``oc_t`` reads, for ops without a separate
@@ -195,7 +196,7 @@ def layer_spec(node: Node, graph: Graph) -> LayerSpec:
         # unequal windows: each tile reads the whole plane; kernel = the largest window (COMP's work)
         k = (_largest_window(hi, ho), _largest_window(wi, wo))
         return LayerSpec(kind="adaptive_avgpool", kernel=k, stride=k, **base)
-    if node.op in (Op.ADD, Op.RELU, Op.RELU6, Op.LUT):
+    if node.op in (Op.ADD, Op.MUL, Op.RELU, Op.RELU6, Op.LUT):
         return LayerSpec(kind=node.op.value, **base)
     if node.op is Op.FLATTEN:
         return LayerSpec(kind="flatten", **base)

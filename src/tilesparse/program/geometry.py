@@ -14,7 +14,8 @@ from typing import SupportsIndex
 
 __all__ = ["KINDS", "LayerGeometry", "WEIGHT_FORMATS", "WindowRules"]
 
-KINDS = ("conv", "maxpool", "avgpool", "add", "relu", "relu6", "lut", "copy", "flatten", "adaptive_avgpool")
+KINDS = ("conv", "maxpool", "avgpool", "add", "relu", "relu6", "lut", "copy", "flatten", "adaptive_avgpool", "mul")
+TWO_INPUT_KINDS = ("add", "mul")  # element-wise ops of two equal-shaped tensors
 WHOLE_PLANE_KINDS = ("flatten", "adaptive_avgpool")  # every tile reads the input's whole H x W plane
 WEIGHT_FORMATS = ("block", "masked")  # program.sparse_format says what each one is
 
@@ -110,7 +111,7 @@ def _pair(v: Iterable[SupportsIndex], field: str) -> tuple[int, int]:
 class LayerGeometry(WindowRules):
     """What a layer computes, as recorded in a program: the COMP ``kind`` (``KINDS``), input
     ``ci × hi × wi`` → output ``co × ho × wo``, the window (PyTorch's kernel, stride, padding,
-    dilation per axis), conv groups and block shape, ``n_in`` window inputs (2 for an add),
+    dilation per axis), conv groups and block shape, ``n_in`` window inputs (2 for an add or a mul),
     whether a fused add reads a ``residual`` tile and the ``weight_format`` of a conv's packed
     weights (``block``, the default and the only format of programs written before it existed,
     or ``masked``: docs/program.md, "Weight formats")."""

@@ -260,6 +260,8 @@ class Executor:
         if k == "add":
             s0, s1 = attrs["input_shifts"]
             y = R.saturate(R.shift_round(x[0], s0) + R.shift_round(x[1], s1), *attrs["clamp"])
+        elif k == "mul":  # int8 x int8, requantized by the node's shift
+            y = R.requantize(x[0] * x[1], int(attrs["shift"]), tuple(attrs["clamp"]))
         elif k in ("relu", "relu6"):
             y = R.saturate(x[0], *attrs["clamp"])
         elif k == "copy":  # into the concat's exponent, as quant's concat does
