@@ -1,4 +1,5 @@
-"""Mobile-network ops end to end (issue 21 item 3): adaptive average pooling with unequal windows.
+"""Mobile-network ops end to end (issue 21 item 3): adaptive average pooling with unequal windows,
+and the element-wise / broadcast multiply of squeeze-excitation blocks.
 
 The integer reference divides each window's sum by the window's own size, rounded half up; the
 compiler runs such a pool as COMP kind ``adaptive_avgpool`` (every tile reads the whole input
@@ -19,8 +20,12 @@ from torch import nn
 
 from tilesparse.build import build_graph_from
 from tilesparse.compiler.pipeline import compile_graph
+from tilesparse.errors import UnsupportedOpError
+from tilesparse.ir.capture import capture
+from tilesparse.ir.graph import Op
 from tilesparse.models import get_model
 from tilesparse.quant import rounding as R
+from tilesparse.quant.reference import IntegerReference
 from tilesparse.sim import verify
 from tilesparse.sim.compute import adaptive_pool_tile
 
@@ -132,3 +137,118 @@ def test_reciprocal_division_equals_exact_rounding():
         assert np.array_equal(reciprocal_avg_round(total, d), R.avg_round(total, np.int64(d))), d
     with pytest.raises(ValueError, match="not exact"):
         reciprocal_avg_round(np.array([0]), 1 << 16)
+
+
+# -- multiply ----------------------------------------------------------------------------------
+
+
+class SENet(nn.Module):
+    """conv -> squeeze-excitation (mean, fc, relu, fc, sigmoid, x * scale) -> conv, squared (z * z)."""
+
+    def __init__(self, form: str = "op"):
+        super().__init__()
+        self.form = form
+        self.c1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.fc1, self.fc2 = nn.Conv2d(16, 8, 1), nn.Conv2d(8, 16, 1)
+        self.c2 = nn.Conv2d(16, 16, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.c1(x))
+        s = torch.sigmoid(self.fc2(torch.relu(self.fc1(y.mean((2, 3), keepdim=True)))))
+        z = {"op": lambda: s * y, "fn": lambda: torch.mul(y, s), "method": lambda: y.mul(s)}[self.form]()
+        w = self.c2(z)
+        return w * w
+
+
+@pytest.mark.parametrize("form", ["op", "fn", "method"])
+def test_mul_captures_map_first(form):
+    """Either order and every spelling: one mul node reading the map, then the scale."""
+    g = capture(SENet(form).eval(), SHAPE, "se")
+    muls = [n for n in g if n.op is Op.MUL]
+    assert len(muls) == 2
+    assert g.node(muls[0].inputs[0]).out.shape == (1, 16, 10, 10)
+    assert g.node(muls[0].inputs[1]).out.shape == (1, 16, 1, 1)
+
+
+class BadMul(nn.Module):
+    def __init__(self, other):
+        super().__init__()
+        self.other = other
+
+    def forward(self, x):
+        return x * self.other(x)
+
+
+@pytest.mark.parametrize("other,msg", [(lambda x: 0.5, "a tensor and a constant"),
+                                       (lambda x: F.adaptive_avg_pool2d(x, (10, 1)), "mul with broadcasting")])
+def test_mul_refuses_constants_and_other_broadcasts(other, msg):
+    with pytest.raises(UnsupportedOpError, match=msg):
+        capture(BadMul(other).eval(), SHAPE, "bad")
+
+
+@functools.cache
+def _se_build(sparsity):
+    torch.manual_seed(0)
+    return build_graph_from(SENet().eval(), sparsity=sparsity, block=(8, 8), input_shape=SHAPE)
+
+
+def test_mul_reference_by_hand():
+    """The integer product requantized by shift = e_out - e_x - e_y, element by element."""
+    g = _se_build(None).graph
+    x = np.random.default_rng(3).standard_normal(SHAPE).astype(np.float32)
+    vals = IntegerReference(g).run(x)
+    for n in g.of(Op.MUL):
+        a, b = (vals[i].astype(np.int64) for i in n.inputs)
+        e = [g.node(i).out.scale_exp for i in n.inputs]
+        assert n.attrs["shift"] == n.out.scale_exp - sum(e)
+        want = np.clip(R.shift_round(a * b, n.attrs["shift"]), -128, 127)
+        assert np.array_equal(vals[n.name], want)
+    # the expanded scale repeats each channel's one value over the plane
+    (mul,) = [n for n in g.of(Op.MUL) if n.inputs[1].endswith("_expand")]
+    exp = g.node(mul.inputs[1])
+    assert exp.op is Op.ADAPTIVE_AVGPOOL and exp.out.shape == (1, 16, 10, 10)
+    assert np.array_equal(vals[exp.name], np.broadcast_to(vals[exp.inputs[0]], exp.out.shape))
+
+
+def test_se_output_close_to_pytorch():
+    built = _se_build(None)
+    x = np.random.default_rng(2).standard_normal(SHAPE).astype(np.float32)
+    got = IntegerReference(built.graph).dequantized_output(x)
+    want = built.module(torch.from_numpy(x)).detach().numpy()
+    step = 2.0 ** built.graph.outputs[0].out.scale_exp
+    assert np.abs(got - want).max() <= 8 * step
+
+
+@pytest.mark.parametrize("array", ["4x4", "4x2"])
+@pytest.mark.parametrize("sparsity", [None, 0.5])
+def test_mul_bit_exact(sparsity, array):
+    prog = _check(_se_build(sparsity), array, SHAPE)
+    muls = [r for r in prog.layers if r.kind == "mul"]
+    assert len(muls) == 2 and all(r.geometry.n_in == 2 for r in muls)
+    assert all(r.kept_macs == 16 * 10 * 10 for r in muls)  # one product per output element
+
+
+# -- the mobile networks, at 32x32 (1x1 before their global pool) -----------------------------
+# mobilenet_v3_small and efficientnet_b0: squeeze-excitation multiplies after Hardsigmoid / Sigmoid
+# tables; mnasnet0_5: its head's mean (50 % 8x8 on 4x4 at 64 px in test_capture_mean.py). Each
+# network's four combinations take about a minute on a loaded machine: two of them here, both
+# arrays and both densities.
+MOBILE_PX = 32
+
+
+@functools.cache
+def _mobile(name, sparsity):
+    return build_graph_from(get_model(name, seed=0), sparsity=sparsity, block=(8, 8),
+                            input_shape=(1, 3, MOBILE_PX, MOBILE_PX))
+
+
+@pytest.mark.parametrize("name,sparsity,array", [
+    ("mobilenet_v3_small", None, "4x4"), ("mobilenet_v3_small", 0.5, "4x2"),
+    ("efficientnet_b0", 0.5, "4x4"), ("efficientnet_b0", None, "4x2"),
+    ("mnasnet0_5", None, "4x2"),
+])
+def test_mobile_nets_bit_exact(name, sparsity, array):
+    built = _mobile(name, sparsity)
+    prog = _check(built, array, (1, 3, MOBILE_PX, MOBILE_PX))
+    if name != "mnasnet0_5":
+        assert sum(r.kind == "mul" for r in prog.layers) == {"mobilenet_v3_small": 9, "efficientnet_b0": 16}[name]
