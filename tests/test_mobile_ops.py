@@ -21,6 +21,7 @@ from torch import nn
 from tilesparse.build import build_graph_from
 from tilesparse.compiler.pipeline import compile_graph
 from tilesparse.errors import UnsupportedOpError
+from tilesparse.estimate.timemodel import estimate_program
 from tilesparse.ir.capture import capture
 from tilesparse.ir.graph import Op
 from tilesparse.models import get_model
@@ -28,6 +29,7 @@ from tilesparse.quant import rounding as R
 from tilesparse.quant.reference import IntegerReference
 from tilesparse.sim import verify
 from tilesparse.sim.compute import adaptive_pool_tile
+from tilesparse.sim.replay import replay
 
 SHAPE = (1, 3, 10, 10)
 
@@ -86,6 +88,8 @@ def _check(built, array, shape, seed=1):
         assert acc.sim_macs == acc.model_macs, (acc.name, acc.notes)
         assert acc.sim_cycles == acc.model_cycles, (acc.name, acc.notes)
         assert acc.totals_ok, (acc.name, acc.sim_total, acc.listed_total)
+    # the clocked replay of the program agrees with the time model (docs/replay.md)
+    assert replay(prog).total_s == pytest.approx(estimate_program(prog).total_s, rel=1e-9)
     return prog
 
 
