@@ -1,7 +1,7 @@
 """Which torchvision classifiers the tool chain takes, at random weights: compiles? estimated time
 dense and 50 % 8x8-block sparse, bit-exact in simulation? and, for each failure, its one-line reason.
 
-    python benchmarks/classifiers.py [--limit 240] [--models resnet18,mnasnet0_5] [--no-sim-for vgg16]
+    python benchmarks/classifiers.py [--limit 240] [--models resnet18,mnasnet0_5 [--update]] [--no-sim-for vgg16]
 
 Writes benchmarks/results/classifiers.md and classifiers.json. Each model runs in its own
 subprocess with a wall-time limit (a timeout is reported as such), torch on one thread. Compile and
@@ -28,9 +28,9 @@ SPARSITY = 0.5
 LIMIT_S = 240.0
 
 
-# alexnet's AdaptiveAvgPool2d(6) and vgg16's (7) need exact windows: at 64x64 their feature maps are
-# 1x1 and 2x2 (unequal windows, not yet in the compiler: issue 21), so they are simulated at 224
-SIM_SIZE = {"inception_v3": 75, "alexnet": 224, "vgg16": 224}
+# alexnet's AdaptiveAvgPool2d(6) and vgg16's (7) at 64x64 pool 1x1 and 2x2 maps in unequal windows
+# (COMP kind adaptive_avgpool, docs/compiler.md); inception_v3 needs at least 75 px
+SIM_SIZE = {"inception_v3": 75}
 
 
 def _sizes(name: str) -> tuple[int, int]:
@@ -133,16 +133,27 @@ def to_markdown(rows: list[dict], command: str, limit: float) -> str:
              f"total ms) at 224×224 (299×299 for inception_v3) on the {ARRAY} array, dense and "
              f"{SPARSITY:.0%} 8x8-block sparse (one-shot L2 pruning); bit-exact = `tilesparse.sim.verify` of the "
              f"dense program against the graph's integer reference, every layer, at the reduced input given in "
-             f"brackets (alexnet and vgg16 at 224: at 64 their adaptive pool to 6×6 / 7×7 would have unequal windows, "
-             f"not yet compiled). Each model in its own process, torch on 1 thread, limit {limit:g} s per model (a "
+             f"brackets (alexnet and vgg16 at 64: their adaptive pool to 6×6 / 7×7 then has unequal windows). "
+             f"Each model in its own process, torch on 1 thread, limit {limit:g} s per model (a "
              f"timeout is reported as the reason). The reason is the first line of the error raised.\n")
     return "# torchvision classifiers: compile, estimate, simulate\n\n" + head + body + rules
+
+
+def merge_rows(path: Path, new: list[dict]) -> list[dict]:
+    """The rows of ``path`` (a previous run's JSON) with those of the same models replaced by ``new``,
+    in ``MODELS`` order (others after)."""
+    old = json.loads(path.read_text()) if path.exists() else []
+    by_name = {r["model"]: r for r in old} | {r["model"]: r for r in new}
+    order = [m for m in MODELS if m in by_name] + [m for m in by_name if m not in MODELS]
+    return [by_name[m] for m in order]
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(MODELS), help="comma-separated torchvision names")
     ap.add_argument("--limit", type=float, default=LIMIT_S, help="wall seconds per model")
+    ap.add_argument("--update", action="store_true",
+                    help="keep the other models' rows of the existing classifiers.json, replace these")
     ap.add_argument("--no-sim-for", default="", help="comma-separated models whose simulation is skipped")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: one model in this process, JSON to stdout
     args = ap.parse_args(argv)
@@ -161,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(_in_subprocess(name, name not in no_sim, args.limit))
             bar.advance(task)
     command = "python benchmarks/classifiers.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.update:
+        rows = merge_rows(RESULTS / "classifiers.json", rows)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "classifiers.json").write_text(json.dumps(rows, indent=2) + "\n")
     md = to_markdown(rows, command.strip(), args.limit)

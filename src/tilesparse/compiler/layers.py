@@ -18,12 +18,13 @@ import numpy as np
 
 from tilesparse.errors import UnsupportedOpError
 from tilesparse.ir.graph import Graph, Node, Op
-from tilesparse.program.geometry import WindowRules
+from tilesparse.program.geometry import TWO_INPUT_KINDS, WindowRules
+from tilesparse.quant import rounding as R
 
 __all__ = ["LayerSpec", "chw", "copy_spec", "is_compute", "kept_block_mask", "layer_spec"]
 
 # Ops executed on the cores; everything else is a view (flatten of 1×1) or bookkeeping.
-_COMPUTE = (Op.CONV2D, Op.MAXPOOL, Op.AVGPOOL, Op.ADAPTIVE_AVGPOOL, Op.ADD, Op.RELU, Op.RELU6, Op.LUT,
+_COMPUTE = (Op.CONV2D, Op.MAXPOOL, Op.AVGPOOL, Op.ADAPTIVE_AVGPOOL, Op.ADD, Op.MUL, Op.RELU, Op.RELU6, Op.LUT,
             Op.CONCAT, Op.FLATTEN)
 
 
@@ -43,9 +44,12 @@ def chw(node: Node) -> tuple[int, int, int]:
 class LayerSpec(WindowRules):
     """One layer as the partitioner, packer and time model see it.
 
-    ``kind`` is the COMP operation: ``conv``, ``maxpool``, ``avgpool``, ``add``, ``relu``,
+    ``kind`` is the COMP operation: ``conv``, ``maxpool``, ``avgpool``, ``add``, ``mul`` (the
+    requantized product of two equal-shaped tensors), ``relu``,
     ``relu6``, ``lut`` (an int8 table lookup per element; its table travels as the layer's one
-    weight chunk), ``copy`` (a concat operand copied into its channel slice) or ``flatten``.
+    weight chunk), ``copy`` (a concat operand copied into its channel slice), ``flatten`` or
+    ``adaptive_avgpool`` (an adaptive average pool whose windows are unequal: every tile reads the
+    whole input plane, ``kernel`` is the largest window).
     Window fields follow PyTorch (kernel, stride, padding, dilation per axis); the window rules
     (``window_extent``, ``slides``, ``ci_range``, …) are the program's (``WindowRules``).
     """
@@ -91,7 +95,7 @@ class LayerSpec(WindowRules):
     @property
     def n_in(self) -> int:
         """Input tensors read per output element (2 for an add)."""
-        return len(self.inputs) if self.kind == "add" else 1
+        return len(self.inputs) if self.kind in TWO_INPUT_KINDS else 1
 
     def chunk_ci(self, oc_t: int) -> int:
         """Input channels an output-channel chunk of ``oc_t`` reads, for ops without a separate
@@ -162,6 +166,10 @@ def _window(node: Node) -> dict:
             "padding": tuple(a["padding"]), "dilation": tuple(a.get("dilation", (1, 1)))}
 
 
+def _largest_window(size: int, out: int) -> int:
+    return max(e - s for s, e in R.adaptive_windows(size, out))
+
+
 def layer_spec(node: Node, graph: Graph) -> LayerSpec:
     """The ``LayerSpec`` of a compute node (see module doc); raises naming the node otherwise."""
     if node.op not in _COMPUTE:
@@ -182,13 +190,13 @@ def layer_spec(node: Node, graph: Graph) -> LayerSpec:
         # ceil_mode windows that hang over the edge are clipped by COMP (docs/program.md)
         return LayerSpec(kind=node.op.value, **_window(node), **base)
     if node.op is Op.ADAPTIVE_AVGPOOL:
-        if hi % ho or wi % wo:
-            raise UnsupportedOpError(
-                f"layer {node.name!r}: adaptive average pool {hi}x{wi} -> {ho}x{wo} has unequal "
-                f"windows; only exact divisions are supported")
-        k = (hi // ho, wi // wo)
-        return LayerSpec(kind="avgpool", kernel=k, stride=k, **base)
-    if node.op in (Op.ADD, Op.RELU, Op.RELU6, Op.LUT):
+        if hi % ho == 0 and wi % wo == 0:  # equal windows: a plain average pool
+            k = (hi // ho, wi // wo)
+            return LayerSpec(kind="avgpool", kernel=k, stride=k, **base)
+        # unequal windows: each tile reads the whole plane; kernel = the largest window (COMP's work)
+        k = (_largest_window(hi, ho), _largest_window(wi, wo))
+        return LayerSpec(kind="adaptive_avgpool", kernel=k, stride=k, **base)
+    if node.op in (Op.ADD, Op.MUL, Op.RELU, Op.RELU6, Op.LUT):
         return LayerSpec(kind=node.op.value, **base)
     if node.op is Op.FLATTEN:
         return LayerSpec(kind="flatten", **base)

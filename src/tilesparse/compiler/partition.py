@@ -298,7 +298,7 @@ def max_tile_extent(spec: LayerSpec, hw: ArrayConfig, oc: int, ci: int, other: i
     if spec.residual:
         lim = min(lim, (residual_capacity(hw) // 2) // per_pos)
     room = (core.input_buffer_bytes // 2) // (spec.n_in * min(ci, spec.ci))  # input positions
-    if spec.kind == "flatten":
+    if spec.reads_whole_plane:
         return lim if spec.hi * spec.wi <= room else 0
     o = 1 - axis
     span = room // spec.window_extent(other, o) if other > 0 else lim  # input rows/cols that fit

@@ -107,7 +107,7 @@ def _layer_bytes(rec: LayerRecord, buffers: dict) -> tuple[int, int, int, int, i
     weights = rec.packed_weight_bytes + rec.bias_bytes
     out_bytes = g.co * g.ho * g.wo
     # a fused residual add reads an output-shaped second operand
-    in_one = g.ci * (g.hi * g.wi if rec.kind == "flatten" else _touched(g, 0) * _touched(g, 1))
+    in_one = g.ci * (g.hi * g.wi if g.reads_whole_plane else _touched(g, 0) * _touched(g, 1))
     sizes = [in_one] * (len(rec.inputs) - bool(rec.residual)) + [out_bytes] * bool(rec.residual)
     in_io = sum(n for n, i in zip(sizes, rec.inputs, strict=True) if buffers[i.buffer].get("graph_io"))
     out_io = out_bytes if buffers[rec.output.buffer].get("graph_io") else 0

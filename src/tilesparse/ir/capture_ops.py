@@ -304,6 +304,22 @@ def _add(e: Emit) -> Lowered:
     return Lowered(Op.ADD, (x, y), {"activation": None})
 
 
+def _mul(e: Emit) -> Lowered:
+    """``x * y`` of equal shapes, or an (N, C, H, W) map times an (N, C, 1, 1) per-channel scale
+    (either order: the map comes first in the node)."""
+    a = e.bind(("input", "other"))
+    x, y = a["input"], a["other"]
+    if not (e.is_tensor(x) and e.is_tensor(y)):
+        raise e.error("mul of a tensor and a constant; only tensor * tensor is in the IR")
+    sx, sy = tuple(e.shape(x)), tuple(e.shape(y))
+    if sx != sy and len(sx) == len(sy) == 4 and sx[2:] == (1, 1) and sy[:2] == sx[:2]:
+        x, y, sx, sy = y, x, sy, sx
+    if sx != sy and not (len(sx) == len(sy) == 4 and sy[:2] == sx[:2] and sy[2:] == (1, 1)):
+        raise e.error(f"mul with broadcasting {sx} * {sy}; shapes must match, or one be (N, C, 1, 1) of the "
+                      "other's N, C (a per-channel scale)")
+    return Lowered(Op.MUL, (x, y), {})
+
+
 _AXIS_NAMES = ("batch", "channel", "height", "width")
 CHANNEL_AXIS = 1  # the back end writes concat operands into channel slices of one buffer
 
@@ -359,6 +375,7 @@ FUNCTION_OPS: dict[Any, Callable[[Emit], Lowered | None]] = {
     F.avg_pool2d: _avgpool_fn, torch._C._nn.avg_pool2d: _avgpool_fn,
     F.adaptive_avg_pool2d: _adaptive_fn,
     operator.add: _add, operator.iadd: _add, torch.add: _add,
+    operator.mul: _mul, operator.imul: _mul, torch.mul: _mul, torch.multiply: _mul,
     torch.cat: _cat, torch.concat: _cat, torch.concatenate: _cat,
     torch.flatten: _flatten_fn, torch.reshape: _flatten_fn, torch.mean: _mean,
     F.dropout: _dropout_fn, F.dropout2d: _dropout_fn, stochastic_depth: _stochastic_depth_fn,
@@ -368,6 +385,7 @@ FUNCTION_OPS: dict[Any, Callable[[Emit], Lowered | None]] = {
 METHOD_OPS: dict[str, Callable[[Emit], Lowered | None]] = {
     "relu": _relu_fn, "relu_": _relu_fn, "sigmoid": _lut("sigmoid"), "sigmoid_": _lut("sigmoid"),
     "add": _add, "add_": _add, "__add__": _add, "__iadd__": _add,
+    "mul": _mul, "mul_": _mul, "__mul__": _mul, "__rmul__": _mul, "__imul__": _mul, "multiply": _mul,
     "flatten": _flatten_fn, "view": _flatten_fn, "reshape": _flatten_fn,
     "mean": _mean, "contiguous": _identity, "size": _non_tensor, "dim": _non_tensor,
 }

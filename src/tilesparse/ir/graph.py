@@ -21,6 +21,9 @@ maxpool                    kernel, stride, padding, dilation, ceil_mode (bool)
 avgpool                    kernel, stride, padding, ceil_mode, count_include_pad (bool)
 adaptive_avgpool           output_size (oh, ow)
 add                        activation
+mul                        — : element-wise product of two tensors; the second may be (N, C, 1, 1)
+                           against an (N, C, H, W) first (a per-channel scale: squeeze-excitation),
+                           expanded to the first's shape by ``passes.broadcast.expand_broadcast``
 concat                     axis
 flatten                    start_dim
 output                     —
@@ -64,6 +67,7 @@ class Op(StrEnum):
     AVGPOOL = "avgpool"
     ADAPTIVE_AVGPOOL = "adaptive_avgpool"
     ADD = "add"
+    MUL = "mul"
     CONCAT = "concat"
     FLATTEN = "flatten"
     OUTPUT = "output"

@@ -71,6 +71,7 @@ _RUN: dict[Op, Callable[[Graph, Node, list[torch.Tensor]], torch.Tensor]] = {
     Op.AVGPOOL: _avgpool,
     Op.ADAPTIVE_AVGPOOL: lambda g, n, xs: F.adaptive_avg_pool2d(xs[0], n.attrs["output_size"]),
     Op.ADD: lambda g, n, xs: apply_activation(xs[0] + xs[1], n.attrs.get("activation")),
+    Op.MUL: lambda g, n, xs: xs[0] * xs[1],
     Op.CONCAT: lambda g, n, xs: torch.cat(xs, n.attrs["axis"]),
     Op.FLATTEN: lambda g, n, xs: xs[0].reshape((xs[0].shape[0], *n.out.shape[1:])),
     Op.OUTPUT: lambda g, n, xs: xs[0],

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from tilesparse.ir.graph import Graph
 from tilesparse.passes.activation import fuse_activations
 from tilesparse.passes.batchnorm import fold_batchnorm
+from tilesparse.passes.broadcast import expand_broadcast
 from tilesparse.passes.downsample import fuse_downsample
 from tilesparse.passes.linear import lower_linear
 from tilesparse.passes.masks import attach_block_masks, block_mask, sparsifiable_layers
@@ -24,6 +25,7 @@ __all__ = [
     "attach_block_masks",
     "block_mask",
     "drop_shifted_slices",
+    "expand_broadcast",
     "fold_batchnorm",
     "fuse_activations",
     "fuse_downsample",
@@ -38,6 +40,7 @@ __all__ = [
 PASSES: tuple[Callable[[Graph], Graph], ...] = (
     fold_batchnorm,     # BN → conv weights/bias (or a depthwise 1x1 conv): no BN op reaches the back end
     lower_linear,       # linear → 1x1 conv, flatten → (N, CHW, 1, 1) view: every tensor is NCHW
+    expand_broadcast,   # a mul's (N, C, 1, 1) scale → adaptive pool to the map's H x W: equal shapes
     fuse_activations,   # relu/relu6 → attr of the producing conv/add: applied on the accumulator
     fuse_downsample,    # 1x1 stride-s subsampling pool → the adjacent conv's stride
     mark_buffer_reuse,  # concat operands write into their slice; adds overwrite a dead operand

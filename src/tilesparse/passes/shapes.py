@@ -53,6 +53,13 @@ def _add(n: Node, ins: Sequence[tuple[int, ...]], params: Mapping[str, np.ndarra
     return ins[0]
 
 
+def _mul(n: Node, ins: Sequence[tuple[int, ...]], params: Mapping[str, np.ndarray]) -> tuple[int, ...]:
+    x, y = ins
+    if y != x and not (len(x) == len(y) == 4 and y[:2] == x[:2] and y[2:] == (1, 1)):
+        raise ValueError(f"mul of {x} by {y}: shapes must match, or the second be (N, C, 1, 1)")
+    return x
+
+
 _INFER: dict[Op, Callable[[Node, Sequence[tuple[int, ...]], Mapping[str, np.ndarray]], tuple[int, ...]]] = {
     Op.CONV2D: _conv,
     Op.LINEAR: _linear,
@@ -60,6 +67,7 @@ _INFER: dict[Op, Callable[[Node, Sequence[tuple[int, ...]], Mapping[str, np.ndar
     Op.AVGPOOL: lambda n, ins, p: _spatial(n, ins[0], ins[0][1]),
     Op.ADAPTIVE_AVGPOOL: lambda n, ins, p: (ins[0][0], ins[0][1], *n.attrs["output_size"]),
     Op.ADD: _add,
+    Op.MUL: _mul,
     Op.CONCAT: lambda n, ins, p: _concat(n.attrs["axis"], ins),
     Op.FLATTEN: lambda n, ins, p: _flatten(n.attrs, ins[0], n.out.shape),
 }

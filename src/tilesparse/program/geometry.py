@@ -14,7 +14,9 @@ from typing import SupportsIndex
 
 __all__ = ["KINDS", "LayerGeometry", "WEIGHT_FORMATS", "WindowRules"]
 
-KINDS = ("conv", "maxpool", "avgpool", "add", "relu", "relu6", "lut", "copy", "flatten")
+KINDS = ("conv", "maxpool", "avgpool", "add", "relu", "relu6", "lut", "copy", "flatten", "adaptive_avgpool", "mul")
+TWO_INPUT_KINDS = ("add", "mul")  # element-wise ops of two equal-shaped tensors
+WHOLE_PLANE_KINDS = ("flatten", "adaptive_avgpool")  # every tile reads the input's whole H x W plane
 WEIGHT_FORMATS = ("block", "masked")  # program.sparse_format says what each one is
 
 
@@ -45,6 +47,12 @@ class WindowRules:
     weight_format: str
 
     @property
+    def reads_whole_plane(self) -> bool:
+        """Whether every tile reads the whole input plane: a flatten, and an adaptive average pool
+        whose windows are unequal (PyTorch's rule, ``quant.rounding.adaptive_windows``)."""
+        return self.kind in WHOLE_PLANE_KINDS
+
+    @property
     def taps(self) -> int:
         return self.kernel[0] * self.kernel[1]
 
@@ -59,6 +67,8 @@ class WindowRules:
         """Input rows/columns LOADFM brings for ``n_out`` outputs along ``axis``: the whole span,
         or — when the stride is at least the kernel extent, so windows do not touch — only the
         rows/columns the windows read (a strided DMA skips the others)."""
+        if self.reads_whole_plane:
+            return (self.hi, self.wi)[axis] if n_out > 0 else 0
         ext = (self.kernel[axis] - 1) * self.dilation[axis] + 1
         if n_out > 0 and self.stride[axis] >= ext:
             return n_out * ext
@@ -75,7 +85,7 @@ class WindowRules:
 
     def window_positions(self, th: int, tw: int) -> int:
         """Input positions (per channel, per input) a th × tw output tile reads."""
-        if self.kind == "flatten":
+        if self.reads_whole_plane:
             return self.hi * self.wi
         return self.window_extent(th, 0) * self.window_extent(tw, 1)
 
@@ -101,7 +111,7 @@ def _pair(v: Iterable[SupportsIndex], field: str) -> tuple[int, int]:
 class LayerGeometry(WindowRules):
     """What a layer computes, as recorded in a program: the COMP ``kind`` (``KINDS``), input
     ``ci × hi × wi`` → output ``co × ho × wo``, the window (PyTorch's kernel, stride, padding,
-    dilation per axis), conv groups and block shape, ``n_in`` window inputs (2 for an add),
+    dilation per axis), conv groups and block shape, ``n_in`` window inputs (2 for an add or a mul),
     whether a fused add reads a ``residual`` tile and the ``weight_format`` of a conv's packed
     weights (``block``, the default and the only format of programs written before it existed,
     or ``masked``: docs/program.md, "Weight formats")."""

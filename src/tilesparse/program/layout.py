@@ -161,9 +161,10 @@ def _axis_index(spec: WindowRules, a: int, b: int, axis: int) -> tuple[np.ndarra
 
 def tile_window(spec: WindowRules, tile: tuple[int, int, int, int]) -> Window:
     """The input window of output tile (h0, h1, w0, w1): the rows and columns LOADFM brings
-    (docs/program.md, "Input window"); a flatten reads the whole plane."""
+    (docs/program.md, "Input window"); a flatten or an adaptive pool with unequal windows reads
+    the whole plane."""
     a, b, c, d = tile
-    if spec.kind == "flatten":
+    if spec.reads_whole_plane:
         return Window(np.arange(spec.hi), np.arange(spec.wi), (1, 1))
     r, sr = _axis_index(spec, a, b, 0)
     cc, sc = _axis_index(spec, c, d, 1)

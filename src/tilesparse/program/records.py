@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from tilesparse.program.geometry import LayerGeometry
+from tilesparse.program.geometry import TWO_INPUT_KINDS, LayerGeometry
 
 __all__ = ["ChunkRow", "CoreRow", "CoreWork", "Grid", "LayerPartition", "LayerRecord", "Loops", "SubVolume",
            "TensorSlice"]
@@ -159,7 +159,7 @@ class LayerRecord:
 
     def __post_init__(self) -> None:
         g, n_win = self.geometry, len(self.inputs) - bool(self.fused_add)
-        want = n_win if g.kind == "add" else 1
+        want = n_win if g.kind in TWO_INPUT_KINDS else 1
         if n_win < 1 or g.n_in != want or g.residual != bool(self.fused_add):
             raise ValueError(f"layer {self.name!r}: geometry reads {g.n_in} input(s)"
                              f"{' and a residual' if g.residual else ''}, the record lists {len(self.inputs)} "

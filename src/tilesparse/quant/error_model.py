@@ -136,6 +136,17 @@ def _add(g: Graph, n: Node, ins: list[Predicted], ref: Mapping[str, np.ndarray])
                      ins[0].var + ins[1].var)
 
 
+def _mul(g: Graph, n: Node, ins: list[Predicted], ref: Mapping[str, np.ndarray]) -> Predicted:
+    """x̂ŷ − xy = x̂·e_y + ŷ·e_x − e_x·e_y; the requantization's rounding is known."""
+    a, b = ins
+    y = _deq(ref, n)
+    known = y - a.value * b.value
+    mean = a.value * b.mean + b.value * a.mean - a.mean * b.mean + known
+    var = a.value ** 2 * b.var + b.value ** 2 * a.var
+    env = np.abs(a.value) * b.envelope + np.abs(b.value) * a.envelope + a.envelope * b.envelope + np.abs(known)
+    return Predicted(y, mean, var, env)
+
+
 def _concat(g: Graph, n: Node, ins: list[Predicted], ref: Mapping[str, np.ndarray]) -> Predicted:
     parts = []
     for name, p, s in zip(n.inputs, ins, n.attrs["input_shifts"], strict=True):
@@ -198,7 +209,8 @@ def _reshape(g: Graph, n: Node, ins: list[Predicted], ref: Mapping[str, np.ndarr
 
 
 _RULES: dict[Op, Callable[[Graph, Node, list[Predicted], Mapping[str, np.ndarray]], Predicted]] = {
-    Op.CONV2D: _conv, Op.ADD: _add, Op.CONCAT: _concat, Op.RELU: _activation, Op.RELU6: _activation, Op.LUT: _lut,
+    Op.CONV2D: _conv, Op.ADD: _add, Op.MUL: _mul, Op.CONCAT: _concat, Op.RELU: _activation, Op.RELU6: _activation,
+    Op.LUT: _lut,
     Op.MAXPOOL: _maxpool, Op.AVGPOOL: _avgpool, Op.ADAPTIVE_AVGPOOL: _adaptive, Op.FLATTEN: _reshape,
     Op.OUTPUT: _reshape,
 }

@@ -47,7 +47,7 @@ from tilesparse.quant.sdq_graph import SDQConfig, sdq_attr, select_sdq_layers
 
 __all__ = ["QuantizationError", "calibrate", "plan_exponents", "quantize", "requant_shifts"]
 
-_REQUANTIZING = (Op.CONV2D, Op.ADD, Op.CONCAT, Op.LUT)  # can produce any output exponent
+_REQUANTIZING = (Op.CONV2D, Op.ADD, Op.MUL, Op.CONCAT, Op.LUT)  # can produce any output exponent
 _INT8 = "int8"
 CALIB_BATCH = 4  # inputs per float forward: one batched GEMM per layer is ~1.5x faster than singles
 
@@ -89,12 +89,12 @@ def plan_exponents(g: Graph, stats: Mapping[str, float], given: Mapping[str, int
     """
     ops = {n.name: n.op for n in g}
     given = {k: int(v) for k, v in (given or {}).items()
-             if ops.get(k) in (Op.INPUT, Op.CONV2D, Op.ADD, Op.LINEAR, Op.LUT, Op.CONCAT)}
+             if ops.get(k) in (Op.INPUT, Op.CONV2D, Op.ADD, Op.MUL, Op.LINEAR, Op.LUT, Op.CONCAT)}
     exps: dict[str, int] = {}
     for n in g:
         if n.name in given:
             exps[n.name] = given[n.name]
-        elif n.op in (Op.INPUT, Op.CONV2D, Op.ADD, Op.LINEAR, Op.LUT):
+        elif n.op in (Op.INPUT, Op.CONV2D, Op.ADD, Op.MUL, Op.LINEAR, Op.LUT):
             exps[n.name] = R.pow2_exponent(stats[n.name])
         elif n.op is Op.CONCAT:
             live = [exps[i] for i in n.inputs if stats.get(i, 1.0) > 0]
@@ -140,6 +140,9 @@ def quantize(
         elif n.op is Op.ADD:
             attrs["input_shifts"] = tuple(exps[n.name] - e for e in ins)
             attrs["clamp"] = R.activation_clamp(n.attrs.get("activation"), exps[n.name])
+        elif n.op is Op.MUL:  # int8 · int8 at exponent e_x + e_y, requantized to e_out
+            attrs["shift"] = exps[n.name] - sum(ins)
+            attrs["clamp"] = R.activation_clamp(None, exps[n.name])
         elif n.op is Op.CONCAT:
             attrs["input_shifts"] = tuple(exps[n.name] - e for e in ins)
         elif n.op in (Op.RELU, Op.RELU6):

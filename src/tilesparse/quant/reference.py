@@ -181,8 +181,14 @@ def _adaptive(n: Node, xs: list[np.ndarray]) -> np.ndarray:
     return out
 
 
+def _mul(n: Node, xs: list[np.ndarray]) -> np.ndarray:
+    """int8 · int8 (|product| ≤ 2**14) requantized: clamp(shift_round(x · y, shift))."""
+    return R.requantize(xs[0] * xs[1], int(n.attrs["shift"]), tuple(n.attrs["clamp"]))
+
+
 _OPS: dict[Op, Callable[[Node, list[np.ndarray]], np.ndarray]] = {
     Op.ADD: _add,
+    Op.MUL: _mul,
     Op.CONCAT: _concat,
     Op.MAXPOOL: _maxpool,
     Op.AVGPOOL: _avgpool,

@@ -206,6 +206,39 @@ def pool_tile(x: np.ndarray, valid: np.ndarray, kind: str, spec: LayerGeometry, 
     return cols.astype(np.int64).sum(axis=(1, 2))
 
 
+def adaptive_pool_tile(x: np.ndarray, out_hw: tuple[int, int], tile: tuple[int, int, int, int]) -> np.ndarray:
+    """Adaptive average pool of output tile (h0, h1, w0, w1) from the whole input plane ``x`` (H × W ×
+    channels): per output, the window sum over PyTorch's window [floor(i·H/oh), ceil((i+1)·H/oh)) and
+    its quotient by the window's size, rounded half up — by a fixed-point reciprocal
+    (``reciprocal_avg_round``), equal to the reference's ``quant.rounding.avg_round`` →
+    positions × channels, int64."""
+    a, b, c, d = tile
+    rows = R.adaptive_windows(x.shape[0], out_hw[0])[a:b]
+    cols = R.adaptive_windows(x.shape[1], out_hw[1])[c:d]
+    x64 = x.astype(np.int64)
+    out = np.empty((len(rows), len(cols), x.shape[2]), np.int64)
+    for i, (r0, r1) in enumerate(rows):
+        for j, (c0, c1) in enumerate(cols):
+            total = x64[r0:r1, c0:c1].sum(axis=(0, 1))
+            out[i, j] = reciprocal_avg_round(total, (r1 - r0) * (c1 - c0))
+    return out.reshape(-1, x.shape[2])
+
+
+RECIPROCAL_BITS = 40  # fraction bits of the fixed-point reciprocal; exact while n · 2d < 2**40
+
+
+def reciprocal_avg_round(total: np.ndarray, d: int) -> np.ndarray:
+    """``avg_round(total, d)`` of int8 window sums the way a core divides: by a fixed-point
+    reciprocal. The numerator is made non-negative (sum + 128·d ≥ 0 for int8 values), then
+    floor(n / 2d) = (n · ceil(2**40 / 2d)) >> 40 — exact because the reciprocal's error times n stays
+    below one step (n · 2d < 2**40; a window of up to 2**14 values). Raises past that bound."""
+    n = 2 * (np.asarray(total, np.int64) + 128 * d) + d
+    if int(n.max(initial=0)) * 2 * d >= 1 << RECIPROCAL_BITS:
+        raise ValueError(f"adaptive pool window of {d} values: the {RECIPROCAL_BITS}-bit reciprocal is not exact")
+    m = -((-(1 << RECIPROCAL_BITS)) // (2 * d))
+    return ((n * m) >> RECIPROCAL_BITS) - 128
+
+
 def conv_cycles(chunk: Chunk, p: int, taps: int, hw, weight_format: str = "block") -> int:
     """Rule 2 of the time model for one core and tile, from the blocks the core really holds:
     ceil(P / M) × Σ_slabs ceil(kept channels × taps / K) + call overhead (slabs of N channels

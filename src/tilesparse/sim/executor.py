@@ -253,10 +253,15 @@ class Executor:
                 div = self._divisors(v)[a:b, c:d].reshape(-1, 1)
                 y = R.avg_round(y, div)
             return y, p * oc_t * v.spec.taps
+        if k == "adaptive_avgpool":  # the whole plane is in the core: each window's exact sum and size
+            y = C.adaptive_pool_tile(xs[0], (v.spec.ho, v.spec.wo), tile)
+            return y, p * oc_t * v.spec.taps
         x = [t.reshape(-1, t.shape[2]).astype(np.int64) for t in xs]
         if k == "add":
             s0, s1 = attrs["input_shifts"]
             y = R.saturate(R.shift_round(x[0], s0) + R.shift_round(x[1], s1), *attrs["clamp"])
+        elif k == "mul":  # int8 x int8, requantized by the node's shift
+            y = R.requantize(x[0] * x[1], int(attrs["shift"]), tuple(attrs["clamp"]))
         elif k in ("relu", "relu6"):
             y = R.saturate(x[0], *attrs["clamp"])
         elif k == "copy":  # into the concat's exponent, as quant's concat does

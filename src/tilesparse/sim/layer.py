@@ -21,7 +21,7 @@ from tilesparse.sim.memory import SimulationError
 
 __all__ = ["ELEMENTWISE", "LayerView", "Window"]
 
-ELEMENTWISE = ("add", "relu", "relu6", "lut", "copy")  # 1x1 windows, one output per input position
+ELEMENTWISE = ("add", "mul", "relu", "relu6", "lut", "copy")  # 1x1 windows, one output per input position
 
 
 class LayerView:
