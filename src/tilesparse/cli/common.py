@@ -177,7 +177,16 @@ def compile_pattern_args(pattern: str | None, block: str | None, sparsity: float
     becomes --block and --sparsity (``block_pattern_args``); any other (2:4, 8x8@0.5/2:4) is
     returned as its spec, its free level filled by --sparsity."""
     from tilesparse.patterns import Block
+    from tilesparse.patterns.composite import parse_composite
 
+    try:
+        comp = parse_composite(pattern)
+    except ConfigError as e:
+        raise ConfigError("--pattern", e.errors) from None
+    if comp is not None:  # TASD (2:4+1:4) or SDQ (int8-2:4+int4): every part fixes its sparsity
+        if block is not None or sparsity is not None:
+            raise ConfigError("--pattern", [f"{comp.spec()} fixes every part's sparsity; drop --block / --sparsity"])
+        return None, None, comp.spec()
     p = pattern_arg(pattern)
     if p is None or isinstance(p, Block):
         return (*block_pattern_args(pattern, block, sparsity), None)
