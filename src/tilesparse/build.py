@@ -193,14 +193,15 @@ def build_graph_from(source: str | ModelSource | Any, *, weights: str | Path | N
     record = None
     if calib is not None and quantized:
         calibration, record, given = _image_calibration(Path(calib), calib_images, calib_files, shape)
+    if sdq_cfg is not None and not quantized:  # the parts exist only as integer codes
+        quantized = True
+        lm.notices.append(f"--pattern {comp.spec()}: SDQ parts are integer codes; the model is quantized")
     if quantized:
         from tilesparse.frontend import random_calibration
         from tilesparse.quant import quantize
 
         g = quantize(g, list(calibration) if calibration is not None else random_calibration(shape, N_CALIB, seed),
                      sdq=sdq_cfg)
-    elif sdq_cfg is not None:
-        raise ConfigError("--pattern", [f"{sdq_cfg.sparse}: SDQ parts are integer codes; the model must be quantized"])
     pattern_spec = (comp or pat).spec() if (comp or pat) is not None else (
         str(lm.pattern) if lm.masks is None and lm.pattern else "block")
     return Built(g, src, bs, sp, rule, seed, quantized, shape, list(lm.notices), given, record, lm.model, pattern_spec)

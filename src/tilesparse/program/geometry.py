@@ -15,7 +15,7 @@ from typing import SupportsIndex
 __all__ = ["KINDS", "LayerGeometry", "WEIGHT_FORMATS", "WindowRules"]
 
 KINDS = ("conv", "maxpool", "avgpool", "add", "relu", "relu6", "lut", "copy", "flatten")
-WEIGHT_FORMATS = ("block", "masked")  # program.sparse_format says what each one is
+WEIGHT_FORMATS = ("block", "masked", "parts")  # program.sparse_format / program.parts_format say what each one is
 
 
 class WindowRules:
