@@ -98,4 +98,6 @@ def choose_weight_formats(graph: Graph, specs: list[LayerSpec], hw: ArrayConfig,
             notes[sp.name] = why
             out.append(sp)
     counts = {f: sum(1 for s in out if s.kind == "conv" and s.weight_format == f) for f in (BLOCK, MASKED, PARTS)}
+    if not counts[PARTS]:  # listed only in a program that has SDQ layers
+        del counts[PARTS]
     return out, {"counts": counts, "notes": notes if counts[MASKED] else {}}
