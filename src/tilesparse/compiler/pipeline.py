@@ -1,6 +1,6 @@
 """The back end in one flat pipeline: graph rewrites (``GRAPH_PASSES``) → layers → partition (each
 plan followed by ``PLAN_PASSES``) → memory → packing → code → Program (``compile_graph``). Each conv's
-weight format (block, or the sparse multiply's masked format) is chosen right after the layers
+weight format (block, the sparse multiply's masked format, or an SDQ layer's parts) is chosen right after the layers
 (``compiler.formats``).
 
 From a model source (zoo name, checkpoint, file.py:factory, .pt2) use the front door,
