@@ -165,9 +165,14 @@ def build_graph_from(source: str | ModelSource | Any, *, weights: str | Path | N
     from tilesparse.patterns import prune_oneshot, prune_pattern_oneshot
 
     _request(sparsity, block)  # a bad value refused before the model is loaded
-    pat = _pattern_request(pattern, sparsity, block)
+    comp = _composite_request(pattern, sparsity, block)
+    pat = _pattern_request(pattern, sparsity, block) if comp is None else None
     src, lm = _load(source, weights, seed, input_shape, calibration)
-    if pat is not None:
+    sdq_cfg = None
+    if comp is not None:
+        bs, sp, rule = (8, 8), 0.0, "l2-oneshot"
+        sdq_cfg = _composite_prune(lm, src, comp)
+    elif pat is not None:
         if lm.masks is not None or lm.pattern is not None:
             raise ConfigError("--pattern", [f"{src.spec} carries trained {lm.pattern or 'block'} weights; it is not "
                                             f"pruned again: drop --pattern {pat.spec()}"])
@@ -176,7 +181,7 @@ def build_graph_from(source: str | ModelSource | Any, *, weights: str | Path | N
         lm.notices.extend(f"layer {n} stays dense: {why}" for n, why in skipped.items())
     else:
         bs, sp, rule = _choose(lm, src, sparsity, block)
-    if rule == "l2-oneshot" and pat is None:
+    if rule == "l2-oneshot" and pat is None and comp is None:
         prune_oneshot(lm.model, sp, bs, name=lm.name)
     shape = _input_shape(lm, src, parse_input_shape(input_shape))
     g = build_graph(lm.model, input_shape=shape, block=bs, quantized=False, seed=seed)
@@ -188,14 +193,54 @@ def build_graph_from(source: str | ModelSource | Any, *, weights: str | Path | N
     record = None
     if calib is not None and quantized:
         calibration, record, given = _image_calibration(Path(calib), calib_images, calib_files, shape)
+    if sdq_cfg is not None and not quantized:  # the parts exist only as integer codes
+        quantized = True
+        lm.notices.append(f"--pattern {comp.spec()}: SDQ parts are integer codes; the model is quantized")
     if quantized:
         from tilesparse.frontend import random_calibration
         from tilesparse.quant import quantize
 
         g = quantize(g, list(calibration) if calibration is not None else random_calibration(shape, N_CALIB, seed),
-                     exponents=getattr(lm.model, "qdq_exponents", None))  # an imported QDQ model's scales
-    pattern_spec = pat.spec() if pat is not None else (str(lm.pattern) if lm.masks is None and lm.pattern else "block")
+                     sdq=sdq_cfg, exponents=getattr(lm.model, "qdq_exponents", None))  # QDQ scales
+    pattern_spec = (comp or pat).spec() if (comp or pat) is not None else (
+        str(lm.pattern) if lm.masks is None and lm.pattern else "block")
     return Built(g, src, bs, sp, rule, seed, quantized, shape, list(lm.notices), given, record, lm.model, pattern_spec)
+
+
+def _composite_request(pattern: Any, sparsity: float | None, block: Any):
+    """The TASD / SDQ pattern asked for (``patterns.composite``), None if ``pattern`` is not one."""
+    from tilesparse.patterns.composite import SDQPattern, TASDPattern, parse_composite
+
+    comp = parse_composite(pattern) if isinstance(pattern, str) else (
+        pattern if isinstance(pattern, (TASDPattern, SDQPattern)) else None)
+    if comp is not None and (block is not None or sparsity is not None):
+        raise ConfigError("--pattern", [f"{comp.spec()} fixes every part's sparsity; drop --block / --sparsity"])
+    return comp
+
+
+def _composite_prune(lm: LoadedModel, src: ModelSource, comp: Any):
+    """TASD: decompose and squash the model's layers in place (notices for those left dense). SDQ:
+    the ``SDQConfig`` the quantizer splits every conv / linear with."""
+    from tilesparse.patterns.composite import TASDPattern
+    from tilesparse.quant.sdq_graph import SDQConfig
+
+    if lm.masks is not None or lm.pattern is not None:
+        raise ConfigError("--pattern", [f"{src.spec} carries trained {lm.pattern or 'block'} weights; it is not "
+                                        f"pruned again: drop --pattern {comp.spec()}"])
+    if isinstance(comp, TASDPattern):
+        lm.notices.extend(_tasd_oneshot(lm.model, comp))
+        return None
+    return SDQConfig(comp.sparse, comp.sparse_bits, comp.dense_bits, ("*",))
+
+
+def _tasd_oneshot(model, comp) -> list[str]:
+    """Decompose every conv / linear but the first conv into ``comp``'s terms (``sparsify.tasd_model``)
+    and squash them into one weight (the sum); notices for the layers that stay dense."""
+    from tilesparse.sparsify import squash_terms, tasd_model
+
+    report = tasd_model(model, list(comp.terms), layer_types=("conv", "linear"))
+    squash_terms(model)
+    return [f"layer {n} stays dense: {why}" for n, why in report.skipped.items()]
 
 
 def _pattern_request(pattern: Any, sparsity: float | None, block: Any):

@@ -142,7 +142,8 @@ def pattern_arg(spec: str | None, flag: str = "--pattern"):
 COMPILE_PATTERN_HELP = ("Sparsity pattern to prune to one-shot (lowest magnitude, every layer but the first conv): "
                         "blocks 8x8, 4x16, 8x8@0.5 ('@s' = --sparsity); N:M 2:4, 1:4 (N kept of every M input "
                         "channels: packed in the sparse multiply's masked format, twice the MAC rate); hierarchies "
-                        "8x8@0.5/2:4. A checkpoint compiles with the pattern it was trained to.")
+                        "8x8@0.5/2:4; TASD terms 2:4+1:4 (compiled squashed); SDQ int8-2:4+int4 (an int8 2:4 part "
+                        "plus an int4 part in one COMP). A checkpoint compiles with the pattern it was trained to.")
 
 
 BLOCK_PATTERN_HELP = ("Sparsity pattern; this verb takes block patterns: 8x8, 4x16, 8x8@0.5 ('@s' = --sparsity). "
@@ -177,7 +178,16 @@ def compile_pattern_args(pattern: str | None, block: str | None, sparsity: float
     becomes --block and --sparsity (``block_pattern_args``); any other (2:4, 8x8@0.5/2:4) is
     returned as its spec, its free level filled by --sparsity."""
     from tilesparse.patterns import Block
+    from tilesparse.patterns.composite import parse_composite
 
+    try:
+        comp = parse_composite(pattern)
+    except ConfigError as e:
+        raise ConfigError("--pattern", e.errors) from None
+    if comp is not None:  # TASD (2:4+1:4) or SDQ (int8-2:4+int4): every part fixes its sparsity
+        if block is not None or sparsity is not None:
+            raise ConfigError("--pattern", [f"{comp.spec()} fixes every part's sparsity; drop --block / --sparsity"])
+        return None, None, comp.spec()
     p = pattern_arg(pattern)
     if p is None or isinstance(p, Block):
         return (*block_pattern_args(pattern, block, sparsity), None)

@@ -26,15 +26,17 @@ from tilesparse.compiler.planning import LayerPlan
 from tilesparse.compiler.steps import Step, core_chunk
 from tilesparse.program import ChunkRow, CoreWork, Instr, Lock, Operand
 from tilesparse.program.layout import moved_positions, tile_grid
-from tilesparse.program.packing import chunk_geometry, pack_chunk, pack_table
+from tilesparse.program.packing import chunk_geometry, pack_chunk, pack_parts_chunk, pack_table
 
 __all__ = ["emit_layer", "pack_layer", "pack_table_layer"]
 
 
 def pack_layer(plan: LayerPlan, w8: np.ndarray, bias: np.ndarray | None, image: bytearray,
-               base: int) -> tuple[list[ChunkRow], dict[tuple[int, int], tuple[int, int]]]:
+               base: int, w_dense: np.ndarray | None = None
+               ) -> tuple[list[ChunkRow], dict[tuple[int, int], tuple[int, int]]]:
     """Append the layer's packed chunks to ``image`` (DDR address ``base`` + offset), ordered by
-    (k, q, oc group). Returns the chunk table rows and, per (k, q), the (address, bytes) span."""
+    (k, q, oc group). Returns the chunk table rows and, per (k, q), the (address, bytes) span.
+    A layer in the ``parts`` format packs ``w8`` (its sparse part) and ``w_dense`` (its int4 part)."""
     spec, part = plan.spec, plan.part
     assert spec.mask is not None
     reps: dict[int, CoreWork] = {}
@@ -55,7 +57,9 @@ def pack_layer(plan: LayerPlan, w8: np.ndarray, bias: np.ndarray | None, image: 
                 o0, o1, c0, c1 = ch
                 cb0, cb1 = (c0 // bi, math.ceil(c1 / bi)) if spec.groups == 1 else (0, spec.mask.shape[1])
                 last = q == part.n_q - 1
-                data = pack_chunk(spec, w8, bias if last else None, chunk_geometry(spec, o0, o1, cb0, cb1), sparse)
+                geo = chunk_geometry(spec, o0, o1, cb0, cb1)
+                data = (pack_chunk(spec, w8, bias if last else None, geo, sparse) if w_dense is None else
+                        pack_parts_chunk(spec, w8, w_dense, bias if last else None, geo, sparse))
                 rows.append(ChunkRow(g, k, q, o0, o1, cb0, cb1, base + len(image), len(data), last))
                 image.extend(data)
             spans[(k, q)] = (start, base + len(image) - start)

@@ -16,8 +16,7 @@ from tilesparse.compiler.layers import LayerSpec
 from tilesparse.compiler.partition import LayerPartition, oc_chunks
 from tilesparse.compiler.steps import WeightIndex
 from tilesparse.hw import ArrayConfig
-from tilesparse.program.sparse_format import MASKED
-from tilesparse.timing import peak_macs_per_cycle
+from tilesparse.timing import parts_lower_rate
 
 __all__ = ["GridFloor", "input_pass_s"]
 
@@ -60,7 +59,7 @@ class GridFloor:
         pos = np.array([(c.h1 - c.h0) * (c.w1 - c.w0) for c in live])
         zero, n_cb = np.zeros(len(live), np.int64), np.full(len(live), widx.n_cb)
         macs = widx.kept_many(oc0, oc1, zero, n_cb) * spec.taps * pos
-        rate = peak_macs_per_cycle(hw, spec.weight_format == MASKED)  # twice the dense for masked weights
+        rate = parts_lower_rate(hw, spec.weight_format)  # twice the dense for masked weights; parts: per part
         self.comp = float(macs.max()) / (rate * hw.clock_hz)
         self.call_s = hw.core.kernel_call_overhead_cycles / hw.clock_hz  # paid by every COMP iteration
         nbytes = widx.chunk_bytes_many(oc0, oc1, zero, n_cb, np.ones(len(live), bool))

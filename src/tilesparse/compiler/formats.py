@@ -25,9 +25,10 @@ import numpy as np
 from tilesparse.compiler.cache import CompileCache
 from tilesparse.compiler.layers import LayerSpec
 from tilesparse.compiler.pack import int8_weights
+from tilesparse.errors import ConfigError
 from tilesparse.hw import ArrayConfig
 from tilesparse.ir.graph import Graph
-from tilesparse.program.sparse_format import BLOCK, MASKED, group_excess
+from tilesparse.program.sparse_format import BLOCK, MASKED, PARTS, group_excess
 
 __all__ = ["choose_weight_formats", "masked_problem"]
 
@@ -63,6 +64,18 @@ def masked_problem(spec: LayerSpec, w8: np.ndarray, hw: ArrayConfig) -> str | No
     return None
 
 
+def _parts_format(graph: Graph, spec: LayerSpec, hw: ArrayConfig) -> str:
+    """``parts`` for an SDQ conv whose sparse part the sparse multiply reads and whose dense part
+    fits int4 nibbles; else a ``ConfigError`` naming the layer."""
+    sdq = graph.node(spec.name).attrs["sdq"]
+    why = masked_problem(spec, np.asarray(graph.param(spec.name, "sdq_sparse")), hw)
+    if int(sdq["sparse_bits"]) > 8 or int(sdq["dense_bits"]) > 4:
+        why = f"parts int{sdq['sparse_bits']} + int{sdq['dense_bits']}: the parts format takes int8 + int4"
+    if why is not None:
+        raise ConfigError(f"layer {spec.name!r}", [f"SDQ layer cannot take the parts weight format: {why}"])
+    return PARTS
+
+
 def choose_weight_formats(graph: Graph, specs: list[LayerSpec], hw: ArrayConfig, cache: CompileCache | None = None
                           ) -> tuple[list[LayerSpec], dict[str, object]]:
     """The specs with each conv's ``weight_format`` chosen (module doc), and the record for the
@@ -74,6 +87,9 @@ def choose_weight_formats(graph: Graph, specs: list[LayerSpec], hw: ArrayConfig,
         if sp.kind != "conv":
             out.append(sp)
             continue
+        if graph.node(sp.name).attrs.get("sdq") is not None:
+            out.append(dataclasses.replace(sp, weight_format=_parts_format(graph, sp, hw)))
+            continue
         w8, _ = int8_weights(np.asarray(graph.param(sp.name, "weight")), cache)
         why = masked_problem(sp, w8, hw)
         if why is None:
@@ -81,5 +97,7 @@ def choose_weight_formats(graph: Graph, specs: list[LayerSpec], hw: ArrayConfig,
         else:
             notes[sp.name] = why
             out.append(sp)
-    counts = {f: sum(1 for s in out if s.kind == "conv" and s.weight_format == f) for f in (BLOCK, MASKED)}
+    counts = {f: sum(1 for s in out if s.kind == "conv" and s.weight_format == f) for f in (BLOCK, MASKED, PARTS)}
+    if not counts[PARTS]:  # listed only in a program that has SDQ layers
+        del counts[PARTS]
     return out, {"counts": counts, "notes": notes if counts[MASKED] else {}}

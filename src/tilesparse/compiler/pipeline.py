@@ -1,6 +1,6 @@
 """The back end in one flat pipeline: graph rewrites (``GRAPH_PASSES``) → layers → partition (each
 plan followed by ``PLAN_PASSES``) → memory → packing → code → Program (``compile_graph``). Each conv's
-weight format (block, or the sparse multiply's masked format) is chosen right after the layers
+weight format (block, the sparse multiply's masked format, or an SDQ layer's parts) is chosen right after the layers
 (``compiler.formats``).
 
 From a model source (zoo name, checkpoint, file.py:factory, .pt2) use the front door,
@@ -34,7 +34,7 @@ from tilesparse.compiler.pack import dense_weight_bytes, int8_weights
 from tilesparse.compiler.partition import Chooser, check_coverage
 from tilesparse.compiler.planning import LayerPlan, plan_layer, replan
 from tilesparse.compiler.rebalance import rebalance
-from tilesparse.errors import ConfigError, UnsupportedOpError
+from tilesparse.errors import UnsupportedOpError
 from tilesparse.hw import ArrayConfig, load_array
 from tilesparse.ir.graph import Graph, Op
 from tilesparse.passes.balance import balance_channels, reorder_channels, reorderable
@@ -49,6 +49,7 @@ from tilesparse.program import (
     TensorSlice,
 )
 from tilesparse.program.packing import LUT_TABLE_BYTES
+from tilesparse.program.sparse_format import PARTS
 from tilesparse.quant.rounding import INT8_MAX, INT8_MIN
 from tilesparse.quant.sdq_graph import sdq_layers
 
@@ -138,7 +139,7 @@ class _Job:
 def _balance_channels(g: Graph, job: _Job) -> Graph:
     """Sparse convs read only by convs get their output channels reordered so that contiguous
     channel ranges keep equal blocks (``passes.balance``; not with ``balance=False``)."""
-    if not job.balance:
+    if not job.balance or sdq_layers(g):  # an SDQ layer's two weight parts are not reordered (yet)
         return g
     g, job.orders = balance_channels(g)
     return g
@@ -228,11 +229,11 @@ def compile_graph(graph: Graph, hw: ArrayConfig | str, *, chooser: Chooser | Non
     its plan (``rebalance``); the program's ``meta["channel_orders"]`` records the orders, the
     network's output is unchanged. An add of two convs' outputs runs inside the one that reads less
     input (``fusion.order_add_branches``). ``cache``: what the compile memoizes (``compiler.cache``;
-    a fresh one if None, so no compile depends on an earlier one). A graph with SDQ layers
-    (``quantize(..., sdq=...)``) is refused with a ``ConfigError`` naming them.
+    a fresh one if None, so no compile depends on an earlier one). SDQ layers (``quantize(...,
+    sdq=...)``) take the ``parts`` weight format (``compiler.formats``); a graph holding some is not
+    channel-balanced.
     """
     t0 = time.perf_counter()
-    _refuse_sdq(graph)
     job = _Job(graph, load_array(hw), chooser, balance, CompileCache() if cache is None else cache)
     for name, rewrite in GRAPH_PASSES:  # 1. graph rewrites
         job.graph = verify(rewrite(job.graph, job), after=name)
@@ -248,15 +249,6 @@ def compile_graph(graph: Graph, hw: ArrayConfig | str, *, chooser: Chooser | Non
     return prog
 
 
-def _refuse_sdq(graph: Graph) -> None:
-    """SDQ layers hold two weight parts the packer and the time model do not know yet."""
-    names = sdq_layers(graph)
-    if names:
-        raise ConfigError(f"graph {graph.name}", [
-            f"layer {name!r} is an SDQ layer: SDQ layers are computed by the integer reference only; "
-            "compiling them is issue 19 (the pattern family, part 2)" for name in names])
-
-
 def _assemble(graph, hw, plans: list[LayerPlan], ins, buffers, alloc, t0, cache: CompileCache) -> Program:
     ddr = DdrLayout(hw)
     image = bytearray()
@@ -269,7 +261,12 @@ def _assemble(graph, hw, plans: list[LayerPlan], ins, buffers, alloc, t0, cache:
     for plan in plans:
         rows: list[ChunkRow] = []
         spans: dict[tuple[int, int], tuple[int, int]] = {}
-        if plan.spec.kind == "conv":
+        if plan.spec.kind == "conv" and plan.spec.weight_format == PARTS:  # SDQ: int8 part + int4 part
+            bias = _bias(graph, plan.spec)
+            rows, spans = pack_layer(plan, np.asarray(graph.param(plan.spec.name, "sdq_sparse")), bias, image,
+                                     wbase, np.asarray(graph.param(plan.spec.name, "sdq_dense")))
+            _check_packed(plan, rows)
+        elif plan.spec.kind == "conv":
             w8, q = int8_weights(np.asarray(graph.param(plan.spec.name, "weight")), cache)
             quantized &= q
             bias = _bias(graph, plan.spec)
@@ -353,6 +350,9 @@ def _attrs(graph: Graph, sp: LayerSpec) -> dict[str, Any]:
     attrs = {k: v for k, v in (node.attrs.items() if node else []) if _jsonable(v)}
     if node is not None:
         attrs["out_scale_exp"] = node.out.scale_exp
+        if node.attrs.get("sdq") is not None:  # the parts' left shifts onto the accumulator's exponent
+            sdq, e_w = node.attrs["sdq"], int(node.attrs["weight_exp"])
+            attrs["parts_shifts"] = [int(sdq["sparse_exp"]) - e_w, int(sdq["dense_exp"]) - e_w]
     else:  # a concat copy: saturate(shift_round(x, shift)) into the concat's exponent
         attrs.update(shift=sp.copy_shift, clamp=[INT8_MIN, INT8_MAX],
                      out_scale_exp=graph.node(sp.out_tensor).out.scale_exp)
@@ -372,6 +372,7 @@ def _jsonable(v: Any) -> bool:
 def _quant_params(graph: Graph) -> dict[str, np.ndarray]:
     """Per-channel quantization arrays the simulator needs (everything but weight/bias/mask and
     batch-norm statistics)."""
-    skip = ("weight", "bias", "mask", "running_mean", "running_var", "table")  # a table travels as its chunk
+    skip = ("weight", "bias", "mask", "running_mean", "running_var", "table",  # a table travels as its chunk
+            "sdq_sparse", "sdq_dense", "sdq_mask")  # SDQ parts travel as their chunks
     return {k: np.asarray(v) for k, v in graph.params.items() if k.rsplit(".", 1)[-1] not in skip}
 

@@ -36,8 +36,8 @@ from tilesparse.compiler.partition import (
 from tilesparse.hw import ArrayConfig
 from tilesparse.program.layout import chunk_with_inputs
 from tilesparse.program.packing import LUT_TABLE_BYTES, packed_nbytes
-from tilesparse.program.sparse_format import MASKED
-from tilesparse.timing import PIPE_OPS, comp_cycles, element_cycles, matmul_shape
+from tilesparse.program.sparse_format import MASKED, PARTS
+from tilesparse.timing import PIPE_OPS, comp_cycles, element_cycles, part_matmul_shapes
 
 __all__ = ["Step", "WeightIndex", "chunk_with_inputs", "core_chunk", "layer_steps"]
 
@@ -49,9 +49,10 @@ class WeightIndex:
         assert spec.mask is not None
         self.spec = spec
         # the masked format's sizes need the array's sparse multiply (``program.packing.packed_nbytes``)
-        if spec.weight_format == MASKED and hw is None:
-            raise ValueError(f"layer {spec.name}: the masked weight format needs the array description")
-        self.sparse = hw.core.sparse_matmul if spec.weight_format == MASKED and hw is not None else None
+        sparse = spec.weight_format in (MASKED, PARTS)
+        if sparse and hw is None:
+            raise ValueError(f"layer {spec.name}: the {spec.weight_format} weight format needs the array description")
+        self.sparse = hw.core.sparse_matmul if sparse and hw is not None else None
         bo, bi = spec.block
         og, ig = spec.co // spec.groups, spec.ci // spec.groups
         self.n_cb = spec.mask.shape[1]
@@ -176,24 +177,30 @@ def _chunk_work(spec, hw, widx, oc0, oc1, ci0, ci1, last_q):
         if spec.kind == "lut":  # the table: one chunk per oc group, loaded in the first step, then resident
             nbytes[0, 0] = np.where(o1[0, 0] > o0[0, 0], LUT_TABLE_BYTES, 0)
         return ops, ops, nbytes
-    _, kd, n = matmul_shape(hw, spec.weight_format == MASKED)  # rule 2: K doubles for masked weights
     bi = spec.block[1]
     cb0 = ci0 // bi if spec.groups == 1 else np.zeros_like(ci0)
     cb1 = -(-ci1 // bi) if spec.groups == 1 else np.full_like(ci0, widx.n_cb)
-    # per q (block-column range uniform over groups): slab steps and kept channels, prefix-summed
     qb0, qb1 = cb0[0, :, 0], cb1[0, :, 0]
-    slab_cum = widx.q_tables_many(qb0, qb1, n, kd)  # (slabs+1, Q)
     qi = np.arange(ci0.shape[1])[None, :, None]
+    shapes = part_matmul_shapes(hw, spec.weight_format)  # rule 2: K per weight part (masked: doubled)
+    work = sum(_part_work(spec, widx, o0, o1, cb0, cb1, qb0, qb1, qi, kd, n) for _, kd, n in shapes)
+    mpp = widx.kept_many(o0, o1, qb0[qi], qb1[qi]) * spec.taps * len(shapes)  # every part multiplies
+    nbytes = widx.chunk_bytes_many(o0, o1, cb0, cb1, np.broadcast_to(last_q[None, :, None], o0.shape))
+    return work, mpp, nbytes
+
+
+def _part_work(spec, widx, o0, o1, cb0, cb1, qb0, qb1, qi, kd: int, n: int) -> np.ndarray:
+    """Matmul steps per M positions of one weight part at rule 2's (K, N) = (``kd``, ``n``)."""
+    # per q (block-column range uniform over groups): slab steps and kept channels, prefix-summed
+    slab_cum = widx.q_tables_many(qb0, qb1, n, kd)  # (slabs+1, Q)
     work = np.where(o1 > o0, slab_cum[-(-o1 // n), qi] - slab_cum[o0 // n, qi], 0)  # empty chunks idle
-    mpp = widx.kept_many(o0, o1, qb0[qi], qb1[qi]) * spec.taps
     # slabs start at the chunk: recount chunks not aligned to N at either end (the table's slabs
     # are aligned, and its last slab would take channels of the next chunk)
     for idx in zip(*np.nonzero(((o0 % n != 0) | ((o1 % n != 0) & (o1 < spec.co))) & (o1 > o0)), strict=True):
         kept = widx.ch_cum[o0[idx]:o1[idx], cb1[idx]] - widx.ch_cum[o0[idx]:o1[idx], cb0[idx]]
         kept = np.concatenate([kept, np.zeros((-len(kept)) % n, kept.dtype)]).reshape(-1, n).max(axis=1)
         work[idx] = int((-(-(kept * spec.taps) // kd)).sum())
-    nbytes = widx.chunk_bytes_many(o0, o1, cb0, cb1, np.broadcast_to(last_q[None, :, None], o0.shape))
-    return work, mpp, nbytes
+    return work
 
 
 def _chunks_of(spec, hw, part: LayerPartition, reps: list[CoreWork], widx, last_q, cache: CompileCache | None):

@@ -49,8 +49,7 @@ import numpy as np
 
 from tilesparse.hw import ArrayConfig
 from tilesparse.program import LayerGeometry, LayerRecord, Program
-from tilesparse.program.sparse_format import MASKED
-from tilesparse.timing import peak_macs_per_cycle
+from tilesparse.timing import parts_lower_rate
 
 __all__ = ["LayerBound", "NetworkBound", "layer_bound", "network_bound", "prefetch_bound", "program_bounds"]
 
@@ -132,7 +131,7 @@ def _peak_ops_per_s(rec: LayerRecord, hw: ArrayConfig) -> float:
     a conv in the masked format), or table lookups for a lut layer."""
     if rec.kind == "lut":
         return hw.n_cores * hw.core.lut_lookups_per_cycle * hw.clock_hz
-    return hw.n_cores * peak_macs_per_cycle(hw, rec.geometry.weight_format == MASKED) * hw.clock_hz
+    return hw.n_cores * parts_lower_rate(hw, rec.geometry.weight_format) * hw.clock_hz  # parts: each at its rate
 
 
 def program_bounds(program: Program) -> list[LayerBound]:

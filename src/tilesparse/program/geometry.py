@@ -17,7 +17,7 @@ __all__ = ["KINDS", "LayerGeometry", "WEIGHT_FORMATS", "WindowRules"]
 KINDS = ("conv", "maxpool", "avgpool", "add", "relu", "relu6", "lut", "copy", "flatten", "adaptive_avgpool", "mul")
 TWO_INPUT_KINDS = ("add", "mul")  # element-wise ops of two equal-shaped tensors
 WHOLE_PLANE_KINDS = ("flatten", "adaptive_avgpool")  # every tile reads the input's whole H x W plane
-WEIGHT_FORMATS = ("block", "masked")  # program.sparse_format says what each one is
+WEIGHT_FORMATS = ("block", "masked", "parts")  # program.sparse_format / program.parts_format say what each one is
 
 
 class WindowRules:

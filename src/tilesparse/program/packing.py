@@ -20,7 +20,9 @@ At 50 % sparsity the bitmap costs one bit per 64·taps dense bytes, so a 1×1 co
 
 A layer whose ``weight_format`` is ``masked`` (``program.sparse_format``) packs the same chunk
 with the bitmap padded to a 32-bit word and the kept-block bytes (2.) compressed in the sparse
-multiply's 256-bit masked chunks (20 bytes per 32); the bias follows as above. ``spec`` below
+multiply's 256-bit masked chunks (20 bytes per 32); the bias follows as above. A layer in the
+``parts`` format (an SDQ layer, ``program.parts_format``) packs both its weight parts in one chunk
+(``pack_parts_chunk`` / ``split_parts``). ``spec`` below
 is a ``LayerGeometry`` or the compiler's ``LayerSpec`` (``pack_chunk`` needs the latter's
 kept-block mask).
 """
@@ -35,11 +37,20 @@ import numpy as np
 
 from tilesparse.hw import SparseMatmulConfig
 from tilesparse.program.geometry import WindowRules
-from tilesparse.program.sparse_format import BLOCK, MASKED, decode_masked, encode_masked, masked_nbytes, pad_words
+from tilesparse.program.parts_format import decode_int4, encode_int4, int4_nbytes
+from tilesparse.program.sparse_format import (
+    BLOCK,
+    MASKED,
+    PARTS,
+    decode_masked,
+    encode_masked,
+    masked_nbytes,
+    pad_words,
+)
 
 __all__ = ["BITS_PER_BYTE", "LUT_INDEX_BIAS", "LUT_TABLE_BYTES", "PIECE_ALIGN", "ChunkGeometry", "MaskedLayer",
-           "chunk_geometry", "kept_stream_bytes", "masked_to_block", "pack_chunk", "pack_table", "packed_nbytes",
-           "piece_bounds", "unpack_chunk", "unpack_table"]
+           "chunk_geometry", "kept_stream_bytes", "masked_to_block", "pack_chunk", "pack_parts_chunk", "pack_table",
+           "packed_nbytes", "piece_bounds", "split_parts", "unpack_chunk", "unpack_table"]
 
 BITS_PER_BYTE = 8
 PIECE_ALIGN = 4  # weight pieces start on 32-bit words (the DMA's unit)
@@ -123,6 +134,8 @@ def packed_nbytes(weight_format: str, bitmap: np.ndarray | int, blocks: np.ndarr
     if weight_format == BLOCK:
         return np.asarray(bitmap + blocks + bias)
     assert sparse is not None, "the masked format needs the array's sparse_matmul description"
+    if weight_format == PARTS:  # masked int8 part + int4 part over the same kept blocks
+        return np.asarray(pad_words(bitmap) + masked_nbytes(blocks, sparse) + int4_nbytes(blocks) + bias)
     return np.asarray(pad_words(bitmap) + masked_nbytes(blocks, sparse) + bias)
 
 
@@ -130,10 +143,10 @@ def _sparse_of(spec: object, sparse: SparseMatmulConfig | None) -> SparseMatmulC
     fmt = getattr(spec, "weight_format", BLOCK)
     if fmt == BLOCK:
         return None
-    if fmt != MASKED:
+    if fmt not in (MASKED, PARTS):
         raise ValueError(f"layer {getattr(spec, 'name', '?')}: unknown weight format {fmt!r}")
     if sparse is None or not sparse.enabled:
-        raise ValueError(f"layer {getattr(spec, 'name', '?')}: weights in the masked format need an array whose "
+        raise ValueError(f"layer {getattr(spec, 'name', '?')}: weights in the {fmt} format need an array whose "
                          "core.sparse_matmul is enabled")
     return sparse
 
@@ -154,6 +167,46 @@ def pack_chunk(spec: MaskedLayer, w8: np.ndarray, bias: np.ndarray | None, geo: 
     return bitmap + encode_masked(blocks, sm) + raw[len(raw) - nbias:]
 
 
+def pack_parts_chunk(spec: MaskedLayer, w_sparse: np.ndarray, w_dense: np.ndarray, bias: np.ndarray | None,
+                     geo: ChunkGeometry, sparse: SparseMatmulConfig | None) -> bytes:
+    """Packed bytes of one chunk in the ``parts`` format (``program.parts_format``): the int8
+    ``w_sparse`` masked, the ``w_dense`` codes (in [-8, 7]) as int4 nibbles, both O × I_g × kh × kw."""
+    sm = _sparse_of(spec, sparse)
+    assert sm is not None
+    raw_s = _pack_block(spec, w_sparse, bias, geo)
+    raw_d = _pack_block(spec, w_dense, None, geo)
+    nbit = math.ceil(len(geo.row_ch) * (geo.cb1 - geo.cb0) / BITS_PER_BYTE)
+    nbias = 4 * (geo.oc1 - geo.oc0) if bias is not None else 0
+    bitmap = raw_s[:nbit] + bytes(int(pad_words(nbit)) - nbit)
+    dense = np.frombuffer(raw_d[nbit:], np.int8)
+    return (bitmap + encode_masked(raw_s[nbit:len(raw_s) - nbias], sm) + encode_int4(dense)
+            + raw_s[len(raw_s) - nbias:])
+
+
+def split_parts(spec: WindowRules, buf: bytes, geo: ChunkGeometry, with_bias: bool,
+                sparse: SparseMatmulConfig | None) -> tuple[bytes, bytes]:
+    """A ``parts`` chunk as two block-format chunks (the sparse part with the bias, the dense part
+    without), each part decoded from its own bytes; ``ValueError`` when the bytes do not fit."""
+    sm = _sparse_of(spec, sparse)
+    assert sm is not None
+    nrows, ncols = len(geo.row_ch), geo.cb1 - geo.cb0
+    nbit = math.ceil(nrows * ncols / BITS_PER_BYTE)
+    if len(buf) < pad_words(nbit):
+        raise ValueError(f"{len(buf)} B cannot hold a {nrows}x{ncols} block bitmap")
+    bits = np.unpackbits(np.frombuffer(buf[:nbit], np.uint8), bitorder="little")
+    keep = bits[: nrows * ncols].reshape(nrows, ncols).astype(bool)
+    n = kept_stream_bytes(spec, keep, geo)
+    a = int(pad_words(nbit))
+    b = a + int(masked_nbytes(n, sm))
+    c = b + int(int4_nbytes(n))
+    nbias = 4 * (geo.oc1 - geo.oc0) if with_bias else 0
+    if len(buf) != c + nbias:
+        raise ValueError(f"chunk of {getattr(spec, 'name', 'the layer')}: {len(buf)} bytes, parts layout "
+                         f"accounts for {c + nbias}")
+    head = buf[:nbit]
+    return head + decode_masked(buf[a:b], n, sm) + buf[c:], head + decode_int4(buf[b:c], n).tobytes()
+
+
 def kept_stream_bytes(spec: WindowRules, keep: np.ndarray, geo: ChunkGeometry) -> int:
     """Bytes of a chunk's kept blocks (its bitmap ``keep``, block rows × block columns)."""
     heights = geo.row_ch[:, 1] - geo.row_ch[:, 0]
@@ -164,6 +217,8 @@ def masked_to_block(spec: WindowRules, buf: bytes, geo: ChunkGeometry, with_bias
                     sparse: SparseMatmulConfig | None) -> bytes:
     """A chunk of the layer's format as the block format's bytes (the masked chunks decoded;
     a block-format chunk is returned as is). ``ValueError`` when the bytes do not fit the layout."""
+    if getattr(spec, "weight_format", BLOCK) == PARTS:
+        raise ValueError(f"layer {getattr(spec, 'name', '?')}: a parts chunk holds two weights (split_parts)")
     sm = _sparse_of(spec, sparse)
     if sm is None:
         return buf

@@ -4,6 +4,7 @@ Multiplication"), and the per-layer weight formats of a program.
 A layer's weights are packed in one of ``WEIGHT_FORMATS``:
 
 * ``block`` — the block format of ``program.packing``: block bitmap, kept int8 blocks, bias.
+* ``parts`` — an SDQ layer's two parts in one chunk (``program.parts_format``).
 * ``masked`` — the same chunk with its kept-block bytes compressed for the sparse multiply: every
   ``chunk_bytes`` (32) bytes of the kept-block stream become a ``mask_bytes`` (4) mask, one bit per
   original byte, least significant bit first, followed by exactly ``payload_bytes`` (16) bytes —
@@ -30,10 +31,10 @@ import numpy as np
 from tilesparse.hw import SparseMatmulConfig
 from tilesparse.program.geometry import WEIGHT_FORMATS
 
-__all__ = ["BLOCK", "MASKED", "WEIGHT_FORMATS", "WORD_BYTES", "decode_masked", "encode_masked", "group_excess",
+__all__ = ["BLOCK", "MASKED", "PARTS", "WEIGHT_FORMATS", "WORD_BYTES", "decode_masked", "encode_masked", "group_excess",
            "masked_nbytes", "pad_words"]
 
-BLOCK, MASKED = WEIGHT_FORMATS
+BLOCK, MASKED, PARTS = WEIGHT_FORMATS
 WORD_BYTES = 4  # compressed chunks and the bitmap before them are 32-bit aligned
 
 

@@ -15,7 +15,8 @@ attrs                  ``weight_exp`` = e_w, ``shift`` = e_out − e_in − e_w,
 
 The accumulator is exact: acc = (Σ x·sparse) << (sparse_exp − e_w) + (Σ x·dense) << (dense_exp − e_w)
 + bias, then the usual requantization. No ``weight`` param is left, so a reader that does not know
-SDQ fails instead of computing a wrong layer; the compiler refuses such graphs (issue 19, the pattern family's part 2).
+SDQ fails instead of computing a wrong layer; the compiler packs both parts in the ``parts`` weight format
+(``program.parts_format``, docs/compiler.md "Composite patterns").
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from the bytes its core holds (``decode_table``). Everything else uses the integ
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -23,10 +24,11 @@ from tilesparse.program.packing import (
     LUT_INDEX_BIAS,
     chunk_geometry,
     masked_to_block,
+    split_parts,
     unpack_chunk,
     unpack_table,
 )
-from tilesparse.program.sparse_format import MASKED
+from tilesparse.program.sparse_format import BLOCK, MASKED, PARTS
 from tilesparse.quant import rounding as R
 
 __all__ = ["Chunk", "LutTable", "conv_cycles", "conv_tile", "decode_chunk", "decode_table", "geometry", "im2col",
@@ -43,6 +45,7 @@ class Chunk:
     groups: tuple[tuple[np.ndarray, np.ndarray | None, np.ndarray], ...]  # out idx, feature idx, W
     bias: np.ndarray | None
     kept: np.ndarray  # kept input channels of each output channel of the chunk
+    parts: int = 1  # weight parts multiplied (2 for a ``parts`` chunk)
 
     @property
     def oc0(self) -> int:
@@ -121,15 +124,35 @@ def _ranges(bounds: np.ndarray) -> np.ndarray:
     return np.repeat(bounds[:, 0] - np.r_[0, np.cumsum(lens)[:-1]], lens) + np.arange(int(lens.sum()))
 
 
-def decode_chunk(spec: LayerGeometry, buf: bytes, row: ChunkRow, ci0: int, n_ch: int, sparse=None) -> Chunk:
+def decode_chunk(spec: LayerGeometry, buf: bytes, row: ChunkRow, ci0: int, n_ch: int, sparse=None,
+                 part_shifts: tuple[int, ...] | None = None) -> Chunk:
     """Decode a packed chunk (``ValueError`` if its bytes do not match its layout) into groups of
     block rows sharing the same kept block columns. ``ci0``/``n_ch``: the first input channel
     and channel count of the window the core holds; ``sparse``: the array's
     ``core.sparse_matmul``, whose masked chunks a layer in the masked format holds (decompressed
-    first, as the core does on load)."""
-    oc0, oc1, cb0, cb1, with_bias = row.oc0, row.oc1, row.cb0, row.cb1, row.with_bias
+    first, as the core does on load). A ``parts`` chunk (``program.parts_format``) decodes each
+    part from its own bytes; its groups carry each part's weights times 2**shift (``part_shifts``,
+    the record's ``attrs["parts_shifts"]``), so COMP sums the parts' products aligned."""
+    if spec.weight_format == PARTS:
+        if part_shifts is None:
+            raise ValueError(f"layer {spec.name}: a parts chunk needs the parts' shifts")
+        geo = geometry(spec, row.oc0, row.oc1, row.cb0, row.cb1)
+        bufs = split_parts(spec, buf, geo, bool(row.with_bias), sparse)
+        blk = dataclasses.replace(spec, weight_format=BLOCK)  # each part, decoded, is a block chunk
+        chunks = [_decode_block(blk, b, row, ci0, n_ch, bool(row.with_bias) and i == 0)
+                  for i, b in enumerate(bufs)]
+        groups = tuple((o, f, w * float(2 ** int(s))) for c, s in zip(chunks, part_shifts, strict=True)
+                       for o, f, w in c.groups)
+        return Chunk(row, groups, chunks[0].bias, chunks[0].kept, len(chunks))
+    geo = geometry(spec, row.oc0, row.oc1, row.cb0, row.cb1)
+    return _decode_block(spec, masked_to_block(spec, buf, geo, bool(row.with_bias), sparse), row, ci0, n_ch,
+                         bool(row.with_bias))
+
+
+def _decode_block(spec: LayerGeometry, buf: bytes, row: ChunkRow, ci0: int, n_ch: int, with_bias: bool) -> Chunk:
+    """``decode_chunk`` of bytes in the block format."""
+    oc0, oc1, cb0, cb1 = row.oc0, row.oc1, row.cb0, row.cb1
     geo = geometry(spec, oc0, oc1, cb0, cb1)
-    buf = masked_to_block(spec, buf, geo, bool(with_bias), sparse)
     keep, nbit = _keep_bits(buf, len(geo.row_ch), cb1 - cb0)
     heights = geo.row_ch[:, 1] - geo.row_ch[:, 0]
     if len(heights) and (heights == heights[0]).all() and (geo.col_w == geo.col_w[0]).all():
@@ -191,7 +214,7 @@ def conv_tile(x: np.ndarray, spec: LayerGeometry, stride, n_out, chunk: Chunk) -
     macs = 0
     for out, feat, w in chunk.groups:
         xs = cols.reshape(p, -1) if feat is None else cols[..., feat].reshape(p, -1)
-        acc[:, out] = xs @ w
+        acc[:, out] += xs @ w  # a parts chunk's groups repeat output channels, one per part
         macs += p * w.shape[0] * w.shape[1]
     return np.rint(acc).astype(np.int64), macs
 
@@ -243,16 +266,29 @@ def conv_cycles(chunk: Chunk, p: int, taps: int, hw, weight_format: str = "block
     """Rule 2 of the time model for one core and tile, from the blocks the core really holds:
     ceil(P / M) × Σ_slabs ceil(kept channels × taps / K) + call overhead (slabs of N channels
     from the chunk's first channel, as its weights are laid out); a core with no kept block does
-    not run. (M, K, N): the dense MMUL, or the sparse multiply's for weights in the masked format."""
-    m, k, n = hw.core.sparse_matmul.shape if weight_format == MASKED else hw.core.matmul_shape
+    not run. (M, K, N): the dense MMUL, or the sparse multiply's for weights in the masked format;
+    a ``parts`` chunk runs each part at its own (``timing.part_matmul_shapes``) and sums them."""
     kept = chunk.kept
-    slab = np.arange(len(kept)) // n
-    per_slab = np.zeros(int(slab[-1]) + 1 if len(slab) else 0, np.int64)
-    np.maximum.at(per_slab, slab, kept)
-    steps = int(np.ceil(per_slab * taps / k).sum())
-    if steps == 0 or p == 0:
+    total = 0
+    for m, k, n in _part_shapes(hw, weight_format):
+        slab = np.arange(len(kept)) // n
+        per_slab = np.zeros(int(slab[-1]) + 1 if len(slab) else 0, np.int64)
+        np.maximum.at(per_slab, slab, kept)
+        total += math.ceil(p / m) * int(np.ceil(per_slab * taps / k).sum())
+    if total == 0 or p == 0:
         return 0
-    return math.ceil(p / m) * steps + hw.core.kernel_call_overhead_cycles
+    return total + hw.core.kernel_call_overhead_cycles
+
+
+def _part_shapes(hw, weight_format: str) -> list[tuple[int, int, int]]:
+    """(M, K, N) of each weight part: the dense MMUL (block), the sparse multiply's (masked), or for
+    ``parts`` the sparse multiply's then the int8 x int4 one (K scaled by the int4 rate)."""
+    if weight_format == MASKED:
+        return [hw.core.sparse_matmul.shape]
+    if weight_format != PARTS:
+        return [hw.core.matmul_shape]
+    m, k, n = hw.core.matmul_shape
+    return [hw.core.sparse_matmul.shape, (m, k * hw.macs_per_cycle("int8xint4") // hw.macs_per_cycle("int8"), n)]
 
 
 def requantize_conv(acc: np.ndarray, shift: np.ndarray, clamp) -> np.ndarray:

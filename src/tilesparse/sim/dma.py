@@ -191,7 +191,8 @@ class Staging:
         if hit is not None and np.array_equal(hit[0], data):  # same bytes as a chunk already decoded
             return hit[1]
         try:
-            chunk = C.decode_chunk(self.v.spec, data.tobytes(), row, ch[2], ch[3] - ch[2], self.p.hw.core.sparse_matmul)
+            chunk = C.decode_chunk(self.v.spec, data.tobytes(), row, ch[2], ch[3] - ch[2], self.p.hw.core.sparse_matmul,
+                                   self.v.rec.attrs.get("parts_shifts"))
         except ValueError as e:
             raise SimulationError(f"{where}: weight chunk of core {self.mem.core_name(core)} "
                                   f"(oc group {row.oc_group}) does not decode: {e}") from None

@@ -28,6 +28,8 @@ import numpy as np
 from tilesparse.hw import ArrayConfig
 
 __all__ = [
+    "part_matmul_shapes",
+    "parts_lower_rate",
     "PIPE_OPS",
     "TRANSFER_OPS",
     "WEIGHT_SLOTS",
@@ -86,6 +88,24 @@ def matmul_shape(hw: ArrayConfig, sparse: bool = False) -> tuple[int, int, int]:
             raise ValueError(f"{hw.label}: weights in the masked format need core.sparse_matmul enabled")
         return sm.shape
     return hw.core.matmul_shape
+
+
+def part_matmul_shapes(hw: ArrayConfig, weight_format: str) -> tuple[tuple[int, int, int], ...]:
+    """Rule 2's (M, K, N) per weight part a COMP multiplies: one for ``block`` (the dense MMUL) and
+    ``masked`` (the sparse multiply's), two for ``parts`` (an SDQ layer: its masked int8 part at the
+    sparse multiply's shape, then its int4 part at the int8 x int4 rate — K scaled by
+    ``macs_per_cycle("int8xint4") / macs_per_cycle("int8")``, 16 on AIE-ML, AM020 "Summary")."""
+    if weight_format != "parts":
+        return (matmul_shape(hw, weight_format == "masked"),)
+    m, k, n = hw.core.matmul_shape
+    k4 = k * hw.macs_per_cycle("int8xint4") // hw.macs_per_cycle("int8")
+    return matmul_shape(hw, True), (m, k4, n)
+
+
+def parts_lower_rate(hw: ArrayConfig, weight_format: str) -> float:
+    """MACs per cycle per core of one kept MAC of every part, each part at its peak: the harmonic
+    combination 1 / sum(1 / rate_part) (the dense-equivalent rate of a ``parts`` layer's work)."""
+    return 1.0 / sum(1.0 / (m * k * n) for m, k, n in part_matmul_shapes(hw, weight_format))
 
 
 def peak_macs_per_cycle(hw: ArrayConfig, sparse: bool = False) -> int:
