@@ -12,8 +12,8 @@ from tilesparse.errors import ConfigError
 
 __all__ = ["register"]
 
-PATTERNS_HELP = ("Comma-separated patterns: dense, block patterns (8x8: one point per --sparsities), N:M (2:4, 1:4: "
-                 "their own sparsity), hierarchies (8x8/2:4 or hss: the free level set per --sparsities; "
+PATTERNS_HELP = ("Comma-separated patterns: dense, block patterns (8x8: one point per --sparsity), N:M (2:4, 1:4: "
+                 "their own sparsity), hierarchies (8x8/2:4 or hss: the free level set per --sparsity; "
                  "8x8@0.5/2:4), tasd (2:4+1:4) and sdq (int8-2:4+int4): rows 'not compiled: <reason>' while the "
                  "compiler refuses them.")
 
@@ -35,10 +35,11 @@ def _names(text: str, flag: str) -> list[str]:
 def pareto_verb(
     networks: Annotated[str, typer.Option(help="Comma-separated model sources (zoo names, file.py:factory).")
                         ] = "resnet50",
-    arrays: Annotated[str, typer.Option("--arrays", "-a", help="Comma-separated arrays (RxC or hw YAML).")] = "4x4",
+    arrays: Annotated[str, typer.Option(help="Comma-separated arrays (RxC or hw YAML).")] = "4x4",
     patterns: Annotated[str, typer.Option(help=PATTERNS_HELP)] = "dense,8x8,2:4,1:4,hss,tasd,sdq",
-    sparsities: Annotated[str, typer.Option(help="Comma-separated target sparsities for patterns with a free "
-                                                 "level.")] = "0.5,0.75",
+    sparsities: Annotated[str, typer.Option("--sparsity", "--sparsities",
+                                            help="Comma-separated target sparsities (fractions of zero weights) "
+                                                 "for the patterns with a free level.")] = "0.5,0.75",
     input_shape: Annotated[str | None, typer.Option(help=INPUT_SHAPE_HELP)] = None,
     accuracy: Annotated[Path | None, typer.Option(help="Evaluation file to join: CSV / JSON with network, "
                                                        "pattern, density or sparsity, accuracy; or the accuracy "
@@ -61,8 +62,8 @@ def pareto_verb(
     Examples:
 
     * `tilesparse pareto --networks resnet50 --arrays 4x4,8x8 --md pareto.md --plot pareto.png`
-    * `tilesparse pareto --networks digits_cnn -a 2x2 --accuracy benchmarks/results/accuracy_study.jsonl --csv d.csv`
-    * `tilesparse pareto --networks vgg16 --patterns dense,8x8,2:4 --sparsities 0.5,0.75,0.875 --no-energy`
+    * `tilesparse pareto --networks digits_cnn --arrays 2x2 --accuracy accuracy_study.jsonl --csv d.csv`
+    * `tilesparse pareto --networks vgg16 --patterns dense,8x8,2:4 --sparsity 0.5,0.75,0.875 --no-energy`
     """
     from dataclasses import asdict
 
@@ -75,7 +76,7 @@ def pareto_verb(
                                                               (patterns, "--patterns")))
     for a in arrs:
         array_arg(a, "--arrays")
-    sps = _floats(sparsities, "--sparsities")
+    sps = _floats(sparsities, "--sparsity")
     plan = plan_points(pats, sps)  # usage errors (a bad pattern or sparsity) before any work
     if plot is not None and plot.suffix != ".png":
         raise ConfigError(f"--plot {plot}", ["expected a .png file name"])

@@ -96,7 +96,7 @@ def plan_points(patterns: Sequence[str], sparsities: Sequence[float]) -> list[Po
     from tilesparse.patterns import check_sparsity, parse_pattern
 
     for s in sparsities:
-        check_sparsity(s, "--sparsities")
+        check_sparsity(s, "--sparsity")
     out: list[PointPlan] = []
     for name in patterns:
         spec = ALIASES.get(name.strip().lower(), name.strip())
@@ -150,22 +150,26 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
 # --------------------------------------------------------------------------------------------- accuracy
 
 
-def _canon_pattern(text: str) -> str:
-    """A pattern name as the join compares it: aliases resolved, the grammar's own spelling."""
+def _canon_pattern(text: str, sparsity: float) -> str:
+    """A pattern name as the join compares it: aliases resolved, a free level filled with
+    ``sparsity``, the grammar's own spelling (``8x8`` at 0.5 is ``8x8@0.5``)."""
     t = str(text).strip()
     t = ALIASES.get(t.lower(), t)
-    if t.lower() == "dense" or t in EXTRA_PATTERNS:
-        return t.lower() if t.lower() == "dense" else t
+    if t.lower() == "dense":
+        return "dense"
+    if t in EXTRA_PATTERNS:
+        return t
     from tilesparse.patterns import parse_pattern
 
     try:
-        return parse_pattern(t, "accuracy table").spec()
+        p = parse_pattern(t, "accuracy table")
+        return (p.with_sparsity(sparsity) if p.free_levels() else p).spec()
     except ConfigError:
         return t
 
 
 def _key(network: str, pattern: str, sparsity: float) -> tuple[str, str, float]:
-    return network, _canon_pattern(pattern), round(float(sparsity), 4)
+    return network, _canon_pattern(pattern, float(sparsity)), round(float(sparsity), 4)
 
 
 def load_accuracy(path: str | Path, method: str = "oneshot") -> dict[tuple[str, str, float], float]:
@@ -208,7 +212,7 @@ def _record(r: Any, where: str, method: str) -> tuple[tuple[str, str, float], fl
         if r["kind"] == "dense":
             return (net, "dense", 0.0), float(r["accuracy"])
         if r["kind"] == "train" and r.get("method") == method and r.get("spec"):
-            return _key(net, _study_spec(r), r["sparsity"]), float(r["accuracy"])
+            return _key(net, str(r["spec"]), r["sparsity"]), float(r["accuracy"])
         return None
     missing = [k for k in ("network", "pattern", "accuracy") if r.get(k) in (None, "")]
     if r.get("density") in (None, "") and r.get("sparsity") in (None, ""):
@@ -223,17 +227,8 @@ def _record(r: Any, where: str, method: str) -> tuple[tuple[str, str, float], fl
     return _key(str(r["network"]), str(r["pattern"]), sp), acc
 
 
-def _study_spec(r: dict[str, Any]) -> str:
-    spec = str(r["spec"])
-    from tilesparse.patterns import parse_pattern
-
-    p = parse_pattern(spec, "accuracy study")
-    return p.with_sparsity(float(r["sparsity"])).spec() if p.free_levels() else p.spec()
-
-
 def accuracy_of(table: dict[tuple[str, str, float], float], row: ParetoRow) -> float | None:
-    pattern = "dense" if row.spec == "dense" else row.spec
-    return table.get(_key(row.network, pattern, row.sparsity))
+    return table.get(_key(row.network, row.spec, row.sparsity))
 
 
 # ------------------------------------------------------------------------------------------- the sweep
