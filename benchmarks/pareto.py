@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from tilesparse.reports.pareto import ParetoRow, load_accuracy, mark_fronts, run_pareto
+from tilesparse.reports.pareto import ParetoRow, load_accuracy, mark_fronts, plan_points, run_pareto
 from tilesparse.reports.pareto_render import markdown, write_csv, write_markdown, write_plot
 from tilesparse.utils.atomic import atomic_write_text
 
@@ -36,6 +36,10 @@ def _load(path: Path) -> dict[str, dict]:
 def _rows(cache: dict[str, dict]) -> list[ParetoRow]:
     names = {f.name for f in fields(ParetoRow)}
     rows = [ParetoRow(**{k: v for k, v in r.items() if k in names}) for g in cache.values() for r in g["rows"]]
+    nominal = {p.spec: p.sparsity for p in plan_points(PATTERNS, SPARSITIES)}
+    for r in rows:  # a refused point's sparsity is its pattern's nominal one (TASD 2:4+1:4 is 0.25)
+        if not r.compiled:
+            r.sparsity = nominal.get(r.spec, r.sparsity)
     mark_fronts(rows)
     return rows
 
@@ -87,8 +91,9 @@ Rules:
   timing-only (no int8 calibration: latency and bytes do not depend on the values).
 - Patterns: dense; 8x8 blocks at 50 % and 75 %; 2:4 (50 %) and 1:4 (75 %), packed in the sparse
   multiply's masked format; HSS 8x8/2:4 with the block level set so the whole is 50 % (8x8@0/2:4, i.e.
-  2:4) or 75 % (8x8@0.5/2:4); TASD (2:4+1:4) and SDQ (int8 2:4 + int4) are listed and reported
-  "not compiled: <reason>" while the compiler refuses them.
+  2:4) or 75 % (8x8@0.5/2:4); TASD (2:4+1:4, 25 % sparse) and SDQ (int8 2:4 + int4, every weight kept;
+  compiled quantized) are listed and reported "not compiled: <reason>" while the compiler refuses them
+  (on main they are not in the --pattern grammar yet).
 - Latency: the time model's estimate; bound: the per-layer lower bound (estimate/bounds.py).
   Weights: packed bytes (masks + kept weights, bias excluded). Traffic: bytes of the Program's
   instructions over DDR (LOAD, LOADW, WRITE) and between MemTile and cores (LOADFM, LOADWM, WRITEFM).

@@ -42,7 +42,9 @@ __all__ = ["ALIASES", "ParetoRow", "PointPlan", "load_accuracy", "pareto_front",
 # short names accepted beside the --pattern grammar
 ALIASES = {"hss": "8x8/2:4", "tasd": "2:4+1:4", "sdq": "int8-2:4+int4"}
 # patterns outside the --pattern grammar (another format), handed to the compiler as given
-EXTRA_PATTERNS = {"2:4+1:4": 0.25, "int8-2:4+int4": None}  # spec -> fixed sparsity (None: dense weights)
+# spec -> its fixed sparsity: TASD 2:4+1:4 keeps 2/4 + 1/4 of the weights; SDQ keeps every weight (int8 + int4)
+EXTRA_PATTERNS = {"2:4+1:4": 0.25, "int8-2:4+int4": 0.0}
+SDQ_SPECS = ("int8-2:4+int4",)  # compiled quantized: SDQ's parts are integer codes
 STUDY_NETWORKS = {"digits": "digits_cnn", "shapes": "shapes_cnn"}  # accuracy study dataset -> zoo network
 
 
@@ -104,8 +106,7 @@ def plan_points(patterns: Sequence[str], sparsities: Sequence[float]) -> list[Po
             out.append(PointPlan(name, None, 0.0))
             continue
         if spec in EXTRA_PATTERNS:
-            out.append(PointPlan(name, spec, EXTRA_PATTERNS[spec] or 0.0) if EXTRA_PATTERNS[spec] is None
-                       else PointPlan(name, spec, 1.0 - EXTRA_PATTERNS[spec]))  # type: ignore[operator]
+            out.append(PointPlan(name, spec, EXTRA_PATTERNS[spec]))
             continue
         p = parse_pattern(spec, "--patterns")
         if not p.free_levels():
@@ -335,7 +336,7 @@ def run_pareto(networks: Sequence[str], arrays: Sequence[str], patterns: Sequenc
                                       {"block": pt.spec.split("@")[0], "sparsity": pt.sparsity}
                                       if _is_block(pt.spec) else {"pattern": pt.spec})
                 try:
-                    prog = compile_source(net, hw, input_shape=input_shape, quantized=False, **kw)
+                    prog = compile_source(net, hw, input_shape=input_shape, quantized=pt.spec in SDQ_SPECS, **kw)
                 except (ConfigError, NotImplementedError, ValueError) as e:
                     row.status = _refusal(e)
                     rows.append(row)
