@@ -113,40 +113,40 @@ Rules:
 ANALYSIS = """## Which pattern wins where, and why
 
 - **At equal sparsity 8x8 blocks are the fastest pattern for ResNet50, InceptionV3 and VGG16 on both
-  arrays**, with 2:4 / HSS 1-13 % slower (VGG16 4x4 at 50 %: 8x8 7.38 ms, 2:4 8.25 ms) (ResNet50 4x4 at 50 %: 8x8 2.172 ms, 2:4 2.301 ms; at 75 %: 8x8
-  1.619 ms, HSS 8x8@0.5/2:4 1.684 ms). The reason is bytes: these networks spend most of their
-  time in layers bound by DDR or MemTile->core traffic (dense ResNet50 4x4: 66 % of its time in
-  DDR-bound layers, 23 % MemTile-bound, 11 % compute-bound), i.e. by the weights they stream. 8x8
-  blocks at 50 % store half the weights plus a bitmap bit per block (12.8 of 25.5 MB for ResNet50);
-  the masked format of the sparse multiply stores 20 bytes per 32 (16 weight bytes and a 32-bit
-  mask: 62.5 %, 16.0 MB), so 2:4 moves ~25 % more weight bytes at the same sparsity.
-- **In compute-bound layers 2:4 and 8x8@0.5 tie**: the sparse multiply runs 2:4 at twice the dense
-  MAC rate, block skipping drops half the MACs; both halve the compute time. 2:4 does it for every
-  layer evenly (no core waits for a denser block row): InceptionV3 4x4 at 50 % spends 0.84 ms in
-  compute-bound layers with 8x8 blocks and 0.26 ms with 2:4 — but its weight bytes put 1.24 ms into
-  DDR-bound layers (0.61 ms with blocks), so blocks still win overall (2.606 vs 2.658 ms).
+  arrays**, with 2:4 / HSS 1-13 % slower (VGG16 4x4 at 50 %: 8x8 7.38 ms, 2:4 8.25 ms; ResNet50 4x4 at
+  50 %: 8x8 2.172 ms, 2:4 2.301 ms; at 75 %: 8x8 1.619 ms, HSS 8x8@0.5/2:4 1.684 ms). The reason is
+  bytes: these networks spend most of their time in layers bound by DDR or MemTile->core traffic (dense
+  ResNet50 4x4: 66 % of its time in DDR-bound layers, 23 % MemTile-bound, 11 % compute-bound), i.e. by
+  the weights they stream. 8x8 blocks at 50 % store half the weights plus a bitmap bit per block (12.8
+  of 25.5 MB for ResNet50); the masked format of the sparse multiply stores 20 bytes per 32 (16 weight
+  bytes and a 32-bit mask: 62.5 %, 16.0 MB), so 2:4 moves ~25 % more weight bytes at the same sparsity.
+- **In compute-bound layers 2:4 and 8x8@0.5 tie**: the sparse multiply runs 2:4 at twice the dense MAC
+  rate, block skipping drops half the MACs; both halve the compute time. 2:4 does it for every layer
+  evenly (no core waits for a denser block row): InceptionV3 4x4 at 50 % spends 0.84 ms in compute-bound
+  layers with 8x8 blocks and 0.26 ms with 2:4 — but its weight bytes put 1.24 ms into DDR-bound layers
+  (0.61 ms with blocks), so blocks still win overall (2.606 vs 2.658 ms).
 - **Past 50 % the MemTile->core traffic takes over**: at 75 % most of the time is in MemTile-bound
   layers (ResNet50 4x4 8x8@0.75: 1.12 of 1.62 ms; dense: 0.77 of 3.27 ms). Those are bound by the
-  activations every core must receive and return, which no weight pattern reduces, so going from
-  50 % to 75 % gains less than the weight bytes would suggest (ResNet50 4x4: 2.17 -> 1.62 ms, not
-  half) and the patterns' gap narrows (8x8 vs HSS: 4 % at 75 % on ResNet50 4x4).
-- **1:4 buys nothing over 2:4 on this hardware**: the masked format holds exactly 2 of every 4 bytes
-  (a group with fewer non-zeros stores its zeros), so 1:4 compiles to the same program size and
-  latency as 2:4 while, in the accuracy study, it is 75 % sparse. At 75 % the patterns that reach it
-  in bytes are 8x8@0.75 and HSS 8x8@0.5/2:4 (block skipping outside, the sparse multiply inside).
+  activations every core must receive and return, which no weight pattern reduces, so going from 50 % to
+  75 % gains less than the weight bytes would suggest (ResNet50 4x4: 2.17 -> 1.62 ms, not half) and the
+  patterns' gap narrows (8x8 vs HSS: 4 % at 75 % on ResNet50 4x4).
+- **1:4 buys nothing over 2:4 on this hardware**: the masked format holds exactly 2 of every 4 bytes (a
+  group with fewer non-zeros stores its zeros), so 1:4 compiles to the same program size and latency as
+  2:4 while, in the accuracy study, it is 75 % sparse. At 75 % the patterns that reach it in bytes are
+  8x8@0.75 and HSS 8x8@0.5/2:4 (block skipping outside, the sparse multiply inside).
 - **Energy** (cost model, patterns as densities) follows the MACs and bytes performed: equal for
-  patterns of the same performed density (8x8@0.5 = 2:4 = 1:4, since the sparse multiply performs
-  2 of 4 products whatever the pattern inside), lowest at 75 %. The cost model does not distinguish
-  the patterns' metadata, so it does not see the masked format's extra 12.5 % bytes.
-- **With accuracy** (digits CNN, 4x4): 2:4 keeps the dense accuracy (99.33 %) at 50 % and is also
-  faster there than 8x8@0.5 (98.89 %), so it dominates both dense and 8x8@0.5; at 75 % HSS
-  8x8@0.5/2:4 is the fastest point (98.81 %) and 8x8@0.75 (98.96 %) is between it and 2:4. Front:
-  2:4, 8x8@0.75, HSS 8x8@0.5/2:4. On this tiny network (convs of 32-64 channels, a few blocks per
-  core) N:M is faster than blocks at 50 % despite 25 % more weight bytes, the opposite of the large
-  networks; we have not traced which rule causes it (likely the busiest core's share of blocks in a
-  layer this small).
-- **Arrays**: 8x8 is 1.9-2.4x faster than 4x4 at every point (more DDR and MemTile channels); the ranking of the
-  patterns is the same on 4x4 and 8x8, because the bound mix of the layers stays byte-dominated.
+  patterns of the same performed density (8x8@0.5 = 2:4 = 1:4, since the sparse multiply performs 2 of 4
+  products whatever the pattern inside), lowest at 75 %. The cost model does not distinguish the
+  patterns' metadata, so it does not see the masked format's extra bytes (12.5 % of the dense weights).
+- **With accuracy** (digits CNN, 4x4): 2:4 keeps the dense accuracy (99.33 %) at 50 % and is also faster
+  there than 8x8@0.5 (98.89 %), so it dominates both dense and 8x8@0.5; at 75 % HSS 8x8@0.5/2:4 is the
+  fastest point (98.81 %) and 8x8@0.75 (98.96 %) is between it and 2:4. Front: 2:4, 8x8@0.75, HSS
+  8x8@0.5/2:4. On this tiny network (convs of 32-64 channels, a few blocks per core) N:M is faster than
+  blocks at 50 % despite 25 % more weight bytes, the opposite of the large networks; we have not traced
+  which rule causes it (likely the busiest core's share of blocks in a layer this small).
+- **Arrays**: 8x8 is 1.9-2.4x faster than 4x4 at every point (more DDR and MemTile channels); the
+  ranking of the patterns is the same on 4x4 and 8x8, because the bound mix of the layers stays byte-
+  dominated.
 - TASD (2:4+1:4) and SDQ (int8 2:4 + int4) are refused by the compiler on main (not in the --pattern
   grammar); they appear as rows with the reason and will be measured once their formats compile.
 """
