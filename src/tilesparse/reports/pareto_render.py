@@ -85,6 +85,7 @@ def write_plot(rows: Sequence[ParetoRow], path: str | Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     groups: dict[tuple[str, str], list[ParetoRow]] = {}
     for r in rows:
@@ -110,6 +111,7 @@ def write_plot(rows: Sequence[ParetoRow], path: str | Path) -> Path:
         if front:
             ax.plot([a for a, _ in front], [b for _, b in front], "k--", lw=1, alpha=0.6, label="front")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a narrow log range overlap
         ax.set_title(f"{net} {array}", fontsize=9)
         ax.set_xlabel("latency ms (estimate)")
         ax.set_ylabel("accuracy %" if axis == "accuracy" else "density (kept weights)")
