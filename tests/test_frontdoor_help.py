@@ -22,7 +22,7 @@ def _options(verb: str) -> dict[str, object]:
 
 def test_every_verb_is_listed_and_has_examples():
     assert set(VERBS) == {"demo", "sparsify", "report", "import-masks", "map", "compile", "estimate", "explore",
-                          "simulate", "export-onnx"}
+                          "pareto", "simulate", "export-onnx"}
     for verb, cmd in VERBS.items():
         assert "Example" in (cmd.help or ""), verb
 

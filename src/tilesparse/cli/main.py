@@ -41,6 +41,7 @@ VERB_MODULES = (
     "tilesparse.cli.import_cmd",
     "tilesparse.cli.map_cmd",
     "tilesparse.cli.compile_cmd",
+    "tilesparse.cli.pareto_cmd",
     "tilesparse.cli.onnx_cmd",
     "tilesparse.cli.sim_cmd",
 )
