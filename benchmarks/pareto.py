@@ -3,6 +3,7 @@
 
     python benchmarks/pareto.py            # resumable: finished (network, array) groups are kept
     python benchmarks/pareto.py --render   # rewrite pareto.md / .csv / .png from pareto.json
+    python benchmarks/pareto.py --redo tasd,sdq   # re-measure these patterns in every kept group
 
 Writes benchmarks/results/pareto.{json,csv,md,png}.
 """
@@ -155,10 +156,23 @@ ANALYSIS = """## Which pattern wins where, and why
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--render", action="store_true", help="only rewrite md/csv/png from pareto.json")
+    ap.add_argument("--redo", default="", help="comma-separated patterns to re-measure in the kept groups "
+                    "(after the compiler learned them), the other rows kept")
     args = ap.parse_args()
     path = OUT / "pareto.json"
     cache = _load(path)
-    if not args.render:
+    redo = [p for p in args.redo.split(",") if p]
+    if redo and not args.render:
+        acc = load_accuracy(OUT / "accuracy_study.jsonl")
+        for key, group in cache.items():
+            net, array = key.split("|")
+            t0 = time.perf_counter()
+            rows = run_pareto([net], [array], redo, list(SPARSITIES), accuracy=acc if net == DIGITS[0] else None,
+                              energy_budget=ENERGY_BUDGET, on_point=lambda d: print(d, flush=True))
+            group["rows"] = [r for r in group["rows"] if r["pattern"] not in redo] + [asdict(r) for r in rows]
+            group["seconds"] += time.perf_counter() - t0
+            atomic_write_text(path, json.dumps(cache, indent=1))
+    elif not args.render:
         acc = load_accuracy(OUT / "accuracy_study.jsonl")
         jobs = [(n, a, None) for n in NETWORKS for a in ARRAYS] + [(DIGITS[0], DIGITS[1], acc)]
         for net, array, table in jobs:
