@@ -175,15 +175,16 @@ def _graphs():
 
 @pytest.mark.parametrize("name,module,shape", list(_graphs()), ids=lambda v: v if isinstance(v, str) else "")
 @pytest.mark.parametrize("sparsity", [0.0, 0.5])
-def test_replay_equals_the_time_model_per_layer(name, module, shape, sparsity):
+@pytest.mark.parametrize("profile", ["tilesparse", "paper", "measured"])
+def test_replay_equals_the_time_model_per_layer(name, module, shape, sparsity, profile):
     g = build_graph_from(module if module is not None else name, sparsity=sparsity, block=(8, 8),
                          input_shape=shape, quantized=False, seed=0).graph
     for arr in ("4x4", "4x2"):
         p = compile_graph(g, arr)
-        model, rep = estimate_program(p), replay(p)
+        model, rep = estimate_program(p, profile), replay(p, profile)
         got = [s.seconds for s in rep.layers]
         want = [sec for _, _, sec in model.layers]
-        assert got == pytest.approx(want, rel=1e-9, abs=1e-18), f"{name} {sparsity} {arr}"
+        assert got == pytest.approx(want, rel=1e-9, abs=1e-18), f"{name} {sparsity} {arr} {profile}"
         assert rep.total_s == pytest.approx(model.total_s, rel=1e-9)
         for op, busy in model.busy_by_op(p).items():
             assert rep.busy_s[op] == pytest.approx(busy, rel=1e-9), op

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tilesparse.hw import ArrayConfig
+from tilesparse.hw import TILESPARSE, ArrayConfig, RuleProfile
 
 __all__ = [
     "PIPE_OPS",
@@ -66,14 +66,17 @@ def transfer_s(op: str, nbytes: float | np.ndarray, hw: ArrayConfig) -> np.ndarr
     return np.asarray(nbytes, dtype=np.float64) / bandwidth(op, hw)
 
 
-def comp_s(cycles: float | np.ndarray, hw: ArrayConfig) -> np.ndarray:
-    """Rule 2: seconds of ``cycles`` on the slowest core."""
-    return np.asarray(cycles, dtype=np.float64) / hw.clock_hz
+def comp_s(cycles: float | np.ndarray, hw: ArrayConfig, profile: RuleProfile = TILESPARSE) -> np.ndarray:
+    """Rule 2: seconds of ``cycles`` on the slowest core (at the profile's measured kernel
+    efficiency: 1 but under ``measured``)."""
+    s = np.asarray(cycles, dtype=np.float64) / hw.clock_hz
+    eff = profile.measured.kernel_efficiency
+    return s if eff == 1.0 else s / eff
 
 
-def stage_seconds(op: str, per_iter: np.ndarray, hw: ArrayConfig) -> np.ndarray:
+def stage_seconds(op: str, per_iter: np.ndarray, hw: ArrayConfig, profile: RuleProfile = TILESPARSE) -> np.ndarray:
     """Seconds of pipeline stage ``op`` per iteration, from its bytes (transfers) or cycles (COMP)."""
-    return comp_s(per_iter, hw) if op == "COMP" else transfer_s(op, per_iter, hw)
+    return comp_s(per_iter, hw, profile) if op == "COMP" else transfer_s(op, per_iter, hw)
 
 
 def matmul_shape(hw: ArrayConfig, sparse: bool = False) -> tuple[int, int, int]:
