@@ -15,6 +15,7 @@ from tilesparse.cli.common import (
     COMPILE_PATTERN_HELP,
     INPUT_SHAPE_HELP,
     JSON_HELP,
+    RULES_HELP,
     SOURCE_HELP,
     SPARSITY_HELP,
     WEIGHTS_HELP,
@@ -25,6 +26,7 @@ from tilesparse.cli.common import (
     console,
     is_program_file,
     read_program,
+    rules_arg,
     sparsity_arg,
     write_json,
 )
@@ -190,6 +192,7 @@ def estimate_verb(
     json_out: Annotated[Path | None, typer.Option("--json", help=JSON_HELP + " Per-layer numbers.")] = None,
     timeline: Annotated[Path | None, typer.Option(help="Write a timeline chart (.html or .png).")] = None,
     top: Annotated[int, typer.Option(help="Rows of the per-layer table (slowest first; 0 = all).", min=0)] = 25,
+    rules: Annotated[str | None, typer.Option("--rules", help=RULES_HELP)] = None,
 ) -> None:
     """Per-layer and total latency of a program (or a model compiled on the fly, timing only), with
     the lower bound and roofline beside every layer.
@@ -200,6 +203,7 @@ def estimate_verb(
     * `tilesparse estimate r50.tsp --timeline r50.html --json -`
     * `tilesparse estimate resnet50 -a 8x8 --sparsity 0.5`
     * `tilesparse estimate resnet50 -a 4x4 --pattern 1:4`
+    * `tilesparse estimate resnet50 -a 4x4 --rules paper` (the paper's timing rules, same schedule)
     """
     from rich.table import Table
 
@@ -207,17 +211,19 @@ def estimate_verb(
     from tilesparse.estimate.timemodel import estimate_program
 
     sparsity_arg(sparsity), block_arg(block)  # usage errors before any work (a program file too)
+    profile = rules_arg(rules) if rules is not None else None
     block, sparsity, nm_pattern = compile_pattern_args(pattern, block, sparsity)
     if timeline is not None and timeline.suffix not in (".html", ".png"):  # before the work, not after
         raise ConfigError(f"--timeline {timeline}", ["expected a .html or .png file name"])
     check_outputs({"--out": out, "--json": json_out, "--timeline": timeline})
     prog = load_or_compile(target, array, out, weights=weights, sparsity=sparsity, block=block,
                            input_shape=input_shape, quantized=False, pattern=nm_pattern)
-    pt = estimate_program(prog)
+    profile = profile or rules_arg(prog.hw.rules, "hw rules")
+    pt = estimate_program(prog, profile)
     rows = layer_rows(prog, pt)
     s = summarize(prog, pt)
     shown = sorted(rows, key=lambda r: -r["time_us"])[: top or None]
-    t = Table(title=f"{prog.graph} on {prog.hw.label}")
+    t = Table(title=f"{prog.graph} on {prog.hw.label}, {profile.name} rules")
     for col in ("layer", "kind", "weights", "time us", "bound us", "limit", "roofline us", "x bound", "grid", "sub",
                 "loops"):
         t.add_column(col, justify="right" if "us" in col or col == "x bound" else "left")
@@ -233,7 +239,8 @@ def estimate_verb(
 
         write_timeline(prog, pt, timeline)
         con.print(f"timeline: {timeline}")
-    write_json(json_out, {"graph": prog.graph, "array": prog.hw.label, "estimate_ms": s.estimate_ms,
+    write_json(json_out, {"graph": prog.graph, "array": prog.hw.label, "rules": profile.name,
+                          "estimate_ms": s.estimate_ms,
                           "bound_ms": s.bound_ms, "layers": rows})
 
 

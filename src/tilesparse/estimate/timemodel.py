@@ -82,11 +82,12 @@ def _instr_times(program: Program, idx: list[int], st: StepTime, t: float) -> li
 
 
 def estimate_program(program: Program, profile: RuleProfile | str | None = None) -> ProgramTime:
-    """Rules 1–6 applied to a compiled ``Program`` under the rule ``profile`` (default
-    ``tilesparse``): per-instruction start and busy time with its explanation, per-layer and total
+    """Rules 1–6 applied to a compiled ``Program`` under the rule ``profile`` (default: its
+    array's ``hw.rules``, ``tilesparse`` unless the description says otherwise): per-instruction
+    start and busy time with its explanation, per-layer and total
     latency (layers run one after another; the profile's fixed ``invocation_s`` added to the
     total)."""
-    prof = get_profile(profile)
+    prof = get_profile(profile if profile is not None else program.hw.rules)
     by_step: dict[tuple[int, int], list[int]] = {}
     for i, ins in enumerate(program.instrs):
         by_step.setdefault((ins.layer, ins.step), []).append(i)

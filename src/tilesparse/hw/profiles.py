@@ -20,7 +20,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-__all__ = ["MEASURED", "PAPER", "PROFILES", "TILESPARSE", "MeasuredFigures", "RuleProfile", "get_profile"]
+# Mechanisms the paper did not use, each behind an hw flag of the same name (wired at merge).
+ALL_EXTRA_MECHANISMS: tuple[str, ...] = ("core.weight_double_buffer", "memtile.weight_prefetch")
+
+__all__ = ["ALL_EXTRA_MECHANISMS", "MEASURED",
+           "PAPER", "PROFILES", "TILESPARSE", "MeasuredFigures", "RuleProfile", "get_profile"]
 
 
 @dataclass(frozen=True)
@@ -69,9 +73,6 @@ class RuleProfile:
                              f"{', '.join(sorted(ALL_EXTRA_MECHANISMS))}")
         return mechanism in self.extra_mechanisms
 
-
-# Mechanisms the paper did not use, each behind an hw flag of the same name (wired at merge).
-ALL_EXTRA_MECHANISMS = ("core.weight_double_buffer", "memtile.weight_prefetch")
 
 TILESPARSE = RuleProfile("tilesparse")
 PAPER = RuleProfile("paper", serial_single_steps=True, loadw_prefetch=False, cut_through=False,

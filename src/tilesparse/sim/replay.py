@@ -360,14 +360,16 @@ class _Clock:
 def replay(program: Program, rules: ReplayRules | RuleProfile | str | None = None) -> ReplayResult:
     """Replay ``program`` on its array's clock: per layer its start and end, the latency (plus the
     rules' fixed ``invocation_s``), and every engine's busy seconds. ``rules``: the replay's rules,
-    or a time-model profile (value or name) to take them from. ``ReplayError`` on a deadlock."""
+    or a time-model profile (value or name) to take them from (default: the profile named by the
+    program's ``hw.rules``). ``ReplayError`` on a deadlock."""
+    if rules is None:
+        rules = program.hw.rules
     if isinstance(rules, str):
         if rules not in PROFILES:
             raise ValueError(f"unknown rule profile {rules!r}: expected one of {', '.join(PROFILES)}")
         rules = PROFILES[rules]
     elif isinstance(rules, RuleProfile):
         rules = ReplayRules.from_profile(rules)
-    rules = rules or ReplayRules()
     plan = _Plan(program, rules)
     clock = _Clock(plan)
     total = clock.run() + rules.invocation_s
