@@ -76,3 +76,33 @@ def test_estimate_rules_option(tmp_path):
     assert got["measured"] > got["tilesparse"] + MEASURED.measured.invocation_s * 1e3 * 0.999
     r = CliRunner().invoke(app, ["estimate", "digits_cnn", "-a", "2x2", "--rules", "fast"])
     assert r.exit_code != 0 and "--rules fast" in str(r.exception)
+
+
+def test_compile_rules_searches_under_the_profile_and_the_program_keeps_it(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from tilesparse.cli.main import app
+    from tilesparse.estimate.timemodel import estimate_program
+    from tilesparse.program import Program
+
+    tsp = tmp_path / "d.tsp"
+    r = CliRunner().invoke(app, ["compile", "digits_cnn", "-a", "2x2", "--sparsity", "0.5", "--no-quantized",
+                                 "--rules", "paper", "-o", str(tsp)])
+    assert r.exit_code == 0, r.output
+    prog = Program.load(tsp)
+    assert prog.hw.rules == "paper"
+    out = tmp_path / "e.json"
+    r = CliRunner().invoke(app, ["estimate", str(tsp), "--json", str(out)])  # default: the program's rules
+    assert r.exit_code == 0, r.output
+    doc = json.loads(out.read_text())
+    assert doc["rules"] == "paper"
+    assert doc["estimate_ms"] == pytest.approx(estimate_program(prog, PAPER).total_s * 1e3, rel=1e-12)
+    # the search ran under the paper's rules: its program is no slower under them than the one
+    # searched under tilesparse's rules
+    from tilesparse.build import compile_source
+
+    prog_t = compile_source("digits_cnn", "2x2", sparsity=0.5, block=(8, 8), quantized=False)
+    assert prog_t.hw.rules == "tilesparse"
+    assert estimate_program(prog, PAPER).total_s <= estimate_program(prog_t, PAPER).total_s * (1 + 1e-9)

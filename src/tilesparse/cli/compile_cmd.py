@@ -42,7 +42,12 @@ BALANCE_HELP = ("Reorder the output channels of sparse convs read only by convs 
                 "docs/compiler.md, 'Channel balancing'); --no-balance keeps the model's channel order.")
 
 
-def compile_source_with_progress(source: str, array: str, *, balance: bool = True, **build_kwargs):
+def with_rules(hw, rules: str | None):
+    """``hw`` with its ``rules`` set to the profile named by --rules (unchanged without one)."""
+    return hw if rules is None else hw.model_copy(update={"rules": rules_arg(rules).name})
+
+
+def compile_source_with_progress(source: str, array, *, balance: bool = True, **build_kwargs):
     """The front door (``tilesparse.build.compile_source``) behind a spinner; its notices (a
     checkpoint's model file found next to it) on stderr."""
     from rich.markup import escape
@@ -52,7 +57,8 @@ def compile_source_with_progress(source: str, array: str, *, balance: bool = Tru
 
     notices: list[str] = []
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), transient=True) as bar:
-        bar.add_task(f"front end + compile: {source} for {array}", total=1)
+        label = array if isinstance(array, str) else array.label
+        bar.add_task(f"front end + compile: {source} for {label}", total=1)
         prog = compile_source(source, array, balance=balance, notices=notices, **build_kwargs)
     for note in notices:
         console("-").print(escape(note), soft_wrap=True)
@@ -108,6 +114,8 @@ def compile_verb(
     balance: Annotated[bool, typer.Option(help=BALANCE_HELP)] = True,
     calib: Annotated[Path | None, typer.Option(help=CALIB_HELP)] = None,
     calib_images: Annotated[int | None, typer.Option(help=CALIB_IMAGES_HELP + " Default 16.", min=1)] = None,
+    rules: Annotated[str | None, typer.Option("--rules", help=RULES_HELP + " The compiler searches its schedules "
+                                              "under these rules; the program's array records them.")] = None,
 ) -> None:
     """Compile a model to an AIE2 Program (instructions + packed weights + provenance), saved atomically.
     `tilesparse simulate PROGRAM` then verifies it with no other argument.
@@ -121,16 +129,19 @@ def compile_verb(
     * `tilesparse compile my_net.py:make_model --input-shape 1,3,64,64 --sparsity 0.5 -o mine.tsp`
     * `tilesparse compile runs/r50/sparse.pt -a 7x7 --calib ~/imagenet --calib-images 64 -o r50.tsp`
       (calibrated on 64 validation images)
+    * `tilesparse compile resnet50 -a 4x4 --rules paper -o r50-paper.tsp` (schedules searched under the
+      paper's timing rules)
     """
     from tilesparse.estimate.report import summarize
 
-    sparsity_arg(sparsity), block_arg(block), array_arg(array)  # usage errors before any work
+    sparsity_arg(sparsity), block_arg(block)  # usage errors before any work
+    hw = with_rules(array_arg(array), rules)
     block, sparsity, nm_pattern = compile_pattern_args(pattern, block, sparsity)
     if str(listing) == "-" and str(json_out) == "-":
         raise ConfigError("--listing -", ["--json - writes to stdout already; give the listing a file name"])
     check_outputs({"--out": out, "--listing": listing, "--json": json_out})
     calib_kwargs = calib_args(calib, calib_images, quantized)
-    prog = compile_source_with_progress(source, array, balance=balance, weights=weights, sparsity=sparsity,
+    prog = compile_source_with_progress(source, hw, balance=balance, weights=weights, sparsity=sparsity,
                                         block=block, input_shape=input_shape, quantized=quantized, pattern=nm_pattern,
                                         **calib_kwargs)
     prog.save(out)
@@ -150,9 +161,11 @@ def compile_verb(
     write_json(json_out, _summary_json(prog, s, out))
 
 
-def load_or_compile(target: str, array: str | None, out: Path | None = None, **build_kwargs):
+def load_or_compile(target: str, array: str | None, out: Path | None = None, rules: str | None = None,
+                    **build_kwargs):
     """A program file as is (refusing one compiled for another ``array`` and flags that contradict
-    its provenance), or a model source compiled on the fly (saved to ``out`` if given)."""
+    its provenance), or a model source compiled on the fly under the ``rules`` profile (saved to
+    ``out`` if given)."""
     from tilesparse.build import check_request
     from tilesparse.program.provenance import provenance_of
 
@@ -171,7 +184,7 @@ def load_or_compile(target: str, array: str | None, out: Path | None = None, **b
         elif array:
             prog = read_program(target, hw=hw)
         return prog
-    prog = compile_source_with_progress(target, array or "4x4", **build_kwargs)
+    prog = compile_source_with_progress(target, with_rules(array_arg(array or "4x4"), rules), **build_kwargs)
     if out is not None:
         prog.save(out)
     return prog
@@ -217,7 +230,7 @@ def estimate_verb(
         raise ConfigError(f"--timeline {timeline}", ["expected a .html or .png file name"])
     check_outputs({"--out": out, "--json": json_out, "--timeline": timeline})
     prog = load_or_compile(target, array, out, weights=weights, sparsity=sparsity, block=block,
-                           input_shape=input_shape, quantized=False, pattern=nm_pattern)
+                           input_shape=input_shape, quantized=False, pattern=nm_pattern, rules=rules)
     profile = profile or rules_arg(prog.hw.rules, "hw rules")
     pt = estimate_program(prog, profile)
     rows = layer_rows(prog, pt)

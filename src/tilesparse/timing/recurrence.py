@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tilesparse.hw import TILESPARSE, ArrayConfig, RuleProfile
-from tilesparse.timing.rules import PIPE_OPS, stage_seconds, transfer_s
+from tilesparse.timing.rules import PIPE_OPS, profile_of, stage_seconds, transfer_s
 
 __all__ = ["LayerTime", "StepTime", "layer_time", "layer_time_arrays", "pipeline_s"]
 
@@ -229,10 +229,12 @@ def _pieces(x: np.ndarray, n_steps: int) -> np.ndarray:
 
 
 def layer_time(steps: Sequence[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]], hw: ArrayConfig,
-               profile: RuleProfile = TILESPARSE) -> LayerTime:
+               profile: RuleProfile | None = None) -> LayerTime:
     """Rules 1–6 over a layer's steps, each ``(loadw_bytes, loadwm_bytes, {op: per-iteration
     bytes or cycles})`` (weight bytes per piece; WRITEFM present in the steps that write), under
-    the rule ``profile``; returns the layer's seconds and every step's timing."""
+    the rule ``profile`` (default: ``hw.rules``'s); returns the layer's seconds and every step's
+    timing."""
+    profile = profile_of(hw, profile)
     secs = [{op: stage_seconds(op, v, hw, profile) for op, v in pipe.items()} for _, _, pipe in steps]
     ops = [op for op in PIPE_OPS if any(op in sc for sc in secs)]
     iters = [max((len(v) for v in sc.values()), default=0) for sc in secs]
@@ -257,10 +259,12 @@ def layer_time(steps: Sequence[tuple[np.ndarray, np.ndarray, dict[str, np.ndarra
 
 def layer_time_arrays(loadw_bytes: np.ndarray, loadwm_bytes: np.ndarray, pipe: dict[str, np.ndarray],
                       hw: ArrayConfig, iters: Sequence[int] | None = None,
-                      writes: Sequence[bool] | None = None, profile: RuleProfile = TILESPARSE) -> float:
+                      writes: Sequence[bool] | None = None, profile: RuleProfile | None = None) -> float:
     """Rules 1–6 for a layer given as arrays (``pipe[op]``: steps × iterations, zero-padded past
     ``iters[j]``; weights: steps × pieces, or one value per step); seconds. ``iters`` / ``writes``
-    default to the last non-zero iteration and to the steps with WRITEFM bytes."""
+    default to the last non-zero iteration and to the steps with WRITEFM bytes; ``profile`` to
+    ``hw.rules``'s (the compiler's search thus runs under the profile the description names)."""
+    profile = profile_of(hw, profile)
     ops = [op for op in PIPE_OPS if op in pipe]
     d = np.stack([stage_seconds(op, pipe[op], hw, profile) for op in ops], axis=1)
     n = d.shape[0]
