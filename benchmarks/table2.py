@@ -40,9 +40,12 @@ def checks(cells: list[Cell], wall_s: float) -> list[str]:
         out.append(f"- {'PASS' if not bad else 'FAIL'} — {name}" + (f": {'; '.join(bad)}" if bad else ""))
 
     line("every cell compiles", [f"{c.network} {c.array} {c.mode}: {c.error}" for c in cells if c.error])
-    line("estimate ≤ paper's (every cell it reports; VGG16: conv part, as in the paper)",
+    line("estimate ≤ paper's under tilesparse rules (every cell it reports; VGG16: conv part, as in the paper)",
          [f"{c.network} {c.array} {c.mode} {c.compare_ms:.2f} > {c.paper_ms:.2f}" for c in ok
           if c.paper_ms and c.compare_ms > c.paper_ms])
+    line("estimate ≤ paper's under the paper's rules (same schedule; VGG16: conv part)",
+         [f"{c.network} {c.array} {c.mode} {c.compare_paper_rules_ms:.2f} > {c.paper_ms:.2f}" for c in ok
+          if c.paper_ms and c.compare_paper_rules_ms is not None and c.compare_paper_rules_ms > c.paper_ms])
     line("estimate ≥ lower bound (sanity: the bound is a bound)",
          [f"{c.network} {c.array} {c.mode} {c.ratio:.3f}x" for c in ok if c.ratio < 1 - 1e-9])
     line("estimate ≥ network bound (each resource's work summed over the network)",
@@ -123,7 +126,11 @@ def main() -> None:
            f"Weights % = packed (bitmap + kept blocks) / dense int8 bytes. Our numbers cover the whole "
            f"network; VGG16 (124 M-parameter classifier included) also shows its conv part '(conv …)', "
            f"which is what is held against the paper's VGG16 numbers (they appear to cover the "
-           f"convolutions only); the speedup/bound columns are whole-network. 'dense / net bound', "
+           f"convolutions only); the speedup/bound columns are whole-network. 'ms, paper rules' = the same "
+           f"program timed under the paper's rules read literally (`--rules paper`, docs/time-model.md, "
+           f"'Profiles': one-iteration steps in sequence, no LOADW prefetch, no weight cut-through); the "
+           f"schedule is the one searched under tilesparse's rules, not re-optimised, and adds stay fused. "
+           f"'dense ms' / 'sparse ms' are under tilesparse's rules. 'dense / net bound', "
            f"'sparse / net bound' = the estimate over the network bound (the largest, over each resource, "
            f"of its work summed over the network, MemTile capacity included; docs/time-model.md)."
            f"\n\n## Targets\n\n"

@@ -175,15 +175,16 @@ def _graphs():
 
 @pytest.mark.parametrize("name,module,shape", list(_graphs()), ids=lambda v: v if isinstance(v, str) else "")
 @pytest.mark.parametrize("sparsity", [0.0, 0.5])
-def test_replay_equals_the_time_model_per_layer(name, module, shape, sparsity):
+@pytest.mark.parametrize("profile", ["tilesparse", "paper", "measured"])
+def test_replay_equals_the_time_model_per_layer(name, module, shape, sparsity, profile):
     g = build_graph_from(module if module is not None else name, sparsity=sparsity, block=(8, 8),
                          input_shape=shape, quantized=False, seed=0).graph
     for arr in ("4x4", "4x2"):
         p = compile_graph(g, arr)
-        model, rep = estimate_program(p), replay(p)
+        model, rep = estimate_program(p, profile), replay(p, profile)
         got = [s.seconds for s in rep.layers]
         want = [sec for _, _, sec in model.layers]
-        assert got == pytest.approx(want, rel=1e-9, abs=1e-18), f"{name} {sparsity} {arr}"
+        assert got == pytest.approx(want, rel=1e-9, abs=1e-18), f"{name} {sparsity} {arr} {profile}"
         assert rep.total_s == pytest.approx(model.total_s, rel=1e-9)
         for op, busy in model.busy_by_op(p).items():
             assert rep.busy_s[op] == pytest.approx(busy, rel=1e-9), op
@@ -227,3 +228,49 @@ def test_the_paper_profile_serialises_the_docs_example(base):
     want = (321 + 321 + 256 + 256) / HW.links.memtile_to_core_bytes_per_s + 80 / HW.clock_hz
     assert replay(p, PROFILES["paper"]).total_s == pytest.approx(want, rel=1e-12)
     assert replay(p, PROFILES["tilesparse"]).total_s == pytest.approx(245.25e-9, rel=1e-12)
+
+
+# ---- the time model under a profile gives the replay's hand-computed answers (rules changed one by one) ----
+def _profile(**rules):
+    from tilesparse.hw import TILESPARSE
+
+    return dataclasses.replace(TILESPARSE, name="test", **rules)
+
+
+def test_the_time_model_follows_cut_through_off(base):
+    p = _program(base, [_step(0, 1, B, C, lw=[D] * 4, lwm=[B / 2] * 4)])
+    prof = _profile(cut_through=False)
+    assert estimate_program(p, prof).total_s == pytest.approx(7 * U, rel=1e-12)  # 4 + 2 + 1
+    assert replay(p, prof).total_s == pytest.approx(7 * U, rel=1e-12)
+
+
+def test_the_time_model_follows_prefetch_off(base):
+    p = _program(base, [_step(j, 1, 0.0, C, lw=[D], lwm=[B]) for j in range(3)])
+    prof = _profile(loadw_prefetch=False)
+    assert estimate_program(p, prof).total_s == pytest.approx(9 * U, rel=1e-12)  # 3 x (W + WM + C)
+    assert replay(p, prof).total_s == pytest.approx(9 * U, rel=1e-12)
+
+
+def test_the_time_model_serialises_one_iteration_steps_under_the_paper(base):
+    # docs example under the paper: (321 + 321 + 256 + 256) B + 80 cycles; tilesparse: 245.25 ns
+    pieces = [84.0, 80.0, 80.0, 77.0]
+    p = _program(base, [_step(0, 1, 256, 80, 256, lw=pieces, lwm=pieces)])
+    want = (321 + 321 + 256 + 256) / HW.links.memtile_to_core_bytes_per_s + 80 / HW.clock_hz
+    assert estimate_program(p, "paper").total_s == pytest.approx(want, rel=1e-12)
+    assert estimate_program(p, "tilesparse").total_s == pytest.approx(245.25e-9, rel=1e-12)
+    # two serial steps of LOADFM 1, COMP 1, WRITEFM 1 µs: 6 µs in sequence (overlapped: 4 µs)
+    p2 = _program(base, [_step(j, 1, B, C, B) for j in range(2)])
+    prof = _profile(serial_single_steps=True)
+    assert estimate_program(p2, prof).total_s == pytest.approx(6 * U, rel=1e-12)
+    assert replay(p2, prof).total_s == pytest.approx(6 * U, rel=1e-12)
+    assert _both(p2) == pytest.approx((4 * U, 4 * U), rel=1e-12)
+
+
+def test_measured_scales_comp_and_adds_the_call(base):
+    from tilesparse.hw import MEASURED
+
+    p = _program(base, [_step(0, 1, B, C, B)])  # LOADFM 1, COMP 1, WRITEFM 1 µs
+    eff, call = MEASURED.measured.kernel_efficiency, MEASURED.measured.invocation_s
+    want = 2 * U + U / eff + call
+    assert estimate_program(p, "measured").total_s == pytest.approx(want, rel=1e-12)
+    assert replay(p, "measured").total_s == pytest.approx(want, rel=1e-12)

@@ -33,6 +33,8 @@ CALIB_HELP = ("Image folder for int8 calibration (its val/ subfolder if it has o
               "--calib-images of its images, resized and center-cropped to the model's input (ImageNet "
               "normalisation), instead of random inputs; recorded in the program's provenance.")
 CALIB_IMAGES_HELP = "How many images of --calib to calibrate on (spread evenly over its classes)."
+RULES_HELP = ("Timing rule profile: tilesparse (ours, the default), paper (the paper's rules read literally), "
+              "measured (ours plus figures measured on NPUs); docs/time-model.md, 'Profiles'.")
 JSON_HELP = "Write machine-readable results as JSON to this path ('-' = stdout)."
 SEED_MAX = 2**32 - 1  # numpy's legacy generators and scikit-learn take seeds in [0, 2**32)
 
@@ -201,6 +203,17 @@ def compile_pattern_args(pattern: str | None, block: str | None, sparsity: float
     except ConfigError as e:
         raise ConfigError("--pattern", [f"{e.source}: {err}" for err in e.errors]) from None
     return None, None, filled.spec()
+
+
+def rules_arg(name: str, flag: str = "--rules"):
+    """The ``RuleProfile`` called ``name``; a usage error naming the flag and the profiles."""
+    from tilesparse.hw import get_profile
+    from tilesparse.utils.config import clip
+
+    try:
+        return get_profile(name)
+    except ValueError as e:
+        raise ConfigError(f"{flag} {clip(name, 40)}", [str(e)]) from None
 
 
 def sparsity_arg(value: float | None, flag: str = "--sparsity") -> float | None:

@@ -15,6 +15,7 @@ from tilesparse.cli.common import (
     COMPILE_PATTERN_HELP,
     INPUT_SHAPE_HELP,
     JSON_HELP,
+    RULES_HELP,
     SOURCE_HELP,
     SPARSITY_HELP,
     WEIGHTS_HELP,
@@ -25,6 +26,7 @@ from tilesparse.cli.common import (
     console,
     is_program_file,
     read_program,
+    rules_arg,
     sparsity_arg,
     write_json,
 )
@@ -40,7 +42,12 @@ BALANCE_HELP = ("Reorder the output channels of sparse convs read only by convs 
                 "docs/compiler.md, 'Channel balancing'); --no-balance keeps the model's channel order.")
 
 
-def compile_source_with_progress(source: str, array: str, *, balance: bool = True, **build_kwargs):
+def with_rules(hw, rules: str | None):
+    """``hw`` with its ``rules`` set to the profile named by --rules (unchanged without one)."""
+    return hw if rules is None else hw.model_copy(update={"rules": rules_arg(rules).name})
+
+
+def compile_source_with_progress(source: str, array, *, balance: bool = True, **build_kwargs):
     """The front door (``tilesparse.build.compile_source``) behind a spinner; its notices (a
     checkpoint's model file found next to it) on stderr."""
     from rich.markup import escape
@@ -50,7 +57,8 @@ def compile_source_with_progress(source: str, array: str, *, balance: bool = Tru
 
     notices: list[str] = []
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), transient=True) as bar:
-        bar.add_task(f"front end + compile: {source} for {array}", total=1)
+        label = array if isinstance(array, str) else array.label
+        bar.add_task(f"front end + compile: {source} for {label}", total=1)
         prog = compile_source(source, array, balance=balance, notices=notices, **build_kwargs)
     for note in notices:
         console("-").print(escape(note), soft_wrap=True)
@@ -106,6 +114,8 @@ def compile_verb(
     balance: Annotated[bool, typer.Option(help=BALANCE_HELP)] = True,
     calib: Annotated[Path | None, typer.Option(help=CALIB_HELP)] = None,
     calib_images: Annotated[int | None, typer.Option(help=CALIB_IMAGES_HELP + " Default 16.", min=1)] = None,
+    rules: Annotated[str | None, typer.Option("--rules", help=RULES_HELP + " The compiler searches its schedules "
+                                              "under these rules; the program's array records them.")] = None,
 ) -> None:
     """Compile a model to an AIE2 Program (instructions + packed weights + provenance), saved atomically.
     `tilesparse simulate PROGRAM` then verifies it with no other argument.
@@ -119,16 +129,19 @@ def compile_verb(
     * `tilesparse compile my_net.py:make_model --input-shape 1,3,64,64 --sparsity 0.5 -o mine.tsp`
     * `tilesparse compile runs/r50/sparse.pt -a 7x7 --calib ~/imagenet --calib-images 64 -o r50.tsp`
       (calibrated on 64 validation images)
+    * `tilesparse compile resnet50 -a 4x4 --rules paper -o r50-paper.tsp` (schedules searched under the
+      paper's timing rules)
     """
     from tilesparse.estimate.report import summarize
 
-    sparsity_arg(sparsity), block_arg(block), array_arg(array)  # usage errors before any work
+    sparsity_arg(sparsity), block_arg(block)  # usage errors before any work
+    hw = with_rules(array_arg(array), rules)
     block, sparsity, nm_pattern = compile_pattern_args(pattern, block, sparsity)
     if str(listing) == "-" and str(json_out) == "-":
         raise ConfigError("--listing -", ["--json - writes to stdout already; give the listing a file name"])
     check_outputs({"--out": out, "--listing": listing, "--json": json_out})
     calib_kwargs = calib_args(calib, calib_images, quantized)
-    prog = compile_source_with_progress(source, array, balance=balance, weights=weights, sparsity=sparsity,
+    prog = compile_source_with_progress(source, hw, balance=balance, weights=weights, sparsity=sparsity,
                                         block=block, input_shape=input_shape, quantized=quantized, pattern=nm_pattern,
                                         **calib_kwargs)
     prog.save(out)
@@ -148,9 +161,11 @@ def compile_verb(
     write_json(json_out, _summary_json(prog, s, out))
 
 
-def load_or_compile(target: str, array: str | None, out: Path | None = None, **build_kwargs):
+def load_or_compile(target: str, array: str | None, out: Path | None = None, rules: str | None = None,
+                    **build_kwargs):
     """A program file as is (refusing one compiled for another ``array`` and flags that contradict
-    its provenance), or a model source compiled on the fly (saved to ``out`` if given)."""
+    its provenance), or a model source compiled on the fly under the ``rules`` profile (saved to
+    ``out`` if given)."""
     from tilesparse.build import check_request
     from tilesparse.program.provenance import provenance_of
 
@@ -169,7 +184,7 @@ def load_or_compile(target: str, array: str | None, out: Path | None = None, **b
         elif array:
             prog = read_program(target, hw=hw)
         return prog
-    prog = compile_source_with_progress(target, array or "4x4", **build_kwargs)
+    prog = compile_source_with_progress(target, with_rules(array_arg(array or "4x4"), rules), **build_kwargs)
     if out is not None:
         prog.save(out)
     return prog
@@ -190,6 +205,7 @@ def estimate_verb(
     json_out: Annotated[Path | None, typer.Option("--json", help=JSON_HELP + " Per-layer numbers.")] = None,
     timeline: Annotated[Path | None, typer.Option(help="Write a timeline chart (.html or .png).")] = None,
     top: Annotated[int, typer.Option(help="Rows of the per-layer table (slowest first; 0 = all).", min=0)] = 25,
+    rules: Annotated[str | None, typer.Option("--rules", help=RULES_HELP)] = None,
 ) -> None:
     """Per-layer and total latency of a program (or a model compiled on the fly, timing only), with
     the lower bound and roofline beside every layer, and the network bound (each resource's work
@@ -201,6 +217,7 @@ def estimate_verb(
     * `tilesparse estimate r50.tsp --timeline r50.html --json -`
     * `tilesparse estimate resnet50 -a 8x8 --sparsity 0.5`
     * `tilesparse estimate resnet50 -a 4x4 --pattern 1:4`
+    * `tilesparse estimate resnet50 -a 4x4 --rules paper` (the paper's timing rules, same schedule)
     """
     from rich.table import Table
 
@@ -208,17 +225,19 @@ def estimate_verb(
     from tilesparse.estimate.timemodel import estimate_program
 
     sparsity_arg(sparsity), block_arg(block)  # usage errors before any work (a program file too)
+    profile = rules_arg(rules) if rules is not None else None
     block, sparsity, nm_pattern = compile_pattern_args(pattern, block, sparsity)
     if timeline is not None and timeline.suffix not in (".html", ".png"):  # before the work, not after
         raise ConfigError(f"--timeline {timeline}", ["expected a .html or .png file name"])
     check_outputs({"--out": out, "--json": json_out, "--timeline": timeline})
     prog = load_or_compile(target, array, out, weights=weights, sparsity=sparsity, block=block,
-                           input_shape=input_shape, quantized=False, pattern=nm_pattern)
-    pt = estimate_program(prog)
+                           input_shape=input_shape, quantized=False, pattern=nm_pattern, rules=rules)
+    profile = profile or rules_arg(prog.hw.rules, "hw rules")
+    pt = estimate_program(prog, profile)
     rows = layer_rows(prog, pt)
     s = summarize(prog, pt)
     shown = sorted(rows, key=lambda r: -r["time_us"])[: top or None]
-    t = Table(title=f"{prog.graph} on {prog.hw.label}")
+    t = Table(title=f"{prog.graph} on {prog.hw.label}, {profile.name} rules")
     for col in ("layer", "kind", "weights", "time us", "bound us", "limit", "roofline us", "x bound", "grid", "sub",
                 "loops"):
         t.add_column(col, justify="right" if "us" in col or col == "x bound" else "left")
@@ -236,8 +255,8 @@ def estimate_verb(
 
         write_timeline(prog, pt, timeline)
         con.print(f"timeline: {timeline}")
-    write_json(json_out, {"graph": prog.graph, "array": prog.hw.label, "estimate_ms": s.estimate_ms,
-                          "bound_ms": s.bound_ms, "network_bound_ms": s.net_bound_ms,
+    write_json(json_out, {"graph": prog.graph, "array": prog.hw.label, "rules": profile.name,
+                          "estimate_ms": s.estimate_ms, "bound_ms": s.bound_ms, "network_bound_ms": s.net_bound_ms,
                           "network_limiter": s.net_limiter, "layers": rows})
 
 

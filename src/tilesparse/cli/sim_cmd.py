@@ -16,6 +16,7 @@ from tilesparse.cli.common import (
     COMPILE_PATTERN_HELP,
     INPUT_SHAPE_HELP,
     JSON_HELP,
+    RULES_HELP,
     SEED_MAX,
     SOURCE_HELP,
     SPARSITY_HELP,
@@ -27,6 +28,7 @@ from tilesparse.cli.common import (
     console,
     is_program_file,
     read_program,
+    rules_arg,
     sparsity_arg,
     write_json,
 )
@@ -133,6 +135,7 @@ def simulate_verb(
     calib_images: Annotated[int | None, typer.Option(help=CALIB_IMAGES_HELP + " Default 16; for a program file: "
                                                      "must agree with it.", min=1)] = None,
     timing: Annotated[bool, typer.Option("--timing", help=TIMING_HELP)] = False,
+    rules: Annotated[str | None, typer.Option("--rules", help=RULES_HELP + " With --timing.")] = None,
 ) -> None:
     """Execute a program instruction by instruction over DDR, MemTiles and core memories; compare
     every layer with the PyTorch integer reference bit for bit, the output and layers with the model
@@ -154,6 +157,7 @@ def simulate_verb(
     from tilesparse.sim import simulate, verify
 
     sparsity_arg(sparsity), block_arg(block)  # usage errors before any work (a program file too)
+    profile = rules_arg(rules) if rules is not None else None
     block, sparsity, nm_pattern = compile_pattern_args(pattern, block, sparsity)
     check_outputs({"--out": out, "--json": json_out})
     con = console(json_out)
@@ -174,23 +178,25 @@ def simulate_verb(
     con.print(escape(_summary(prog, sim, rep)))
     doc = _json(prog, sim, checks, rep)
     if timing:
-        doc["timing"] = _timing(prog, con)
+        doc["timing"] = _timing(prog, con, profile)
     write_json(json_out, doc)
     if not ok:
         raise typer.Exit(1)
 
 
-def _timing(prog, con) -> dict:
-    """Print the time model's and the clocked replay's latency side by side; their JSON."""
+def _timing(prog, con, profile) -> dict:
+    """Print the time model's and the clocked replay's latency side by side under the rule
+    ``profile``; their JSON."""
     from rich.markup import escape
 
     from tilesparse.cli.sim_timing import engines_line, timing_json, timing_rows, timing_summary, timing_table
 
-    rows, model_s, rep = timing_rows(prog)
-    con.print(timing_table(prog, rows, model_s, rep.total_s))
+    profile = profile or rules_arg(prog.hw.rules, "hw rules")
+    rows, model_s, rep = timing_rows(prog, profile)
+    con.print(timing_table(prog, rows, model_s, rep.total_s, profile.name))
     con.print(escape(timing_summary(rows, model_s, rep.total_s)))
     con.print(escape(engines_line(rep)))
-    return timing_json(rows, model_s, rep)
+    return {"rules": profile.name, **timing_json(rows, model_s, rep)}
 
 
 def _program_and_graph(target: str, array: str | None, out: Path | None, req: dict):

@@ -26,13 +26,16 @@ class TimingRow:
         return abs(self.diff_s) <= REL_TOL * max(abs(self.model_s), abs(self.replay_s))
 
 
-def timing_rows(prog: Any) -> tuple[list[TimingRow], float, Any]:
-    """Per layer the time model's and the replay's seconds; the time model's total; the replay
+def timing_rows(prog: Any, profile: Any = None) -> tuple[list[TimingRow], float, Any]:
+    """Per layer the time model's and the replay's seconds under the rule ``profile`` (a
+    ``RuleProfile``, its name, or None: tilesparse); the time model's total; the replay
     (``ReplayResult``: its total, layer spans, engines' busy seconds)."""
     from tilesparse.estimate.timemodel import estimate_program
+    from tilesparse.hw import get_profile
     from tilesparse.sim.replay import replay
 
-    model, rep = estimate_program(prog), replay(prog)
+    prof = get_profile(profile if profile is not None else prog.hw.rules)
+    model, rep = estimate_program(prog, prof), replay(prog, prof)
     rows = [TimingRow(name, sec, span.seconds) for (name, _, sec), span in zip(model.layers, rep.layers, strict=True)]
     return rows, model.total_s, rep
 
@@ -43,10 +46,10 @@ def engines_line(rep: Any) -> str:
     return f"replay, µs busy per engine: {busy}; cores halted by LOADWM {rep.halted_s * 1e6:.1f}"
 
 
-def timing_table(prog: Any, rows: list[TimingRow], model_s: float, replay_s: float) -> Any:
+def timing_table(prog: Any, rows: list[TimingRow], model_s: float, replay_s: float, rules: str = "tilesparse") -> Any:
     from rich.table import Table
 
-    t = Table(title=f"{prog.graph} on {prog.hw.label}: latency, time model vs clocked replay")
+    t = Table(title=f"{prog.graph} on {prog.hw.label}: latency, time model vs clocked replay ({rules} rules)")
     for col in ("layer", "time model µs", "replay µs", "difference ns", "equal"):
         t.add_column(col, justify="left" if col == "layer" else "right")
     for r in rows:

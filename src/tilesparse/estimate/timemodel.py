@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tilesparse.hw import ArrayConfig
+from tilesparse.hw import ArrayConfig, RuleProfile, get_profile
 from tilesparse.program import Program
 from tilesparse.timing import StepTime, bandwidth, layer_time
 
@@ -81,18 +81,22 @@ def _instr_times(program: Program, idx: list[int], st: StepTime, t: float) -> li
     return out
 
 
-def estimate_program(program: Program) -> ProgramTime:
-    """Rules 1–6 applied to a compiled ``Program``: per-instruction start and busy time with its
-    explanation, per-layer and total latency (layers run one after another)."""
+def estimate_program(program: Program, profile: RuleProfile | str | None = None) -> ProgramTime:
+    """Rules 1–6 applied to a compiled ``Program`` under the rule ``profile`` (default: its
+    array's ``hw.rules``, ``tilesparse`` unless the description says otherwise): per-instruction
+    start and busy time with its explanation, per-layer and total
+    latency (layers run one after another; the profile's fixed ``invocation_s`` added to the
+    total)."""
+    prof = get_profile(profile if profile is not None else program.hw.rules)
     by_step: dict[tuple[int, int], list[int]] = {}
     for i, ins in enumerate(program.instrs):
         by_step.setdefault((ins.layer, ins.step), []).append(i)
     layers, out, t = [], [], 0.0
     for li, rec in enumerate(program.layers):
         keys = sorted(k for k in by_step if k[0] == li)
-        lt = layer_time([_step_values(program, by_step[key]) for key in keys], program.hw)
+        lt = layer_time([_step_values(program, by_step[key]) for key in keys], program.hw, prof)
         for key, st in zip(keys, lt.steps, strict=True):
             out += _instr_times(program, by_step[key], st, t)
         layers.append((rec.name, t, lt.total_s))
         t += lt.total_s
-    return ProgramTime(t, tuple(layers), tuple(out))
+    return ProgramTime(t + prof.measured.invocation_s, tuple(layers), tuple(out))

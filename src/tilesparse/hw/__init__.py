@@ -17,6 +17,7 @@ from tilesparse.hw.array import (
     list_presets,
     load_array,
 )
+from tilesparse.hw.profiles import MEASURED, PAPER, PROFILES, TILESPARSE, MeasuredFigures, RuleProfile, get_profile
 
 __all__ = [
     "ArrayConfig",
@@ -26,6 +27,13 @@ __all__ = [
     "LinkConfig",
     "MemTileConfig",
     "SparseMatmulConfig",
+    "MEASURED",
+    "PAPER",
+    "PROFILES",
+    "TILESPARSE",
+    "MeasuredFigures",
+    "RuleProfile",
+    "get_profile",
     "list_presets",
     "load_array",
 ]

@@ -172,6 +172,8 @@ class ArrayConfig(_Strict):
     ddr: DdrConfig = DdrConfig()
     links: LinkConfig = LinkConfig()
     dma_compression: DmaCompressionConfig = DmaCompressionConfig()
+    # The timing rule profile (tilesparse.hw.profiles) a verb uses when not given --rules.
+    rules: Literal["tilesparse", "paper", "measured"] = "tilesparse"
 
     @model_validator(mode="before")
     @classmethod

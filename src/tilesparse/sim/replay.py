@@ -37,7 +37,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tilesparse.hw import ArrayConfig
+from tilesparse.hw import PROFILES as RULE_PROFILES
+from tilesparse.hw import ArrayConfig, RuleProfile
 from tilesparse.program import Instr, Program
 from tilesparse.sim.memory import SimulationError
 
@@ -74,19 +75,27 @@ class ReplayRules:
     # "piece": piece i waits only for LOADWM j−2's piece i (what the per-piece locks allow)
     layer_barrier: bool = True  # rule 7; False: a layer waits only for the layers whose buffers it
     # reads (its LOAD / LOADFM) or overwrites (its WRITEFM / WRITE); locks and cores order the rest
+    kernel_efficiency: float = 1.0  # a COMP iteration takes its cycles / this (the measured profile)
+    invocation_s: float = 0.0  # a fixed cost per call, added once to the latency (the measured profile)
 
     def __post_init__(self) -> None:
         if self.slot_release not in ("slot", "piece"):
             raise ValueError(f"ReplayRules.slot_release {self.slot_release!r}: expected 'slot' or 'piece'")
 
+    @classmethod
+    def from_profile(cls, profile: RuleProfile) -> ReplayRules:
+        """The replay's rules under a time-model profile (``tilesparse.hw.profiles``): the same
+        value the time model reads, so the two cannot disagree on which rules apply."""
+        return cls(serial_single_steps=profile.serial_single_steps, loadw_prefetch=profile.loadw_prefetch,
+                   cut_through=profile.cut_through, layer_barrier=profile.layer_barrier,
+                   kernel_efficiency=profile.measured.kernel_efficiency,
+                   invocation_s=profile.measured.invocation_s)
 
-# The rules of the time model's profiles (issue 20) as far as they concern the replay; the paper's
-# other rules (adds and pools as layers of their own, no kernel scratch as a buffer) change the
-# compiled program, not how it is played out. ``measured`` figures change durations, not rules.
-PROFILES = {
-    "tilesparse": ReplayRules(),
-    "paper": ReplayRules(serial_single_steps=True, loadw_prefetch=False, cut_through=False),
-}
+
+# The time model's profiles (``tilesparse.hw.profiles``) as far as they concern the replay; the
+# paper's other rules (adds and pools as layers of their own, no kernel scratch as a buffer) change
+# the compiled program, not how it is played out. ``measured`` figures change durations, not rules.
+PROFILES = {name: ReplayRules.from_profile(p) for name, p in RULE_PROFILES.items()}
 
 
 @dataclass(frozen=True)
@@ -114,12 +123,14 @@ class ReplayResult:
     rules: ReplayRules = field(default_factory=ReplayRules)
 
 
-def engine_seconds(op: str, values: np.ndarray, hw: ArrayConfig) -> np.ndarray:
-    """Seconds of each iteration: the slowest core's cycles at the clock (COMP), or the busiest
-    channel's bytes at that channel's bandwidth (docs/time-model.md, rule 1; ``hw.links``)."""
+def engine_seconds(op: str, values: np.ndarray, hw: ArrayConfig, kernel_efficiency: float = 1.0) -> np.ndarray:
+    """Seconds of each iteration: the slowest core's cycles at the clock (COMP; at the kernel
+    efficiency), or the busiest channel's bytes at that channel's bandwidth (docs/time-model.md,
+    rule 1; ``hw.links``)."""
     v = np.asarray(values, dtype=np.float64)
     if op == "COMP":
-        return v / hw.clock_hz
+        s = v / hw.clock_hz
+        return s if kernel_efficiency == 1.0 else s / kernel_efficiency
     links = hw.links
     bw = {"LOAD": links.ddr_to_memtile_bytes_per_s, "LOADW": links.ddr_to_memtile_bytes_per_s,
           "WRITE": links.memtile_to_ddr_bytes_per_s}.get(op, links.memtile_to_core_bytes_per_s)
@@ -229,7 +240,7 @@ class _Plan:
     def _add(self, i: int, done: int, after: int) -> None:
         prog, rules = self.program, self.rules
         ins = prog.instrs[i]
-        durs = engine_seconds(ins.op, prog.iter_values(ins), prog.hw).tolist()
+        durs = engine_seconds(ins.op, prog.iter_values(ins), prog.hw, rules.kernel_efficiency).tolist()
         gang_acq = ((ins.op == "LOADW" and rules.slot_release == "slot")
                     or (ins.op == "LOADWM" and not rules.cut_through))
         data = self._data_layers(ins.layer, ins.op)
@@ -346,13 +357,22 @@ class _Clock:
                 f"{t.it}) waits for {missing[0]}, which no instruction will release")
 
 
-def replay(program: Program, rules: ReplayRules | None = None) -> ReplayResult:
-    """Replay ``program`` on its array's clock: per layer its start and end, the latency, and
-    every engine's busy seconds. ``ReplayError`` on a deadlock."""
-    rules = rules or ReplayRules()
+def replay(program: Program, rules: ReplayRules | RuleProfile | str | None = None) -> ReplayResult:
+    """Replay ``program`` on its array's clock: per layer its start and end, the latency (plus the
+    rules' fixed ``invocation_s``), and every engine's busy seconds. ``rules``: the replay's rules,
+    or a time-model profile (value or name) to take them from (default: the profile named by the
+    program's ``hw.rules``). ``ReplayError`` on a deadlock."""
+    if rules is None:
+        rules = program.hw.rules
+    if isinstance(rules, str):
+        if rules not in PROFILES:
+            raise ValueError(f"unknown rule profile {rules!r}: expected one of {', '.join(PROFILES)}")
+        rules = PROFILES[rules]
+    elif isinstance(rules, RuleProfile):
+        rules = ReplayRules.from_profile(rules)
     plan = _Plan(program, rules)
     clock = _Clock(plan)
-    total = clock.run()
+    total = clock.run() + rules.invocation_s
     spans = _layer_spans(program, plan, clock.first, clock.last)
     halted = sum(float(clock.last[i] - clock.first[i]) for i, ins in enumerate(program.instrs)
                  if ins.halts and ins.iters)

@@ -33,8 +33,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tilesparse.hw import ArrayConfig
-from tilesparse.timing.rules import PIPE_OPS, stage_seconds, transfer_s
+from tilesparse.hw import TILESPARSE, ArrayConfig, RuleProfile
+from tilesparse.timing.rules import PIPE_OPS, profile_of, stage_seconds, transfer_s
 
 __all__ = ["LayerTime", "StepTime", "layer_time", "layer_time_arrays", "pipeline_s"]
 
@@ -68,13 +68,19 @@ class _Engines:
     the last iteration on it (what released its lock), the iterations so far (their parity picks
     the half), LOADW's last end and the LOADWM ends of the two steps before."""
 
-    __slots__ = ("load", "fm", "comp", "wfm", "wr", "h_fm", "h_comp", "h_wfm", "h_wr", "g", "w_done", "lwm_ends")
+    __slots__ = ("load", "fm", "comp", "wfm", "wr", "h_fm", "h_comp", "h_wfm", "h_wr", "g", "w_done", "lwm_ends",
+                 "serial_end")
 
     def __init__(self) -> None:
         self.load = self.fm = self.comp = self.wfm = self.wr = 0.0
         self.h_fm, self.h_comp, self.h_wfm, self.h_wr = [0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]
         self.g = 0
         self.w_done, self.lwm_ends = 0.0, [0.0, 0.0]
+        self.serial_end = 0.0  # end of the layer's last serialised step (profile.serial_single_steps)
+
+    def all_done(self) -> float:
+        """When every iteration so far has finished."""
+        return max(self.load, self.fm, self.comp, self.wfm, self.wr, self.w_done, self.lwm_ends[1])
 
 
 def _weight_times(lw: np.ndarray, lwm: np.ndarray, n: int) -> tuple[list, list, list, list, list]:
@@ -99,14 +105,24 @@ def _stage_rows(d: np.ndarray, ops: Sequence[str]) -> tuple[list[tuple], bool, b
     return rows, ks[0] >= 0, ks[4] >= 0
 
 
-def _weights_in(e: _Engines, w: tuple[list, list, list, list, list], j: int) -> tuple[float, float, float]:
+def _weights_in(e: _Engines, w: tuple[list, list, list, list, list], j: int, profile: RuleProfile,
+                serial: bool = False) -> tuple[float, float, float]:
     """Rule 6, then rule 5 for step j: LOADW once slot j mod 2 is free, LOADWM once the cores are
-    free and piece 0 is in; the cores wait for its end. Returns (LOADWM start, LOADW start, end)."""
+    free and piece 0 is in; the cores wait for its end. Returns (LOADWM start, LOADW start, end).
+    Without ``profile.loadw_prefetch`` LOADW waits for everything before; without ``cut_through``
+    LOADWM waits for the whole chunk; a ``serial`` step's LOADWM waits for everything before."""
     _, lw_all, lw_first, lwm_all, late = w
-    lw0 = max(e.w_done, e.lwm_ends[0])
+    lw0 = max(e.w_done, e.lwm_ends[0], e.serial_end)
+    if not profile.loadw_prefetch:
+        lw0 = max(lw0, e.all_done())
+    before = e.all_done() if serial else e.comp
     e.w_done = lw0 + lw_all[j]
-    start = max(e.comp, lw0 + lw_first[j], e.lwm_ends[1])
-    ready = max(start + lwm_all[j], lw0 + late[j])
+    if profile.cut_through and not serial:
+        start = max(before, lw0 + lw_first[j], e.lwm_ends[1])
+        ready = max(start + lwm_all[j], lw0 + late[j])
+    else:
+        start = max(before, lw0 + lw_all[j], e.lwm_ends[1])
+        ready = start + lwm_all[j]
     e.lwm_ends = [e.lwm_ends[1], ready]
     e.comp = ready  # the halt: the step's first COMP waits for its weights
     return start, lw0, ready
@@ -145,8 +161,26 @@ def _iterate(e: _Engines, stages: tuple, n_it: int, writing: bool, staged_in: bo
     return first
 
 
+def _serial(e: _Engines, stages: tuple, writing: bool) -> dict[str, float]:
+    """The paper's rule for a step of one iteration: its stages one after another, after everything
+    before (its weights are in: ``e.comp``); everything after waits for its end. Returns each
+    stage's start."""
+    t = e.all_done()
+    first = {}
+    for op, v in zip(PIPE_OPS, stages, strict=True):
+        if op in ("WRITEFM", "WRITE") and not writing:
+            continue
+        first[op] = t
+        t += v[0]
+    e.load = e.fm = e.comp = e.wfm = e.wr = e.serial_end = t
+    h = e.g & 1
+    e.h_fm[h] = e.h_comp[h] = e.h_wfm[h] = e.h_wr[h] = t
+    e.g += 1
+    return first
+
+
 def _run(lw: np.ndarray, lwm: np.ndarray, d: np.ndarray, ops: Sequence[str], iters: Sequence[int],
-         writes: Sequence[bool], record: list | None = None) -> float:
+         writes: Sequence[bool], record: list | None = None, profile: RuleProfile = TILESPARSE) -> float:
     """Rules 3–6: the layer's seconds, every engine running its iterations in order as the
     program's locks allow (docs/program.md, "Locks and ordering").
 
@@ -162,9 +196,13 @@ def _run(lw: np.ndarray, lwm: np.ndarray, d: np.ndarray, ops: Sequence[str], ite
     e = _Engines()
     for j, stages in enumerate(rows):
         start = lw0 = ready = 0.0
+        serial = profile.serial_single_steps and iters[j] == 1
         if weighted[j]:
-            start, lw0, ready = _weights_in(e, weights, j)
-        first = _iterate(e, stages, iters[j], writes[j], staged_in, staged_out, want)
+            start, lw0, ready = _weights_in(e, weights, j, profile, serial)
+        if serial:
+            first: dict[str, float] | None = _serial(e, stages, writes[j])
+        else:
+            first = _iterate(e, stages, iters[j], writes[j], staged_in, staged_out, want)
         if record is not None:
             record.append((start, lw0, ready, first or {}))
     return max(e.load, e.fm, e.comp, e.wfm, e.wr, e.lwm_ends[1])
@@ -190,11 +228,14 @@ def _pieces(x: np.ndarray, n_steps: int) -> np.ndarray:
     return x.reshape(n_steps, -1) if x.size else np.zeros((n_steps, 1))
 
 
-def layer_time(steps: Sequence[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]], hw: ArrayConfig) -> LayerTime:
+def layer_time(steps: Sequence[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]], hw: ArrayConfig,
+               profile: RuleProfile | None = None) -> LayerTime:
     """Rules 1–6 over a layer's steps, each ``(loadw_bytes, loadwm_bytes, {op: per-iteration
-    bytes or cycles})`` (weight bytes per piece; WRITEFM present in the steps that write);
-    returns the layer's seconds and every step's timing."""
-    secs = [{op: stage_seconds(op, v, hw) for op, v in pipe.items()} for _, _, pipe in steps]
+    bytes or cycles})`` (weight bytes per piece; WRITEFM present in the steps that write), under
+    the rule ``profile`` (default: ``hw.rules``'s); returns the layer's seconds and every step's
+    timing."""
+    profile = profile_of(hw, profile)
+    secs = [{op: stage_seconds(op, v, hw, profile) for op, v in pipe.items()} for _, _, pipe in steps]
     ops = [op for op in PIPE_OPS if any(op in sc for sc in secs)]
     iters = [max((len(v) for v in sc.values()), default=0) for sc in secs]
     d = np.zeros((len(steps), len(ops), max(iters, default=0)))
@@ -209,7 +250,7 @@ def layer_time(steps: Sequence[tuple[np.ndarray, np.ndarray, dict[str, np.ndarra
         lw[j, :np.size(b)] = transfer_s("LOADW", np.ravel(b), hw)
         lwm[j, :np.size(bm)] = transfer_s("LOADWM", np.ravel(bm), hw)
     rec: list[tuple[float, float, float, dict[str, float]]] = []
-    total = _run(lw, lwm, d, ops, iters, ["WRITEFM" in sc for sc in secs], rec)
+    total = _run(lw, lwm, d, ops, iters, ["WRITEFM" in sc for sc in secs], rec, profile)
     out = tuple(StepTime(float(lw[j].sum()), float(lwm[j].sum()), {op: float(v.sum()) for op, v in secs[j].items()},
                          {op: first[op] for op in secs[j] if op in first}, start, lw0, ready)
                 for j, (start, lw0, ready, first) in enumerate(rec))
@@ -218,12 +259,14 @@ def layer_time(steps: Sequence[tuple[np.ndarray, np.ndarray, dict[str, np.ndarra
 
 def layer_time_arrays(loadw_bytes: np.ndarray, loadwm_bytes: np.ndarray, pipe: dict[str, np.ndarray],
                       hw: ArrayConfig, iters: Sequence[int] | None = None,
-                      writes: Sequence[bool] | None = None) -> float:
+                      writes: Sequence[bool] | None = None, profile: RuleProfile | None = None) -> float:
     """Rules 1–6 for a layer given as arrays (``pipe[op]``: steps × iterations, zero-padded past
     ``iters[j]``; weights: steps × pieces, or one value per step); seconds. ``iters`` / ``writes``
-    default to the last non-zero iteration and to the steps with WRITEFM bytes."""
+    default to the last non-zero iteration and to the steps with WRITEFM bytes; ``profile`` to
+    ``hw.rules``'s (the compiler's search thus runs under the profile the description names)."""
+    profile = profile_of(hw, profile)
     ops = [op for op in PIPE_OPS if op in pipe]
-    d = np.stack([stage_seconds(op, pipe[op], hw) for op in ops], axis=1)
+    d = np.stack([stage_seconds(op, pipe[op], hw, profile) for op in ops], axis=1)
     n = d.shape[0]
     if iters is None:
         nz = (d != 0).any(axis=1)
@@ -232,4 +275,4 @@ def layer_time_arrays(loadw_bytes: np.ndarray, loadwm_bytes: np.ndarray, pipe: d
         writes = ((pipe["WRITEFM"] != 0).any(axis=1) if "WRITEFM" in pipe else np.zeros(n, bool)).tolist()
     lw = transfer_s("LOADW", _pieces(loadw_bytes, n), hw)
     lwm = transfer_s("LOADWM", _pieces(loadwm_bytes, n), hw)
-    return _run(lw, lwm, d, ops, iters, writes)
+    return _run(lw, lwm, d, ops, iters, writes, profile=profile)

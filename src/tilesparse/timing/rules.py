@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tilesparse.hw import ArrayConfig
+from tilesparse.hw import ArrayConfig, RuleProfile, get_profile
 
 __all__ = [
     "part_matmul_shapes",
@@ -41,6 +41,7 @@ __all__ = [
     "engine_bound_s",
     "matmul_shape",
     "peak_macs_per_cycle",
+    "profile_of",
     "stage_seconds",
     "transfer_s",
 ]
@@ -68,14 +69,22 @@ def transfer_s(op: str, nbytes: float | np.ndarray, hw: ArrayConfig) -> np.ndarr
     return np.asarray(nbytes, dtype=np.float64) / bandwidth(op, hw)
 
 
-def comp_s(cycles: float | np.ndarray, hw: ArrayConfig) -> np.ndarray:
-    """Rule 2: seconds of ``cycles`` on the slowest core."""
-    return np.asarray(cycles, dtype=np.float64) / hw.clock_hz
+def profile_of(hw: ArrayConfig, profile: RuleProfile | None = None) -> RuleProfile:
+    """``profile``, or the one the array description names (``hw.rules``, tilesparse by default)."""
+    return profile if profile is not None else get_profile(hw.rules)
 
 
-def stage_seconds(op: str, per_iter: np.ndarray, hw: ArrayConfig) -> np.ndarray:
+def comp_s(cycles: float | np.ndarray, hw: ArrayConfig, profile: RuleProfile | None = None) -> np.ndarray:
+    """Rule 2: seconds of ``cycles`` on the slowest core (at the profile's measured kernel
+    efficiency: 1 but under ``measured``; default profile: ``hw.rules``)."""
+    s = np.asarray(cycles, dtype=np.float64) / hw.clock_hz
+    eff = profile_of(hw, profile).measured.kernel_efficiency
+    return s if eff == 1.0 else s / eff
+
+
+def stage_seconds(op: str, per_iter: np.ndarray, hw: ArrayConfig, profile: RuleProfile | None = None) -> np.ndarray:
     """Seconds of pipeline stage ``op`` per iteration, from its bytes (transfers) or cycles (COMP)."""
-    return comp_s(per_iter, hw) if op == "COMP" else transfer_s(op, per_iter, hw)
+    return comp_s(per_iter, hw, profile) if op == "COMP" else transfer_s(op, per_iter, hw)
 
 
 def matmul_shape(hw: ArrayConfig, sparse: bool = False) -> tuple[int, int, int]:
@@ -149,15 +158,16 @@ def comp_cycles(kind: str, hw: ArrayConfig, work: np.ndarray, positions: np.ndar
 
 
 def engine_bound_s(loadw_bytes: np.ndarray, loadwm_bytes: np.ndarray, pipe: dict[str, np.ndarray],
-                   hw: ArrayConfig) -> float:
+                   hw: ArrayConfig, profile: RuleProfile | None = None) -> float:
     """Seconds no schedule under rules 1–6 beats for a layer given as arrays (as
     ``layer_time_arrays``): each engine runs its iterations one at a time, and the cores never
     compute during a LOADWM (rule 5), so the layer takes at least the busiest engine's total, COMP
     plus LOADWM for the cores. Cheap: the compiler's search drops a candidate whose bound cannot
-    beat its best."""
+    beat its best. Every profile only adds waits to rules 3–6, so this bounds each (COMP at the
+    profile's kernel efficiency)."""
     busy = [float(stage_seconds(op, np.asarray(v, dtype=np.float64), hw).sum()) for op, v in pipe.items()
             if op != "COMP"]
     cores = float(transfer_s("LOADWM", np.asarray(loadwm_bytes, dtype=np.float64), hw).sum())
     if "COMP" in pipe:
-        cores += float(comp_s(pipe["COMP"], hw).sum())
+        cores += float(comp_s(pipe["COMP"], hw, profile).sum())
     return max(busy + [cores, float(transfer_s("LOADW", np.asarray(loadw_bytes, dtype=np.float64), hw).sum())])
