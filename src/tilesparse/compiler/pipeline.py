@@ -37,6 +37,7 @@ from tilesparse.compiler.rebalance import rebalance
 from tilesparse.errors import ConfigError, UnsupportedOpError
 from tilesparse.hw import ArrayConfig, load_array
 from tilesparse.ir.graph import Graph, Op
+from tilesparse.program.zero_compress import decide as decide_compression
 from tilesparse.passes.balance import balance_channels, reorder_channels, reorderable
 from tilesparse.passes.verify import verify
 from tilesparse.program import (
@@ -218,7 +219,7 @@ def _replan(job: _Job, plans: list[LayerPlan], alloc: Allocation) -> list[LayerP
 
 
 def compile_graph(graph: Graph, hw: ArrayConfig | str, *, chooser: Chooser | None = None,
-                  balance: bool = True, cache: CompileCache | None = None) -> Program:
+                  balance: bool = True, cache: CompileCache | None = None, act_compression: str = "auto") -> Program:
     """Compile a lowered (and ideally quantized) IR graph for array ``hw`` into a ``Program``.
 
     ``chooser(node, hw) -> SubVolume | None`` may impose a layer's per-core sub-volume (validated;
@@ -245,7 +246,7 @@ def compile_graph(graph: Graph, hw: ArrayConfig | str, *, chooser: Chooser | Non
     prog = _assemble(job.graph, job.hw, plans, job.ins, buffers, alloc, t0, job.cache)  # 6. pack, code
     prog.meta["channel_orders"] = {k: v.tolist() for k, v in job.orders.items()}
     prog.meta["weight_formats"] = formats
-    return prog
+    return decide_compression(prog, act_compression)
 
 
 def _refuse_sdq(graph: Graph) -> None:
@@ -343,7 +344,26 @@ def _record(graph: Graph, plan: LayerPlan, in_bufs, rows: list[ChunkRow]) -> Lay
         TensorSlice(sp.out_tensor, sp.out_c_total, sp.out_c_offset), part.grid, part.sub,
         Loops(part.n_s, part.n_k, part.n_q, part.tiles_per_group, part.n_tiles, sp.slides),
         part.cores, tuple(rows), _attrs(graph, sp), dense_weight_bytes(sp) if sp.kind == "conv" else 0,
-        packed - bias, bias, sp.kept_macs, sp.macs, sp.fused_add, sp.residual)
+        packed - bias, bias, sp.kept_macs, sp.macs, sp.fused_add, sp.residual,
+        *_zero_fracs(graph, sp, [b for b, _, _ in in_bufs]))
+
+
+def _zero_frac(graph: Graph, name: str) -> float:
+    """The calibrated zero fraction (``quant.zero_fractions``) of node ``name``'s output; 0 for a
+    graph not quantized or a name that is no node."""
+    try:
+        v = graph.node(name).attrs.get("zero_frac", 0.0)
+    except KeyError:
+        return 0.0
+    return float(v) if isinstance(v, (int, float)) else 0.0
+
+
+def _zero_fracs(graph: Graph, sp: LayerSpec, in_bufs: list[str]) -> tuple[float, float]:
+    """(zero fraction of the window inputs — their mean —, of the output) of a layer."""
+    window = in_bufs[:len(in_bufs) - bool(sp.fused_add)] or in_bufs
+    z_in = sum(_zero_frac(graph, b) for b in window) / len(window) if window else 0.0
+    out = sp.fused_add or (sp.name if sp.kind != "copy" else sp.out_tensor)
+    return round(z_in, 4), _zero_frac(graph, out)
 
 
 def _attrs(graph: Graph, sp: LayerSpec) -> dict[str, Any]:

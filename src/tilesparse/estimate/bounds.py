@@ -34,6 +34,7 @@ import numpy as np
 from tilesparse.hw import ArrayConfig
 from tilesparse.program import LayerGeometry, LayerRecord, Program
 from tilesparse.program.sparse_format import MASKED
+from tilesparse.program.zero_compress import expected_size
 from tilesparse.timing import peak_macs_per_cycle
 
 __all__ = ["LayerBound", "layer_bound", "program_bounds"]
@@ -93,6 +94,11 @@ def layer_bound(rec: LayerRecord, buffers: dict, hw: ArrayConfig) -> LayerBound:
     ddr = max(weights / col_in, in_io / col_in, out_io / (hw.cols * links.memtile_to_ddr_bytes_per_s))
     mt = links.memtile_to_core_bytes_per_s
     stall = weights / (hw.rows * mt)
+    c = hw.dma_compression  # zero-compressed streams carry their expected compressed bytes
+    if "LOADFM" in rec.compressed:
+        in_bytes = expected_size(in_bytes, rec.in_zero_frac, c.chunk_bytes, c.mask_bytes, c.word_bytes)
+    if "WRITEFM" in rec.compressed:
+        out_bytes = expected_size(out_bytes, rec.out_zero_frac, c.chunk_bytes, c.mask_bytes, c.word_bytes)
     memtile = max(stall, in_bytes / (hw.cols * mt), out_bytes / (hw.cols * mt))
     return LayerBound(rec.name, rec.kept_macs / _peak_ops_per_s(rec, hw), ddr, memtile, stall)
 
