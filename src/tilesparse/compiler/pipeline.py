@@ -37,7 +37,6 @@ from tilesparse.compiler.rebalance import rebalance
 from tilesparse.errors import ConfigError, UnsupportedOpError
 from tilesparse.hw import ArrayConfig, load_array
 from tilesparse.ir.graph import Graph, Op
-from tilesparse.program.zero_compress import decide as decide_compression
 from tilesparse.passes.balance import balance_channels, reorder_channels, reorderable
 from tilesparse.passes.verify import verify
 from tilesparse.program import (
@@ -50,6 +49,7 @@ from tilesparse.program import (
     TensorSlice,
 )
 from tilesparse.program.packing import LUT_TABLE_BYTES
+from tilesparse.program.zero_compress import decide as decide_compression
 from tilesparse.quant.rounding import INT8_MAX, INT8_MIN
 from tilesparse.quant.sdq_graph import sdq_layers
 

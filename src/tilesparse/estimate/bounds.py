@@ -83,11 +83,11 @@ def layer_bound(rec: LayerRecord, buffers: dict, hw: ArrayConfig) -> LayerBound:
     g = rec.geometry
     links = hw.links
     weights = rec.packed_weight_bytes + rec.bias_bytes
-    out_bytes = g.co * g.ho * g.wo
+    out_bytes: float = g.co * g.ho * g.wo
     # a fused residual add reads an output-shaped second operand
     in_one = g.ci * (g.hi * g.wi if rec.kind == "flatten" else _touched(g, 0) * _touched(g, 1))
     sizes = [in_one] * (len(rec.inputs) - bool(rec.residual)) + [out_bytes] * bool(rec.residual)
-    in_bytes = sum(sizes)
+    in_bytes: float = sum(sizes)
     in_io = sum(n for n, i in zip(sizes, rec.inputs, strict=True) if buffers[i.buffer].get("graph_io"))
     out_io = out_bytes if buffers[rec.output.buffer].get("graph_io") else 0
     col_in = hw.cols * links.ddr_to_memtile_bytes_per_s

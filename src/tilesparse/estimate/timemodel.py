@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tilesparse.hw import ArrayConfig
-from tilesparse.program import Program
+from tilesparse.program import Instr, Program
 from tilesparse.program.zero_compress import stream_values
 from tilesparse.timing import StepTime, bandwidth, layer_time
 
@@ -66,7 +66,7 @@ def _step_values(program: Program, idx: list[int]) -> tuple[np.ndarray, np.ndarr
     return lw, lwm, pipe
 
 
-def _zero_frac(program: Program, ins) -> float:
+def _zero_frac(program: Program, ins: Instr) -> float:
     from tilesparse.program.zero_compress import zero_frac_of
 
     return zero_frac_of(program.layers[ins.layer], ins.op)

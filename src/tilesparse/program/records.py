@@ -17,8 +17,8 @@ from tilesparse.program.geometry import LayerGeometry
 # "Sparsity"); the interface tile's DMA (DDR <-> MemTile) has no compression logic.
 COMPRESSIBLE_OPS = ("LOADFM", "WRITEFM")
 
-__all__ = ["COMPRESSIBLE_OPS", "ChunkRow", "CoreRow", "CoreWork", "Grid", "LayerPartition", "LayerRecord", "Loops", "SubVolume",
-           "TensorSlice"]
+__all__ = ["COMPRESSIBLE_OPS", "ChunkRow", "CoreRow", "CoreWork", "Grid", "LayerPartition", "LayerRecord", "Loops",
+           "SubVolume", "TensorSlice"]
 
 
 @dataclass(frozen=True)

@@ -108,7 +108,7 @@ def decode(stream: np.ndarray, n: int, chunk_bytes: int = 32, mask_bytes: int = 
     return out.reshape(-1)[:n]
 
 
-def expected_size(n: int, zero_frac: float, chunk_bytes: int = 32, mask_bytes: int = 4, word_bytes: int = 4) -> float:
+def expected_size(n: float, zero_frac: float, chunk_bytes: int = 32, mask_bytes: int = 4, word_bytes: int = 4) -> float:
     """Expected compressed bytes of ``n`` bytes of which a fraction ``zero_frac`` is zero, each byte
     zero independently of the others: per chunk its mask plus the expectation of its non-zero
     bytes rounded up to whole words (a binomial count).
@@ -139,7 +139,7 @@ def expected_sizes(values: np.ndarray, zero_frac: float, chunk_bytes: int = 32, 
     return size + np.array([per_last.get(int(v), 0.0) for v in last.reshape(-1)]).reshape(last.shape)
 
 
-def saves(n: int, zero_frac: float, chunk_bytes: int = 32, mask_bytes: int = 4, word_bytes: int = 4) -> bool:
+def saves(n: float, zero_frac: float, chunk_bytes: int = 32, mask_bytes: int = 4, word_bytes: int = 4) -> bool:
     """Whether compressing ``n`` bytes with that zero fraction is expected to send fewer bytes."""
     return expected_size(n, zero_frac, chunk_bytes, mask_bytes, word_bytes) < n
 
