@@ -30,7 +30,7 @@ from tilesparse.cli.common import (
 )
 from tilesparse.errors import ConfigError
 
-__all__ = ["calib_args", "compile_source_with_progress", "load_or_compile", "register"]
+__all__ = ["act_compression_arg", "calib_args", "compile_source_with_progress", "load_or_compile", "register"]
 
 _MODEL_FLAGS = {"weights": "--weights", "sparsity": "--sparsity", "block": "--block", "input_shape": "--input-shape",
                 "pattern": "--pattern"}
@@ -38,6 +38,20 @@ _MODEL_FLAGS = {"weights": "--weights", "sparsity": "--sparsity", "block": "--bl
 BALANCE_HELP = ("Reorder the output channels of sparse convs read only by convs so that every core's channels "
                 "keep equal blocks, and again for each layer's chosen weight chunks (same outputs; "
                 "docs/compiler.md, 'Channel balancing'); --no-balance keeps the model's channel order.")
+
+
+ACT_COMPRESSION_HELP = ("DMA activation zero compression: 'auto' compresses each layer's LOADFM / WRITEFM where "
+                        "the array's dma_compression is enabled and the layer's calibrated zero fraction saves "
+                        "bytes; 'off' never (docs/time-model.md, 'Activation compression').")
+
+
+def act_compression_arg(mode: str) -> str:
+    """--act-compression checked: auto or off."""
+    from tilesparse.program.zero_compress import MODES
+
+    if mode not in MODES:
+        raise ConfigError(f"--act-compression {mode}", [f"expected one of {', '.join(MODES)}"])
+    return mode
 
 
 def compile_source_with_progress(source: str, array: str, *, balance: bool = True, **build_kwargs):
@@ -106,6 +120,7 @@ def compile_verb(
     balance: Annotated[bool, typer.Option(help=BALANCE_HELP)] = True,
     calib: Annotated[Path | None, typer.Option(help=CALIB_HELP)] = None,
     calib_images: Annotated[int | None, typer.Option(help=CALIB_IMAGES_HELP + " Default 16.", min=1)] = None,
+    act_compression: Annotated[str, typer.Option(help=ACT_COMPRESSION_HELP)] = "auto",
 ) -> None:
     """Compile a model to an AIE2 Program (instructions + packed weights + provenance), saved atomically.
     `tilesparse simulate PROGRAM` then verifies it with no other argument.
@@ -121,8 +136,9 @@ def compile_verb(
       (calibrated on 64 validation images)
     """
     from tilesparse.estimate.report import summarize
+    from tilesparse.program.zero_compress import decide as decide_compression
 
-    sparsity_arg(sparsity), block_arg(block), array_arg(array)  # usage errors before any work
+    sparsity_arg(sparsity), block_arg(block), array_arg(array), act_compression_arg(act_compression)
     block, sparsity, nm_pattern = compile_pattern_args(pattern, block, sparsity)
     if str(listing) == "-" and str(json_out) == "-":
         raise ConfigError("--listing -", ["--json - writes to stdout already; give the listing a file name"])
@@ -131,6 +147,7 @@ def compile_verb(
     prog = compile_source_with_progress(source, array, balance=balance, weights=weights, sparsity=sparsity,
                                         block=block, input_shape=input_shape, quantized=quantized, pattern=nm_pattern,
                                         **calib_kwargs)
+    prog = decide_compression(prog, act_compression)
     prog.save(out)
     s = summarize(prog)
     console(json_out).print(f"wrote {out}: {len(prog.layers)} layers, {len(prog.instrs)} instructions, weights "
@@ -190,6 +207,8 @@ def estimate_verb(
     json_out: Annotated[Path | None, typer.Option("--json", help=JSON_HELP + " Per-layer numbers.")] = None,
     timeline: Annotated[Path | None, typer.Option(help="Write a timeline chart (.html or .png).")] = None,
     top: Annotated[int, typer.Option(help="Rows of the per-layer table (slowest first; 0 = all).", min=0)] = 25,
+    act_compression: Annotated[str, typer.Option(help=ACT_COMPRESSION_HELP + " Re-decided on a program file "
+                                                 "from its recorded zero fractions.")] = "auto",
 ) -> None:
     """Per-layer and total latency of a program (or a model compiled on the fly, timing only), with
     the lower bound and roofline beside every layer.
@@ -205,25 +224,27 @@ def estimate_verb(
 
     from tilesparse.estimate.report import layer_rows, summarize
     from tilesparse.estimate.timemodel import estimate_program
+    from tilesparse.program.zero_compress import decide as decide_compression
 
-    sparsity_arg(sparsity), block_arg(block)  # usage errors before any work (a program file too)
+    sparsity_arg(sparsity), block_arg(block), act_compression_arg(act_compression)  # usage errors first
     block, sparsity, nm_pattern = compile_pattern_args(pattern, block, sparsity)
     if timeline is not None and timeline.suffix not in (".html", ".png"):  # before the work, not after
         raise ConfigError(f"--timeline {timeline}", ["expected a .html or .png file name"])
     check_outputs({"--out": out, "--json": json_out, "--timeline": timeline})
     prog = load_or_compile(target, array, out, weights=weights, sparsity=sparsity, block=block,
                            input_shape=input_shape, quantized=False, pattern=nm_pattern)
+    prog = decide_compression(prog, act_compression)
     pt = estimate_program(prog)
     rows = layer_rows(prog, pt)
     s = summarize(prog, pt)
     shown = sorted(rows, key=lambda r: -r["time_us"])[: top or None]
     t = Table(title=f"{prog.graph} on {prog.hw.label}")
     for col in ("layer", "kind", "weights", "time us", "bound us", "limit", "roofline us", "x bound", "grid", "sub",
-                "loops"):
+                "loops", "zeros in/out"):
         t.add_column(col, justify="right" if "us" in col or col == "x bound" else "left")
     for r in shown:
         t.add_row(r["layer"], r["kind"], r["weights"], f"{r['time_us']:.1f}", f"{r['bound_us']:.1f}", r["limiter"],
-                  f"{r['roofline_us']:.1f}", f"{r['ratio']:.2f}", r["grid"], r["sub"], r["loops"])
+                  f"{r['roofline_us']:.1f}", f"{r['ratio']:.2f}", r["grid"], r["sub"], r["loops"], _zeros_cell(r))
     con = console(json_out)
     con.print(t)
     con.print(f"total {s.estimate_ms:.3f} ms, lower bound {s.bound_ms:.3f} ms ({s.ratio:.2f}x), compute at "
@@ -235,6 +256,15 @@ def estimate_verb(
         con.print(f"timeline: {timeline}")
     write_json(json_out, {"graph": prog.graph, "array": prog.hw.label, "estimate_ms": s.estimate_ms,
                           "bound_ms": s.bound_ms, "layers": rows})
+
+
+def _zeros_cell(r: dict) -> str:
+    """"52%/48% F W": the calibrated zero fractions of a layer's input and output, then the
+    transfers that travel zero-compressed (F = LOADFM, W = WRITEFM); "-" when none were measured."""
+    if not (r["in_zero_frac"] or r["out_zero_frac"]):
+        return "-"
+    tags = " ".join({"LOADFM": "F", "WRITEFM": "W"}[op] for op in r["compressed"])
+    return f"{r['in_zero_frac']:.0%}/{r['out_zero_frac']:.0%}" + (f" {tags}" if tags else "")
 
 
 def explore_verb(
