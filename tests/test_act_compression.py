@@ -108,11 +108,13 @@ def test_compression_shortens_estimate_and_off_is_today(tiny):
     g, _ = tiny
     hw = _compressing("2x2")
     on, off = compile_graph(g, hw), compile_graph(g, hw, act_compression="off")
-    plain = compile_graph(g, "2x2")  # the shipped description: compression off
+    hw_off = hw.model_copy(update={"dma_compression": hw.dma_compression.model_copy(update={"enabled": False})})
+    plain = compile_graph(g, hw_off)  # an array without compression: as before, whatever the mode
     assert all(not r.compressed for r in off.layers) and all(not r.compressed for r in plain.layers)
     t_on, t_off = estimate_program(on).total_s, estimate_program(off).total_s
     assert t_on < t_off
     assert estimate_program(plain).total_s == pytest.approx(t_off)
+    assert [r.compressed for r in compile_graph(g, "2x2").layers] == [r.compressed for r in on.layers]  # shipped
     for b, (_, _, s) in zip(program_bounds(on), estimate_program(on).layers, strict=True):
         assert s >= b.bound_s * (1 - 1e-9), b.layer
     with pytest.raises(ValueError, match="act-compression 'maybe'"):
