@@ -103,7 +103,8 @@ def main() -> None:
         "",
         f"Front end + quantization {t1 - t0:.1f} s, two compiles {t2 - t1:.1f} s.",
         "",
-        "| layer | kind | zeros in | zeros out | compressed | LOADFM B before | LOADFM B after | ms before | ms after |",
+        "| layer | kind | zeros in | zeros out | compressed | LOADFM B before | LOADFM B after | ms before "
+        "| ms after |",
         "|---|---|---:|---:|---|---:|---:|---:|---:|",
         *rows,
         "",

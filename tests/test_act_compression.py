@@ -75,6 +75,8 @@ def test_zero_fraction_recorded(tiny, tmp_path):
     assert relu_outs and all(r.out_zero_frac > 0.2 for r in relu_outs)
     for r in prog.layers:
         assert r.out_zero_frac == g.node(r.fused_add or r.name).attrs["zero_frac"]
+        if r.kind == "conv":  # what its producer wrote, whichever buffer the value lives in
+            assert r.in_zero_frac == g.node(g.node(r.name).inputs[0]).attrs["zero_frac"], r.name
     # the recorded fraction is the integer reference's on the calibration inputs, not a constant
     assert len({r.out_zero_frac for r in prog.layers}) > 2
     again = Program.load(prog.save(tmp_path / "p.npz"))  # the fields survive the file

@@ -359,8 +359,17 @@ def _zero_frac(graph: Graph, name: str) -> float:
 
 
 def _zero_fracs(graph: Graph, sp: LayerSpec, in_bufs: list[str]) -> tuple[float, float]:
-    """(zero fraction of the window inputs — their mean —, of the output) of a layer."""
-    window = in_bufs[:len(in_bufs) - bool(sp.fused_add)] or in_bufs
+    """(zero fraction of the window inputs — their mean —, of the output) of a layer. The inputs
+    are the node's producers (a buffer may be named after another node when an add writes in
+    place); a concat copy reads its buffer's node."""
+    try:
+        node = graph.node(sp.name) if sp.kind != "copy" else None
+    except KeyError:
+        node = None
+    if node is not None and node.inputs:
+        window = list(node.inputs[:1]) if sp.kind == "conv" else list(node.inputs)
+    else:
+        window = in_bufs[:len(in_bufs) - bool(sp.fused_add)] or in_bufs
     z_in = sum(_zero_frac(graph, b) for b in window) / len(window) if window else 0.0
     out = sp.fused_add or (sp.name if sp.kind != "copy" else sp.out_tensor)
     return round(z_in, 4), _zero_frac(graph, out)
