@@ -121,3 +121,27 @@ def test_compression_shortens_estimate_and_off_is_today(tiny):
         assert s >= b.bound_s * (1 - 1e-9), b.layer
     with pytest.raises(ValueError, match="act-compression 'maybe'"):
         compile_graph(g, hw, act_compression="maybe")
+
+
+def test_cli_act_compression(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from tilesparse.cli.main import app
+
+    runner = CliRunner()
+    out = tmp_path / "r.tsp"
+    r = runner.invoke(app, ["compile", "resnet18", "-a", "2x2", "--input-shape", "1,3,32,32", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    prog = Program.load(out)
+    assert any(rec.compressed for rec in prog.layers)  # the shipped description compresses
+    r = runner.invoke(app, ["estimate", str(out), "--top", "0", "--json", str(tmp_path / "on.json")])
+    assert r.exit_code == 0, r.output
+    on = json.loads((tmp_path / "on.json").read_text())
+    assert on["layers"][0]["in_zero_frac"] == prog.layers[0].in_zero_frac
+    r = runner.invoke(app, ["estimate", str(out), "--act-compression", "off", "--json", str(tmp_path / "off.json")])
+    off = json.loads((tmp_path / "off.json").read_text())
+    assert all(not row["compressed"] for row in off["layers"]) and off["estimate_ms"] > on["estimate_ms"]
+    r = runner.invoke(app, ["estimate", str(out), "--act-compression", "maybe"])
+    assert "--act-compression maybe: expected one of auto, off" in str(r.exception)
