@@ -5,7 +5,7 @@ compression").
     python benchmarks/act_compression.py [--px 224] [--array 4x4] [--images 4]
 
 The network is the zoo ResNet50 (random weights, seed 0; no pretrained weights ship with the
-package), pruned one-shot to 50 % 8x8 blocks. Its calibration inputs are "real-looking" images:
+package), pruned one-shot to 50 % 8x8 blocks (``--sparsity``). Its calibration inputs are "real-looking" images:
 1/f (pink-noise) fields per colour channel — the power spectrum of natural images — with
 correlated channels, mapped to [0, 1] and normalised with the ImageNet mean and std, as a
 torchvision eval transform would. The zero fractions are those of the int8 activations the
@@ -49,6 +49,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--px", type=int, default=224)
     ap.add_argument("--array", default="4x4")
+    ap.add_argument("--sparsity", type=float, default=0.5, help="8x8 block sparsity (0 = dense)")
     ap.add_argument("--images", type=int, default=4, help="calibration images (the zero fraction uses 2)")
     ap.add_argument("--out", type=Path, default=RESULTS / "act_compression.md")
     ap.add_argument("--no-simulate", dest="simulate", action="store_false",
@@ -65,7 +66,7 @@ def main() -> None:
     hw = load_array(a.array)
     hw = hw.model_copy(update={"dma_compression": hw.dma_compression.model_copy(update={"enabled": True})})
     t0 = time.perf_counter()
-    built = build_graph_from(get_model("resnet50", seed=0), sparsity=0.5, block=(8, 8),
+    built = build_graph_from(get_model("resnet50", seed=0), sparsity=a.sparsity, block=(8, 8),
                              input_shape=(1, 3, a.px, a.px), calibration=pink_images(a.images, a.px))
     t1 = time.perf_counter()
     on = compile_graph(built.graph, hw)
@@ -100,12 +101,13 @@ def main() -> None:
     n_fm = sum("LOADFM" in r.compressed for r in on.layers)
     n_w = sum("WRITEFM" in r.compressed for r in on.layers)
     text = "\n".join([
-        f"# Activation zero compression: ResNet50 {a.px}x{a.px} on {hw.label}, 50 % 8x8 blocks",
+        f"# Activation zero compression: ResNet50 {a.px}x{a.px} on {hw.label}, {a.sparsity:.0%} 8x8 blocks",
         "",
-        f"Command: `python benchmarks/act_compression.py --px {a.px} --array {a.array} --images {a.images}"
+        f"Command: `python benchmarks/act_compression.py --px {a.px} --array {a.array} --sparsity {a.sparsity:g} "
+        f"--images {a.images}"
         + ("`" if a.simulate else " --no-simulate`"),
         "",
-        "Zoo ResNet50 (random weights, seed 0), pruned one-shot to 50 % 8x8 blocks, calibrated on "
+        f"Zoo ResNet50 (random weights, seed 0), pruned one-shot to {a.sparsity:.0%} 8x8 blocks, calibrated on "
         f"{a.images} 1/f-spectrum images (ImageNet-normalised); zero fractions measured by the integer "
         "reference on the first 2. Array: the shipped AIE2 description with `dma_compression.enabled: true`; "
         "before = `--act-compression off`. LOADFM bytes are the busiest column channel's, summed over "
