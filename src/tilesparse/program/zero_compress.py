@@ -178,27 +178,21 @@ def decide(program: Any, mode: str = "auto") -> Any:
     if mode not in MODES:
         raise ValueError(f"act-compression {mode!r}: expected one of {', '.join(MODES)}")
     on = mode == "auto" and program.hw.dma_compression.enabled
-    raw: dict[tuple[int, str], float] = {}
-    for ins in program.instrs:
-        if ins.op in COMPRESSIBLE_OPS:
-            key = (ins.layer, ins.op)
-            raw[key] = raw.get(key, 0.0) + float(program.iter_values(ins).sum())
+    values: dict[tuple[int, str], list[np.ndarray]] = {}
+    if on:
+        for ins in program.instrs:
+            if ins.op in COMPRESSIBLE_OPS:
+                values.setdefault((ins.layer, ins.op), []).append(program.iter_values(ins))
     layers = []
     for li, rec in enumerate(program.layers):
-        chosen: tuple[str, ...] = ()
-        if on:
-            chosen = tuple(op for op in COMPRESSIBLE_OPS if raw.get((li, op), 0.0) > 0 and _saves_all(
-                program, li, op, zero_frac_of(rec, op)))
+        chosen = tuple(op for op in COMPRESSIBLE_OPS if (li, op) in values and _saves_all(
+            program, values[(li, op)], zero_frac_of(rec, op)))
         layers.append(replace(rec, compressed=chosen))
     return replace(program, layers=tuple(layers))
 
 
-def _saves_all(program: Any, li: int, op: str, zero_frac: float) -> bool:
-    """Compressing every iteration of the layer's ``op`` transfers sends fewer bytes in total."""
-    before = after = 0.0
-    for ins in program.instrs:
-        if ins.layer == li and ins.op == op:
-            v = program.iter_values(ins)
-            before += float(v.sum())
-            after += float(expected_sizes(v, zero_frac, *_fmt(program)).sum())
-    return after < before
+def _saves_all(program: Any, values: list[np.ndarray], zero_frac: float) -> bool:
+    """Compressing every iteration of a layer's transfers (their per-iteration ``values``) sends
+    fewer bytes in total."""
+    v = np.concatenate(values)
+    return v.sum() > 0 and float(expected_sizes(v, zero_frac, *_fmt(program)).sum()) < float(v.sum())
