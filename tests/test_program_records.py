@@ -97,7 +97,7 @@ def test_geometry_must_match_the_record():
 # ---- the file --------------------------------------------------------------------------------------
 def test_header_is_structured_json(prog):
     h = json.loads(_arrays(prog)["header"].tobytes().decode())
-    assert h["version"] == FORMAT_VERSION == 6
+    assert h["version"] == FORMAT_VERSION == 7
     comp = next(i for i in h["instrs"] if i["op"] == "COMP")
     assert comp["src"] == [{"memory": "core", "buffer": "in", "addr": 0}, {"memory": "core", "buffer": "w", "addr": 0}]
     assert {"name": "core.in", "per": "parity", "state": "full"} in comp["acquire"]
@@ -107,6 +107,7 @@ def test_header_is_structured_json(prog):
     assert set(layer["cores"][0]) == {"row", "col", "oc0", "oc1", "h0", "h1", "w0", "w1", "oc_group", "region"}
     assert set(layer["chunks"][0]) == {f.name for f in dataclasses.fields(ChunkRow)}
     assert layer["geometry"]["kind"] == "conv" and "kind" not in layer
+    assert {"in_zero_frac", "out_zero_frac", "compressed"} <= set(layer) and layer["compressed"] == []
 
 
 def test_meta_and_provenance_round_trip(prog, tmp_path):
@@ -127,7 +128,7 @@ def test_format_5_file_is_refused(prog, tmp_path):
     arrays = _arrays(prog)
     h = json.loads(arrays["header"].tobytes().decode())
     h["version"] = 5
-    with pytest.raises(ProgramError, match=r"p\.tsp: program format version 5, this tilesparse reads version 6; "
+    with pytest.raises(ProgramError, match=r"p\.tsp: program format version 5, this tilesparse reads version 7; "
                                            r"recompile it"):
         Program.load(_write(tmp_path, arrays, h))
 

@@ -89,7 +89,7 @@ def test_the_description_refuses_an_inconsistent_format_and_turns_off():
     hw = load_array("4x4")  # the shipped description: AIE-ML's figures
     assert hw.core.sparse_matmul.shape == (4, 16, 8) and hw.core.sparse_matmul.packed_chunk_bytes == 20
     assert hw.macs_per_cycle("int8xint4") == 2 * hw.macs_per_cycle("int8")
-    assert not hw.dma_compression.enabled
+    assert hw.dma_compression.enabled and not ArrayConfig().dma_compression.enabled  # off without the block
 
 
 def test_older_geometry_records_read_as_the_block_format():

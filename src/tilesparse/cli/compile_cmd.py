@@ -32,7 +32,7 @@ from tilesparse.cli.common import (
 )
 from tilesparse.errors import ConfigError
 
-__all__ = ["calib_args", "compile_source_with_progress", "load_or_compile", "register"]
+__all__ = ["act_compression_arg", "calib_args", "compile_source_with_progress", "load_or_compile", "register"]
 
 _MODEL_FLAGS = {"weights": "--weights", "sparsity": "--sparsity", "block": "--block", "input_shape": "--input-shape",
                 "pattern": "--pattern"}
@@ -45,6 +45,20 @@ BALANCE_HELP = ("Reorder the output channels of sparse convs read only by convs 
 def with_rules(hw, rules: str | None):
     """``hw`` with its ``rules`` set to the profile named by --rules (unchanged without one)."""
     return hw if rules is None else hw.model_copy(update={"rules": rules_arg(rules).name})
+
+
+ACT_COMPRESSION_HELP = ("DMA activation zero compression: 'auto' compresses each layer's LOADFM / WRITEFM where "
+                        "the array's dma_compression is enabled and the layer's calibrated zero fraction saves "
+                        "bytes; 'off' never (docs/time-model.md, 'Activation compression').")
+
+
+def act_compression_arg(mode: str) -> str:
+    """--act-compression checked: auto or off."""
+    from tilesparse.program.zero_compress import MODES
+
+    if mode not in MODES:
+        raise ConfigError(f"--act-compression {mode}", [f"expected one of {', '.join(MODES)}"])
+    return mode
 
 
 def compile_source_with_progress(source: str, array, *, balance: bool = True, **build_kwargs):
@@ -116,6 +130,7 @@ def compile_verb(
     calib_images: Annotated[int | None, typer.Option(help=CALIB_IMAGES_HELP + " Default 16.", min=1)] = None,
     rules: Annotated[str | None, typer.Option("--rules", help=RULES_HELP + " The compiler searches its schedules "
                                               "under these rules; the program's array records them.")] = None,
+    act_compression: Annotated[str, typer.Option(help=ACT_COMPRESSION_HELP)] = "auto",
 ) -> None:
     """Compile a model to an AIE2 Program (instructions + packed weights + provenance), saved atomically.
     `tilesparse simulate PROGRAM` then verifies it with no other argument.
@@ -133,8 +148,9 @@ def compile_verb(
       paper's timing rules)
     """
     from tilesparse.estimate.report import summarize
+    from tilesparse.program.zero_compress import decide as decide_compression
 
-    sparsity_arg(sparsity), block_arg(block)  # usage errors before any work
+    sparsity_arg(sparsity), block_arg(block), act_compression_arg(act_compression)  # usage errors first
     hw = with_rules(array_arg(array), rules)
     block, sparsity, nm_pattern = compile_pattern_args(pattern, block, sparsity)
     if str(listing) == "-" and str(json_out) == "-":
@@ -144,6 +160,7 @@ def compile_verb(
     prog = compile_source_with_progress(source, hw, balance=balance, weights=weights, sparsity=sparsity,
                                         block=block, input_shape=input_shape, quantized=quantized, pattern=nm_pattern,
                                         **calib_kwargs)
+    prog = decide_compression(prog, act_compression)
     prog.save(out)
     s = summarize(prog)
     console(json_out).print(f"wrote {out}: {len(prog.layers)} layers, {len(prog.instrs)} instructions, weights "
@@ -206,6 +223,8 @@ def estimate_verb(
     timeline: Annotated[Path | None, typer.Option(help="Write a timeline chart (.html or .png).")] = None,
     top: Annotated[int, typer.Option(help="Rows of the per-layer table (slowest first; 0 = all).", min=0)] = 25,
     rules: Annotated[str | None, typer.Option("--rules", help=RULES_HELP)] = None,
+    act_compression: Annotated[str, typer.Option(help=ACT_COMPRESSION_HELP + " Re-decided on a program file "
+                                                 "from its recorded zero fractions.")] = "auto",
 ) -> None:
     """Per-layer and total latency of a program (or a model compiled on the fly, timing only), with
     the lower bound and roofline beside every layer, and the network bound (each resource's work
@@ -223,8 +242,9 @@ def estimate_verb(
 
     from tilesparse.estimate.report import layer_rows, summarize
     from tilesparse.estimate.timemodel import estimate_program
+    from tilesparse.program.zero_compress import decide as decide_compression
 
-    sparsity_arg(sparsity), block_arg(block)  # usage errors before any work (a program file too)
+    sparsity_arg(sparsity), block_arg(block), act_compression_arg(act_compression)  # usage errors first
     profile = rules_arg(rules) if rules is not None else None
     block, sparsity, nm_pattern = compile_pattern_args(pattern, block, sparsity)
     if timeline is not None and timeline.suffix not in (".html", ".png"):  # before the work, not after
@@ -232,6 +252,7 @@ def estimate_verb(
     check_outputs({"--out": out, "--json": json_out, "--timeline": timeline})
     prog = load_or_compile(target, array, out, weights=weights, sparsity=sparsity, block=block,
                            input_shape=input_shape, quantized=False, pattern=nm_pattern, rules=rules)
+    prog = decide_compression(prog, act_compression)
     profile = profile or rules_arg(prog.hw.rules, "hw rules")
     pt = estimate_program(prog, profile)
     rows = layer_rows(prog, pt)
@@ -239,11 +260,11 @@ def estimate_verb(
     shown = sorted(rows, key=lambda r: -r["time_us"])[: top or None]
     t = Table(title=f"{prog.graph} on {prog.hw.label}, {profile.name} rules")
     for col in ("layer", "kind", "weights", "time us", "bound us", "limit", "roofline us", "x bound", "grid", "sub",
-                "loops"):
+                "loops", "zeros in/out"):
         t.add_column(col, justify="right" if "us" in col or col == "x bound" else "left")
     for r in shown:
         t.add_row(r["layer"], r["kind"], r["weights"], f"{r['time_us']:.1f}", f"{r['bound_us']:.1f}", r["limiter"],
-                  f"{r['roofline_us']:.1f}", f"{r['ratio']:.2f}", r["grid"], r["sub"], r["loops"])
+                  f"{r['roofline_us']:.1f}", f"{r['ratio']:.2f}", r["grid"], r["sub"], r["loops"], _zeros_cell(r))
     con = console(json_out)
     con.print(t)
     con.print(f"total {s.estimate_ms:.3f} ms, lower bound {s.bound_ms:.3f} ms ({s.ratio:.2f}x), compute at "
@@ -258,6 +279,15 @@ def estimate_verb(
     write_json(json_out, {"graph": prog.graph, "array": prog.hw.label, "rules": profile.name,
                           "estimate_ms": s.estimate_ms, "bound_ms": s.bound_ms, "network_bound_ms": s.net_bound_ms,
                           "network_limiter": s.net_limiter, "layers": rows})
+
+
+def _zeros_cell(r: dict) -> str:
+    """"52%/48% F W": the calibrated zero fractions of a layer's input and output, then the
+    transfers that travel zero-compressed (F = LOADFM, W = WRITEFM); "-" when none were measured."""
+    if not (r["in_zero_frac"] or r["out_zero_frac"]):
+        return "-"
+    tags = " ".join({"LOADFM": "F", "WRITEFM": "W"}[op] for op in r["compressed"])
+    return f"{r['in_zero_frac']:.0%}/{r['out_zero_frac']:.0%}" + (f" {tags}" if tags else "")
 
 
 def explore_verb(

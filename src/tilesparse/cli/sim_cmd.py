@@ -32,6 +32,7 @@ from tilesparse.cli.common import (
     sparsity_arg,
     write_json,
 )
+from tilesparse.cli.compile_cmd import ACT_COMPRESSION_HELP, act_compression_arg
 
 __all__ = ["register"]
 
@@ -136,6 +137,8 @@ def simulate_verb(
                                                      "must agree with it.", min=1)] = None,
     timing: Annotated[bool, typer.Option("--timing", help=TIMING_HELP)] = False,
     rules: Annotated[str | None, typer.Option("--rules", help=RULES_HELP + " With --timing.")] = None,
+    act_compression: Annotated[str, typer.Option(help=ACT_COMPRESSION_HELP + " Re-decided on a program file "
+                                                 "from its recorded zero fractions.")] = "auto",
 ) -> None:
     """Execute a program instruction by instruction over DDR, MemTiles and core memories; compare
     every layer with the PyTorch integer reference bit for bit, the output and layers with the model
@@ -154,9 +157,10 @@ def simulate_verb(
     """
     from rich.markup import escape
 
+    from tilesparse.program.zero_compress import decide as decide_compression
     from tilesparse.sim import simulate, verify
 
-    sparsity_arg(sparsity), block_arg(block)  # usage errors before any work (a program file too)
+    sparsity_arg(sparsity), block_arg(block), act_compression_arg(act_compression)  # usage errors first
     profile = rules_arg(rules) if rules is not None else None
     block, sparsity, nm_pattern = compile_pattern_args(pattern, block, sparsity)
     check_outputs({"--out": out, "--json": json_out})
@@ -164,6 +168,7 @@ def simulate_verb(
     req = {"source": model, "weights": weights, "sparsity": sparsity, "block": block, "input_shape": input_shape,
            "calib": calib, "calib_images": calib_images, "pattern": nm_pattern}
     prog, graph, module, note = _program_and_graph(target, array, out, req)
+    prog = decide_compression(prog, act_compression)
     if note:
         con.print(escape(note))
     shape = tuple(prog.buffers[_input_buffer(prog)]["shape"])
@@ -176,7 +181,13 @@ def simulate_verb(
     con.print(_table(prog, sim, checks, rep))
     ok = sim.accounting_ok and (rep is None or rep.ok)
     con.print(escape(_summary(prog, sim, rep)))
+    if sim.compression:
+        raw, got, want = (sum(r[k] for r in sim.compression) for k in (2, 3, 4))
+        con.print(f"zero-compressed streams ({len(sim.compression)} transfers): {raw:,} B -> {got:,} B carried "
+                  f"({got / raw:.1%}); the time model expected {want:,.0f} B from the calibrated zero fractions")
     doc = _json(prog, sim, checks, rep)
+    doc["compression"] = [{"layer": n, "op": op, "raw_bytes": r, "compressed_bytes": g, "expected_bytes": w}
+                          for n, op, r, g, w in sim.compression]
     if timing:
         doc["timing"] = _timing(prog, con, profile)
     write_json(json_out, doc)

@@ -50,6 +50,7 @@ from tilesparse.program import (
 )
 from tilesparse.program.packing import LUT_TABLE_BYTES
 from tilesparse.program.sparse_format import PARTS
+from tilesparse.program.zero_compress import decide as decide_compression
 from tilesparse.quant.rounding import INT8_MAX, INT8_MIN
 from tilesparse.quant.sdq_graph import sdq_layers
 
@@ -219,7 +220,7 @@ def _replan(job: _Job, plans: list[LayerPlan], alloc: Allocation) -> list[LayerP
 
 
 def compile_graph(graph: Graph, hw: ArrayConfig | str, *, chooser: Chooser | None = None,
-                  balance: bool = True, cache: CompileCache | None = None) -> Program:
+                  balance: bool = True, cache: CompileCache | None = None, act_compression: str = "auto") -> Program:
     """Compile a lowered (and ideally quantized) IR graph for array ``hw`` into a ``Program``.
 
     ``chooser(node, hw) -> SubVolume | None`` may impose a layer's per-core sub-volume (validated;
@@ -246,7 +247,7 @@ def compile_graph(graph: Graph, hw: ArrayConfig | str, *, chooser: Chooser | Non
     prog = _assemble(job.graph, job.hw, plans, job.ins, buffers, alloc, t0, job.cache)  # 6. pack, code
     prog.meta["channel_orders"] = {k: v.tolist() for k, v in job.orders.items()}
     prog.meta["weight_formats"] = formats
-    return prog
+    return decide_compression(prog, act_compression)
 
 
 def _assemble(graph, hw, plans: list[LayerPlan], ins, buffers, alloc, t0, cache: CompileCache) -> Program:
@@ -340,7 +341,35 @@ def _record(graph: Graph, plan: LayerPlan, in_bufs, rows: list[ChunkRow]) -> Lay
         TensorSlice(sp.out_tensor, sp.out_c_total, sp.out_c_offset), part.grid, part.sub,
         Loops(part.n_s, part.n_k, part.n_q, part.tiles_per_group, part.n_tiles, sp.slides),
         part.cores, tuple(rows), _attrs(graph, sp), dense_weight_bytes(sp) if sp.kind == "conv" else 0,
-        packed - bias, bias, sp.kept_macs, sp.macs, sp.fused_add, sp.residual)
+        packed - bias, bias, sp.kept_macs, sp.macs, sp.fused_add, sp.residual,
+        *_zero_fracs(graph, sp, [b for b, _, _ in in_bufs]))
+
+
+def _zero_frac(graph: Graph, name: str) -> float:
+    """The calibrated zero fraction (``quant.zero_fractions``) of node ``name``'s output; 0 for a
+    graph not quantized or a name that is no node."""
+    try:
+        v = graph.node(name).attrs.get("zero_frac", 0.0)
+    except KeyError:
+        return 0.0
+    return float(v) if isinstance(v, (int, float)) else 0.0
+
+
+def _zero_fracs(graph: Graph, sp: LayerSpec, in_bufs: list[str]) -> tuple[float, float]:
+    """(zero fraction of the window inputs — their mean —, of the output) of a layer. The inputs
+    are the node's producers (a buffer may be named after another node when an add writes in
+    place); a concat copy reads its buffer's node."""
+    try:
+        node = graph.node(sp.name) if sp.kind != "copy" else None
+    except KeyError:
+        node = None
+    if node is not None and node.inputs:
+        window = list(node.inputs[:1]) if sp.kind == "conv" else list(node.inputs)
+    else:
+        window = in_bufs[:len(in_bufs) - bool(sp.fused_add)] or in_bufs
+    z_in = sum(_zero_frac(graph, b) for b in window) / len(window) if window else 0.0
+    out = sp.fused_add or (sp.name if sp.kind != "copy" else sp.out_tensor)
+    return round(z_in, 4), _zero_frac(graph, out)
 
 
 def _attrs(graph: Graph, sp: LayerSpec) -> dict[str, Any]:

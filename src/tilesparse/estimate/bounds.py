@@ -49,6 +49,7 @@ import numpy as np
 
 from tilesparse.hw import ArrayConfig
 from tilesparse.program import LayerGeometry, LayerRecord, Program
+from tilesparse.program.zero_compress import expected_size
 from tilesparse.timing import parts_lower_rate
 
 __all__ = ["LayerBound", "NetworkBound", "layer_bound", "network_bound", "prefetch_bound", "program_bounds"]
@@ -99,24 +100,31 @@ def _touched(g: LayerGeometry, axis: int) -> int:
     return int(np.unique(taps[(taps >= 0) & (taps < size)]).size)
 
 
-def _layer_bytes(rec: LayerRecord, buffers: dict) -> tuple[int, int, int, int, int]:
+def _layer_bytes(rec: LayerRecord, buffers: dict, hw: ArrayConfig) -> tuple[float, float, float, float, float]:
     """(weight bytes, input bytes read, of them from the graph input, output bytes, of them to the
-    graph output) of one layer."""
+    graph output) of one layer; the MemTile<->core input / output bytes as their streams carry them
+    (a zero-compressed LOADFM / WRITEFM: its expected compressed bytes)."""
     g = rec.geometry
     weights = rec.packed_weight_bytes + rec.bias_bytes
-    out_bytes = g.co * g.ho * g.wo
+    out_bytes: float = g.co * g.ho * g.wo
     # a fused residual add reads an output-shaped second operand
     in_one = g.ci * (g.hi * g.wi if g.reads_whole_plane else _touched(g, 0) * _touched(g, 1))
     sizes = [in_one] * (len(rec.inputs) - bool(rec.residual)) + [out_bytes] * bool(rec.residual)
     in_io = sum(n for n, i in zip(sizes, rec.inputs, strict=True) if buffers[i.buffer].get("graph_io"))
     out_io = out_bytes if buffers[rec.output.buffer].get("graph_io") else 0
-    return weights, sum(sizes), in_io, out_bytes, out_io
+    in_bytes: float = sum(sizes)
+    c = hw.dma_compression
+    if "LOADFM" in rec.compressed:
+        in_bytes = expected_size(in_bytes, rec.in_zero_frac, c.chunk_bytes, c.mask_bytes, c.word_bytes)
+    if "WRITEFM" in rec.compressed:
+        out_bytes = expected_size(out_bytes, rec.out_zero_frac, c.chunk_bytes, c.mask_bytes, c.word_bytes)
+    return weights, in_bytes, in_io, out_bytes, out_io
 
 
 def layer_bound(rec: LayerRecord, buffers: dict, hw: ArrayConfig) -> LayerBound:
     """The bound of one ``LayerRecord`` of a program (``buffers``: the program's buffer table)."""
     links = hw.links
-    weights, in_bytes, in_io, out_bytes, out_io = _layer_bytes(rec, buffers)
+    weights, in_bytes, in_io, out_bytes, out_io = _layer_bytes(rec, buffers, hw)
     col_in = hw.cols * links.ddr_to_memtile_bytes_per_s
     ddr = max(weights / col_in, in_io / col_in, out_io / (hw.cols * links.memtile_to_ddr_bytes_per_s))
     mt = links.memtile_to_core_bytes_per_s
@@ -178,9 +186,9 @@ def network_bound(program: Program, bounds: list[LayerBound] | None = None) -> N
     col_out = hw.cols * links.memtile_to_ddr_bytes_per_s
     mt = links.memtile_to_core_bytes_per_s
     bounds = bounds if bounds is not None else program_bounds(program)
-    w = in_io = out_io = in_mt = out_mt = 0
+    w = in_io = out_io = in_mt = out_mt = 0.0
     for rec in program.layers:
-        weights, in_bytes, in_graph, out_bytes, out_graph = _layer_bytes(rec, program.buffers)
+        weights, in_bytes, in_graph, out_bytes, out_graph = _layer_bytes(rec, program.buffers, hw)
         w += weights
         in_io += in_graph
         out_io += out_graph

@@ -62,5 +62,7 @@ def layer_rows(program: Program, ptime: ProgramTime | None = None) -> list[dict]
                     "grid": f"{rec.grid.oc_groups}x{rec.grid.sp_groups}/{rec.grid.col_axis}"
                             + (f"{rec.grid.col_h}" if rec.grid.col_axis == "hw" else ""),
                     "sub": f"{rec.sub.oc}oc {rec.sub.ci}ci {rec.sub.h}x{rec.sub.w}",
-                    "loops": f"s{rec.loops.n_s} k{rec.loops.n_k} q{rec.loops.n_q}"})
+                    "loops": f"s{rec.loops.n_s} k{rec.loops.n_k} q{rec.loops.n_q}",
+                    "in_zero_frac": rec.in_zero_frac, "out_zero_frac": rec.out_zero_frac,
+                    "compressed": list(rec.compressed)})
     return out

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from tilesparse.hw import ArrayConfig, RuleProfile, get_profile
-from tilesparse.program import Program
+from tilesparse.program import Instr, Program
+from tilesparse.program.zero_compress import stream_values
 from tilesparse.timing import StepTime, bandwidth, layer_time
 
 __all__ = ["InstrTime", "ProgramTime", "estimate_program"]
@@ -55,7 +56,7 @@ def _step_values(program: Program, idx: list[int]) -> tuple[np.ndarray, np.ndarr
     pipe: dict[str, np.ndarray] = {}
     for i in idx:
         ins = program.instrs[i]
-        v = program.iter_values(ins)
+        v = stream_values(program, ins)  # compressed transfers: their expected stream bytes
         if ins.op == "LOADW":
             lw = v
         elif ins.op == "LOADWM":
@@ -63,6 +64,12 @@ def _step_values(program: Program, idx: list[int]) -> tuple[np.ndarray, np.ndarr
         else:
             pipe[ins.op] = v
     return lw, lwm, pipe
+
+
+def _zero_frac(program: Program, ins: Instr) -> float:
+    from tilesparse.program.zero_compress import zero_frac_of
+
+    return zero_frac_of(program.layers[ins.layer], ins.op)
 
 
 def _instr_times(program: Program, idx: list[int], st: StepTime, t: float) -> list[InstrTime]:
@@ -77,7 +84,11 @@ def _instr_times(program: Program, idx: list[int], st: StepTime, t: float) -> li
             start, busy = st.start_s, st.loadwm_s
         else:
             start, busy = st.stage_start_s.get(ins.op, st.ready_s), st.stage_busy_s.get(ins.op, 0.0)
-        out.append(InstrTime(i, t + start, busy, _why(ins.op, program.iter_values(ins), program.hw)))
+        why = _why(ins.op, stream_values(program, ins), program.hw)
+        if ins.op in program.layers[ins.layer].compressed:
+            why += (f", zero-compressed from {program.iter_values(ins).sum():.0f} B "
+                    f"({_zero_frac(program, ins):.0%} zeros)")
+        out.append(InstrTime(i, t + start, busy, why))
     return out
 
 

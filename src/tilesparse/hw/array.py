@@ -91,8 +91,8 @@ class SparseMatmulConfig(_Strict):
 class DmaCompressionConfig(_Strict):
     """Zero compression in the memory-tile and tile DMAs (AM020 "Sparsity"): zero bytes of a
     buffer are not sent on the streams when its buffer descriptor sets the compression bit.
-    Described for the cost of its metadata; the compiler does not use it yet (``enabled``
-    false in the shipped description)."""
+    ``enabled``: the compiler may compress a layer's LOADFM / WRITEFM (``program.zero_compress``);
+    the default (a description without the block) is off, the shipped AIE2 description turns it on."""
 
     enabled: bool = False
     chunk_bytes: Annotated[PositiveInt, at_most(4096, " B")] = 32

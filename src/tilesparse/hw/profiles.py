@@ -21,7 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 # Mechanisms the paper did not use, each behind an hw flag of the same name (wired at merge).
-ALL_EXTRA_MECHANISMS: tuple[str, ...] = ("core.weight_double_buffer", "memtile.weight_prefetch")
+# hardware mechanisms beyond the paper's that the compiler can use today (hw flags); the paper used none
+ALL_EXTRA_MECHANISMS: tuple[str, ...] = ("dma_compression",)
 
 __all__ = ["ALL_EXTRA_MECHANISMS", "MEASURED",
            "PAPER", "PROFILES", "TILESPARSE", "MeasuredFigures", "RuleProfile", "get_profile"]
@@ -52,8 +53,8 @@ class MeasuredFigures:
 class RuleProfile:
     """One named set of timing rules; a field per rule the paper states differently from tilesparse.
 
-    ``extra_mechanisms``: names of hardware mechanisms beyond the paper's (e.g. the hw flags
-    ``core.weight_double_buffer``, ``memtile.weight_prefetch``) this profile allows; a mechanism
+    ``extra_mechanisms``: names of hardware mechanisms beyond the paper's (the hw flag
+    ``dma_compression``: activations zero-compressed on the MemTile<->core streams) this profile allows; a mechanism
     not named here must stay off under the profile (the ``paper`` profile names none)."""
 
     name: str

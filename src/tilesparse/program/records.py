@@ -13,8 +13,12 @@ from typing import Any
 
 from tilesparse.program.geometry import TWO_INPUT_KINDS, LayerGeometry
 
-__all__ = ["ChunkRow", "CoreRow", "CoreWork", "Grid", "LayerPartition", "LayerRecord", "Loops", "SubVolume",
-           "TensorSlice"]
+# Transfers the DMAs can zero-compress: MemTile <-> core, the memory-tile and tile DMAs (AM020
+# "Sparsity"); the interface tile's DMA (DDR <-> MemTile) has no compression logic.
+COMPRESSIBLE_OPS = ("LOADFM", "WRITEFM")
+
+__all__ = ["COMPRESSIBLE_OPS", "ChunkRow", "CoreRow", "CoreWork", "Grid", "LayerPartition", "LayerRecord", "Loops",
+           "SubVolume", "TensorSlice"]
 
 
 @dataclass(frozen=True)
@@ -156,6 +160,12 @@ class LayerRecord:
     macs: int = 0
     fused_add: str = ""  # an add executed by this conv's COMP (docs/program.md, "fused add")
     residual: str = ""  # its other operand (node name; its buffer is the last entry of inputs)
+    # activation zeros measured on the calibration inputs (fraction of zero bytes of the layer's
+    # window inputs, and of its output), and the transfers that travel zero-compressed
+    # (docs/program.md, "Activation compression")
+    in_zero_frac: float = 0.0
+    out_zero_frac: float = 0.0
+    compressed: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         g, n_win = self.geometry, len(self.inputs) - bool(self.fused_add)
@@ -167,6 +177,15 @@ class LayerRecord:
         if self.loops.n_s != max(1, math.ceil(self.loops.n_tiles / self.loops.tiles_per_group)):
             raise ValueError(f"layer {self.name!r}: loops n_s = {self.loops.n_s}, but {self.loops.n_tiles} tiles "
                              f"in groups of {self.loops.tiles_per_group}")
+        for key in ("in_zero_frac", "out_zero_frac"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+                raise ValueError(f"layer {self.name!r}: {key} = {v!r}, expected a fraction in [0, 1]")
+        object.__setattr__(self, "compressed", tuple(self.compressed))
+        bad = [op for op in self.compressed if op not in COMPRESSIBLE_OPS]
+        if bad:
+            raise ValueError(f"layer {self.name!r}: compressed transfer {bad[0]!r}, expected one of "
+                             f"{', '.join(COMPRESSIBLE_OPS)}")
 
     @property
     def kind(self) -> str:

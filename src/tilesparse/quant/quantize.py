@@ -22,6 +22,9 @@ relu, relu6        attr ``clamp``
 lut                param ``table``: 256 int8 entries, the float function at the input's and
                    its own calibrated exponent (``quant.lut``)
 pools, flatten     nothing new: the output keeps the input's exponent
+every node         attr ``zero_frac``: the fraction of zero bytes of its int8 output over the
+                   first ``ZERO_FRAC_INPUTS`` calibration inputs, run through the integer
+                   reference (what DMA zero compression can drop; docs/time-model.md)
 =================  ===========================================================================
 
 With ``sdq=SDQConfig(...)`` the chosen convs store SDQ parts instead of an int8 ``weight``
@@ -45,11 +48,12 @@ from tilesparse.quant.lut import lut_table
 from tilesparse.quant.sdq import sdq as sdq_split
 from tilesparse.quant.sdq_graph import SDQConfig, sdq_attr, select_sdq_layers
 
-__all__ = ["QuantizationError", "calibrate", "plan_exponents", "quantize", "requant_shifts"]
+__all__ = ["QuantizationError", "calibrate", "plan_exponents", "quantize", "requant_shifts", "zero_fractions"]
 
 _REQUANTIZING = (Op.CONV2D, Op.ADD, Op.MUL, Op.CONCAT, Op.LUT)  # can produce any output exponent
 _INT8 = "int8"
 CALIB_BATCH = 4  # inputs per float forward: one batched GEMM per layer is ~1.5x faster than singles
+ZERO_FRAC_INPUTS = 2  # calibration inputs the integer reference runs to measure activation zeros
 
 
 class QuantizationError(TilesparseError):
@@ -150,7 +154,29 @@ def quantize(
         elif n.op is Op.LUT:
             params[f"{n.name}.table"] = lut_table(n.attrs["fn"], ins[0], exps[n.name])
         nodes.append(n.with_(attrs=attrs, out=TensorType(n.out.shape, _INT8, exps[n.name])))
-    return drop_shifted_slices(g.replace_nodes(nodes, params))
+    q = drop_shifted_slices(g.replace_nodes(nodes, params))
+    zeros = zero_fractions(q, calib_inputs[:ZERO_FRAC_INPUTS])
+    return q.replace_nodes([n.with_(attrs={**n.attrs, "zero_frac": zeros[n.name]}) for n in q], q.params)
+
+
+def zero_fractions(g: Graph, inputs: Sequence[np.ndarray | torch.Tensor]) -> dict[str, float]:
+    """Fraction of zero bytes in each node's int8 output of the quantized graph ``g`` over
+    ``inputs`` (real-valued, one batch of the graph's input shape each), run by the integer
+    reference; rounded to 4 digits."""
+    from tilesparse.quant.reference import IntegerReference
+
+    ref = IntegerReference(g)
+    shape = g.inputs[0].out.shape
+    zeros: dict[str, int] = {}
+    total: dict[str, int] = {}
+    for x in inputs:
+        xa = (x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)).astype(np.float32)
+        xa = xa.reshape(-1, *shape[1:])
+        for b in range(0, xa.shape[0] - shape[0] + 1, shape[0]):
+            for name, y in ref.run(xa[b:b + shape[0]]).items():
+                zeros[name] = zeros.get(name, 0) + int(np.count_nonzero(y == 0))
+                total[name] = total.get(name, 0) + int(y.size)
+    return {n.name: round(zeros.get(n.name, 0) / total[n.name], 4) if total.get(n.name) else 0.0 for n in g}
 
 
 def _quantize_conv(

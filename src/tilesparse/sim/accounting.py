@@ -69,6 +69,30 @@ class Accounting:
         self.chan: dict[int, np.ndarray] = {}  # instr -> iters × channels bytes
         self.cycles: dict[int, np.ndarray] = {}  # instr -> iters (slowest core)
         self.macs: dict[int, int] = {}
+        self.streamed: dict[int, int] = {}  # zero-compressed instr -> compressed bytes on its streams
+
+    def stream(self, idx: int, nbytes: int) -> None:
+        """A zero-compressed transfer of instruction ``idx`` put ``nbytes`` (compressed) on a stream."""
+        self.streamed[idx] = self.streamed.get(idx, 0) + int(nbytes)
+
+    def compression(self) -> list[tuple[str, str, int, int, float]]:
+        """Per layer and zero-compressed transfer: (layer, op, raw bytes, compressed bytes the
+        simulator's streams carried for this input, bytes the time model expected from the layer's
+        calibrated zero fraction — ``zero_compress.expected_sizes`` of each channel's bytes)."""
+        from tilesparse.program.zero_compress import expected_sizes, zero_frac_of
+
+        c = self.p.hw.dma_compression
+        out: dict[tuple[int, str], list] = {}
+        for idx, n in self.streamed.items():
+            ins = self.p.instrs[idx]
+            rec = self.p.layers[ins.layer]
+            raw = self._arr(idx)
+            exp = expected_sizes(raw, zero_frac_of(rec, ins.op), c.chunk_bytes, c.mask_bytes, c.word_bytes).sum()
+            row = out.setdefault((ins.layer, ins.op), [rec.name, ins.op, 0, 0, 0.0])
+            row[2] += int(raw.sum())
+            row[3] += n
+            row[4] += float(exp)
+        return [tuple(out[k]) for k in sorted(out)]  # type: ignore[misc]
 
     def _arr(self, idx: int) -> np.ndarray:
         if idx not in self.chan:

@@ -18,6 +18,7 @@ import numpy as np
 
 from tilesparse.program import ChunkRow, Operand
 from tilesparse.program.packing import piece_bounds
+from tilesparse.program.zero_compress import decode, encode
 from tilesparse.sim import compute as C
 from tilesparse.sim.memory import SimulationError, Where
 
@@ -287,10 +288,21 @@ class Staging:
         n = int(np.prod(shape))
         return self.mem.memtile[self._mt_range(where, col, "in", half, off, n)].view(np.int8).reshape(shape)
 
+    def _stream(self, idx: int, i: int, col: int, x: np.ndarray) -> np.ndarray:
+        """``x`` as the core / MemTile receives it over instruction ``idx``'s stream: for a transfer
+        its layer zero-compresses, encoded by the sending DMA, decoded by the receiving one (its
+        compressed bytes counted, ``Accounting.stream``); else ``x`` itself."""
+        if self.p.instrs[idx].op not in self.v.rec.compressed:
+            return x
+        c = self.ex.hw.dma_compression
+        enc = encode(x, c.chunk_bytes, c.mask_bytes, c.word_bytes)
+        self.ex.acct.stream(idx, enc.size)
+        return decode(enc, x.size, c.chunk_bytes, c.mask_bytes, c.word_bytes).view(np.int8).reshape(x.shape)
+
     def loadfm(self, idx: int, i: int, ctx) -> None:
         where, half = self._where(idx, i), self.half(i)
         cap = self.ex.hw.core.input_buffer_bytes // 2
-        sent: set = set()
+        sent: dict = {}  # (column, window) -> the window as the column's cores received it
         for core, tile, ch in ctx:
             col, reg = core % self.cols, self.v.cores[core].region
             parts = []
@@ -298,10 +310,10 @@ class Staging:
                 key = (j, reg, ch[2], ch[3])
                 x = (self._staged(where, col, half, key) if self.ex.bufs.in_ddr(buf)
                      else self._window(where, core, tile, ch, buf, coff, self._new_cols(idx, i, core, tile)))
-                parts.append(x)
                 if (col, key) not in sent:  # broadcast down the column: moves once
-                    sent.add((col, key))
+                    sent[(col, key)] = self._stream(idx, i, col, x)
                     self.ex.acct.move(idx, i, col, x.size)
+                parts.append(sent[(col, key)])
             lay: dict[str, Any] = {"windows": [], "ring": None, "residual": None}
             off = 0
             if self.v.slide:  # one window input (``LayerSpec.slides``), kept in the ring
@@ -314,6 +326,7 @@ class Staging:
                 rb = self.v.rec.inputs[-1].buffer
                 r = (self._staged(where, col, half, ("res", core)) if self.ex.bufs.in_ddr(rb)
                      else self._residual(where, tile, ch))
+                r = self._stream(idx, i, col, r)
                 room = self.mem.region["res"][1] // 2
                 if r.size > room:
                     raise SimulationError(f"{where}: residual tile {r.size} B overflows half of core.res "
@@ -343,6 +356,7 @@ class Staging:
             off, shape = self.core_out.pop((core, half))
             y = self.mem.core_slice(where, core, "out", off, int(np.prod(shape))).view(np.int8).reshape(shape)
             col = core % self.cols
+            y = self._stream(idx, i, col, y)
             if to_ddr:
                 rng = self._mt_range(where, col, "out", half, fill[col], y.size)
                 self.mem.memtile[rng] = y.reshape(-1).view(np.uint8)

@@ -4,7 +4,7 @@ the module, in float against PyTorch (``tilesparse.sim.torch_oracle``)."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,6 +27,8 @@ class SimResult:
     accounts: list[LayerAccount]
     by_level: dict[str, int]
     seconds: float = 0.0
+    # per zero-compressed transfer: (layer, op, raw B, compressed B carried, B the time model expected)
+    compression: list[tuple[str, str, int, int, float]] = field(default_factory=list)
 
     @property
     def accounting_ok(self) -> bool:
@@ -114,7 +116,7 @@ def simulate(program, x: np.ndarray, *, check: bool = True, progress: bool = Tru
     final = {n: ex.bufs.snapshot(n, 0, b["shape"][0]) for n, b in program.buffers.items()
              if b.get("graph_io") and n in {r.output.buffer for r in program.layers}}
     return SimResult(ex.outputs, final, ex.acct.compare(), ex.acct.by_level(),
-                     time.perf_counter() - t0)
+                     time.perf_counter() - t0, ex.acct.compression())
 
 
 def _run_layers(ex: Executor, progress: bool) -> None:

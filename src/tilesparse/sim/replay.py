@@ -40,6 +40,7 @@ import numpy as np
 from tilesparse.hw import PROFILES as RULE_PROFILES
 from tilesparse.hw import ArrayConfig, RuleProfile
 from tilesparse.program import Instr, Program
+from tilesparse.program.zero_compress import stream_values
 from tilesparse.sim.memory import SimulationError
 
 __all__ = ["ENGINES", "PROFILES", "LayerSpan", "ReplayError", "ReplayResult", "ReplayRules", "engine_seconds", "replay"]
@@ -240,7 +241,7 @@ class _Plan:
     def _add(self, i: int, done: int, after: int) -> None:
         prog, rules = self.program, self.rules
         ins = prog.instrs[i]
-        durs = engine_seconds(ins.op, prog.iter_values(ins), prog.hw, rules.kernel_efficiency).tolist()
+        durs = engine_seconds(ins.op, stream_values(prog, ins), prog.hw, rules.kernel_efficiency).tolist()
         gang_acq = ((ins.op == "LOADW" and rules.slot_release == "slot")
                     or (ins.op == "LOADWM" and not rules.cut_through))
         data = self._data_layers(ins.layer, ins.op)
