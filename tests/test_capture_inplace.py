@@ -176,10 +176,10 @@ def test_inplace_that_cannot_be_functionalised_is_refused(fn, msg):
 def test_inplace_op_outside_the_ir_is_named():
     def fn(m, x):
         y = m.conv(x)
-        y.mul_(2)
+        y.div_(2)
         return y
 
-    with pytest.raises(UnsupportedOpError, match=r"^Net: unsupported op method Tensor.mul_ at node 'mul_'"):
+    with pytest.raises(UnsupportedOpError, match=r"^Net: unsupported op method Tensor.div_ at node 'div_'"):
         capture(Body(fn), SHAPE, "Net")
 
 

@@ -14,10 +14,11 @@ from tilesparse.cli.main import app
 from tilesparse.costmodel import NM, Blocks, Problem, evaluate, load_arch, validate_mapping
 from tilesparse.costmodel.density import Hierarchical
 from tilesparse.costmodel.formats import BlockBitmap, BlockMasked, Masked, make_format
-from tilesparse.costmodel.pattern import energy, pattern_terms, weight_bytes
+from tilesparse.costmodel.pattern import pattern_terms, weight_bytes
 from tilesparse.errors import ConfigError
 from tilesparse.hw import SparseMatmulConfig
 from tilesparse.mapper import search
+from tilesparse.mapper.pattern_cost import energy
 from tilesparse.patterns import parse_pattern, prune_mask
 from tilesparse.program.sparse_format import encode_masked, masked_nbytes
 

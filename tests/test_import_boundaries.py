@@ -26,7 +26,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("frontend", "source"),
     ("compiler", "sim", "estimate"),
     ("build",),
-    ("mapper", "reports", "demo"),
+    ("mapper",),
+    ("reports", "demo"),  # the Pareto report prices its points with the mapper
     ("cli",),
     ("__main__",),  # python -m tilesparse: the command's entry point
 )

@@ -136,10 +136,12 @@ def test_degenerate_layers(setup):
         quantize(g.replace_nodes(g.nodes, params), calib, sdq=SDQ_SETTINGS)
 
 
-def test_compiler_refuses_sdq_layers_by_name(setup):
-    _, g, calib = setup
-    with pytest.raises(ConfigError, match=r"'features_2'.*integer reference only.*issue 19"):
+def test_compiler_refuses_sdq_layers_it_cannot_pack_by_name(setup):
+    _, g, calib = setup  # fc's dense part is int5: the parts format holds int8 + int4 only
+    with pytest.raises(ConfigError, match=r"layer 'fc'.*int8 \+ int5.*int8 \+ int4"):
         compile_graph(quantize(g, calib, sdq=SDQ_SETTINGS), "2x2")
+    prog = compile_graph(quantize(g, calib, sdq=SDQ_SETTINGS[:1]), "2x2")  # int8 1:8 + int4 packs
+    assert next(r for r in prog.layers if r.name == "features_2").geometry.weight_format == "parts"
     q = quantize(g, calib, sdq=SDQ_SETTINGS)  # any other step asking for its one int8 weight: named, not a KeyError
     with pytest.raises(ConfigError, match=r"'features_2' is an SDQ layer"):
         q.param("features_2", "weight")
