@@ -22,7 +22,7 @@ from tilesparse.passes.rewrite import consumers_map
 
 __all__ = ["drop_shifted_slices", "mark_buffer_reuse", "resolve_write_into"]
 
-_NO_BUFFER = (Op.INPUT, Op.FLATTEN, Op.OUTPUT)
+_NO_BUFFER = (Op.INPUT, Op.FLATTEN, Op.OUTPUT, Op.SLICE, Op.CHANNEL_SHUFFLE)
 CHANNEL_AXIS = 1  # slices are channel ranges of an NCHW buffer
 
 
@@ -53,6 +53,7 @@ def mark_buffer_reuse(g: Graph) -> Graph:
 
 def _can_overwrite(p: Node, add: Node, readers: list[Node], order: dict[str, int]) -> bool:
     return (p.op not in _NO_BUFFER and add.inputs.count(p.name) == 1 and p.out.shape == add.out.shape
+            and not any(r.op is Op.SLICE for r in readers)  # a slice's readers read p's buffer later
             and "write_into" not in p.attrs and max(order[r.name] for r in readers) == order[add.name])
 
 
