@@ -6,7 +6,8 @@
 * add: gets ``reuse_input = <operand>`` — the sum overwrites that operand's buffer, which must be
   dead afterwards (the add is its last reader).
 
-A producer is eligible only if it owns a fresh buffer (not a graph input, not a flatten view), the
+A producer is eligible only if it owns a fresh buffer (not a graph input, not a flatten view or a
+channel slice, not a channel shuffle, whose strided copies write only its own buffer), the
 concat/add is its only reader where a slice is involved, and no other mark already claims it.
 
 Quantization may then find that an operand cannot write its slice as is: its exponent differs from
