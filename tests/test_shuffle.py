@@ -209,3 +209,19 @@ def test_strided_output_survives_save_and_load(tmp_path):
     assert sum(r.output.c_stride == 2 for r in back.layers) == 2
     x = np.random.default_rng(4).standard_normal(SHAPE).astype(np.float32)
     assert verify(back, built.graph, x, progress=False).ok
+
+
+def test_onnx_export_of_the_shuffle_block_is_bit_exact():
+    """ONNX Slice and Gather (axis 1) for the slices and the shuffle: onnxruntime's int8 values
+    equal the integer reference's at every node."""
+    pytest.importorskip("onnxruntime")
+    from tilesparse.frontend import random_calibration
+    from tilesparse.quant.onnx_check import onnx_agreement
+    from tilesparse.quant.onnx_export import to_onnx
+
+    g = _block_build(None).graph
+    ops = {nd.op_type for nd in to_onnx(g).graph.node}
+    assert {"Slice", "Gather"} <= ops
+    layers = onnx_agreement(g, random_calibration(SHAPE, 2, seed=4))
+    assert {la.op for la in layers} >= {"slice", "channel_shuffle"}
+    assert all(la.end_to_end == (0, 0) for la in layers), [la for la in layers if la.end_to_end[0]]
