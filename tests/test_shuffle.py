@@ -225,3 +225,52 @@ def test_onnx_export_of_the_shuffle_block_is_bit_exact():
     layers = onnx_agreement(g, random_calibration(SHAPE, 2, seed=4))
     assert {la.op for la in layers} >= {"slice", "channel_shuffle"}
     assert all(la.end_to_end == (0, 0) for la in layers), [la for la in layers if la.end_to_end[0]]
+
+
+class ShuffleOut(nn.Module):
+    """Four groups, the shuffle as the graph output."""
+
+    def __init__(self):
+        super().__init__()
+        self.c, self.d = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(8, 8, 1)
+
+    def forward(self, x):
+        a, b = F.relu(self.c(x)).chunk(2, 1)
+        return F.channel_shuffle(torch.cat((self.d(a), b), 1), 4)
+
+
+class ShuffleIn(nn.Module):
+    """The shuffle of the graph input; the two halves of a conv added (an add reading slices)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c, self.e = nn.Conv2d(4, 16, 1), nn.Conv2d(8, 8, 1)
+
+    def forward(self, x):
+        a, b = self.c(F.channel_shuffle(x, 2)).chunk(2, 1)
+        return self.e(a + b)
+
+
+class ThreeChunks(nn.Module):
+    """Three pieces of a residual sum, concatenated in another order."""
+
+    def __init__(self):
+        super().__init__()
+        self.c, self.d, self.e = nn.Conv2d(3, 24, 1), nn.Conv2d(24, 24, 1), nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        y = self.c(x)
+        y = y + self.d(y)
+        a, b, c = y.chunk(3, 1)
+        return torch.cat((self.e(b), a, c), 1)
+
+
+@pytest.mark.parametrize("net,shape", [(ShuffleOut, (1, 3, 8, 8)), (ShuffleIn, (1, 4, 8, 8)),
+                                       (ThreeChunks, (1, 3, 8, 8))])
+@pytest.mark.parametrize("sparsity,array", [(None, "4x4"), (0.5, "4x2")])
+def test_edge_placements_bit_exact(net, shape, sparsity, array):
+    torch.manual_seed(0)
+    built = build_graph_from(net().eval(), sparsity=sparsity, block=(8, 8), input_shape=shape)
+    prog = _check(built, array, shape)
+    groups = {ShuffleOut: 4, ShuffleIn: 2, ThreeChunks: 0}[net]  # one strided copy per group
+    assert [r.output.c_stride for r in prog.layers if r.output.c_stride > 1] == [groups] * groups
