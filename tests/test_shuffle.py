@@ -274,3 +274,66 @@ def test_edge_placements_bit_exact(net, shape, sparsity, array):
     prog = _check(built, array, shape)
     groups = {ShuffleOut: 4, ShuffleIn: 2, ThreeChunks: 0}[net]  # one strided copy per group
     assert [r.output.c_stride for r in prog.layers if r.output.c_stride > 1] == [groups] * groups
+
+
+def _shuffle_onnx(path, split_sizes: bool) -> str:
+    """Conv 3 -> 8, Split in two along the channels, a conv on the second half, Concat, the channel
+    shuffle as Reshape (1, 2, 4, H, W) / Transpose (0, 2, 1, 3, 4) / Reshape back, Conv 8 -> 4."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    split_in = ["c0", "sizes"] if split_sizes else ["c0"]
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["c0"], name="/c0/Conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Split", split_in, ["a", "b"], name="/split/Split", axis=1),
+             helper.make_node("Conv", ["b", "w1"], ["b1"], name="/c1/Conv"),
+             helper.make_node("Concat", ["a", "b1"], ["cat"], name="/cat/Concat", axis=1),
+             helper.make_node("Reshape", ["cat", "s5"], ["r5"], name="/sh/Reshape"),
+             helper.make_node("Transpose", ["r5"], ["t5"], name="/sh/Transpose", perm=[0, 2, 1, 3, 4]),
+             helper.make_node("Reshape", ["t5", "s4"], ["sh"], name="/sh/Reshape_1"),
+             helper.make_node("Conv", ["sh", "w2"], ["y"], name="/c2/Conv")]
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3, "w0"),
+             numpy_helper.from_array(rng.standard_normal((4, 4, 1, 1)).astype(np.float32) * 0.5, "w1"),
+             numpy_helper.from_array(rng.standard_normal((4, 8, 1, 1)).astype(np.float32) * 0.4, "w2"),
+             numpy_helper.from_array(np.array([1, 2, 4, 8, 8], np.int64), "s5"),
+             numpy_helper.from_array(np.array([1, -1, 8, 8], np.int64), "s4"),
+             numpy_helper.from_array(np.array([4, 4], np.int64), "sizes")]
+    g = helper.make_graph(nodes, "shuf", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize("split_sizes", [False, True])
+def test_onnx_split_and_shuffle_import(tmp_path, split_sizes):
+    """ONNX Split (equal pieces or sizes) and the Reshape / Transpose / Reshape shuffle lift to the
+    forms capture reads: the module equals onnxruntime, and the program simulates bit-exact."""
+    ort = pytest.importorskip("onnxruntime")
+    from tilesparse.build import build_graph_from
+    from tilesparse.source import load_model, parse_source
+
+    f = _shuffle_onnx(tmp_path / "shuf.onnx", split_sizes)
+    lm = load_model(parse_source(f))
+    x = np.random.default_rng(1).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    sess = ort.InferenceSession(f, providers=["CPUExecutionProvider"])
+    want = sess.run(None, {"x": x})[0]
+    with torch.no_grad():
+        got = lm.model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    built = build_graph_from(lm.model, input_shape=(1, 3, 8, 8))
+    assert len(built.graph.of(Op.CHANNEL_SHUFFLE)) == 1 and len(built.graph.of(Op.SLICE)) == 2
+    _check(built, "4x4", (1, 3, 8, 8))
+
+
+def test_onnx_transpose_outside_a_shuffle_is_refused(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from tilesparse.source import load_model, parse_source
+
+    nodes = [helper.make_node("Transpose", ["x"], ["y"], name="/t/Transpose", perm=[0, 1, 3, 2])]
+    g = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "t.onnx"))
+    with pytest.raises(UnsupportedOpError, match=r"Transpose at node '/t/Transpose' \(perm \[0, 1, 3, 2\]\)"):
+        load_model(parse_source(str(tmp_path / "t.onnx")))
