@@ -25,7 +25,8 @@ __all__ = ["buffer_of", "can_fuse", "fusable_adds", "input_pass_bytes", "order_a
 
 
 def buffer_of(g: Graph, name: str, rename: dict[str, str] | None = None) -> tuple[str, int, int]:
-    """(buffer, its channel count, channel offset) where node ``name``'s output is stored;
+    """(buffer, its channel count, channel offset) where node ``name``'s output is stored (a
+    channel slice lives in its producer's buffer);
     ``rename`` maps a fused conv (whose own output is never stored) to its add's buffer."""
     off = 0
     rename = rename or {}
@@ -36,6 +37,9 @@ def buffer_of(g: Graph, name: str, rename: dict[str, str] | None = None) -> tupl
             off += o
         elif n.op is Op.ADD and (r := n.attrs.get("reuse_input")) is not None:
             name = r
+        elif n.op is Op.SLICE:  # a view: its channel range of the producer's buffer
+            name = n.inputs[0]
+            off += int(n.attrs["start"])
         else:
             name = rename.get(name, name)
             return name, chw(g.node(name))[0], off

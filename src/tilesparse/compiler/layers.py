@@ -21,7 +21,7 @@ from tilesparse.ir.graph import Graph, Node, Op
 from tilesparse.program.geometry import TWO_INPUT_KINDS, WindowRules
 from tilesparse.quant import rounding as R
 
-__all__ = ["LayerSpec", "chw", "copy_spec", "is_compute", "kept_block_mask", "layer_spec"]
+__all__ = ["LayerSpec", "chw", "copy_spec", "shuffle_specs", "is_compute", "kept_block_mask", "layer_spec"]
 
 # Ops executed on the cores; everything else is a view (flatten of 1×1) or bookkeeping.
 _COMPUTE = (Op.CONV2D, Op.MAXPOOL, Op.AVGPOOL, Op.ADAPTIVE_AVGPOOL, Op.ADD, Op.MUL, Op.RELU, Op.RELU6, Op.LUT,
@@ -75,6 +75,7 @@ class LayerSpec(WindowRules):
     out_tensor: str = ""
     out_c_total: int = 0
     out_c_offset: int = 0
+    out_c_stride: int = 1  # > 1: a channel shuffle's copy, writing every out_c_stride-th channel
     # A residual add fused into this conv: the add node and its other operand. COMP requantizes
     # the conv result (the conv's attrs), adds the operand's tile and requantizes again (the add's
     # attrs); the conv's own output is never stored.
@@ -210,6 +211,19 @@ def copy_spec(concat: Node, operand: Node, offset: int, shift: int = 0) -> Layer
     return LayerSpec(name=f"{concat.name}.copy_{operand.name}", kind="copy", inputs=(operand.name,),
                      ci=c, hi=h, wi=w, co=c, ho=h, wo=w, out_tensor=concat.name,
                      out_c_total=chw(concat)[0], out_c_offset=offset, copy_shift=int(shift))
+
+
+def shuffle_specs(shuffle: Node, operand: Node) -> list[tuple[LayerSpec, int]]:
+    """A channel shuffle as ``groups`` copy layers, each with the input channel it starts at:
+    copy k moves input channels [k·C/g, (k+1)·C/g) to output channels k, k + g, k + 2g, …
+    (output channel j holds input channel (j mod g)·C/g + j div g, ``ir.graph.shuffle_source``).
+    Data movement only: no shift, no arithmetic."""
+    c, h, w = chw(operand)
+    g = int(shuffle.attrs["groups"])
+    cpg = c // g
+    return [(LayerSpec(name=f"{shuffle.name}.copy_{k}", kind="copy", inputs=(operand.name,),
+                       ci=cpg, hi=h, wi=w, co=cpg, ho=h, wo=w, out_tensor=shuffle.name, out_c_total=c,
+                       out_c_offset=k, out_c_stride=g), k * cpg) for k in range(g)]
 
 
 def is_compute(node: Node) -> bool:

@@ -22,7 +22,7 @@ from tilesparse.compiler.cache import CompileCache
 from tilesparse.compiler.codegen import emit_layer, pack_layer, pack_table_layer
 from tilesparse.compiler.formats import choose_weight_formats
 from tilesparse.compiler.fusion import buffer_of, fusable_adds, order_add_branches
-from tilesparse.compiler.layers import LayerSpec, chw, copy_spec, layer_spec
+from tilesparse.compiler.layers import LayerSpec, chw, copy_spec, layer_spec, shuffle_specs
 from tilesparse.compiler.memory import (
     Allocation,
     Buffer,
@@ -36,7 +36,7 @@ from tilesparse.compiler.planning import LayerPlan, plan_layer, replan
 from tilesparse.compiler.rebalance import rebalance
 from tilesparse.errors import UnsupportedOpError
 from tilesparse.hw import ArrayConfig, load_array
-from tilesparse.ir.graph import Graph, Op
+from tilesparse.ir.graph import Graph, Node, Op
 from tilesparse.passes.balance import balance_channels, reorder_channels, reorderable
 from tilesparse.passes.verify import verify
 from tilesparse.program import (
@@ -62,8 +62,9 @@ _SKIP = (Op.INPUT, Op.OUTPUT)
 def lower_layers(g: Graph, fuse_adds: bool = True
                  ) -> tuple[list[LayerSpec], dict[str, dict[str, Any]], dict[str, str]]:
     """Layer specs in schedule order, each with its output buffer, and the input buffers of every
-    layer (concat operands not marked ``write_into`` become copy layers; residual adds are fused
-    into the conv that produces one operand)."""
+    layer (concat operands not marked ``write_into`` become copy layers, a channel shuffle its
+    ``groups`` strided copies, a channel slice nothing; residual adds are fused into the conv that
+    produces one operand)."""
     specs: list[LayerSpec] = []
     ins: dict[str, dict[str, Any]] = {}
     fused = fusable_adds(g) if fuse_adds else {}
@@ -79,6 +80,9 @@ def lower_layers(g: Graph, fuse_adds: bool = True
             specs.append(dataclasses.replace(sp, out_tensor=buf, out_c_total=tot, out_c_offset=off,
                                              fused_add=add, residual=other))
             ins[sp.name] = {"inputs": [buffer_of(g, i, rename) for i in n.inputs] + [buffer_of(g, other, rename)]}
+            continue
+        if n.op in (Op.SLICE, Op.CHANNEL_SHUFFLE):  # a slice: no layer, readers take its channels
+            _lower_shuffle(g, n, rename, specs, ins)  # of the producer's buffer (buffer_of)
             continue
         if n.op is Op.CONCAT:
             off = 0
@@ -101,6 +105,19 @@ def lower_layers(g: Graph, fuse_adds: bool = True
     if not any(s.kind == "conv" for s in specs):
         raise UnsupportedOpError(f"graph {g.name}: no convolution or linear layer to compile")
     return specs, ins, rename
+
+
+def _lower_shuffle(g: Graph, n: Node, rename: dict[str, str], specs: list[LayerSpec],
+                   ins: dict[str, dict[str, Any]]) -> None:
+    """A channel shuffle's ``groups`` copy layers, each reading its contiguous channel range of the
+    operand's buffer and writing every ``groups``-th channel of the shuffle's (``shuffle_specs``)."""
+    if n.op is not Op.CHANNEL_SHUFFLE:
+        return
+    buf, tot, o = buffer_of(g, n.name, rename)
+    sb, st, so = buffer_of(g, n.inputs[0], rename)
+    for sp, first in shuffle_specs(n, g.node(n.inputs[0])):
+        specs.append(dataclasses.replace(sp, out_tensor=buf, out_c_total=tot, out_c_offset=o + sp.out_c_offset))
+        ins[sp.name] = {"inputs": [(sb, st, so + first)]}
 
 
 def _buffers(g: Graph, specs: list[LayerSpec], ins: dict, rename: dict[str, str]) -> list[Buffer]:
@@ -338,7 +355,7 @@ def _record(graph: Graph, plan: LayerPlan, in_bufs, rows: list[ChunkRow]) -> Lay
     bias = sum(4 * (r.oc1 - r.oc0) for r in rows if r.with_bias)
     return LayerRecord(
         sp.name, LayerGeometry.of(sp), tuple(TensorSlice(b, t, o) for b, t, o in in_bufs),
-        TensorSlice(sp.out_tensor, sp.out_c_total, sp.out_c_offset), part.grid, part.sub,
+        TensorSlice(sp.out_tensor, sp.out_c_total, sp.out_c_offset, sp.out_c_stride), part.grid, part.sub,
         Loops(part.n_s, part.n_k, part.n_q, part.tiles_per_group, part.n_tiles, sp.slides),
         part.cores, tuple(rows), _attrs(graph, sp), dense_weight_bytes(sp) if sp.kind == "conv" else 0,
         packed - bias, bias, sp.kept_macs, sp.macs, sp.fused_add, sp.residual,

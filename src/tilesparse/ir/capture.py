@@ -4,8 +4,9 @@
 in-place ops functionalised or refused by ``tilesparse.ir.inplace``, nodes that do not feed the
 output dropped), and maps every fx node to an IR node (``tilesparse.ir.graph``) of the same name.
 Identity-like nodes (``nn.Dropout`` in eval, ``nn.Identity``, ``x.size(0)`` / ``x.shape`` feeding a
-flatten) disappear; anything outside the IR is an :class:`UnsupportedOpError` naming the op, the fx
-node and the module path.
+flatten, and the size / floordiv / rank-5 view / transpose steps of torchvision's channel shuffle,
+which becomes one ``channel_shuffle`` node) disappear; anything outside the IR is an
+:class:`UnsupportedOpError` naming the op, the fx node and the module path.
 
 Not handled: torchvision inception_v3 with ``transform_input=True`` (per-channel affine on constants,
 which is what ``weights=...`` turns on) — build it with ``tilesparse.models.get_model`` instead.
@@ -119,7 +120,8 @@ class _Converter:
                 f"{self.name}: unsupported op {what} at node {fn.name!r}"
                 f"{_where(fn)}; supported: conv2d, linear, batch-norm, relu/relu6, silu/sigmoid/"
                 f"hardswish/hardsigmoid (lookup tables), max/avg/"
-                f"adaptive-avg pool, mean over H×W, add, cat, flatten/view, dropout, identity"
+                f"adaptive-avg pool, mean over H×W, add, mul, cat, channel chunk/split, channel shuffle, flatten/view, "
+                f"dropout, identity"
             )
         emit = Emit(self.gm, fn, self._ctx_error)
         lowered = handler(emit)

@@ -255,6 +255,7 @@ MODULE_OPS: dict[type, Callable[[Emit], Lowered | None]] = {
     nn.Dropout: _identity,
     nn.Dropout2d: _identity,
     nn.Identity: _identity,
+    nn.ChannelShuffle: lambda e: _channel_shuffle_fn(e),
 }
 
 # -- functions and methods -----------------------------------------------------------------------
@@ -365,6 +366,119 @@ def _stochastic_depth_fn(e: Emit) -> Lowered:
     return Lowered(None, (a["input"],))
 
 
+# ---- channel movement: x.chunk(k, dim=1) pieces and torchvision's channel_shuffle idiom ----------
+
+def _is_call(n: Any, method: str, *functions: Any) -> bool:
+    return isinstance(n, fx.Node) and ((n.op == "call_method" and n.target == method)
+                                       or (n.op == "call_function" and n.target in functions))
+
+
+def _split_pieces(e: Emit) -> Lowered | None:
+    """``x.chunk(k, dim=1)``, ``torch.chunk``, ``x.split(n, dim=1)``: a tuple, no tensor of its
+    own; each piece taken from it (``operator.getitem``) is a channel ``slice`` (``_getitem``)."""
+    x: Any = e.fn.args[0] if e.fn.args else e.fn.kwargs.get("input")
+    dim: Any = e.fn.args[2] if len(e.fn.args) > 2 else e.fn.kwargs.get("dim", 0)
+    rank = len(e.shape(x))
+    if rank != 4 or int(dim) % rank != CHANNEL_AXIS:
+        raise e.error(f"{e.fn.target} along dim {dim} of a rank-{rank} tensor; only channel pieces "
+                      "(dim=1 of NCHW) are supported")
+    return None
+
+
+def _getitem(e: Emit) -> Lowered | None:
+    """A piece of a channel chunk/split is the channel range it covers (from the pieces' shapes);
+    anything else indexed must produce no tensor (``x.size()[0]``)."""
+    src: Any = e.fn.args[0]
+    k: Any = e.fn.args[1]
+    if _is_call(src, "chunk", torch.chunk) or _is_call(src, "split", torch.split):
+        metas = src.meta.get("tensor_meta")
+        widths = [int(m.shape[CHANNEL_AXIS]) for m in metas]
+        k = int(k) % len(widths)
+        start = sum(widths[:k])
+        x = src.args[0] if src.args else src.kwargs["input"]
+        return Lowered(Op.SLICE, (x,), {"axis": CHANNEL_AXIS, "start": start, "stop": start + widths[k]})
+    return _non_tensor(e)
+
+
+def _shuffle_of(end: Any, shape: Callable[[Any], tuple[int, ...]]) -> tuple[Any, int] | None:
+    """(x, groups) if ``end`` is the last view of torchvision's channel shuffle of x:
+    ``x.view(N, g, C // g, H, W)``, ``transpose(1, 2)`` (``.contiguous()``), ``.view(N, C, H, W)``."""
+    if not (_is_call(end, "view", torch.reshape) or _is_call(end, "reshape", torch.reshape)):
+        return None
+    t: Any = end.args[0]
+    if _is_call(t, "contiguous"):
+        t = t.args[0]
+    if not _is_call(t, "transpose", torch.transpose) or {int(d) for d in t.args[1:3]} != {1, 2}:
+        return None
+    split: Any = t.args[0]
+    if not (_is_call(split, "view", torch.reshape) or _is_call(split, "reshape", torch.reshape)):
+        return None
+    x = split.args[0]
+    sx, s5 = shape(x), shape(split)
+    if len(sx) != 4 or len(s5) != 5 or s5[0] != sx[0] or s5[1] * s5[2] != sx[1] or s5[3:] != sx[2:]:
+        return None
+    return (x, s5[1]) if shape(end) == sx else None
+
+
+def _shuffle_ends(n: fx.Node) -> list[fx.Node]:
+    """The last views reached from a step of the idiom through transpose/contiguous/view users."""
+    ends: list[fx.Node] = []
+    todo = [n]
+    while todo:
+        for u in todo.pop().users:
+            if _is_call(u, "transpose", torch.transpose) or _is_call(u, "contiguous"):
+                todo.append(u)
+            else:
+                ends.append(u)
+    return ends
+
+
+def _shuffle_step(e: Emit, what: str) -> Lowered | None:
+    """A middle step of the channel-shuffle idiom (the rank-5 view, the transpose, its contiguous):
+    no tensor of its own when every path from it ends in a shuffle's last view."""
+    ends = _shuffle_ends(e.fn)
+    if ends and all(_shuffle_of(u, e.shape) is not None for u in ends):
+        return None
+    raise e.error(f"{what} outside torchvision's channel-shuffle idiom (x.view(N, g, C // g, H, W)"
+                  ".transpose(1, 2).contiguous().view(N, C, H, W)); not in the IR")
+
+
+def _view(e: Emit) -> Lowered | None:
+    """A view/reshape: the last step of a channel shuffle (``channel_shuffle``), a rank-5 view
+    inside one, or a flatten."""
+    found = _shuffle_of(e.fn, e.shape)
+    if found is not None:
+        return Lowered(Op.CHANNEL_SHUFFLE, (found[0],), {"groups": int(found[1])})
+    if len(e.shape()) == 5:
+        return _shuffle_step(e, f"a view to rank 5 {e.shape()}")
+    return _flatten_fn(e)
+
+
+def _transpose(e: Emit) -> Lowered | None:
+    return _shuffle_step(e, "transpose")
+
+
+def _contiguous(e: Emit) -> Lowered | None:
+    x: Any = e.fn.args[0]
+    if _is_call(x, "transpose", torch.transpose):
+        return _shuffle_step(e, "contiguous of a transpose")
+    return _identity(e)
+
+
+def _channel_shuffle_fn(e: Emit) -> Lowered:
+    """``F.channel_shuffle(x, groups)`` / ``nn.ChannelShuffle(groups)``."""
+    if e.fn.op == "call_module":
+        mod: Any = e.module
+        x, g = e.fn.args[0], int(mod.groups)
+    else:
+        a = e.bind(("input", "groups"))
+        x, g = a["input"], int(a["groups"])
+    sx = e.shape(x)
+    if len(sx) != 4 or g < 1 or sx[1] % g:
+        raise e.error(f"channel shuffle of {sx} into {g} groups: needs NCHW and groups dividing the channels")
+    return Lowered(Op.CHANNEL_SHUFFLE, (x,), {"groups": g})
+
+
 FUNCTION_OPS: dict[Any, Callable[[Emit], Lowered | None]] = {
     F.relu: _relu_fn, torch.relu: _relu_fn, torch.relu_: _relu_fn, F.relu_: _relu_fn,
     F.relu6: _relu6_fn, F.hardtanh: _hardtanh_fn, F.hardtanh_: _hardtanh_fn,
@@ -377,15 +491,19 @@ FUNCTION_OPS: dict[Any, Callable[[Emit], Lowered | None]] = {
     operator.add: _add, operator.iadd: _add, torch.add: _add,
     operator.mul: _mul, operator.imul: _mul, torch.mul: _mul, torch.multiply: _mul,
     torch.cat: _cat, torch.concat: _cat, torch.concatenate: _cat,
-    torch.flatten: _flatten_fn, torch.reshape: _flatten_fn, torch.mean: _mean,
+    torch.flatten: _flatten_fn, torch.reshape: _view, torch.mean: _mean,
+    torch.chunk: _split_pieces, torch.split: _split_pieces, torch.transpose: _transpose,
+    F.channel_shuffle: _channel_shuffle_fn, torch.channel_shuffle: _channel_shuffle_fn,
+    operator.floordiv: _non_tensor,
     F.dropout: _dropout_fn, F.dropout2d: _dropout_fn, stochastic_depth: _stochastic_depth_fn,
-    getattr: _non_tensor, operator.getitem: _non_tensor,
+    getattr: _non_tensor, operator.getitem: _getitem,
 }
 
 METHOD_OPS: dict[str, Callable[[Emit], Lowered | None]] = {
     "relu": _relu_fn, "relu_": _relu_fn, "sigmoid": _lut("sigmoid"), "sigmoid_": _lut("sigmoid"),
     "add": _add, "add_": _add, "__add__": _add, "__iadd__": _add,
     "mul": _mul, "mul_": _mul, "__mul__": _mul, "__rmul__": _mul, "__imul__": _mul, "multiply": _mul,
-    "flatten": _flatten_fn, "view": _flatten_fn, "reshape": _flatten_fn,
-    "mean": _mean, "contiguous": _identity, "size": _non_tensor, "dim": _non_tensor,
+    "flatten": _flatten_fn, "view": _view, "reshape": _view,
+    "chunk": _split_pieces, "split": _split_pieces, "transpose": _transpose,
+    "mean": _mean, "contiguous": _contiguous, "size": _non_tensor, "dim": _non_tensor,
 }

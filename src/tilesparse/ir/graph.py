@@ -25,6 +25,10 @@ mul                        — : element-wise product of two tensors; the second
                            against an (N, C, H, W) first (a per-channel scale: squeeze-excitation),
                            expanded to the first's shape by ``passes.broadcast.expand_broadcast``
 concat                     axis
+slice                      axis (1), start, stop: channels [start, stop) of the input — a view, no
+                           data moves (``x.chunk(k, dim=1)``'s pieces)
+channel_shuffle            groups: output channel j is input channel (j mod groups)·(C/groups) +
+                           j div groups (torchvision's ``channel_shuffle``), data movement only
 flatten                    start_dim
 output                     —
 ========================  ==============================================================
@@ -52,7 +56,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Op", "TensorType", "Node", "Graph"]
+__all__ = ["Op", "TensorType", "Node", "Graph", "shuffle_source"]
 
 
 class Op(StrEnum):
@@ -69,8 +73,23 @@ class Op(StrEnum):
     ADD = "add"
     MUL = "mul"
     CONCAT = "concat"
+    SLICE = "slice"
+    CHANNEL_SHUFFLE = "channel_shuffle"
     FLATTEN = "flatten"
     OUTPUT = "output"
+
+
+def shuffle_source(channels: int, groups: int) -> np.ndarray:
+    """Input channel of each output channel of a channel shuffle: ``x[:, shuffle_source(C, g)]``
+    is ``x.view(N, g, C // g, H, W).transpose(1, 2).reshape(N, C, H, W)``.
+
+    >>> shuffle_source(6, 2).tolist()
+    [0, 3, 1, 4, 2, 5]
+    """
+    if groups < 1 or channels % groups:
+        raise ValueError(f"channel shuffle of {channels} channels into {groups} groups: groups must divide them")
+    j = np.arange(channels)
+    return (j % groups) * (channels // groups) + j // groups
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tilesparse.ir.graph import Graph, Node, Op
+from tilesparse.ir.graph import Graph, Node, Op, shuffle_source
 from tilesparse.ir.lut import apply_lut
 
 __all__ = ["run_float", "apply_activation"]
@@ -74,6 +74,8 @@ _RUN: dict[Op, Callable[[Graph, Node, list[torch.Tensor]], torch.Tensor]] = {
     Op.MUL: lambda g, n, xs: xs[0] * xs[1],
     Op.CONCAT: lambda g, n, xs: torch.cat(xs, n.attrs["axis"]),
     Op.FLATTEN: lambda g, n, xs: xs[0].reshape((xs[0].shape[0], *n.out.shape[1:])),
+    Op.SLICE: lambda g, n, xs: xs[0][:, n.attrs["start"]:n.attrs["stop"]],
+    Op.CHANNEL_SHUFFLE: lambda g, n, xs: xs[0][:, shuffle_source(xs[0].shape[1], n.attrs["groups"])],
     Op.OUTPUT: lambda g, n, xs: xs[0],
 }
 

@@ -22,9 +22,11 @@ Ops: Conv (grouped too), Gemm, MatMul (constant weight, + Add of a constant bias
 Clip(0, 6) and Clip(0, ∞), MaxPool, AveragePool, GlobalAveragePool, ReduceMean over H, W, Add,
 Concat, Flatten, Reshape (to a flatten), BatchNormalization, Identity, Dropout, Constant; Sigmoid,
 HardSigmoid (torch's: alpha 1/6, beta 0.5), HardSwish and Mul(x, Sigmoid(x)) (SiLU, as torch exports
-it) as the int8 lookup tables of ``ir.lut``. Mul otherwise (broadcast multiply) and Transpose (channel
-shuffle) are not in the IR yet: one line naming the op and the node, as for any other op (an
-``UnsupportedOpError``). Opsets before 11 are refused.
+it) as the int8 lookup tables of ``ir.lut``; Split along the channels (``torch.chunk`` / ``torch.split``
+and one piece per output) and a channel shuffle's Reshape / Transpose (0, 2, 1, 3, 4) / Reshape (the
+capture's ``channel_shuffle``). Mul otherwise (broadcast multiply) and any other Transpose are not in
+the IR yet: one line naming the op and the node, as for any other op (an ``UnsupportedOpError``).
+Opsets before 11 are refused.
 
 QDQ: DequantizeLinear of an initializer is its real values (pruned zeros stay zeros: the masks);
 a QuantizeLinear → DequantizeLinear pair on an activation is the value itself, its power-of-two
@@ -527,8 +529,32 @@ def _mul(b: _Lifter, node: Any, a: dict[str, Any]) -> fx.Node:
 
 
 def _transpose(b: _Lifter, node: Any, a: dict[str, Any]) -> fx.Node:
-    raise UnsupportedOpError(f"{b.name}: unsupported ONNX op Transpose at node {node.name!r} (perm "
-                             f"{list(a.get('perm', []))}): a transpose or channel shuffle is not in the IR yet")
+    """Only the middle step of a channel shuffle (Reshape to (N, g, C/g, H, W), Transpose perm
+    (0, 2, 1, 3, 4), Reshape back): ``torch.transpose(x, 1, 2)``, which capture reads with the
+    reshapes around it as one ``channel_shuffle``."""
+    perm = [int(p) for p in a.get("perm", [])]
+    if perm != [0, 2, 1, 3, 4]:
+        raise UnsupportedOpError(f"{b.name}: unsupported ONNX op Transpose at node {node.name!r} (perm {perm}): "
+                                 "only a channel shuffle's (0, 2, 1, 3, 4) between two Reshapes is in the IR")
+    return b.call(node, torch.transpose, b.tensor(node.input[0], node), 1, 2)
+
+
+def _split(b: _Lifter, node: Any, a: dict[str, Any]) -> fx.Node:
+    """Split into channel pieces: ``torch.split`` (sizes from input 2 or attr ``split``) or
+    ``torch.chunk`` (equal pieces); each output is a piece (``operator.getitem``), as capture reads
+    ``a, b = x.chunk(2, dim=1)``. The first output is returned, the others set here."""
+    x = b.tensor(node.input[0], node)
+    axis = int(a.get("axis", 0))
+    sizes = b.const(node, 1, optional=True)
+    if sizes is None and "split" in a:
+        sizes = np.asarray(a["split"])
+    n = len(node.output)
+    pieces = (b.graph.call_function(torch.chunk, (x, n, axis)) if sizes is None
+              else b.graph.call_function(torch.split, (x, [int(s) for s in sizes], axis)))
+    outs = [b.graph.call_function(operator.getitem, (pieces, k)) for k in range(n)]
+    for v, o in zip(node.output[1:], outs[1:], strict=True):
+        b.env[v] = o
+    return outs[0]
 
 
 ONNX_OPS: dict[str, Callable[[_Lifter, Any, dict[str, Any]], Any]] = {
@@ -537,6 +563,6 @@ ONNX_OPS: dict[str, Callable[[_Lifter, Any, dict[str, Any]], Any]] = {
     "MaxPool": _maxpool, "AveragePool": _avgpool, "GlobalAveragePool": _global_avgpool, "ReduceMean": _reduce_mean,
     "Concat": _concat, "Flatten": _flatten, "Reshape": _reshape, "Identity": _identity, "Dropout": _identity,
     "Constant": _constant, "Sigmoid": _sigmoid, "HardSigmoid": _hardsigmoid, "HardSwish": _hardswish,
-    "Mul": _mul, "Transpose": _transpose, "QuantizeLinear": _quantize_linear,
+    "Mul": _mul, "Transpose": _transpose, "Split": _split, "QuantizeLinear": _quantize_linear,
     "DequantizeLinear": _dequantize_linear, "QLinearConv": _qlinear_conv,
 }

@@ -6,7 +6,8 @@
 * add: gets ``reuse_input = <operand>`` — the sum overwrites that operand's buffer, which must be
   dead afterwards (the add is its last reader).
 
-A producer is eligible only if it owns a fresh buffer (not a graph input, not a flatten view), the
+A producer is eligible only if it owns a fresh buffer (not a graph input, not a flatten view or a
+channel slice, not a channel shuffle, whose strided copies write only its own buffer), the
 concat/add is its only reader where a slice is involved, and no other mark already claims it.
 
 Quantization may then find that an operand cannot write its slice as is: its exponent differs from
@@ -22,7 +23,7 @@ from tilesparse.passes.rewrite import consumers_map
 
 __all__ = ["drop_shifted_slices", "mark_buffer_reuse", "resolve_write_into"]
 
-_NO_BUFFER = (Op.INPUT, Op.FLATTEN, Op.OUTPUT)
+_NO_BUFFER = (Op.INPUT, Op.FLATTEN, Op.OUTPUT, Op.SLICE, Op.CHANNEL_SHUFFLE)
 CHANNEL_AXIS = 1  # slices are channel ranges of an NCHW buffer
 
 
@@ -53,6 +54,7 @@ def mark_buffer_reuse(g: Graph) -> Graph:
 
 def _can_overwrite(p: Node, add: Node, readers: list[Node], order: dict[str, int]) -> bool:
     return (p.op not in _NO_BUFFER and add.inputs.count(p.name) == 1 and p.out.shape == add.out.shape
+            and not any(r.op is Op.SLICE for r in readers)  # a slice's readers read p's buffer later
             and "write_into" not in p.attrs and max(order[r.name] for r in readers) == order[add.name])
 
 

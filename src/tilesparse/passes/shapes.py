@@ -60,6 +60,21 @@ def _mul(n: Node, ins: Sequence[tuple[int, ...]], params: Mapping[str, np.ndarra
     return x
 
 
+def _slice(a: Mapping[str, Any], x: tuple[int, ...]) -> tuple[int, ...]:
+    start, stop = int(a["start"]), int(a["stop"])
+    if int(a.get("axis", 1)) != 1 or len(x) != 4 or not 0 <= start < stop <= x[1]:
+        raise ValueError(f"slice [{start}, {stop}) along axis {a.get('axis')} of {x}: only a channel range "
+                         f"(axis 1) of an NCHW tensor inside its {x[1] if len(x) > 1 else 0} channels")
+    return (x[0], stop - start, *x[2:])
+
+
+def _shuffle(a: Mapping[str, Any], x: tuple[int, ...]) -> tuple[int, ...]:
+    g = int(a["groups"])
+    if len(x) != 4 or g < 1 or x[1] % g:
+        raise ValueError(f"channel shuffle of {x} into {g} groups: needs NCHW and groups dividing the channels")
+    return x
+
+
 _INFER: dict[Op, Callable[[Node, Sequence[tuple[int, ...]], Mapping[str, np.ndarray]], tuple[int, ...]]] = {
     Op.CONV2D: _conv,
     Op.LINEAR: _linear,
@@ -70,6 +85,8 @@ _INFER: dict[Op, Callable[[Node, Sequence[tuple[int, ...]], Mapping[str, np.ndar
     Op.MUL: _mul,
     Op.CONCAT: lambda n, ins, p: _concat(n.attrs["axis"], ins),
     Op.FLATTEN: lambda n, ins, p: _flatten(n.attrs, ins[0], n.out.shape),
+    Op.SLICE: lambda n, ins, p: _slice(n.attrs, ins[0]),
+    Op.CHANNEL_SHUFFLE: lambda n, ins, p: _shuffle(n.attrs, ins[0]),
 }
 
 

@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from tilesparse.program.geometry import TWO_INPUT_KINDS, LayerGeometry
 
 # Transfers the DMAs can zero-compress: MemTile <-> core, the memory-tile and tile DMAs (AM020
@@ -128,11 +130,18 @@ class Loops:
 
 @dataclass(frozen=True, slots=True)
 class TensorSlice:
-    """Channels [c_offset, c_offset + the layer's channels) of ``buffer``, which has ``c_total``."""
+    """Channels [c_offset, c_offset + the layer's channels) of ``buffer``, which has ``c_total``;
+    with ``c_stride`` > 1 (a channel shuffle's copy) the layer's channel k is buffer channel
+    c_offset + k·c_stride."""
 
     buffer: str
     c_total: int
     c_offset: int = 0
+    c_stride: int = 1
+
+    def channels(self, k0: int, k1: int) -> np.ndarray:
+        """Buffer channels of the layer's channels [k0, k1)."""
+        return self.c_offset + np.arange(k0, k1) * self.c_stride
 
 
 @dataclass(frozen=True)

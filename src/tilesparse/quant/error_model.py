@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tilesparse.ir.graph import Graph, Node, Op
+from tilesparse.ir.graph import Graph, Node, Op, shuffle_source
 from tilesparse.ir.lut import apply_lut, lipschitz
 from tilesparse.quant import rounding as R
 from tilesparse.quant.quantize import QuantizationError, requant_shifts
@@ -63,6 +63,10 @@ class Predicted:
 
     def reshape(self, shape: tuple[int, ...]) -> Predicted:
         return Predicted(*(a.reshape(shape) for a in (self.value, self.mean, self.var, self.envelope)))
+
+    def channels(self, idx: np.ndarray) -> Predicted:
+        """These channels (axis 1), in this order: a slice or a channel shuffle moves errors unchanged."""
+        return Predicted(*(a[:, idx] for a in (self.value, self.mean, self.var, self.envelope)))
 
 
 def predict_errors(g: Graph, x: np.ndarray, ref: Mapping[str, np.ndarray]) -> Iterator[tuple[Node, Predicted]]:
@@ -213,6 +217,8 @@ _RULES: dict[Op, Callable[[Graph, Node, list[Predicted], Mapping[str, np.ndarray
     Op.LUT: _lut,
     Op.MAXPOOL: _maxpool, Op.AVGPOOL: _avgpool, Op.ADAPTIVE_AVGPOOL: _adaptive, Op.FLATTEN: _reshape,
     Op.OUTPUT: _reshape,
+    Op.SLICE: lambda g, n, ins, ref: ins[0].channels(np.arange(n.attrs["start"], n.attrs["stop"])),
+    Op.CHANNEL_SHUFFLE: lambda g, n, ins, ref: ins[0].channels(shuffle_source(n.out.shape[1], n.attrs["groups"])),
 }
 
 

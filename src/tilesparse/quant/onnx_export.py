@@ -24,7 +24,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from tilesparse.errors import ConfigError
-from tilesparse.ir.graph import Graph, Node, Op
+from tilesparse.ir.graph import Graph, Node, Op, shuffle_source
 from tilesparse.quant import rounding as R
 from tilesparse.quant.quantize import QuantizationError, requant_shifts
 from tilesparse.utils.atomic import atomic_write_bytes
@@ -260,6 +260,20 @@ def _flatten(b: _Builder, n: Node) -> None:
     b.finish(n, b.op("Reshape", [b.f(n.inputs[0]), shape], f"{n.name}:reshape"))
 
 
+def _slice(b: _Builder, n: Node) -> None:
+    """A channel range: ONNX Slice along axis 1 (values and exponent unchanged)."""
+    a = n.attrs
+    ins = [b.f(n.inputs[0])] + [b.init(f"{n.name}:{k}", np.array([v], np.int64))
+                                for k, v in (("starts", a["start"]), ("ends", a["stop"]), ("axes", 1))]
+    b.finish(n, b.op("Slice", ins, f"{n.name}:slice"))
+
+
+def _channel_shuffle(b: _Builder, n: Node) -> None:
+    """A channel shuffle: ONNX Gather of the channels in shuffled order (``shuffle_source``)."""
+    idx = b.init(f"{n.name}:order", shuffle_source(n.out.shape[1], int(n.attrs["groups"])).astype(np.int64))
+    b.finish(n, b.op("Gather", [b.f(n.inputs[0]), idx], f"{n.name}:gather", axis=1))
+
+
 def _output(b: _Builder, n: Node) -> None:
     b.op("Identity", [b.f(n.inputs[0])], n.name)
 
@@ -267,5 +281,5 @@ def _output(b: _Builder, n: Node) -> None:
 _EMIT: dict[Op, Callable[[_Builder, Node], None]] = {
     Op.INPUT: _input, Op.CONV2D: _conv, Op.ADD: _add, Op.CONCAT: _concat, Op.MAXPOOL: _maxpool,
     Op.AVGPOOL: _avgpool, Op.ADAPTIVE_AVGPOOL: _adaptive, Op.RELU: _relu, Op.RELU6: _relu,
-    Op.FLATTEN: _flatten, Op.OUTPUT: _output,
+    Op.FLATTEN: _flatten, Op.SLICE: _slice, Op.CHANNEL_SHUFFLE: _channel_shuffle, Op.OUTPUT: _output,
 }

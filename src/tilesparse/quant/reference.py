@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tilesparse.ir.graph import Graph, Node, Op
+from tilesparse.ir.graph import Graph, Node, Op, shuffle_source
 from tilesparse.quant import rounding as R
 from tilesparse.quant.lut import LUT_ENTRIES
 from tilesparse.quant.quantize import QuantizationError, requant_shifts
@@ -196,5 +196,7 @@ _OPS: dict[Op, Callable[[Node, list[np.ndarray]], np.ndarray]] = {
     Op.RELU: lambda n, xs: R.saturate(xs[0], *n.attrs["clamp"]),
     Op.RELU6: lambda n, xs: R.saturate(xs[0], *n.attrs["clamp"]),
     Op.FLATTEN: lambda n, xs: xs[0].reshape(n.out.shape),
+    Op.SLICE: lambda n, xs: xs[0][:, n.attrs["start"]:n.attrs["stop"]],
+    Op.CHANNEL_SHUFFLE: lambda n, xs: xs[0][:, shuffle_source(xs[0].shape[1], n.attrs["groups"])],
     Op.OUTPUT: lambda n, xs: xs[0],
 }

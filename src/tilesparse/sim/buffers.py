@@ -74,15 +74,19 @@ class BufferMap:
                 out[np.ix_(np.flatnonzero(rv), np.flatnonzero(cv))] = vals
         return out, rv[:, None] & cv[None, :]
 
-    def write(self, where: Where, name: str, tile: tuple[int, int, int, int], ch0: int, vals: np.ndarray) -> None:
-        """Store an int8 tile (positions × channels, row-major positions) at channels from ``ch0``."""
+    def write(self, where: Where, name: str, tile: tuple[int, int, int, int], ch0: int, vals: np.ndarray,
+              stride: int = 1) -> None:
+        """Store an int8 tile (positions × channels, row-major positions) at channels ``ch0``,
+        ``ch0 + stride``, … (stride > 1: a channel shuffle's copy)."""
         a, b, c, d = tile
         nch = vals.shape[1]
         cb = self.info(where, name)["shape"][0]
-        if ch0 < 0 or ch0 + nch > cb:
-            raise SimulationError(f"{where}: channels [{ch0}, {ch0 + nch}) of buffer {name!r} ({cb} channels)")
+        last = ch0 + (nch - 1) * stride
+        if ch0 < 0 or last >= cb or stride < 1:
+            raise SimulationError(f"{where}: channels {ch0}..{last} (stride {stride}) of buffer {name!r} "
+                                  f"({cb} channels)")
         arr, idx = self._flat(where, name, self._logical(name, np.arange(a, b), np.arange(c, d),
-                                                         np.arange(ch0, ch0 + nch)))
+                                                         np.arange(ch0, last + 1, stride)))
         arr[idx.ravel()] = vals.reshape(-1).view(np.uint8)
 
     def snapshot(self, name: str, ch0: int, ch1: int) -> np.ndarray:

@@ -360,18 +360,18 @@ class Staging:
             if to_ddr:
                 rng = self._mt_range(where, col, "out", half, fill[col], y.size)
                 self.mem.memtile[rng] = y.reshape(-1).view(np.uint8)
-                self.stage_out[half].append((col, fill[col], shape, tile, out.c_offset + ch[0]))
+                self.stage_out[half].append((col, fill[col], shape, tile, int(out.channels(ch[0], ch[0] + 1)[0])))
                 fill[col] += y.size
             else:
-                self.ex.bufs.write(where, out.buffer, tile, out.c_offset + ch[0], y)
+                self.ex.bufs.write(where, out.buffer, tile, int(out.channels(ch[0], ch[0] + 1)[0]), y, out.c_stride)
             self.ex.acct.move(idx, i, col, y.size)
         del ins
 
     def write(self, idx: int, i: int, ctx) -> None:
         where, half = self._where(idx, i), self.half(i)
-        buf = self.v.rec.output.buffer
+        buf, stride = self.v.rec.output.buffer, self.v.rec.output.c_stride
         for col, off, shape, tile, ch0 in self.stage_out[half]:
             n = int(np.prod(shape))
             y = self.mem.memtile[self._mt_range(where, col, "out", half, off, n)].view(np.int8).reshape(shape)
-            self.ex.bufs.write(where, buf, tile, ch0, y)
+            self.ex.bufs.write(where, buf, tile, ch0, y, stride)
             self.ex.acct.move(idx, i, col, n)

@@ -92,7 +92,8 @@ class Executor:
             self.stage.phase = done % 2
             done += self._pipeline(v, sorted(pipe, key=lambda i: PIPE_ORDER.index(self.p.instrs[i].op)))
         out = v.rec.output
-        self.outputs[v.name] = self.bufs.snapshot(out.buffer, out.c_offset, out.c_offset + v.spec.co)
+        snap = self.bufs.snapshot(out.buffer, out.c_offset, out.c_offset + (v.spec.co - 1) * out.c_stride + 1)
+        self.outputs[v.name] = snap[::out.c_stride] if out.c_stride > 1 else snap
 
     def _capacity(self, li: int) -> int:
         caps = self.p.meta.get("memtile_capacity")

@@ -149,13 +149,13 @@ def expected_outputs(program, ref: dict[str, np.ndarray], graph=None) -> dict[st
     out = {}
     orders = program.meta.get("channel_orders", {})
     for rec in program.layers:
-        buf, o, co = rec.output.buffer, rec.output.c_offset, rec.geometry.co
+        buf, o, co, st = rec.output.buffer, rec.output.c_offset, rec.geometry.co, rec.output.c_stride
         node = rec.fused_add or rec.name
         # an add that overwrites its operand's buffer (reuse_input) holds the whole sum there, even
         # when that operand is a concat; anything else writing a concat's buffer fills a slice
         into_concat = rec.kind == "copy" or (buf != rec.name and _is_concat(graph, buf)
                                              and not _reuses_operand(graph, node))
-        name, sl = (buf, (o, o + co)) if into_concat else (node, None)
+        name, sl = (buf, (o, o + (co - 1) * st + 1)) if into_concat else (node, None)
         if name not in ref:
             raise SimulationError(f"layer {rec.name!r}: the reference has no tensor {name!r}; "
                                   f"is this the graph the program was compiled from?")
@@ -164,8 +164,8 @@ def expected_outputs(program, ref: dict[str, np.ndarray], graph=None) -> dict[st
         if name in orders:  # the compiler reordered this tensor's channels (passes.balance)
             t = t[np.asarray(orders[name])]
         if sl is not None:
-            t = t[sl[0]:sl[1]]
-        label = name if sl is None else f"{name}[{sl[0]}:{sl[1]}]"
+            t = t[sl[0]:sl[1]:st]
+        label = name if sl is None else f"{name}[{sl[0]}:{sl[1]}{f':{st}' if st > 1 else ''}]"
         out[rec.name] = (label, t.astype(np.int8))
     return out
 

@@ -132,7 +132,7 @@ def node_map(gm: fx.GraphModule, graph: Graph) -> dict[str, str]:
     subsampling pool into its producer, which then holds the value of the last of them. So from
     the fx node of the same name, follow the single reader while it is no graph node itself, reads
     only this value and has as many elements (a pool fused as a conv's stride has; a pool whose
-    readers took its stride has not)."""
+    readers took its stride has not) and is no rank-5 view (the start of a channel shuffle)."""
     names = {n.name for n in graph}
     fx_nodes = {n.name: n for n in gm.graph.nodes}
     out = {}
@@ -143,6 +143,8 @@ def node_map(gm: fx.GraphModule, graph: Graph) -> dict[str, str]:
         while True:
             users = [u for u in cur.users if _numel(u) is not None]
             if len(users) != 1 or users[0].name in names or _numel(users[0]) != n.out.numel:
+                break
+            if len(users[0].meta["tensor_meta"].shape) > 4:  # a channel shuffle's rank-5 view: not this value
                 break
             if [a for a in users[0].all_input_nodes if _numel(a) is not None] != [cur]:
                 break
