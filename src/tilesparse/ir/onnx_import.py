@@ -24,8 +24,9 @@ Concat, Flatten, Reshape (to a flatten), BatchNormalization, Identity, Dropout, 
 HardSigmoid (torch's: alpha 1/6, beta 0.5), HardSwish and Mul(x, Sigmoid(x)) (SiLU, as torch exports
 it) as the int8 lookup tables of ``ir.lut``; Split along the channels (``torch.chunk`` / ``torch.split``
 and one piece per output) and a channel shuffle's Reshape / Transpose (0, 2, 1, 3, 4) / Reshape (the
-capture's ``channel_shuffle``). Mul otherwise (broadcast multiply) and any other Transpose are not in
-the IR yet: one line naming the op and the node, as for any other op (an ``UnsupportedOpError``).
+capture's ``channel_shuffle``); Mul of two tensors (element-wise, or squeeze-excitation's multiply by
+an (N, C, 1, 1) scale) as ``torch.mul`` (``Op.MUL``). A Mul by a constant and any other Transpose are
+not in the IR: one line naming the op and the node, as for any other op (an ``UnsupportedOpError``).
 Opsets before 11 are refused.
 
 QDQ: DequantizeLinear of an initializer is its real values (pruned zeros stay zeros: the masks);
@@ -513,7 +514,8 @@ def _is_sigmoid(b: _Lifter, n: fx.Node) -> bool:
 
 def _mul(b: _Lifter, node: Any, a: dict[str, Any]) -> fx.Node:
     """``x * sigmoid(x)``, how torch.onnx.export writes SiLU (ONNX has no such op before opset 24), is
-    the SiLU lookup table; any other Mul (squeeze-excitation's broadcast multiply) is not in the IR yet."""
+    the SiLU lookup table; any other Mul of two tensors (squeeze-excitation's broadcast multiply, or
+    equal shapes) is ``torch.mul``, which capture reads as ``Op.MUL``; a Mul by a constant is refused."""
     x, y = (b.env.get(v) for v in node.input[:2])
     for s, other, v in ((y, x, node.input[1]), (x, y, node.input[0])):
         if isinstance(s, fx.Node) and isinstance(other, fx.Node) and _is_sigmoid(b, s) and s.args[0] is other \
@@ -524,8 +526,10 @@ def _mul(b: _Lifter, node: Any, a: dict[str, Any]) -> fx.Node:
                 parent, _, leaf = target.rpartition(".")
                 delattr(b.root.get_submodule(parent), leaf)
             return b.call(node, F.silu, other, module=nn.SiLU())
-    raise UnsupportedOpError(f"{b.name}: unsupported ONNX op Mul at node {node.name!r}: only x * Sigmoid(x) "
-                             "(SiLU); an element-wise or broadcast multiply is not in the IR yet")
+    if isinstance(x, fx.Node) and isinstance(y, fx.Node):
+        return b.call(node, torch.mul, x, y)
+    raise UnsupportedOpError(f"{b.name}: unsupported ONNX op Mul at node {node.name!r}: a multiply by a constant; "
+                             "only tensor * tensor (element-wise, or by an (N, C, 1, 1) scale) is in the IR")
 
 
 def _transpose(b: _Lifter, node: Any, a: dict[str, Any]) -> fx.Node:
