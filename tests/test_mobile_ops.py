@@ -16,20 +16,18 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from sim_check import check_program
 from torch import nn
 
 from tilesparse.build import build_graph_from
 from tilesparse.compiler.pipeline import compile_graph
 from tilesparse.errors import UnsupportedOpError
-from tilesparse.estimate.timemodel import estimate_program
 from tilesparse.ir.capture import capture
 from tilesparse.ir.graph import Op
 from tilesparse.models import get_model
 from tilesparse.quant import rounding as R
 from tilesparse.quant.reference import IntegerReference
-from tilesparse.sim import verify
 from tilesparse.sim.compute import adaptive_pool_tile
-from tilesparse.sim.replay import replay
 
 SHAPE = (1, 3, 10, 10)
 
@@ -78,19 +76,7 @@ def _pool_build(sparsity):
     return build_graph_from(PoolNet().eval(), sparsity=sparsity, block=(8, 8), input_shape=SHAPE)
 
 
-def _check(built, array, shape, seed=1):
-    prog = compile_graph(built.graph, array)
-    x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
-    rep = verify(prog, built.graph, x, module=built.module, progress=False)
-    assert rep.ok and rep.float_check.ok, rep.summary()
-    for acc in rep.sim.accounts:  # the simulator's bytes, operations and cycles are the time model's
-        assert acc.sim_bytes == acc.model_bytes, (acc.name, acc.notes)
-        assert acc.sim_macs == acc.model_macs, (acc.name, acc.notes)
-        assert acc.sim_cycles == acc.model_cycles, (acc.name, acc.notes)
-        assert acc.totals_ok, (acc.name, acc.sim_total, acc.listed_total)
-    # the clocked replay of the program agrees with the time model (docs/replay.md)
-    assert replay(prog).total_s == pytest.approx(estimate_program(prog).total_s, rel=1e-9)
-    return prog
+_check = check_program
 
 
 @pytest.mark.parametrize("array", ["4x4", "4x2"])

@@ -19,19 +19,18 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from sim_check import check_program
 from torch import nn
 
 from tilesparse.build import build_graph_from
 from tilesparse.compiler.pipeline import compile_graph
 from tilesparse.errors import UnsupportedOpError
-from tilesparse.estimate.timemodel import estimate_program
 from tilesparse.ir.capture import capture
 from tilesparse.ir.graph import Op, shuffle_source
 from tilesparse.ir.interpret import run_float
 from tilesparse.models import get_model
 from tilesparse.quant.reference import IntegerReference
 from tilesparse.sim import verify
-from tilesparse.sim.replay import replay
 
 
 def _idiom(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -151,18 +150,7 @@ def test_integer_reference_moves_values_only():
         assert np.array_equal(vals[s.name], vals[s.inputs[0]][:, s.attrs["start"]:s.attrs["stop"]])
 
 
-def _check(built, array, shape, seed=1):
-    prog = compile_graph(built.graph, array)
-    x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
-    rep = verify(prog, built.graph, x, module=built.module, progress=False)
-    assert rep.ok and rep.float_check.ok, rep.summary()
-    for acc in rep.sim.accounts:  # the simulator's bytes, operations and cycles are the time model's
-        assert acc.sim_bytes == acc.model_bytes, (acc.name, acc.notes)
-        assert acc.sim_macs == acc.model_macs, (acc.name, acc.notes)
-        assert acc.sim_cycles == acc.model_cycles, (acc.name, acc.notes)
-        assert acc.totals_ok, (acc.name, acc.sim_total, acc.listed_total)
-    assert replay(prog).total_s == pytest.approx(estimate_program(prog).total_s, rel=1e-9)
-    return prog
+_check = check_program
 
 
 @pytest.mark.parametrize("array", ["4x4", "4x2"])
