@@ -158,6 +158,14 @@ class RunLength(Format):
         return entries, entries * self.run_bits
 
 
+def _kept_blocks(m: np.ndarray, bo: int, bi: int) -> tuple[int, int, int]:
+    """(block rows, block columns, blocks holding a non-zero) of mask ``m`` in bo x bi blocks."""
+    fb, sb = -(-m.shape[0] // bo), -(-m.shape[1] // bi)
+    pad = np.zeros((fb * bo, sb * bi), dtype=bool)
+    pad[: m.shape[0], : m.shape[1]] = m
+    return fb, sb, int(pad.reshape(fb, bo, sb, bi).any(axis=(1, 3)).sum())
+
+
 @dataclass(frozen=True)
 class BlockIndex(Format):
     bo: int = 8
@@ -165,11 +173,7 @@ class BlockIndex(Format):
     name = "block_index"
 
     def exact(self, mask):
-        m = _as_mask(mask)
-        fb, sb = -(-m.shape[0] // self.bo), -(-m.shape[1] // self.bi)
-        pad = np.zeros((fb * self.bo, sb * self.bi), dtype=bool)
-        pad[: m.shape[0], : m.shape[1]] = m
-        nb = int(pad.reshape(fb, self.bo, sb, self.bi).any(axis=(1, 3)).sum())
+        fb, sb, nb = _kept_blocks(_as_mask(mask), self.bo, self.bi)
         meta = (fb + 1) * index_bits(nb + 1) + nb * index_bits(sb)
         return nb * self.bo * self.bi, int(meta)
 
@@ -227,11 +231,7 @@ class BlockBitmap(Format):
     name = "block_bitmap"
 
     def exact(self, mask):
-        m = _as_mask(mask)
-        fb, sb = -(-m.shape[0] // self.bo), -(-m.shape[1] // self.bi)
-        pad = np.zeros((fb * self.bo, sb * self.bi), dtype=bool)
-        pad[: m.shape[0], : m.shape[1]] = m
-        nb = int(pad.reshape(fb, self.bo, sb, self.bi).any(axis=(1, 3)).sum())
+        fb, sb, nb = _kept_blocks(_as_mask(mask), self.bo, self.bi)
         return nb * self.bo * self.bi, fb * sb
 
     def expected(self, rows, cols, dm, reps=1):

@@ -189,12 +189,7 @@ def split_parts(spec: WindowRules, buf: bytes, geo: ChunkGeometry, with_bias: bo
     without), each part decoded from its own bytes; ``ValueError`` when the bytes do not fit."""
     sm = _sparse_of(spec, sparse)
     assert sm is not None
-    nrows, ncols = len(geo.row_ch), geo.cb1 - geo.cb0
-    nbit = math.ceil(nrows * ncols / BITS_PER_BYTE)
-    if len(buf) < pad_words(nbit):
-        raise ValueError(f"{len(buf)} B cannot hold a {nrows}x{ncols} block bitmap")
-    bits = np.unpackbits(np.frombuffer(buf[:nbit], np.uint8), bitorder="little")
-    keep = bits[: nrows * ncols].reshape(nrows, ncols).astype(bool)
+    nbit, keep = _chunk_bitmap(buf, geo)
     n = kept_stream_bytes(spec, keep, geo)
     a = int(pad_words(nbit))
     b = a + int(masked_nbytes(n, sm))
@@ -205,6 +200,16 @@ def split_parts(spec: WindowRules, buf: bytes, geo: ChunkGeometry, with_bias: bo
                          f"accounts for {c + nbias}")
     head = buf[:nbit]
     return head + decode_masked(buf[a:b], n, sm) + buf[c:], head + decode_int4(buf[b:c], n).tobytes()
+
+
+def _chunk_bitmap(buf: bytes, geo: ChunkGeometry) -> tuple[int, np.ndarray]:
+    """(bytes of the block bitmap at the head of a chunk, the bitmap: block rows × block columns)."""
+    nrows, ncols = len(geo.row_ch), geo.cb1 - geo.cb0
+    nbit = math.ceil(nrows * ncols / BITS_PER_BYTE)
+    if len(buf) < pad_words(nbit):
+        raise ValueError(f"{len(buf)} B cannot hold a {nrows}x{ncols} block bitmap")
+    bits = np.unpackbits(np.frombuffer(buf[:nbit], np.uint8), bitorder="little")
+    return nbit, bits[: nrows * ncols].reshape(nrows, ncols).astype(bool)
 
 
 def kept_stream_bytes(spec: WindowRules, keep: np.ndarray, geo: ChunkGeometry) -> int:
@@ -222,12 +227,7 @@ def masked_to_block(spec: WindowRules, buf: bytes, geo: ChunkGeometry, with_bias
     sm = _sparse_of(spec, sparse)
     if sm is None:
         return buf
-    nrows, ncols = len(geo.row_ch), geo.cb1 - geo.cb0
-    nbit = math.ceil(nrows * ncols / BITS_PER_BYTE)
-    if len(buf) < pad_words(nbit):
-        raise ValueError(f"{len(buf)} B cannot hold a {nrows}x{ncols} block bitmap")
-    bits = np.unpackbits(np.frombuffer(buf[:nbit], np.uint8), bitorder="little")
-    keep = bits[: nrows * ncols].reshape(nrows, ncols).astype(bool)
+    nbit, keep = _chunk_bitmap(buf, geo)
     n = kept_stream_bytes(spec, keep, geo)
     start = int(pad_words(nbit))
     stop = start + int(masked_nbytes(n, sm))
