@@ -23,7 +23,8 @@ __all__ = ["ARRAY_HELP", "BLOCK_HELP", "BLOCK_PATTERN_HELP", "COMPILE_PATTERN_HE
            "check_outputs", "console", "is_program_file", "pattern_arg", "read_program", "sparsity_arg", "write_json"]
 
 SOURCE_HELP = f"Model source: {SOURCE_FORMS}."  # the one list of the forms (tilesparse.source)
-ARRAY_HELP = "Array: RxC (rows x columns, e.g. 4x4, 5x7, 8x2), base-RxC, phoenix, strix, or a YAML file."
+ARRAY_HELP = ("Array: RxC (rows x columns, e.g. 4x4, 5x7, 8x2), base-RxC, phoenix, strix, npu1 (Phoenix/Hawk "
+              "Point at its driver clock), npu2 (Strix, AIE-ML v2), or a YAML file.")
 SPARSITY_HELP = ("Zero this fraction of lowest-L2 blocks in every conv/linear but the first (0 = dense; a "
                  "checkpoint's masks are used as trained).")
 BLOCK_HELP = "Block shape OUTxIN (default 8x8, or the checkpoint's)."
