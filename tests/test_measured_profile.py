@@ -25,8 +25,6 @@ def test_npu1_preset_peak_is_the_hand_computed_rate():
     assert (hw.name, hw.rows, hw.cols, hw.clock_hz) == ("npu1", 4, 4, 1.024e9)
     # AM020 "Summary": 512 int8 ops (256 MACs) per tile per cycle; 16 tiles at the driver's 1024 MHz
     assert hw.peak_macs_per_s * 2 == pytest.approx(16 * 512 * 1.024e9)  # 8.39 TOPS
-    # per column, the driver's npu1 figure: 2 TOPS at 1028 MHz (aie2_smu.c), 4 tiles x 512 ops
-    assert 4 * 512 * 1.028e9 == pytest.approx(2.1e12, rel=0.01)
     assert hw.links.memtile_to_core_bytes_per_s == 4 * hw.clock_hz  # a 32-bit stream at the array clock
     assert hw.core.sparse_matmul.enabled and hw.core.sparse_matmul.chunk_bytes == 32
 
