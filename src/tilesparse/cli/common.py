@@ -145,7 +145,8 @@ COMPILE_PATTERN_HELP = ("Sparsity pattern to prune to one-shot (lowest magnitude
                         "blocks 8x8, 4x16, 8x8@0.5 ('@s' = --sparsity); N:M 2:4, 1:4 (N kept of every M input "
                         "channels: packed in the sparse multiply's masked format, twice the MAC rate); hierarchies "
                         "8x8@0.5/2:4; TASD terms 2:4+1:4 (compiled squashed); SDQ int8-2:4+int4 (an int8 2:4 part "
-                        "plus an int4 part in one COMP). A checkpoint compiles with the pattern it was trained to.")
+                        "plus an int4 part in one COMP). A checkpoint compiles with the pattern it was trained to "
+                        "(TASD terms and SDQ parts included); --pattern, if given, must name that one.")
 
 
 BLOCK_PATTERN_HELP = ("Sparsity pattern; this verb takes block patterns: 8x8, 4x16, 8x8@0.5 ('@s' = --sparsity). "
