@@ -151,6 +151,14 @@ def test_the_cli_compiles_and_simulates_a_composite_checkpoint(sdq_ckpt, tmp_pat
     code, cap = run("compile", str(sdq_ckpt), "-a", "4x2", "--pattern", "2:4+1:4", "-o", "q.tsp")
     assert code not in (0, None)
     assert "field composite.pattern is int8-2:4+int4" in cap.err and "sparse.pt" in cap.err
+    # the cost model prices it as its pattern's terms: an int8 2:4 row and an int4 row per layer
+    code, cap = run("map", str(sdq_ckpt), "-a", "4x4", "--budget", "60", "--no-progress",
+                    "--json", "m.json")
+    assert code in (0, None), cap.err
+    import json
+
+    names = [r["layer"] for r in json.loads((tmp_path / "m.json").read_text())["layers"]]
+    assert names[0] == "features_0" and {"features_3/int8-2:4", "features_3/int4", "fc/int4"} <= set(names)
 
 
 def test_a_disagreeing_pattern_is_refused_naming_file_and_field(tasd_ckpt, sdq_ckpt):

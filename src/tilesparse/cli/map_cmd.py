@@ -93,7 +93,8 @@ def _check_target(layer: str | None, source: str | None, **model_flags) -> None:
 def _problems(source: str, sparsity: float | None, weights, input_shape, action: str, block: str | None = None,
               hw=None):
     """(problems, sparse specs or None) of a model source: a model trained to N:M or HSS priced in
-    its pattern's format with each layer's measured density, else from the graph's block masks."""
+    its pattern's format with each layer's measured density, one trained to TASD / SDQ as its
+    pattern's terms (one row per term), else from the graph's block masks."""
     from tilesparse.build import parse_input_shape
     from tilesparse.mapper.network import (
         graph_problems,
@@ -109,7 +110,9 @@ def _problems(source: str, sparsity: float | None, weights, input_shape, action:
             raise ConfigError("--sparsity", ["needs the tilesparse front end (IR graph with masks)"])
         return network_problems(source), None
     graph, problems = built.graph, graph_problems(built.graph)
-    if built.pattern != "block" and "+" not in built.pattern:  # trained (or pruned) to N:M / HSS
+    if "+" in built.pattern:  # a TASD / SDQ checkpoint: its terms, each of a fixed pattern
+        return _pattern_problems(problems, built.pattern, None, hw)
+    if built.pattern != "block":  # trained (or pruned) to N:M / HSS
         return problems, pattern_specs(graph, problems, built.pattern, hw=hw, action=action)
     masked = any(not graph.param(n, "mask").all() for n in _sparsifiable(graph))
     return problems, (mask_specs(graph, action=action) if masked else None)
