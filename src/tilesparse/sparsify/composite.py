@@ -70,6 +70,9 @@ def save_composite_checkpoint(path: str | Path, model: nn.Module, *, model_name:
                                       "values": torch.stack([t.weight for t in ts])} for n, ts in terms.items()}
     else:
         specs = {p.pattern.spec() for _, p in sdq_parametrizations(m).values()}
+        if len(specs) != 1:
+            raise ConfigError("save_composite_checkpoint", [f"layers carry different SDQ patterns {sorted(specs)}; "
+                                                            "a checkpoint carries one pattern"])
         parts = squash_sdq(m)
         spec = specs.pop()
         layers = {n: parts_record(d) for n, d in parts.items()}
