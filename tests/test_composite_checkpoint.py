@@ -194,3 +194,20 @@ def test_damaged_terms_and_parts_are_refused_naming_the_field(tasd_ckpt, sdq_ckp
     save_checkpoint(tmp_path / "b.pt", model, model_name="digits_cnn", composite=ck["composite"])
     with pytest.raises(ConfigError, match=r"trained parts of features.7 do not sum to the graph's weight"):
         build_graph_from(str(tmp_path / "b.pt"))
+
+
+def test_saving_refuses_a_model_without_one_composite_pattern(tmp_path):
+    plain = get_model("digits_cnn")
+    with pytest.raises(ConfigError, match="neither TASD terms nor SDQ parts"):
+        save_composite_checkpoint(tmp_path / "x.pt", plain, model_name="digits_cnn")
+    both = get_model("digits_cnn")
+    tasd_model(both, "2:4+1:4", exclude=("features.10",))
+    sdq_model(both, "int8-2:4+int4", layer_types=("linear",))
+    with pytest.raises(ConfigError, match="both TASD terms and SDQ parts"):
+        save_composite_checkpoint(tmp_path / "x.pt", both, model_name="digits_cnn")
+    mixed = get_model("digits_cnn")
+    tasd_model(mixed, "2:4+1:4", exclude=("features.10",))
+    tasd_model(mixed, "2:4", exclude=("features.3", "features.7"))
+    with pytest.raises(ConfigError, match="different term lists"):
+        save_composite_checkpoint(tmp_path / "x.pt", mixed, model_name="digits_cnn")
+    assert not (tmp_path / "x.pt").exists()
