@@ -211,3 +211,32 @@ def test_saving_refuses_a_model_without_one_composite_pattern(tmp_path):
     with pytest.raises(ConfigError, match="different term lists"):
         save_composite_checkpoint(tmp_path / "x.pt", mixed, model_name="digits_cnn")
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_sparsify_trains_a_composite_pattern_and_its_checkpoint_compiles(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from tilesparse.cli.main import main
+
+    def run(*args):
+        monkeypatch.setattr(sys, "argv", ["tilesparse", *args])
+        with pytest.raises(SystemExit) as e:
+            main()
+        return e.value.code, capsys.readouterr()
+
+    monkeypatch.chdir(tmp_path)
+    code, cap = run("sparsify", "digits_cnn", "--pattern", "2:4+1:4", "--epochs", "1", "--seed", "1", "-o", "t",
+                    "--json", "t.json")
+    assert code in (0, None), cap.err
+    import json
+
+    rep = json.loads((tmp_path / "t.json").read_text())
+    assert rep["pattern"] == "2:4+1:4" and rep["epochs"] == 1 and rep["final_accuracy"] is not None
+    assert read_checkpoint(tmp_path / "t" / "sparse.pt")["composite"]["pattern"] == "2:4+1:4"
+    built = build_graph_from(str(tmp_path / "t" / "sparse.pt"))
+    assert built.pattern == "2:4+1:4"
+    check_bit_exact(built.graph, compile_graph(built.graph, "4x2"), module=built.module)
+    code, cap = run("sparsify", "digits_cnn", "--pattern", "int8-2:4+int4", "--method", "incremental", "--sparsity",
+                    "0.5", "-o", "u")
+    assert code == 2 and "--method" in cap.err and "--sparsity" in cap.err, cap.err
+    assert not (tmp_path / "u").exists()
