@@ -168,7 +168,8 @@ def build_graph_from(source: str | ModelSource | Any, *, weights: str | Path | N
     comp = _composite_request(pattern, sparsity, block)
     pat = _pattern_request(pattern, sparsity, block) if comp is None else None
     src, lm = _load(source, weights, seed, input_shape, calibration)
-    sdq_cfg = None
+    comp, pat = _unless_carried(comp, pat, lm, src)
+    sdq_cfg = _carried_sdq(lm)
     if comp is not None:
         bs, sp, rule = (8, 8), 0.0, "l2-oneshot"
         sdq_cfg = _composite_prune(lm, src, comp)
@@ -195,7 +196,7 @@ def build_graph_from(source: str | ModelSource | Any, *, weights: str | Path | N
         calibration, record, given = _image_calibration(Path(calib), calib_images, calib_files, shape)
     if sdq_cfg is not None and not quantized:  # the parts exist only as integer codes
         quantized = True
-        lm.notices.append(f"--pattern {comp.spec()}: SDQ parts are integer codes; the model is quantized")
+        lm.notices.append(f"{sdq_cfg.spec()}: SDQ parts are integer codes; the model is quantized")
     if quantized:
         from tilesparse.frontend import random_calibration
         from tilesparse.quant import quantize
@@ -205,6 +206,32 @@ def build_graph_from(source: str | ModelSource | Any, *, weights: str | Path | N
     pattern_spec = (comp or pat).spec() if (comp or pat) is not None else (
         str(lm.pattern) if lm.masks is None and lm.pattern else "block")
     return Built(g, src, bs, sp, rule, seed, quantized, shape, list(lm.notices), given, record, lm.model, pattern_spec)
+
+
+def _unless_carried(comp: Any, pat: Any, lm: LoadedModel, src: ModelSource) -> tuple[Any, Any]:
+    """The pattern asked for, (None, None) for a source that carries trained weights: the same
+    pattern is compiled as carried, another one is refused naming the file and the field."""
+    asked = comp or pat
+    if asked is None or (lm.pattern is None and lm.masks is None):
+        return comp, pat
+    carried, asked = lm.pattern or "block", asked.spec()
+    if asked != carried:
+        fld = "composite.pattern" if lm.composite is not None else "sparsifier.recipe.pattern"
+        raise ConfigError("--pattern", [f"{src.spec}: field {fld} is {carried}, --pattern {asked} disagrees; the "
+                                        f"checkpoint compiles with the pattern it was trained to: drop --pattern"])
+    return None, None
+
+
+def _carried_sdq(lm: LoadedModel):
+    """The ``SDQConfig`` of an SDQ checkpoint: its layers with their trained parts; None otherwise."""
+    from tilesparse.patterns.composite import SDQPattern
+    from tilesparse.quant.sdq_graph import SDQConfig
+
+    c = lm.composite
+    if c is None or not isinstance(c.pattern, SDQPattern):
+        return None
+    p = c.pattern
+    return SDQConfig(p.sparse, p.sparse_bits, p.dense_bits, tuple(c.parts), given=dict(c.parts))
 
 
 def _composite_request(pattern: Any, sparsity: float | None, block: Any):

@@ -72,6 +72,7 @@ class LoadedModel:
     arch: str | None = None  # what a checkpoint of it records: zoo name, canonical file.py:factory, .pt2 or .onnx
     notices: list[str] = field(default_factory=list)  # e.g. a checkpoint's model file found next to it
     pattern: str | None = None  # the checkpoint recipe's pattern (masks/block: only for block patterns)
+    composite: Any = None  # a TASD / SDQ checkpoint's terms or parts (sparsify.composite.CompositeWeights)
 
 
 def require_file(path: Path, what: str) -> Path:
@@ -236,7 +237,14 @@ def _from_checkpoint(path: Path, zoo_name: str | None) -> LoadedModel:
                            "weights; layers whose kept blocks meet the sparse multiply's rule (at most 2 non-zero "
                            "of every 4 input channels) run in its masked format, the others compute their zeros")
         ck.sparsifier.squash_mask()
-    return LoadedModel(ck.model.eval(), path.stem, zoo, masks, block, sparsity, shape, arch, notices, pattern=pattern)
+    composite = None
+    if data.get("composite") is not None:
+        from tilesparse.sparsify.composite import read_composite
+
+        composite = read_composite(data["composite"], path, ck.model)
+        pattern = composite.pattern.spec()
+    return LoadedModel(ck.model.eval(), path.stem, zoo, masks, block, sparsity, shape, arch, notices, pattern=pattern,
+                       composite=composite)
 
 
 def _checkpoint_model_file(arch: str, extra: dict, ckpt: Path) -> tuple[str, str]:

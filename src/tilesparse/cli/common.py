@@ -125,7 +125,8 @@ def block_arg(spec: str | None, flag: str = "--block") -> tuple[int, int] | None
 PATTERN_HELP = ("Sparsity pattern: 8x8 (blocks OUTxIN), 2:4 (N kept of every M input channels; 2:4:out along "
                 "outputs), channel, filter, unstructured, a hierarchy of levels joined by '/' outermost first "
                 "(8x8@0.5/2:4: half the 8x8 blocks, 2:4 inside each; 75 % sparse), or a YAML file. '@s' fixes "
-                "a level's sparsity; a level without it takes --sparsity.")
+                "a level's sparsity; a level without it takes --sparsity. Composite: TASD terms 2:4+1:4 or SDQ "
+                "parts int8-2:4+int4, fine-tuned with their masks fixed (sparsify only).")
 
 
 def pattern_arg(spec: str | None, flag: str = "--pattern"):
@@ -146,7 +147,8 @@ COMPILE_PATTERN_HELP = ("Sparsity pattern to prune to one-shot (lowest magnitude
                         "blocks 8x8, 4x16, 8x8@0.5 ('@s' = --sparsity); N:M 2:4, 1:4 (N kept of every M input "
                         "channels: packed in the sparse multiply's masked format, twice the MAC rate); hierarchies "
                         "8x8@0.5/2:4; TASD terms 2:4+1:4 (compiled squashed); SDQ int8-2:4+int4 (an int8 2:4 part "
-                        "plus an int4 part in one COMP). A checkpoint compiles with the pattern it was trained to.")
+                        "plus an int4 part in one COMP). A checkpoint compiles with the pattern it was trained to "
+                        "(TASD terms and SDQ parts included); --pattern, if given, must name that one.")
 
 
 BLOCK_PATTERN_HELP = ("Sparsity pattern; this verb takes block patterns: 8x8, 4x16, 8x8@0.5 ('@s' = --sparsity). "

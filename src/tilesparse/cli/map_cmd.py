@@ -90,23 +90,32 @@ def _check_target(layer: str | None, source: str | None, **model_flags) -> None:
         raise ConfigError(flag, ["applies to a model SOURCE; for --layer give --density (and --format)"])
 
 
-def _problems(source: str, sparsity: float | None, weights, input_shape, action: str, block: str | None = None):
-    """(problems, sparse specs from the graph's masks or None) of a model source."""
+def _problems(source: str, sparsity: float | None, weights, input_shape, action: str, block: str | None = None,
+              hw=None):
+    """(problems, sparse specs or None) of a model source: a model trained to N:M or HSS priced in
+    its pattern's format with each layer's measured density, one trained to TASD / SDQ as its
+    pattern's terms (one row per term), else from the graph's block masks."""
     from tilesparse.build import parse_input_shape
     from tilesparse.mapper.network import (
         graph_problems,
         mask_specs,
-        network_graph,
+        network_build,
         network_problems,
+        pattern_specs,
     )
 
-    graph = network_graph(source, parse_input_shape(input_shape), sparsity=sparsity, weights=weights, block=block)
-    if graph is None:
+    built = network_build(source, parse_input_shape(input_shape), sparsity=sparsity, weights=weights, block=block)
+    if built is None:
         if sparsity is not None:
             raise ConfigError("--sparsity", ["needs the tilesparse front end (IR graph with masks)"])
         return network_problems(source), None
+    graph, problems = built.graph, graph_problems(built.graph)
+    if "+" in built.pattern:  # a TASD / SDQ checkpoint: its terms, each of a fixed pattern
+        return _pattern_problems(problems, built.pattern, None, hw)
+    if built.pattern != "block":  # trained (or pruned) to N:M / HSS
+        return problems, pattern_specs(graph, problems, built.pattern, hw=hw, action=action)
     masked = any(not graph.param(n, "mask").all() for n in _sparsifiable(graph))
-    return graph_problems(graph), (mask_specs(graph, action=action) if masked else None)
+    return problems, (mask_specs(graph, action=action) if masked else None)
 
 
 PATTERN_HELP = ("Sparsity pattern the cost model prices: 8x8[@s] (blocks: block bitmap, kept blocks computed), "
@@ -203,7 +212,8 @@ def register(app: typer.Typer) -> None:
         Examples:
 
         * `tilesparse map resnet50 -a 4x4 --sparsity 0.5 --mapper genetic --budget 10000`
-        * `tilesparse map runs/d/sparse.pt -a 2x2` (each layer with its trained mask)
+        * `tilesparse map runs/d/sparse.pt -a 2x2` (each layer with its trained mask; N:M / HSS in their
+          format, at each layer's measured density)
         * `tilesparse map --layer conv:k=64,c=64,p=56,q=56,r=3,s=3 --density 0.5 --format bitmask --explain`
         * `tilesparse map --layer conv:k=64,c=64,p=56,q=56,r=3,s=3 --pattern 2:4` (masked format, sparse multiply)
         * `tilesparse map resnet18 -a 4x4 --pattern 8x8@0.5/2:4` (HSS, every layer from its densities)
@@ -228,7 +238,8 @@ def register(app: typer.Typer) -> None:
         if layer:
             problems = [parse_layer(layer)]
         else:
-            problems, specs = _problems(source, sparsity, weights, input_shape, action, block)
+            problems, specs = _problems(source, sparsity, weights, input_shape, action, block,
+                                        _pattern_hw(array or arch or "aie2"))
         if by_terms:
             hw = _pattern_hw(array or arch or "aie2")
             problems, specs = _pattern_problems(problems, pattern, pattern_sparsity, hw)

@@ -328,6 +328,7 @@ def sparsify(
     * `tilesparse sparsify resnet50 --sparsity 0.5 --pattern 8x8 -o runs/r50` (masks only: no data given)
     * `tilesparse sparsify digits_cnn --pattern 2:4 --method incremental --epochs 6` (2:4 on the reduction axis)
     * `tilesparse sparsify digits_cnn --pattern 8x8@0.5/2:4 --epochs 5` (HSS: 75 % sparse)
+    * `tilesparse sparsify digits_cnn --pattern 2:4+1:4 --epochs 2` (TASD terms; int8-2:4+int4: SDQ parts)
     * `tilesparse sparsify shapes_cnn --dense-epochs 16 --pattern 2:4 --epochs 4` (the harder built-in shapes)
     * `tilesparse sparsify my_net.py:make --data data.pt --recipe src/tilesparse/recipes/penalty_lse.yaml`
     * `tilesparse sparsify resnet18 --data ~/imagenet --pattern 8x8 --epochs 10` (train/ and val/ image folders)
@@ -335,6 +336,19 @@ def sparsify(
     """
     import os
 
+    from tilesparse.patterns.composite import parse_composite
+
+    comp = parse_composite(pattern) if pattern is not None else None
+    if comp is not None:  # TASD terms / SDQ parts: their own path (cli.sparsify_composite)
+        from tilesparse.cli.sparsify_composite import check_composite_flags
+
+        check_composite_flags(comp.spec(), {"recipe": recipe, "method": method, "sparsity": sparsity, "block": block,
+                                            "selection": selection, "score": score, "resume": resume,
+                                            "override": override, "amp": amp, "accumulate": accumulate,
+                                            "nproc": nproc})
+        _composite_run(comp, model, weights, (data, image_size, workers), device, out, json_out,
+                       {"epochs": epochs, "lr": lr, "seed": seed}, (dense_epochs, dense_lr))
+        return
     if nproc is not None and nproc > 1 and "LOCAL_RANK" not in os.environ:
         _launch(nproc)
         return
@@ -363,6 +377,38 @@ def sparsify(
     finally:
         if dist is not None:
             dist.close()
+
+
+def _composite_run(comp, model: str, weights, data_opts: tuple[str, int, int | None], device: str, out: Path | None,
+                   json_out: Path | None, train_opts: dict[str, Any], dense: tuple[int, float]) -> None:
+    """`sparsify --pattern 2:4+1:4 | int8-2:4+int4`: decompose, fine-tune, write OUT/sparse.pt."""
+    from tilesparse.cli.sparsify_composite import sparsify_composite
+    from tilesparse.patterns.composite import TASDPattern
+    from tilesparse.sparsify.recipe import Recipe, TrainingConfig
+    from tilesparse.utils.config import validate_model
+
+    cfg = validate_model(TrainingConfig, {k: v for k, v in train_opts.items() if v is not None}, "command line")
+    if out is not None:
+        check_outputs({"--json": json_out}, ("--out", out, OUT_FILES))
+    net, name, model_file = _model(model, weights)
+    if out is None:
+        out = DEFAULT_OUT / f"{_stem(name)}-{'tasd' if isinstance(comp, TASDPattern) else 'sdq'}"
+        check_outputs({"--json": json_out}, ("--out", out, OUT_FILES))
+    data, image_size, workers = data_opts
+    data = _data_kind(data, name)
+    train, test = _loaders(data, cfg.batch_size, cfg.seed, image_size, workers, net)
+    dev, con = _device(device), console(json_out)
+    if dense[0]:
+        _train_dense(net, train, test, Recipe(training=cfg), dense[0], dense[1], dev, con)
+    res = sparsify_composite(comp, net, name, model_file, (train, test), cfg, out, dev)
+    con.print(f"{res['pattern']}: {len(res['layers'])} layers ({', '.join(res['layers'])}), "
+              f"{res['epochs']} epochs of fine-tuning", highlight=False, soft_wrap=True)
+    for layer, why in res["skipped"].items():
+        con.print(f"stays dense: {layer}: {why}", highlight=False, soft_wrap=True)
+    if res["final_accuracy"] is not None:
+        con.print(f"accuracy after:  {res['final_accuracy']:.2f} %")
+    con.print(f"wrote {res['checkpoint']} (tilesparse compile {res['checkpoint']})", soft_wrap=True)
+    write_json(json_out, res)
 
 
 def _train_and_write(net, name, model_file, rec, data_opts: tuple[str, int, int | None], dev, dist, out: Path,

@@ -16,6 +16,7 @@ from tilesparse.compiler.layers import LayerSpec
 from tilesparse.compiler.partition import LayerPartition, oc_chunks
 from tilesparse.compiler.steps import WeightIndex
 from tilesparse.hw import ArrayConfig
+from tilesparse.program.zero_compress import hw_format, min_ratio
 from tilesparse.timing import parts_lower_rate
 
 __all__ = ["GridFloor", "input_pass_s"]
@@ -50,7 +51,8 @@ class GridFloor:
                     seen.add((c.col, c.region, c.oc_group))
                     ci0, ci1 = spec.ci_range(c.oc0, c.oc1)
                     in_col[c.col] += spec.window_positions(c.h1 - c.h0, c.w1 - c.w0) * (ci1 - ci0) * spec.n_in
-            self.s = max(float(in_col.max()), float(out_col.max())) / mt_bw
+            r_in, r_out = _fm_ratios(spec, hw)
+            self.s = max(float(in_col.max()) * r_in, float(out_col.max()) * r_out) / mt_bw
             if spec.kind == "lut":  # and the busiest core looks up each of its outputs (rule 2)
                 busiest = max(c.n_out for c in live)
                 self.s = max(self.s, busiest / (hw.core.lut_lookups_per_cycle * hw.clock_hz))
@@ -67,7 +69,7 @@ class GridFloor:
         for c, b in zip(live, nbytes, strict=True):
             row_bytes.setdefault(c.row, {})[c.oc_group] = int(b)
         self.stall = max(sum(d.values()) for d in row_bytes.values()) / mt_bw
-        self.fm = input_pass_s(spec, hw, cores)
+        self.fm = input_pass_s(spec, hw, cores) * _fm_ratios(spec, hw)[0]
         distinct = {c.oc_group: (c.oc0, c.oc1, int(b)) for c, b in zip(live, nbytes, strict=True)}
         g = np.array(list(distinct.values()))
         self.g_oc0, self.g_oc1 = g[:, 0], g[:, 1]
@@ -104,6 +106,16 @@ class GridFloor:
         return max(first / self.piece0_bw + comp + reloads * self.stall,
                    first / self.col_bw + comp + (reloads - 1) * self.stall,
                    max(fm, first / self.piece0_bw + fm - lead), self.s)
+
+
+def _fm_ratios(spec: LayerSpec, hw: ArrayConfig) -> tuple[float, float]:
+    """Lower bounds on charged / raw bytes of the layer's LOADFM and WRITEFM: 1 without activation
+    compression, else ``zero_compress.min_ratio`` at its zero fractions (the floor stays a floor)."""
+    if spec.act_zero_fracs is None:
+        return 1.0, 1.0
+    fmt = hw_format(hw)
+    z_in, z_out = spec.act_zero_fracs
+    return min_ratio(z_in, *fmt), min_ratio(z_out, *fmt)
 
 
 def input_pass_s(spec: LayerSpec, hw: ArrayConfig, cores) -> float:

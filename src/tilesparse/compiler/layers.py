@@ -88,6 +88,9 @@ class LayerSpec(WindowRules):
     # "masked" (the same blocks in the sparse multiply's masked chunks, at its rate), chosen by
     # ``compiler.formats.choose_weight_formats`` (program.sparse_format).
     weight_format: str = "block"
+    # (input, output) activation zero fractions the planner prices LOADFM / WRITEFM with
+    # (``zero_compress.charged_sizes``) when activation compression is on; None: it is off
+    act_zero_fracs: tuple[float, float] | None = None
 
     @property
     def has_weights(self) -> bool:

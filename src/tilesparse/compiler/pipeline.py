@@ -50,6 +50,7 @@ from tilesparse.program import (
 )
 from tilesparse.program.packing import LUT_TABLE_BYTES
 from tilesparse.program.sparse_format import PARTS
+from tilesparse.program.zero_compress import compression_on
 from tilesparse.program.zero_compress import decide as decide_compression
 from tilesparse.quant.rounding import INT8_MAX, INT8_MIN
 from tilesparse.quant.sdq_graph import sdq_layers
@@ -258,6 +259,10 @@ def compile_graph(graph: Graph, hw: ArrayConfig | str, *, chooser: Chooser | Non
     job.specs, job.ins, rename = lower_layers(job.graph)  # 2. layers and the buffers they use
     job.specs, formats = choose_weight_formats(job.graph, job.specs, job.hw, job.cache)  # block or masked
     buffers = _buffers(job.graph, job.specs, job.ins, rename)
+    if compression_on(job.hw, act_compression):  # the planner prices transfers as they will travel
+        job.specs = [dataclasses.replace(sp, act_zero_fracs=_zero_fracs(job.graph, sp, [b for b, _, _ in
+                                                                                         job.ins[sp.name]["inputs"]]))
+                     for sp in job.specs]
     plans = _plan_layers(job, {b.name for b in buffers if b.forced_ddr})  # 3. partition, PLAN_PASSES
     alloc = _allocate(job, plans, buffers)  # 4. memory
     plans = _replan(job, plans, alloc)  # 5. the time model with the final activation homes

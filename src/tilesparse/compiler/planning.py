@@ -37,9 +37,11 @@ from tilesparse.compiler.partition import (
 from tilesparse.compiler.steps import StepTable, WeightIndex, layer_steps
 from tilesparse.errors import CapacityError, ConfigError
 from tilesparse.hw import ArrayConfig
+from tilesparse.program.records import COMPRESSIBLE_OPS
+from tilesparse.program.zero_compress import charged_sizes, hw_format
 from tilesparse.timing import WEIGHT_SLOTS, engine_bound_s, layer_time_arrays
 
-__all__ = ["MAX_STAGING_FRACTION", "LayerPlan", "chunk_blocks", "plan_layer", "plan_with", "replan"]
+__all__ = ["MAX_STAGING_FRACTION", "LayerPlan", "charged_pipe", "chunk_blocks", "plan_layer", "plan_with", "replan"]
 
 MAX_STAGING_FRACTION = 0.5  # weight slots + tile staging may use at most half of a MemTile
 PING_PONG = 2  # activation staging buffers per direction
@@ -217,13 +219,25 @@ def _evaluate(spec, hw, part, in_ddr, out_ddr, widx, cache: CompileCache, cutoff
     cannot beat ``cutoff_s`` (its engines' busy time already reaches it)."""
     tab = layer_steps(spec, hw, part, in_ddr, out_ddr, widx, cache)
     pipe = tab.pipe()
-    staging = _staging(tab, pipe)
+    staging = _staging(tab, pipe)  # MemTile holds the activations uncompressed
     if staging > hw.memtile.bytes * MAX_STAGING_FRACTION:
         return None
+    pipe = charged_pipe(spec, hw, pipe)
     if cutoff_s < math.inf and engine_bound_s(tab.loadw, tab.loadwm, pipe, hw) >= cutoff_s:
         return None
     total = layer_time_arrays(tab.loadw, tab.loadwm, pipe, hw, tab.iters, tab.writes)
     return LayerPlan(spec, part, tab, total, widx, staging, in_ddr, out_ddr)
+
+
+def charged_pipe(spec: LayerSpec, hw: ArrayConfig, pipe: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``pipe`` with LOADFM / WRITEFM as the time model will charge them when activation compression
+    is on (``spec.act_zero_fracs``): compressed at the layer's zero fraction where that saves bytes
+    (``zero_compress.charged_sizes``, the rule ``decide`` applies to the program)."""
+    if spec.act_zero_fracs is None:
+        return pipe
+    fmt = hw_format(hw)
+    z = dict(zip(COMPRESSIBLE_OPS, spec.act_zero_fracs, strict=True))
+    return {op: charged_sizes(v, z[op], *fmt) if op in z else v for op, v in pipe.items()}
 
 
 def _subvolumes(spec, hw, live: _Live, widx, cache: CompileCache) -> list[SubVolume]:
@@ -317,7 +331,7 @@ def _plan_key(spec: LayerSpec, hw: ArrayConfig, in_ddr: tuple[bool, ...], out_dd
     homes — and nothing it does not (names, buffer offsets): repeated blocks plan once."""
     mask = (None if spec.mask is None
             else (spec.mask.shape, spec.mask.dtype.str, np.ascontiguousarray(spec.mask).tobytes()))
-    return _geometry(spec), mask, hw.model_dump_json(), tuple(in_ddr), bool(out_ddr)
+    return _geometry(spec), mask, hw.model_dump_json(), tuple(in_ddr), bool(out_ddr), spec.act_zero_fracs
 
 
 def _search(spec, hw, in_ddr, out_ddr, forced, widx, cache: CompileCache) -> LayerPlan:
@@ -411,7 +425,8 @@ def replan(plan: LayerPlan, hw: ArrayConfig, in_ddr: tuple[bool, ...], out_ddr: 
            cache: CompileCache | None = None) -> LayerPlan:
     """The same partition with different activation homes (after MemTile allocation spilled some)."""
     tab = layer_steps(plan.spec, hw, plan.part, in_ddr, out_ddr, plan.widx, cache)
-    total = layer_time_arrays(tab.loadw, tab.loadwm, tab.pipe(), hw, tab.iters, tab.writes)
+    total = layer_time_arrays(tab.loadw, tab.loadwm, charged_pipe(plan.spec, hw, tab.pipe()), hw, tab.iters,
+                              tab.writes)
     return LayerPlan(plan.spec, plan.part, tab, total, plan.widx, plan.staging_bytes, in_ddr, out_ddr)
 
 

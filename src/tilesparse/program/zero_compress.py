@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MODES", "compressed_size", "decide", "decode", "encode", "expected_size", "expected_sizes", "saves",
-           "stream_values", "zero_frac_of"]
+__all__ = ["MODES", "charged_sizes", "compressed_size", "compression_on", "decide", "decode", "encode",
+           "expected_size", "expected_sizes", "hw_format", "min_ratio", "saves", "stream_values", "zero_frac_of"]
 
 MODES = ("auto", "off")  # --act-compression
 
@@ -134,9 +134,10 @@ def expected_sizes(values: np.ndarray, zero_frac: float, chunk_bytes: int = 32, 
         raise ValueError(f"zero fraction {zero_frac} outside [0, 1]")
     n = np.maximum(np.rint(np.asarray(values, np.float64)), 0).astype(np.int64)
     full, last = np.divmod(n, chunk_bytes)
-    per_last = {int(v): mask_bytes + _chunk_data(int(v), zero_frac, word_bytes) for v in np.unique(last) if v}
+    lengths, which = np.unique(last, return_inverse=True)
+    per_last = np.array([mask_bytes + _chunk_data(int(v), zero_frac, word_bytes) if v else 0.0 for v in lengths])
     size = full * (mask_bytes + _chunk_data(chunk_bytes, zero_frac, word_bytes))
-    return size + np.array([per_last.get(int(v), 0.0) for v in last.reshape(-1)]).reshape(last.shape)
+    return size + per_last[which.reshape(-1)].reshape(last.shape)
 
 
 def saves(n: float, zero_frac: float, chunk_bytes: int = 32, mask_bytes: int = 4, word_bytes: int = 4) -> bool:
@@ -145,8 +146,45 @@ def saves(n: float, zero_frac: float, chunk_bytes: int = 32, mask_bytes: int = 4
 
 
 def _fmt(program: Any) -> tuple[int, int, int]:
-    c = program.hw.dma_compression
+    return hw_format(program.hw)
+
+
+def hw_format(hw: Any) -> tuple[int, int, int]:
+    """(chunk, mask, word) bytes of an array's ``dma_compression`` format."""
+    c = hw.dma_compression
     return c.chunk_bytes, c.mask_bytes, c.word_bytes
+
+
+def compression_on(hw: Any, mode: str = "auto") -> bool:
+    """Whether ``decide`` may compress transfers on this array: ``mode`` "auto", the format
+    enabled, and a rule profile that allows it (the paper's used none, ``hw.profiles``)."""
+    if mode not in MODES:
+        raise ValueError(f"act-compression {mode!r}: expected one of {', '.join(MODES)}")
+    from tilesparse.hw import get_profile
+
+    return mode == "auto" and hw.dma_compression.enabled and get_profile(hw.rules).allows("dma_compression")
+
+
+def charged_sizes(values: np.ndarray, zero_frac: float, chunk_bytes: int = 32, mask_bytes: int = 4,
+                  word_bytes: int = 4) -> np.ndarray:
+    """The bytes a layer's transfer is charged per iteration (``values``, raw) once compression is
+    decided as ``decide`` decides it: compressed (``expected_sizes``) if that sends fewer bytes over
+    all iterations, else raw. The compiler's planner prices partitions with it."""
+    v = np.asarray(values, np.float64)
+    comp = expected_sizes(v, zero_frac, chunk_bytes, mask_bytes, word_bytes)
+    return comp.reshape(v.shape) if v.sum() > 0 and float(comp.sum()) < float(v.sum()) else v
+
+
+def min_ratio(zero_frac: float, chunk_bytes: int = 32, mask_bytes: int = 4, word_bytes: int = 4) -> float:
+    """A lower bound on charged / raw bytes of any transfer at this zero fraction (for the
+    planner's floors): a full chunk's expected ratio — a shorter last chunk carries the same mask
+    over fewer bytes, so its ratio is no lower (checked for every length in the tests) — and at
+    most 1 (a transfer compression does not shorten stays raw).
+
+    >>> min_ratio(0.0), min_ratio(1.0)
+    (1.0, 0.125)
+    """
+    return min(1.0, (mask_bytes + _chunk_data(chunk_bytes, zero_frac, word_bytes)) / chunk_bytes)
 
 
 def zero_frac_of(rec: Any, op: str) -> float:
@@ -176,13 +214,7 @@ def decide(program: Any, mode: str = "auto") -> Any:
 
     from tilesparse.program.records import COMPRESSIBLE_OPS
 
-    if mode not in MODES:
-        raise ValueError(f"act-compression {mode!r}: expected one of {', '.join(MODES)}")
-    from tilesparse.hw import get_profile
-
-    # the paper's rules profile used no compression (hw.profiles.ALL_EXTRA_MECHANISMS)
-    on = (mode == "auto" and program.hw.dma_compression.enabled
-          and get_profile(program.hw.rules).allows("dma_compression"))
+    on = compression_on(program.hw, mode)  # the paper's rules profile used none (hw.profiles)
     values: dict[tuple[int, str], list[np.ndarray]] = {}
     if on:
         for ins in program.instrs:

@@ -46,7 +46,7 @@ from tilesparse.passes.reuse import drop_shifted_slices
 from tilesparse.quant import rounding as R
 from tilesparse.quant.lut import lut_table
 from tilesparse.quant.sdq import sdq as sdq_split
-from tilesparse.quant.sdq_graph import SDQConfig, sdq_attr, select_sdq_layers
+from tilesparse.quant.sdq_graph import SDQConfig, given_parts, sdq_attr, select_sdq_layers
 
 __all__ = ["QuantizationError", "calibrate", "plan_exponents", "quantize", "requant_shifts", "zero_fractions"]
 
@@ -205,7 +205,8 @@ def _quantize_sdq_conv(
 ) -> dict[str, Any]:
     """SDQ parts in place of the int8 weight (layout in :mod:`tilesparse.quant.sdq_graph`)."""
     try:
-        d = sdq_split(g.param(n.name, "weight"), cfg.pattern, cfg.sparse_bits, cfg.dense_bits, n.attrs["groups"])
+        w = g.param(n.name, "weight")
+        d = given_parts(cfg, n, w) or sdq_split(w, cfg.pattern, cfg.sparse_bits, cfg.dense_bits, n.attrs["groups"])
     except ConfigError as e:
         raise ConfigError(f"sdq layer {n.name!r}", e.errors) from None
     # an all-zero part may take any exponent: the other part's, so both align by left shifts

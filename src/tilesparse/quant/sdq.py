@@ -58,8 +58,10 @@ def _range(bits: int, what: str) -> tuple[int, int]:
 
 
 def sdq(weight: torch.Tensor | np.ndarray, sparse: Pattern, sparse_bits: int = 8, dense_bits: int = 4,
-        groups: int = 1) -> SDQ:
+        groups: int = 1, mask: np.ndarray | torch.Tensor | None = None) -> SDQ:
     """Split ``weight`` into a ``sparse``-patterned ``sparse_bits`` part and a dense ``dense_bits`` part.
+    ``mask``: the sparse part's keep mask, fixed in advance (a trained one, checked against the
+    pattern); None: the pattern's by magnitude (``prune_mask``).
 
     >>> import torch
     >>> from tilesparse.patterns import NM
@@ -77,7 +79,10 @@ def sdq(weight: torch.Tensor | np.ndarray, sparse: Pattern, sparse_bits: int = 8
         raise ConfigError("sdq", [f"sparse pattern {sparse.spec()} does not fit weight {tuple(w.shape)}: {why}"])
     s_lo, s_hi = _range(sparse_bits, "sparse_bits")
     d_lo, d_hi = _range(dense_bits, "dense_bits")
-    mask = prune_mask(sparse, w, groups).expand(w.shape).numpy()
+    if mask is None:
+        mask = prune_mask(sparse, w, groups).expand(w.shape).numpy()
+    else:
+        mask = _given_mask(mask, sparse, w, groups)
     wn = w.numpy()
     outliers = np.where(mask, wn, 0.0)
     s_exp = pow2_exponent(float(np.abs(outliers).max(initial=0.0)), s_hi)
@@ -87,6 +92,16 @@ def sdq(weight: torch.Tensor | np.ndarray, sparse: Pattern, sparse_bits: int = 8
     q_d = quantize_real(rest, d_exp, d_lo, d_hi)
     return SDQ(sparse, q_s.astype(np.int64), s_exp, q_d.astype(np.int64), d_exp, sparse_bits, dense_bits,
                mask.astype(bool))
+
+
+def _given_mask(mask: np.ndarray | torch.Tensor, sparse: Pattern, w: torch.Tensor, groups: int) -> np.ndarray:
+    m = torch.as_tensor(mask).bool()
+    if tuple(m.shape) != tuple(w.shape):
+        raise ConfigError("sdq", [f"mask {tuple(m.shape)} does not match weight {tuple(w.shape)}"])
+    broken = sparse.check(m, tuple(w.shape), groups)
+    if broken:
+        raise ConfigError("sdq", [f"mask breaks pattern {sparse.spec()}: {broken[0]}"])
+    return m.numpy()
 
 
 def _combine(acc_s: np.ndarray, acc_d: np.ndarray, d: SDQ, x_exp: int) -> tuple[np.ndarray, int]:

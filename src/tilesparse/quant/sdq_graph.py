@@ -21,16 +21,20 @@ SDQ fails instead of computing a wrong layer; the compiler packs both parts in t
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
+
+import numpy as np
 
 from tilesparse.errors import ConfigError
 from tilesparse.ir.graph import Graph, Node, Op
 from tilesparse.patterns import Pattern, as_pattern
+from tilesparse.quant.sdq import SDQ
 
-__all__ = ["SDQConfig", "select_sdq_layers", "sdq_layers", "sdq_attr"]
+__all__ = ["SDQConfig", "given_parts", "select_sdq_layers", "sdq_layers", "sdq_attr"]
 
 _MAX_BITS = 8  # both parts are stored as int8 and the reference's exactness bound assumes it
 
@@ -39,12 +43,15 @@ _MAX_BITS = 8  # both parts are stored as int8 and the reference's exactness bou
 class SDQConfig:
     """Which layers take SDQ and how: ``sparse`` pattern (a Pattern or its text, e.g. ``"1:8"``),
     the bits of each part, and ``layers``: node names or module paths, fnmatch globs allowed
-    (``"*"``: every conv and linear layer the pattern fits; a name without a glob must fit)."""
+    (``"*"``: every conv and linear layer the pattern fits; a name without a glob must fit).
+    ``given``: trained parts by module path or node name (a checkpoint's, ``sparsify.composite``),
+    used as they are instead of splitting the layer's weight; they must sum to that weight."""
 
     sparse: Pattern | str
     sparse_bits: int = 8
     dense_bits: int = 4
     layers: tuple[str, ...] = ("*",)
+    given: Mapping[str, SDQ] | None = dataclasses.field(default=None, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         errs = []
@@ -70,6 +77,10 @@ class SDQConfig:
     def pattern(self) -> Pattern:
         assert isinstance(self.sparse, Pattern)  # normalised in __post_init__
         return self.sparse
+
+    def spec(self) -> str:
+        """The composite pattern's text, e.g. ``int8-2:4+int4``."""
+        return f"int{self.sparse_bits}-{self.pattern.spec()}+int{self.dense_bits}"
 
 
 def _matches(n: Node, glob: str) -> bool:
@@ -124,3 +135,31 @@ def sdq_attr(cfg: SDQConfig, sparse_exp: int, dense_exp: int) -> dict[str, Any]:
     """The node's ``sdq`` attr: the settings and the two parts' exponents."""
     return {"pattern": cfg.pattern.spec(), "sparse_bits": cfg.sparse_bits, "dense_bits": cfg.dense_bits,
             "sparse_exp": int(sparse_exp), "dense_exp": int(dense_exp)}
+
+
+# A checkpoint's parts are of the weight the graph quantizes (BatchNorm folded, sparsify.sdq_train);
+# folding in float again differs from them by float rounding only, far below a part's step
+_GIVEN_RTOL = 1e-5
+
+
+def given_parts(cfg: SDQConfig, n: Node, w: np.ndarray) -> SDQ | None:
+    """The trained parts ``cfg`` gives for conv node ``n`` (by module path, else node name), shaped
+    as its graph weight ``w``; None if it gives none. ``ConfigError`` naming the layer if their
+    dequantized sum is not ``w``."""
+    if not cfg.given:
+        return None
+    key = n.source if n.source in cfg.given else n.name
+    d = cfg.given.get(key)
+    if d is None:
+        return None
+    if d.sparse.size != w.size:
+        raise ConfigError(f"sdq layer {n.name!r}", [f"trained parts of {key} hold {d.sparse.shape}, the graph's "
+                                                    f"weight is {w.shape}"])
+    d = replace(d, sparse=d.sparse.reshape(w.shape), dense=d.dense.reshape(w.shape), mask=d.mask.reshape(w.shape))
+    deq = d.dequantized()
+    diff = float(np.abs(np.asarray(w, np.float64) - deq).max(initial=0.0))
+    if diff > _GIVEN_RTOL * float(np.abs(deq).max(initial=0.0)):
+        raise ConfigError(f"sdq layer {n.name!r}", [f"the trained parts of {key} do not sum to the graph's weight "
+                                                    f"(max difference {diff:.3g}): the weight or the BatchNorm "
+                                                    "folded into it is not the one the parts were trained with"])
+    return d

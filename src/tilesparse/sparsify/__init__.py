@@ -21,6 +21,7 @@ from tilesparse.sparsify.checkpoint import (
     save_checkpoint,
     upgrade_checkpoint,
 )
+from tilesparse.sparsify.composite import CompositeWeights, save_composite_checkpoint
 from tilesparse.sparsify.importance import gradient_stats, hessian_traces
 from tilesparse.sparsify.importing import ImportedMasks, import_masks
 from tilesparse.sparsify.methods import (
@@ -36,6 +37,7 @@ from tilesparse.sparsify.methods import (
 from tilesparse.sparsify.recipe import IncrementalConfig, PenaltyConfig, Recipe, TrainingConfig
 from tilesparse.sparsify.report import LayerReport, SparsityReport, build_report
 from tilesparse.sparsify.run import SparsifyResult, sparsify_model
+from tilesparse.sparsify.sdq_train import export_sdq, finetune_sdq, sdq_model, squash_sdq
 from tilesparse.sparsify.sparsifier import BlockSparsifier, SparseLayer, Sparsifier, SparsityShortfall, find_layers
 from tilesparse.sparsify.tasd import TASDReport, export_terms, finetune_terms, squash_terms, tasd_model
 from tilesparse.sparsify.trainer import EpochRecord, FitResult, Trainer, evaluate
@@ -51,4 +53,5 @@ __all__ = [
     "sparsify_model", "SparsifyResult", "recalibrate_batchnorm",
     "import_masks", "ImportedMasks",
     "tasd_model", "finetune_terms", "export_terms", "squash_terms", "TASDReport",
+    "sdq_model", "finetune_sdq", "export_sdq", "squash_sdq", "save_composite_checkpoint", "CompositeWeights",
 ]

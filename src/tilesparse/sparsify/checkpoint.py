@@ -5,6 +5,7 @@ File layout (a dict saved with ``torch.save``, written atomically)::
     format: "tilesparse-checkpoint", version: 2, model_name: str | None,
     model_state: plain state dict (keys as in the un-sparsified model; masked weights are zero),
     sparsifier: {"recipe", "masks", "gates"} | None, extra: {...},  # e.g. optimizer, epoch
+    composite: {"pattern", "layers"}  # only in a TASD / SDQ checkpoint (sparsify.composite)
     checksum: {"algorithm": "crc32", "tensors": {path: crc}, "fields": crc}   # see checksum.py
 
 Because ``model_state`` uses plain keys, a hard-masked checkpoint also loads into a vanilla model with
@@ -91,14 +92,18 @@ def load_plain_state(model: nn.Module, state: dict[str, torch.Tensor], source: s
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, sparsifier: Sparsifier | None = None, *,
-                    model_name: str | None = None, extra: dict[str, Any] | None = None) -> Path:
-    """Write weights + masks + recipe atomically (an interrupted save leaves the old file intact)."""
+                    model_name: str | None = None, extra: dict[str, Any] | None = None,
+                    composite: dict[str, Any] | None = None) -> Path:
+    """Write weights + masks + recipe atomically (an interrupted save leaves the old file intact).
+    ``composite``: the TASD terms / SDQ parts entry (``sparsify.composite.save_composite_checkpoint``)."""
     payload = {
         "format": FORMAT, "version": VERSION, "model_name": model_name,
         "model_state": plain_state_dict(model),
         "sparsifier": sparsifier.state_dict() if sparsifier is not None and sparsifier.model is not None else None,
         "extra": extra or {},
     }
+    if composite is not None:
+        payload["composite"] = composite
     payload["checksum"] = checksum(payload)
     return atomic_torch_save(payload, path)
 
