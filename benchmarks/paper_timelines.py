@@ -200,14 +200,15 @@ def explain(r: LayerRow) -> str:
         parts.append(f"our add has no layer of its own: it runs in {r.fused_in}'s COMP (the span is that "
                      "conv's, the conv included)")
     d_comp, d_rest = r.paper_comp_s - r.comp_s, (r.paper_span_s - r.paper_comp_s) - (r.span_s - r.comp_s)
-    parts.append(f"of the paper's {(r.paper_span_s - r.span_s) * 1e6:+.1f} µs, COMP {d_comp * 1e6:+.1f} µs and "
+    parts.append(f"of the paper's {(r.paper_span_s - r.span_s) * 1e6:+.1f} µs more, COMP {d_comp * 1e6:+.1f} µs and "
                  f"the rest {d_rest * 1e6:+.1f} µs (outside COMP: ours {(r.span_s - r.comp_s) * 1e6:.1f}, the "
                  f"paper's {(r.paper_span_s - r.paper_comp_s) * 1e6:.1f})")
     if r.peak_s > 0 and r.paper_peak_s > 0:
         parts.append(f"COMP {r.comp_s / r.peak_s:.2f}x its peak ({r.peak_s * 1e6:.1f} µs), the paper's "
                      f"{r.paper_comp_s / r.paper_peak_s:.1f}x")
     parts.append(r.bound)
-    return "; ".join(parts) + "."
+    text = "; ".join(parts) + "."
+    return text[0].upper() + text[1:]
 
 
 def _us(s: float) -> str:
@@ -220,7 +221,7 @@ def markdown(runs: list[dict[str, Any]], cmd: str, wall_s: float) -> str:
            f"Command: `{cmd}` ({wall_s:.0f} s, compiles included)  ",
            "Paper figures: wbs-paper.md, \"Where the paper's estimates lose time — per layer\" (the paper's "
            "published timeline files). Ours: the time model's per-layer span and per-instruction busy time "
-           "(the clocked replay gives the same spans: last column of the totals line).", ""]
+           "(the clocked replay's total is beside it on each Total line; docs/replay.md).", ""]
     rows_all: list[LayerRow] = []
     for run in runs:
         rows: list[LayerRow] = run["rows"]
@@ -253,18 +254,33 @@ def markdown(runs: list[dict[str, Any]], cmd: str, wall_s: float) -> str:
 
 
 READING = """\
-The paper's COMP for a layer is its MACs at the peak rate times a factor between 1 and 21; ours stays
-near 1 on every listed conv (the time model never charges less than the peak, and the compiler picks,
-per layer, the split whose COMP rounds least: whole 4x8x8 matmul shapes, few kernel calls). The
-largest differences are therefore the layers where the paper's split left most of the cores' work
-idle — layer1.1.conv1, layer2.0.conv2 and layer4.0.conv2 — and conv1, whose 3 input channels the
-paper pays as a wide kernel over few channels. Outside COMP the two agree better: under the paper's
-rules each one-iteration step runs LOADW → LOADWM → its pipeline in sequence, so layers with many
-weight chunks (layer4) spend most of their span loading weights, as the paper's do. Pools and adds
-are where the programs differ in kind: today's compiler fuses the residual add into a conv (the row
-then shows that conv), which the paper profile's "adds as layers of their own" rule will undo once
-the compiler honours it; and our maxpool moves its tiles through the pipeline overlapped, where the
-paper's spends 150 µs on data movement for 1 µs of COMP.
+Where the time goes apart is COMP. Every listed conv's COMP is 1.02–1.35x its peak in our programs
+(the time model never charges less than the peak, and the compiler picks per layer the split whose
+COMP rounds least: whole 4x8x8 matmul shapes, few kernel calls per core); the paper's is 1.0–21x.
+On every listed conv but layer1.0.conv3 the paper's extra COMP is at least 94 % of the whole
+difference in span, and more than all of it on layer1.1.conv1, layer2.0.conv2, layer3.1.conv2 and
+layer4.0.conv2 (ours is the slower outside COMP there), so the gap on these layers is the paper's
+partition, not its rules: layer2.0.conv2 (21x its peak), layer4.0.conv2 (17x), layer1.1.conv1
+(16x), conv1 (13x) and layer3.1.conv2 (6.9x dense, 13.7x sparse: the paper gains nothing from
+sparsity there).
+The one conv the paper runs at its peak, layer1.0.conv3, is the one where the two spans agree (0.95):
+both are bound by data movement, ours by WRITEFM (its 256-channel output, 802,816 B over four
+column channels at 4 GB/s, 50 µs).
+
+Outside COMP ours is often the slower. layer1.1.conv1 streams its 256-channel input through LOADFM
+(50 µs) where the paper's 200 µs COMP hides it. layer4.0.conv2 loads 2.36 MB of weights: LOADW
+then LOADWM, each 148 µs over the four row / column channels, in sequence under the paper's rules,
+296 µs outside COMP against the paper's 150 µs. That is the network-wide finding of the busy totals:
+our LOADWM is 1.61 ms dense where the paper's timelines show 0.11 ms, while LOADW (1.60 against
+1.40 ms) and LOADFM (1.61 against 1.82 ms) agree within 15 % dense. 0.11 ms cannot carry ResNet50's
+~24 MB of weights from the memory tiles into the cores at 4 GB/s per channel even over all 16
+cores' channels (0.37 ms), so the paper's timelines do not charge LOADWM as a transfer at that rate;
+we keep ours (docs/time-model.md, rule 1: a row's cores receive their weights on that row's channel).
+Pools and adds differ in kind: today's compiler fuses layer1.0's residual add into
+layer1_0_downsample_0 (the row shows that conv, reading two 802,816-byte inputs), which the paper
+profile's "adds as layers of their own" rule will change once the compiler honours it; our maxpool
+runs on 4 of the 16 cores and is bound by LOADFM (conv1's 802,816-byte output, 51 µs), where the
+paper's spends 151.6 µs on data movement for 1 µs of COMP.
 """
 
 
