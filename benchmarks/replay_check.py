@@ -9,9 +9,12 @@ largest difference, both totals; and, for information, the replay's total of the
 programs under each rule variant a profile may change (docs/replay.md).
 
     python benchmarks/replay_check.py [--rules paper,tilesparse,measured] [--networks resnet50 ...]
-                                      [--arrays 4x4 ...] [--quick] [--jobs 1]
+                                      [--arrays 4x4 ...] [--quick] [--jobs 1] [--resume] [--report]
 
-``--quick`` compiles at reduced input resolutions (``QUICK_SHAPES``) for a check of a few minutes.
+``--quick`` compiles at reduced input resolutions (``QUICK_SHAPES``). Each measured combination is
+appended to ``<out>.rows.jsonl`` at once: ``--resume`` continues an interrupted run, ``--report``
+writes the report from what is there (listing the combinations not run); both files are removed
+once a run is complete.
 
 Writes benchmarks/results/replay_check.md (and .json).
 """
@@ -74,9 +77,18 @@ def compare(prog, variants: bool = False) -> dict:
             "variants_s": var, "unequal": [r for r in diffs if r["rel"] > REL_TOL]}
 
 
-def run_one(network: str, mode: str, arrays: list[str], rules: list[str], quick: bool) -> list[dict]:
-    """Every (array, profile) combination of one network at one density: the graph built once,
-    compiled per array under each profile."""
+def _key(r: dict) -> tuple[str, str, str, str]:
+    return r["network"], r["array"], r["mode"], r["rules"]
+
+
+def run_one(network: str, mode: str, arrays: list[str], rules: list[str], quick: bool,
+            rows_path: str | None = None, done: frozenset = frozenset()) -> list[dict]:
+    """Every (array, profile) combination of one network at one density but those in ``done``: the
+    graph built once, compiled per array under each profile; each row appended to ``rows_path``
+    (JSON lines) as soon as it is measured, so an interrupted run can be resumed."""
+    todo = [(arr, prof) for arr in arrays for prof in rules if (network, arr, mode, prof) not in done]
+    if not todo:
+        return []
     import torch
 
     torch.set_num_threads(1)
@@ -88,15 +100,17 @@ def run_one(network: str, mode: str, arrays: list[str], rules: list[str], quick:
     shape = QUICK_SHAPES[network] if quick else None
     g = build_graph_from(network, sparsity=sp, block=(8, 8), input_shape=shape, quantized=False, seed=0).graph
     rows = []
-    for arr in arrays:
-        for prof in rules:
-            t = time.perf_counter()
-            prog = compile_graph(g, load_array(arr).model_copy(update={"rules": prof}))
-            row = {"network": network, "array": arr, "mode": mode, "rules": prog.hw.rules,
-                   "compile_s": time.perf_counter() - t}
-            row.update(compare(prog, variants=prof == VARIANT_RULES))
-            rows.append(row)
-            print(json.dumps({k: v for k, v in row.items() if k not in ("unequal", "variants_s")}), flush=True)
+    for arr, prof in todo:
+        t = time.perf_counter()
+        prog = compile_graph(g, load_array(arr).model_copy(update={"rules": prof}))
+        row = {"network": network, "array": arr, "mode": mode, "rules": prog.hw.rules,
+               "compile_s": time.perf_counter() - t}
+        row.update(compare(prog, variants=prof == VARIANT_RULES))
+        rows.append(row)
+        if rows_path:  # one short line, appended whole: workers do not interleave
+            with open(rows_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        print(json.dumps({k: v for k, v in row.items() if k not in ("unequal", "variants_s")}), flush=True)
     return rows
 
 
@@ -118,18 +132,22 @@ def _totals_by_profile(rows: list[dict], rules: list[str]) -> list[str]:
     return out
 
 
-def markdown(rows: list[dict], cmd: str, wall_s: float, rules: list[str], quick: bool) -> str:
+def markdown(rows: list[dict], cmd: str, wall_s: float, rules: list[str], quick: bool,
+             missing: list[tuple[str, str, str, str]] | None = None) -> str:
     res = "the reduced input resolutions of `--quick` (" + ", ".join(
         f"{n} {s[2]}x{s[3]}" for n, s in QUICK_SHAPES.items()) + ")" if quick else "full input resolution"
     n_eq, n = sum(r["equal"] for r in rows), sum(r["layers"] for r in rows)
     out = ["# Clocked replay vs time model, layer by layer", "",
            f"Command: `{cmd}`  ",
-           f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; whole run "
-           f"{wall_s:.0f} s (compiles included).", "",
+           f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores shared with other "
+           f"jobs; wall time {wall_s:.0f} s (compiles included; a resumed run: its invocations added).", "",
            f"{len(rows)} combinations at {res}, each compiled under its rule profile (the compiler "
            "searches its schedules under the profile's rules) and timed under it by both. "
-           f"**{n_eq:,} of {n:,} layers equal.**", "",
-           "The replay (`tilesparse.sim.replay`, docs/replay.md) plays each program's instructions out "
+           f"**{n_eq:,} of {n:,} layers equal.**", ""]
+    if missing:
+        out += [f"**Not run ({len(missing)} combinations; the run was stopped before them):** "
+                + ", ".join(" ".join(k) for k in missing) + ".", ""]
+    out += ["The replay (`tilesparse.sim.replay`, docs/replay.md) plays each program's instructions out "
            "as a discrete-event simulation of its engines and locks, without the time model's code. "
            f"A layer is *equal* when the two times differ by at most {REL_TOL:g} of the layer's time "
            "(float rounding: a replayed layer's time is the difference of two absolute event times, milliseconds "
@@ -182,32 +200,49 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=1, help="worker processes (one network x density each)")
     ap.add_argument("--out", default=None, help="markdown path (default: results/replay_check.md, "
                     "results/replay_check_quick.md with --quick); the .json beside it")
+    ap.add_argument("--resume", action="store_true", help="keep the rows an interrupted run left in the "
+                    "rows file (<out>.rows.jsonl) and measure only the missing combinations")
+    ap.add_argument("--report", action="store_true", help="measure nothing: write the report from the rows "
+                    "file, listing the combinations not run")
     a = ap.parse_args()
     t = time.perf_counter()
-    tasks = [(n, m) for n in a.networks for m, _ in MODES]
+    out = Path(a.out) if a.out else RESULTS / ("replay_check_quick.md" if a.quick else "replay_check.md")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows_path, wall_path = out.with_suffix(".rows.jsonl"), out.with_suffix(".wall")
+    keys = [(n, arr, m, p) for n in a.networks for arr in a.arrays for m, _ in MODES for p in a.rules]
+    old = ([json.loads(line) for line in rows_path.read_text().splitlines() if line.strip()]
+           if (a.resume or a.report) and rows_path.exists() else [])
+    old_wall = float(wall_path.read_text()) if (a.resume or a.report) and wall_path.exists() else 0.0
+    if not (a.resume or a.report):
+        rows_path.write_text("")
+    done = frozenset(_key(r) for r in old)
+    tasks = [(n, m) for n in a.networks for m, _ in MODES] if not a.report else []
     args = ([n for n, _ in tasks], [m for _, m in tasks], [a.arrays] * len(tasks), [a.rules] * len(tasks),
-            [a.quick] * len(tasks))
-    if a.jobs > 1:
+            [a.quick] * len(tasks), [str(rows_path)] * len(tasks), [done] * len(tasks))
+    if a.jobs > 1 and tasks:
         with ProcessPoolExecutor(max_workers=a.jobs) as ex:
             parts = list(ex.map(run_one, *args))
     else:
         parts = [run_one(*task) for task in zip(*args, strict=True)]
-    order = {(n, arr, m, p): i for i, (n, arr, m, p) in enumerate(
-        (n, arr, m, p) for n in a.networks for arr in a.arrays for m, _ in MODES for p in a.rules)}
-    rows = sorted((r for p in parts for r in p), key=lambda r: order[r["network"], r["array"], r["mode"], r["rules"]])
-    wall = time.perf_counter() - t
+    order = {k: i for i, k in enumerate(keys)}
+    rows = sorted((r for r in [*old, *(r for p in parts for r in p)] if _key(r) in order), key=lambda r: order[_key(r)])
+    wall = time.perf_counter() - t + old_wall
+    wall_path.write_text(f"{wall:.1f}")
+    missing = [k for k in keys if k not in {_key(r) for r in rows}]
     from tilesparse.utils.atomic import atomic_write_text
 
     cmd = ("python benchmarks/replay_check.py" + (" --quick" if a.quick else "")
            + (f" --rules {','.join(a.rules)}" if list(a.rules) != list(RULES) else "")
            + (f" --networks {' '.join(a.networks)}" if list(a.networks) != list(NETWORKS) else "")
            + (f" --arrays {' '.join(a.arrays)}" if list(a.arrays) != list(ARRAYS) else ""))
-    out = Path(a.out) if a.out else RESULTS / ("replay_check_quick.md" if a.quick else "replay_check.md")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, markdown(rows, cmd, wall, a.rules, a.quick))
+    atomic_write_text(out, markdown(rows, cmd, wall, a.rules, a.quick, missing))
     atomic_write_text(out.with_suffix(".json"), json.dumps(rows, indent=1))
+    if not missing:  # complete: the report holds every row
+        rows_path.unlink(missing_ok=True)
+        wall_path.unlink(missing_ok=True)
     n_eq, n = sum(r["equal"] for r in rows), sum(r["layers"] for r in rows)
-    print(f"{n_eq}/{n} layers equal over {len(rows)} combinations; wrote {out} in {wall:.0f} s")
+    print(f"{n_eq}/{n} layers equal over {len(rows)} combinations ({len(missing)} not run); wrote {out} "
+          f"in {wall:.0f} s")
 
 
 if __name__ == "__main__":
