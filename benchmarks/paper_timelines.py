@@ -231,7 +231,7 @@ def markdown(runs: list[dict[str, Any]], cmd: str, wall_s: float) -> str:
                 f"paper's {PAPER_TOTAL_MS[run['mode']]:.2f} ms "
                 f"(ratio {run['total_s'] * 1e3 / PAPER_TOTAL_MS[run['mode']]:.2f}).", "",
                 "| paper layer | our layer | span µs ours / paper | ratio | COMP µs ours / paper | ratio "
-                "| COMP at peak µs ours / paper's MACs |",
+                "| COMP at peak µs: our kept MACs / the paper's |",
                 "|---|---|---|---|---|---|---|"]
         for r in rows:
             ours = f"{r.ours} (add fused)" if r.fused_in else r.ours
@@ -301,9 +301,19 @@ def run_mode(mode: str, array: str, rules: str, px: int) -> dict[str, Any]:
             "busy": busy_rows(prog, times, mode)}
 
 
+def _profile_name(text: str) -> str:
+    from tilesparse.hw import get_profile
+
+    try:
+        return get_profile(text).name
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rules", default="paper", help="rule profile to compile and time under (default: paper)")
+    ap.add_argument("--rules", type=_profile_name, default="paper",
+                    help="rule profile to compile and time under (default: paper)")
     ap.add_argument("--array", default="4x4")
     ap.add_argument("--input", type=int, default=224, help="input resolution (px)")
     ap.add_argument("--out", default=str(RESULTS / "paper_timelines.md"))

@@ -182,11 +182,11 @@ def _rules_list(text: str) -> list[str]:
 
     names = [t.strip() for t in text.split(",") if t.strip()]
     if not names:
-        raise argparse.ArgumentTypeError("--rules: expected a comma-separated list of profiles, got nothing")
+        raise argparse.ArgumentTypeError("expected a comma-separated list of profiles, got nothing")
     try:
         return [get_profile(n).name for n in names]
     except ValueError as e:
-        raise argparse.ArgumentTypeError(f"--rules: {e}") from None
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ import replay_check as rc  # noqa: E402
 
 def test_rules_are_named_profiles():
     assert rc._rules_list(" Paper,measured ") == ["paper", "measured"]
-    with pytest.raises(argparse.ArgumentTypeError, match="--rules: unknown rule profile 'fast'"):
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown rule profile 'fast'"):
         rc._rules_list("paper,fast")
     with pytest.raises(argparse.ArgumentTypeError, match="got nothing"):
         rc._rules_list(" , ")
