@@ -124,3 +124,35 @@ def test_the_report_names_every_layer_and_explains_the_largest(r50):
     largest = md.split("## The largest differences")[1].split("## Reading")[0]
     assert largest.count("\n* **") == min(10, len(pt.PAPER_LAYERS))
     assert "busiest" in largest and "step(s)" in largest
+
+
+def test_an_add_of_its_own_in_a_compiled_program():
+    # two pools' outputs cannot take a fused add (no conv produces them): the add is a layer, found
+    # through the buffers it reads
+    import torch
+    from torch import nn
+
+    from tilesparse.build import build_graph_from
+    from tilesparse.compiler.pipeline import compile_graph
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pa, self.pb = nn.MaxPool2d(3, 1, 1), nn.AvgPool2d(3, 1, 1)
+
+        def forward(self, x):
+            return self.pa(x) + self.pb(x)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.layer1 = nn.Conv2d(8, 16, 3, padding=1), nn.Sequential(Block())
+
+        def forward(self, x):
+            return self.layer1(torch.relu(self.conv1(x)))
+
+    g = build_graph_from(Net().eval(), input_shape=(1, 8, 8, 8), quantized=False, seed=0).graph
+    prog = compile_graph(g, "2x2")
+    rec = prog.layers[pt.find_layer(prog, "layer1.0 residual add")]
+    assert rec.kind == "add" and not rec.fused_add
+    assert sorted(pt._producers(prog, pt.find_layer(prog, "layer1.0 residual add"))) == ["layer1_0_pa", "layer1_0_pb"]
