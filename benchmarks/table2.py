@@ -43,7 +43,10 @@ def checks(cells: list[Cell], wall_s: float) -> list[str]:
     line("estimate ≤ paper's under tilesparse rules (every cell it reports; VGG16: conv part, as in the paper)",
          [f"{c.network} {c.array} {c.mode} {c.compare_ms:.2f} > {c.paper_ms:.2f}" for c in ok
           if c.paper_ms and c.compare_ms > c.paper_ms])
-    line("estimate ≤ paper's under the paper's rules (same schedule; VGG16: conv part)",
+    line("estimate ≤ paper's under the paper's rules, compiled under them (no residual fusion; VGG16: conv part)",
+         [f"{c.network} {c.array} {c.mode} {c.compare_paper_opt_ms:.2f} > {c.paper_ms:.2f}" for c in ok
+          if c.paper_ms and c.compare_paper_opt_ms is not None and c.compare_paper_opt_ms > c.paper_ms])
+    line("estimate ≤ paper's under the paper's rules, the tilesparse program re-timed (adds fused; VGG16: conv part)",
          [f"{c.network} {c.array} {c.mode} {c.compare_paper_rules_ms:.2f} > {c.paper_ms:.2f}" for c in ok
           if c.paper_ms and c.compare_paper_rules_ms is not None and c.compare_paper_rules_ms > c.paper_ms])
     line("estimate ≥ lower bound (sanity: the bound is a bound)",
@@ -126,11 +129,14 @@ def main() -> None:
            f"Weights % = packed (bitmap + kept blocks) / dense int8 bytes. Our numbers cover the whole "
            f"network; VGG16 (124 M-parameter classifier included) also shows its conv part '(conv …)', "
            f"which is what is held against the paper's VGG16 numbers (they appear to cover the "
-           f"convolutions only); the speedup/bound columns are whole-network. 'ms, paper rules' = the same "
-           f"program timed under the paper's rules read literally (`--rules paper`, docs/time-model.md, "
-           f"'Profiles': one-iteration steps in sequence, no LOADW prefetch, no weight cut-through); the "
-           f"schedule is the one searched under tilesparse's rules, not re-optimised, and adds stay fused. "
-           f"'dense ms' / 'sparse ms' are under tilesparse's rules. 'dense / net bound', "
+           f"convolutions only); the speedup/bound columns are whole-network. 'ms, paper rules' = the network "
+           f"compiled and timed under the paper's rules read literally (`compile --rules paper`, "
+           f"docs/time-model.md, 'Profiles': one-iteration steps in sequence, no LOADW prefetch, no weight "
+           f"cut-through, residual adds as layers of their own, the kernel scratch not a buffer; the compiler "
+           f"searches its schedules with that time model). 'ms, same program, paper rules' = the program "
+           f"compiled under tilesparse's rules re-timed under the paper's (`estimate --rules paper`: its adds "
+           f"stay fused, its schedule is not re-optimised). 'dense ms' / 'sparse ms' and every bound, floor, "
+           f"speedup and ratio column are under tilesparse's rules. 'dense / net bound', "
            f"'sparse / net bound' = the estimate over the network bound (the largest, over each resource, "
            f"of its work summed over the network, MemTile capacity included; docs/time-model.md)."
            f"\n\n## Targets\n\n"
