@@ -104,6 +104,10 @@ def test_paper_rules_keep_adds_as_layers_and_leave_the_scratch_alone():
     # (tilesparse) rules, and the paper's program under the paper's rules slower still
     ours = estimate_program(fused, "tilesparse").total_s
     assert ours < estimate_program(paper, "tilesparse").total_s < estimate_program(paper, "paper").total_s
+    # the clocked replay plays the add layer out the same way (the program's own rules: paper)
+    from tilesparse.sim.replay import replay
+
+    assert replay(paper).total_s == pytest.approx(estimate_program(paper).total_s, rel=1e-9)
     check_bit_exact(g, paper)
 
 
