@@ -72,6 +72,12 @@ def test_explore_writes_table(tmp_path):
     assert (tmp_path / "table2.csv").is_file() and (tmp_path / "table2.png").is_file()
     assert "sparse / net bound" in md
     assert all(c["estimate_ms"] >= c["net_bound_ms"] > 0 for c in cells)
+    # the paper-rules column is a compile under the paper's rules: a search under them does no
+    # worse under them than the tilesparse schedule re-timed (no adds here to un-fuse), and never
+    # better than the tilesparse rules, which only add overlap
+    assert "| sparse ms, paper rules | sparse ms, same program, paper rules |" in md
+    for c in cells:
+        assert c["estimate_ms"] <= c["paper_opt_ms"] <= c["paper_rules_ms"] * (1 + 1e-9)
 
 
 def test_explore_times_repeated_cold_compiles():
@@ -81,6 +87,8 @@ def test_explore_times_repeated_cold_compiles():
     (twice,) = _task("tiny_cli_cnn", "sparse", ["2x2"], 0.5, repeats=2)
     # a cold compile plans the same program; the time reported is one compile's, the faster one
     assert twice.estimate_ms == once.estimate_ms and 0 < twice.compile_cpu_s and not twice.error
+    (skip,) = _task("tiny_cli_cnn", "sparse", ["2x2"], 0.5, paper_opt=False)
+    assert skip.paper_opt_ms is None and skip.paper_rules_ms == once.paper_rules_ms is not None
 
 
 def test_help_lists_the_verbs():

@@ -77,3 +77,48 @@ def test_same_shaped_convs_keep_the_graphs_order(monkeypatch):
     prog = compile_graph(g, "2x2")
     assert _taker(prog) == "_0_downsample_0"
     assert prog.meta["estimate_s"] == _in_graph_order(g, "2x2", monkeypatch).meta["estimate_s"]
+
+
+def _under(arr: str, rules: str):
+    from tilesparse.hw import load_array
+
+    return load_array(arr).model_copy(update={"rules": rules})
+
+
+def test_paper_rules_keep_adds_as_layers_and_leave_the_scratch_alone():
+    # residual_fusion=False, scratch_as_buffer=False (hw.profiles.PAPER): the add is a layer of its
+    # own, core.res holds nothing, and the program stays bit-exact
+    from tilesparse.estimate.timemodel import estimate_program
+    from tilesparse.program.layout import residual_capacity
+
+    g = _bottleneck(128, 32, 2, 16)
+    fused = compile_graph(g, _under("2x2", "tilesparse"))
+    paper = compile_graph(g, _under("2x2", "paper"))
+    assert [r.name for r in fused.layers if r.fused_add] == ["_0_conv3"]
+    assert not any(r.fused_add or r.residual for r in paper.layers)
+    adds = [r for r in paper.layers if r.kind == "add"]
+    assert len(adds) == 1 and len(paper.layers) == len(fused.layers) + 1
+    assert {t.buffer for t in adds[0].inputs} == {"_0_conv3", "_0_downsample_0"}
+    assert residual_capacity(paper.hw) == 0 and residual_capacity(fused.hw) == 16 * 1024
+    # the add's layer reads both operands and writes the sum: slower than fusing it under the same
+    # (tilesparse) rules, and the paper's program under the paper's rules slower still
+    ours = estimate_program(fused, "tilesparse").total_s
+    assert ours < estimate_program(paper, "tilesparse").total_s < estimate_program(paper, "paper").total_s
+    # the clocked replay plays the add layer out the same way (the program's own rules: paper)
+    from tilesparse.sim.replay import replay
+
+    assert replay(paper).total_s == pytest.approx(estimate_program(paper).total_s, rel=1e-9)
+    check_bit_exact(g, paper)
+
+
+def test_paper_rules_keep_partial_sums_out_of_core_res():
+    # a conv split over input channels continues its partial sums in core.res only while that
+    # memory is a buffer (layout.acc_slot); under the paper's rules it is the kernel's scratch
+    from tilesparse.program.layout import acc_tiles
+    from tilesparse.program.records import SubVolume
+
+    g = _bottleneck(128, 32, 2, 16)
+    spec = next(s for s in pipeline.lower_layers(g)[0] if s.name == "_0_conv1")
+    sub = SubVolume(oc=16, ci=64, h=4, w=4)  # int32 accumulators: 4 · 4 · 16 · 4 B = 1 KB a tile
+    ours, paper = (acc_tiles(spec, _under("2x2", r), sub, 2) for r in ("tilesparse", "paper"))
+    assert ours - paper == 16 * 1024 // 1024  # the 16 KB of core.res

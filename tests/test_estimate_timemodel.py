@@ -174,3 +174,16 @@ def test_skipped_blocks_cost_nothing():
     # slab 0 keeps 8 inputs -> 1 step per 4 positions; slab 1 keeps none
     assert st.pipe["COMP"].tolist() == [4 * 1 + 64]
     assert st.loadw_total == 64 + 1 + 64  # one block + bitmap + bias
+
+
+def test_matmul_padding_is_paid_per_tap():
+    # conv1's shape (7x7, stride 2, 3 input channels) on a 4x4 output: a K vector of 8 holds the
+    # channels of one tap (docs/time-model.md, "conv1 padding"), so 3 channels cost as 8 at each
+    # of the 49 taps: ceil(16 positions / 4) x 2 slabs x ceil(3 / 8) x 49 + 64 cycles — not the
+    # flattened ceil(3 x 49 / 8) = 19 steps per slab (4 x 2 x 19 + 64 = 216)
+    spec = LayerSpec("conv1", "conv", ("x",), 3, 8, 8, 16, 4, 4, kernel=(7, 7), stride=(2, 2), padding=(3, 3),
+                     mask=np.ones((2, 1), bool))
+    plan = plan_layer(spec, HW, (False,), False, chooser=lambda n, hw: SubVolume(16, 3, 4, 4))
+    (st,) = plan.table.steps()
+    assert st.pipe["COMP"].tolist() == [4 * 2 * 1 * 49 + 64]
+    assert st.macs == 16 * 16 * 3 * 49  # the MACs executed are the real ones

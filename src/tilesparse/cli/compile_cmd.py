@@ -300,9 +300,15 @@ def explore_verb(
     out_dir: Annotated[Path | None, typer.Option("--out-dir", hidden=True, help="Old name of --out.")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help=JSON_HELP + " One record per cell.")] = None,
     jobs: Annotated[int, typer.Option(help="Worker processes.", min=1)] = 2,
+    paper_compile: Annotated[bool, typer.Option(
+        "--paper-compile/--no-paper-compile",
+        help="Also compile every cell under the paper's rules (the 'paper rules' columns; about doubles "
+             "the run). Without it those columns are empty; the tilesparse programs re-timed under the "
+             "paper's rules are shown either way.")] = True,
 ) -> None:
     """Networks x arrays x dense/sparse: the Table II analog (CSV + Markdown + plot) with the
-    paper's numbers side by side.
+    paper's numbers side by side, ours under the paper's rules (compiled under them, and the same
+    program re-timed under them) and under tilesparse's (docs/time-model.md, "Profiles").
 
     Example: `tilesparse explore --networks resnet50,vgg16 --arrays 2x2,4x4,8x8 --rect 4x2 -o table2/`
     """
@@ -317,7 +323,7 @@ def explore_verb(
     for a in [a for a in rect.split(",") if a]:
         array_arg(a, "--rect")
     rows = run_table([n for n in networks.split(",") if n], [a for a in arrays.split(",") if a],
-                     [a for a in rect.split(",") if a], sparsity, jobs=jobs, progress=True)
+                     [a for a in rect.split(",") if a], sparsity, jobs=jobs, progress=True, paper_opt=paper_compile)
     paths = write_table(rows, out_dir or out)
     typer.echo("wrote " + ", ".join(str(p) for p in paths), err=str(json_out) == "-")
     write_json(json_out, [asdict(c) for c in rows])

@@ -35,7 +35,7 @@ from tilesparse.compiler.partition import Chooser, check_coverage
 from tilesparse.compiler.planning import LayerPlan, plan_layer, replan
 from tilesparse.compiler.rebalance import rebalance
 from tilesparse.errors import UnsupportedOpError
-from tilesparse.hw import ArrayConfig, load_array
+from tilesparse.hw import ArrayConfig, get_profile, load_array
 from tilesparse.ir.graph import Graph, Node, Op
 from tilesparse.passes.balance import balance_channels, reorder_channels, reorderable
 from tilesparse.passes.verify import verify
@@ -65,7 +65,7 @@ def lower_layers(g: Graph, fuse_adds: bool = True
     """Layer specs in schedule order, each with its output buffer, and the input buffers of every
     layer (concat operands not marked ``write_into`` become copy layers, a channel shuffle its
     ``groups`` strided copies, a channel slice nothing; residual adds are fused into the conv that
-    produces one operand)."""
+    produces one operand, unless ``fuse_adds`` is False)."""
     specs: list[LayerSpec] = []
     ins: dict[str, dict[str, Any]] = {}
     fused = fusable_adds(g) if fuse_adds else {}
@@ -165,8 +165,15 @@ def _balance_channels(g: Graph, job: _Job) -> Graph:
 
 
 def _order_add_branches(g: Graph, job: _Job) -> Graph:
-    """An add of two convs' outputs runs inside the one that reads less input (``compiler.fusion``)."""
-    return order_add_branches(g)
+    """An add of two convs' outputs runs inside the one that reads less input (``compiler.fusion``);
+    nothing to order when the rule profile keeps adds as layers of their own."""
+    return order_add_branches(g) if _fuses_adds(job.hw) else g
+
+
+def _fuses_adds(hw: ArrayConfig) -> bool:
+    """Whether residual adds run inside a conv under the array's rule profile (``hw.rules``;
+    ``RuleProfile.residual_fusion``: off under ``paper``, where adds are layers of their own)."""
+    return get_profile(hw.rules).residual_fusion
 
 
 # The graph rewrites, in order; the graph is verified (``passes.verify``) after each.
@@ -247,16 +254,17 @@ def compile_graph(graph: Graph, hw: ArrayConfig | str, *, chooser: Chooser | Non
     equal blocks (``passes.balance``), and again once each such conv is planned, for the chunks of
     its plan (``rebalance``); the program's ``meta["channel_orders"]`` records the orders, the
     network's output is unchanged. An add of two convs' outputs runs inside the one that reads less
-    input (``fusion.order_add_branches``). ``cache``: what the compile memoizes (``compiler.cache``;
-    a fresh one if None, so no compile depends on an earlier one). SDQ layers (``quantize(...,
-    sdq=...)``) take the ``parts`` weight format (``compiler.formats``); a graph holding some is not
-    channel-balanced.
+    input (``fusion.order_add_branches``), unless the array's rule profile (``hw.rules``) turns
+    residual fusion off (``paper``): then every add is a layer of its own. ``cache``: what the
+    compile memoizes (``compiler.cache``; a fresh one if None, so no compile depends on an earlier
+    one). SDQ layers (``quantize(..., sdq=...)``) take the ``parts`` weight format
+    (``compiler.formats``); a graph holding some is not channel-balanced.
     """
     t0 = time.perf_counter()
     job = _Job(graph, load_array(hw), chooser, balance, CompileCache() if cache is None else cache)
     for name, rewrite in GRAPH_PASSES:  # 1. graph rewrites
         job.graph = verify(rewrite(job.graph, job), after=name)
-    job.specs, job.ins, rename = lower_layers(job.graph)  # 2. layers and the buffers they use
+    job.specs, job.ins, rename = lower_layers(job.graph, _fuses_adds(job.hw))  # 2. layers and their buffers
     job.specs, formats = choose_weight_formats(job.graph, job.specs, job.hw, job.cache)  # block or masked
     buffers = _buffers(job.graph, job.specs, job.ins, rename)
     if compression_on(job.hw, act_compression):  # the planner prices transfers as they will travel

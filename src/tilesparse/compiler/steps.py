@@ -91,7 +91,7 @@ class WeightIndex:
 
     def q_tables_many(self, cb0: np.ndarray, cb1: np.ndarray, n: int, k: int) -> np.ndarray:
         """Prefix sums over slabs of ``n`` output channels of the matmul steps per ``M`` positions
-        (a slab costs ceil(its largest kept input channels × taps / k)), for several block-column
+        (a slab costs ceil(its largest kept input channels / k) × taps: K padded per tap), for several block-column
         ranges at once: array (slabs+1, Q)."""
         key = ("many", tuple(cb0.tolist()), tuple(cb1.tolist()), n, k)
         if key not in self.memo:
@@ -107,7 +107,7 @@ class WeightIndex:
             pad = (-len(kept)) % n_rows
             kp = np.concatenate([kept, np.zeros((pad, kept.shape[1]), kept.dtype)])
             slabs = kp.reshape(-1, n_rows, kept.shape[1]).max(axis=1)
-            steps = -(-(slabs * self.spec.taps) // k)
+            steps = -(-slabs // k) * self.spec.taps  # rule 2: K padded per tap
             zero = np.zeros((1, kept.shape[1]), np.int64)
             self.memo[key] = np.concatenate([zero, np.cumsum(steps, 0)])
         return self.memo[key]
@@ -199,7 +199,7 @@ def _part_work(spec, widx, o0, o1, cb0, cb1, qb0, qb1, qi, kd: int, n: int) -> n
     for idx in zip(*np.nonzero(((o0 % n != 0) | ((o1 % n != 0) & (o1 < spec.co))) & (o1 > o0)), strict=True):
         kept = widx.ch_cum[o0[idx]:o1[idx], cb1[idx]] - widx.ch_cum[o0[idx]:o1[idx], cb0[idx]]
         kept = np.concatenate([kept, np.zeros((-len(kept)) % n, kept.dtype)]).reshape(-1, n).max(axis=1)
-        work[idx] = int((-(-(kept * spec.taps) // kd)).sum())
+        work[idx] = int((-(-kept // kd)).sum()) * spec.taps
     return work
 
 

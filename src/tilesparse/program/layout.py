@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tilesparse.hw import ArrayConfig
+from tilesparse.hw import ArrayConfig, get_profile
 from tilesparse.program.geometry import WindowRules
 from tilesparse.program.records import LayerPartition, SubVolume
 
@@ -110,9 +110,14 @@ def _resident_tiles(spec: WindowRules, hw: ArrayConfig, sub: SubVolume) -> tuple
 
 def residual_capacity(hw: ArrayConfig) -> int:
     """Bytes of ``core.res``: the data memory left after the input, output and weight buffers,
-    where a fused add's residual tiles live (two halves, ping-pong; docs/program.md)."""
+    where a fused add's residual tiles live (two halves, ping-pong; docs/program.md). 0 under a
+    rule profile whose ``scratch_as_buffer`` is off (``paper``: that memory is the kernel's
+    scratch, not a buffer), so neither residual tiles nor continued partial sums use it."""
     c = hw.core
+    if not get_profile(hw.rules).scratch_as_buffer:
+        return 0
     return max(0, c.data_memory_bytes - c.input_buffer_bytes - c.output_buffer_bytes - c.weight_buffer_bytes)
+
 
 def even_chunk(oc0: int, oc1: int, oc_t: int, k: int) -> tuple[int, int]:
     """Output channels of chunk ``k`` of a core's [oc0, oc1) cut every ``oc_t`` channels: the rule

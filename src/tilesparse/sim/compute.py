@@ -264,7 +264,7 @@ def reciprocal_avg_round(total: np.ndarray, d: int) -> np.ndarray:
 
 def conv_cycles(chunk: Chunk, p: int, taps: int, hw, weight_format: str = "block") -> int:
     """Rule 2 of the time model for one core and tile, from the blocks the core really holds:
-    ceil(P / M) × Σ_slabs ceil(kept channels × taps / K) + call overhead (slabs of N channels
+    ceil(P / M) × Σ_slabs ceil(kept channels / K) × taps + call overhead (slabs of N channels
     from the chunk's first channel, as its weights are laid out); a core with no kept block does
     not run. (M, K, N): the dense MMUL, or the sparse multiply's for weights in the masked format;
     a ``parts`` chunk runs each part at its own (``timing.part_matmul_shapes``) and sums them."""
@@ -274,7 +274,7 @@ def conv_cycles(chunk: Chunk, p: int, taps: int, hw, weight_format: str = "block
         slab = np.arange(len(kept)) // n
         per_slab = np.zeros(int(slab[-1]) + 1 if len(slab) else 0, np.int64)
         np.maximum.at(per_slab, slab, kept)
-        total += math.ceil(p / m) * int(np.ceil(per_slab * taps / k).sum())
+        total += math.ceil(p / m) * int(np.ceil(per_slab / k).sum()) * taps
     if total == 0 or p == 0:
         return 0
     return total + hw.core.kernel_call_overhead_cycles

@@ -6,11 +6,12 @@
    ``memtile_to_core_bytes_per_s`` (one channel per column for activations in and out, one per row
    for weights).
 2. **COMP**: cycles of the slowest core / ``clock_hz``. A core's cycles for a tile are
-   ``ceil(positions / M) × Σ_slabs ceil(kept input channels × taps / K) + overhead`` with
+   ``ceil(positions / M) × Σ_slabs ceil(kept input channels / K) × taps + overhead`` with
    ``(M, K, N) = hw.core.matmul_shape`` (slabs of N output channels) and the per-call
    ``hw.core.kernel_call_overhead_cycles``: skipped blocks cost nothing, padding to the matmul shape
-   is paid, and no core ever exceeds ``M·K·N`` MACs per cycle. Pools, adds and copies run one
-   element operation per MAC slot (``macs_per_cycle`` per cycle); a lookup table (``lut``) reads
+   is paid per tap (a K vector holds channels of one tap: 3 channels cost as 8; docs/time-model.md,
+   "conv1 padding"), and no core ever exceeds ``M·K·N`` MACs per cycle. Pools, adds and copies run
+   one element operation per MAC slot (``macs_per_cycle`` per cycle); a lookup table (``lut``) reads
    ``hw.core.lut_lookups_per_cycle`` entries per cycle (``comp_cycles``).
    **Sparse weights** (``matmul_shape(hw, sparse=True)``): a conv whose weights are packed in the
    sparse multiply's masked format runs at ``hw.core.sparse_matmul.shape`` instead — the same M and
@@ -141,7 +142,7 @@ def comp_cycles(kind: str, hw: ArrayConfig, work: np.ndarray, positions: np.ndar
 
     ``work[j, r]``: the COMP work of the heaviest core of region r in step j — for a conv (``kind ==
     "conv"``) its matmul steps per ``M`` output positions (Σ over its slabs of ``ceil(kept input
-    channels × taps / K)``), for other layers its element operations per position (a lookup-table
+    channels / K) × taps``), for other layers its element operations per position (a lookup-table
     layer's: its lookups, at ``lookup_cycles``); ``positions[r, t]``: the output positions of tile t of
     region r. Every call a core makes pays ``kernel_call_overhead_cycles``; a core with no positions or
     no work idles (0)."""
