@@ -37,7 +37,7 @@ from tilesparse.compiler.partition import (
 from tilesparse.compiler.steps import StepTable, WeightIndex, layer_steps
 from tilesparse.errors import CapacityError, ConfigError
 from tilesparse.hw import ArrayConfig
-from tilesparse.timing import WEIGHT_SLOTS, engine_bound_s, layer_time_arrays
+from tilesparse.timing import WEIGHT_HALVES, WEIGHT_SLOTS, engine_bound_s, layer_time_arrays
 
 __all__ = ["MAX_STAGING_FRACTION", "LayerPlan", "chunk_blocks", "plan_layer", "plan_with", "replan"]
 
@@ -55,6 +55,7 @@ class LayerPlan:
     staging_bytes: int  # per column: weight slots + activation tile staging (reserved in MemTile)
     in_ddr: tuple[bool, ...] = ()
     out_ddr: bool = False
+    weight_half_bytes: int = 0  # a double-buffered weight buffer's half (0: one buffer, LOADWM halts)
 
 
 def _grids(spec: LayerSpec, hw: ArrayConfig) -> list[Grid]:
@@ -220,10 +221,16 @@ def _evaluate(spec, hw, part, in_ddr, out_ddr, widx, cache: CompileCache, cutoff
     staging = _staging(tab, pipe)
     if staging > hw.memtile.bytes * MAX_STAGING_FRACTION:
         return None
-    if cutoff_s < math.inf and engine_bound_s(tab.loadw, tab.loadwm, pipe, hw) >= cutoff_s:
+    double = tab.double_buffered(hw)
+    if cutoff_s < math.inf and engine_bound_s(tab.loadw, tab.loadwm, pipe, hw, double=double) >= cutoff_s:
         return None
-    total = layer_time_arrays(tab.loadw, tab.loadwm, pipe, hw, tab.iters, tab.writes)
-    return LayerPlan(spec, part, tab, total, widx, staging, in_ddr, out_ddr)
+    total = layer_time_arrays(tab.loadw, tab.loadwm, pipe, hw, tab.iters, tab.writes, double=double)
+    return LayerPlan(spec, part, tab, total, widx, staging, in_ddr, out_ddr, _half(hw, double))
+
+
+def _half(hw: ArrayConfig, double: bool) -> int:
+    """``LayerPlan.weight_half_bytes``: the offset of the weight buffer's second half, or 0."""
+    return hw.core.weight_buffer_bytes // WEIGHT_HALVES if double else 0
 
 
 def _subvolumes(spec, hw, live: _Live, widx, cache: CompileCache) -> list[SubVolume]:
@@ -411,8 +418,10 @@ def replan(plan: LayerPlan, hw: ArrayConfig, in_ddr: tuple[bool, ...], out_ddr: 
            cache: CompileCache | None = None) -> LayerPlan:
     """The same partition with different activation homes (after MemTile allocation spilled some)."""
     tab = layer_steps(plan.spec, hw, plan.part, in_ddr, out_ddr, plan.widx, cache)
-    total = layer_time_arrays(tab.loadw, tab.loadwm, tab.pipe(), hw, tab.iters, tab.writes)
-    return LayerPlan(plan.spec, plan.part, tab, total, plan.widx, plan.staging_bytes, in_ddr, out_ddr)
+    double = tab.double_buffered(hw)
+    total = layer_time_arrays(tab.loadw, tab.loadwm, tab.pipe(), hw, tab.iters, tab.writes, double=double)
+    return LayerPlan(plan.spec, plan.part, tab, total, plan.widx, plan.staging_bytes, in_ddr, out_ddr,
+                     _half(hw, double))
 
 
 def _validate_forced(spec, hw, cores, sub, widx, cache: CompileCache) -> None:

@@ -66,6 +66,12 @@ def _step_values(program: Program, idx: list[int]) -> tuple[np.ndarray, np.ndarr
     return lw, lwm, pipe
 
 
+def _double_buffered(program: Program, idx: list[int]) -> bool:
+    """Whether a layer's weight buffer is double-buffered: its LOADWMs do not halt the cores
+    (docs/program.md, "Locks and ordering"; the compiler decides, rule 5)."""
+    return any(program.instrs[i].op == "LOADWM" and not program.instrs[i].halts for i in idx)
+
+
 def _zero_frac(program: Program, ins: Instr) -> float:
     from tilesparse.program.zero_compress import zero_frac_of
 
@@ -105,7 +111,8 @@ def estimate_program(program: Program, profile: RuleProfile | str | None = None)
     layers, out, t = [], [], 0.0
     for li, rec in enumerate(program.layers):
         keys = sorted(k for k in by_step if k[0] == li)
-        lt = layer_time([_step_values(program, by_step[key]) for key in keys], program.hw, prof)
+        lt = layer_time([_step_values(program, by_step[key]) for key in keys], program.hw, prof,
+                        double=_double_buffered(program, [i for key in keys for i in by_step[key]]))
         for key, st in zip(keys, lt.steps, strict=True):
             out += _instr_times(program, by_step[key], st, t)
         layers.append((rec.name, t, lt.total_s))

@@ -109,6 +109,12 @@ class CoreConfig(_Strict):
     input_buffer_bytes: CoreBytes = 16384
     output_buffer_bytes: CoreBytes = 16384
     weight_buffer_bytes: CoreBytes = 16384
+    # Two halves of the weight buffer (docs/time-model.md, rule 5): a layer whose every weight chunk
+    # fits half of it loads step j+1's chunk into one half while the cores compute step j from the
+    # other, instead of halting them. Off (the default of a description without the key) halts as
+    # before; the shipped AIE2 description turns it on. Used only where the rule profile allows
+    # the mechanism "weight_double_buffer".
+    weight_double_buffer: bool = False
     sparse_matmul: SparseMatmulConfig = SparseMatmulConfig()
     # Element-wise lookup tables (op lut): table entries read per cycle, and the data memory one
     # table takes in the core as laid out for those parallel reads (it lives in the weight buffer:

@@ -22,7 +22,13 @@ from tilesparse.program.zero_compress import decode, encode
 from tilesparse.sim import compute as C
 from tilesparse.sim.memory import SimulationError, Where
 
-__all__ = ["Staging"]
+__all__ = ["Staging", "core_w_offset"]
+
+
+def core_w_offset(ops: tuple[Operand, ...]) -> int:
+    """Where in ``core.w`` an instruction's weights are: the offset of its ``core.w`` operand (0,
+    or the second half of a double-buffered weight buffer, docs/program.md)."""
+    return next((o.addr for o in ops if o.memory == "core" and o.buffer == "w"), 0)
 
 
 def _ddr_addr(where: Where, ops: tuple[Operand, ...]) -> int:
@@ -139,6 +145,7 @@ class Staging:
         off_i, part = st["filled"][i]
         a0, _ = self._area("w", slot)
         rows = self.v.step_chunks.get((ins.k, ins.q), [])
+        w0 = core_w_offset(ins.dst)
         pos, at = 0, {}
         for r, _, nb, in_chunk in self._piece(rows, i, st["pieces"]):  # each chunk's range in the piece
             at[r.key] = (pos, nb, in_chunk)
@@ -157,16 +164,22 @@ class Staging:
             p0, nb, in_chunk = at[row.key]
             lg = np.arange(p0, p0 + nb)
             col = lg // max(part, 1)
-            self.mem.core_slice(where, core, "w", in_chunk, nb)[...] = \
+            self.mem.core_slice(where, core, "w", w0 + in_chunk, nb)[...] = \
                 self.mem.memtile[col * self.mt + a0 + off_i + lg - col * part]
             if (core // self.cols, cw.oc_group) not in seen:
                 self.ex.acct.move(idx, i, core // self.cols, nb)
                 seen[(core // self.cols, cw.oc_group)] = None
-            if i == 0:
-                self.ex.wchunk.pop(core, None)  # the buffer is being overwritten
+            if i == 0:  # the bytes at w0 are being overwritten: so is every chunk that overlaps them
+                self._forget(core, w0, row.nbytes)
             if i == ins.iters - 1:
-                data = self.mem.core_slice(where, core, "w", 0, row.nbytes).copy()
-                self.ex.wchunk[core] = self._decode(where, core, row, ch, data, seen)
+                data = self.mem.core_slice(where, core, "w", w0, row.nbytes).copy()
+                self.ex.wchunk[(core, w0)] = self._decode(where, core, row, ch, data, seen)
+
+    def _forget(self, core: int, off: int, n: int) -> None:
+        """Drop the decoded chunks of ``core`` whose bytes overlap ``core.w`` [off, off + n)."""
+        for key, held in list(self.ex.wchunk.items()):
+            if key[0] == core and key[1] < off + n and off < key[1] + held.row.nbytes:
+                del self.ex.wchunk[key]
 
     def _filled_slot(self, where, ins, i: int) -> tuple[int, dict]:
         """The weight slot LOADWM ``ins`` reads and its state; refuses a piece no LOADW filled or

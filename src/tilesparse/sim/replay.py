@@ -18,7 +18,9 @@ latency both give is computed twice, two ways.
   (``[i%2]``: the ping-pong half, i counted across the layer's steps; ``[i]``: the weight piece).
 * **Halting.** An instruction that halts the cores (``Instr.halts``, LOADWM) takes the cores from its
   first piece's start to its last piece's end, in program order with the COMPs: it starts after
-  every earlier COMP, and the later COMPs start after it.
+  every earlier COMP, and the later COMPs start after it. A LOADWM into a half of a
+  double-buffered weight buffer does not halt; its per-step locks (``core.w0/1``, taken by the
+  first piece or tile, given by the last) order it with the COMPs.
 * **Clock.** Events (iteration ends) are taken from a heap in time order; at each event time every
   engine whose next iteration is allowed starts it. Nothing is decided by a formula: a latency is
   the time of the last event.
@@ -160,10 +162,10 @@ def _locks(ins: Instr, it: int, half: int, which: str, gang: bool) -> tuple[str,
     and the later pieces none (a slot emptied, or a chunk delivered, as a whole)."""
     locks = getattr(ins, which)
     if not gang:
-        return tuple(lk.resolve(it, half) for lk in locks)
+        return tuple(lk.resolve(it, half) for lk in locks if lk.applies(it, ins.iters, which))
     if it:
         return ()
-    return tuple(lk.resolve(p, half) for lk in locks for p in range(ins.iters))
+    return tuple(lk.resolve(p, half) for lk in locks for p in (range(ins.iters) if lk.per == "piece" else (0,)))
 
 
 class _Plan:

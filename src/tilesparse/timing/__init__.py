@@ -11,6 +11,7 @@ from tilesparse.timing.recurrence import LayerTime, StepTime, layer_time, layer_
 from tilesparse.timing.rules import (
     PIPE_OPS,
     TRANSFER_OPS,
+    WEIGHT_HALVES,
     WEIGHT_SLOTS,
     bandwidth,
     comp_cycles,
@@ -24,11 +25,13 @@ from tilesparse.timing.rules import (
     peak_macs_per_cycle,
     stage_seconds,
     transfer_s,
+    weight_double_buffer_on,
 )
 
 __all__ = [
     "PIPE_OPS",
     "TRANSFER_OPS",
+    "WEIGHT_HALVES",
     "WEIGHT_SLOTS",
     "LayerTime",
     "StepTime",
@@ -47,4 +50,5 @@ __all__ = [
     "pipeline_s",
     "stage_seconds",
     "transfer_s",
+    "weight_double_buffer_on",
 ]
