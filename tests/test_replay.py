@@ -141,6 +141,39 @@ def test_double_buffered_loadwm_waits_for_the_last_reader_of_its_half(base):
         pytest.approx(11 * U, rel=1e-12)
 
 
+def _two_layers(base: Program, prefetch: bool) -> Program:
+    """Layer 0: LOADFM 1, COMP 5 µs, no weights. Layer 1: LOADW 1 (into wpre if ``prefetch``, else
+    weight slot 0), LOADWM 1, LOADFM 1, COMP 1 µs."""
+    area = Operand.staging("wpre", 64) if prefetch else Operand.staging("wslot0")
+    name = "wpre" if prefetch else "wslot0"
+    full, empty = Lock.piece(name, "full"), Lock.piece(name, "empty")
+    rows = [(0, "LOADFM", (Operand.ddr(0),), (Operand.core("in"),), (IN_E,), (IN_F,), False, B),
+            (0, "COMP", (Operand.core("in"),), (Operand.core("out"),), (IN_F,), (IN_E,), False, 5 * C),
+            (1, "LOADW", (Operand.ddr(0),), (area,), (empty,), (full,), False, D),
+            (1, "LOADWM", (area,), (Operand.core("w"),), (full,), (empty,), True, B),
+            (1, "LOADFM", (Operand.ddr(0),), (Operand.core("in"),), (IN_E,), (IN_F,), False, B),
+            (1, "COMP", (Operand.core("in"),), (Operand.core("out"),), (IN_F,), (IN_E,), False, C)]
+    instrs = [Instr(op, li, 0, 0, 0, 0, 1, src, dst, 0, k, acq, rel, halts)
+              for k, (li, op, src, dst, acq, rel, halts, _) in enumerate(rows)]
+    return dataclasses.replace(base, layers=base.layers[:2], instrs=tuple(instrs),
+                               per_iter=np.array([v for *_, v in rows], float))
+
+
+def test_prefetched_weights_load_during_the_layer_before(base):
+    # prefetch: layer 1's LOADW runs 0-1 beside layer 0 (0-6); layer 1 then LOADWM 6-7, COMP 7-8:
+    # 8 µs, layer 1 spans 2 µs. Without: LOADW 6-7, LOADWM 7-8, COMP 8-9: 9 µs, layer 1 3 µs
+    for prefetch, total, second in ((True, 8, 2), (False, 9, 3)):
+        p = _two_layers(base, prefetch)
+        assert p.instrs[2].prefetch is prefetch
+        r, m = replay(p), estimate_program(p)
+        assert (r.total_s, m.total_s) == pytest.approx((total * U, total * U), rel=1e-12)
+        assert [s.seconds for s in r.layers] == pytest.approx([6 * U, second * U], rel=1e-12)
+        assert [sec for _, _, sec in m.layers] == pytest.approx([6 * U, second * U], rel=1e-12)
+        # the LOADW's own start: at 0 beside layer 0, or with its layer at 6
+        assert r.instr_start_s[2] == pytest.approx(m.instrs[2].start_s, abs=1e-18)
+        assert m.instrs[2].start_s == pytest.approx(0.0 if prefetch else 6 * U, abs=1e-18)
+
+
 def test_weight_cut_through_the_docs_example(base):
     # docs/time-model.md: 321 B of weights in pieces of 84, 80, 80, 77 B; LOADFM 256 B, COMP 80
     # cycles, WRITEFM 256 B, one tile. LOADWM starts when piece 0 is in and never waits for a later one

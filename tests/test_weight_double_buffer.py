@@ -29,8 +29,10 @@ BEFORE = {(0.0, "4x4"): 2.0085e-06, (0.0, "4x2"): 3.07625e-06,
 
 
 def halting(arr: str):
+    """The array with the weight buffer single (and, for the figures before, no cross-layer prefetch)."""
     hw = load_array(arr)
-    return hw.model_copy(update={"core": hw.core.model_copy(update={"weight_double_buffer": False})})
+    return hw.model_copy(update={"core": hw.core.model_copy(update={"weight_double_buffer": False}),
+                                 "memtile": hw.memtile.model_copy(update={"weight_prefetch": False})})
 
 
 def _graph(sparsity: float, quantized: bool):

@@ -154,6 +154,12 @@ class MemTileConfig(_Strict):
     # copies piece i into the cores while LOADW still fills the later ones (weight cut-through).
     # 2 slots x pieces x 2 locks must fit the MemTile's 64 locks, beside the activation locks.
     weight_slot_pieces: Int = Field(4, ge=1, le=8)
+    # Cross-layer weight prefetch (docs/time-model.md, rule 7): while layer k runs, LOADW brings the
+    # first weight step of layer k+1 into MemTile space that no activation live in layers k and
+    # k+1 uses, so that layer starts with its first weights on chip. Off (the default of a
+    # description without the key) keeps layers apart as before; the shipped AIE2 description turns
+    # it on. Used only where the rule profile allows the mechanism "weight_prefetch".
+    weight_prefetch: bool = False
 
 
 class DdrConfig(_Strict):

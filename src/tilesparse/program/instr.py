@@ -16,9 +16,9 @@ __all__ = ["CORE_BUFFERS", "LOCK_INDEX", "LOCK_NAMES", "MEMORIES", "OPS", "STAGI
 
 OPS = ("LOAD", "LOADW", "LOADFM", "LOADWM", "COMP", "WRITEFM", "WRITE")
 MEMORIES = ("ddr", "memtile", "staging", "core")
-STAGING_BUFFERS = ("wslot0", "wslot1", "stage_in", "stage_out")  # MemTile staging areas
+STAGING_BUFFERS = ("wslot0", "wslot1", "wpre", "stage_in", "stage_out")  # MemTile staging areas
 CORE_BUFFERS = ("in", "w", "out", "res")
-LOCK_NAMES = ("wslot0", "wslot1", "stage_in", "stage_out", "core.in", "core.out", "core.w0", "core.w1")
+LOCK_NAMES = ("wslot0", "wslot1", "wpre", "stage_in", "stage_out", "core.in", "core.out", "core.w0", "core.w1")
 LOCK_INDEX = ("parity", "piece", "step")
 
 
@@ -36,7 +36,8 @@ def _count(v: SupportsIndex, what: str) -> int:
 @dataclass(frozen=True, slots=True)
 class Operand:
     """One memory: ``ddr`` at byte ``addr``; an activation ``buffer`` in ``memtile`` (striped,
-    at ``addr`` = its offset); a MemTile ``staging`` area; a ``core`` buffer (in, w, out, res)."""
+    at ``addr`` = its offset); a MemTile ``staging`` area (``wpre``, the prefetched weights, at
+    ``addr`` = its offset in every column); a ``core`` buffer (in, w, out, res)."""
 
     memory: str
     buffer: str = ""
@@ -61,8 +62,8 @@ class Operand:
         return cls("memtile", buffer, offset)
 
     @classmethod
-    def staging(cls, area: str) -> Operand:
-        return cls("staging", area)
+    def staging(cls, area: str, offset: int = 0) -> Operand:
+        return cls("staging", area, offset)
 
     @classmethod
     def core(cls, buffer: str) -> Operand:
@@ -78,6 +79,8 @@ class Operand:
             return f"ddr@{self.addr}"
         if self.memory == "memtile":
             return f"memtile:{self.buffer}@{self.addr}"
+        if self.buffer == "wpre":
+            return f"memtile.wpre@{self.addr}"
         if self.memory == "core" and self.addr:  # a half of a double-buffered core.w
             return f"core.{self.buffer}@{self.addr}"
         return f"{'memtile' if self.memory == 'staging' else 'core'}.{self.buffer}"
@@ -168,6 +171,12 @@ class Instr:
             object.__setattr__(self, f, _count(getattr(self, f), f"{self.op} {f}"))
         for f in ("src", "dst", "acquire", "release"):
             object.__setattr__(self, f, tuple(getattr(self, f)))
+
+    @property
+    def prefetch(self) -> bool:
+        """A LOADW into the prefetch area ``wpre``: it runs during the layer before its own
+        (docs/program.md, "Prefetched weights")."""
+        return self.op == "LOADW" and any(o.buffer == "wpre" for o in self.dst)
 
     def locks_text(self, which: str) -> str:
         """``acquire`` or ``release`` as the listing writes it (``"; "``-joined)."""

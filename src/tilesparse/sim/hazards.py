@@ -21,7 +21,10 @@ LOADFM i, COMP i, WRITEFM i, WRITE i for each iteration i) and requires
   to be read) and after the previous write.
 
 Anything else, or a lock that never gets a token (deadlock), raises ``HazardError`` naming both
-instructions.
+instructions. A prefetching LOADW (``Instr.prefetch``) writes the MemTile area ``wpre`` during the
+layer before its own: the area must be free MemTile space in both layers
+(``dma.prefetch_space_error``: above their live activations, below their staging), else
+``HazardError`` names the layer and the buffer it would overwrite.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tilesparse.sim.dma import prefetch_space_error
 from tilesparse.sim.layer import LayerView
 from tilesparse.sim.memory import SimulationError
 
@@ -279,6 +283,9 @@ def check_ordering(program) -> None:
     for i, ins in enumerate(program.instrs):
         by_layer.setdefault(ins.layer, []).append(i)
     for li in sorted(by_layer):
+        err = prefetch_space_error(program, li)  # wpre is written during layer li−1: free space then
+        if err:
+            raise HazardError(err)
         queues, order = _build(program, by_layer[li])
         _run(program, queues)
         _check_data(program, order)
