@@ -61,6 +61,8 @@ def test_both_flags_off_keep_the_figures_before(sparsity, arr):
     assert estimate_program(off).total_s == pytest.approx(BEFORE[(sparsity, arr)], rel=1e-12)
     pre = compile_graph(g, flags(arr, False, True))  # prefetch alone
     assert _prefetched(pre) and estimate_program(pre).total_s < BEFORE[(sparsity, arr)]
+    for p in (pre, compile_graph(g, arr)):  # the compiler's own figure is the program's estimate
+        assert p.meta["estimate_s"] == pytest.approx(estimate_program(p).total_s, rel=1e-12)
 
 
 def test_the_paper_profile_never_prefetches():

@@ -21,10 +21,12 @@ from dataclasses import replace
 import numpy as np
 
 from tilesparse.compiler.memory import MEMTILE_ALIGN, Allocation
+from tilesparse.compiler.planning import LayerPlan
 from tilesparse.hw import ArrayConfig, get_profile
 from tilesparse.program import Instr, Lock, Operand
+from tilesparse.timing import LayerTime, layer_time, prefetch_start_s
 
-__all__ = ["PREFETCH_AREA", "prefetch_on", "prefetch_weights"]
+__all__ = ["PREFETCH_AREA", "network_seconds", "prefetch_on", "prefetch_weights"]
 
 PREFETCH_AREA = "wpre"
 
@@ -74,3 +76,20 @@ def prefetch_weights(instrs: list[Instr], per_iter: Sequence[np.ndarray], alloc:
         done[str(li)] = {"offset": lo, "bytes": size}
     return out, done
 
+
+
+def network_seconds(plans: Sequence[LayerPlan], prefetched: set[int], hw: ArrayConfig) -> float:
+    """The program's latency under the time model: each plan's time, but a layer in ``prefetched``
+    timed with its first weight step loaded during the layer before (``timing.prefetch_start_s``)
+    — what ``estimate_program`` gives the program (before activation compression)."""
+    t, prev = 0.0, (None, 0.0, False)
+    for li, plan in enumerate(plans):
+        if li not in prefetched and li + 1 not in prefetched:
+            t, prev = t + plan.time_s, (None, t, False)
+            continue
+        steps = [(st.loadw_bytes, st.loadwm_bytes, st.pipe) for st in plan.table.steps()]
+        pre = prefetch_start_s(*prev, t) if li in prefetched else None
+        lt: LayerTime = layer_time(steps, hw, double=plan.weight_half_bytes > 0, prefetch_start_s=pre)
+        prev = (lt, t, li in prefetched)
+        t += lt.total_s
+    return t

@@ -71,6 +71,7 @@ class LayerBound:
     ddr_weight_s: float = 0.0  # the layer's weights on the DDR weight channels (prefetched or not)
     ddr_act_s: float = 0.0  # the DDR term's graph input / output part
     halting: bool = True  # its LOADWMs halt the cores (False: a double-buffered weight buffer)
+    prefetched_weight_s: float = 0.0  # of ddr_weight_s, what crossed DDR during the layer before
 
     @property
     def prefetched_s(self) -> float:
@@ -145,7 +146,7 @@ def layer_bound(rec: LayerRecord, buffers: dict, hw: ArrayConfig, halting: bool 
     memtile = max(stall, in_bytes / (hw.cols * mt), out_bytes / (hw.cols * mt))
     act = max(in_io / col_in, out_io / (hw.cols * links.memtile_to_ddr_bytes_per_s))
     return LayerBound(rec.name, rec.kept_macs / _peak_ops_per_s(rec, hw), ddr, memtile, stall, weights / col_in, act,
-                      halting)
+                      halting, weights / col_in - ddr_w)
 
 
 def _peak_ops_per_s(rec: LayerRecord, hw: ArrayConfig) -> float:

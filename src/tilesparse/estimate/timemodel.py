@@ -12,7 +12,7 @@ import numpy as np
 from tilesparse.hw import ArrayConfig, RuleProfile, get_profile
 from tilesparse.program import Instr, Program
 from tilesparse.program.zero_compress import stream_values
-from tilesparse.timing import LayerTime, StepTime, bandwidth, layer_time
+from tilesparse.timing import LayerTime, StepTime, bandwidth, layer_time, prefetch_start_s
 
 __all__ = ["InstrTime", "ProgramTime", "estimate_program"]
 
@@ -66,28 +66,6 @@ def _step_values(program: Program, idx: list[int]) -> tuple[np.ndarray, np.ndarr
     return lw, lwm, pipe
 
 
-@dataclass(frozen=True)
-class _Before:
-    """The layer before, as a prefetching LOADW sees it (rule 7's exception, docs/time-model.md):
-    it starts once that layer has started (the one before it is done), once the weight channel has
-    delivered that layer's last chunk, and once that layer's prefetched first step (if any) has left
-    the prefetch area (its LOADWM's end)."""
-
-    start_s: float = 0.0
-    time: LayerTime | None = None
-    prefetched: bool = False
-
-    def prefetch_start(self, t: float) -> float:
-        """When the prefetching LOADW of the layer starting at ``t`` starts, relative to ``t``."""
-        begin = self.start_s
-        if self.time is not None:
-            ends = [st.loadw_start_s + st.loadw_s for st in self.time.steps if st.loadw_s > 0]
-            begin = max([begin] + [self.start_s + e for e in ends])
-            if self.prefetched and self.time.steps:
-                begin = max(begin, self.start_s + self.time.steps[0].ready_s)
-        return begin - t
-
-
 def _double_buffered(program: Program, idx: list[int]) -> bool:
     """Whether a layer's weight buffer is double-buffered: its LOADWMs do not halt the cores
     (docs/program.md, "Locks and ordering"; the compiler decides, rule 5)."""
@@ -131,16 +109,16 @@ def estimate_program(program: Program, profile: RuleProfile | str | None = None)
     for i, ins in enumerate(program.instrs):
         by_step.setdefault((ins.layer, ins.step), []).append(i)
     layers, out, t = [], [], 0.0
-    prev = _Before()
+    prev: tuple[LayerTime | None, float, bool] = (None, 0.0, False)
     for li, rec in enumerate(program.layers):
         keys = sorted(k for k in by_step if k[0] == li)
         idx = [i for key in keys for i in by_step[key]]
-        pre = prev.prefetch_start(t) if any(program.instrs[i].prefetch for i in idx) else None
+        pre = prefetch_start_s(*prev, t) if any(program.instrs[i].prefetch for i in idx) else None
         lt = layer_time([_step_values(program, by_step[key]) for key in keys], program.hw, prof,
                         double=_double_buffered(program, idx), prefetch_start_s=pre)
         for key, st in zip(keys, lt.steps, strict=True):
             out += _instr_times(program, by_step[key], st, t)
         layers.append((rec.name, t, lt.total_s))
-        prev = _Before(t, lt, pre is not None)
+        prev = (lt, t, pre is not None)
         t += lt.total_s
     return ProgramTime(t + prof.measured.invocation_s, tuple(layers), tuple(out))

@@ -7,7 +7,14 @@ applies them to a compiled ``Program``. This package imports nothing from tilesp
 (tests/test_import_boundaries_timing.py), so both can use it without a cycle.
 """
 
-from tilesparse.timing.recurrence import LayerTime, StepTime, layer_time, layer_time_arrays, pipeline_s
+from tilesparse.timing.recurrence import (
+    LayerTime,
+    StepTime,
+    layer_time,
+    layer_time_arrays,
+    pipeline_s,
+    prefetch_start_s,
+)
 from tilesparse.timing.rules import (
     PIPE_OPS,
     TRANSFER_OPS,
@@ -48,6 +55,7 @@ __all__ = [
     "peak_macs_per_cycle",
     "lookup_cycles",
     "pipeline_s",
+    "prefetch_start_s",
     "stage_seconds",
     "transfer_s",
     "weight_double_buffer_on",

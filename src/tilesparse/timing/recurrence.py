@@ -40,7 +40,7 @@ import numpy as np
 from tilesparse.hw import TILESPARSE, ArrayConfig, RuleProfile
 from tilesparse.timing.rules import PIPE_OPS, profile_of, stage_seconds, transfer_s
 
-__all__ = ["LayerTime", "StepTime", "layer_time", "layer_time_arrays", "pipeline_s"]
+__all__ = ["LayerTime", "StepTime", "layer_time", "layer_time_arrays", "pipeline_s", "prefetch_start_s"]
 
 
 @dataclass(frozen=True)
@@ -307,3 +307,18 @@ def layer_time_arrays(loadw_bytes: np.ndarray, loadwm_bytes: np.ndarray, pipe: d
     lw = transfer_s("LOADW", _pieces(loadw_bytes, n), hw)
     lwm = transfer_s("LOADWM", _pieces(loadwm_bytes, n), hw)
     return _run(lw, lwm, d, ops, iters, writes, profile=profile, double=double)
+
+
+def prefetch_start_s(prev: LayerTime | None, prev_start_s: float, prev_prefetched: bool, start_s: float) -> float:
+    """Rule 7's exception: when the prefetching LOADW of the layer starting at ``start_s`` starts,
+    relative to ``start_s`` (negative: during the layer before). It runs beside the layer before
+    (``prev``, which started at ``prev_start_s``): once that layer has started, the weight channel
+    has delivered that layer's last chunk, and that layer's own prefetched first step (if
+    ``prev_prefetched``) has left the prefetch area (its LOADWM's end)."""
+    begin = prev_start_s
+    if prev is not None:
+        ends = [st.loadw_start_s + st.loadw_s for st in prev.steps if st.loadw_s > 0]
+        begin = max([begin] + [prev_start_s + e for e in ends])
+        if prev_prefetched and prev.steps:
+            begin = max(begin, prev_start_s + prev.steps[0].ready_s)
+    return begin - start_s
