@@ -154,3 +154,18 @@ def test_a_missing_release_deadlocks():
     bad = dataclasses.replace(prog, instrs=tuple(instrs))
     with pytest.raises(HazardError, match=r"deadlock: LOADWM .* waits for core\.w0\.empty"):
         check_ordering(bad)
+
+
+def test_engine_bound_counts_loadwm_beside_comp_when_double_buffered():
+    # 1x1 array, 4 GB/s, 1 GHz: two steps of LOADWM 4000 B (1 µs each) and COMP 3000 cycles (3 µs each,
+    # one iteration): halting, the cores take 2 x (1 + 3) = 8 µs; double-buffered, the busiest engine is
+    # COMP with 6 µs, and the recurrence gives LOADWM 0-1, COMP 1-4, 4-7 = 7 µs
+    from tilesparse.timing import engine_bound_s, layer_time_arrays
+
+    hw = load_array("1x1")
+    lw, lwm = np.array([[0.0], [0.0]]), np.array([[4000.0], [4000.0]])
+    pipe = {"COMP": np.array([[3000.0], [3000.0]])}
+    assert engine_bound_s(lw, lwm, pipe, hw) == pytest.approx(8e-6)
+    assert engine_bound_s(lw, lwm, pipe, hw, double=True) == pytest.approx(6e-6)
+    assert layer_time_arrays(lw, lwm, pipe, hw, double=True) == pytest.approx(7e-6)
+    assert layer_time_arrays(lw, lwm, pipe, hw) == pytest.approx(8e-6)
