@@ -148,3 +148,16 @@ def test_a_prefetch_area_into_the_staging_is_caught(prog):
     _, bad = _moved(prog, cap - 16)
     with pytest.raises(HazardError, match="runs into the staging"):
         check_ordering(bad)
+
+
+def test_a_prefetch_over_unread_prefetched_weights_is_caught(prog):
+    # two consecutive prefetched layers share the area: the later LOADW must wait for the earlier
+    # layer's LOADWM to empty it; without its wpre.empty locks nothing orders them
+    pre = _prefetched(prog)
+    li = next(k for k in sorted(pre) if k - 1 in pre
+              and prog.instrs[pre[k]].dst[0].addr == prog.instrs[pre[k - 1]].dst[0].addr)
+    instrs = list(prog.instrs)
+    instrs[pre[li]] = dataclasses.replace(instrs[pre[li]], acquire=())
+    with pytest.raises(HazardError, match=r"LOADW .* overwrites memtile\.wpre still to be read by LOADWM"):
+        check_ordering(dataclasses.replace(prog, instrs=tuple(instrs)))
+    check_ordering(prog)  # as compiled: ordered

@@ -24,7 +24,9 @@ Anything else, or a lock that never gets a token (deadlock), raises ``HazardErro
 instructions. A prefetching LOADW (``Instr.prefetch``) writes the MemTile area ``wpre`` during the
 layer before its own: the area must be free MemTile space in both layers
 (``dma.prefetch_space_error``: above their live activations, below their staging), else
-``HazardError`` names the layer and the buffer it would overwrite.
+``HazardError`` names the layer and the buffer it would overwrite; and where the area overlaps the
+layer before's own prefetch area, the LOADW must take the ``wpre`` empty locks that layer's LOADWM
+gives back (``_check_prefetch_order``: the one cross-layer order the per-layer check cannot see).
 """
 
 from __future__ import annotations
@@ -277,8 +279,32 @@ def _check_data(program, order: list[Event]) -> None:
             last_w[buf], readers[buf] = ev, []
 
 
+def _check_prefetch_order(program) -> None:
+    """A prefetching LOADW of layer li writes ``wpre`` during layer li−1: where layer li−1's own
+    prefetched weights sit in overlapping bytes, its locks must wait for layer li−1's LOADWM to have
+    read them (it acquires every ``wpre[i].empty`` that LOADWM releases)."""
+    pre = {ins.layer: (i, ins) for i, ins in enumerate(program.instrs) if ins.prefetch}
+    for li, (i, ins) in sorted(pre.items()):
+        if li - 1 not in pre:
+            continue
+        j, prev = pre[li - 1]
+        reader = next((k for k, x in enumerate(program.instrs) if x.layer == li - 1 and x.op == "LOADWM"
+                       and x.src == prev.dst), None)
+        if reader is None:
+            continue
+        a0, b0 = prev.dst[0].addr, prev.dst[0].addr + int(np.ceil(program.iter_values(prev)).sum())
+        a1, b1 = ins.dst[0].addr, ins.dst[0].addr + int(np.ceil(program.iter_values(ins)).sum())
+        empties = {lk for lk in ins.acquire if lk.name == "wpre" and lk.state == "empty"}
+        freed = {lk for lk in program.instrs[reader].release if lk.name == "wpre" and lk.state == "empty"}
+        if a1 < b0 and a0 < b1 and not (empties & freed):
+            where = f"LOADW #{i} (layer {program.layers[li].name!r})"
+            raise HazardError(f"{where} overwrites memtile.wpre still to be read by LOADWM #{reader} (layer "
+                              f"{program.layers[li - 1].name!r}) (no lock orders them)")
+
+
 def check_ordering(program) -> None:
     """Raise ``HazardError`` on the first hazard or deadlock, with the program's own locks."""
+    _check_prefetch_order(program)
     by_layer: dict[int, list[int]] = {}
     for i, ins in enumerate(program.instrs):
         by_layer.setdefault(ins.layer, []).append(i)
