@@ -5,7 +5,10 @@ Per step (s, k, q) of a layer (see ``steps``), in this order:
 * ``LOADW``  DDR → MemTile weight slot ``j mod 2``: the step's chunks of every oc group,
   contiguous in DDR (skipped if the layer has no weights or the chunk is resident), one
   iteration per weight piece (piece i: the i-th byte range of every chunk, ``pack.piece_bounds``);
-* ``LOADWM`` slot → every core's weight buffer (halts the cores), piece by piece;
+* ``LOADWM`` slot → every core's weight buffer (halts the cores), piece by piece; in a layer whose
+  weight buffer is double-buffered (``LayerPlan.weight_half_bytes``), the m-th weighted step's
+  chunk goes to half m mod 2 (``core.w@offset``) without halting, its COMPs read that half, and
+  per-step locks ``core.w0/1`` hand each half between LOADWM and the last COMP that reads it;
 * the pipeline, each instruction with ``iters`` = the step's tiles: ``LOAD`` (input buffer in DDR →
   MemTile staging), ``LOADFM`` (MemTile → core input ping/pong), ``COMP``, and in the last input-channel
   chunk ``WRITEFM`` (core output ping/pong → MemTile) and ``WRITE`` (MemTile staging → DDR) when the
@@ -18,6 +21,7 @@ Which sub-volume each core moves or computes at iteration i is fixed by the laye
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -90,9 +94,11 @@ def emit_layer(li: int, plan: LayerPlan, spans: dict[tuple[int, int], tuple[int,
     out: list[Instr] = []
     sums = _region_sums(plan.spec, plan)
     chunk_bytes = {r.key: r.nbytes for r in chunks or []}
-    for j, st in enumerate(plan.table.steps()):
+    steps = plan.table.steps()
+    halves = _weight_halves(plan, steps)
+    for j, st in enumerate(steps):
         totals = _totals(plan.spec, plan, st, sums, chunk_bytes)
-        for ins, vals in _step_instrs(li, j, st, plan, spans, in_src, out_dst, totals):
+        for ins, vals in _step_instrs(li, j, st, plan, spans, in_src, out_dst, totals, halves[j]):
             out.append(Instr(**ins, offset=offset))
             per_iter.append(np.asarray(vals, dtype=np.float64))
             offset += len(vals)
@@ -110,8 +116,39 @@ STAGE_IN, STAGE_OUT = Operand.staging("stage_in"), Operand.staging("stage_out")
 CORE_IN, CORE_W, CORE_OUT = Operand.core("in"), Operand.core("w"), Operand.core("out")
 
 
-def _step_instrs(li, j, st: Step, plan: LayerPlan, spans, in_src: Operand, out_dst: Operand, totals):
+@dataclass(frozen=True)
+class _Half:
+    """A step's half of a double-buffered weight buffer: which, at which offset of ``core.w``,
+    whether the step loads it and whether its COMP is the last to read it."""
+
+    half: int
+    offset: int
+    loads: bool
+    frees: bool
+
+    def lock(self, state: str) -> Lock:
+        return Lock.step(f"core.w{self.half}", state)
+
+
+def _weight_halves(plan: LayerPlan, steps: list[Step]) -> list[_Half | None]:
+    """Per step its ``_Half`` (None without double-buffering): the m-th step that loads weights
+    fills half m mod 2; the steps after it, up to the next that loads, read the same half."""
+    if not plan.weight_half_bytes:
+        return [None] * len(steps)
+    out: list[_Half | None] = []
+    m = -1
+    for j, st in enumerate(steps):
+        m += bool(st.loadw_total)
+        h = max(m, 0) % 2
+        frees = j == len(steps) - 1 or bool(steps[j + 1].loadw_total)
+        out.append(_Half(h, h * plan.weight_half_bytes, bool(st.loadw_total), frees))
+    return out
+
+
+def _step_instrs(li, j, st: Step, plan: LayerPlan, spans, in_src: Operand, out_dst: Operand, totals,
+                 half: _Half | None = None):
     base = {"layer": li, "step": j, "s": st.s, "k": st.k, "q": st.q}
+    core_w = CORE_W if half is None else Operand("core", "w", half.offset)
     if st.loadw_total:  # one iteration per weight piece, each piece with its own lock pair
         slot = f"wslot{j % 2}"
         addr, nb = spans[(st.k, st.q)]
@@ -119,12 +156,17 @@ def _step_instrs(li, j, st: Step, plan: LayerPlan, spans, in_src: Operand, out_d
         full, empty = Lock.piece(slot, "full"), Lock.piece(slot, "empty")
         yield dict(op="LOADW", iters=n_p, src=(Operand.ddr(addr),), dst=(Operand.staging(slot),), nbytes=nb,
                    acquire=(empty,), release=(full,), **base), st.loadw_bytes
-        yield dict(op="LOADWM", iters=n_p, src=(Operand.staging(slot),), dst=(CORE_W,), nbytes=totals["LOADWM"],
-                   acquire=(full,), release=(empty,), halts=True, **base), st.loadwm_bytes
+        wacq, wrel = ((half.lock("empty"),), (half.lock("full"),)) if half is not None else ((), ())
+        yield dict(op="LOADWM", iters=n_p, src=(Operand.staging(slot),), dst=(core_w,), nbytes=totals["LOADWM"],
+                   acquire=(full, *wacq), release=(empty, *wrel), halts=half is None, **base), st.loadwm_bytes
     last_q = st.q == plan.part.n_q - 1
     staged_in, staged_out = "LOAD" in st.pipe, "WRITE" in st.pipe
     for op, vals in st.pipe.items():
         src, dst, acq, rel = _pipe_operands(op, plan, in_src, out_dst, staged_in, staged_out, last_q)
+        if op == "COMP" and half is not None:  # the step's half: taken by its first tile, freed by the last
+            src = (CORE_IN, core_w)
+            acq += (half.lock("full"),) * half.loads
+            rel += (half.lock("empty"),) * half.frees
         yield dict(op=op, iters=st.iters, src=src, dst=dst, nbytes=totals[op], acquire=acq, release=rel,
                    **base), vals
 

@@ -17,7 +17,7 @@ from tilesparse.compiler.partition import LayerPartition, oc_chunks
 from tilesparse.compiler.steps import WeightIndex
 from tilesparse.hw import ArrayConfig
 from tilesparse.program.zero_compress import hw_format, min_ratio
-from tilesparse.timing import parts_lower_rate
+from tilesparse.timing import parts_lower_rate, weight_double_buffer_on
 
 __all__ = ["GridFloor", "input_pass_s"]
 
@@ -33,12 +33,15 @@ class GridFloor:
     plus the LOADWM time of the busiest row — its distinct chunks, each sent at least once per spatial
     group unless a single chunk stays resident — and one LOADFM pass over the input per output-channel
     chunk (``input_pass_s``), after the first piece of the first step's weights has arrived (all but the
-    first tile's input, which may stream in meanwhile)."""
+    first tile's input, which may stream in meanwhile). Where the weight buffer may be double-buffered
+    (``timing.weight_double_buffer_on``), the later LOADWMs need not halt the cores: the floor then
+    counts them on the row channels only, beside COMP."""
 
     def __init__(self, spec: LayerSpec, hw: ArrayConfig, cores, widx: WeightIndex | None, cache: CompileCache):
         live = [c for c in cores if not c.empty]
         self.spec, self.widx, self.cache = spec, widx, cache
         self.comp = self.stall = self.fm = self.s = 0.0
+        self.double = weight_double_buffer_on(hw)  # LOADWM may run beside COMP (a partition whose chunks fit)
         self.first: dict[tuple, float] = {}  # of(): first-step LOADW bytes by (oc, n_k, ci blocks, n_q == 1)
         if not live:
             return
@@ -78,7 +81,8 @@ class GridFloor:
         self.col_bw = hw.cols * hw.links.ddr_to_memtile_bytes_per_s
         self.piece0_bw = self.col_bw * hw.memtile.weight_slot_pieces
         # LOADW streams every distinct chunk on the column weight channels before the last COMP
-        self.s = max(self.comp + self.stall, self.fm, float(g[:, 2].sum()) / self.col_bw)
+        cores = max(self.comp, self.stall) if self.double else self.comp + self.stall
+        self.s = max(cores, self.fm, float(g[:, 2].sum()) / self.col_bw)
 
     def of(self, part: LayerPartition) -> float:
         """The floor of one partition of the grid: for a conv, weight reloads per spatial group
@@ -103,6 +107,9 @@ class GridFloor:
         fm = part.n_k * self.fm
         # COMP and every later LOADWM also wait for all of the first step's weights
         comp = self.comp + part.n_tiles * part.n_k * part.n_q * self.call_s
+        if self.double:
+            return max(first / self.piece0_bw + comp, reloads * self.stall,
+                       max(fm, first / self.piece0_bw + fm - lead), self.s)
         return max(first / self.piece0_bw + comp + reloads * self.stall,
                    first / self.col_bw + comp + (reloads - 1) * self.stall,
                    max(fm, first / self.piece0_bw + fm - lead), self.s)

@@ -33,6 +33,7 @@ from tilesparse.compiler.memory import (
 from tilesparse.compiler.pack import dense_weight_bytes, int8_weights
 from tilesparse.compiler.partition import Chooser, check_coverage
 from tilesparse.compiler.planning import LayerPlan, plan_layer, replan
+from tilesparse.compiler.prefetch import network_seconds, prefetch_weights
 from tilesparse.compiler.rebalance import rebalance
 from tilesparse.errors import UnsupportedOpError
 from tilesparse.hw import ArrayConfig, get_profile, load_array
@@ -320,8 +321,9 @@ def _assemble(graph, hw, plans: list[LayerPlan], ins, buffers, alloc, t0, cache:
                                   _where(alloc, ddr, sp.out_tensor), per_iter, offset, rows)
         instrs += code
         records.append(_record(graph, plan, in_bufs, rows))
-    est = sum(p.time_s for p in plans)
-    meta = {"compile_s": time.perf_counter() - t0, "estimate_s": est,
+    instrs, prefetched = prefetch_weights(instrs, per_iter, alloc, hw)  # 7. cross-layer weight prefetch
+    est = network_seconds(plans, {int(k) for k in prefetched}, hw)
+    meta = {"weight_prefetch": prefetched, "compile_s": time.perf_counter() - t0, "estimate_s": est,
             # the graph input's power-of-two exponent: run the program on a real-valued input
             # without the graph (x_int8 = quantize_real(x, input_scale_exp)); None if float graph
             "input_scale_exp": graph.inputs[0].out.scale_exp,

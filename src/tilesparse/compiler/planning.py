@@ -39,7 +39,7 @@ from tilesparse.errors import CapacityError, ConfigError
 from tilesparse.hw import ArrayConfig
 from tilesparse.program.records import COMPRESSIBLE_OPS
 from tilesparse.program.zero_compress import charged_sizes, hw_format
-from tilesparse.timing import WEIGHT_SLOTS, engine_bound_s, layer_time_arrays
+from tilesparse.timing import WEIGHT_HALVES, WEIGHT_SLOTS, engine_bound_s, layer_time_arrays
 
 __all__ = ["MAX_STAGING_FRACTION", "LayerPlan", "charged_pipe", "chunk_blocks", "plan_layer", "plan_with", "replan"]
 
@@ -57,6 +57,7 @@ class LayerPlan:
     staging_bytes: int  # per column: weight slots + activation tile staging (reserved in MemTile)
     in_ddr: tuple[bool, ...] = ()
     out_ddr: bool = False
+    weight_half_bytes: int = 0  # a double-buffered weight buffer's half (0: one buffer, LOADWM halts)
 
 
 def _grids(spec: LayerSpec, hw: ArrayConfig) -> list[Grid]:
@@ -223,10 +224,16 @@ def _evaluate(spec, hw, part, in_ddr, out_ddr, widx, cache: CompileCache, cutoff
     if staging > hw.memtile.bytes * MAX_STAGING_FRACTION:
         return None
     pipe = charged_pipe(spec, hw, pipe)
-    if cutoff_s < math.inf and engine_bound_s(tab.loadw, tab.loadwm, pipe, hw) >= cutoff_s:
+    double = tab.double_buffered(hw)
+    if cutoff_s < math.inf and engine_bound_s(tab.loadw, tab.loadwm, pipe, hw, double=double) >= cutoff_s:
         return None
-    total = layer_time_arrays(tab.loadw, tab.loadwm, pipe, hw, tab.iters, tab.writes)
-    return LayerPlan(spec, part, tab, total, widx, staging, in_ddr, out_ddr)
+    total = layer_time_arrays(tab.loadw, tab.loadwm, pipe, hw, tab.iters, tab.writes, double=double)
+    return LayerPlan(spec, part, tab, total, widx, staging, in_ddr, out_ddr, _half(hw, double))
+
+
+def _half(hw: ArrayConfig, double: bool) -> int:
+    """``LayerPlan.weight_half_bytes``: the offset of the weight buffer's second half, or 0."""
+    return hw.core.weight_buffer_bytes // WEIGHT_HALVES if double else 0
 
 
 def charged_pipe(spec: LayerSpec, hw: ArrayConfig, pipe: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -425,9 +432,11 @@ def replan(plan: LayerPlan, hw: ArrayConfig, in_ddr: tuple[bool, ...], out_ddr: 
            cache: CompileCache | None = None) -> LayerPlan:
     """The same partition with different activation homes (after MemTile allocation spilled some)."""
     tab = layer_steps(plan.spec, hw, plan.part, in_ddr, out_ddr, plan.widx, cache)
+    double = tab.double_buffered(hw)
     total = layer_time_arrays(tab.loadw, tab.loadwm, charged_pipe(plan.spec, hw, tab.pipe()), hw, tab.iters,
-                              tab.writes)
-    return LayerPlan(plan.spec, plan.part, tab, total, plan.widx, plan.staging_bytes, in_ddr, out_ddr)
+                              tab.writes, double=double)
+    return LayerPlan(plan.spec, plan.part, tab, total, plan.widx, plan.staging_bytes, in_ddr, out_ddr,
+                     _half(hw, double))
 
 
 def _validate_forced(spec, hw, cores, sub, widx, cache: CompileCache) -> None:

@@ -37,7 +37,14 @@ from tilesparse.hw import ArrayConfig
 from tilesparse.program.layout import chunk_with_inputs
 from tilesparse.program.packing import LUT_TABLE_BYTES, packed_nbytes
 from tilesparse.program.sparse_format import MASKED, PARTS
-from tilesparse.timing import PIPE_OPS, comp_cycles, element_cycles, part_matmul_shapes
+from tilesparse.timing import (
+    PIPE_OPS,
+    WEIGHT_HALVES,
+    comp_cycles,
+    element_cycles,
+    part_matmul_shapes,
+    weight_double_buffer_on,
+)
 
 __all__ = ["Step", "WeightIndex", "chunk_with_inputs", "core_chunk", "layer_steps"]
 
@@ -294,6 +301,15 @@ class StepTable:
         self.n_s, self.n_k, self.n_q, self.t_max = n_s, n_k, n_q, t_max
         self.parts: list[tuple] = []
         self.ops: tuple[str, ...] = PIPE_OPS
+        self.max_chunk = 0  # packed bytes of the largest weight chunk a core loads
+
+    def double_buffered(self, hw: ArrayConfig) -> bool:
+        """Whether the layer's weight buffer is double-buffered (time-model rule 5): the array and
+        its rule profile allow it (``timing.weight_double_buffer_on``), more than one step loads
+        weights, and every chunk fits half of ``core.weight_buffer_bytes``."""
+        weighted = int((self.loadw.sum(axis=1) > 0).sum()) if self.parts else 0
+        return (weighted > 1 and WEIGHT_HALVES * self.max_chunk <= hw.core.weight_buffer_bytes
+                and weight_double_buffer_on(hw))
 
     def add(self, s, loadw, loadw_total, loadwm, pipe, macs, iters) -> None:
         self.parts.append((s, loadw, loadw_total, loadwm, pipe, macs, iters))
@@ -363,6 +379,7 @@ def layer_steps(spec: LayerSpec, hw: ArrayConfig, part: LayerPartition, in_ddr: 
     any_ddr = any(in_ddr[:spec.n_in + bool(spec.residual)])
     g = part.tiles_per_group
     tab = StepTable(part.n_s, n_k, n_q, g)
+    tab.max_chunk = int(nbytes.max(initial=0))
     # every tile of the layer at once (t axis), then one slice per spatial group
     p, win = lay.p, lay.win
     comp = comp_cycles(spec.kind, hw, rwork, p)

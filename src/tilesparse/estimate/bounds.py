@@ -12,6 +12,10 @@ Per layer, the largest of
   layer reads must reach a core (a strided 1×1 conv reads only the sampled positions) and every
   output byte must leave one (column channels), in parallel.
 
+A layer whose first weight step was prefetched during the layer before (cross-layer weight
+prefetch, docs/program.md) counts only its other weight bytes on its DDR term: a layer runs from the
+end of the one before to its own end, and the prefetched bytes crossed DDR before that.
+
 The per-layer bounds summed over the network give the *per-layer bound sum*: what layers run one
 after another (time-model rule 7) can reach at best if every layer hit its own bound.
 
@@ -38,7 +42,9 @@ busiest row channel's bytes. Summed over a layer's steps the stalls are at least
 busiest of ``rows`` channels carries at least its share), and they add to the COMP time, which is
 at least the compute bound. So no schedule the time model can express beats
 ``max(compute + weight stall, DDR, MemTile↔core)``. It is *not* the issue's bound (which is the
-largest of the three terms); it shows how much of the gap to that bound rule 5 itself forces.
+largest of the three terms); it shows how much of the gap to that bound rule 5 itself forces. A
+layer whose weight buffer is double-buffered (its LOADWMs do not halt) has no stall: its floor is
+its bound.
 """
 
 from __future__ import annotations
@@ -62,8 +68,10 @@ class LayerBound:
     ddr_s: float
     memtile_s: float
     weight_stall_s: float = 0.0  # the least LOADWM stall (weights over the row channels)
-    ddr_weight_s: float = 0.0  # the DDR term's weights part
+    ddr_weight_s: float = 0.0  # the layer's weights on the DDR weight channels (prefetched or not)
     ddr_act_s: float = 0.0  # the DDR term's graph input / output part
+    halting: bool = True  # its LOADWMs halt the cores (False: a double-buffered weight buffer)
+    prefetched_weight_s: float = 0.0  # of ddr_weight_s, what crossed DDR during the layer before
 
     @property
     def prefetched_s(self) -> float:
@@ -72,8 +80,10 @@ class LayerBound:
 
     @property
     def floor_s(self) -> float:
-        """The halting floor (module doc): never above the estimate, never below the bound."""
-        return max(self.compute_s + self.weight_stall_s, self.ddr_s, self.memtile_s)
+        """The halting floor (module doc): never above the estimate, never below the bound; the
+        bound itself for a layer whose weight buffer is double-buffered (its LOADWMs do not halt)."""
+        stall = self.weight_stall_s if self.halting else 0.0
+        return max(self.compute_s + stall, self.ddr_s, self.memtile_s)
 
     @property
     def bound_s(self) -> float:
@@ -121,17 +131,22 @@ def _layer_bytes(rec: LayerRecord, buffers: dict, hw: ArrayConfig) -> tuple[floa
     return weights, in_bytes, in_io, out_bytes, out_io
 
 
-def layer_bound(rec: LayerRecord, buffers: dict, hw: ArrayConfig) -> LayerBound:
-    """The bound of one ``LayerRecord`` of a program (``buffers``: the program's buffer table)."""
+def layer_bound(rec: LayerRecord, buffers: dict, hw: ArrayConfig, halting: bool = True,
+                prefetched_bytes: int = 0) -> LayerBound:
+    """The bound of one ``LayerRecord`` of a program (``buffers``: the program's buffer table;
+    ``halting``: whether its LOADWMs halt the cores, for the halting floor; ``prefetched_bytes``:
+    weight bytes its prefetching LOADW brought during the layer before, not on its DDR term)."""
     links = hw.links
     weights, in_bytes, in_io, out_bytes, out_io = _layer_bytes(rec, buffers, hw)
     col_in = hw.cols * links.ddr_to_memtile_bytes_per_s
-    ddr = max(weights / col_in, in_io / col_in, out_io / (hw.cols * links.memtile_to_ddr_bytes_per_s))
+    ddr_w = max(weights - prefetched_bytes, 0) / col_in
+    ddr = max(ddr_w, in_io / col_in, out_io / (hw.cols * links.memtile_to_ddr_bytes_per_s))
     mt = links.memtile_to_core_bytes_per_s
     stall = weights / (hw.rows * mt)
     memtile = max(stall, in_bytes / (hw.cols * mt), out_bytes / (hw.cols * mt))
     act = max(in_io / col_in, out_io / (hw.cols * links.memtile_to_ddr_bytes_per_s))
-    return LayerBound(rec.name, rec.kept_macs / _peak_ops_per_s(rec, hw), ddr, memtile, stall, weights / col_in, act)
+    return LayerBound(rec.name, rec.kept_macs / _peak_ops_per_s(rec, hw), ddr, memtile, stall, weights / col_in, act,
+                      halting, weights / col_in - ddr_w)
 
 
 def _peak_ops_per_s(rec: LayerRecord, hw: ArrayConfig) -> float:
@@ -143,7 +158,18 @@ def _peak_ops_per_s(rec: LayerRecord, hw: ArrayConfig) -> float:
 
 
 def program_bounds(program: Program) -> list[LayerBound]:
-    return [layer_bound(r, program.buffers, program.hw) for r in program.layers]
+    """Every layer's bound; a layer none of whose LOADWMs halts the cores (its weight buffer
+    double-buffered, docs/program.md "Weight halves") gets no halting stall in its floor, and a
+    layer whose first weights were prefetched during the layer before ("Prefetched weights") has
+    those bytes off its DDR term (the layer spans from the end of the one before to its own end)."""
+    double = {ins.layer for ins in program.instrs if ins.op == "LOADWM" and not ins.halts}
+    halts = {ins.layer for ins in program.instrs if ins.op == "LOADWM" and ins.halts}
+    pre: dict[int, int] = {}
+    for ins in program.instrs:
+        if ins.prefetch:
+            pre[ins.layer] = pre.get(ins.layer, 0) + ins.nbytes
+    return [layer_bound(r, program.buffers, program.hw, halting=li in halts or li not in double,
+                        prefetched_bytes=pre.get(li, 0)) for li, r in enumerate(program.layers)]
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import numpy as np
 from tilesparse.hw import ArrayConfig, RuleProfile, get_profile
 from tilesparse.program import Instr, Program
 from tilesparse.program.zero_compress import stream_values
-from tilesparse.timing import StepTime, bandwidth, layer_time
+from tilesparse.timing import LayerTime, StepTime, bandwidth, layer_time, prefetch_start_s
 
 __all__ = ["InstrTime", "ProgramTime", "estimate_program"]
 
@@ -66,6 +66,12 @@ def _step_values(program: Program, idx: list[int]) -> tuple[np.ndarray, np.ndarr
     return lw, lwm, pipe
 
 
+def _double_buffered(program: Program, idx: list[int]) -> bool:
+    """Whether a layer's weight buffer is double-buffered: its LOADWMs do not halt the cores
+    (docs/program.md, "Locks and ordering"; the compiler decides, rule 5)."""
+    return any(program.instrs[i].op == "LOADWM" and not program.instrs[i].halts for i in idx)
+
+
 def _zero_frac(program: Program, ins: Instr) -> float:
     from tilesparse.program.zero_compress import zero_frac_of
 
@@ -103,11 +109,16 @@ def estimate_program(program: Program, profile: RuleProfile | str | None = None)
     for i, ins in enumerate(program.instrs):
         by_step.setdefault((ins.layer, ins.step), []).append(i)
     layers, out, t = [], [], 0.0
+    prev: tuple[LayerTime | None, float, bool] = (None, 0.0, False)
     for li, rec in enumerate(program.layers):
         keys = sorted(k for k in by_step if k[0] == li)
-        lt = layer_time([_step_values(program, by_step[key]) for key in keys], program.hw, prof)
+        idx = [i for key in keys for i in by_step[key]]
+        pre = prefetch_start_s(*prev, t) if any(program.instrs[i].prefetch for i in idx) else None
+        lt = layer_time([_step_values(program, by_step[key]) for key in keys], program.hw, prof,
+                        double=_double_buffered(program, idx), prefetch_start_s=pre)
         for key, st in zip(keys, lt.steps, strict=True):
             out += _instr_times(program, by_step[key], st, t)
         layers.append((rec.name, t, lt.total_s))
+        prev = (lt, t, pre is not None)
         t += lt.total_s
     return ProgramTime(t + prof.measured.invocation_s, tuple(layers), tuple(out))

@@ -109,6 +109,12 @@ class CoreConfig(_Strict):
     input_buffer_bytes: CoreBytes = 16384
     output_buffer_bytes: CoreBytes = 16384
     weight_buffer_bytes: CoreBytes = 16384
+    # Two halves of the weight buffer (docs/time-model.md, rule 5): a layer whose every weight chunk
+    # fits half of it loads step j+1's chunk into one half while the cores compute step j from the
+    # other, instead of halting them. Off (the default of a description without the key) halts as
+    # before; the shipped AIE2 description turns it on. Used only where the rule profile allows
+    # the mechanism "weight_double_buffer".
+    weight_double_buffer: bool = False
     sparse_matmul: SparseMatmulConfig = SparseMatmulConfig()
     # Element-wise lookup tables (op lut): table entries read per cycle, and the data memory one
     # table takes in the core as laid out for those parallel reads (it lives in the weight buffer:
@@ -148,6 +154,12 @@ class MemTileConfig(_Strict):
     # copies piece i into the cores while LOADW still fills the later ones (weight cut-through).
     # 2 slots x pieces x 2 locks must fit the MemTile's 64 locks, beside the activation locks.
     weight_slot_pieces: Int = Field(4, ge=1, le=8)
+    # Cross-layer weight prefetch (docs/time-model.md, rule 7): while layer k runs, LOADW brings the
+    # first weight step of layer k+1 into MemTile space that no activation live in layers k and
+    # k+1 uses, so that layer starts with its first weights on chip. Off (the default of a
+    # description without the key) keeps layers apart as before; the shipped AIE2 description turns
+    # it on. Used only where the rule profile allows the mechanism "weight_prefetch".
+    weight_prefetch: bool = False
 
 
 class DdrConfig(_Strict):

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 
 # Mechanisms the paper did not use, each behind an hw flag of the same name (wired at merge).
 # hardware mechanisms beyond the paper's that the compiler can use today (hw flags); the paper used none
-ALL_EXTRA_MECHANISMS: tuple[str, ...] = ("dma_compression",)
+ALL_EXTRA_MECHANISMS: tuple[str, ...] = ("dma_compression", "weight_double_buffer", "weight_prefetch")
 
 __all__ = ["ALL_EXTRA_MECHANISMS", "MEASURED",
            "PAPER", "PROFILES", "TILESPARSE", "MeasuredFigures", "RuleProfile", "get_profile"]
@@ -54,7 +54,10 @@ class RuleProfile:
     """One named set of timing rules; a field per rule the paper states differently from tilesparse.
 
     ``extra_mechanisms``: names of hardware mechanisms beyond the paper's (the hw flag
-    ``dma_compression``: activations zero-compressed on the MemTile<->core streams) this profile allows; a mechanism
+    ``dma_compression``: activations zero-compressed on the MemTile<->core streams;
+    ``core.weight_double_buffer``: the core's weight buffer in two halves, LOADWM not halting the
+    cores; ``memtile.weight_prefetch``: a layer's first weights loaded during the layer before)
+    this profile allows; a mechanism
     not named here must stay off under the profile (the ``paper`` profile names none)."""
 
     name: str

@@ -12,13 +12,14 @@ import operator
 from dataclasses import dataclass
 from typing import SupportsIndex
 
-__all__ = ["CORE_BUFFERS", "LOCK_NAMES", "MEMORIES", "OPS", "STAGING_BUFFERS", "Instr", "Lock", "Operand"]
+__all__ = ["CORE_BUFFERS", "LOCK_INDEX", "LOCK_NAMES", "MEMORIES", "OPS", "STAGING_BUFFERS", "Instr", "Lock", "Operand"]
 
 OPS = ("LOAD", "LOADW", "LOADFM", "LOADWM", "COMP", "WRITEFM", "WRITE")
 MEMORIES = ("ddr", "memtile", "staging", "core")
-STAGING_BUFFERS = ("wslot0", "wslot1", "stage_in", "stage_out")  # MemTile staging areas
+STAGING_BUFFERS = ("wslot0", "wslot1", "wpre", "stage_in", "stage_out")  # MemTile staging areas
 CORE_BUFFERS = ("in", "w", "out", "res")
-LOCK_NAMES = ("wslot0", "wslot1", "stage_in", "stage_out", "core.in", "core.out")
+LOCK_NAMES = ("wslot0", "wslot1", "wpre", "stage_in", "stage_out", "core.in", "core.out", "core.w0", "core.w1")
+LOCK_INDEX = ("parity", "piece", "step")
 
 
 def _count(v: SupportsIndex, what: str) -> int:
@@ -35,7 +36,8 @@ def _count(v: SupportsIndex, what: str) -> int:
 @dataclass(frozen=True, slots=True)
 class Operand:
     """One memory: ``ddr`` at byte ``addr``; an activation ``buffer`` in ``memtile`` (striped,
-    at ``addr`` = its offset); a MemTile ``staging`` area; a ``core`` buffer (in, w, out, res)."""
+    at ``addr`` = its offset); a MemTile ``staging`` area (``wpre``, the prefetched weights, at
+    ``addr`` = its offset in every column); a ``core`` buffer (in, w, out, res)."""
 
     memory: str
     buffer: str = ""
@@ -60,8 +62,8 @@ class Operand:
         return cls("memtile", buffer, offset)
 
     @classmethod
-    def staging(cls, area: str) -> Operand:
-        return cls("staging", area)
+    def staging(cls, area: str, offset: int = 0) -> Operand:
+        return cls("staging", area, offset)
 
     @classmethod
     def core(cls, buffer: str) -> Operand:
@@ -77,23 +79,29 @@ class Operand:
             return f"ddr@{self.addr}"
         if self.memory == "memtile":
             return f"memtile:{self.buffer}@{self.addr}"
+        if self.buffer == "wpre":
+            return f"memtile.wpre@{self.addr}"
+        if self.memory == "core" and self.addr:  # a half of a double-buffered core.w
+            return f"core.{self.buffer}@{self.addr}"
         return f"{'memtile' if self.memory == 'staging' else 'core'}.{self.buffer}"
 
 
 @dataclass(frozen=True, slots=True)
 class Lock:
     """A lock of buffer ``name``: per ``parity`` (``[i%2]``: the ping-pong half, i counted across
-    the layer's steps) or per ``piece`` (``[i]``: weight piece i), in ``state`` full or empty."""
+    the layer's steps), per ``piece`` (``[i]``: weight piece i), or per ``step`` (no index: taken
+    before the instruction's first iteration only, given after its last only — a half of a
+    double-buffered weight buffer, ``core.w0`` / ``core.w1``), in ``state`` full or empty."""
 
     name: str
-    per: str  # "parity" or "piece"
+    per: str  # "parity", "piece" or "step"
     state: str  # "full" or "empty"
 
     def __post_init__(self) -> None:
         if self.name not in LOCK_NAMES:
             raise ValueError(f"lock name {self.name!r}: expected one of {', '.join(LOCK_NAMES)}")
-        if self.per not in ("parity", "piece"):
-            raise ValueError(f"lock {self.name} index {self.per!r}: expected 'parity' or 'piece'")
+        if self.per not in LOCK_INDEX:
+            raise ValueError(f"lock {self.name} index {self.per!r}: expected 'parity', 'piece' or 'step'")
         if self.state not in ("full", "empty"):
             raise ValueError(f"lock {self.name} state {self.state!r}: expected 'full' or 'empty'")
 
@@ -105,11 +113,26 @@ class Lock:
     def piece(cls, name: str, state: str) -> Lock:
         return cls(name, "piece", state)
 
+    @classmethod
+    def step(cls, name: str, state: str) -> Lock:
+        return cls(name, "step", state)
+
+    def applies(self, it: int, iters: int, which: str) -> bool:
+        """Whether iteration ``it`` of ``iters`` takes (``which == "acquire"``) or gives
+        (``"release"``) this lock: every iteration, but a ``step`` lock only at the first / last."""
+        if self.per != "step":
+            return True
+        return it == 0 if which == "acquire" else it == iters - 1
+
     def resolve(self, it: int, half: int) -> str:
         """The concrete lock of iteration ``it`` on ping-pong half ``half``."""
+        if self.per == "step":
+            return f"{self.name}.{self.state}"
         return f"{self.name}[{half if self.per == 'parity' else it}].{self.state}"
 
     def __str__(self) -> str:
+        if self.per == "step":
+            return f"{self.name}.{self.state}"
         return f"{self.name}[{'i%2' if self.per == 'parity' else 'i'}].{self.state}"
 
 
@@ -121,7 +144,9 @@ class Instr:
     all channels and iterations (for COMP: the MACs executed). ``offset`` indexes
     ``Program.per_iter``: ``iters`` values of busiest-channel bytes (transfers) or slowest-core
     cycles (COMP). ``acquire``/``release``: locks taken before / given after each iteration;
-    ``halts``: the instruction halts the cores (LOADWM: it starts once the previous COMP is done).
+    ``halts``: the instruction halts the cores (LOADWM: it starts once the previous COMP is done;
+    a LOADWM into a half of a double-buffered weight buffer does not halt, its ``core.w0/1``
+    locks order it with the COMPs).
     """
 
     op: str
@@ -146,6 +171,12 @@ class Instr:
             object.__setattr__(self, f, _count(getattr(self, f), f"{self.op} {f}"))
         for f in ("src", "dst", "acquire", "release"):
             object.__setattr__(self, f, tuple(getattr(self, f)))
+
+    @property
+    def prefetch(self) -> bool:
+        """A LOADW into the prefetch area ``wpre``: it runs during the layer before its own
+        (docs/program.md, "Prefetched weights")."""
+        return self.op == "LOADW" and any(o.buffer == "wpre" for o in self.dst)
 
     def locks_text(self, which: str) -> str:
         """``acquire`` or ``release`` as the listing writes it (``"; "``-joined)."""

@@ -22,7 +22,44 @@ from tilesparse.program.zero_compress import decode, encode
 from tilesparse.sim import compute as C
 from tilesparse.sim.memory import SimulationError, Where
 
-__all__ = ["Staging"]
+__all__ = ["PRE", "Staging", "core_w_offset", "prefetch_space_error"]
+
+PRE = 2  # the slot index the simulator gives the prefetch area wpre (wslot0/1 are 0/1)
+
+
+def prefetch_space_error(program, li: int) -> str | None:
+    """Why layer ``li``'s prefetch area (its LOADW into ``wpre``: offset and per-column bytes) is
+    not free MemTile space, or None: it is written during layer li−1 and read in layer li, so it
+    must lie above every MemTile activation buffer live in either and below either layer's staging
+    (``meta["memtile_capacity"]``) (docs/program.md, "Prefetched weights")."""
+    pre = [ins for ins in program.instrs if ins.layer == li and ins.prefetch]
+    if not pre:
+        return None
+    ins = pre[0]
+    name = program.layers[li].name
+    if li == 0:
+        return f"layer {name!r}: the first layer has no layer before it to prefetch its weights during"
+    lo = ins.dst[0].addr
+    hi = lo + int(np.ceil(program.iter_values(ins)).sum())
+    caps = program.meta.get("memtile_capacity") or []
+    cap = min((int(caps[t]) for t in (li - 1, li) if t < len(caps)), default=program.hw.memtile.bytes)
+    if hi > cap:
+        return (f"layer {name!r}: prefetch area [{lo}, {hi}) per column runs into the staging above {cap} B "
+                f"(layers #{li - 1}, #{li})")
+    for buf, b in program.buffers.items():
+        live = b.get("live", [0, -1])
+        if b["memory"] != "memtile" or live[1] < li - 1 or live[0] > li:
+            continue
+        if lo < b["offset"] + b["part_bytes"] and b["offset"] < hi:
+            return (f"layer {name!r}: prefetch area [{lo}, {hi}) per column overlaps MemTile buffer {buf!r} "
+                    f"[{b['offset']}, {b['offset'] + b['part_bytes']}), live in layers #{live[0]}-#{live[1]}")
+    return None
+
+
+def core_w_offset(ops: tuple[Operand, ...]) -> int:
+    """Where in ``core.w`` an instruction's weights are: the offset of its ``core.w`` operand (0,
+    or the second half of a double-buffered weight buffer, docs/program.md)."""
+    return next((o.addr for o in ops if o.memory == "core" and o.buffer == "w"), 0)
 
 
 def _ddr_addr(where: Where, ops: tuple[Operand, ...]) -> int:
@@ -32,9 +69,11 @@ def _ddr_addr(where: Where, ops: tuple[Operand, ...]) -> int:
 
 
 def _slot_index(where: Where, ops: tuple[Operand, ...]) -> int:
+    if len(ops) == 1 and ops[0].memory == "staging" and ops[0].buffer == "wpre":
+        return PRE
     if len(ops) != 1 or ops[0].slot is None:
-        raise SimulationError(f"{where}: operand {'+'.join(map(str, ops))!r}, expected memtile.wslot0 or "
-                              f"memtile.wslot1")
+        raise SimulationError(f"{where}: operand {'+'.join(map(str, ops))!r}, expected memtile.wslot0, "
+                              f"memtile.wslot1 or memtile.wpre")
     return ops[0].slot
 
 
@@ -48,7 +87,7 @@ class Staging:
         for step in ex.steps[li]:
             for idx in step:
                 ins = self.p.instrs[idx]
-                if ins.op in vals and ins.iters:
+                if ins.op in vals and ins.iters and not ins.prefetch:  # (wpre has its own area)
                     v = self.p.iter_values(ins)  # a weight slot holds all pieces of a LOADW
                     v = v.sum() if ins.op == "LOADW" else v.max()
                     vals[ins.op] = max(vals[ins.op], int(np.ceil(v)))
@@ -59,6 +98,15 @@ class Staging:
             raise SimulationError(f"layer {self.v.name!r}: staging (2 x {self.w_bytes} B weight slots, 2 x "
                                   f"{self.in_bytes} B in, 2 x {self.out_bytes} B out per column) does not fit "
                                   f"above the {cap} B of activations in a {self.mt} B MemTile")
+        self.pre = (0, 0)  # the prefetch area wpre: offset and bytes per column
+        for step in ex.steps[li]:
+            for idx in step:
+                ins = self.p.instrs[idx]
+                if ins.prefetch:
+                    err = prefetch_space_error(self.p, li)
+                    if err:
+                        raise SimulationError(err)
+                    self.pre = (ins.dst[0].addr, int(np.ceil(self.p.iter_values(ins)).sum()))
         self.slot: dict[int, dict] = {}  # slot -> DDR span, pieces, filled pieces' column offsets
         self.core_in: dict[tuple[int, int], dict] = {}
         self.core_out: dict[tuple[int, int], tuple] = {}
@@ -77,7 +125,10 @@ class Staging:
         return Where(self.v.name, ins.op, ins.step, it, idx)
 
     def _area(self, kind: str, half: int) -> tuple[int, int]:
-        """(offset, size) in each column of wslot / stage_in / stage_out ``half``."""
+        """(offset, size) in each column of wslot / stage_in / stage_out ``half`` (weight slot
+        ``PRE``: the prefetch area)."""
+        if kind == "w" and half == PRE:
+            return self.pre
         w, i, o = self.w_bytes, self.in_bytes, self.out_bytes
         off = {"w": 0, "in": 2 * w, "out": 2 * w + 2 * i}[kind]
         size = {"w": w, "in": i, "out": o}[kind]
@@ -139,6 +190,7 @@ class Staging:
         off_i, part = st["filled"][i]
         a0, _ = self._area("w", slot)
         rows = self.v.step_chunks.get((ins.k, ins.q), [])
+        w0 = core_w_offset(ins.dst)
         pos, at = 0, {}
         for r, _, nb, in_chunk in self._piece(rows, i, st["pieces"]):  # each chunk's range in the piece
             at[r.key] = (pos, nb, in_chunk)
@@ -157,16 +209,22 @@ class Staging:
             p0, nb, in_chunk = at[row.key]
             lg = np.arange(p0, p0 + nb)
             col = lg // max(part, 1)
-            self.mem.core_slice(where, core, "w", in_chunk, nb)[...] = \
+            self.mem.core_slice(where, core, "w", w0 + in_chunk, nb)[...] = \
                 self.mem.memtile[col * self.mt + a0 + off_i + lg - col * part]
             if (core // self.cols, cw.oc_group) not in seen:
                 self.ex.acct.move(idx, i, core // self.cols, nb)
                 seen[(core // self.cols, cw.oc_group)] = None
-            if i == 0:
-                self.ex.wchunk.pop(core, None)  # the buffer is being overwritten
+            if i == 0:  # the bytes at w0 are being overwritten: so is every chunk that overlaps them
+                self._forget(core, w0, row.nbytes)
             if i == ins.iters - 1:
-                data = self.mem.core_slice(where, core, "w", 0, row.nbytes).copy()
-                self.ex.wchunk[core] = self._decode(where, core, row, ch, data, seen)
+                data = self.mem.core_slice(where, core, "w", w0, row.nbytes).copy()
+                self.ex.wchunk[(core, w0)] = self._decode(where, core, row, ch, data, seen)
+
+    def _forget(self, core: int, off: int, n: int) -> None:
+        """Drop the decoded chunks of ``core`` whose bytes overlap ``core.w`` [off, off + n)."""
+        for key, held in list(self.ex.wchunk.items()):
+            if key[0] == core and key[1] < off + n and off < key[1] + held.row.nbytes:
+                del self.ex.wchunk[key]
 
     def _filled_slot(self, where, ins, i: int) -> tuple[int, dict]:
         """The weight slot LOADWM ``ins`` reads and its state; refuses a piece no LOADW filled or

@@ -17,7 +17,7 @@ from tilesparse.quant import rounding as R
 from tilesparse.sim import compute as C
 from tilesparse.sim.accounting import Accounting
 from tilesparse.sim.buffers import BufferMap
-from tilesparse.sim.dma import Staging
+from tilesparse.sim.dma import Staging, core_w_offset
 from tilesparse.sim.layer import LayerView
 from tilesparse.sim.memory import Memories, SimulationError, Where
 
@@ -54,7 +54,9 @@ class Executor:
                 last = (ins.layer, ins.step)
             self.steps[ins.layer][-1].append(idx)
         self.outputs: dict[str, np.ndarray] = {}
-        self.wchunk: dict[int, C.Chunk | C.LutTable] = {}
+        # per (core, offset in core.w): the chunk decoded from the bytes the last LOADWM put there
+        # (offset 0, or a double-buffered buffer's second half: the operand core.w@OFFSET)
+        self.wchunk: dict[tuple[int, int], C.Chunk | C.LutTable] = {}
         self.decoded: dict[tuple, tuple[np.ndarray, C.Chunk]] = {}  # decoded chunks, by layer and row
         self.stage: Staging = None  # type: ignore[assignment]  # set by run_layer
         self._divs: dict[int, np.ndarray] = {}
@@ -146,7 +148,7 @@ class Executor:
         if v.kind == "conv":
             y, macs, cyc = self._conv(v, where, ins, i, core, tile, ch, xs[0], lay)
         elif v.kind == "lut":
-            y, macs, cyc = self._lookup(v, where, core, xs[0])
+            y, macs, cyc = self._lookup(v, where, ins, core, xs[0])
         else:
             y, macs = self._elementwise(v, where, tile, ch, xs, win)
             cyc = (math.ceil(macs / self.hw.macs_per_cycle("int8")) + self.hw.core.kernel_call_overhead_cycles
@@ -174,11 +176,15 @@ class Executor:
         t8 = sub.h * sub.w * sub.oc
         return slot, out - 2 * t8 + h * t8
 
-    def _lookup(self, v, where, core, x):
+    def _held(self, ins, core: int):
+        """The chunk core ``core`` holds in the part of ``core.w`` COMP ``ins`` reads."""
+        return self.wchunk.get((core, core_w_offset(ins.src)))
+
+    def _lookup(self, v, where, ins, core, x):
         """A lut layer: every element through the table the core loaded (its chunk (0, 0)); the core
         reads ``lut_lookups_per_cycle`` entries per cycle."""
         cw = v.cores[core]
-        lut = self.wchunk.get(core)
+        lut = self._held(ins, core)
         want = v.chunk_rows.get((cw.oc_group, 0, 0))
         if not isinstance(lut, C.LutTable) or want is None or lut.row != want:
             held = None if lut is None else lut.row.key
@@ -191,7 +197,7 @@ class Executor:
 
     def _conv(self, v, where, ins, i, core, tile, ch, x, lay):
         cw = v.cores[core]
-        chunk = self.wchunk.get(core)
+        chunk = self._held(ins, core)
         want = v.chunk_rows.get((cw.oc_group, ins.k, ins.q))
         if chunk is None or want is None or chunk.row != want:
             raise SimulationError(f"{where}: core {self.mem.core_name(core)} holds weight chunk "

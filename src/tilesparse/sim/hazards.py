@@ -8,7 +8,9 @@ iteration takes one token of every lock it acquires and, when done, gives one to
 releases (``[i%2]`` in a lock name: the parity of the iteration counted across the layer's
 steps; ``[i]``: the iteration, i.e. the weight piece). Two fixed
 rules add order: an instruction that halts the cores (``Instr.halts``: LOADWM) starts after every
-earlier COMP and the step's COMPs start after its last piece; the DMA stages (LOAD, LOADFM,
+earlier COMP and the step's COMPs start after its last piece (a LOADWM into a half of a
+double-buffered weight buffer does not halt: its per-step locks ``core.w0/1`` alone order it
+with the COMPs, and each half is its own buffer, ``core.w`` at its offset); the DMA stages (LOAD, LOADFM,
 WRITEFM, WRITE) are not halted and follow their locks only; layers run one after another. The
 check runs the engines as far as the locks allow, tracking happens-before with vector clocks,
 then walks the accesses in the sequential reference order (per step: LOADW, LOADWM, then LOAD i,
@@ -19,7 +21,12 @@ LOADFM i, COMP i, WRITEFM i, WRITE i for each iteration i) and requires
   to be read) and after the previous write.
 
 Anything else, or a lock that never gets a token (deadlock), raises ``HazardError`` naming both
-instructions.
+instructions. A prefetching LOADW (``Instr.prefetch``) writes the MemTile area ``wpre`` during the
+layer before its own: the area must be free MemTile space in both layers
+(``dma.prefetch_space_error``: above their live activations, below their staging), else
+``HazardError`` names the layer and the buffer it would overwrite; and where the area overlaps the
+layer before's own prefetch area, the LOADW must take the ``wpre`` empty locks that layer's LOADWM
+gives back (``_check_prefetch_order``: the one cross-layer order the per-layer check cannot see).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tilesparse.sim.dma import prefetch_space_error
 from tilesparse.sim.layer import LayerView
 from tilesparse.sim.memory import SimulationError
 
@@ -58,9 +66,10 @@ class Event:
     ring: list[tuple] | None = None  # sliding layer: the core.in ring slots LOADFM writes / COMP reads
 
 
-def _locks(locks, it: int, half: int) -> list[str]:
-    """The concrete locks of iteration ``it`` on ping-pong half ``half`` (``Lock.resolve``)."""
-    return [lk.resolve(it, half) for lk in locks]
+def _locks(ins, it: int, half: int, which: str) -> list[str]:
+    """The concrete locks instruction ``ins`` takes (``which == "acquire"``) or gives in iteration
+    ``it`` on ping-pong half ``half`` (``Lock.resolve``; a per-step lock at the first / last only)."""
+    return [lk.resolve(it, half) for lk in getattr(ins, which) if lk.applies(it, ins.iters, which)]
 
 
 def _name(program, ev: Event) -> str:
@@ -160,7 +169,7 @@ class _Rings:
 def _event(program, queues, i: int, it: int, staged: tuple[bool, bool], half: int = 0) -> Event:
     ins = program.instrs[i]
     a = AGENTS.index(ins.op)
-    ev = Event(a, len(queues[a]) + 1, i, it, _locks(ins.acquire, it, half), _locks(ins.release, it, half),
+    ev = Event(a, len(queues[a]) + 1, i, it, _locks(ins, it, half, "acquire"), _locks(ins, it, half, "release"),
                staged=staged, half=half)
     queues[a].append(ev)
     return ev
@@ -222,8 +231,8 @@ def _accesses(program, ev: Event) -> list[tuple[tuple, str]]:
     op = ins.op
     if op == "LOADW":  # weight slots: one buffer per piece
         return [(("+".join(map(str, ins.dst)), ev.it), "W")]
-    if op == "LOADWM":
-        return [(("+".join(map(str, ins.src)), ev.it), "R"), (("core.w",), "W")]
+    if op == "LOADWM":  # core.w, or the half of a double-buffered one at that offset
+        return [(("+".join(map(str, ins.src)), ev.it), "R"), (("core.w", _w_offset(ins.dst)), "W")]
     if op == "LOAD":
         return [(("stage_in", h), "W")]
     res = [(("core.res", h), "W" if op == "LOADFM" else "R")] if last_q and program.layers[ins.layer].fused_add else []
@@ -231,11 +240,16 @@ def _accesses(program, ev: Event) -> list[tuple[tuple, str]]:
     if op == "LOADFM":
         return ([(("stage_in", h), "R")] if ev.staged[0] else []) + [(b, "W") for b in core_in] + res
     if op == "COMP":
-        return ([(b, "R") for b in core_in] + [(("core.w",), "R")] + res
+        return ([(b, "R") for b in core_in] + [(("core.w", _w_offset(ins.src)), "R")] + res
                 + ([(("core.out", h), "W")] if last_q else []))
     if op == "WRITEFM":
         return [(("core.out", h), "R")] + ([(("stage_out", h), "W")] if ev.staged[1] else [])
     return [(("stage_out", h), "R")]
+
+
+def _w_offset(ops) -> int:
+    """The offset of an instruction's ``core.w`` operand (a half of a double-buffered buffer)."""
+    return next((o.addr for o in ops if o.memory == "core" and o.buffer == "w"), 0)
 
 
 def _hb(a: Event, b: Event) -> bool:
@@ -265,12 +279,39 @@ def _check_data(program, order: list[Event]) -> None:
             last_w[buf], readers[buf] = ev, []
 
 
+def _check_prefetch_order(program) -> None:
+    """A prefetching LOADW of layer li writes ``wpre`` during layer li−1: where layer li−1's own
+    prefetched weights sit in overlapping bytes, its locks must wait for layer li−1's LOADWM to have
+    read them (it acquires every ``wpre[i].empty`` that LOADWM releases)."""
+    pre = {ins.layer: (i, ins) for i, ins in enumerate(program.instrs) if ins.prefetch}
+    for li, (i, ins) in sorted(pre.items()):
+        if li - 1 not in pre:
+            continue
+        j, prev = pre[li - 1]
+        reader = next((k for k, x in enumerate(program.instrs) if x.layer == li - 1 and x.op == "LOADWM"
+                       and x.src == prev.dst), None)
+        if reader is None:
+            continue
+        a0, b0 = prev.dst[0].addr, prev.dst[0].addr + int(np.ceil(program.iter_values(prev)).sum())
+        a1, b1 = ins.dst[0].addr, ins.dst[0].addr + int(np.ceil(program.iter_values(ins)).sum())
+        empties = {lk for lk in ins.acquire if lk.name == "wpre" and lk.state == "empty"}
+        freed = {lk for lk in program.instrs[reader].release if lk.name == "wpre" and lk.state == "empty"}
+        if a1 < b0 and a0 < b1 and not (empties & freed):
+            where = f"LOADW #{i} (layer {program.layers[li].name!r})"
+            raise HazardError(f"{where} overwrites memtile.wpre still to be read by LOADWM #{reader} (layer "
+                              f"{program.layers[li - 1].name!r}) (no lock orders them)")
+
+
 def check_ordering(program) -> None:
     """Raise ``HazardError`` on the first hazard or deadlock, with the program's own locks."""
+    _check_prefetch_order(program)
     by_layer: dict[int, list[int]] = {}
     for i, ins in enumerate(program.instrs):
         by_layer.setdefault(ins.layer, []).append(i)
     for li in sorted(by_layer):
+        err = prefetch_space_error(program, li)  # wpre is written during layer li−1: free space then
+        if err:
+            raise HazardError(err)
         queues, order = _build(program, by_layer[li])
         _run(program, queues)
         _check_data(program, order)

@@ -18,7 +18,12 @@ latency both give is computed twice, two ways.
   (``[i%2]``: the ping-pong half, i counted across the layer's steps; ``[i]``: the weight piece).
 * **Halting.** An instruction that halts the cores (``Instr.halts``, LOADWM) takes the cores from its
   first piece's start to its last piece's end, in program order with the COMPs: it starts after
-  every earlier COMP, and the later COMPs start after it.
+  every earlier COMP, and the later COMPs start after it. A LOADWM into a half of a
+  double-buffered weight buffer does not halt; its per-step locks (``core.w0/1``, taken by the
+  first piece or tile, given by the last) order it with the COMPs.
+* **Prefetch.** A LOADW into the prefetch area ``wpre`` (``Instr.prefetch``) waits only for the
+  layers before the one before its own: it runs beside that layer, as its locks and the weight
+  channel allow (docs/time-model.md, rule 7).
 * **Clock.** Events (iteration ends) are taken from a heap in time order; at each event time every
   engine whose next iteration is allowed starts it. Nothing is decided by a formula: a latency is
   the time of the last event.
@@ -160,10 +165,10 @@ def _locks(ins: Instr, it: int, half: int, which: str, gang: bool) -> tuple[str,
     and the later pieces none (a slot emptied, or a chunk delivered, as a whole)."""
     locks = getattr(ins, which)
     if not gang:
-        return tuple(lk.resolve(it, half) for lk in locks)
+        return tuple(lk.resolve(it, half) for lk in locks if lk.applies(it, ins.iters, which))
     if it:
         return ()
-    return tuple(lk.resolve(p, half) for lk in locks for p in range(ins.iters))
+    return tuple(lk.resolve(p, half) for lk in locks for p in (range(ins.iters) if lk.per == "piece" else (0,)))
 
 
 class _Plan:
@@ -218,8 +223,12 @@ class _Plan:
                 serial_end = step[-1] + 1
 
     def _after(self, i: int, step_first: int, serial: bool, serial_end: int) -> int:
-        """The instruction index below which everything must have finished before ``i`` starts."""
-        op = self.program.instrs[i].op
+        """The instruction index below which everything must have finished before ``i`` starts (a
+        prefetching LOADW: everything before the layer before, which it runs beside)."""
+        ins = self.program.instrs[i]
+        op = ins.op
+        if ins.prefetch and self.rules.layer_barrier and ins.layer > 0:
+            return self.layer_first[ins.layer - 1]
         if op == "LOADW":
             return serial_end if self.rules.loadw_prefetch else max(serial_end, step_first)
         return i if serial else serial_end
@@ -382,13 +391,14 @@ def replay(program: Program, rules: ReplayRules | RuleProfile | str | None = Non
 
 def _layer_spans(program: Program, plan: _Plan, first: np.ndarray, last: np.ndarray) -> tuple[LayerSpan, ...]:
     """Each layer from its first start to its last end (a layer without iterations: an empty span
-    where the previous one ended)."""
+    where the previous one ended); a prefetching LOADW, which runs during the layer before, does not
+    start its layer."""
     out: list[LayerSpan] = []
     bounds: Sequence[int] = [*plan.layer_first, len(program.instrs)]
     prev = 0.0
     for li, rec in enumerate(program.layers):
         a, b = bounds[li], bounds[li + 1]
-        ran = ~np.isnan(first[a:b])
+        ran = ~np.isnan(first[a:b]) & ~np.array([ins.prefetch for ins in program.instrs[a:b]], dtype=bool)
         if not ran.any():
             out.append(LayerSpan(rec.name, prev, prev))
             continue

@@ -7,10 +7,18 @@ applies them to a compiled ``Program``. This package imports nothing from tilesp
 (tests/test_import_boundaries_timing.py), so both can use it without a cycle.
 """
 
-from tilesparse.timing.recurrence import LayerTime, StepTime, layer_time, layer_time_arrays, pipeline_s
+from tilesparse.timing.recurrence import (
+    LayerTime,
+    StepTime,
+    layer_time,
+    layer_time_arrays,
+    pipeline_s,
+    prefetch_start_s,
+)
 from tilesparse.timing.rules import (
     PIPE_OPS,
     TRANSFER_OPS,
+    WEIGHT_HALVES,
     WEIGHT_SLOTS,
     bandwidth,
     comp_cycles,
@@ -24,11 +32,13 @@ from tilesparse.timing.rules import (
     peak_macs_per_cycle,
     stage_seconds,
     transfer_s,
+    weight_double_buffer_on,
 )
 
 __all__ = [
     "PIPE_OPS",
     "TRANSFER_OPS",
+    "WEIGHT_HALVES",
     "WEIGHT_SLOTS",
     "LayerTime",
     "StepTime",
@@ -45,6 +55,8 @@ __all__ = [
     "peak_macs_per_cycle",
     "lookup_cycles",
     "pipeline_s",
+    "prefetch_start_s",
     "stage_seconds",
     "transfer_s",
+    "weight_double_buffer_on",
 ]

@@ -14,13 +14,17 @@
 5. **LOADWM halts the cores**: a step's LOADWM starts when the cores are free (the previous COMP
    is done) and its first COMP waits for its end (the weight buffer is a single buffer); the DMA
    stages (LOAD, LOADFM, WRITEFM, WRITE) keep moving on their own channels, as their locks allow.
+   Except in a layer whose weight buffer is double-buffered (``double``): the m-th weighted
+   step's LOADWM fills half m mod 2 once the last COMP of weighted step m − 2 has left it, while
+   the cores compute, and only the step's first COMP waits for it.
    Weights move in ``hw.memtile.weight_slot_pieces`` pieces with a lock pair each (cut-through):
    LOADWM starts once LOADW's piece 0 has arrived, and copies piece i once LOADW has delivered
    it. So the layer's first input tiles move while its first weights arrive.
 6. **LOADW prefetch**: the weight channel streams the layer's chunks ahead of the cores into two
    MemTile slots: chunk j starts when chunk j−1 has arrived and slot (j mod 2) was emptied by LOADWM
    j−2 (all its pieces). Layers do not overlap each other (so a layer is never faster than its
-   own lower bound).
+   own lower bound) — except a prefetched first weight step (rule 7's exception,
+   ``prefetch_start_s``), loaded into MemTile during the layer before.
 
 The recurrence (``_run``) runs for every candidate of the compiler's search, so it works on plain
 Python floats, one function call per step, not per iteration.
@@ -36,7 +40,7 @@ import numpy as np
 from tilesparse.hw import TILESPARSE, ArrayConfig, RuleProfile
 from tilesparse.timing.rules import PIPE_OPS, profile_of, stage_seconds, transfer_s
 
-__all__ = ["LayerTime", "StepTime", "layer_time", "layer_time_arrays", "pipeline_s"]
+__all__ = ["LayerTime", "StepTime", "layer_time", "layer_time_arrays", "pipeline_s", "prefetch_start_s"]
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,7 @@ class _Engines:
     the half), LOADW's last end and the LOADWM ends of the two steps before."""
 
     __slots__ = ("load", "fm", "comp", "wfm", "wr", "h_fm", "h_comp", "h_wfm", "h_wr", "g", "w_done", "lwm_ends",
-                 "serial_end")
+                 "serial_end", "w_steps", "w_free", "slot_free")
 
     def __init__(self) -> None:
         self.load = self.fm = self.comp = self.wfm = self.wr = 0.0
@@ -77,6 +81,9 @@ class _Engines:
         self.g = 0
         self.w_done, self.lwm_ends = 0.0, [0.0, 0.0]
         self.serial_end = 0.0  # end of the layer's last serialised step (profile.serial_single_steps)
+        self.w_steps = 0  # weighted steps so far: a double-buffered step m loads half m mod 2
+        self.w_free = [0.0, 0.0]  # per weight half, the end of the last COMP that read it
+        self.slot_free = [0.0, 0.0]  # per MemTile weight slot, the end of the last LOADWM that emptied it
 
     def all_done(self) -> float:
         """When every iteration so far has finished."""
@@ -106,16 +113,30 @@ def _stage_rows(d: np.ndarray, ops: Sequence[str]) -> tuple[list[tuple], bool, b
 
 
 def _weights_in(e: _Engines, w: tuple[list, list, list, list, list], j: int, profile: RuleProfile,
-                serial: bool = False) -> tuple[float, float, float]:
+                serial: bool = False, double: bool = False, pre: float | None = None) -> tuple[float, float, float]:
     """Rule 6, then rule 5 for step j: LOADW once slot j mod 2 is free, LOADWM once the cores are
     free and piece 0 is in; the cores wait for its end. Returns (LOADWM start, LOADW start, end).
     Without ``profile.loadw_prefetch`` LOADW waits for everything before; without ``cut_through``
-    LOADWM waits for the whole chunk; a ``serial`` step's LOADWM waits for everything before."""
+    LOADWM waits for the whole chunk; a ``serial`` step's LOADWM waits for everything before.
+    ``double``: the weight buffer's halves (rule 5's exception) — the m-th weighted step's LOADWM
+    waits for the last COMP on half m mod 2 (of weighted step m − 2), not for the cores, and the
+    cores do not halt: its first COMP waits for its end only. ``pre``: the step's weights were
+    prefetched into the MemTile area ``wpre`` by a LOADW that started at ``pre`` (relative to the
+    layer; rule 7's exception), so no weight slot is involved."""
     _, lw_all, lw_first, lwm_all, late = w
-    lw0 = max(e.w_done, e.lwm_ends[0], e.serial_end)
-    if not profile.loadw_prefetch:
-        lw0 = max(lw0, e.all_done())
-    before = e.all_done() if serial else e.comp
+    if pre is not None:
+        lw0 = pre
+    else:
+        lw0 = max(e.w_done, e.slot_free[j & 1], e.serial_end)
+        if not profile.loadw_prefetch:
+            lw0 = max(lw0, e.all_done())
+    if double:
+        if e.w_steps:  # every COMP on the other half is queued: its last one frees that half
+            e.w_free[(e.w_steps - 1) & 1] = e.comp
+        before = max(e.w_free[e.w_steps & 1], e.all_done() if serial else 0.0)
+    else:
+        before = e.all_done() if serial else e.comp
+    e.w_steps += 1
     e.w_done = lw0 + lw_all[j]
     if profile.cut_through and not serial:
         start = max(before, lw0 + lw_first[j], e.lwm_ends[1])
@@ -124,7 +145,9 @@ def _weights_in(e: _Engines, w: tuple[list, list, list, list, list], j: int, pro
         start = max(before, lw0 + lw_all[j], e.lwm_ends[1])
         ready = start + lwm_all[j]
     e.lwm_ends = [e.lwm_ends[1], ready]
-    e.comp = ready  # the halt: the step's first COMP waits for its weights
+    if pre is None:
+        e.slot_free[j & 1] = ready
+    e.comp = max(e.comp, ready) if double else ready  # the halt: the step's first COMP waits for its weights
     return start, lw0, ready
 
 
@@ -180,7 +203,8 @@ def _serial(e: _Engines, stages: tuple, writing: bool) -> dict[str, float]:
 
 
 def _run(lw: np.ndarray, lwm: np.ndarray, d: np.ndarray, ops: Sequence[str], iters: Sequence[int],
-         writes: Sequence[bool], record: list | None = None, profile: RuleProfile = TILESPARSE) -> float:
+         writes: Sequence[bool], record: list | None = None, profile: RuleProfile = TILESPARSE,
+         double: bool = False, pre: float | None = None) -> float:
     """Rules 3–6: the layer's seconds, every engine running its iterations in order as the
     program's locks allow (docs/program.md, "Locks and ordering").
 
@@ -188,8 +212,10 @@ def _run(lw: np.ndarray, lwm: np.ndarray, d: np.ndarray, ops: Sequence[str], ite
     iterations; WRITEFM and WRITE only where ``writes[j]``, the last input-channel chunk);
     ``lw[j, p]`` / ``lwm[j, p]``: seconds of weight piece p (a step without weight bytes keeps
     its chunk: no LOADW, no LOADWM). Iteration g counts across the steps; its ping-pong half is
-    g mod 2 and "the last iteration on half h" is what released that half's lock. Appends, per
-    step, (LOADWM start, LOADW start, LOADWM end, {op: first iteration's start}) to ``record``."""
+    g mod 2 and "the last iteration on half h" is what released that half's lock. ``double``: the
+    weight buffer is double-buffered; ``pre``: step 0's weights prefetched, their LOADW started at
+    ``pre`` (``_weights_in``). Appends, per step, (LOADWM start, LOADW
+    start, LOADWM end, {op: first iteration's start}) to ``record``."""
     weights = _weight_times(lw, lwm, d.shape[0])
     weighted, want = weights[0], record is not None
     rows, staged_in, staged_out = _stage_rows(d, ops)
@@ -198,7 +224,7 @@ def _run(lw: np.ndarray, lwm: np.ndarray, d: np.ndarray, ops: Sequence[str], ite
         start = lw0 = ready = 0.0
         serial = profile.serial_single_steps and iters[j] == 1
         if weighted[j]:
-            start, lw0, ready = _weights_in(e, weights, j, profile, serial)
+            start, lw0, ready = _weights_in(e, weights, j, profile, serial, double, pre if j == 0 else None)
         if serial:
             first: dict[str, float] | None = _serial(e, stages, writes[j])
         else:
@@ -229,11 +255,14 @@ def _pieces(x: np.ndarray, n_steps: int) -> np.ndarray:
 
 
 def layer_time(steps: Sequence[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]], hw: ArrayConfig,
-               profile: RuleProfile | None = None) -> LayerTime:
+               profile: RuleProfile | None = None, double: bool = False,
+               prefetch_start_s: float | None = None) -> LayerTime:
     """Rules 1–6 over a layer's steps, each ``(loadw_bytes, loadwm_bytes, {op: per-iteration
     bytes or cycles})`` (weight bytes per piece; WRITEFM present in the steps that write), under
-    the rule ``profile`` (default: ``hw.rules``'s); returns the layer's seconds and every step's
-    timing."""
+    the rule ``profile`` (default: ``hw.rules``'s), the weight buffer ``double``-buffered or not
+    (rule 5), and step 0's weights prefetched by a LOADW that started ``prefetch_start_s`` after the
+    layer's start (negative: during the layer before; None: not prefetched, rule 7); returns the
+    layer's seconds and every step's timing."""
     profile = profile_of(hw, profile)
     secs = [{op: stage_seconds(op, v, hw, profile) for op, v in pipe.items()} for _, _, pipe in steps]
     ops = [op for op in PIPE_OPS if any(op in sc for sc in secs)]
@@ -250,7 +279,7 @@ def layer_time(steps: Sequence[tuple[np.ndarray, np.ndarray, dict[str, np.ndarra
         lw[j, :np.size(b)] = transfer_s("LOADW", np.ravel(b), hw)
         lwm[j, :np.size(bm)] = transfer_s("LOADWM", np.ravel(bm), hw)
     rec: list[tuple[float, float, float, dict[str, float]]] = []
-    total = _run(lw, lwm, d, ops, iters, ["WRITEFM" in sc for sc in secs], rec, profile)
+    total = _run(lw, lwm, d, ops, iters, ["WRITEFM" in sc for sc in secs], rec, profile, double, prefetch_start_s)
     out = tuple(StepTime(float(lw[j].sum()), float(lwm[j].sum()), {op: float(v.sum()) for op, v in secs[j].items()},
                          {op: first[op] for op in secs[j] if op in first}, start, lw0, ready)
                 for j, (start, lw0, ready, first) in enumerate(rec))
@@ -259,11 +288,13 @@ def layer_time(steps: Sequence[tuple[np.ndarray, np.ndarray, dict[str, np.ndarra
 
 def layer_time_arrays(loadw_bytes: np.ndarray, loadwm_bytes: np.ndarray, pipe: dict[str, np.ndarray],
                       hw: ArrayConfig, iters: Sequence[int] | None = None,
-                      writes: Sequence[bool] | None = None, profile: RuleProfile | None = None) -> float:
+                      writes: Sequence[bool] | None = None, profile: RuleProfile | None = None,
+                      double: bool = False) -> float:
     """Rules 1–6 for a layer given as arrays (``pipe[op]``: steps × iterations, zero-padded past
     ``iters[j]``; weights: steps × pieces, or one value per step); seconds. ``iters`` / ``writes``
     default to the last non-zero iteration and to the steps with WRITEFM bytes; ``profile`` to
-    ``hw.rules``'s (the compiler's search thus runs under the profile the description names)."""
+    ``hw.rules``'s (the compiler's search thus runs under the profile the description names);
+    ``double``: the weight buffer double-buffered (rule 5)."""
     profile = profile_of(hw, profile)
     ops = [op for op in PIPE_OPS if op in pipe]
     d = np.stack([stage_seconds(op, pipe[op], hw, profile) for op in ops], axis=1)
@@ -275,4 +306,19 @@ def layer_time_arrays(loadw_bytes: np.ndarray, loadwm_bytes: np.ndarray, pipe: d
         writes = ((pipe["WRITEFM"] != 0).any(axis=1) if "WRITEFM" in pipe else np.zeros(n, bool)).tolist()
     lw = transfer_s("LOADW", _pieces(loadw_bytes, n), hw)
     lwm = transfer_s("LOADWM", _pieces(loadwm_bytes, n), hw)
-    return _run(lw, lwm, d, ops, iters, writes, profile=profile)
+    return _run(lw, lwm, d, ops, iters, writes, profile=profile, double=double)
+
+
+def prefetch_start_s(prev: LayerTime | None, prev_start_s: float, prev_prefetched: bool, start_s: float) -> float:
+    """Rule 7's exception: when the prefetching LOADW of the layer starting at ``start_s`` starts,
+    relative to ``start_s`` (negative: during the layer before). It runs beside the layer before
+    (``prev``, which started at ``prev_start_s``): once that layer has started, the weight channel
+    has delivered that layer's last chunk, and that layer's own prefetched first step (if
+    ``prev_prefetched``) has left the prefetch area (its LOADWM's end)."""
+    begin = prev_start_s
+    if prev is not None:
+        ends = [st.loadw_start_s + st.loadw_s for st in prev.steps if st.loadw_s > 0]
+        begin = max([begin] + [prev_start_s + e for e in ends])
+        if prev_prefetched and prev.steps:
+            begin = max(begin, prev_start_s + prev.steps[0].ready_s)
+    return begin - start_s

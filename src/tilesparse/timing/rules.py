@@ -33,6 +33,7 @@ __all__ = [
     "parts_lower_rate",
     "PIPE_OPS",
     "TRANSFER_OPS",
+    "WEIGHT_HALVES",
     "WEIGHT_SLOTS",
     "bandwidth",
     "comp_cycles",
@@ -45,11 +46,13 @@ __all__ = [
     "profile_of",
     "stage_seconds",
     "transfer_s",
+    "weight_double_buffer_on",
 ]
 
 TRANSFER_OPS = ("LOAD", "LOADW", "LOADFM", "LOADWM", "WRITEFM", "WRITE")
 PIPE_OPS = ("LOAD", "LOADFM", "COMP", "WRITEFM", "WRITE")  # the order of an iteration's stages
 WEIGHT_SLOTS = 2  # MemTile weight staging is double-buffered
+WEIGHT_HALVES = 2  # a double-buffered core weight buffer: a chunk must fit one of its two halves
 
 
 def bandwidth(op: str, hw: ArrayConfig) -> float:
@@ -73,6 +76,13 @@ def transfer_s(op: str, nbytes: float | np.ndarray, hw: ArrayConfig) -> np.ndarr
 def profile_of(hw: ArrayConfig, profile: RuleProfile | None = None) -> RuleProfile:
     """``profile``, or the one the array description names (``hw.rules``, tilesparse by default)."""
     return profile if profile is not None else get_profile(hw.rules)
+
+
+def weight_double_buffer_on(hw: ArrayConfig, profile: RuleProfile | None = None) -> bool:
+    """Whether the compiler may double-buffer the core weight buffer (rule 5's exception): the
+    array's ``core.weight_double_buffer`` flag and the profile's mechanism ``weight_double_buffer``
+    (the ``paper`` profile names none)."""
+    return hw.core.weight_double_buffer and profile_of(hw, profile).allows("weight_double_buffer")
 
 
 def comp_s(cycles: float | np.ndarray, hw: ArrayConfig, profile: RuleProfile | None = None) -> np.ndarray:
@@ -159,16 +169,17 @@ def comp_cycles(kind: str, hw: ArrayConfig, work: np.ndarray, positions: np.ndar
 
 
 def engine_bound_s(loadw_bytes: np.ndarray, loadwm_bytes: np.ndarray, pipe: dict[str, np.ndarray],
-                   hw: ArrayConfig, profile: RuleProfile | None = None) -> float:
+                   hw: ArrayConfig, profile: RuleProfile | None = None, double: bool = False) -> float:
     """Seconds no schedule under rules 1–6 beats for a layer given as arrays (as
     ``layer_time_arrays``): each engine runs its iterations one at a time, and the cores never
     compute during a LOADWM (rule 5), so the layer takes at least the busiest engine's total, COMP
-    plus LOADWM for the cores. Cheap: the compiler's search drops a candidate whose bound cannot
-    beat its best. Every profile only adds waits to rules 3–6, so this bounds each (COMP at the
-    profile's kernel efficiency)."""
+    plus LOADWM for the cores — or, with the weight buffer ``double``-buffered (LOADWM does not
+    halt), COMP and LOADWM each on its own. Cheap: the compiler's search drops a candidate whose
+    bound cannot beat its best. Every profile only adds waits to rules 3–6, so this bounds each
+    (COMP at the profile's kernel efficiency)."""
     busy = [float(stage_seconds(op, np.asarray(v, dtype=np.float64), hw).sum()) for op, v in pipe.items()
             if op != "COMP"]
-    cores = float(transfer_s("LOADWM", np.asarray(loadwm_bytes, dtype=np.float64), hw).sum())
-    if "COMP" in pipe:
-        cores += float(comp_s(pipe["COMP"], hw, profile).sum())
-    return max(busy + [cores, float(transfer_s("LOADW", np.asarray(loadw_bytes, dtype=np.float64), hw).sum())])
+    lwm = float(transfer_s("LOADWM", np.asarray(loadwm_bytes, dtype=np.float64), hw).sum())
+    comp = float(comp_s(pipe["COMP"], hw, profile).sum()) if "COMP" in pipe else 0.0
+    cores = [lwm, comp] if double else [lwm + comp]
+    return max(busy + cores + [float(transfer_s("LOADW", np.asarray(loadw_bytes, dtype=np.float64), hw).sum())])
