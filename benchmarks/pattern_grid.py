@@ -2,7 +2,7 @@
 4x2 arrays: compile, simulate, verify, and set the estimate against the lower bounds.
 
 Per cell (the cell function is tests/pattern_cell.py's ``run_cell``, the one the suite's
-tests/test_pattern_grid.py runs on a Latin-square subset): random weights (seed 0) pruned one-shot
+tests/test_pattern_grid.py runs on a covering subset): random weights (seed 0) pruned one-shot
 to the pattern, quantized, compiled with the array's defaults; simulated from the packed bytes and
 checked bit for bit against the integer reference and in float against the PyTorch module (within
 the tolerance derived from the quantization steps; SDQ is bit-exact only); every layer's simulated
@@ -12,7 +12,7 @@ network bound; build / compile / simulate seconds.
 
     python benchmarks/pattern_grid.py [--quick] [--jobs 2] [--networks ...] [--patterns ...] [--arrays ...]
 
-``--quick``: the Latin-square subset only (7 cells; tests/pattern_cell.py ``LATIN``). Writes
+``--quick``: the suite's subset only (7 cells; tests/pattern_cell.py ``SUITE_CELLS``). Writes
 benchmarks/results/pattern_grid[_quick].md and .json.
 """
 
@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from pattern_cell import ARRAYS, LATIN, NETWORKS, PATTERNS, RATIO_MAX, RESOLUTION, cell_ok, run_cell  # noqa: E402
+from pattern_cell import ARRAYS, NETWORKS, PATTERNS, RATIO_MAX, RESOLUTION, SUITE_CELLS, cell_ok, run_cell  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -120,14 +120,14 @@ def markdown(rows: list[dict], cmd: str, wall_s: float, jobs: int) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="the Latin-square subset only (7 cells)")
+    ap.add_argument("--quick", action="store_true", help="the suite's 7 cells only (every pattern, network, array)")
     ap.add_argument("--networks", nargs="*", default=list(NETWORKS), choices=NETWORKS)
     ap.add_argument("--patterns", nargs="*", default=list(PATTERNS), choices=list(PATTERNS))
     ap.add_argument("--arrays", nargs="*", default=list(ARRAYS))
     ap.add_argument("--jobs", type=int, default=1, help="worker processes (one cell each)")
     ap.add_argument("--out", default=None, help="Markdown path (default benchmarks/results/pattern_grid[_quick].md)")
     a = ap.parse_args()
-    cells = [c for c in LATIN if c[0] in a.networks and c[1] in a.patterns and c[2] in a.arrays] if a.quick else \
+    cells = [c for c in SUITE_CELLS if c[0] in a.networks and c[1] in a.patterns and c[2] in a.arrays] if a.quick else \
         [(n, p, arr) for n in a.networks for p in a.patterns for arr in a.arrays]
     t = time.perf_counter()
     if a.jobs > 1:
