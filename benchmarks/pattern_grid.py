@@ -1,5 +1,8 @@
-"""Every weight pattern x ResNet50 / Inception v3 / VGG16 at reduced resolution x the 4x4, 5x5 and
-4x2 arrays: compile, simulate, verify, and set the estimate against the lower bounds.
+"""Pattern grid: every weight pattern x network x array, compiled, simulated, verified and bounded.
+
+The patterns (dense, 8x8 blocks at 50 %, 2:4, 1:4, HSS 8x8@0.5/2:4, TASD 2:4+1:4, SDQ
+int8-2:4+int4) x ResNet50 / Inception v3 / VGG16 at reduced resolution x the 4x4, 5x5 and 4x2
+arrays.
 
 Per cell (the cell function is tests/pattern_cell.py's ``run_cell``, the one the suite's
 tests/test_pattern_grid.py runs on a covering subset): random weights (seed 0) pruned one-shot
