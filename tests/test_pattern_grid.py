@@ -40,4 +40,4 @@ def test_pattern_cell(network, pattern, array):
     assert r["weight_bytes_fraction"] == pytest.approx(WEIGHT_BYTES[pattern], abs=0.01)
     assert not r["layers_below_bound"], r["layers_below_bound"]
     assert 1.0 <= r["ratio"] <= RATIO_MAX, (r["ratio"], r["worst_layers"])
-    assert r["network_bound_s"] <= r["bound_sum_s"] * (1 + 1e-12)
+    assert r["network_bound_s"] <= r["estimate_s"] * (1 + 1e-12)  # no schedule beats the network bound
