@@ -59,7 +59,7 @@ def test_slab_work_and_kept_pairs_match_brute_force(ci, co, k, density, seed, n,
     slab_cum = w.q_tables_many(cb0, cb1, n, kd)
     for q, (c0, c1) in enumerate(zip(cb0, cb1, strict=True)):
         kept = per_ch[:, c0:c1].sum(axis=1)
-        steps = [-(-int(kept[a:a + n].max()) * k * k // kd) for a in range(0, co, n)]
+        steps = [-(-int(kept[a:a + n].max()) // kd) * k * k for a in range(0, co, n)]  # K padded per tap
         assert slab_cum[:, q].tolist() == np.r_[0, np.cumsum(steps)].tolist()
         o0, o1 = sorted(rng.integers(0, co + 1, 2))
         got = w.kept_many(np.array([o0]), np.array([o1]), np.array([c0]), np.array([c1]))[0]

@@ -4,6 +4,7 @@ bytes), the ordering check, the clocked replay against the time model, and the f
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import numpy as np
@@ -16,7 +17,7 @@ from tilesparse.build import build_graph_from
 from tilesparse.compiler.pipeline import compile_graph
 from tilesparse.estimate.bounds import program_bounds
 from tilesparse.estimate.timemodel import estimate_program
-from tilesparse.hw import load_array
+from tilesparse.hw import TILESPARSE, load_array
 from tilesparse.program import Lock, Operand
 from tilesparse.sim import HazardError, SimulationError, check_ordering, simulate
 from tilesparse.sim.replay import replay
@@ -169,3 +170,22 @@ def test_engine_bound_counts_loadwm_beside_comp_when_double_buffered():
     assert engine_bound_s(lw, lwm, pipe, hw, double=True) == pytest.approx(6e-6)
     assert layer_time_arrays(lw, lwm, pipe, hw, double=True) == pytest.approx(7e-6)
     assert layer_time_arrays(lw, lwm, pipe, hw) == pytest.approx(8e-6)
+
+
+def test_a_profile_without_the_mechanisms_plays_them_by_its_own_rules(prog):
+    """Timing a program compiled with both mechanisms under a profile that does not allow double
+    buffering (as ``estimate --rules paper`` does with a tilesparse program) equals timing the program
+    rewritten by hand the way those rules read it, every LOADWM halting; without prefetch as well,
+    the prefetched LOADWs run in their own layers. The replay agrees, and each mechanism only saves time."""
+    assert _double_layers(prog) and any(ins.prefetch for ins in prog.instrs)
+    no_db = dataclasses.replace(TILESPARSE, name="no-db",
+                                extra_mechanisms=frozenset({"dma_compression", "weight_prefetch"}))
+    bare = dataclasses.replace(TILESPARSE, name="bare", extra_mechanisms=frozenset({"dma_compression"}))
+    rewritten = copy.deepcopy(prog)
+    rewritten.instrs = [dataclasses.replace(ins, halts=ins.halts or ins.op == "LOADWM") for ins in prog.instrs]
+    want = estimate_program(rewritten, TILESPARSE).total_s
+    assert estimate_program(prog, no_db).total_s == pytest.approx(want, rel=1e-12)
+    times = [estimate_program(prog, p).total_s for p in (TILESPARSE, no_db, bare)]
+    assert times[0] < times[1] < times[2]
+    for p, t in zip((TILESPARSE, no_db, bare), times, strict=True):
+        assert replay(prog, p).total_s == pytest.approx(t, rel=1e-9)

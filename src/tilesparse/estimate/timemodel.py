@@ -113,9 +113,13 @@ def estimate_program(program: Program, profile: RuleProfile | str | None = None)
     for li, rec in enumerate(program.layers):
         keys = sorted(k for k in by_step if k[0] == li)
         idx = [i for key in keys for i in by_step[key]]
-        pre = prefetch_start_s(*prev, t) if any(program.instrs[i].prefetch for i in idx) else None
+        # a mechanism the profile does not allow is played by its rules (``paper`` timing a program
+        # compiled under ``tilesparse``: every LOADWM halts, a prefetched LOADW runs in its own layer)
+        pre = (prefetch_start_s(*prev, t) if prof.allows("weight_prefetch")
+               and any(program.instrs[i].prefetch for i in idx) else None)
         lt = layer_time([_step_values(program, by_step[key]) for key in keys], program.hw, prof,
-                        double=_double_buffered(program, idx), prefetch_start_s=pre)
+                        double=prof.allows("weight_double_buffer") and _double_buffered(program, idx),
+                        prefetch_start_s=pre)
         for key, st in zip(keys, lt.steps, strict=True):
             out += _instr_times(program, by_step[key], st, t)
         layers.append((rec.name, t, lt.total_s))

@@ -81,6 +81,9 @@ class ReplayRules:
     # "piece": piece i waits only for LOADWM j−2's piece i (what the per-piece locks allow)
     layer_barrier: bool = True  # rule 7; False: a layer waits only for the layers whose buffers it
     # reads (its LOAD / LOADFM) or overwrites (its WRITEFM / WRITE); locks and cores order the rest
+    weight_double_buffer: bool = True  # False: every LOADWM halts the cores (rule 5), whatever halves
+    # the program names (a profile without the mechanism, e.g. ``paper``, playing a tilesparse program)
+    weight_prefetch: bool = True  # False: a prefetching LOADW runs in its own layer, after the one before
     kernel_efficiency: float = 1.0  # a COMP iteration takes its cycles / this (the measured profile)
     invocation_s: float = 0.0  # a fixed cost per call, added once to the latency (the measured profile)
 
@@ -94,6 +97,8 @@ class ReplayRules:
         value the time model reads, so the two cannot disagree on which rules apply."""
         return cls(serial_single_steps=profile.serial_single_steps, loadw_prefetch=profile.loadw_prefetch,
                    cut_through=profile.cut_through, layer_barrier=profile.layer_barrier,
+                   weight_double_buffer=profile.allows("weight_double_buffer"),
+                   weight_prefetch=profile.allows("weight_prefetch"),
                    kernel_efficiency=profile.measured.kernel_efficiency,
                    invocation_s=profile.measured.invocation_s)
 
@@ -227,7 +232,7 @@ class _Plan:
         prefetching LOADW: everything before the layer before, which it runs beside)."""
         ins = self.program.instrs[i]
         op = ins.op
-        if ins.prefetch and self.rules.layer_barrier and ins.layer > 0:
+        if ins.prefetch and self.rules.weight_prefetch and self.rules.layer_barrier and ins.layer > 0:
             return self.layer_first[ins.layer - 1]
         if op == "LOADW":
             return serial_end if self.rules.loadw_prefetch else max(serial_end, step_first)
@@ -254,11 +259,12 @@ class _Plan:
         gang_acq = ((ins.op == "LOADW" and rules.slot_release == "slot")
                     or (ins.op == "LOADWM" and not rules.cut_through))
         data = self._data_layers(ins.layer, ins.op)
+        halts = _halts(ins, rules)
         for it in range(ins.iters):
             half = (done + it) % 2 if ins.op in PIPE else 0
             t = _Task(i, it, ins.op, durs[it], _locks(ins, it, half, "acquire", gang_acq),
                       _locks(ins, it, half, "release", False), after, data,
-                      takes_cores=ins.halts and it == 0, frees_cores=ins.halts and it == ins.iters - 1)
+                      takes_cores=halts and it == 0, frees_cores=halts and it == ins.iters - 1)
             self.queues[ins.op].append(t)
             if t.takes_cores:
                 self.queues[CORES].append(t)  # the halt, in program order with the COMPs
@@ -385,8 +391,14 @@ def replay(program: Program, rules: ReplayRules | RuleProfile | str | None = Non
     total = clock.run() + rules.invocation_s
     spans = _layer_spans(program, plan, clock.first, clock.last)
     halted = sum(float(clock.last[i] - clock.first[i]) for i, ins in enumerate(program.instrs)
-                 if ins.halts and ins.iters)
+                 if _halts(ins, rules) and ins.iters)
     return ReplayResult(total, spans, clock.busy_s, halted, clock.first, clock.last, rules)
+
+
+def _halts(ins: Instr, rules: ReplayRules) -> bool:
+    """Whether ``ins`` halts the cores under ``rules``: as the program says, but every LOADWM when
+    the rules do not double-buffer the weight buffer."""
+    return ins.halts or (ins.op == "LOADWM" and not rules.weight_double_buffer)
 
 
 def _layer_spans(program: Program, plan: _Plan, first: np.ndarray, last: np.ndarray) -> tuple[LayerSpan, ...]:
@@ -398,7 +410,8 @@ def _layer_spans(program: Program, plan: _Plan, first: np.ndarray, last: np.ndar
     prev = 0.0
     for li, rec in enumerate(program.layers):
         a, b = bounds[li], bounds[li + 1]
-        ran = ~np.isnan(first[a:b]) & ~np.array([ins.prefetch for ins in program.instrs[a:b]], dtype=bool)
+        ran = ~np.isnan(first[a:b]) & ~np.array([ins.prefetch and plan.rules.weight_prefetch
+                                                  for ins in program.instrs[a:b]], dtype=bool)
         if not ran.any():
             out.append(LayerSpan(rec.name, prev, prev))
             continue
