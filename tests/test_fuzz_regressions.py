@@ -315,3 +315,26 @@ def test_ceil_mode_pool_window_past_the_input_survives_save_and_load(tmp_path):
     assert np.allclose(got, want, atol=4 * 2.0 ** built.graph.outputs[0].out.scale_exp)
     again = Program.load(prog.save(tmp_path / "p.tsp"))
     assert [r.name for r in again.layers] == [r.name for r in prog.layers]
+
+
+class _RaggedMasked(nn.Module):
+    """Bug: a conv in the sparse multiply's masked format whose chunk has ragged edge blocks (4 → 5
+    channels, 4×4 blocks) was decompressed to the block format, then handed to the ragged-edge decoder
+    still marked masked, which tried to decompress it again ("weights in the masked format need an
+    array whose core.sparse_matmul is enabled")."""
+
+    def __init__(self):
+        super().__init__()
+        self.m1 = nn.Conv2d(1, 4, 1, bias=False)
+        self.m2 = nn.Sequential(nn.Conv2d(4, 5, 1, bias=False), nn.BatchNorm2d(5), nn.ReLU())
+
+    def forward(self, x):
+        return self.m2(self.m1(x))
+
+
+def test_ragged_chunk_in_the_masked_format_decodes():
+    torch.manual_seed(0)
+    built, prog, _, want, got = _run(_RaggedMasked(), (1, 1, 1, 1), "1x1", sparsity=0.75, block=(4, 4))
+    assert prog.layers[1].geometry.weight_format == "masked" and prog.layers[1].geometry.co == 5
+    lsb = 2.0 ** built.graph.outputs[0].out.scale_exp
+    assert np.abs(got - want).max() <= 2 * lsb

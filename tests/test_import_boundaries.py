@@ -21,8 +21,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors",),
     ("utils",),
     ("hw", "ir", "patterns", "models", "data"),
-    ("timing", "program", "passes", "costmodel", "sparsify"),
+    ("timing", "program", "passes", "costmodel"),
     ("quant",),
+    ("sparsify",),  # SDQ's parts are trained through the quantizer's rounding (sparsify.sdq_train)
     ("frontend", "source"),
     ("compiler", "sim", "estimate"),
     ("build",),

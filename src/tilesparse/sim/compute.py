@@ -145,7 +145,9 @@ def decode_chunk(spec: LayerGeometry, buf: bytes, row: ChunkRow, ci0: int, n_ch:
                        for o, f, w in c.groups)
         return Chunk(row, groups, chunks[0].bias, chunks[0].kept, len(chunks))
     geo = geometry(spec, row.oc0, row.oc1, row.cb0, row.cb1)
-    return _decode_block(spec, masked_to_block(spec, buf, geo, bool(row.with_bias), sparse), row, ci0, n_ch,
+    block = masked_to_block(spec, buf, geo, bool(row.with_bias), sparse)  # as is for a block-format layer
+    # the bytes are now in the block format: decode them as such (a ragged chunk's decoder reads the format)
+    return _decode_block(dataclasses.replace(spec, weight_format=BLOCK), block, row, ci0, n_ch,
                          bool(row.with_bias))
 
 
