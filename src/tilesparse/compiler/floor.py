@@ -17,7 +17,7 @@ from tilesparse.compiler.partition import LayerPartition, oc_chunks
 from tilesparse.compiler.steps import WeightIndex
 from tilesparse.hw import ArrayConfig
 from tilesparse.program.zero_compress import hw_format, min_ratio
-from tilesparse.timing import parts_lower_rate, weight_double_buffer_on
+from tilesparse.timing import WEIGHT_HALVES, parts_lower_rate, weight_double_buffer_on
 
 __all__ = ["GridFloor", "input_pass_s"]
 
@@ -42,7 +42,9 @@ class GridFloor:
         self.spec, self.widx, self.cache = spec, widx, cache
         self.comp = self.stall = self.fm = self.s = 0.0
         self.double = weight_double_buffer_on(hw)  # LOADWM may run beside COMP (a partition whose chunks fit)
-        self.first: dict[tuple, float] = {}  # of(): first-step LOADW bytes by (oc, n_k, ci blocks, n_q == 1)
+        self.wbuf = hw.core.weight_buffer_bytes  # a chunk over half of it rules double-buffering out
+        # of(): first-step LOADW bytes (all chunks, the largest) by (oc, n_k, ci blocks, n_q == 1)
+        self.first: dict[tuple, tuple[float, int]] = {}
         if not live:
             return
         mt_bw = self.mt_bw = hw.links.memtile_to_core_bytes_per_s
@@ -84,10 +86,11 @@ class GridFloor:
         cores = max(self.comp, self.stall) if self.double else self.comp + self.stall
         self.s = max(cores, self.fm, float(g[:, 2].sum()) / self.col_bw)
 
-    def of(self, part: LayerPartition) -> float:
+    def of(self, part: LayerPartition, halting: bool = False) -> float:
         """The floor of one partition of the grid: for a conv, weight reloads per spatial group
         and input passes per output-channel chunk, after the first piece of the first step's
-        weights has arrived (its LOADWM and pipeline wait for it)."""
+        weights has arrived (its LOADWM and pipeline wait for it). ``halting``: as if the weight
+        buffer were never double-buffered (the floor of the halting schedule, not a floor of the layer)."""
         if self.widx is None or not self.s:
             return self.s
         reloads = part.n_s if part.n_k * part.n_q > 1 else 1
@@ -98,16 +101,20 @@ class GridFloor:
             oc1 = np.array([oc_chunks(spec, int(a), int(z), sub.oc, part.n_k, self.cache)[1]
                             for a, z in zip(self.g_oc0, self.g_oc1, strict=True)])
             n = len(oc1)
-            self.first[key] = float(self.widx.chunk_bytes_many(
-                self.g_oc0, oc1, np.zeros(n, np.int64), np.full(n, cb1), np.full(n, part.n_q == 1)).sum())
-        first = self.first[key]
+            b = self.widx.chunk_bytes_many(self.g_oc0, oc1, np.zeros(n, np.int64), np.full(n, cb1),
+                                           np.full(n, part.n_q == 1))
+            self.first[key] = (float(b.sum()), int(b.max()))
+        first, largest = self.first[key]
+        # double-buffered only with more than one weight step, each chunk (the first step's among
+        # them) in half the buffer (``StepTable.double_buffered``): else LOADWM halts, rule 5
+        double = self.double and not halting and part.n_k * part.n_q > 1 and WEIGHT_HALVES * largest <= self.wbuf
         # the first tile's input (LOAD, LOADFM: at most two of its windows) may move while those
         # weights arrive (time-model rule 5); COMP and the weight stalls wait for them
         lead = 2 * spec.n_in * spec.window_positions(sub.h, sub.w) * min(sub.ci, spec.ci) / self.mt_bw
         fm = part.n_k * self.fm
         # COMP and every later LOADWM also wait for all of the first step's weights
         comp = self.comp + part.n_tiles * part.n_k * part.n_q * self.call_s
-        if self.double:
+        if double:
             return max(first / self.piece0_bw + comp, reloads * self.stall,
                        max(fm, first / self.piece0_bw + fm - lead), self.s)
         return max(first / self.piece0_bw + comp + reloads * self.stall,

@@ -353,6 +353,7 @@ def _search(spec, hw, in_ddr, out_ddr, forced, widx, cache: CompileCache) -> Lay
     # every partition of the grids whose floor can still win, then the time model on them in
     # the order of their own floors until the floor loses to the best plan (or the budget ends)
     cands: list[tuple[float, int, LayerPartition]] = []
+    grid_floor: dict[int, GridFloor] = {}  # each candidate's grid floor, by its index
     best: LayerPlan | None = None
     n_evals = 0
     for gi, (floor_s, _, grid, cores, floor) in enumerate(grids):
@@ -363,27 +364,42 @@ def _search(spec, hw, in_ddr, out_ddr, forced, widx, cache: CompileCache) -> Lay
         for sub in subs:
             part = _partition(spec, hw, grid, cores, sub, widx, live)
             if part is not None:
-                cands.append((floor.of(part), len(cands), part))
+                grid_floor[len(grid_floor)] = floor  # indices unique across the slicing below
+                cands.append((floor.of(part), len(grid_floor) - 1, part))
         if gi == 0 and cands:  # a first plan, so that hopeless grids are not enumerated at all
             cands.sort(key=lambda c: c[:2])
             best, n_evals = _best_of(spec, hw, in_ddr, out_ddr, widx, cands, None, 0, cache)
             cands = cands[n_evals:]
     cands.sort(key=lambda c: c[:2])
-    best, _ = _best_of(spec, hw, in_ddr, out_ddr, widx, cands, best, n_evals, cache)
+    done: set[int] = set()
+    if grids and grids[0][4].double and cands:
+        # Double-buffering lowers the floors of partitions whose chunks fit half the weight buffer,
+        # often far below their time, so the budget can end among them before the partitions the
+        # halting search would time. Time those first, in the order of their halting floors
+        # (what the search did without the mechanism), then the rest by the true floors.
+        by_halt = sorted(((grid_floor[i].of(p, halting=True), i, p) for _, i, p in cands), key=lambda c: c[:2])
+        best, n_evals = _best_of(spec, hw, in_ddr, out_ddr, widx, by_halt, best, n_evals, cache, done)
+        n_evals = 0  # a fresh budget for the true floors
+    best, _ = _best_of(spec, hw, in_ddr, out_ddr, widx, cands, best, n_evals, cache, done)
     if best is None:
         raise _no_fit(spec, hw, widx)
     return best
 
 
-def _best_of(spec, hw, in_ddr, out_ddr, widx, cands, best: LayerPlan | None, n: int, cache: CompileCache
-             ) -> tuple[LayerPlan | None, int]:
+def _best_of(spec, hw, in_ddr, out_ddr, widx, cands, best: LayerPlan | None, n: int, cache: CompileCache,
+             done: set[int] | None = None) -> tuple[LayerPlan | None, int]:
     """The fastest of ``cands`` (sorted by floor) and ``best``, and the timings done so far
     (``n`` before): stops at the first floor that cannot win, or once ``MAX_EVALS`` timings
-    have cost ``MAX_WORK`` pipeline iterations (small layers are timed exhaustively)."""
+    have cost ``MAX_WORK`` pipeline iterations (small layers are timed exhaustively). ``done``:
+    indices of candidates timed already (skipped), to which this call adds its own."""
     work = 0
-    for floor_s, _, part in cands:
+    for floor_s, i, part in cands:
         if best is not None and (floor_s >= best.time_s or (n >= MAX_EVALS and work >= MAX_WORK)):
             break
+        if done is not None:
+            if i in done:
+                continue
+            done.add(i)
         n += 1
         work += part.n_tiles * part.n_k * part.n_q
         plan = _evaluate(spec, hw, part, in_ddr, out_ddr, widx, cache, best.time_s if best is not None else math.inf)
