@@ -254,33 +254,30 @@ def markdown(runs: list[dict[str, Any]], cmd: str, wall_s: float) -> str:
 
 
 READING = """\
-Where the time goes apart is COMP. Every listed conv's COMP is 1.02–1.35x its peak in our programs
-(the time model never charges less than the peak, and the compiler picks per layer the split whose
-COMP rounds least: whole 4x8x8 matmul shapes, few kernel calls per core); the paper's is 1.0–21x.
-On every listed conv but layer1.0.conv3 the paper's extra COMP is at least 94 % of the whole
-difference in span, and more than all of it on layer1.1.conv1, layer2.0.conv2, layer3.1.conv2 and
-layer4.0.conv2 (ours is the slower outside COMP there), so the gap on these layers is the paper's
-partition, not its rules: layer2.0.conv2 (21x its peak), layer4.0.conv2 (17x), layer1.1.conv1
-(16x), conv1 (13x) and layer3.1.conv2 (6.9x dense, 13.7x sparse: the paper gains nothing from
-sparsity there).
-The one conv the paper runs at its peak, layer1.0.conv3, is the one where the two spans agree (0.95):
-both are bound by data movement, ours by WRITEFM (its 256-channel output, 802,816 B over four
-column channels at 4 GB/s, 50 µs).
+Where the time goes apart is COMP. Every listed conv's COMP but conv1's is 1.02–1.4x its peak in our
+programs (the time model never charges less than the peak, and the compiler picks per layer the split
+whose COMP rounds least: whole 4x8x8 matmul shapes, few kernel calls per core); conv1's is 2.7x, as
+its 3 input channels fill 3 of the 8 rows of the matmul's K at every tap (docs/time-model.md, "conv1
+padding"). The paper's is 1.0–21x. On the listed convs the paper's extra COMP accounts for nearly all
+of the difference in span, so the gap on these layers is the paper's partition, not its rules:
+layer2.0.conv2 (21x its peak), layer4.0.conv2 (17x), layer1.1.conv1 (16x), conv1 (13x) and
+layer3.1.conv2 (6.9x dense, 13.7x sparse: the paper gains nothing from sparsity there). The one conv
+the paper runs at its peak, layer1.0.conv3, is the one where the two spans agree (0.95): both are
+bound by data movement, ours by WRITEFM (its 256-channel output, 802,816 B over four column channels
+at 4 GB/s, 50 µs).
 
 Outside COMP ours is often the slower. layer1.1.conv1 streams its 256-channel input through LOADFM
-(50 µs) where the paper's 200 µs COMP hides it. layer4.0.conv2 loads 2.36 MB of weights: LOADW
-then LOADWM, each 148 µs over the four row / column channels, in sequence under the paper's rules,
-296 µs outside COMP against the paper's 150 µs. That is the network-wide finding of the busy totals:
-our LOADWM is 1.61 ms dense where the paper's timelines show 0.11 ms, while LOADW (1.60 against
-1.40 ms) and LOADFM (1.61 against 1.82 ms) agree within 15 % dense. 0.11 ms cannot carry ResNet50's
-~24 MB of weights from the memory tiles into the cores at 4 GB/s per channel even over all 16
-cores' channels (0.37 ms), so the paper's timelines do not charge LOADWM as a transfer at that rate;
-we keep ours (docs/time-model.md, rule 1: a row's cores receive their weights on that row's channel).
-Pools and adds differ in kind: today's compiler fuses layer1.0's residual add into
-layer1_0_downsample_0 (the row shows that conv, reading two 802,816-byte inputs), which the paper
-profile's "adds as layers of their own" rule will change once the compiler honours it; our maxpool
-runs on 4 of the 16 cores and is bound by LOADFM (conv1's 802,816-byte output, 51 µs), where the
-paper's spends 151.6 µs on data movement for 1 µs of COMP.
+(50 µs) where the paper's 200 µs COMP hides it. layer4.0.conv2 loads 2.36 MB of weights, LOADW then
+LOADWM over the four row / column channels, in sequence under the paper's rules. That is the
+network-wide finding of the busy totals: our LOADWM is 1.63 ms dense where the paper's timelines show
+0.11 ms, while LOADW (1.62 against 1.40 ms) and LOADFM (2.03 against 1.82 ms) are within 16 %.
+0.11 ms cannot carry ResNet50's ~24 MB of weights from the memory tiles into the cores at 4 GB/s per
+channel even over all 16 cores' channels (0.37 ms), so the paper's timelines do not charge LOADWM as
+a transfer at that rate; we keep ours (docs/time-model.md, rule 1: a row's cores receive their weights
+on that row's channel). Under the paper's rules adds are layers of their own, as in the paper: the
+layer1.0 residual add reads two 802,816-byte inputs and writes one, 100.5 µs against the paper's
+93.5 µs; our maxpool runs on 4 of the 16 cores and is bound by LOADFM (conv1's 802,816-byte output,
+51 µs), where the paper's spends 151.6 µs on data movement for 1 µs of COMP.
 """
 
 
