@@ -114,24 +114,26 @@ Rules:
 
 ANALYSIS = """## Which pattern wins where, and why
 
-- **At equal sparsity 8x8 blocks are the fastest pattern for ResNet50, InceptionV3 and VGG16 on both
-  arrays**, with 2:4 / HSS 1-13 % slower (VGG16 4x4 at 50 %: 8x8 7.38 ms, 2:4 8.25 ms; ResNet50 4x4 at
-  50 %: 8x8 2.172 ms, 2:4 2.301 ms; at 75 %: 8x8 1.619 ms, HSS 8x8@0.5/2:4 1.684 ms). The reason is
-  bytes: these networks spend most of their time in layers bound by DDR or MemTile->core traffic (dense
-  ResNet50 4x4: 66 % of its time in DDR-bound layers, 23 % MemTile-bound, 11 % compute-bound), i.e. by
-  the weights they stream. 8x8 blocks at 50 % store half the weights plus a bitmap bit per block (12.8
-  of 25.5 MB for ResNet50); the masked format of the sparse multiply stores 20 bytes per 32 (16 weight
-  bytes and a 32-bit mask: 62.5 %, 16.0 MB), so 2:4 moves ~25 % more weight bytes at the same sparsity.
-- **In compute-bound layers 2:4 and 8x8@0.5 tie**: the sparse multiply runs 2:4 at twice the dense MAC
-  rate, block skipping drops half the MACs; both halve the compute time. 2:4 does it for every layer
-  evenly (no core waits for a denser block row): InceptionV3 4x4 at 50 % spends 0.84 ms in compute-bound
-  layers with 8x8 blocks and 0.26 ms with 2:4 — but its weight bytes put 1.24 ms into DDR-bound layers
-  (0.61 ms with blocks), so blocks still win overall (2.606 vs 2.658 ms).
-- **Past 50 % the MemTile->core traffic takes over**: at 75 % most of the time is in MemTile-bound
-  layers (ResNet50 4x4 8x8@0.75: 1.12 of 1.62 ms; dense: 0.77 of 3.27 ms). Those are bound by the
-  activations every core must receive and return, which no weight pattern reduces, so going from 50 % to
-  75 % gains less than the weight bytes would suggest (ResNet50 4x4: 2.17 -> 1.62 ms, not half) and the
-  patterns' gap narrows (8x8 vs HSS: 4 % at 75 % on ResNet50 4x4).
+- **At equal sparsity 8x8 blocks are the fastest pattern for ResNet50 and VGG16 on both arrays**, with
+  2:4 / HSS 4-14 % slower (VGG16 4x4 at 50 %: 8x8 6.90 ms, 2:4 7.78 ms; ResNet50 4x4 at 50 %: 8x8
+  1.964 ms, 2:4 2.059 ms; at 75 %: 8x8 1.545 ms, HSS 8x8@0.5/2:4 1.616 ms). The reason is bytes:
+  these networks spend most of their time in layers bound by data movement (dense ResNet50 4x4: 2.44 of
+  2.75 ms in layers whose bound is the MemTile<->core traffic — their weights streamed into the cores,
+  the DDR side of it prefetched or running beside — and 0.31 ms in compute-bound layers). 8x8 blocks at
+  50 % store half the weights plus a bitmap bit per block (12.8 of 25.5 MB for ResNet50); the masked
+  format of the sparse multiply stores 20 bytes per 32 (16 weight bytes and a 32-bit mask: 62.5 %,
+  16.0 MB), so 2:4 moves ~25 % more weight bytes at the same sparsity.
+- **InceptionV3 at 50 % is the exception: 2:4 is the fastest** (4x4: 2.363 ms against 2.387 for 8x8
+  blocks; 8x8: 1.170 against 1.175). It has the most compute-bound time of the three (dense 4x4: 1.24
+  of 3.24 ms), and there the two differ: the sparse multiply runs every 2:4 layer at twice the dense
+  MAC rate on every core alike, while block skipping leaves each core its own count of kept blocks and
+  the busiest core sets the pace — 0.25 ms in compute-bound layers with 2:4 against 0.72 ms with
+  blocks. That now outweighs 2:4's extra weight bytes (2.11 against 1.67 ms in traffic-bound layers);
+  before weights were double-buffered in the core (LOADWM halting the cores), blocks won here too.
+- **Past 50 % the traffic takes over**: at 75 % nearly all the time is in traffic-bound layers
+  (ResNet50 4x4 8x8@0.75: 1.51 of 1.55 ms), so going from 50 % to 75 % gains less than the weight bytes
+  would suggest (ResNet50 4x4: 1.96 -> 1.55 ms, not half) and the patterns' gap stays small (8x8 vs
+  HSS: 5 % at 75 % on ResNet50 4x4).
 - **1:4 buys nothing over 2:4 on this hardware**: the masked format holds exactly 2 of every 4 bytes (a
   group with fewer non-zeros stores its zeros), so 1:4 compiles to the same program size and latency as
   2:4 while, in the accuracy study, it is 75 % sparse. At 75 % the patterns that reach it in bytes are
@@ -141,22 +143,24 @@ ANALYSIS = """## Which pattern wins where, and why
   products whatever the pattern inside), lowest at 75 %. The cost model does not distinguish the
   patterns' metadata, so it does not see the masked format's extra bytes (12.5 % of the dense weights).
 - **With accuracy** (digits CNN, 4x4): 2:4 keeps the dense accuracy (99.33 %) at 50 % and is also faster
-  there than 8x8@0.5 (98.89 %), so it dominates both dense and 8x8@0.5; at 75 % HSS 8x8@0.5/2:4 is the
-  fastest point (98.81 %) and 8x8@0.75 (98.96 %) is between it and 2:4. Front: 2:4, 8x8@0.75, HSS
-  8x8@0.5/2:4. On this tiny network (convs of 32-64 channels, a few blocks per core) N:M is faster than
-  blocks at 50 % despite 25 % more weight bytes, the opposite of the large networks; we have not traced
-  which rule causes it (likely the busiest core's share of blocks in a layer this small).
-- **Arrays**: 8x8 is 1.9-2.4x faster than 4x4 at every point (more DDR and MemTile channels); the
-  ranking of the patterns is the same on 4x4 and 8x8, because the bound mix of the layers stays byte-
-  dominated.
-- **TASD and SDQ buy no latency here.** TASD 2:4+1:4 squashed keeps 3 of every 4 weights, which the
-  sparse multiply cannot read (at most 2 of 4) and 8x8 blocks almost never empty, so it compiles to
-  the dense program (ResNet50 4x4 3.274 ms = dense). SDQ keeps every weight and carries 36 bytes per
-  32 (the 2:4 int8 part in the masked format, 20 B, plus the int4 nibbles, 16 B) at the dense
-  compute time (each part at twice the int8 rate), so on these byte-bound networks it is 5-10 %
-  slower than dense (ResNet50 4x4 3.470 ms, VGG16 4x4 14.51 vs 13.41 ms). Their case is accuracy
-  (every weight kept, at low precision), which the accuracy study has not measured for them, so
-  neither reaches a front in this table.
+  there than 8x8@0.5 (98.89 %; 3.90 against 4.29 us), so it dominates both dense and 8x8@0.5; at 75 %
+  HSS 8x8@0.5/2:4 is the fastest point (98.81 %, 2.62 us) and 8x8@0.75 (98.96 %, 2.84 us) is between it
+  and 2:4. Front: 2:4, 8x8@0.75, HSS 8x8@0.5/2:4. On this tiny network (convs of 32-64 channels, a few
+  blocks per core) N:M is faster than blocks at 50 % despite 25 % more weight bytes, as on InceptionV3:
+  the busiest core's share of blocks in a layer this small.
+- **Arrays**: 8x8 is 1.9-2.3x faster than 4x4 at every point (more DDR and MemTile channels); the
+  ranking of the patterns is the same on 4x4 and 8x8.
+- **TASD buys no latency here; SDQ a little on two networks.** TASD 2:4+1:4 squashed keeps 3 of every 4
+  weights, which the sparse multiply cannot read (at most 2 of 4) and 8x8 blocks almost never empty, so
+  it compiles to the dense program (ResNet50 4x4 2.746 ms = dense). SDQ keeps every weight and carries
+  36 bytes per 32 (the 2:4 int8 part in the masked format, 20 B, plus the int4 nibbles, 16 B), each
+  part at twice the int8 rate: it is 1-10 % faster than dense on ResNet50 and InceptionV3 (ResNet50 4x4
+  2.714 ms, InceptionV3 4x4 3.016 against 3.239 ms: its compute-bound layers take 0.68 ms against
+  dense's 1.24; we have not traced which rule makes up the rest of the difference) and 7-8 % slower on
+  VGG16 (4x4 13.22 against 12.36 ms), whose time is in traffic-bound layers, where its extra bytes cost.
+  On the latency-vs-density front SDQ therefore dominates dense on ResNet50 and InceptionV3 (same
+  density, faster); its real case is accuracy (every weight kept, at low precision), which the accuracy
+  study has not measured for it.
 """
 
 
