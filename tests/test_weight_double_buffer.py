@@ -9,11 +9,9 @@ import dataclasses
 
 import numpy as np
 import pytest
-import torch
-from frontend_nets import TinyResNet
 from sim_check import check_program
+from weight_mech import BEFORE, SHAPE, flags, tiny_graph
 
-from tilesparse.build import build_graph_from
 from tilesparse.compiler.pipeline import compile_graph
 from tilesparse.estimate.bounds import program_bounds
 from tilesparse.estimate.timemodel import estimate_program
@@ -22,25 +20,6 @@ from tilesparse.program import Lock, Operand
 from tilesparse.sim import HazardError, SimulationError, check_ordering, simulate
 from tilesparse.sim.replay import replay
 
-SHAPE = (1, 3, 32, 32)
-# The estimates of these programs compiled before the mechanism existed (LOADWM always halting;
-# the same graphs, torch seed 0; conv1's matmul padded per tap): the flag off must give them back exactly.
-BEFORE = {(0.0, "4x4"): 2.0485e-06, (0.0, "4x2"): 3.15025e-06,
-          (0.5, "4x4"): 1.9825e-06, (0.5, "4x2"): 2.8385e-06}
-
-
-def halting(arr: str):
-    """The array with the weight buffer single (and, for the figures before, no cross-layer prefetch)."""
-    hw = load_array(arr)
-    return hw.model_copy(update={"core": hw.core.model_copy(update={"weight_double_buffer": False}),
-                                 "memtile": hw.memtile.model_copy(update={"weight_prefetch": False})})
-
-
-def _graph(sparsity: float, quantized: bool):
-    torch.manual_seed(0)
-    return build_graph_from(TinyResNet(), sparsity=sparsity, block=(8, 8), input_shape=SHAPE,
-                            quantized=quantized, seed=0)
-
 
 def _double_layers(p) -> set[int]:
     return {ins.layer for ins in p.instrs if ins.op == "LOADWM" and not ins.halts}
@@ -48,7 +27,7 @@ def _double_layers(p) -> set[int]:
 
 @pytest.fixture(scope="module")
 def built():
-    return _graph(0.5, True)
+    return tiny_graph(0.5, True)
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +37,8 @@ def prog(built):
 
 @pytest.mark.parametrize("sparsity,arr", list(BEFORE))
 def test_flag_off_keeps_the_halting_schedule_and_on_is_faster(sparsity, arr):
-    g = _graph(sparsity, False).graph
-    off = compile_graph(g, halting(arr))
+    g = tiny_graph(sparsity, False).graph
+    off = compile_graph(g, flags(arr, False, False))
     assert not _double_layers(off)
     assert all(lk.per != "step" for ins in off.instrs for lk in ins.acquire + ins.release)
     assert estimate_program(off).total_s == pytest.approx(BEFORE[(sparsity, arr)], rel=1e-12)
@@ -71,7 +50,7 @@ def test_flag_off_keeps_the_halting_schedule_and_on_is_faster(sparsity, arr):
 def test_the_paper_profile_never_double_buffers():
     hw = load_array("4x2").model_copy(update={"rules": "paper"})
     assert hw.core.weight_double_buffer
-    assert not _double_layers(compile_graph(_graph(0.5, False).graph, hw))
+    assert not _double_layers(compile_graph(tiny_graph(0.5, False).graph, hw))
 
 
 def test_halves_alternate_and_hold_their_chunks(prog):
@@ -145,7 +124,7 @@ def test_a_wrong_half_is_caught_by_the_simulator(prog):
 
 def test_a_missing_release_deadlocks():
     # the last COMP on a half no longer frees it: the next LOADWM into that half never starts
-    prog = compile_graph(_graph(0.0, False).graph, "4x2")  # conv2: four weighted steps
+    prog = compile_graph(tiny_graph(0.0, False).graph, "4x2")  # conv2: four weighted steps
     li, idx = _two_loads(prog)
     assert sum(prog.instrs[i].op == "LOADWM" for i in idx) >= 3
     comp = [i for i in idx if prog.instrs[i].op == "COMP"][0]

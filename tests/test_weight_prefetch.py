@@ -8,11 +8,9 @@ import dataclasses
 
 import numpy as np
 import pytest
-import torch
-from frontend_nets import TinyResNet
 from sim_check import check_program
+from weight_mech import BEFORE, SHAPE, flags, tiny_graph
 
-from tilesparse.build import build_graph_from
 from tilesparse.compiler.pipeline import compile_graph
 from tilesparse.estimate.bounds import program_bounds
 from tilesparse.estimate.timemodel import estimate_program
@@ -20,22 +18,6 @@ from tilesparse.hw import load_array
 from tilesparse.program import Lock, Operand
 from tilesparse.sim import HazardError, SimulationError, check_ordering, simulate
 from tilesparse.sim.replay import replay
-
-SHAPE = (1, 3, 32, 32)
-# the estimates before either mechanism existed (as tests/test_weight_double_buffer.py)
-BEFORE = {(0.0, "4x4"): 2.0485e-06, (0.5, "4x2"): 2.8385e-06}
-
-
-def flags(arr: str, double: bool, prefetch: bool):
-    hw = load_array(arr)
-    return hw.model_copy(update={"core": hw.core.model_copy(update={"weight_double_buffer": double}),
-                                 "memtile": hw.memtile.model_copy(update={"weight_prefetch": prefetch})})
-
-
-def _graph(sparsity: float, quantized: bool):
-    torch.manual_seed(0)
-    return build_graph_from(TinyResNet(), sparsity=sparsity, block=(8, 8), input_shape=SHAPE,
-                            quantized=quantized, seed=0)
 
 
 def _prefetched(p) -> dict[int, int]:
@@ -45,7 +27,7 @@ def _prefetched(p) -> dict[int, int]:
 
 @pytest.fixture(scope="module")
 def built():
-    return _graph(0.5, True)
+    return tiny_graph(0.5, True)
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +35,9 @@ def prog(built):
     return compile_graph(built.graph, "4x2")
 
 
-@pytest.mark.parametrize("sparsity,arr", list(BEFORE))
+@pytest.mark.parametrize("sparsity,arr", [(0.0, "4x4"), (0.5, "4x2")])
 def test_both_flags_off_keep_the_figures_before(sparsity, arr):
-    g = _graph(sparsity, False).graph
+    g = tiny_graph(sparsity, False).graph
     off = compile_graph(g, flags(arr, False, False))
     assert not _prefetched(off) and off.meta["weight_prefetch"] == {}
     assert estimate_program(off).total_s == pytest.approx(BEFORE[(sparsity, arr)], rel=1e-12)
@@ -67,7 +49,7 @@ def test_both_flags_off_keep_the_figures_before(sparsity, arr):
 
 def test_the_paper_profile_never_prefetches():
     hw = load_array("4x2").model_copy(update={"rules": "paper"})
-    assert hw.memtile.weight_prefetch and not _prefetched(compile_graph(_graph(0.5, False).graph, hw))
+    assert hw.memtile.weight_prefetch and not _prefetched(compile_graph(tiny_graph(0.5, False).graph, hw))
 
 
 def test_the_prefetch_area_is_free_memtile_space(prog):
