@@ -32,6 +32,7 @@ from tilesparse.quant.rounding import pow2_exponent
 from tilesparse.quant.sdq import SDQ, sdq
 from tilesparse.sparsify.recipe import Recipe, TrainingConfig
 from tilesparse.sparsify.sparsifier import find_layers
+from tilesparse.sparsify.tasd import parametrized_layers
 from tilesparse.sparsify.trainer import FitResult, Trainer
 from tilesparse.utils.config import validate_model
 
@@ -138,13 +139,7 @@ def sdq_model(model: nn.Module, pattern: str | SDQPattern, *, layer_types: tuple
 
 def sdq_parametrizations(model: nn.Module) -> dict[str, tuple[nn.Module, SDQParametrization]]:
     """The model's SDQ layers: name -> (module, its parametrization)."""
-    out = {}
-    for name, m in model.named_modules():
-        if parametrize.is_parametrized(m, "weight"):
-            p = cast(parametrize.ParametrizationList, cast(nn.ModuleDict, m.parametrizations)["weight"])[0]
-            if isinstance(p, SDQParametrization):
-                out[name] = (m, p)
-    return out
+    return parametrized_layers(model, SDQParametrization)
 
 
 def _require(model: nn.Module, where: str) -> dict[str, tuple[nn.Module, SDQParametrization]]:

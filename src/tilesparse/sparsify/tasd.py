@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -238,15 +238,23 @@ def _raw(m: nn.Module) -> Tensor:
     return _plist(m).original
 
 
-def term_layers(model: nn.Module) -> dict[str, tuple[nn.Module, TermsParametrization]]:
-    """The model's decomposed layers: name -> (module, its terms parametrization)."""
+P = TypeVar("P", bound=nn.Module)
+
+
+def parametrized_layers(model: nn.Module, kind: type[P]) -> dict[str, tuple[nn.Module, P]]:
+    """The model's layers whose weight's first parametrization is a ``kind``: name -> (module, it)."""
     out = {}
     for name, m in model.named_modules():
         if parametrize.is_parametrized(m, "weight"):
             p = _plist(m)[0]
-            if isinstance(p, TermsParametrization):
+            if isinstance(p, kind):
                 out[name] = (m, p)
     return out
+
+
+def term_layers(model: nn.Module) -> dict[str, tuple[nn.Module, TermsParametrization]]:
+    """The model's decomposed layers: name -> (module, its terms parametrization)."""
+    return parametrized_layers(model, TermsParametrization)
 
 
 def _require_terms(model: nn.Module, where: str) -> dict[str, tuple[nn.Module, TermsParametrization]]:
