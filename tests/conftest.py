@@ -15,6 +15,7 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+import pytest  # noqa: E402
 import torch  # noqa: E402  (after OMP_NUM_THREADS: torch reads it on import)
 from hypothesis import settings  # noqa: E402
 
@@ -24,3 +25,22 @@ settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True
 settings.register_profile("dev")
 _in_ci = os.environ.get("CI", "").lower() not in ("", "0", "false")
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if _in_ci else "dev"))
+
+
+@pytest.fixture
+def run_cli(tmp_path, monkeypatch, capsys):
+    """``run_cli("compile", ...)``: the ``tilesparse`` command run in-process from ``tmp_path``;
+    returns (exit code, captured output)."""
+    import sys
+
+    from tilesparse.cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+
+    def run(*args):
+        monkeypatch.setattr(sys, "argv", ["tilesparse", *args])
+        with pytest.raises(SystemExit) as e:
+            main()
+        return e.value.code, capsys.readouterr()
+
+    return run

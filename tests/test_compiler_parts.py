@@ -141,20 +141,10 @@ def test_tasd_compiles_squashed_and_simulates_bit_exact(array):
 
 
 @pytest.mark.parametrize("pattern,fmt", [("int8-2:4+int4", "parts"), ("2:4+1:4", "block")])
-def test_cli_compiles_a_composite_pattern_and_simulates_the_file(pattern, fmt, tmp_path, monkeypatch, capsys):
+def test_cli_compiles_a_composite_pattern_and_simulates_the_file(pattern, fmt, tmp_path, run_cli):
     """`compile --pattern` records the pattern; `simulate FILE` rebuilds the graph from the provenance."""
     import json
-    import sys
-
-    from tilesparse.cli.main import main
-
-    def run(*args):
-        monkeypatch.setattr(sys, "argv", ["tilesparse", *args])
-        with pytest.raises(SystemExit) as e:
-            main()
-        return e.value.code, capsys.readouterr()
-
-    monkeypatch.chdir(tmp_path)
+    run = run_cli
     code, cap = run("compile", "digits_cnn", "-a", "4x4", "--pattern", pattern, "-o", "p.tsp", "--json", "c.json")
     assert code in (0, None), cap.err
     assert json.loads((tmp_path / "c.json").read_text())["provenance"]["pattern"] == pattern

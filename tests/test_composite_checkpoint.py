@@ -131,18 +131,8 @@ def test_an_sdq_checkpoint_compiles_its_trained_parts(sdq_ckpt):
     assert np.allclose(_folded(ck, "features.3", "features.4"), deq.numpy(), rtol=0, atol=1e-6)
 
 
-def test_the_cli_compiles_and_simulates_a_composite_checkpoint(sdq_ckpt, tmp_path, monkeypatch, capsys):
-    import sys
-
-    from tilesparse.cli.main import main
-
-    def run(*args):
-        monkeypatch.setattr(sys, "argv", ["tilesparse", *args])
-        with pytest.raises(SystemExit) as e:
-            main()
-        return e.value.code, capsys.readouterr()
-
-    monkeypatch.chdir(tmp_path)
+def test_the_cli_compiles_and_simulates_a_composite_checkpoint(sdq_ckpt, tmp_path, run_cli):
+    run = run_cli
     code, cap = run("compile", str(sdq_ckpt), "-a", "4x2", "--pattern", "int8-2:4+int4", "-o", "p.tsp")
     assert code in (0, None), cap.err
     code, cap = run("simulate", "p.tsp")
@@ -213,18 +203,8 @@ def test_saving_refuses_a_model_without_one_composite_pattern(tmp_path):
     assert not (tmp_path / "x.pt").exists()
 
 
-def test_sparsify_trains_a_composite_pattern_and_its_checkpoint_compiles(tmp_path, monkeypatch, capsys):
-    import sys
-
-    from tilesparse.cli.main import main
-
-    def run(*args):
-        monkeypatch.setattr(sys, "argv", ["tilesparse", *args])
-        with pytest.raises(SystemExit) as e:
-            main()
-        return e.value.code, capsys.readouterr()
-
-    monkeypatch.chdir(tmp_path)
+def test_sparsify_trains_a_composite_pattern_and_its_checkpoint_compiles(tmp_path, run_cli):
+    run = run_cli
     code, cap = run("sparsify", "digits_cnn", "--pattern", "2:4+1:4", "--epochs", "1", "--seed", "1", "-o", "t",
                     "--json", "t.json")
     assert code in (0, None), cap.err

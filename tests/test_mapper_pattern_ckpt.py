@@ -6,7 +6,6 @@ hand here), a layer breaking the pattern falls back to its block mask, and `tile
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pytest
@@ -58,16 +57,8 @@ def test_a_free_level_is_measured_too():
     assert specs[1].dm(0).density == pytest.approx(0.125)
 
 
-def test_map_prices_a_2_4_checkpoint_below_its_dense_model(tmp_path, monkeypatch, capsys):
-    from tilesparse.cli.main import main
-
-    def run(*args):
-        monkeypatch.setattr(sys, "argv", ["tilesparse", *args])
-        with pytest.raises(SystemExit) as e:
-            main()
-        return e.value.code, capsys.readouterr()
-
-    monkeypatch.chdir(tmp_path)
+def test_map_prices_a_2_4_checkpoint_below_its_dense_model(tmp_path, run_cli):
+    run = run_cli
     code, cap = run("sparsify", "digits_cnn", "--pattern", "2:4", "--data", "none", "-o", "r")
     assert code in (0, None), cap.err
     common = ("-a", "4x4", "--budget", "60", "--mapper", "random", "--no-progress")
