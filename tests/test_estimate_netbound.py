@@ -7,7 +7,7 @@ import yaml
 from compiler_helpers import conv_node, small_graph
 
 from tilesparse.compiler.pipeline import compile_graph
-from tilesparse.estimate.bounds import network_bound, program_bounds, spill_lower_bytes
+from tilesparse.estimate.bounds import fusion_bound, network_bound, program_bounds, spill_lower_bytes
 from tilesparse.estimate.report import summarize
 from tilesparse.estimate.timemodel import estimate_program
 from tilesparse.ir.graph import Graph, Node, Op, TensorType
@@ -93,3 +93,37 @@ def test_prefetch_bound_by_hand():
     assert all(b.ddr_s == pytest.approx(max(b.ddr_weight_s - b.prefetched_weight_s, b.ddr_act_s)) for b in bounds)
     assert any(b.prefetched_weight_s > 0 for b in bounds)
     assert network_bound(p).bound_s <= prefetch_bound(bounds) <= sum(b.bound_s for b in bounds) * (1 + 1e-12)
+
+
+def _chain_graph(hw_px: int, co1: int = 32) -> Graph:
+    """x (8 ch) -> c1 (3x3, co1 ch) -> c2 (1x1, 8 ch) -> output: c2 is c1's only reader."""
+    rng = np.random.default_rng(2)
+    params: dict[str, np.ndarray] = {}
+    nodes = [Node("x", Op.INPUT, (), TensorType((1, 8, hw_px, hw_px), "int8", -4))]
+    n1, _ = conv_node("c1", "x", 8, co1, hw_px, hw_px, 3, rng=rng, params=params)
+    n2, _ = conv_node("c2", "c1", co1, 8, hw_px, hw_px, 1, rng=rng, params=params)
+    return Graph(tuple(nodes + [n1, n2, Node("out", Op.OUTPUT, ("c2",), n2.out)]), params, "chain")
+
+
+def test_fusion_bound_by_hand():
+    """Two chained convs: the better of their own bounds summed and the fused group's, by hand: every
+    row channel carries both convs' weights; only c1's input and c2's output cross the column channels."""
+    p = compile_graph(_chain_graph(16), "2x2")
+    b = program_bounds(p)
+    mt = 4e9  # MemTile<->core bytes/s per channel (aie2)
+    weights = sum(r.packed_weight_bytes + r.bias_bytes for r in p.layers)
+    fused = max(b[0].compute_s + b[1].compute_s, b[0].ddr_s + b[1].ddr_s, weights / mt,
+                8 * 16 * 16 / (2 * mt), 8 * 16 * 16 / (2 * mt))
+    fb = fusion_bound(p, b)
+    assert fused < b[0].bound_s + b[1].bound_s  # c1's 32-channel output is what both layers wait for
+    assert fb.bound_s == pytest.approx(fused) and fb.groups == (("c1", "c2"),)
+    assert fb.bound_s <= sum(x.bound_s for x in b) * (1 + 1e-12)
+
+
+def test_fusion_bound_needs_room_in_the_cores():
+    """An intermediate whose share per core exceeds the core's free data memory is not fused: the bound is
+    the per-layer bound sum (c1's 64x64x32 output is 32 KB per core of 2x2, the free memory 16 KB)."""
+    p = compile_graph(_chain_graph(64), "2x2")
+    fb = fusion_bound(p)
+    assert fb.groups == ()
+    assert fb.bound_s == pytest.approx(sum(x.bound_s for x in program_bounds(p)))

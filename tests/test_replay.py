@@ -235,6 +235,15 @@ def test_layers_one_after_another_or_as_their_data_allows(base):
         first = min(free.instr_start_s[i] for i in reads)
         bufs = {t.buffer for t in rec.inputs}
         assert all(first >= free.layers[m].end_s for m in range(li) if base.layers[m].output.buffer in bufs)
+    # without the data dependences (the ceiling of any cross-layer overlap): no later than with them, and
+    # some layer reads before the layer that writes its input has ended
+    ideal = replay(base, ReplayRules(layer_barrier=False, layer_data_deps=False))
+    assert ideal.total_s <= free.total_s
+    early = [(li, m) for li, rec in enumerate(base.layers) for m in range(li)
+             if base.layers[m].output.buffer in {t.buffer for t in rec.inputs}
+             and min(ideal.instr_start_s[i] for i, ins in enumerate(base.instrs)
+                     if ins.layer == li and ins.op in ("LOAD", "LOADFM")) < ideal.layers[m].end_s]
+    assert early
 
 
 # ---- equal to the time model, layer by layer, on compiled networks (the benchmark's reduced form) ----

@@ -35,6 +35,19 @@ starts (rule 7); a depth-first (fused) schedule would keep tiles of a live tenso
 
 The *roofline* of a layer is max(compute, DDR): how far it is from the machine's balance.
 
+**In-core fusion bound** (``fusion_bound``; not built, an estimate of what it could buy). A
+depth-first schedule keeping a conv's output in the cores for the next conv (its only reader) saves
+that tensor's WRITEFM and LOADFM. On this overlay (activations down the columns, weights along the
+rows) a core can consume an intermediate only if it holds all of its channels for its part of the
+map, so every core splits space, not channels, and every row channel carries all of the group's
+weights (instead of its 1/rows share); the intermediate of a core's part must fit the data memory the
+stream buffers leave (``layout.residual_capacity``). Per group of consecutive such convs, the
+largest of: compute, DDR and weights on one row channel, each summed over the group; the group's
+first input and other operands (a fused residual) over the column channels; its last output. The
+network is cut into groups (a lone layer keeps its own bound) so that the sum is least. Ideal: a
+group's work overlaps perfectly, halos and partial sums are free, the producer's input is streamed
+once; rule 7 between groups.
+
 Beside the bound, a diagnostic **halting floor** (``floor_s``): under time-model rule 5 a core
 cannot compute while its weight buffer refills, and every step's LOADWM stalls the cores for the
 busiest row channel's bytes. Summed over a layer's steps the stalls are at least
@@ -58,7 +71,8 @@ from tilesparse.program import LayerGeometry, LayerRecord, Program
 from tilesparse.program.zero_compress import expected_size
 from tilesparse.timing import parts_lower_rate
 
-__all__ = ["LayerBound", "NetworkBound", "layer_bound", "network_bound", "prefetch_bound", "program_bounds"]
+__all__ = ["FusionBound", "LayerBound", "NetworkBound", "fusion_bound", "layer_bound", "network_bound",
+           "prefetch_bound", "program_bounds"]
 
 
 @dataclass(frozen=True)
@@ -236,3 +250,77 @@ def prefetch_bound(bounds: list[LayerBound]) -> float:
     capacity ignored), so a layer is bounded by its other terms only, and the weight channel by
     all weights: ``max(Σ max(compute, DDR activations, MemTile↔core), Σ DDR weights)``."""
     return max(sum(b.prefetched_s for b in bounds), sum(b.ddr_weight_s for b in bounds), 0.0)
+
+
+@dataclass(frozen=True)
+class FusionBound:
+    """The ideal in-core fusion bound (module doc) and the fused groups (layer names) that reach it."""
+
+    bound_s: float
+    groups: tuple[tuple[str, ...], ...]
+
+
+def _chained(program: Program) -> list[bool]:
+    """``out[k]``: layer k+1 may take conv k's output in the cores (module doc, "In-core fusion bound"):
+    both convs, k+1 the only reader of k's output, which is no graph output and whose share per core
+    fits the core's free data memory."""
+    from tilesparse.program.layout import residual_capacity
+
+    layers, hw = program.layers, program.hw
+    readers: dict[str, set[int]] = {}
+    for li, rec in enumerate(layers):
+        for t in rec.inputs:
+            readers.setdefault(t.buffer, set()).add(li)
+    out = []
+    for k in range(len(layers) - 1):
+        a, b = layers[k], layers[k + 1]
+        g, buf = a.geometry, program.buffers[a.output.buffer]
+        out.append(a.kind == b.kind == "conv" and readers.get(a.output.buffer) == {k + 1}
+                   and not buf.get("graph_io") and g.co * g.ho * g.wo <= hw.n_cores * residual_capacity(hw))
+    return out
+
+
+def _group_s(program: Program, lo: int, hi: int, bounds: list[LayerBound]) -> float:
+    """The ideal seconds of layers lo..hi fused in the cores (module doc)."""
+    if lo == hi:
+        return bounds[lo].bound_s
+    hw = program.hw
+    mt = hw.links.memtile_to_core_bytes_per_s
+    parts = [_layer_bytes(program.layers[li], program.buffers, hw) for li in range(lo, hi + 1)]
+    weights = sum(p[0] for p in parts)
+    # of a later layer's input bytes, only a fused residual operand's still come over the columns
+    extra = 0.0
+    for li, p in zip(range(lo + 1, hi + 1), parts[1:], strict=True):
+        rec = program.layers[li]
+        if rec.residual:
+            g = rec.geometry
+            res = g.co * g.ho * g.wo
+            extra += p[1] * res / (res + g.ci * _touched(g, 0) * _touched(g, 1))
+    span = bounds[lo:hi + 1]
+    return max(sum(b.compute_s for b in span), sum(b.ddr_s for b in span), weights / mt,
+               (parts[0][1] + extra) / (hw.cols * mt), parts[-1][3] / (hw.cols * mt))
+
+
+def fusion_bound(program: Program, bounds: list[LayerBound] | None = None) -> FusionBound:
+    """The in-core fusion bound of a compiled program (module doc): the least sum over a cutting of
+    the layers into groups of chained convs (a dynamic programme over the cuts)."""
+    bounds = bounds if bounds is not None else program_bounds(program)
+    link = _chained(program)
+    n = len(program.layers)
+    best = [0.0] + [np.inf] * n  # best[j]: layers 0..j-1
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        lo = j - 1
+        while True:
+            t = best[lo] + _group_s(program, lo, j - 1, bounds)
+            if t < best[j]:
+                best[j], cut[j] = t, lo
+            if lo == 0 or not link[lo - 1]:
+                break
+            lo -= 1
+    groups, j = [], n
+    while j > 0:
+        if j - cut[j] > 1:
+            groups.append(tuple(program.layers[li].name for li in range(cut[j], j)))
+        j = cut[j]
+    return FusionBound(float(best[n]), tuple(reversed(groups)))

@@ -31,7 +31,8 @@ latency both give is computed twice, two ways.
 The rules the time model's profiles may change are explicit ``ReplayRules`` fields, today's
 behaviour the default: one-iteration steps serialised (``serial_single_steps``), LOADW prefetch
 (``loadw_prefetch``), weight cut-through (``cut_through``), when a weight slot counts as emptied
-(``slot_release``) and layers one after another (``layer_barrier``).
+(``slot_release``) and layers one after another (``layer_barrier``; without it, whether a layer still
+waits for the layers whose data it reads or overwrites, ``layer_data_deps``).
 """
 
 from __future__ import annotations
@@ -81,6 +82,8 @@ class ReplayRules:
     # "piece": piece i waits only for LOADWM j−2's piece i (what the per-piece locks allow)
     layer_barrier: bool = True  # rule 7; False: a layer waits only for the layers whose buffers it
     # reads (its LOAD / LOADFM) or overwrites (its WRITEFM / WRITE); locks and cores order the rest
+    layer_data_deps: bool = True  # False (with layer_barrier False): not even those — no schedule, the
+    # ceiling of any cross-layer overlap (tile by tile through MemTile) of the program's per-layer plans
     weight_double_buffer: bool = True  # False: every LOADWM halts the cores (rule 5), whatever halves
     # the program names (a profile without the mechanism, e.g. ``paper``, playing a tilesparse program)
     weight_prefetch: bool = True  # False: a prefetching LOADW runs in its own layer, after the one before
@@ -241,7 +244,8 @@ class _Plan:
     def _data_layers(self, li: int, op: str) -> tuple[int, ...]:
         """Without the layer barrier: the earlier layers whose output ``op`` of layer ``li`` reads
         (LOAD, LOADFM) or whose buffers it overwrites (WRITEFM, WRITE)."""
-        if self.rules.layer_barrier or op not in ("LOAD", "LOADFM", "WRITEFM", "WRITE"):
+        rules = self.rules
+        if rules.layer_barrier or not rules.layer_data_deps or op not in ("LOAD", "LOADFM", "WRITEFM", "WRITE"):
             return ()
         layers = self.program.layers
         rec = layers[li]
