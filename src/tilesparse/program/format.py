@@ -45,7 +45,7 @@ __all__ = ["FORMAT_VERSION", "MAGIC", "decode_header", "encode", "read_arrays"]
 _R = TypeVar("_R")  # the record a decoder builds
 
 MAGIC = "tilesparse-program"
-FORMAT_VERSION = 9
+FORMAT_VERSION = 10
 # 2: staging locks, copy-layer shifts, meta["input_scale_exp"]; 3: weight pieces; 4: ping-pong parity
 # ([i%2]) counts iterations across the steps of a layer; 5: sliding windows (loops["slide"]);
 # 6: typed records: operands, locks, cores, chunks, loops, grid and geometry are JSON objects (no
