@@ -147,8 +147,8 @@ def chunk_with_inputs(spec: WindowRules, part: LayerPartition, o0: int, o1: int,
 
 def splits_window(spec: WindowRules, n_q: int) -> bool:
     """Whether the layer's q loop runs over bands of window rows instead of input-channel chunks:
-    an average pool that may (``WindowRules.bandable``) with ``n_q`` > 1, whose window does not fit half of
-    ``core.in``. Step q brings band q of every window of its tiles; COMP adds the band's sums to
+    an average pool that may (``WindowRules.bandable``) with ``n_q`` > 1 (its window does not fit
+    half of ``core.in``). Step q brings band q of every window of its tiles; COMP adds the band's sums to
     the tiles' int32 accumulators, resident across q as a conv's partial sums, and the last band
     divides and writes (docs/program.md, "Window bands")."""
     return n_q > 1 and spec.bandable
