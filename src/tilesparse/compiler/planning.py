@@ -74,7 +74,7 @@ def _grids(spec: LayerSpec, hw: ArrayConfig) -> list[Grid]:
         for g_o in range(1, hw.rows + 1):
             g_s = hw.rows // g_o
             # a grid idling g_s or more rows is dominated by one with a row group more
-            if g_o * (hw.cols if ax == "oc" else 1) > max(n_units, 1):
+            if g_o * (hw.cols if ax == "oc" else 1) > max(n_units, 1) and not (g_o == 1 and _spreads(spec, hw, ax)):
                 continue
             if hw.rows - g_o * g_s < g_s:
                 out.append(Grid(g_o, g_s, ax))
@@ -96,6 +96,15 @@ def _grids(spec: LayerSpec, hw: ArrayConfig) -> list[Grid]:
                 if hw.rows - g_o * g_s < g_s and g_o <= max(n_units, 1):
                     out.append(Grid(g_o, g_s, "hw", col_h))
     return out or [Grid(1, hw.rows, "w")]
+
+
+def _spreads(spec: LayerSpec, hw: ArrayConfig, ax: str) -> bool:
+    """Whether a pool that runs in window bands (docs/program.md, "Window bands") may spread its
+    channel units over the columns though they are fewer than the columns: its whole plane streams
+    over the column channels, so each unit on a column of its own moves its bands in parallel
+    (mobilenet_v3_small's 56 × 56 global pool of 16 channels: two columns instead of one)."""
+    unit = hw.core.matmul_shape[2]
+    return ax == "oc" and spec.bandable and window_bands(spec, hw, SubVolume(unit, unit, 1, 1)) > 1
 
 
 BAND_CHOICES = 2  # band counts of the column tiling tried per layer (the two most balanced)
