@@ -75,6 +75,8 @@ def test_global_pool_in_bands_bit_exact(c, size, array):
     assert max(_window_bytes(rec, q) for q in range(n_q)) <= half  # ... its bands do
     fewer = dataclasses.replace(rec.loops, n_q=n_q - 1)  # and no fewer bands would
     assert n_q == 2 or max(_window_bytes(dataclasses.replace(rec, loops=fewer), q) for q in range(n_q - 1)) > half
+    # its channel units (8 channels) spread over the columns, each streaming its own plane
+    assert len({cw.col for cw in rec.cores if not cw.empty}) == min(c // 8, prog.hw.cols)
     li = prog.layers.index(rec)
     ins = [i for i in prog.instrs if i.layer == li]
     assert {i.q for i in ins if i.op == "LOADFM"} == set(range(n_q))
