@@ -94,7 +94,7 @@ CASES = [
     (["compile", "digits_cnn", "--weights", "gone.pth"], "gone.pth: no such weights file"),
     (["compile", "net.py:make", "--weights", "shape.pth"], "only a zoo name takes --weights"),
     (["simulate", "trunc.tsp"], "trunc.tsp: not a readable tilesparse program (truncated or corrupt"),
-    (["estimate", "v5.tsp"], "program format version 5, this tilesparse reads version 9; recompile it"),
+    (["estimate", "v5.tsp"], "program format version 5, this tilesparse reads version 10; recompile it"),
     (["simulate", "dir.tsp"], "dir.tsp: is a folder, expected a program file"),
     (["compile", "p.tsp"], "p.tsp: is a compiled program, not a model"),
     (["compile", "digits_cnn", "--array", "0x4"], "--array 0x4: array shape must be at least 1x1, got 0x4"),

@@ -201,9 +201,9 @@ def _set(path: str, value):
 HEADER_CASES = [
     ("hw", ..., "p.tsp: corrupt header (no 'hw')"),  # a KeyError traceback
     ("layers", ..., "p.tsp: corrupt header (no 'layers')"),  # a KeyError traceback
-    ("version", "6", "p.tsp: header field 'version' is '6' (str): expected the integer 9"),  # "version 6 ... reads 6"
-    ("version", 6.0, "p.tsp: header field 'version' is 6.0 (float): expected the integer 9"),
-    ("version", True, "p.tsp: header field 'version' is True (bool): expected the integer 9"),
+    ("version", "6", "p.tsp: header field 'version' is '6' (str): expected the integer 10"),  # "version 6 ... reads 6"
+    ("version", 6.0, "p.tsp: header field 'version' is 6.0 (float): expected the integer 10"),
+    ("version", True, "p.tsp: header field 'version' is True (bool): expected the integer 10"),
     ("instrs.3.iters", 10**12, "p.tsp: instruction #3 (LOADFM) iters: 1,000,000,000,000 is above the limit "
                                "16,777,216 (docs/limits.md)"),  # an allocation traceback, or a hang
     ("instrs.0.offset", 5, "p.tsp: instruction #0 (LOADW) reads per_iter[5:{end}], expected [0:{iters}] of {n} values "

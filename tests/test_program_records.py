@@ -97,7 +97,7 @@ def test_geometry_must_match_the_record():
 # ---- the file --------------------------------------------------------------------------------------
 def test_header_is_structured_json(prog):
     h = json.loads(_arrays(prog)["header"].tobytes().decode())
-    assert h["version"] == FORMAT_VERSION == 9
+    assert h["version"] == FORMAT_VERSION == 10
     comp = next(i for i in h["instrs"] if i["op"] == "COMP")
     assert comp["src"] == [{"memory": "core", "buffer": "in", "addr": 0}, {"memory": "core", "buffer": "w", "addr": 0}]
     assert {"name": "core.in", "per": "parity", "state": "full"} in comp["acquire"]
@@ -128,7 +128,7 @@ def test_format_5_file_is_refused(prog, tmp_path):
     arrays = _arrays(prog)
     h = json.loads(arrays["header"].tobytes().decode())
     h["version"] = 5
-    with pytest.raises(ProgramError, match=r"p\.tsp: program format version 5, this tilesparse reads version 9; "
+    with pytest.raises(ProgramError, match=r"p\.tsp: program format version 5, this tilesparse reads version 10; "
                                            r"recompile it"):
         Program.load(_write(tmp_path, arrays, h))
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from tilesparse.compiler.layers import LayerSpec
 from tilesparse.compiler.planning import LayerPlan
-from tilesparse.compiler.steps import Step, core_chunk
+from tilesparse.compiler.steps import Step, band_taps, core_chunk
 from tilesparse.program import ChunkRow, CoreWork, Instr, Lock, Operand
 from tilesparse.program.layout import moved_positions, tile_grid
 from tilesparse.program.packing import chunk_geometry, pack_chunk, pack_parts_chunk, pack_table
@@ -223,6 +223,8 @@ def _totals(spec: LayerSpec, plan: LayerPlan, st: Step, sums, chunk_bytes: dict)
     n_ddr = sum(bool(d) for d in in_ddr[:spec.n_in])
     res_ddr = bool(spec.residual) and len(in_ddr) > spec.n_in and bool(in_ddr[spec.n_in])
     last_q = st.q == part.n_q - 1
+    # a pool run in window bands moves, in step q, band q's rows of each (whole) window; others all rows
+    band_h = band_taps(spec, part.n_q)[st.q] // spec.kernel[1]
     win = win_ddr = out = res = loadwm = 0
     seen, rows_seen = set(), set()
     for cw in part.cores:
@@ -230,6 +232,7 @@ def _totals(spec: LayerSpec, plan: LayerPlan, st: Step, sums, chunk_bytes: dict)
         if ch is None:
             continue
         p, w = sums[(cw.region, st.s)]
+        w = w * int(band_h) // spec.kernel[0]
         key = (cw.col, cw.region, ch[2], ch[3])
         if key not in seen:  # broadcast: a window read by several cores of a column moves once
             seen.add(key)

@@ -31,10 +31,13 @@ from tilesparse.compiler.layers import LayerSpec
 from tilesparse.compiler.splits import balanced_split, capped_split, greedy_fill, split_even
 from tilesparse.errors import CapacityError
 from tilesparse.hw import ArrayConfig
+from tilesparse.program.geometry import WindowRules
 from tilesparse.program.layout import (
     ACC_BYTES,
     acc_slot,
     acc_tiles,
+    band_rows,
+    band_rules,
     moved_positions,
     residual_capacity,
     ring_columns,
@@ -64,6 +67,7 @@ __all__ = [
     "ring_columns",
     "slid_tiles",
     "tile_grid",
+    "window_bands",
 ]
 
 Chooser = Callable[[object, ArrayConfig], "SubVolume | None"]
@@ -273,7 +277,7 @@ def misfits(spec: LayerSpec, hw: ArrayConfig, sub: SubVolume, weight_chunk_bytes
         if res > room:
             why.append(f"residual tile {res} B > half of core.res ({room} B: data memory left after "
                        f"the input, output and weight buffers)")
-    in_bytes = spec.n_in * spec.window_positions(sub.h, sub.w) * min(sub.ci, spec.ci)
+    in_bytes = _input_bytes(spec, sub, n_q)
     if in_bytes > core.input_buffer_bytes // 2:
         why.append(f"input tile {in_bytes} B > half the input buffer ({core.input_buffer_bytes // 2} B)")
     need, room = (tiles_per_group if n_q > 1 else 1), acc_tiles(spec, hw, sub, n_q)
@@ -287,7 +291,31 @@ def misfits(spec: LayerSpec, hw: ArrayConfig, sub: SubVolume, weight_chunk_bytes
     return why
 
 
-def max_tile_extent(spec: LayerSpec, hw: ArrayConfig, oc: int, ci: int, other: int, axis: int) -> int:
+def _input_bytes(spec: LayerSpec, sub: SubVolume, n_q: int) -> int:
+    """Bytes of the largest input tile a step brings: the tile's window, or for a pool run in
+    window bands (``layout.splits_window``) its largest band's."""
+    pos = widest_band(spec, n_q).window_positions(sub.h, sub.w)
+    return spec.n_in * pos * min(sub.ci, spec.ci)
+
+
+def widest_band(spec: LayerSpec, n_q: int) -> WindowRules:
+    """The rules of the layer's widest window band of ``n_q`` (the layer itself without bands): a
+    band's window positions depend only on its row count, so this one bounds them all."""
+    widths = [b - a for a, b in (band_rows(spec, n_q, q) for q in range(n_q))]
+    return band_rules(spec, n_q, int(np.argmax(widths))) if n_q > 1 and spec.bandable else spec
+
+
+def window_bands(spec: LayerSpec, hw: ArrayConfig, sub: SubVolume) -> int:
+    """Window-row bands of a layer that has no input-channel loop: 1 when the tile's window fits
+    half of ``core.in`` or the layer cannot split it (``WindowRules.bandable``), else the fewest
+    bands whose widest fits (at most one per kernel row: ``misfits`` then says why it does not)."""
+    room = hw.core.input_buffer_bytes // 2
+    if not spec.bandable or _input_bytes(spec, sub, 1) <= room:
+        return 1
+    return next((n for n in range(2, spec.kernel[0]) if _input_bytes(spec, sub, n) <= room), spec.kernel[0])
+
+
+def max_tile_extent(spec: WindowRules, hw: ArrayConfig, oc: int, ci: int, other: int, axis: int) -> int:
     """The most output rows (``axis`` 0; ``other`` columns) or columns (axis 1; ``other`` rows)
     of a tile with ``oc`` × ``ci`` channels that fits the core's buffers with one input-channel
     chunk — ``misfits(spec, hw, sub, 0, 1)`` in closed form (0 if none): every limit grows with the
@@ -311,7 +339,7 @@ def max_tile_extent(spec: LayerSpec, hw: ArrayConfig, oc: int, ci: int, other: i
 
 
 def min_fit_error(spec: LayerSpec, hw: ArrayConfig, sub: SubVolume, chunk: int) -> CapacityError:
-    why = misfits(spec, hw, sub, chunk, 1)
+    why = misfits(spec, hw, sub, chunk, window_bands(spec, hw, sub))
     return CapacityError(
         f"layer {spec.name!r} ({spec.kind}, {spec.ci}->{spec.co} ch, kernel {spec.kernel}): does not "
         f"fit a core even at the minimum sub-volume (oc={sub.oc}, ci={sub.ci}, 1x1 output): "

@@ -33,10 +33,13 @@ from tilesparse.compiler.partition import (
     misfits,
     oc_chunks,
     oc_units,
+    widest_band,
+    window_bands,
 )
 from tilesparse.compiler.steps import StepTable, WeightIndex, layer_steps
 from tilesparse.errors import CapacityError, ConfigError
 from tilesparse.hw import ArrayConfig
+from tilesparse.program.geometry import WindowRules
 from tilesparse.program.records import COMPRESSIBLE_OPS
 from tilesparse.program.zero_compress import charged_sizes, hw_format
 from tilesparse.timing import WEIGHT_HALVES, WEIGHT_SLOTS, engine_bound_s, layer_time_arrays
@@ -71,7 +74,7 @@ def _grids(spec: LayerSpec, hw: ArrayConfig) -> list[Grid]:
         for g_o in range(1, hw.rows + 1):
             g_s = hw.rows // g_o
             # a grid idling g_s or more rows is dominated by one with a row group more
-            if g_o * (hw.cols if ax == "oc" else 1) > max(n_units, 1):
+            if g_o * (hw.cols if ax == "oc" else 1) > max(n_units, 1) and not (g_o == 1 and _spreads(spec, hw, ax)):
                 continue
             if hw.rows - g_o * g_s < g_s:
                 out.append(Grid(g_o, g_s, ax))
@@ -93,6 +96,15 @@ def _grids(spec: LayerSpec, hw: ArrayConfig) -> list[Grid]:
                 if hw.rows - g_o * g_s < g_s and g_o <= max(n_units, 1):
                     out.append(Grid(g_o, g_s, "hw", col_h))
     return out or [Grid(1, hw.rows, "w")]
+
+
+def _spreads(spec: LayerSpec, hw: ArrayConfig, ax: str) -> bool:
+    """Whether a pool that runs in window bands (docs/program.md, "Window bands") may spread its
+    channel units over the columns though they are fewer than the columns: its whole plane streams
+    over the column channels, so each unit on a column of its own moves its bands in parallel
+    (mobilenet_v3_small's 56 × 56 global pool of 16 channels: two columns instead of one)."""
+    unit = hw.core.matmul_shape[2]
+    return ax == "oc" and spec.bandable and window_bands(spec, hw, SubVolume(unit, unit, 1, 1)) > 1
 
 
 BAND_CHOICES = 2  # band counts of the column tiling tried per layer (the two most balanced)
@@ -153,7 +165,7 @@ def _ci_blocks(spec, hw, widx, bounds, oc_t) -> int | None:
     return lo or None
 
 
-def _tiles(spec: LayerSpec, hw: ArrayConfig, oc_t: int, ci_t: int, hc: int, wc: int) -> list[tuple[int, int]]:
+def _tiles(spec: WindowRules, hw: ArrayConfig, oc_t: int, ci_t: int, hc: int, wc: int) -> list[tuple[int, int]]:
     """Tile candidates (rows, cols) that fit: the widest (then tallest) one, and the one that
     re-reads the least input — for each width as many rows as fit, keeping the most output
     positions per input position moved (neighbouring tiles re-read a k×k window's halo) — and,
@@ -199,7 +211,7 @@ def _partition(spec, hw, grid, cores, sub, widx, live: _Live | None = None) -> L
         return None
     n_k = math.ceil(live.oc_max / sub.oc)
     ci_need = spec.ci if spec.kind == "conv" and spec.groups == 1 else 0
-    n_q = math.ceil(ci_need / sub.ci) if ci_need else 1
+    n_q = math.ceil(ci_need / sub.ci) if ci_need else window_bands(spec, hw, sub)
     n_tiles = max(-(-h // sub.h) * -(-w // sub.w) for h, w in live.sizes)
     g = n_tiles if n_q == 1 else max(1, min(n_tiles, acc_tiles(spec, hw, sub, n_q)))
     return LayerPartition(spec.name, grid, cores, sub, n_k, n_q, g, n_tiles)
@@ -274,11 +286,13 @@ def _subvolumes(spec, hw, live: _Live, widx, cache: CompileCache) -> list[SubVol
                      if n == nb or _max_chunk(widx, bounds, n) <= hw.core.weight_buffer_bytes) if full_ci else [nb]
         for n in nbs:
             ci_t = min(spec.ci, n * spec.block[1]) if full_ci else spec.chunk_ci(oc_t)
-            if misfits(spec, hw, SubVolume(oc_t, ci_t, 1, 1), 0, 1):
+            one = SubVolume(oc_t, ci_t, 1, 1)
+            bands = 1 if full_ci else window_bands(spec, hw, one)  # a pool's window in bands of rows
+            if misfits(spec, hw, one, 0, bands):
                 continue
-            key = (oc_t, ci_t, hc, wc)
-            if key not in memo:
-                memo[key] = _tiles(spec, hw, oc_t, ci_t, hc, wc)
+            key = (oc_t, ci_t, hc, wc, bands)
+            if key not in memo:  # tiles whose windows fit in that many bands (the widest band's rules)
+                memo[key] = _tiles(widest_band(spec, bands), hw, oc_t, ci_t, hc, wc)
             subs += [SubVolume(oc_t, ci_t, th, tw) for th, tw in memo[key]]
     return subs
 
@@ -469,7 +483,8 @@ def _validate_forced(spec, hw, cores, sub, widx, cache: CompileCache) -> None:
                     f"or at least {spec.ci}")
     if errs:
         raise ConfigError("chooser", errs)
-    why = misfits(spec, hw, sub, _largest_chunk(spec, cores, sub, widx, cache), 1)
+    bands = 1 if spec.kind == "conv" else window_bands(spec, hw, sub)
+    why = misfits(spec, hw, sub, _largest_chunk(spec, cores, sub, widx, cache), bands)
     if why:
         raise CapacityError(f"layer {spec.name!r}: chooser's sub-volume {sub} does not fit: " + "; ".join(why))
 
@@ -482,8 +497,9 @@ def _no_fit(spec: LayerSpec, hw: ArrayConfig, widx: WeightIndex | None) -> Capac
     if widx is not None:
         nb = 1 if spec.groups == 1 else widx.n_cb
         chunk = _max_chunk(widx, [(a, min(a + oc, spec.co)) for a in range(0, spec.co, oc)], nb)
-    err = min_fit_error(spec, hw, SubVolume(oc, ci, 1, 1), chunk)
-    if not misfits(spec, hw, SubVolume(oc, ci, 1, 1), chunk, 1):
+    one = SubVolume(oc, ci, 1, 1)
+    err = min_fit_error(spec, hw, one, chunk)
+    if not misfits(spec, hw, one, chunk, 1 if spec.kind == "conv" else window_bands(spec, hw, one)):
         return CapacityError(f"layer {spec.name!r}: every sub-volume needs more MemTile staging than "
                              f"{MAX_STAGING_FRACTION:.0%} of {hw.memtile.bytes} B (array {hw.label})")
     return err

@@ -34,7 +34,7 @@ from tilesparse.compiler.partition import (
     oc_chunks,
 )
 from tilesparse.hw import ArrayConfig
-from tilesparse.program.layout import chunk_with_inputs
+from tilesparse.program.layout import band_rows, chunk_with_inputs, splits_window
 from tilesparse.program.packing import LUT_TABLE_BYTES, packed_nbytes
 from tilesparse.program.sparse_format import MASKED, PARTS
 from tilesparse.timing import (
@@ -46,7 +46,7 @@ from tilesparse.timing import (
     weight_double_buffer_on,
 )
 
-__all__ = ["Step", "WeightIndex", "chunk_with_inputs", "core_chunk", "layer_steps"]
+__all__ = ["Step", "WeightIndex", "band_taps", "chunk_with_inputs", "core_chunk", "layer_steps"]
 
 
 class WeightIndex:
@@ -169,7 +169,9 @@ def _group_chunks(spec: LayerSpec, part: LayerPartition, reps: list[CoreWork], c
         for idx in np.ndindex(oc0.shape):
             if oc1[idx] > oc0[idx]:
                 lo[idx], hi[idx] = spec.ci_range(int(oc0[idx]), int(oc1[idx]))
-        ci0, ci1 = lo[:, None, :], hi[:, None, :]
+        # every q reads the same channels (one q, or a pool's window bands: ``layout.splits_window``)
+        shape = (part.n_k, part.n_q, len(reps))
+        ci0, ci1 = np.broadcast_to(lo[:, None, :], shape), np.broadcast_to(hi[:, None, :], shape)
     return oc0, oc1, ci0, ci1
 
 
@@ -178,8 +180,8 @@ def _chunk_work(spec, hw, widx, oc0, oc1, ci0, ci1, last_q):
     position otherwise), executed MACs per position, packed weight bytes."""
     o0 = np.broadcast_to(oc0[:, None, :], ci0.shape)
     o1 = np.broadcast_to(oc1[:, None, :], ci0.shape)
-    if spec.kind != "conv":
-        ops = (o1 - o0) * spec.taps * spec.n_in
+    if spec.kind != "conv":  # taps per q: the window's, or each window band's (``band_taps``)
+        ops = (o1 - o0) * band_taps(spec, ci0.shape[1])[None, :, None] * spec.n_in
         nbytes = np.zeros(ops.shape, dtype=np.int64)
         if spec.kind == "lut":  # the table: one chunk per oc group, loaded in the first step, then resident
             nbytes[0, 0] = np.where(o1[0, 0] > o0[0, 0], LUT_TABLE_BYTES, 0)
@@ -194,6 +196,14 @@ def _chunk_work(spec, hw, widx, oc0, oc1, ci0, ci1, last_q):
     mpp = widx.kept_many(o0, o1, qb0[qi], qb1[qi]) * spec.taps * len(shapes)  # every part multiplies
     nbytes = widx.chunk_bytes_many(o0, o1, cb0, cb1, np.broadcast_to(last_q[None, :, None], o0.shape))
     return work, mpp, nbytes
+
+
+def band_taps(spec: LayerSpec, n_q: int) -> np.ndarray:
+    """Taps of each q of a layer without an input-channel loop: the window's (``n_q`` = 1), or
+    those of each window band of a pool run in bands (``layout.splits_window``), which sum to them."""
+    if not splits_window(spec, n_q):
+        return np.full(n_q, spec.taps, np.int64)
+    return np.array([(b - a) * spec.kernel[1] for a, b in (band_rows(spec, n_q, q) for q in range(n_q))], np.int64)
 
 
 def _part_work(spec, widx, o0, o1, cb0, cb1, qb0, qb1, qi, kd: int, n: int) -> np.ndarray:
@@ -388,6 +398,10 @@ def layer_steps(spec: LayerSpec, hw: ArrayConfig, part: LayerPartition, in_ddr: 
         fm = np.matmul(cr, win) * cilen.max(axis=1)[:, None, None]
     else:  # each group reads its own channels (once per column and region for equal ranges)
         fm = np.einsum("jcrg,jg,rt->jct", _first_readers(lay, ci0, ci1, cilen), cilen, win)
+        if splits_window(spec, n_q):  # step q moves band q's rows of every window (whole windows:
+            # its share of the window positions, exactly)
+            rows = np.tile(band_taps(spec, n_q) // spec.kernel[1], n_k)
+            fm = fm * rows[:, None, None] / spec.kernel[0]
     fm = fm * spec.n_in
     win_ddr = fm * (in_ddr[0] if spec.n_in == 1 else n_in_ddr / spec.n_in)  # per column
     last = last_q[np.arange(kq) % n_q][:, None]

@@ -45,7 +45,7 @@ __all__ = ["FORMAT_VERSION", "MAGIC", "decode_header", "encode", "read_arrays"]
 _R = TypeVar("_R")  # the record a decoder builds
 
 MAGIC = "tilesparse-program"
-FORMAT_VERSION = 9
+FORMAT_VERSION = 10
 # 2: staging locks, copy-layer shifts, meta["input_scale_exp"]; 3: weight pieces; 4: ping-pong parity
 # ([i%2]) counts iterations across the steps of a layer; 5: sliding windows (loops["slide"]);
 # 6: typed records: operands, locks, cores, chunks, loops, grid and geometry are JSON objects (no
@@ -54,7 +54,8 @@ FORMAT_VERSION = 9
 # in_zero_frac, out_zero_frac and compressed (DMA activation zero compression); 8: an output
 # TensorSlice's c_stride (a channel shuffle's copy layers write every groups-th channel); 9: a
 # double-buffered weight buffer: LOADWM / COMP name their half as core.w@OFFSET, with per-step
-# locks core.w0 / core.w1 (Lock.per "step"), and such a LOADWM does not halt
+# locks core.w0 / core.w1 (Lock.per "step"), and such a LOADWM does not halt; 10: an avgpool's
+# loops n_q > 1 are bands of window rows (layout.splits_window), not input-channel chunks
 
 
 def encode(program: Program) -> bytes:

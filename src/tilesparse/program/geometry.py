@@ -53,6 +53,15 @@ class WindowRules:
         return self.kind in WHOLE_PLANE_KINDS
 
     @property
+    def bandable(self) -> bool:
+        """Whether the layer may run its window in bands of window rows (``layout.splits_window``):
+        an average pool whose windows do not touch (stride at least the kernel along both axes, no
+        dilation), so a tile's window is whole windows and a band the same rows of each — a
+        global pool among them."""
+        return (self.kind == "avgpool" and self.dilation == (1, 1)
+                and self.stride[0] >= self.kernel[0] and self.stride[1] >= self.kernel[1])
+
+    @property
     def taps(self) -> int:
         return self.kernel[0] * self.kernel[1]
 

@@ -8,12 +8,13 @@ so a program means the same thing to all three. ``spec`` is anything with the ``
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
 from tilesparse.hw import ArrayConfig, get_profile
-from tilesparse.program.geometry import WindowRules
+from tilesparse.program.geometry import LayerGeometry, WindowRules
 from tilesparse.program.records import LayerPartition, SubVolume
 
 __all__ = [
@@ -21,12 +22,15 @@ __all__ = [
     "Window",
     "acc_slot",
     "acc_tiles",
+    "band_rows",
+    "band_rules",
     "chunk_with_inputs",
     "even_chunk",
     "moved_positions",
     "residual_capacity",
     "ring_columns",
     "slid_tiles",
+    "splits_window",
     "tile_grid",
     "tile_window",
 ]
@@ -136,9 +140,36 @@ def chunk_with_inputs(spec: WindowRules, part: LayerPartition, o0: int, o1: int,
         c0 = q * part.sub.ci
         c1 = min(c0 + part.sub.ci, spec.ci)
         return (o0, o1, c0, c1) if c1 > c0 else None
-    if q:
+    if q and not (splits_window(spec, part.n_q) and q < part.n_q):  # a window band reads the same channels
         return None
     return (o0, o1) + spec.ci_range(o0, o1)
+
+
+def splits_window(spec: WindowRules, n_q: int) -> bool:
+    """Whether the layer's q loop runs over bands of window rows instead of input-channel chunks:
+    an average pool that may (``WindowRules.bandable``) with ``n_q`` > 1 (its window does not fit
+    half of ``core.in``). Step q brings band q of every window of its tiles; COMP adds the band's sums to
+    the tiles' int32 accumulators, resident across q as a conv's partial sums, and the last band
+    divides and writes (docs/program.md, "Window bands")."""
+    return n_q > 1 and spec.bandable
+
+
+def band_rows(spec: WindowRules, n_q: int, q: int) -> tuple[int, int]:
+    """Kernel rows [r0, r1) of window band ``q`` of ``n_q``: the kernel's rows cut evenly
+    (``q·kh // n_q``), every band non-empty while ``n_q`` ≤ kh."""
+    kh = spec.kernel[0]
+    return q * kh // n_q, (q + 1) * kh // n_q
+
+
+def band_rules(spec: WindowRules, n_q: int, q: int) -> LayerGeometry:
+    """The geometry of window band ``q``: the same pool with the band's kernel rows and the
+    padding moved by its first row, so its windows (``tile_window``), positions and taps are the
+    band's. With ``n_q`` = 1 (no bands) the layer's own geometry."""
+    g = spec if isinstance(spec, LayerGeometry) else LayerGeometry.of(spec)
+    if not splits_window(spec, n_q):
+        return g
+    r0, r1 = band_rows(spec, n_q, q)
+    return dataclasses.replace(g, kernel=(r1 - r0, g.kernel[1]), padding=(g.padding[0] - r0, g.padding[1]))
 
 
 @dataclass(frozen=True)

@@ -183,6 +183,11 @@ class LayerRecord:
             raise ValueError(f"layer {self.name!r}: geometry reads {g.n_in} input(s)"
                              f"{' and a residual' if g.residual else ''}, the record lists {len(self.inputs)} "
                              f"buffer(s){' with a fused add' if self.fused_add else ''}")
+        lp = self.loops
+        if lp.n_q > 1 and g.kind != "conv" and not (g.bandable and lp.n_q <= g.kernel[0]):
+            raise ValueError(f"layer {self.name!r}: loops n_q = {lp.n_q}: only a conv's input-channel chunks or "
+                             f"the window-row bands of an average pool whose windows do not touch (at most "
+                             f"one per kernel row) make more than one q")
         if self.loops.n_s != max(1, math.ceil(self.loops.n_tiles / self.loops.tiles_per_group)):
             raise ValueError(f"layer {self.name!r}: loops n_s = {self.loops.n_s}, but {self.loops.n_tiles} tiles "
                              f"in groups of {self.loops.tiles_per_group}")

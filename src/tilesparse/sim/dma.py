@@ -264,9 +264,10 @@ class Staging:
         """(index, buffer, c_offset) of the window inputs."""
         return [(j, d.buffer, d.c_offset) for j, d in enumerate(self.v.rec.inputs[:self.v.n_win_inputs])]
 
-    def _window(self, where, core, tile, ch, buf, coff, new_cols: int = 0) -> np.ndarray:
-        """The tile's input window, or its last ``new_cols`` columns (a sliding tile's)."""
-        win = self.v.window(tile)
+    def _window(self, where, core, tile, ch, buf, coff, new_cols: int = 0, q: int = 0) -> np.ndarray:
+        """The tile's input window in input chunk ``q`` (a pool's window band q: ``LayerView.window``),
+        or its last ``new_cols`` columns (a sliding tile's)."""
+        win = self.v.window(tile, q)
         cols = win.cols[-new_cols:] if new_cols else win.cols
         x, _ = self.ex.bufs.read(where, buf, win.rows, cols, coff + ch[2], coff + ch[3])
         return x
@@ -331,7 +332,8 @@ class Staging:
                 if (col, key) in self.stage_in[half]:
                     continue
                 x = (self._residual(where, tile, ch) if src is None
-                     else self._window(where, core, tile, ch, *src[1:], self._new_cols(idx, i, core, tile)))
+                     else self._window(where, core, tile, ch, *src[1:], self._new_cols(idx, i, core, tile),
+                                       self.p.instrs[idx].q))
                 at = self._mt_range(where, col, "in", half, fill[col], x.size)
                 self.mem.memtile[at] = x.reshape(-1).view(np.uint8)
                 self.stage_in[half][(col, key)] = (fill[col], x.shape)
@@ -367,7 +369,8 @@ class Staging:
             for j, buf, coff in self._inputs():
                 key = (j, reg, ch[2], ch[3])
                 x = (self._staged(where, col, half, key) if self.ex.bufs.in_ddr(buf)
-                     else self._window(where, core, tile, ch, buf, coff, self._new_cols(idx, i, core, tile)))
+                     else self._window(where, core, tile, ch, buf, coff, self._new_cols(idx, i, core, tile),
+                                       self.p.instrs[idx].q))
                 if (col, key) not in sent:  # broadcast down the column: moves once
                     sent[(col, key)] = self._stream(idx, i, col, x)
                     self.ex.acct.move(idx, i, col, x.size)

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from tilesparse.program.layout import acc_slot
+from tilesparse.program.layout import acc_slot, band_rules
 from tilesparse.quant import rounding as R
 from tilesparse.sim import compute as C
 from tilesparse.sim.accounting import Accounting
@@ -144,13 +144,16 @@ class Executor:
             raise SimulationError(f"{where}: core {self.mem.core_name(core)} has no input window (no LOADFM)")
         xs = ([self.stage.ring_window(where, core, lay["ring"])] if lay["ring"] is not None else
               [self._core_array(where, core, "in", off, shape) for off, shape in lay["windows"]])
-        win = v.window(tile)
+        win = v.window(tile, ins.q)
         if v.kind == "conv":
             y, macs, cyc = self._conv(v, where, ins, i, core, tile, ch, xs[0], lay)
         elif v.kind == "lut":
             y, macs, cyc = self._lookup(v, where, ins, core, xs[0])
         else:
-            y, macs = self._elementwise(v, where, tile, ch, xs, win)
+            if v.banded:
+                y, macs = self._pool_band(v, where, ins, i, core, tile, ch, xs[0], win)
+            else:
+                y, macs = self._elementwise(v, where, tile, ch, xs, win)
             cyc = (math.ceil(macs / self.hw.macs_per_cycle("int8")) + self.hw.core.kernel_call_overhead_cycles
                    if macs else 0)
         if y is not None:
@@ -283,6 +286,24 @@ class Executor:
         else:
             raise SimulationError(f"{where}: COMP of kind {k!r} is not defined")
         return y, p * oc_t * v.spec.taps * len(xs)
+
+    def _pool_band(self, v: LayerView, where, ins, i, core, tile, ch, x, win):
+        """One window band of an average pool run in bands (docs/program.md, "Window bands"): the
+        band's window sums added to the tile's int32 accumulators (resident across q, as a conv's
+        partial sums); the last band divides the whole sums as the unsplit pool does."""
+        a, b, c, d = tile
+        n_out, oc_t = (b - a, d - c), ch[1] - ch[0]
+        p = n_out[0] * n_out[1]
+        band = band_rules(v.spec, v.n_q, ins.q)
+        sums = C.pool_tile(x, np.ones(x.shape[:2], bool), "avgpool", band, win.stride, n_out).reshape(p, -1)
+        (acc_region, acc_off), _ = self._out_slots(v, i)
+        acc_mem = self._core_array(where, core, acc_region, acc_off, (p, oc_t), np.int32)
+        acc = sums if ins.q == 0 else acc_mem.astype(np.int64) + sums
+        acc_mem[...] = self._int32(where, acc)
+        ops = p * oc_t * band.taps
+        if not v.last_q(ins.q):
+            return None, ops
+        return R.avg_round(acc, self._divisors(v)[a:b, c:d].reshape(-1, 1)), ops
 
     def _divisors(self, v: LayerView) -> np.ndarray:
         if v.index not in self._divs:

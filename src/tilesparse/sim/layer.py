@@ -10,10 +10,12 @@ from __future__ import annotations
 from tilesparse.program import ChunkRow, LayerRecord
 from tilesparse.program.layout import (
     Window,
+    band_rules,
     chunk_with_inputs,
     even_chunk,
     ring_columns,
     slid_tiles,
+    splits_window,
     tile_grid,
     tile_window,
 )
@@ -43,7 +45,7 @@ class LayerView:
         self.n_win_inputs = len(rec.inputs) - (1 if rec.fused_add else 0)
         if self.kind == "conv":
             self._check_chunks()
-        self._win: dict[tuple[int, int, int, int], Window] = {}
+        self._win: dict[tuple[int, int, int, int, int], Window] = {}
         self.slide = self.spec.slides
         if lp.slide != self.slide:
             raise SimulationError(f"layer {self.name!r}: loops slide = {lp.slide!r}, but a {self.kind} "
@@ -106,10 +108,18 @@ class LayerView:
             return (tile[3] - tile[2]) * self.spec.stride[1]
         return len(self.window(tile).cols)
 
-    def window(self, tile: tuple[int, int, int, int]) -> Window:
-        if tile not in self._win:
-            self._win[tile] = tile_window(self.spec, tile)
-        return self._win[tile]
+    def window(self, tile: tuple[int, int, int, int], q: int = 0) -> Window:
+        """The input window of ``tile`` in input chunk ``q``: the tile's window, or for a pool run
+        in window bands (``banded``) band q's rows of it (``layout.band_rules``)."""
+        key = (*tile, q if self.banded else 0)
+        if key not in self._win:
+            self._win[key] = tile_window(band_rules(self.spec, self.n_q, q) if self.banded else self.spec, tile)
+        return self._win[key]
+
+    @property
+    def banded(self) -> bool:
+        """Whether q runs over window-row bands (``layout.splits_window``), not input channels."""
+        return splits_window(self.spec, self.n_q)
 
     def last_q(self, q: int) -> bool:
         return q == self.n_q - 1
