@@ -144,13 +144,14 @@ class Step:
         return len(self.pipe["COMP"])
 
 
-def core_chunk(spec: LayerSpec, part: LayerPartition, cw: CoreWork, k: int, q: int
-               ) -> tuple[int, int, int, int] | None:
+def core_chunk(spec: LayerSpec, part: LayerPartition, cw: CoreWork, k: int, q: int,
+               cache: CompileCache | None = None) -> tuple[int, int, int, int] | None:
     """(oc0, oc1, ci0, ci1) core ``cw`` works on in chunk (k, q), or None if it idles
-    (output channels: ``partition.oc_chunks``)."""
+    (output channels: ``partition.oc_chunks``; ``cache``: the compile's memo, where code
+    generation, which asks for every core in every step, finds the bounds the search cut)."""
     if cw.empty:
         return None
-    o0, o1 = oc_chunks(spec, cw.oc0, cw.oc1, part.sub.oc, part.n_k)[k:k + 2]
+    o0, o1 = oc_chunks(spec, cw.oc0, cw.oc1, part.sub.oc, part.n_k, cache)[k:k + 2]
     return chunk_with_inputs(spec, part, o0, o1, q)
 
 
