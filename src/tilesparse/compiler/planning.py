@@ -117,8 +117,8 @@ def _chunk_bounds(spec: LayerSpec, cores: tuple[CoreWork, ...], oc_t: int, cache
 def _max_chunk(widx: WeightIndex, bounds: list[tuple[int, int]], nb: int) -> int:
     cbs = np.array(list(range(0, widx.n_cb, nb)) + [widx.n_cb])
     ob = np.array(bounds)
-    oc0, oc1 = np.repeat(ob[:, 0], len(cbs) - 1), np.repeat(ob[:, 1], len(cbs) - 1)
-    cb0, cb1 = np.tile(cbs[:-1], len(ob)), np.tile(cbs[1:], len(ob))
+    oc0, oc1 = ob[:, :1], ob[:, 1:]  # every output-channel chunk × every input-channel chunk
+    cb0, cb1 = cbs[None, :-1], cbs[None, 1:]
     return int(widx.chunk_bytes_many(oc0, oc1, cb0, cb1, cb1 == widx.n_cb).max())
 
 
