@@ -3,7 +3,8 @@
 The search evaluates a layer's candidates over and over from the same pieces: a core's
 output-channel chunks (``partition.oc_chunks``), a layer's channel ranges per grid
 (``partition.assign_cores``), a partition's tile layout and chunk work (``steps.layer_steps``),
-tile shapes per layer geometry, the choice of a repeated layer (``planning.plan_layer``), a float
+tile shapes per layer geometry, the input-channel chunks tried per output-channel chunk
+(``planning._chunk_cis``), the choice of a repeated layer (``planning.plan_layer``), a float
 weight's int8 image (``pack.int8_weights``). A ``CompileCache`` holds them for as long as the
 compile that created it (``compile_graph`` makes one per call unless the caller passes one in),
 so nothing leaks from one compile into the next and a compile is reproducible on its own.
@@ -32,6 +33,7 @@ LIMITS = {  # entries per table; a network has a few hundred layers, a layer's s
     "int8": 512,  # float weight array -> its int8 image
     "plans": 4096,  # plan key (geometry, mask, array, activation homes) -> (grid, sub-volume)
     "tiles": 4096,  # (geometry, array) -> {(oc, ci, rows, cols): tile shapes}
+    "chunk_ci": 4096,  # (spec, cores' channel ranges, chunk width) -> input channels per chunk tried
 }
 
 

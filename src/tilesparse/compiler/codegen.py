@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tilesparse.compiler.cache import CompileCache
 from tilesparse.compiler.layers import LayerSpec
 from tilesparse.compiler.planning import LayerPlan
 from tilesparse.compiler.steps import Step, band_taps, core_chunk
@@ -36,11 +37,12 @@ __all__ = ["emit_layer", "pack_layer", "pack_table_layer"]
 
 
 def pack_layer(plan: LayerPlan, w8: np.ndarray, bias: np.ndarray | None, image: bytearray,
-               base: int, w_dense: np.ndarray | None = None
+               base: int, w_dense: np.ndarray | None = None, cache: CompileCache | None = None
                ) -> tuple[list[ChunkRow], dict[tuple[int, int], tuple[int, int]]]:
     """Append the layer's packed chunks to ``image`` (DDR address ``base`` + offset), ordered by
     (k, q, oc group). Returns the chunk table rows and, per (k, q), the (address, bytes) span.
-    A layer in the ``parts`` format packs ``w8`` (its sparse part) and ``w_dense`` (its int4 part)."""
+    A layer in the ``parts`` format packs ``w8`` (its sparse part) and ``w_dense`` (its int4 part).
+    ``cache``: the compile's memo (the chunk bounds the search cut)."""
     spec, part = plan.spec, plan.part
     assert spec.mask is not None
     reps: dict[int, CoreWork] = {}
@@ -55,7 +57,7 @@ def pack_layer(plan: LayerPlan, w8: np.ndarray, bias: np.ndarray | None, image: 
         for q in range(part.n_q):
             start = base + len(image)
             for g in sorted(reps):
-                ch = core_chunk(spec, part, reps[g], k, q)
+                ch = core_chunk(spec, part, reps[g], k, q, cache)
                 if ch is None:
                     continue
                 o0, o1, c0, c1 = ch
@@ -86,18 +88,22 @@ def pack_table_layer(plan: LayerPlan, table: np.ndarray, image: bytearray, base:
 
 def emit_layer(li: int, plan: LayerPlan, spans: dict[tuple[int, int], tuple[int, int]],
                in_src: Operand, out_dst: Operand, per_iter: list[np.ndarray], offset: int,
-               chunks: list[ChunkRow] | None = None) -> tuple[list[Instr], int]:
+               chunks: list[ChunkRow] | None = None, cache: CompileCache | None = None) -> tuple[list[Instr], int]:
     """Instructions of layer ``li``. ``in_src``/``out_dst``: where the (first) input is read from
     and the output written to (a MemTile buffer, or DDR through MemTile staging); ``chunks``: the
     layer's chunk table (``pack_layer``). ``per_iter`` collects each instruction's per-iteration
-    values; returns the new running offset."""
+    values; returns the new running offset. ``cache``: the compile's memo (the chunk bounds the
+    search cut, asked again for every core in every step)."""
     out: list[Instr] = []
     sums = _region_sums(plan.spec, plan)
     chunk_bytes = {r.key: r.nbytes for r in chunks or []}
     steps = plan.table.steps()
     halves = _weight_halves(plan, steps)
+    counts: dict[tuple[int, int], tuple[dict[int, tuple[int, int]], int]] = {}  # per chunk (k, q)
     for j, st in enumerate(steps):
-        totals = _totals(plan.spec, plan, st, sums, chunk_bytes)
+        if (st.k, st.q) not in counts:
+            counts[(st.k, st.q)] = _chunk_counts(plan.spec, plan.part, st.k, st.q, chunk_bytes, cache)
+        totals = _totals(plan.spec, plan, st, sums, counts[(st.k, st.q)])
         for ins, vals in _step_instrs(li, j, st, plan, spans, in_src, out_dst, totals, halves[j]):
             out.append(Instr(**ins, offset=offset))
             per_iter.append(np.asarray(vals, dtype=np.float64))
@@ -216,33 +222,47 @@ def _region_sums(spec: LayerSpec, plan: LayerPlan) -> dict[tuple[int, int], tupl
     return out
 
 
-def _totals(spec: LayerSpec, plan: LayerPlan, st: Step, sums, chunk_bytes: dict) -> dict[str, int]:
+def _chunk_counts(spec: LayerSpec, part, k: int, q: int, chunk_bytes: dict, cache: CompileCache | None
+                  ) -> tuple[dict[int, tuple[int, int]], int]:
+    """Per region, the input channels its cores' windows carry in chunk (k, q) (a window read by
+    several cores of a column moves once) and the output channels they write; and the LOADWM bytes
+    (a chunk moves once per row channel). Every spatial group of the chunk has the same counts."""
+    per_region: dict[int, tuple[int, int]] = {}
+    seen, rows_seen = set(), set()
+    loadwm = 0
+    for cw in part.cores:
+        ch = core_chunk(spec, part, cw, k, q, cache)
+        if ch is None:
+            continue
+        n_in, n_out = per_region.get(cw.region, (0, 0))
+        key = (cw.col, cw.region, ch[2], ch[3])
+        if key not in seen:  # broadcast: a window read by several cores of a column moves once
+            seen.add(key)
+            n_in += ch[3] - ch[2]
+        if (cw.row, cw.oc_group) not in rows_seen:  # a chunk moves once per row channel
+            rows_seen.add((cw.row, cw.oc_group))
+            loadwm += chunk_bytes.get((cw.oc_group, k, q), 0)
+        per_region[cw.region] = (n_in, n_out + ch[1] - ch[0])
+    return per_region, loadwm
+
+
+def _totals(spec: LayerSpec, plan: LayerPlan, st: Step, sums, counts: tuple[dict[int, tuple[int, int]], int]
+            ) -> dict[str, int]:
     """Total bytes of each transfer over all channels (MACs for COMP), for the listing: what the
-    simulator counts channel by channel (docs/simulator.md, "Accounting")."""
+    simulator counts channel by channel (docs/simulator.md, "Accounting"). ``counts``: the step's
+    chunk's ``_chunk_counts``."""
     part, in_ddr = plan.part, plan.in_ddr
     n_ddr = sum(bool(d) for d in in_ddr[:spec.n_in])
     res_ddr = bool(spec.residual) and len(in_ddr) > spec.n_in and bool(in_ddr[spec.n_in])
     last_q = st.q == part.n_q - 1
     # a pool run in window bands moves, in step q, band q's rows of each (whole) window; others all rows
-    band_h = band_taps(spec, part.n_q)[st.q] // spec.kernel[1]
-    win = win_ddr = out = res = loadwm = 0
-    seen, rows_seen = set(), set()
-    for cw in part.cores:
-        ch = core_chunk(spec, part, cw, st.k, st.q)
-        if ch is None:
-            continue
-        p, w = sums[(cw.region, st.s)]
-        w = w * int(band_h) // spec.kernel[0]
-        key = (cw.col, cw.region, ch[2], ch[3])
-        if key not in seen:  # broadcast: a window read by several cores of a column moves once
-            seen.add(key)
-            win += w * (ch[3] - ch[2]) * spec.n_in
-            win_ddr += w * (ch[3] - ch[2]) * n_ddr
-        if (cw.row, cw.oc_group) not in rows_seen:  # a chunk moves once per row channel
-            rows_seen.add((cw.row, cw.oc_group))
-            loadwm += chunk_bytes.get((cw.oc_group, st.k, st.q), 0)
-        out += p * (ch[1] - ch[0])
-        if spec.residual and last_q:  # each core its own residual tile (same positions, channels)
-            res += p * (ch[1] - ch[0])
-    return {"LOAD": win_ddr + res * res_ddr, "LOADFM": win + res, "LOADWM": loadwm, "COMP": st.macs,
-            "WRITEFM": out, "WRITE": out}
+    band_h = int(band_taps(spec, part.n_q)[st.q] // spec.kernel[1])
+    per_region, loadwm = counts
+    win = out = 0
+    for region, (n_in, n_out) in per_region.items():
+        p, w = sums[(region, st.s)]
+        win += w * band_h // spec.kernel[0] * n_in
+        out += p * n_out
+    res = out if spec.residual and last_q else 0  # each core its own residual tile (same positions, channels)
+    return {"LOAD": win * n_ddr + res * res_ddr, "LOADFM": win * spec.n_in + res, "LOADWM": loadwm,
+            "COMP": st.macs, "WRITEFM": out, "WRITE": out}

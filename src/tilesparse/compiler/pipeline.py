@@ -296,13 +296,13 @@ def _assemble(graph, hw, plans: list[LayerPlan], ins, buffers, alloc, t0, cache:
         if plan.spec.kind == "conv" and plan.spec.weight_format == PARTS:  # SDQ: int8 part + int4 part
             bias = _bias(graph, plan.spec)
             rows, spans = pack_layer(plan, np.asarray(graph.param(plan.spec.name, "sdq_sparse")), bias, image,
-                                     wbase, np.asarray(graph.param(plan.spec.name, "sdq_dense")))
+                                     wbase, np.asarray(graph.param(plan.spec.name, "sdq_dense")), cache)
             _check_packed(plan, rows)
         elif plan.spec.kind == "conv":
             w8, q = int8_weights(np.asarray(graph.param(plan.spec.name, "weight")), cache)
             quantized &= q
             bias = _bias(graph, plan.spec)
-            rows, spans = pack_layer(plan, w8, bias, image, wbase)
+            rows, spans = pack_layer(plan, w8, bias, image, wbase, cache=cache)
             _check_packed(plan, rows)
         elif plan.spec.kind == "lut":
             table = _table(graph, plan.spec)
@@ -318,7 +318,7 @@ def _assemble(graph, hw, plans: list[LayerPlan], ins, buffers, alloc, t0, cache:
         sp = plan.spec
         in_bufs = ins[sp.name]["inputs"]
         code, offset = emit_layer(li, plan, spans, _where(alloc, ddr, in_bufs[0][0]),
-                                  _where(alloc, ddr, sp.out_tensor), per_iter, offset, rows)
+                                  _where(alloc, ddr, sp.out_tensor), per_iter, offset, rows, cache)
         instrs += code
         records.append(_record(graph, plan, in_bufs, rows))
     instrs, prefetched = prefetch_weights(instrs, per_iter, alloc, hw)  # 7. cross-layer weight prefetch
@@ -358,10 +358,14 @@ def _check_packed(plan: LayerPlan, rows: list[ChunkRow]) -> None:
     """The packed chunk sizes must be the ones the time model charged."""
     widx = plan.widx
     assert widx is not None
-    for r in rows:
-        want = widx.chunk_bytes(r.oc0, r.oc1, r.cb0, r.cb1, r.with_bias)
-        if want != r.nbytes:
-            raise AssertionError(f"{plan.spec.name}: chunk {r.key} packed {r.nbytes} B, modelled {want} B")
+    if not rows:
+        return
+    oc0, oc1, cb0, cb1, bias = (np.array(v) for v in zip(*((r.oc0, r.oc1, r.cb0, r.cb1, r.with_bias)
+                                                             for r in rows), strict=True))
+    want = widx.chunk_bytes_many(oc0, oc1, cb0, cb1, bias)  # every chunk at once (VGG16: ~45 000)
+    for r, w in zip(rows, want.tolist(), strict=True):
+        if w != r.nbytes:
+            raise AssertionError(f"{plan.spec.name}: chunk {r.key} packed {r.nbytes} B, modelled {w} B")
 
 
 def _record(graph: Graph, plan: LayerPlan, in_bufs, rows: list[ChunkRow]) -> LayerRecord:

@@ -36,7 +36,7 @@ from tilesparse.compiler.partition import (
     widest_band,
     window_bands,
 )
-from tilesparse.compiler.steps import StepTable, WeightIndex, layer_steps
+from tilesparse.compiler.steps import StepTable, WeightIndex, layer_steps, steps_within
 from tilesparse.errors import CapacityError, ConfigError
 from tilesparse.hw import ArrayConfig
 from tilesparse.program.geometry import WindowRules
@@ -129,8 +129,8 @@ def _chunk_bounds(spec: LayerSpec, cores: tuple[CoreWork, ...], oc_t: int, cache
 def _max_chunk(widx: WeightIndex, bounds: list[tuple[int, int]], nb: int) -> int:
     cbs = np.array(list(range(0, widx.n_cb, nb)) + [widx.n_cb])
     ob = np.array(bounds)
-    oc0, oc1 = np.repeat(ob[:, 0], len(cbs) - 1), np.repeat(ob[:, 1], len(cbs) - 1)
-    cb0, cb1 = np.tile(cbs[:-1], len(ob)), np.tile(cbs[1:], len(ob))
+    oc0, oc1 = ob[:, :1], ob[:, 1:]  # every output-channel chunk × every input-channel chunk
+    cb0, cb1 = cbs[None, :-1], cbs[None, 1:]
     return int(widx.chunk_bytes_many(oc0, oc1, cb0, cb1, cb1 == widx.n_cb).max())
 
 
@@ -229,8 +229,11 @@ def _staging(tab: StepTable, pipe: dict[str, np.ndarray]) -> int:
 def _evaluate(spec, hw, part, in_ddr, out_ddr, widx, cache: CompileCache, cutoff_s: float = math.inf
               ) -> LayerPlan | None:
     """The plan of ``part`` with its time, or None if its staging does not fit MemTile or it
-    cannot beat ``cutoff_s`` (its engines' busy time already reaches it)."""
-    tab = layer_steps(spec, hw, part, in_ddr, out_ddr, widx, cache)
+    cannot beat ``cutoff_s`` (its engines' busy time already reaches it; LOADFM's alone is
+    checked before the rest of its steps are computed, ``steps_within``)."""
+    tab = steps_within(spec, hw, part, in_ddr, out_ddr, widx, cache, cutoff_s)
+    if tab is None:
+        return None
     pipe = tab.pipe()
     staging = _staging(tab, pipe)  # MemTile holds the activations uncompressed
     if staging > hw.memtile.bytes * MAX_STAGING_FRACTION:
@@ -273,28 +276,48 @@ def _subvolumes(spec, hw, live: _Live, widx, cache: CompileCache) -> list[SubVol
                  | {unit * -(-oc_max // (n * unit)) for n in range(1, MAX_OC_CHUNKS + 1)})
     subs = []
     for oc_t in ocs:
-        bounds = _chunk_bounds(spec, live.cores, oc_t, cache)
-        nb = _ci_blocks(spec, hw, widx, bounds, oc_t)
-        if nb is None:
-            continue
-        full_ci = spec.kind == "conv" and spec.groups == 1
-        # fewer input channels per chunk buy larger tiles (more positions per weight load); a
-        # smaller chunk need not fit where nb does (its boundaries, and so the last chunk's kept
-        # blocks beside the bias, move), so each is checked
-        n_q = -(-widx.n_cb // nb) if full_ci else 1
-        nbs = sorted(n for n in {max(1, nb // d) for d in CI_DIVISORS} | {-(-widx.n_cb // q) for q in (n_q, n_q + 1)}
-                     if n == nb or _max_chunk(widx, bounds, n) <= hw.core.weight_buffer_bytes) if full_ci else [nb]
-        for n in nbs:
-            ci_t = min(spec.ci, n * spec.block[1]) if full_ci else spec.chunk_ci(oc_t)
-            one = SubVolume(oc_t, ci_t, 1, 1)
-            bands = 1 if full_ci else window_bands(spec, hw, one)  # a pool's window in bands of rows
-            if misfits(spec, hw, one, 0, bands):
-                continue
+        for ci_t in _chunk_cis(spec, hw, live.cores, widx, oc_t, cache):
+            bands = _bands(spec, hw, oc_t, ci_t)  # a pool's window in bands of rows
             key = (oc_t, ci_t, hc, wc, bands)
             if key not in memo:  # tiles whose windows fit in that many bands (the widest band's rules)
                 memo[key] = _tiles(widest_band(spec, bands), hw, oc_t, ci_t, hc, wc)
             subs += [SubVolume(oc_t, ci_t, th, tw) for th, tw in memo[key]]
     return subs
+
+
+def _chunk_cis(spec, hw, cores, widx, oc_t: int, cache: CompileCache) -> tuple[int, ...]:
+    """The input channels per chunk tried with output-channel chunks of ``oc_t`` on these (live)
+    cores: the most blocks whose chunks all fit the weight buffer (``_ci_blocks``), and fewer (none
+    if not even one block fits), each with a 1 × 1 tile fitting the core. The grids that split the
+    channels alike (they differ in space only) share them."""
+    ranges = tuple(sorted({(c.oc0, c.oc1) for c in cores}))
+    return cache.memo("chunk_ci", (spec, widx, hw), (id(spec), id(widx), id(hw), ranges, oc_t),
+                      lambda: _chunk_cis_uncached(spec, hw, cores, widx, oc_t, cache))
+
+
+def _chunk_cis_uncached(spec, hw, cores, widx, oc_t: int, cache: CompileCache) -> tuple[int, ...]:
+    bounds = _chunk_bounds(spec, cores, oc_t, cache)
+    nb = _ci_blocks(spec, hw, widx, bounds, oc_t)
+    if nb is None:
+        return ()
+    full_ci = spec.kind == "conv" and spec.groups == 1
+    # fewer input channels per chunk buy larger tiles (more positions per weight load); a
+    # smaller chunk need not fit where nb does (its boundaries, and so the last chunk's kept
+    # blocks beside the bias, move), so each is checked
+    n_q = -(-widx.n_cb // nb) if full_ci else 1
+    nbs = sorted(n for n in {max(1, nb // d) for d in CI_DIVISORS} | {-(-widx.n_cb // q) for q in (n_q, n_q + 1)}
+                 if n == nb or _max_chunk(widx, bounds, n) <= hw.core.weight_buffer_bytes) if full_ci else [nb]
+    cis = [min(spec.ci, n * spec.block[1]) if full_ci else spec.chunk_ci(oc_t) for n in nbs]
+    return tuple(ci_t for ci_t in cis
+                 if not misfits(spec, hw, SubVolume(oc_t, ci_t, 1, 1), 0, _bands(spec, hw, oc_t, ci_t)))
+
+
+def _bands(spec, hw, oc_t: int, ci_t: int) -> int:
+    """The window-row bands of a layer without an input-channel loop at a 1 × 1 tile (1 for a conv
+    whose q loop splits its input channels)."""
+    if spec.kind == "conv" and spec.groups == 1:
+        return 1
+    return window_bands(spec, hw, SubVolume(oc_t, ci_t, 1, 1))
 
 
 MAX_OC_CHUNKS = 8  # balanced output-channel chunk sizes tried: the core's share / 1 … / 8

@@ -43,10 +43,11 @@ from tilesparse.timing import (
     comp_cycles,
     element_cycles,
     part_matmul_shapes,
+    transfer_s,
     weight_double_buffer_on,
 )
 
-__all__ = ["Step", "WeightIndex", "band_taps", "chunk_with_inputs", "core_chunk", "layer_steps"]
+__all__ = ["Step", "WeightIndex", "band_taps", "chunk_with_inputs", "core_chunk", "layer_steps", "steps_within"]
 
 
 class WeightIndex:
@@ -144,13 +145,14 @@ class Step:
         return len(self.pipe["COMP"])
 
 
-def core_chunk(spec: LayerSpec, part: LayerPartition, cw: CoreWork, k: int, q: int
-               ) -> tuple[int, int, int, int] | None:
+def core_chunk(spec: LayerSpec, part: LayerPartition, cw: CoreWork, k: int, q: int,
+               cache: CompileCache | None = None) -> tuple[int, int, int, int] | None:
     """(oc0, oc1, ci0, ci1) core ``cw`` works on in chunk (k, q), or None if it idles
-    (output channels: ``partition.oc_chunks``)."""
+    (output channels: ``partition.oc_chunks``; ``cache``: the compile's memo, where code
+    generation, which asks for every core in every step, finds the bounds the search cut)."""
     if cw.empty:
         return None
-    o0, o1 = oc_chunks(spec, cw.oc0, cw.oc1, part.sub.oc, part.n_k)[k:k + 2]
+    o0, o1 = oc_chunks(spec, cw.oc0, cw.oc1, part.sub.oc, part.n_k, cache)[k:k + 2]
     return chunk_with_inputs(spec, part, o0, o1, q)
 
 
@@ -371,6 +373,21 @@ class StepTable:
 def layer_steps(spec: LayerSpec, hw: ArrayConfig, part: LayerPartition, in_ddr: tuple[bool, ...],
                 out_ddr: bool, widx: WeightIndex | None, cache: CompileCache | None = None) -> StepTable:
     """Every step of the layer in execution order (module doc; ``cache``: the compile's memo)."""
+    tab = steps_within(spec, hw, part, in_ddr, out_ddr, widx, cache)
+    assert tab is not None  # no cutoff: never cut
+    return tab
+
+
+CUT_MARGIN = 1e-9  # relative: a LOADFM cut needs this much more than the cutoff (summation order)
+
+
+def steps_within(spec: LayerSpec, hw: ArrayConfig, part: LayerPartition, in_ddr: tuple[bool, ...],
+                 out_ddr: bool, widx: WeightIndex | None, cache: CompileCache | None = None,
+                 cutoff_s: float = math.inf) -> StepTable | None:
+    """``layer_steps``, or None once the layer's LOADFM alone takes longer than ``cutoff_s``: the
+    search drops such a candidate (``timing.engine_bound_s`` counts every engine's busy time),
+    and most candidates it drops are LOADFM bound, so the rest of the table is not computed for
+    them. Only where LOADFM is charged raw (``planning.charged_pipe``: no input zero fraction)."""
     lay = _Layout.of(spec, hw, part, cache)
     n_k, n_q, n_g = part.n_k, part.n_q, len(lay.reps)
     last_q = np.arange(n_q) == n_q - 1
@@ -380,19 +397,10 @@ def layer_steps(spec: LayerSpec, hw: ArrayConfig, part: LayerPartition, in_ddr: 
     pieces = pieces.reshape(kq, n_g, -1)
     oclen = np.broadcast_to((oc1 - oc0)[:, None, :], (n_k, n_q, n_g)).reshape(kq, n_g)
     cilen = np.broadcast_to(ci1 - ci0, (n_k, n_q, n_g)).reshape(kq, n_g) * (oclen > 0)
-    rwork = np.where(lay.rg[None] > 0, work[:, None, :], 0).max(axis=2)
     active = (oclen > 0).astype(float)
-    loadw = nbytes.sum(axis=1)
-    loadw_piece = np.ceil(pieces.sum(axis=1) / hw.cols)  # each piece spread over the columns
-    loadwm = np.matmul(lay.row_g, pieces).max(axis=1)  # busiest row channel, per piece
-    n_in_ddr = sum(in_ddr[:spec.n_in])
-    any_ddr = any(in_ddr[:spec.n_in + bool(spec.residual)])
     g = part.tiles_per_group
-    tab = StepTable(part.n_s, n_k, n_q, g)
-    tab.max_chunk = int(nbytes.max(initial=0))
     # every tile of the layer at once (t axis), then one slice per spatial group
     p, win = lay.p, lay.win
-    comp = comp_cycles(spec.kind, hw, rwork, p)
     if spec.kind == "conv" and spec.groups == 1:  # all groups read the same channels: one window
         cr = (np.matmul(lay.col_rg, active.T).transpose(2, 0, 1) > 0).astype(float)  # (j, c, r)
         fm = np.matmul(cr, win) * cilen.max(axis=1)[:, None, None]
@@ -403,20 +411,32 @@ def layer_steps(spec: LayerSpec, hw: ArrayConfig, part: LayerPartition, in_ddr: 
             rows = np.tile(band_taps(spec, n_q) // spec.kernel[1], n_k)
             fm = fm * rows[:, None, None] / spec.kernel[0]
     fm = fm * spec.n_in
-    win_ddr = fm * (in_ddr[0] if spec.n_in == 1 else n_in_ddr / spec.n_in)  # per column
     last = last_q[np.arange(kq) % n_q][:, None]
     wr_c = np.matmul(np.matmul(lay.col_rg, oclen.T).transpose(2, 0, 1), p) * last[:, :, None]  # (j, c, t)
+    # a fused add: the other operand's output-shaped tile comes in with the last chunk
+    fm_busiest = (fm + wr_c if spec.residual else fm).max(axis=1)
+    if cutoff_s < math.inf and _raw_loadfm(spec, hw, fm_busiest):
+        if float(transfer_s("LOADFM", fm_busiest, hw).sum()) > cutoff_s * (1 + CUT_MARGIN):
+            return None
+    rwork = np.where(lay.rg[None] > 0, work[:, None, :], 0).max(axis=2)
+    loadw = nbytes.sum(axis=1)
+    loadw_piece = np.ceil(pieces.sum(axis=1) / hw.cols)  # each piece spread over the columns
+    loadwm = np.matmul(lay.row_g, pieces).max(axis=1)  # busiest row channel, per piece
+    n_in_ddr = sum(in_ddr[:spec.n_in])
+    any_ddr = any(in_ddr[:spec.n_in + bool(spec.residual)])
+    tab = StepTable(part.n_s, n_k, n_q, g)
+    tab.max_chunk = int(nbytes.max(initial=0))
+    comp = comp_cycles(spec.kind, hw, rwork, p)
+    win_ddr = fm * (in_ddr[0] if spec.n_in == 1 else n_in_ddr / spec.n_in)  # per column
     wr = wr_c.max(axis=1)  # outputs leave after the last ci chunk
-    if spec.residual:  # fused add: the other operand's output-shaped tile comes in with the last chunk
-        fm = fm + wr_c
+    if spec.residual:  # the fused add's element operations in the last chunk
         add_ops = element_cycles(p[None] * oclen.max(axis=1)[:, None, None], hw)
         comp = comp + add_ops.max(axis=1) * last
     # LOAD brings, per column, the windows of inputs in DDR and the residual tiles if the
     # residual is in DDR (never the residual twice, nor one that lives in MemTile)
     res_ddr = bool(spec.residual) and len(in_ddr) > spec.n_in and in_ddr[spec.n_in]
     load = (win_ddr + wr_c * res_ddr).max(axis=1)
-    fm = fm.max(axis=1)
-    pipe_all = {"LOAD": load, "LOADFM": fm, "COMP": comp, "WRITEFM": wr, "WRITE": wr * out_ddr}
+    pipe_all = {"LOAD": load, "LOADFM": fm_busiest, "COMP": comp, "WRITEFM": wr, "WRITE": wr * out_ddr}
     macs_per_pos = (lay.rg[None] * mpp[:, None, :]).sum(axis=2)  # (kq, regions)
     for s in range(part.n_s):
         sl = slice(s * g, min((s + 1) * g, part.n_tiles))
@@ -428,3 +448,13 @@ def layer_steps(spec: LayerSpec, hw: ArrayConfig, part: LayerPartition, in_ddr: 
                 {op: a[:, sl] for op, a in pipe_all.items()}, macs, sl.stop - sl.start)
     tab.ops = tuple(op for op in PIPE_OPS if (op != "LOAD" or any_ddr) and (op != "WRITE" or out_ddr))
     return tab
+
+
+def _raw_loadfm(spec: LayerSpec, hw: ArrayConfig, fm: np.ndarray) -> bool:
+    """Whether LOADFM is charged its raw bytes ``fm`` (``planning.charged_pipe``): no activation
+    compression, or no zero in its input, a mask per chunk and no transfer under half a byte
+    (``zero_compress.charged_sizes`` then charges every transfer raw)."""
+    if spec.act_zero_fracs is None:
+        return True
+    return (spec.act_zero_fracs[0] == 0 and hw.dma_compression.mask_bytes > 0
+            and not ((fm > 0) & (fm <= 0.5)).any())

@@ -62,8 +62,9 @@ def moved_positions(spec: WindowRules, h: int, w: int, th: int, tw: int, group: 
     (``slid_tiles``) only the ``tile width × stride`` columns past the previous tile's window."""
     hs = np.minimum(th, h - np.arange(0, h, th))
     ws = np.minimum(tw, w - np.arange(0, w, tw))
-    wp = {(a, b): spec.window_positions(a, b) for a in set(hs.tolist()) for b in set(ws.tolist())}
-    full = np.array([wp[a, b] for a in hs.tolist() for b in ws.tolist()], dtype=np.int64)
+    ha, wa = sorted(set(hs.tolist())), sorted(set(ws.tolist()))  # a tile height (width), or two
+    table = np.array([[spec.window_positions(a, b) for b in wa] for a in ha], dtype=np.int64)
+    full = table[np.searchsorted(ha, hs)][:, np.searchsorted(wa, ws)].ravel()  # tile_grid order
     if not spec.slides:
         return full
     new = np.outer([spec.window_extent(int(a), 0) for a in hs], ws * spec.stride[1]).ravel()

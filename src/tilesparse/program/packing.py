@@ -103,6 +103,8 @@ def _row_index(spec: WindowRules, o: np.ndarray) -> np.ndarray:
 
 
 def chunk_geometry(spec: WindowRules, oc0: int, oc1: int, cb0: int, cb1: int) -> ChunkGeometry:
+    if spec.groups == 1 and oc1 > oc0:  # block rows of bo channels from channel 0: no per-channel index
+        return _plain_geometry(spec, oc0, oc1, cb0, cb1)
     o = np.arange(oc0, oc1)
     ridx = _row_index(spec, o)
     starts = np.flatnonzero(np.r_[True, ridx[1:] != ridx[:-1]]) if len(o) else np.zeros(0, int)
@@ -111,6 +113,20 @@ def chunk_geometry(spec: WindowRules, oc0: int, oc1: int, cb0: int, cb1: int) ->
     ig, bi = spec.ci // spec.groups, spec.block[1]
     col_w = np.minimum(bi, ig - np.arange(cb0, cb1) * bi)
     return ChunkGeometry(oc0, oc1, cb0, cb1, ridx[starts] if len(o) else ridx, row_ch, col_w)
+
+
+def _plain_geometry(spec: WindowRules, oc0: int, oc1: int, cb0: int, cb1: int) -> ChunkGeometry:
+    """``chunk_geometry`` of a non-empty chunk of an ungrouped layer, from the block-row bounds
+    alone (the compiler builds one geometry per chunk: VGG16 ~45 000)."""
+    bo, bi = spec.block
+    rows = np.arange(oc0 // bo, (oc1 - 1) // bo + 1)
+    row_ch = np.empty((len(rows), 2), np.int64)
+    row_ch[:, 0] = rows * bo
+    row_ch[0, 0] = oc0
+    row_ch[:-1, 1] = row_ch[1:, 0]
+    row_ch[-1, 1] = oc1
+    col_w = np.minimum(bi, spec.ci - np.arange(cb0, cb1) * bi)
+    return ChunkGeometry(oc0, oc1, cb0, cb1, rows, row_ch, col_w)
 
 
 class MaskedLayer(Protocol):

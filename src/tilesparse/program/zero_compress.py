@@ -171,6 +171,11 @@ def charged_sizes(values: np.ndarray, zero_frac: float, chunk_bytes: int = 32, m
     decided as ``decide`` decides it: compressed (``expected_sizes``) if that sends fewer bytes over
     all iterations, else raw. The compiler's planner prices partitions with it."""
     v = np.asarray(values, np.float64)
+    if zero_frac == 0 and mask_bytes > 0 and not ((v > 0) & (v <= 0.5)).any():
+        # nothing is zero: every chunk of a transfer of n >= 1 bytes (v rounds to n) sends its n
+        # bytes and a mask, so compression never sends fewer (the planner asks this of every
+        # candidate of a graph without zero fractions)
+        return v
     comp = expected_sizes(v, zero_frac, chunk_bytes, mask_bytes, word_bytes)
     return comp.reshape(v.shape) if v.sum() > 0 and float(comp.sum()) < float(v.sum()) else v
 

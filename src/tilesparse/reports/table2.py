@@ -114,8 +114,9 @@ def _task(network: str, mode: str, arrays: list[str], sparsity: float, repeats: 
                 wall, cpu = time.perf_counter() - t, time.process_time() - cpu
                 c.compile_s = min(wall, c.compile_s or wall)
                 c.compile_cpu_s = min(cpu, c.compile_cpu_s or cpu)
-            rows = layer_rows(prog)
-            s = summarize(prog)
+            est = estimate_program(prog)  # once for the rows and the summary
+            rows = layer_rows(prog, est)
+            s = summarize(prog, est)
             c.estimate_ms, c.bound_ms, c.compute_ms = s.estimate_ms, s.bound_ms, s.compute_ms
             c.floor_ms, c.net_bound_ms = s.floor_ms, s.net_bound_ms
             c.weight_pct = 100 * s.weight_fraction
