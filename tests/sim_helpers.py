@@ -33,26 +33,18 @@ def _model(name: str) -> nn.Module:
 
 
 @functools.cache
-def zoo_builds(name: str) -> tuple[Built, Built]:
-    """(dense, 50 % 8x8 block-sparse) builds of a zoo network, random weights, both through the
-    front door (its one-shot pruning before quantization, on a copy of the model): each holds
-    the quantized graph and the float module it was captured from."""
+def zoo_build(name: str, sparse: bool) -> Built:
+    """A zoo network dense or 50 % 8x8 block-sparse, random weights, through the front door (its
+    one-shot pruning before quantization, on a copy of the model): the quantized graph and the
+    float module it was captured from."""
     px = RESOLUTION[name]
-    model = _model(name)
-    dense, sparse = (build_graph_from(model, sparsity=sp, block=BLOCK, input_shape=(1, 3, px, px))
-                     for sp in (None, SPARSITY))
-    return dense, sparse
-
-
-def zoo_graphs(name: str) -> tuple[Graph, Graph]:
-    """(dense, sparse) quantized graphs of ``zoo_builds``."""
-    dense, sparse = zoo_builds(name)
-    return dense.graph, sparse.graph
+    return build_graph_from(_model(name), sparsity=SPARSITY if sparse else None, block=BLOCK,
+                            input_shape=(1, 3, px, px))
 
 
 @functools.cache
 def zoo_program(name: str, sparse: bool, array: str):
-    g = zoo_graphs(name)[int(sparse)]
+    g = zoo_build(name, sparse).graph
     return g, compile_graph(g, array)
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn
 
 from tilesparse.errors import ConfigError
 from tilesparse.patterns import (
@@ -167,7 +168,9 @@ def test_metadata_bits_by_hand():
 @pytest.mark.parametrize("name", ["resnet50", "vgg16", "inception_v3"])
 def test_zoo_models_reach_exact_density_in_every_eligible_layer(name):
     """Through the Sparsifier, as a user sparsifies: every Conv2d / Linear the pattern fits, first conv
-    included; densities read off the weights' zeros (random init: no weight is zero by chance)."""
+    included; densities read off the weights' zeros (random init: no weight is zero by chance).
+    VGG16's 25088 x 4096 layer (103 M of its 138 M weights) made 512 x 4096: the same rules on a
+    layer of the same divisibility, where the full one cost most of the suite's longest test."""
     tv = pytest.importorskip("torchvision")
     from tilesparse.sparsify import Recipe, Sparsifier
 
@@ -175,6 +178,8 @@ def test_zoo_models_reach_exact_density_in_every_eligible_layer(name):
         torch.manual_seed(0)
         model = getattr(tv.models, name)(weights=None, **({"aux_logits": False, "init_weights": False}
                                                          if name == "inception_v3" else {}))
+        if name == "vgg16":  # its first classifier layer reads 512 features, not 25088 (as tests/pattern_cell.py)
+            model.avgpool, model.classifier[0] = nn.AdaptiveAvgPool2d((1, 1)), nn.Linear(512, 4096)
         recipe = Recipe(pattern=spec, layer_types=("conv", "linear"), include_first_conv=True)
         sp = Sparsifier(recipe).prepare(model)
         sp.step()
