@@ -14,7 +14,11 @@ from fuzz_harness import Failure, _agree, run_case, shape_of
 from fuzz_nets import Case, build_module, cases, random_case
 from hypothesis import HealthCheck, given, note, settings
 
-N_EXAMPLES = 250  # ~20 s on one core (0.05-1 s each); the benchmark runs >= 10 000
+# 250 cases in all (0.05-3 s each; the benchmark runs >= 10 000): 100 drawn by Hypothesis, which
+# shrinks a failing one, and 150 of the benchmark's generator (``random_case``) in shards, so that
+# pytest-xdist spreads them over its workers instead of one worker running a 4-minute test.
+N_EXAMPLES = 100
+SEEDED_SEED, SEEDED_SHARDS, SEEDED_PER_SHARD = 1, 3, 50
 
 
 @settings(max_examples=N_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -23,6 +27,16 @@ def test_random_graphs_agree_with_both_oracles(case: Case):
     note(case.describe())
     out = run_case(case)
     assert out.status != "fail", f"{out.kind}\n{out.detail}\n{case.describe()}"
+
+
+@pytest.mark.parametrize("shard", range(SEEDED_SHARDS))
+def test_seeded_random_graphs_agree_with_both_oracles(shard: int):
+    """Examples of ``random_case(SEEDED_SEED, i)``: a failure names the index and prints the source
+    (``python benchmarks/fuzz_graphs.py --seed 1`` reproduces it)."""
+    for i in range(shard * SEEDED_PER_SHARD, (shard + 1) * SEEDED_PER_SHARD):
+        case = random_case(SEEDED_SEED, i)
+        out = run_case(case)
+        assert out.status != "fail", f"example {i} of seed {SEEDED_SEED}: {out.kind}\n{out.detail}\n{case.describe()}"
 
 
 def test_cases_are_reproducible_and_run_in_pytorch():
