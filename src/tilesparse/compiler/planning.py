@@ -277,7 +277,7 @@ def _subvolumes(spec, hw, live: _Live, widx, cache: CompileCache) -> list[SubVol
     subs = []
     for oc_t in ocs:
         for ci_t in _chunk_cis(spec, hw, live.cores, widx, oc_t, cache):
-            bands = _bands(spec, hw, oc_t, ci_t)  # a pool's window in bands of rows
+            bands = _bands(spec, hw, SubVolume(oc_t, ci_t, 1, 1))  # a pool's window in bands of rows
             key = (oc_t, ci_t, hc, wc, bands)
             if key not in memo:  # tiles whose windows fit in that many bands (the widest band's rules)
                 memo[key] = _tiles(widest_band(spec, bands), hw, oc_t, ci_t, hc, wc)
@@ -309,15 +309,13 @@ def _chunk_cis_uncached(spec, hw, cores, widx, oc_t: int, cache: CompileCache) -
                  if n == nb or _max_chunk(widx, bounds, n) <= hw.core.weight_buffer_bytes) if full_ci else [nb]
     cis = [min(spec.ci, n * spec.block[1]) if full_ci else spec.chunk_ci(oc_t) for n in nbs]
     return tuple(ci_t for ci_t in cis
-                 if not misfits(spec, hw, SubVolume(oc_t, ci_t, 1, 1), 0, _bands(spec, hw, oc_t, ci_t)))
+                 if not misfits(spec, hw, one := SubVolume(oc_t, ci_t, 1, 1), 0, _bands(spec, hw, one)))
 
 
-def _bands(spec, hw, oc_t: int, ci_t: int) -> int:
-    """The window-row bands of a layer without an input-channel loop at a 1 × 1 tile (1 for a conv
-    whose q loop splits its input channels)."""
-    if spec.kind == "conv" and spec.groups == 1:
-        return 1
-    return window_bands(spec, hw, SubVolume(oc_t, ci_t, 1, 1))
+def _bands(spec, hw, sub: SubVolume) -> int:
+    """The window-row bands of ``sub`` (``partition.window_bands``; 1 for a conv, whose q loop
+    splits its input channels, if any)."""
+    return 1 if spec.kind == "conv" else window_bands(spec, hw, sub)
 
 
 MAX_OC_CHUNKS = 8  # balanced output-channel chunk sizes tried: the core's share / 1 … / 8
@@ -506,8 +504,7 @@ def _validate_forced(spec, hw, cores, sub, widx, cache: CompileCache) -> None:
                     f"or at least {spec.ci}")
     if errs:
         raise ConfigError("chooser", errs)
-    bands = 1 if spec.kind == "conv" else window_bands(spec, hw, sub)
-    why = misfits(spec, hw, sub, _largest_chunk(spec, cores, sub, widx, cache), bands)
+    why = misfits(spec, hw, sub, _largest_chunk(spec, cores, sub, widx, cache), _bands(spec, hw, sub))
     if why:
         raise CapacityError(f"layer {spec.name!r}: chooser's sub-volume {sub} does not fit: " + "; ".join(why))
 
@@ -522,7 +519,7 @@ def _no_fit(spec: LayerSpec, hw: ArrayConfig, widx: WeightIndex | None) -> Capac
         chunk = _max_chunk(widx, [(a, min(a + oc, spec.co)) for a in range(0, spec.co, oc)], nb)
     one = SubVolume(oc, ci, 1, 1)
     err = min_fit_error(spec, hw, one, chunk)
-    if not misfits(spec, hw, one, chunk, 1 if spec.kind == "conv" else window_bands(spec, hw, one)):
+    if not misfits(spec, hw, one, chunk, _bands(spec, hw, one)):
         return CapacityError(f"layer {spec.name!r}: every sub-volume needs more MemTile staging than "
                              f"{MAX_STAGING_FRACTION:.0%} of {hw.memtile.bytes} B (array {hw.label})")
     return err

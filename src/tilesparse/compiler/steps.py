@@ -37,6 +37,7 @@ from tilesparse.hw import ArrayConfig
 from tilesparse.program.layout import band_rows, chunk_with_inputs, splits_window
 from tilesparse.program.packing import LUT_TABLE_BYTES, packed_nbytes
 from tilesparse.program.sparse_format import MASKED, PARTS
+from tilesparse.program.zero_compress import charged_raw
 from tilesparse.timing import (
     PIPE_OPS,
     WEIGHT_HALVES,
@@ -452,9 +453,5 @@ def steps_within(spec: LayerSpec, hw: ArrayConfig, part: LayerPartition, in_ddr:
 
 def _raw_loadfm(spec: LayerSpec, hw: ArrayConfig, fm: np.ndarray) -> bool:
     """Whether LOADFM is charged its raw bytes ``fm`` (``planning.charged_pipe``): no activation
-    compression, or no zero in its input, a mask per chunk and no transfer under half a byte
-    (``zero_compress.charged_sizes`` then charges every transfer raw)."""
-    if spec.act_zero_fracs is None:
-        return True
-    return (spec.act_zero_fracs[0] == 0 and hw.dma_compression.mask_bytes > 0
-            and not ((fm > 0) & (fm <= 0.5)).any())
+    compression, or ``zero_compress.charged_raw``."""
+    return spec.act_zero_fracs is None or charged_raw(fm, spec.act_zero_fracs[0], hw.dma_compression.mask_bytes)

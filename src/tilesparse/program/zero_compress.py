@@ -165,17 +165,21 @@ def compression_on(hw: Any, mode: str = "auto") -> bool:
     return mode == "auto" and hw.dma_compression.enabled and get_profile(hw.rules).allows("dma_compression")
 
 
+def charged_raw(values: np.ndarray, zero_frac: float, mask_bytes: int = 4) -> bool:
+    """Whether ``charged_sizes`` charges ``values`` raw without computing the compressed sizes:
+    nothing is zero, so every chunk of a transfer of n >= 1 bytes (a value rounds to n) sends its n
+    bytes and a mask, and compression never sends fewer."""
+    return zero_frac == 0 and mask_bytes > 0 and not ((values > 0) & (values <= 0.5)).any()
+
+
 def charged_sizes(values: np.ndarray, zero_frac: float, chunk_bytes: int = 32, mask_bytes: int = 4,
                   word_bytes: int = 4) -> np.ndarray:
     """The bytes a layer's transfer is charged per iteration (``values``, raw) once compression is
     decided as ``decide`` decides it: compressed (``expected_sizes``) if that sends fewer bytes over
     all iterations, else raw. The compiler's planner prices partitions with it."""
     v = np.asarray(values, np.float64)
-    if zero_frac == 0 and mask_bytes > 0 and not ((v > 0) & (v <= 0.5)).any():
-        # nothing is zero: every chunk of a transfer of n >= 1 bytes (v rounds to n) sends its n
-        # bytes and a mask, so compression never sends fewer (the planner asks this of every
-        # candidate of a graph without zero fractions)
-        return v
+    if charged_raw(v, zero_frac, mask_bytes):  # the planner asks this of every candidate of a graph
+        return v  # without zero fractions
     comp = expected_sizes(v, zero_frac, chunk_bytes, mask_bytes, word_bytes)
     return comp.reshape(v.shape) if v.sum() > 0 and float(comp.sum()) < float(v.sum()) else v
 
